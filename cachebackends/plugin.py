@@ -1,0 +1,1 @@
+"""The remote cache backends' registration module; it registers no backend yet."""

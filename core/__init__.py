@@ -1,0 +1,46 @@
+"""pybk.core — the small core: hooks, plugin manager, LLB, solver, store, config, CLI.
+
+What plugin authors import lives here: ``hookimpl``, the plugin interfaces and the errors.
+Attributes are loaded lazily so ``pybk --version`` stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from pybk.core.markers import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Plugin": "pybk.core.interfaces",
+    "Frontend": "pybk.core.interfaces",
+    "FrontendRequest": "pybk.core.interfaces",
+    "FrontendResult": "pybk.core.interfaces",
+    "FrontendBridge": "pybk.core.interfaces",
+    "Exporter": "pybk.core.interfaces",
+    "ExporterInstance": "pybk.core.interfaces",
+    "ExportResponse": "pybk.core.interfaces",
+    "CacheBackend": "pybk.core.interfaces",
+    "CacheExporter": "pybk.core.interfaces",
+    "CacheImporter": "pybk.core.interfaces",
+    "Worker": "pybk.core.interfaces",
+    "NoOptions": "pybk.core.interfaces",
+    "PybkError": "pybk.core.errors",
+    "UsageError": "pybk.core.errors",
+    "ConfigError": "pybk.core.errors",
+    "InputError": "pybk.core.errors",
+    "BuildError": "pybk.core.errors",
+}
+
+__all__ = ["hookimpl", "hookspec", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pybk.core' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,381 @@
+"""Parsing of ``pybk build``'s buildx-compatible flags into typed options.
+
+Every parser raises :class:`~pybk.core.errors.UsageError` naming the flag, so the CLI can exit 2
+with one clear line before any build work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from pybk.core.errors import UsageError
+
+ENTITLEMENTS = ("network.host", "security.insecure", "device")
+PROGRESS_MODES = ("auto", "tty", "plain", "rawjson", "quiet", "none")
+NETWORK_MODES = ("default", "none", "host")
+CALL_MODES = ("build", "check", "outline", "targets")
+
+
+@attrs.frozen
+class OutputSpec:
+    """One ``--output``: exporter type and its attributes (BuildKit spellings)."""
+
+    type: str
+    attrs: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class CacheSpec:
+    """One ``--cache-from`` / ``--cache-to`` entry."""
+
+    type: str
+    attrs: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SecretSpec:
+    """One ``--secret``: where the secret's bytes come from (a file or an environment variable)."""
+
+    id: str
+    type: str  # "file" or "env"
+    source: str  # a path for "file", a variable name for "env"
+
+    def read(self) -> bytes:
+        if self.type == "env":
+            value = os.environ.get(self.source)
+            if value is None:
+                raise UsageError(f"secret {self.id!r}: environment variable {self.source} is not set",
+                                 flag="--secret")
+            return value.encode()
+        try:
+            with open(self.source, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise UsageError(f"secret {self.id!r}: cannot read {self.source}: {exc.strerror}",
+                             flag="--secret") from None
+
+
+@attrs.frozen
+class SSHSpec:
+    """One ``--ssh``: an id and agent sockets or key files (empty = ``$SSH_AUTH_SOCK``)."""
+
+    id: str
+    paths: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ContextSpec:
+    """One ``--build-context name=value``; ``kind`` is local, docker-image, oci-layout, git,
+    http or target."""
+
+    name: str
+    kind: str
+    value: str
+
+
+# -- CSV ---------------------------------------------------------------------------------------
+
+
+def split_csv(value: str, *, flag: str) -> list[str]:
+    """Split on commas outside double quotes and drop the quotes (``name="a,b"`` stays whole)."""
+    fields: list[str] = []
+    current: list[str] = []
+    quoted = False
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == '"':
+            if quoted and i + 1 < len(value) and value[i + 1] == '"':
+                current.append('"')
+                i += 2
+                continue
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    if quoted:
+        raise UsageError(f"unterminated quote in {value!r}", flag=flag)
+    fields.append("".join(current))
+    return fields
+
+
+def parse_kv_csv(value: str, *, flag: str) -> dict[str, str]:
+    """``a=1,b="x,y"`` → ``{"a": "1", "b": "x,y"}``; every field needs ``=`` and a key."""
+    if not value.strip():
+        raise UsageError("empty value", flag=flag)
+    result: dict[str, str] = {}
+    for field in split_csv(value, flag=flag):
+        field = field.strip()
+        key, sep, val = field.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise UsageError(f"invalid value {field!r}: expected key=value", flag=flag)
+        if key in result:
+            raise UsageError(f"duplicate key {key!r}", flag=flag)
+        result[key] = val
+    return result
+
+
+# -- individual flags --------------------------------------------------------------------------
+
+
+def parse_output(value: str, known_types: Iterable[str] | None = None) -> OutputSpec:
+    """``-o type=local,dest=out``; buildx shorthands ``-o DIR`` and ``-o -``."""
+    flag = "--output"
+    if value == "-":
+        return OutputSpec("tar", {"dest": "-"})
+    if "=" not in value and "," not in value:
+        if not value:
+            raise UsageError("empty value", flag=flag)
+        return OutputSpec("local", {"dest": value})
+    kv = parse_kv_csv(value, flag=flag)
+    typ = kv.pop("type", None)
+    if not typ:
+        raise UsageError(f"{value!r}: type= is required (e.g. type=local,dest=DIR)", flag=flag)
+    if "output" in kv:
+        raise UsageError("output= is not supported; use dest=", flag=flag)
+    if typ == "registry":
+        typ = "image"
+        kv.setdefault("push", "true")
+    if typ == "image" and kv.get("push", "false").lower() == "true" and not kv.get("name"):
+        raise UsageError("type=image,push=true needs name= (or -t)", flag=flag)
+    _check_known(typ, known_types, flag=flag, what="output type")
+    if typ in ("local",) and not kv.get("dest"):
+        raise UsageError(f"type={typ} needs dest=DIR", flag=flag)
+    return OutputSpec(typ, kv)
+
+
+def parse_cache(value: str, *, flag: str, known_types: Iterable[str] | None = None) -> CacheSpec:
+    """``--cache-from``/``--cache-to``; a bare value is a registry ref (legacy form)."""
+    if not value.strip():
+        raise UsageError("empty value", flag=flag)
+    if "=" not in value:
+        return CacheSpec("registry", {"ref": value})
+    kv = parse_kv_csv(value, flag=flag)
+    typ = kv.pop("type", None)
+    if not typ:
+        raise UsageError(f"{value!r}: type= is required", flag=flag)
+    _check_known(typ, known_types, flag=flag, what="cache type")
+    mode = kv.get("mode")
+    if flag == "--cache-to" and mode is not None and mode not in ("min", "max"):
+        raise UsageError(f"invalid mode {mode!r}: expected min or max", flag=flag)
+    if flag == "--cache-to" and "ignore-error" in kv and kv["ignore-error"].lower() not in (
+        "true", "false"
+    ):
+        raise UsageError(f"invalid ignore-error {kv['ignore-error']!r}: expected true or false",
+                         flag=flag)
+    return CacheSpec(typ, kv)
+
+
+def parse_secret(value: str) -> SecretSpec:
+    """``id=X[,src|source=PATH][,env=VAR][,type=file|env]``; buildx's defaults."""
+    flag = "--secret"
+    kv = parse_kv_csv(value, flag=flag)
+    unknown = set(kv) - {"id", "src", "source", "env", "type", "required"}
+    if unknown:
+        raise UsageError(f"unknown key {sorted(unknown)[0]!r} in {value!r}", flag=flag)
+    sid = kv.get("id", "")
+    if not sid:
+        raise UsageError(f"{value!r}: id= is required", flag=flag)
+    typ = kv.get("type")
+    if typ not in (None, "file", "env"):
+        raise UsageError(f"invalid type {typ!r}: expected file or env", flag=flag)
+    src = kv.get("src") or kv.get("source")
+    env = kv.get("env")
+    if src and env:
+        raise UsageError("src and env are mutually exclusive", flag=flag)
+    if typ is None:
+        if env:
+            typ = "env"
+        elif src:
+            typ = "file"
+        else:
+            typ = "env" if sid in os.environ else "file"
+    if typ == "env":
+        source = env or src or sid
+    else:
+        if env:
+            raise UsageError("type=file cannot take env=", flag=flag)
+        source = src or sid
+    if typ == "file" and not os.path.isfile(source):
+        raise UsageError(f"secret {sid!r}: file {source!r} not found", flag=flag)
+    return SecretSpec(sid, typ, source)
+
+
+_SSH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_ssh(value: str) -> SSHSpec:
+    """``default``, ``ID=SOCKET``, ``ID=KEY[,KEY]``."""
+    flag = "--ssh"
+    sid, sep, rest = value.partition("=")
+    if not _SSH_ID.match(sid):
+        raise UsageError(f"invalid ssh id {sid!r}", flag=flag)
+    paths = tuple(p for p in split_csv(rest, flag=flag) if p) if sep else ()
+    if sep and not paths:
+        raise UsageError(f"{value!r}: expected a socket or key path after '='", flag=flag)
+    if not paths and not os.environ.get("SSH_AUTH_SOCK"):
+        raise UsageError(f"{sid}: no path given and SSH_AUTH_SOCK is not set", flag=flag)
+    for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"{sid}: {path} does not exist", flag=flag)
+    return SSHSpec(sid, paths)
+
+
+_CONTEXT_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_./:-]*$")
+
+
+def parse_build_context(value: str) -> ContextSpec:
+    """``name=DIR | docker-image://REF | oci-layout://DIR[:TAG|@DIGEST] | git URL | https URL |
+    target:STAGE``."""
+    flag = "--build-context"
+    name, sep, target = value.partition("=")
+    if not sep or not name or not target:
+        raise UsageError(f"invalid value {value!r}: expected name=value", flag=flag)
+    if not _CONTEXT_NAME.match(name):
+        raise UsageError(f"invalid context name {name!r}", flag=flag)
+    if target.startswith("docker-image://"):
+        if len(target) == len("docker-image://"):
+            raise UsageError(f"{name}: docker-image:// needs an image reference", flag=flag)
+        return ContextSpec(name, "docker-image", target[len("docker-image://"):])
+    if target.startswith("oci-layout://"):
+        path = target[len("oci-layout://"):]
+        if not path:
+            raise UsageError(f"{name}: oci-layout:// needs a directory", flag=flag)
+        return ContextSpec(name, "oci-layout", path)
+    if target.startswith("target:"):
+        return ContextSpec(name, "target", target[len("target:"):])
+    if target.startswith(("git://", "git@")) or re.match(r"^https?://.*\.git(#.*)?$", target):
+        return ContextSpec(name, "git", target)
+    if target.startswith(("http://", "https://")):
+        return ContextSpec(name, "http", target)
+    if "://" in target:
+        raise UsageError(f"{name}: unsupported scheme in {target!r}", flag=flag)
+    if not os.path.isdir(target):
+        raise UsageError(f"{name}: directory {target!r} not found", flag=flag)
+    return ContextSpec(name, "local", target)
+
+
+def parse_build_arg(value: str) -> tuple[str, str | None]:
+    """``K=V``, or ``K`` alone to take the value from the environment (skipped when unset)."""
+    key, sep, val = value.partition("=")
+    if not key or not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", key):
+        raise UsageError(f"invalid build argument {value!r}", flag="--build-arg")
+    return key, (val if sep else os.environ.get(key))
+
+
+def parse_allow(value: str) -> str:
+    name = value.split("=", 1)[0]
+    if name not in ENTITLEMENTS:
+        raise UsageError(f"invalid entitlement {value!r}: expected one of {', '.join(ENTITLEMENTS)}",
+                         flag="--allow")
+    return value
+
+
+_PLATFORM = re.compile(r"^[a-z0-9_]+/[a-z0-9_]+(/[a-z0-9_.]+)?$")
+
+
+def parse_platforms(values: Sequence[str]) -> tuple[str, ...]:
+    result = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip().lower()
+            if item == "local":
+                item = _host_platform()
+            if not _PLATFORM.match(item):
+                raise UsageError(f"invalid platform {item!r}: expected os/arch[/variant]",
+                                 flag="--platform")
+            result.append(item)
+    return tuple(result)
+
+
+def _host_platform() -> str:
+    import platform
+
+    arch = platform.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7"}.get(arch, arch)
+    return f"linux/{arch}"
+
+
+def parse_choice(value: str, choices: Sequence[str], *, flag: str) -> str:
+    if value not in choices:
+        raise UsageError(f"invalid value {value!r}: expected one of {', '.join(choices)}", flag=flag)
+    return value
+
+
+def parse_add_host(value: str) -> tuple[str, str]:
+    host, sep, ip = value.partition(":")
+    if "=" in value and not sep:
+        host, sep, ip = value.partition("=")
+    if not sep or not host or not ip:
+        raise UsageError(f"invalid value {value!r}: expected host:ip", flag="--add-host")
+    return host, ip
+
+
+def parse_key_values(values: Sequence[str], *, flag: str) -> dict[str, str]:
+    """Repeated ``K=V`` flags (``--label``, ``--opt``, ``--annotation``)."""
+    result = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid value {value!r}: expected key=value", flag=flag)
+        result[key] = val
+    return result
+
+
+def _check_known(typ: str, known: Iterable[str] | None, *, flag: str, what: str) -> None:
+    if known is None:
+        return
+    known = list(known)
+    if typ not in known:
+        import difflib
+
+        close = difflib.get_close_matches(typ, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown {what} {typ!r}{hint}; available: {', '.join(sorted(known)) or 'none'}",
+                         flag=flag)
+
+
+# -- the whole request -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class BuildRequest:
+    """Everything ``pybk build`` was asked to do, validated."""
+
+    context: str
+    file: str | None = None
+    frontend: str | None = None
+    frontend_opts: Mapping[str, str] = attrs.field(factory=dict)
+    tags: tuple[str, ...] = ()
+    target: str | None = None
+    build_args: Mapping[str, str] = attrs.field(factory=dict)
+    build_contexts: tuple[ContextSpec, ...] = ()
+    secrets: tuple[SecretSpec, ...] = ()
+    ssh: tuple[SSHSpec, ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()
+    cache_from: tuple[CacheSpec, ...] = ()
+    cache_to: tuple[CacheSpec, ...] = ()
+    platforms: tuple[str, ...] = ()
+    progress: str = "auto"
+    no_cache: bool = False
+    no_cache_filter: tuple[str, ...] = ()
+    entitlements: tuple[str, ...] = ()
+    network: str = "default"
+    add_hosts: tuple[tuple[str, str], ...] = ()
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    annotations: Mapping[str, str] = attrs.field(factory=dict)
+    metadata_file: str | None = None
+    iidfile: str | None = None
+    call: str = "build"
+    llb: str | None = None
+    print_llb: bool = False
+    pull: bool = False
+    quiet: bool = False

@@ -1,0 +1,261 @@
+"""The ``pybk`` command line.
+
+Kept light: only argparse and pybk's own small modules are imported until a command needs more.
+Exit codes: 0 ok, 1 build failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pybk.core import __version__
+from pybk.core.errors import PybkError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def default_root() -> str:
+    if os.environ.get("PYBK_ROOT"):
+        return os.environ["PYBK_ROOT"]
+    if os.geteuid() == 0:
+        return "/var/lib/pybk"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(data, "pybk")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pybk", description="Build container images, BuildKit-style.")
+    parser.add_argument("--version", action="version", version=f"pybk {__version__}")
+    parser.add_argument("--root", default=None, help="store directory (default: $PYBK_ROOT or "
+                        "/var/lib/pybk for root, $XDG_DATA_HOME/pybk otherwise)")
+    parser.add_argument("--config", default=None, help="buildkitd.toml-format config file")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    build = sub.add_parser("build", help="build from a Dockerfile, a pipeline or LLB")
+    _add_build_flags(build)
+
+    sub.add_parser("plugins", help="list the installed plugins")
+
+    debug = sub.add_parser("debug", help="inspect configuration, LLB and Dockerfiles")
+    dsub = debug.add_subparsers(dest="debug_command", metavar="WHAT", parser_class=_Parser)
+    cfg = dsub.add_parser("config", help="print a config file normalised as JSON")
+    cfg.add_argument("file", nargs="?", default=None)
+    llb = dsub.add_parser("dump-llb", help="print an LLB definition, one op per line")
+    llb.add_argument("file", nargs="?", default="-")
+    ast = dsub.add_parser("dump-ast", help="print a Dockerfile's parse in BuildKit's format")
+    ast.add_argument("file", nargs="?", default="Dockerfile")
+    return parser
+
+
+def _add_build_flags(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("context", nargs="?", default=None, help="build context directory")
+    a("-f", "--file", help="build file (default: CONTEXT/Dockerfile)")
+    a("-t", "--tag", action="append", default=[], help="image name (repeatable)")
+    a("--target", help="stage to build")
+    a("--build-arg", action="append", default=[], metavar="K=V")
+    a("--build-context", action="append", default=[], metavar="NAME=VALUE")
+    a("--secret", action="append", default=[], metavar="id=ID[,src=PATH|env=VAR]")
+    a("--ssh", action="append", default=[], metavar="default|ID[=SOCKET|KEY]")
+    a("-o", "--output", action="append", default=[], metavar="type=TYPE[,k=v]")
+    a("--push", action="store_true", help="shorthand for --output type=registry")
+    a("--load", action="store_true", help="shorthand for --output type=docker")
+    a("--cache-from", action="append", default=[], metavar="type=TYPE[,k=v]")
+    a("--cache-to", action="append", default=[], metavar="type=TYPE[,k=v]")
+    a("--platform", action="append", default=[])
+    a("--progress", default=os.environ.get("BUILDKIT_PROGRESS", "auto"))
+    a("--no-cache", action="store_true")
+    a("--no-cache-filter", action="append", default=[], metavar="STAGE")
+    a("--check", action="store_true", help="run build checks instead of building")
+    a("--call", default="build", help="build|check|outline|targets")
+    a("--metadata-file")
+    a("--iidfile")
+    a("--allow", action="append", default=[], metavar="ENTITLEMENT")
+    a("--network", default="default")
+    a("--add-host", action="append", default=[], metavar="HOST:IP")
+    a("--label", action="append", default=[], metavar="K=V")
+    a("--annotation", action="append", default=[], metavar="K=V")
+    a("--frontend", help="frontend name (default: chosen from the build file)")
+    a("--opt", action="append", default=[], metavar="K=V", help="frontend option")
+    a("--llb", metavar="FILE|-", help="build a marshalled LLB definition instead of a file")
+    a("--print-llb", action="store_true", help="print the frontend's LLB and exit")
+    a("--pull", action="store_true")
+    a("-q", "--quiet", action="store_true")
+
+
+def parse_build_request(ns: argparse.Namespace) -> Any:
+    """Validate every build flag; raises UsageError naming the flag."""
+    from pybk.core import buildopts as bo
+    from pybk.core.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    exporter_types = pm.exporters().names()
+    cache_types = pm.cache_backends().names()
+
+    outputs = [bo.parse_output(v, exporter_types) for v in ns.output]
+    if ns.push:
+        outputs.append(bo.parse_output("type=image,push=true" +
+                                       (",name=" + '"' + ",".join(ns.tag) + '"' if ns.tag else ""),
+                                       exporter_types))
+    if ns.load:
+        outputs.append(bo.parse_output("type=docker", exporter_types))
+    build_args = {}
+    for value in ns.build_arg:
+        key, val = bo.parse_build_arg(value)
+        if val is not None:
+            build_args[key] = val
+    context = ns.context
+    if context is None and not ns.llb:
+        raise UsageError("a build context is required (e.g. pybk build .)")
+    if context is not None and context != "-" and not os.path.isdir(context):
+        raise UsageError(f"context directory {context!r} not found")
+    if ns.file and ns.file != "-" and not os.path.isfile(ns.file):
+        raise UsageError(f"build file {ns.file!r} not found", flag="--file")
+    return bo.BuildRequest(
+        context=context or "",
+        file=ns.file,
+        frontend=ns.frontend,
+        frontend_opts=bo.parse_key_values(ns.opt, flag="--opt"),
+        tags=tuple(ns.tag),
+        target=ns.target,
+        build_args=build_args,
+        build_contexts=tuple(bo.parse_build_context(v) for v in ns.build_context),
+        secrets=tuple(bo.parse_secret(v) for v in ns.secret),
+        ssh=tuple(bo.parse_ssh(v) for v in ns.ssh),
+        outputs=tuple(outputs),
+        cache_from=tuple(bo.parse_cache(v, flag="--cache-from", known_types=cache_types)
+                         for v in ns.cache_from),
+        cache_to=tuple(bo.parse_cache(v, flag="--cache-to", known_types=cache_types)
+                       for v in ns.cache_to),
+        platforms=bo.parse_platforms(ns.platform),
+        progress=bo.parse_choice(ns.progress, bo.PROGRESS_MODES, flag="--progress"),
+        no_cache=ns.no_cache,
+        no_cache_filter=tuple(s for v in ns.no_cache_filter for s in v.split(",") if s),
+        entitlements=tuple(bo.parse_allow(v) for v in ns.allow),
+        network=bo.parse_choice(ns.network, bo.NETWORK_MODES, flag="--network"),
+        add_hosts=tuple(bo.parse_add_host(v) for v in ns.add_host),
+        labels=bo.parse_key_values(ns.label, flag="--label"),
+        annotations=bo.parse_key_values(ns.annotation, flag="--annotation"),
+        metadata_file=ns.metadata_file,
+        iidfile=ns.iidfile,
+        call="check" if ns.check else bo.parse_choice(ns.call, bo.CALL_MODES, flag="--call"),
+        llb=ns.llb,
+        print_llb=ns.print_llb,
+        pull=ns.pull,
+        quiet=ns.quiet,
+    )
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_build(ns: argparse.Namespace) -> int:
+    request = parse_build_request(ns)
+    if request.call == "check":
+        from pybk.frontends.dockerfile.cli_support import check_command
+
+        path = request.file or os.path.join(request.context, "Dockerfile")
+        text, code = check_command(path, dict(request.build_args), request.target)
+        if text:
+            print(text, file=sys.stderr if code else sys.stdout)
+        return code
+    if request.llb:
+        from pybk.core.client import build_llb_command
+
+        if request.llb == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            try:
+                with open(request.llb, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                raise UsageError(f"cannot read {request.llb}: {exc.strerror}", flag="--llb") from None
+        return build_llb_command(data, request=request, root=ns.root or default_root(),
+                                 config_path=ns.config)
+    raise PybkError("building from a build file is not available yet; use --llb FILE, "
+                    "--check or --print-llb")
+
+
+def cmd_plugins(ns: argparse.Namespace) -> int:
+    from pybk.core.plugins import get_plugin_manager
+
+    rows = get_plugin_manager().describe()
+    header = ("NAME", "KIND", "DISTRIBUTION", "VERSION")
+    table = [header] + [(r.name, r.kind, r.distribution, r.version) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_debug(ns: argparse.Namespace) -> int:
+    what = ns.debug_command
+    if what == "config":
+        from pybk.core.config import debug_config_command
+
+        text, code = debug_config_command(ns.file or ns.config)
+        print(text, file=sys.stderr if code else sys.stdout)
+        return code
+    if what == "dump-llb":
+        from pybk.core.llb.dump import dump_llb
+
+        data = _read_input(ns.file)
+        sys.stdout.write(dump_llb(data))
+        return 0
+    if what == "dump-ast":
+        from pybk.frontends.dockerfile.cli_support import dump_ast_command
+
+        sys.stdout.write(dump_ast_command(ns.file))
+        return 0
+    raise UsageError("pybk debug: choose one of config, dump-llb, dump-ast")
+
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+COMMANDS = {"build": cmd_build, "plugins": cmd_plugins, "debug": cmd_debug}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = make_parser()
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[ns.command](ns)
+    except PybkError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

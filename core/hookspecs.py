@@ -1,0 +1,164 @@
+"""Every hook pybk calls. Hooks are for discovery and events; behaviour lives in classes.
+
+Hooks are called by keyword. Registration hooks take no arguments and return a class or a
+list of classes; decision hooks stop at the first non-None answer (built-ins answer last);
+notification hooks return nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pybk.core.markers import hookspec
+
+if TYPE_CHECKING:
+    from pybk.core.interfaces import CacheBackend, Exporter, Frontend, Worker
+    from pybk.core.plugins import PybkPluginManager
+
+# -- initialisation ----------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def pybk_addhooks(pluginmanager: PybkPluginManager) -> None:
+    """Add new hookspecs to the plugin manager.
+
+    :param pluginmanager: the manager; call ``pluginmanager.add_hookspecs(module)``.
+    :returns: nothing.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(historic=True)
+def pybk_configure(config: Any) -> None:
+    """Called once the configuration is loaded, before any build starts.
+
+    :param config: the loaded :class:`pybk.core.config.Config`.
+    :returns: nothing.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def pybk_unconfigure(config: Any) -> None:
+    """Called at shutdown, in reverse order of registration.
+
+    :param config: the :class:`pybk.core.config.Config` given to ``pybk_configure``.
+    :returns: nothing.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -- registration ------------------------------------------------------------------------------
+
+
+@hookspec
+def pybk_register_frontends() -> type[Frontend] | Sequence[type[Frontend]]:
+    """Contribute frontend classes (``name`` like ``dockerfile.v0``).
+
+    :returns: a class or a list of classes.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def pybk_register_workers() -> type[Worker] | Sequence[type[Worker]]:
+    """Contribute worker classes (``name`` like ``oci``).
+
+    :returns: a class or a list of classes.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def pybk_register_exporters() -> type[Exporter] | Sequence[type[Exporter]]:
+    """Contribute exporter classes (``name`` like ``image``, ``local``, ``tar``).
+
+    :returns: a class or a list of classes.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def pybk_register_cache_backends() -> type[CacheBackend] | Sequence[type[CacheBackend]]:
+    """Contribute remote cache backend classes (``name`` like ``s3``, ``gha``).
+
+    :returns: a class or a list of classes.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -- decisions ---------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def pybk_select_frontend(filename: str, directives: Mapping[str, str]) -> str | None:
+    """Choose the frontend for a build file when none was named with ``--frontend``.
+
+    Stops at first non-None result; return None to let other plugins decide.
+
+    :param filename: the build file's name (``Dockerfile``, ``pipeline.yaml``).
+    :param directives: parser directives found at the top of the file (``syntax`` …).
+    :returns: a registered frontend name, or None.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def pybk_select_worker(platform: str, workers: Sequence[Worker]) -> Worker | None:
+    """Choose the worker that runs a build for ``platform``.
+
+    Stops at first non-None result; return None to let other plugins decide.
+
+    :param platform: the target platform, e.g. ``linux/amd64``.
+    :param workers: the available worker instances.
+    :returns: one of ``workers``, or None.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -- notifications -----------------------------------------------------------------------------
+
+
+@hookspec
+def pybk_build_started(request: Any) -> None:
+    """A build is about to solve.
+
+    :param request: the :class:`pybk.core.buildopts.BuildRequest`.
+    :returns: nothing.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def pybk_progress(event: Any) -> None:
+    """A progress event (vertex started/cached/completed, status, log) was emitted.
+
+    :param event: a :mod:`pybk.core.progress` event.
+    :returns: nothing.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def pybk_build_finished(request: Any, result: Any, error: BaseException | None) -> None:
+    """A build ended, successfully (``error`` is None) or not.
+
+    :param request: the :class:`pybk.core.buildopts.BuildRequest`.
+    :param result: the solve result, or None on failure.
+    :param error: the exception that ended the build, or None.
+    :returns: nothing.
+
+    .. versionadded:: 0.1
+    """

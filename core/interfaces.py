@@ -1,0 +1,294 @@
+"""The contracts between the core and its plugins, and between the engine's parts.
+
+Plugin classes (``Frontend``, ``Worker``, ``Exporter``, ``CacheBackend``) each declare ``name``
+(BuildKit's spelling) and ``Options`` (an attrs class the core structures from CLI CSV attrs or
+TOML). Hooks only *discover* these classes; the core calls their methods directly, so it always
+knows which plugin it is calling.
+
+The engine contracts (``Mount``, ``Snapshotter``, ``Executor`` …) follow containerd's shapes so the
+solver, the snapshotters and the OCI worker can be written and tested apart.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+
+# --------------------------------------------------------------------------------------------
+# Plugin base: name + Options
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class NoOptions:
+    """Options of a plugin that takes none."""
+
+
+class Plugin:
+    """Common base of every pluggable class."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """Whether this plugin can work on this machine (e.g. its binary exists)."""
+        return True
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line for ``pybk plugins``: the first line of the docstring."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Frontends
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FrontendRequest:
+    """What a frontend is asked to build: its options (BuildKit's frontend attrs) and inputs."""
+
+    opts: Mapping[str, str] = attrs.field(factory=dict)
+    #: named inputs (``context``, ``dockerfile``, named build contexts) as LLB states
+    inputs: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class FrontendResult:
+    """A frontend's answer: the LLB definition and the image config metadata."""
+
+    definition: Any  # pybk.core.llb.Definition
+    image_config: Mapping[str, Any] | None = None
+    metadata: Mapping[str, bytes] = attrs.field(factory=dict)
+
+
+class FrontendBridge(abc.ABC):
+    """What a frontend may ask of the engine; the only way it reads inputs."""
+
+    @abc.abstractmethod
+    def read_file(self, input_name: str, path: str, *, offset: int = 0,
+                  length: int | None = None) -> bytes: ...
+
+    @abc.abstractmethod
+    def read_dir(self, input_name: str, path: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    def solve(self, definition: Any) -> Any:
+        """Solve a sub-graph and return a reference to its result."""
+
+    @abc.abstractmethod
+    def resolve_image_config(self, ref: str, platform: str | None = None) -> tuple[str, dict]:
+        """Return ``(digest, config)`` of an image."""
+
+    @abc.abstractmethod
+    def warn(self, message: str, *, location: Any = None) -> None: ...
+
+
+class Frontend(Plugin, abc.ABC):
+    """Turns a human-readable build description into LLB."""
+
+    @abc.abstractmethod
+    def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Exporters
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ExportResponse:
+    """Exporter output: response keys (``containerimage.digest`` …) and an optional finaliser."""
+
+    response: Mapping[str, Any] = attrs.field(factory=dict)
+    finalize: Callable[[], None] | None = None
+
+
+class BuildResultView(abc.ABC):
+    """What exporters see of a build result: its filesystem and image config."""
+
+    image_config: Mapping[str, Any] | None = None
+
+    @abc.abstractmethod
+    def mount(self) -> contextlib.AbstractContextManager[str]:
+        """A context manager yielding a read-only directory holding the result's filesystem."""
+
+
+class ExporterInstance(abc.ABC):
+    """An exporter with validated options; ``export`` does the slow work."""
+
+    @abc.abstractmethod
+    def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse: ...
+
+
+class Exporter(Plugin, abc.ABC):
+    """Writes a build result somewhere (image store, directory, tarball, registry).
+
+    ``resolve`` validates options early (before any build work); ``export`` runs after the solve.
+    """
+
+    @abc.abstractmethod
+    def resolve(self, options: Any) -> ExporterInstance: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Cache backends
+# --------------------------------------------------------------------------------------------
+
+
+class UnsupportedOperation(Exception):
+    """A backend does not offer this direction (e.g. ``inline`` has no importer)."""
+
+
+class CacheExporter(abc.ABC):
+    @abc.abstractmethod
+    def export(self, cache_config: Any) -> Mapping[str, Any]: ...
+
+
+class CacheImporter(abc.ABC):
+    @abc.abstractmethod
+    def load(self) -> Any: ...
+
+
+class CacheBackend(Plugin):
+    """A remote build cache in BuildKit's format."""
+
+    def resolve_exporter(self, options: Any) -> CacheExporter:
+        raise UnsupportedOperation(f"cache backend {self.name!r} cannot export")
+
+    def resolve_importer(self, options: Any) -> CacheImporter:
+        raise UnsupportedOperation(f"cache backend {self.name!r} cannot import")
+
+
+# --------------------------------------------------------------------------------------------
+# Engine contracts: mounts, snapshots, execution
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Mount:
+    """One mount as the OCI runtime spec (and mount(2)) understands it.
+
+    ``type`` is ``bind``, ``overlay`` or ``tmpfs``; ``options`` e.g. ``("rbind", "ro")`` or
+    ``("lowerdir=a:b", "upperdir=u", "workdir=w")``.
+    """
+
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+
+
+class Snapshotter(abc.ABC):
+    """containerd-shaped snapshotter: committed snapshots are immutable and may be parents.
+
+    Keys are opaque strings chosen by the caller. ``prepare`` makes an active (writable)
+    snapshot on top of a committed parent (or empty), ``view`` a read-only one; ``commit`` turns
+    an active snapshot into a committed one under a new name.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def prepare(self, key: str, parent: str | None = None) -> list[Mount]: ...
+
+    @abc.abstractmethod
+    def view(self, key: str, parent: str | None = None) -> list[Mount]: ...
+
+    @abc.abstractmethod
+    def mounts(self, key: str) -> list[Mount]: ...
+
+    @abc.abstractmethod
+    def commit(self, name: str, key: str) -> None: ...
+
+    @abc.abstractmethod
+    def remove(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    def usage(self, key: str) -> int:
+        """Bytes used by this snapshot alone (not its parents)."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+
+@attrs.frozen
+class ExecMount:
+    """A mount inside the container at ``dest`` made of snapshot (or tmpfs/bind) mounts."""
+
+    dest: str
+    mounts: tuple[Mount, ...]
+    readonly: bool = False
+
+
+@attrs.frozen
+class SecretMount:
+    """A secret file placed at ``dest`` on a tmpfs; its bytes never touch a snapshot or disk."""
+
+    dest: str
+    data: bytes = attrs.field(repr=False)
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o400
+
+
+@attrs.frozen
+class SSHMount:
+    """An SSH agent socket forwarded to ``dest`` inside the container."""
+
+    dest: str
+    socket: str
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o600
+
+
+@attrs.frozen
+class ProcessSpec:
+    """What to run: BuildKit's ExecOp Meta plus network and security modes."""
+
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = "/"
+    user: str = ""  # "", "name", "uid", "uid:gid", "name:group"; resolved against the rootfs
+    hostname: str = "pybk"
+    network: str = "sandbox"  # "sandbox" (own netns, loopback only), "host", "none"
+    security: str = "sandbox"  # "sandbox" or "insecure" (privileged)
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    valid_exit_codes: tuple[int, ...] = (0,)
+
+
+OutputCallback = Callable[[bytes], None]
+
+
+class Executor(abc.ABC):
+    """Runs one process in a container on the given root and mounts; returns its exit code."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        process: ProcessSpec,
+        root: Sequence[Mount],
+        mounts: Sequence[ExecMount] = (),
+        *,
+        secrets: Sequence[SecretMount] = (),
+        ssh: Sequence[SSHMount] = (),
+        stdout: OutputCallback | None = None,
+        stderr: OutputCallback | None = None,
+    ) -> Awaitable[int]: ...
+
+
+class Worker(Plugin):
+    """Owns the snapshotter and executor for a set of platforms."""
+
+    def platforms(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        """Release resources."""

@@ -1,0 +1,73 @@
+"""pybk.core.registry — references, platforms, auth and the OCI distribution client.
+
+Media types live here so exporters can use them without loading the HTTP client; the client
+classes are loaded on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_LAYER_NONDIST = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+OCI_LAYER_NONDIST_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+OCI_LAYER_NONDIST_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+
+MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
+INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+LAYER_TYPES = frozenset({
+    DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN_GZIP, DOCKER_LAYER_ZSTD, DOCKER_LAYER,
+    OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
+    OCI_LAYER_NONDIST, OCI_LAYER_NONDIST_GZIP, OCI_LAYER_NONDIST_ZSTD,
+})
+
+
+def layer_compression(media_type: str) -> str:
+    """``gzip``, ``zstd`` or ``none`` for a layer media type; ValueError for anything else."""
+    if media_type.endswith(("+gzip", ".tar.gzip")):
+        return "gzip"
+    if media_type.endswith(("+zstd", ".tar.zstd")):
+        return "zstd"
+    if media_type.endswith((".tar", "/tar")) or media_type == "application/x-tar":
+        return "none"
+    raise ValueError(f"not a layer media type: {media_type!r}")
+
+
+_LAZY = {
+    "Reference": "pybk.core.registry.reference",
+    "parse_reference": "pybk.core.registry.reference",
+    "Platform": "pybk.core.registry.platform",
+    "parse_platform": "pybk.core.registry.platform",
+    "host_platform": "pybk.core.registry.platform",
+    "Credentials": "pybk.core.registry.auth",
+    "DockerCredentialStore": "pybk.core.registry.auth",
+    "Descriptor": "pybk.core.registry.client",
+    "ResolvedImage": "pybk.core.registry.client",
+    "RegistryClient": "pybk.core.registry.client",
+}
+
+__all__ = [
+    "layer_compression", "MANIFEST_TYPES", "INDEX_TYPES", "LAYER_TYPES", *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pybk.core.registry' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

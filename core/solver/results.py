@@ -1,0 +1,70 @@
+"""What a solve produces: references to committed snapshots and the build's summary."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from pybk.core.interfaces import BuildResultView
+
+if TYPE_CHECKING:
+    from pybk.core.interfaces import Snapshotter
+
+
+@attrs.frozen
+class Ref:
+    """A vertex output: a committed snapshot (``None`` is an empty filesystem).
+
+    ``path`` is set for results that are plain directories (a synced local context): those are
+    read in place instead of through the snapshotter.
+    """
+
+    snapshot: str | None = None
+    path: str | None = None
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.snapshot is None and self.path is None
+
+
+SCRATCH_REF = Ref()
+
+
+@attrs.frozen
+class VertexStats:
+    """How many vertices ran and how many came from the cache."""
+
+    executed: int = 0
+    cached: int = 0
+    executed_digests: tuple[str, ...] = ()
+    cached_digests: tuple[str, ...] = ()
+
+
+@attrs.frozen(eq=False)
+class SolveResult(BuildResultView):
+    """The result of :meth:`pybk.core.client.Client.solve`.
+
+    ``ref`` is the result's snapshot; ``mount()`` (for exporters) yields a read-only directory
+    with its filesystem while the context is open.
+    """
+
+    ref: Ref
+    snapshotter: Snapshotter | None = attrs.field(repr=False)
+    image_config: Mapping[str, Any] | None = None
+    stats: VertexStats = VertexStats()
+    cache_key: str = ""
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def snapshot(self) -> str | None:
+        return self.ref.snapshot
+
+    @contextlib.contextmanager
+    def mount(self) -> Iterator[str]:
+        from pybk.core.solver.ops import read_ref
+
+        with read_ref(self.snapshotter, self.ref) as path:
+            yield path

@@ -1,0 +1,136 @@
+"""``local`` and ``tar`` exporters: the result's filesystem as a directory or a tarball."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tarfile
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from pybk.core.errors import UsageError
+from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
+
+
+@attrs.frozen
+class LocalOptions:
+    dest: str
+    platform_split: bool | None = attrs.field(default=None, metadata={"rename": "platform-split"})
+
+
+@attrs.frozen
+class TarOptions:
+    dest: str = "-"
+    platform_split: bool | None = attrs.field(default=None, metadata={"rename": "platform-split"})
+
+
+def copy_tree(src: str, dest: str) -> int:
+    """Copy a result tree keeping modes, owners (when root), symlinks and hardlinks; returns
+    the number of entries written."""
+    count = 0
+    seen_inodes: dict[tuple[int, int], str] = {}
+    as_root = os.geteuid() == 0
+    os.makedirs(dest, exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, src)
+        target_dir = dest if rel == "." else os.path.join(dest, rel)
+        for name in sorted(dirnames) + sorted(filenames):
+            s = os.path.join(dirpath, name)
+            d = os.path.join(target_dir, name)
+            st = os.lstat(s)
+            if os.path.lexists(d) and not (os.path.isdir(d) and not os.path.islink(d)):
+                os.unlink(d)
+            if os.path.islink(s):
+                os.symlink(os.readlink(s), d)
+            elif os.path.isdir(s):
+                os.makedirs(d, exist_ok=True)
+            elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in seen_inodes:
+                os.link(seen_inodes[(st.st_dev, st.st_ino)], d)
+                count += 1
+                continue
+            else:
+                shutil.copy2(s, d, follow_symlinks=False)
+                if st.st_nlink > 1:
+                    seen_inodes[(st.st_dev, st.st_ino)] = d
+            if as_root:
+                os.lchown(d, st.st_uid, st.st_gid)
+            if not os.path.islink(s):
+                os.chmod(d, st.st_mode & 0o7777)
+            count += 1
+    for dirpath, _dirnames, _ in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        if rel != ".":
+            st = os.lstat(dirpath)
+            os.utime(os.path.join(dest, rel), ns=(st.st_atime_ns, st.st_mtime_ns))
+    return count
+
+
+class _LocalInstance(ExporterInstance):
+    def __init__(self, options: LocalOptions):
+        self.options = options
+
+    def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
+        with result.mount() as root:
+            copy_tree(root, self.options.dest)
+        return ExportResponse({})
+
+
+class LocalExporter(Exporter):
+    """Writes the result's filesystem into a directory (dest=DIR)."""
+
+    name = "local"
+    Options = LocalOptions
+
+    def resolve(self, options: LocalOptions) -> ExporterInstance:
+        dest = options.dest
+        parent = os.path.dirname(os.path.abspath(dest))
+        if os.path.exists(dest) and not os.path.isdir(dest):
+            raise UsageError(f"dest {dest!r} exists and is not a directory", flag="--output")
+        if not os.access(parent if not os.path.exists(dest) else dest, os.W_OK):
+            raise UsageError(f"dest {dest!r} is not writable", flag="--output")
+        return _LocalInstance(options)
+
+
+class _TarInstance(ExporterInstance):
+    def __init__(self, options: TarOptions):
+        self.options = options
+
+    def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
+        dest = self.options.dest
+        out = sys.stdout.buffer if dest == "-" else open(dest + ".tmp", "wb")  # noqa: SIM115
+        try:
+            with result.mount() as root, tarfile.open(fileobj=out, mode="w|",
+                                                      format=tarfile.PAX_FORMAT) as tar:
+                for dirpath, dirnames, filenames in os.walk(root):
+                    dirnames.sort()
+                    for name in sorted(dirnames) + sorted(filenames):
+                        path = os.path.join(dirpath, name)
+                        tar.add(path, arcname=os.path.relpath(path, root), recursive=False)
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+        if dest != "-":
+            os.replace(dest + ".tmp", dest)
+        return ExportResponse({})
+
+
+class TarExporter(Exporter):
+    """Writes the result's filesystem as a tarball (dest=FILE, or - for stdout)."""
+
+    name = "tar"
+    Options = TarOptions
+
+    def resolve(self, options: TarOptions) -> ExporterInstance:
+        if options.dest != "-":
+            parent = os.path.dirname(os.path.abspath(options.dest))
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+                raise UsageError(f"dest {options.dest!r}: directory {parent} is not writable",
+                                 flag="--output")
+        elif sys.stdout.isatty():
+            raise UsageError("refusing to write a tarball to a terminal; set dest=FILE",
+                             flag="--output")
+        return _TarInstance(options)

@@ -1,0 +1,8 @@
+"""Shared test setup: make tests/support importable as ``support``."""
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))

@@ -1,0 +1,1 @@
+"""pybk-hello: the example third-party pybk plugin."""
