@@ -121,7 +121,8 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         raise UsageError(f"context directory {context!r} not found")
     if ns.file and ns.file != "-" and not os.path.isfile(ns.file):
         raise UsageError(f"build file {ns.file!r} not found", flag="--file")
-    return bo.BuildRequest(
+    resolve_plugin_options(pm, outputs, "--output", pm.exporters())
+    request = bo.BuildRequest(
         context=context or "",
         file=ns.file,
         frontend=ns.frontend,
@@ -154,6 +155,25 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         pull=ns.pull,
         quiet=ns.quiet,
     )
+    resolve_plugin_options(pm, request.cache_from, "--cache-from", pm.cache_backends())
+    resolve_plugin_options(pm, request.cache_to, "--cache-to", pm.cache_backends())
+    return request
+
+
+def resolve_plugin_options(pm: Any, specs: Sequence[Any], flag: str, registry: Any) -> list[Any]:
+    """Structure each spec's attrs into its plugin's Options and let the plugin validate them
+    (exporters: ``resolve``), so bad values fail before any build work starts."""
+    from pybk.core.converter import structure_options
+
+    instances = []
+    for spec in specs:
+        cls = registry.get(spec.type)
+        options = structure_options(cls.Options, spec.attrs, where=flag)
+        plugin_name, _ = registry.owner(spec.type)
+        with pm.annotate_errors(plugin_name):
+            instance = cls().resolve(options) if hasattr(cls, "resolve") else options
+        instances.append(instance)
+    return instances
 
 
 # -- commands ----------------------------------------------------------------------------------

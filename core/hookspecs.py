@@ -133,7 +133,8 @@ def pybk_select_worker(platform: str, workers: Sequence[Worker]) -> Worker | Non
 def pybk_build_started(request: Any) -> None:
     """A build is about to solve.
 
-    :param request: the :class:`pybk.core.buildopts.BuildRequest`.
+    :param request: the :class:`pybk.core.buildopts.BuildRequest` of a ``pybk build``, or None
+        for a solve started from the Python API.
     :returns: nothing.
 
     .. versionadded:: 0.1
@@ -155,7 +156,7 @@ def pybk_progress(event: Any) -> None:
 def pybk_build_finished(request: Any, result: Any, error: BaseException | None) -> None:
     """A build ended, successfully (``error`` is None) or not.
 
-    :param request: the :class:`pybk.core.buildopts.BuildRequest`.
+    :param request: the :class:`pybk.core.buildopts.BuildRequest`, or None (Python API).
     :param result: the solve result, or None on failure.
     :param error: the exception that ended the build, or None.
     :returns: nothing.

@@ -143,7 +143,7 @@ class FileLock:
                 except asyncio.CancelledError:
                     # the thread keeps waiting; close the descriptor (dropping the lock) once it
                     # returns
-                    waiter.add_done_callback(lambda _f: os.close(fd))
+                    waiter.add_done_callback(lambda _f, fd=fd: os.close(fd))
                     fd = -1
                     raise
         except BaseException:

@@ -39,9 +39,15 @@ class Seconds(float):
         return f"Seconds({float(self)!r})"
 
 
-def _type_name(value: object) -> str:
-    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+def _shown(value: object) -> str:
+    """``boolean true``, ``float 1.5``, ``array`` — a value as a TOML user would name it."""
+    kind = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
             dict: "table"}.get(type(value), type(value).__name__)
+    if isinstance(value, bool):
+        return f"{kind} {str(value).lower()}"
+    if isinstance(value, (int, float, str)):
+        return f"{kind} {value!r}"
+    return kind
 
 
 def _ram_in_bytes(text: str) -> int:
@@ -82,7 +88,7 @@ class DiskSpace:
         """Read an integer (bytes), ``"512MB"`` or ``"10%"``; raise ValueError otherwise."""
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError(f"invalid disk size: expected an integer or a string like "
-                             f'"512MB" or "10%", got {_type_name(value)} {value!r}')
+                             f'"512MB" or "10%", got {_shown(value)}')
         if isinstance(value, (int, float)):
             if value < 0:
                 raise ValueError(f"invalid disk size {value}: must not be negative")
@@ -180,7 +186,7 @@ def parse_duration(value: object) -> Seconds:
     """
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f'invalid duration: expected a string like "48h" or an integer number '
-                         f"of seconds, got {_type_name(value)} {value!r}")
+                         f"of seconds, got {_shown(value)}")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"invalid duration {value}: must not be negative")

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from pybk.core.converter import setting
 from pybk.core.errors import UsageError
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
 
@@ -18,13 +19,13 @@ from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, Ex
 @attrs.frozen
 class LocalOptions:
     dest: str
-    platform_split: bool | None = attrs.field(default=None, metadata={"rename": "platform-split"})
+    platform_split: bool | None = setting("platform-split", default=None)
 
 
 @attrs.frozen
 class TarOptions:
     dest: str = "-"
-    platform_split: bool | None = attrs.field(default=None, metadata={"rename": "platform-split"})
+    platform_split: bool | None = setting("platform-split", default=None)
 
 
 def copy_tree(src: str, dest: str) -> int:

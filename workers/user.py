@@ -34,13 +34,14 @@ def root_path(root: str, path: str) -> str:
     """Host path of ``path`` inside ``root``, following symlinks without leaving ``root``.
 
     Like a ``chroot``: ``..`` stops at the root and absolute link targets restart from it.
-    Components that do not exist are joined as they are.
+    Below the first component that does not exist, the rest is cleaned lexically.
     """
     root = os.path.abspath(root)
     resolved: list[str] = []
     pending = [p for p in path.split("/") if p]
     pending.reverse()
     links = 0
+    missing_at: int | None = None  # below a missing component nothing is a symlink
     while pending:
         name = pending.pop()
         if name == ".":
@@ -48,6 +49,11 @@ def root_path(root: str, path: str) -> str:
         if name == "..":
             if resolved:
                 resolved.pop()
+            if missing_at is not None and len(resolved) <= missing_at:
+                missing_at = None
+            continue
+        if missing_at is not None:
+            resolved.append(name)
             continue
         candidate = os.path.join(root, *resolved, name)
         try:
@@ -55,9 +61,9 @@ def root_path(root: str, path: str) -> str:
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENOTDIR):
                 raise
+            missing_at = len(resolved)
             resolved.append(name)
-            resolved.extend(reversed(pending))
-            break
+            continue
         if not stat.S_ISLNK(st.st_mode):
             resolved.append(name)
             continue

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-
 from pybk.core.errors import InputError
 from pybk.core.llb.ops import (
     SCRATCH,
@@ -108,7 +107,9 @@ class Definition:
         try:
             doc = loads(data)
         except ValueError as exc:
-            raise InputError(f"LLB definition is not valid JSON: {exc}", filename=filename) from None
+            raise InputError(
+                f"LLB definition is not valid JSON: {exc}", filename=filename
+            ) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("def"), list):
             raise InputError(
                 'LLB definition must be a JSON object with a "def" list of ops', filename=filename
@@ -153,12 +154,20 @@ class Definition:
         """Digest of the op producing the result."""
         return self.head_input().digest
 
-    def load(self) -> dict[str, Op]:
+    def load(self, *, filename: str | None = None) -> dict[str, Op]:
         """Unmarshal and validate every op; the dict is keyed by digest in ``ops`` order.
 
-        Raises :class:`InputError` naming the op for malformed ops, dangling or out-of-range
-        inputs, cycles and a missing terminal op.
+        Raises :class:`InputError` naming the op (and ``filename``, when given) for malformed
+        ops, dangling or out-of-range inputs, cycles and a missing terminal op.
         """
+        try:
+            return self._load()
+        except InputError as exc:
+            if filename is None:
+                raise
+            raise InputError(exc.message, filename=filename) from None
+
+    def _load(self) -> dict[str, Op]:
         if len(self.ops) < 2:
             raise InputError(
                 "invalid LLB definition: it needs at least 2 ops (an op and the terminal op), "
@@ -190,7 +199,9 @@ def _check_op(name: str, op: Op, loaded: dict[str, Op]) -> None:
     for n, inp in enumerate(op.inputs):
         parent = loaded.get(inp.digest)
         if parent is None:
-            raise InputError(f"{name}: input {n} refers to {inp.digest!r}, which is not in the definition")
+            raise InputError(
+                f"{name}: input {n} refers to {inp.digest!r}, which is not in the definition"
+            )
         if inp.index not in parent.output_indices():
             valid = sorted(parent.output_indices())
             raise InputError(
@@ -222,7 +233,9 @@ def _check_op(name: str, op: Op, loaded: dict[str, Op]) -> None:
             check_index(f"mount {k} ({m.dest!r})", m.input)
             if m.output != SKIP_OUTPUT:
                 if m.output < 0 or m.output in outputs:
-                    raise InputError(f"{name}: mount {k} ({m.dest!r}) has invalid output {m.output}")
+                    raise InputError(
+                        f"{name}: mount {k} ({m.dest!r}) has invalid output {m.output}"
+                    )
                 outputs.add(m.output)
         if not any(m.dest == "/" for m in body.mounts):
             raise InputError(f"{name}: exec op has no root mount ('/')")
@@ -251,9 +264,13 @@ def _check_op(name: str, op: Op, loaded: dict[str, Op]) -> None:
             check_index(f"build input {key!r}", bi.input, scratch=False)
 
 
-def _check_file_action(name: str, k: int, action: FileAction, n_inputs: int, check_index: Any) -> None:
+def _check_file_action(
+    name: str, k: int, action: FileAction, n_inputs: int, check_index: Any
+) -> None:
     if action.action is None:
-        raise InputError(f"{name}: file action {k} has no action (copy, mkfile, mkdir, rm, symlink)")
+        raise InputError(
+            f"{name}: file action {k} has no action (copy, mkfile, mkdir, rm, symlink)"
+        )
     # Action k may use op inputs and the results of actions 0..k-1.
     limit = n_inputs + k
     check_index(f"file action {k} input", action.input, limit)
@@ -261,7 +278,10 @@ def _check_file_action(name: str, k: int, action: FileAction, n_inputs: int, che
         check_index(f"file action {k} secondary input", action.secondary_input, limit)
     body = action.action
     owner = getattr(body, "owner", None)
-    if isinstance(body, (FileActionCopy, FileActionMkFile, FileActionMkDir, FileActionSymlink)) and owner:
+    if (
+        isinstance(body, (FileActionCopy, FileActionMkFile, FileActionMkDir, FileActionSymlink))
+        and owner
+    ):
         for which in ("user", "group"):
             opt = getattr(owner, which)
             if opt is not None and opt.by_name is not None:
@@ -283,7 +303,9 @@ def _check_acyclic(graph: dict[str, list[str]], names: dict[str, str]) -> None:
                 state[node] = 2
                 stack.pop()
             elif state.get(child) == 1:
-                raise InputError(f"{names.get(child, child)}: the definition has a cycle through this op")
+                raise InputError(
+                    f"{names.get(child, child)}: the definition has a cycle through this op"
+                )
             elif not state.get(child) and child in graph:
                 state[child] = 1
                 stack.append((child, iter(graph[child])))

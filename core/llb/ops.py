@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import attrs
-
 from pybk.core.errors import InputError
 from pybk.core.serialize import canonical_dumps, loads, sha256_digest
 
@@ -53,6 +52,9 @@ class FrozenDict(dict):
 
     def __repr__(self) -> str:
         return f"FrozenDict({dict.__repr__(self)})"
+
+    def __reduce__(self) -> tuple:
+        return (FrozenDict, (dict(self),))
 
 
 def _frozen_map(value: Mapping | None) -> FrozenDict:
@@ -400,7 +402,12 @@ class FileAction:
     secondary_input: int = 0
     output: int = 0
     action: (
-        FileActionCopy | FileActionMkFile | FileActionMkDir | FileActionRm | FileActionSymlink | None
+        FileActionCopy
+        | FileActionMkFile
+        | FileActionMkDir
+        | FileActionRm
+        | FileActionSymlink
+        | None
     ) = _oneof(_FILE_ACTIONS)
 
 
@@ -500,12 +507,18 @@ class Op:
         return sha256_digest(self.marshal())
 
     @classmethod
-    def unmarshal(cls, data: bytes, *, where: str = "op") -> Op:
+    def unmarshal(cls, data: bytes, *, where: str | None = None) -> Op:
+        """Parse canonical (or any JSON) op bytes; ``where`` prefixes error messages."""
         try:
-            obj = loads(data)
-        except ValueError as exc:
-            raise InputError(f"{where}: not valid JSON: {exc}") from None
-        return decode(cls, obj, where)
+            try:
+                obj = loads(data)
+            except ValueError as exc:
+                raise InputError(f"op: not valid JSON: {exc}") from None
+            return decode(cls, obj, "op")
+        except InputError as exc:
+            if where is None:
+                raise
+            raise InputError(f"{where}: {exc.message}") from None
 
     def output_indices(self) -> frozenset[int]:
         """The output indices other ops may reference through ``Input.index``."""
@@ -569,7 +582,7 @@ _SPECS: dict[type, tuple[_FieldSpec, ...]] = {}
 def _specs(cls: type) -> tuple[_FieldSpec, ...]:
     specs = _SPECS.get(cls)
     if specs is None:
-        hints = typing.get_type_hints(cls, globalns=globals())
+        hints = typing.get_type_hints(cls)
         out = []
         for f in attrs.fields(cls):
             default = f.default
@@ -577,8 +590,12 @@ def _specs(cls: type) -> tuple[_FieldSpec, ...]:
                 default = f.converter(default.factory()) if f.converter else default.factory()
             oneof = None
             if "oneof" in f.metadata:
-                oneof = {k: (int if v == "int" else globals()[v]) for k, v in f.metadata["oneof"].items()}
-            out.append(_FieldSpec(f.name, f.metadata.get("json", f.name), hints[f.name], default, oneof))
+                oneof = {
+                    k: (int if v == "int" else globals()[v]) for k, v in f.metadata["oneof"].items()
+                }
+            out.append(
+                _FieldSpec(f.name, f.metadata.get("json", f.name), hints[f.name], default, oneof)
+            )
         specs = _SPECS[cls] = tuple(out)
     return specs
 
@@ -636,7 +653,9 @@ def _decode_message(cls: type, data: Any, where: str) -> Any:
         spec = known.get(key)
         if spec is None:
             expected = ", ".join(sorted(known))
-            raise InputError(f"{where}: unknown field {key!r} in {cls.__name__} (known: {expected})")
+            raise InputError(
+                f"{where}: unknown field {key!r} in {cls.__name__} (known: {expected})"
+            )
         path = f"{where}.{key}"
         if spec.oneof is not None:
             if spec.name in kwargs:
@@ -708,5 +727,11 @@ _UNION_TYPE = type(int | None)
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)

@@ -3,8 +3,9 @@
 Pulls try the host's mirrors first (``[registry."host"] mirrors``), then the host; pushes go to
 the host only. ``http = true`` means plain HTTP; without a setting, ``localhost`` and loopback
 addresses use plain HTTP and everything else HTTPS. ``insecure = true`` skips TLS verification
-and falls back to plain HTTP when the TLS handshake fails. ``ca`` files and client ``keypair``\\ s
-configure TLS. Every blob and manifest is verified against its digest and size as it streams in;
+and falls back to plain HTTP when the TLS handshake fails. ``ca`` files, client key pairs
+(``keypair``) and ``tlsconfigdir`` directories (``*.crt`` CAs, ``*.cert``/``*.key`` pairs) configure TLS.
+Every blob and manifest is verified against its digest and size as it streams in;
 transient failures (connection errors, 5xx, 429) are retried with exponential backoff.
 
 One client belongs to one event loop; close it with ``aclose()`` or ``async with``.
@@ -18,12 +19,11 @@ import ipaddress
 import json
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-
 from pybk.core.content import ContentStore, DigestMismatchError
 from pybk.core.errors import RegistryError
 from pybk.core.registry import (
@@ -118,8 +118,12 @@ def _cfg(config: Any, name: str, default: Any) -> Any:
 
 
 def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") and host.count(":") == 1 else host
-    name = name.strip("[]")
+    if host.startswith("[") and "]" in host:
+        name = host[1:host.index("]")]
+    elif host.count(":") == 1:
+        name = host.partition(":")[0]
+    else:
+        name = host
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
@@ -132,7 +136,8 @@ class RegistryClient:
     """Talks to OCI registries for pulls and pushes.
 
     :param hosts_config: ``{host: RegistryConfig}`` (attributes ``mirrors``, ``http``,
-        ``insecure``, ``ca``, ``keypair`` with ``key``/``cert``); any object with them works.
+        ``insecure``, ``ca``, ``keypair`` with ``key``/``cert``, optionally ``tlsconfigdir``); any
+        object with these attributes works.
     :param content_store: where pulled blobs go (needed for pulls and store-backed pushes).
     :param docker_config_path: a Docker ``config.json``; default ``$DOCKER_CONFIG`` or ~/.docker.
     :param credentials: overrides config.json per host (``{host: Credentials}``).
@@ -222,7 +227,8 @@ class RegistryClient:
             async with limit:
                 await self.fetch_blob(image.ref, layer, callback)
 
-        await asyncio.gather(*(one(layer) for layer in image.layers))
+        unique = {layer.digest: layer for layer in image.layers}  # empty layers often repeat
+        await asyncio.gather(*(one(layer) for layer in unique.values()))
         return image
 
     async def _resolve_on(self, ep: _Endpoint, ref: Reference, wanted: Platform) -> ResolvedImage:
@@ -280,7 +286,7 @@ class RegistryClient:
         except (ValueError, AttributeError):
             media_type = None
         media_type = media_type or resp.headers.get("content-type", "").split(";")[0].strip()
-        if self.store is not None and obj.startswith("sha256:"):
+        if self.store is not None and not self.store.has(digest):
             self.store.put_bytes(data, digest)
         return digest, media_type, data
 
@@ -357,11 +363,10 @@ class RegistryClient:
             scopes += (f"repository:{from_path}:pull",)
         if await self._blob_exists(ep, ref, descriptor.digest, scopes):
             return False
-        opener = self._blob_opener(descriptor, source)
         what = f"push of blob {descriptor.digest} to {ep.host}/{ref.path}"
         for attempt in range(self.retries + 1):
             try:
-                return await self._upload(ep, ref, descriptor, opener, scopes, from_path,
+                return await self._upload(ep, ref, descriptor, source, scopes, from_path,
                                           chunk_size, progress, what)
             except _Retryable as exc:
                 if attempt >= self.retries:
@@ -370,8 +375,10 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
     async def push_manifest(self, ref: str | Reference, manifest: bytes | Mapping[str, Any],
-                            media_type: str | None = None, *, tag: str | None = None) -> str:
-        """PUT a manifest or index; by ``tag`` (default: ``ref``'s tag) else by digest. Returns its digest."""
+                            media_type: str | None = None, *, tag: str | None = None,
+                            by_digest: bool = False) -> str:
+        """PUT a manifest or index under ``tag`` (default: ``ref``'s tag), or under its digest
+        when ``by_digest`` or ``ref`` has no tag. Returns the digest."""
         ref = _as_ref(ref)
         data = manifest if isinstance(manifest, bytes) else json.dumps(
             manifest, separators=(",", ":"), sort_keys=True).encode()
@@ -380,7 +387,7 @@ class RegistryClient:
             if not media_type:
                 raise RegistryError("push_manifest: the manifest has no mediaType; pass media_type=")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        target = tag or ref.tag or digest
+        target = digest if by_digest else tag or ref.tag or digest
         ep = self._push_endpoint(ref)
         resp = await self._send(
             ep, "PUT", f"/{ref.path}/manifests/{target}", scopes=(f"repository:{ref.path}:pull,push",),
@@ -409,7 +416,7 @@ class RegistryClient:
             raise RegistryError(f"push of blob {desc.digest}: {path} does not exist")
         return lambda: open(path, "rb")
 
-    async def _upload(self, ep: _Endpoint, ref: Reference, desc: Descriptor, opener: Callable[[], Any],
+    async def _upload(self, ep: _Endpoint, ref: Reference, desc: Descriptor, source: Any,
                       scopes: tuple[str, ...], from_path: str | None, chunk_size: int | None,
                       progress: Progress | None, what: str) -> bool:
         import httpx
@@ -423,7 +430,7 @@ class RegistryClient:
         if resp.status_code != 202 or "location" not in resp.headers:
             raise _status_error(resp, what)
         location = self._join(ep, resp.headers["location"])
-        with opener() as f:
+        with self._blob_opener(desc, source)() as f:
             if chunk_size:
                 offset = 0
                 while chunk := f.read(chunk_size):
@@ -439,9 +446,9 @@ class RegistryClient:
                     offset += len(chunk)
                     if progress is not None:
                         progress(offset, desc.size)
-                body: Callable[[], Any] = lambda: b""  # noqa: E731
-            else:
-                body = lambda: _aiter_file(f, desc.size, progress)  # noqa: E731
+            def body() -> Any:
+                return b"" if chunk_size else _aiter_file(f, desc.size, progress)
+
             put_url = httpx.URL(str(location)).copy_merge_params({"digest": desc.digest})
             headers = {"Content-Type": "application/octet-stream"}
             if not chunk_size:
@@ -483,9 +490,7 @@ class RegistryClient:
         http = getattr(config, "http", None) if config is not None else None
         insecure = bool(_cfg(config, "insecure", False))
         if scheme is None:
-            if http is True:
-                scheme = "http"
-            elif http is None and _is_loopback(host):
+            if http is True or http is None and _is_loopback(host):
                 scheme = "http"
             else:
                 scheme = "https"
@@ -538,8 +543,13 @@ class RegistryClient:
         if _cfg(config, "insecure", False):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        for pair in _cfg(config, "keypair", []):
-            cert, key = getattr(pair, "cert", None), getattr(pair, "key", None)
+        pairs = [(getattr(p, "cert", None), getattr(p, "key", None)) for p in _cfg(config, "keypair", [])]
+        for directory in _cfg(config, "tlsconfigdir", []):
+            # containerd's certs.d layout: *.crt are CAs, *.cert + *.key are client key pairs
+            for path in sorted(Path(directory).glob("*.crt")):
+                context.load_verify_locations(cafile=str(path))
+            pairs += [(str(p), str(p.with_suffix(".key"))) for p in sorted(Path(directory).glob("*.cert"))]
+        for cert, key in pairs:
             try:
                 context.load_cert_chain(certfile=str(cert), keyfile=str(key) if key else None)
             except (OSError, ssl.SSLError) as exc:
@@ -655,6 +665,9 @@ class _BytesReader:
     def __init__(self, data: bytes):
         self._data, self._pos = data, 0
 
+    def seek(self, pos: int) -> None:
+        self._pos = pos
+
     def read(self, n: int = -1) -> bytes:
         end = len(self._data) if n < 0 else self._pos + n
         chunk, self._pos = self._data[self._pos:end], min(end, len(self._data))
@@ -668,10 +681,7 @@ class _BytesReader:
 
 
 async def _aiter_file(f: Any, size: int, progress: Progress | None) -> AsyncIterator[bytes]:
-    if hasattr(f, "seek"):
-        f.seek(0)
-    else:
-        f._pos = 0
+    f.seek(0)
     sent = 0
     while chunk := f.read(_CHUNK):
         sent += len(chunk)
@@ -695,7 +705,7 @@ def _retry_after(resp: httpx.Response, default: float) -> float:
 def _transport_errors() -> tuple[type[BaseException], ...]:
     import httpx
 
-    return (httpx.TransportError,)
+    return (httpx.TransportError, ssl.SSLError)  # TLS 1.3 alerts can surface unwrapped
 
 
 def _describe(exc: BaseException) -> str:
@@ -711,8 +721,6 @@ def _status_error(resp: httpx.Response, what: str) -> RegistryError:
         if errors:
             detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
     except (ValueError, AttributeError, TypeError):
-        detail = ""
-    except Exception:  # a streamed response whose body was not read
         detail = ""
     reason = {401: "unauthorized", 403: "forbidden", 404: "not found"}.get(resp.status_code, "")
     text = f"{what}: HTTP {resp.status_code}"
@@ -742,7 +750,3 @@ def _as_platform(platform: str | Platform | None) -> Platform:
         return host_platform()
     return parse_platform(platform) if isinstance(platform, str) else platform
 
-
-def descriptors(entries: Sequence[Mapping[str, Any]]) -> list[Descriptor]:
-    """Descriptors from a manifest's ``layers`` or an index's ``manifests``."""
-    return [Descriptor.from_dict(e) for e in entries]

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-
 from pybk.core.errors import InputError
 
 _ARCH_ALIASES = {

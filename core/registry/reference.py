@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 import attrs
-
 from pybk.core.errors import InputError
 
 DEFAULT_DOMAIN = "docker.io"

@@ -7,16 +7,17 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
-
 from pybk.core.interfaces import BuildResultView
 
 if TYPE_CHECKING:
-    from pybk.core.interfaces import Snapshotter
+    from pybk.core.store import Store
 
 
 @attrs.frozen
 class Ref:
-    """A vertex output: a committed snapshot (``None`` is an empty filesystem).
+    """A vertex output: a committed store record (``None`` is an empty filesystem).
+
+    ``snapshot`` is the record id, which is also its snapshot key in the store's snapshotter.
 
     ``path`` is set for results that are plain directories (a synced local context): those are
     read in place instead of through the snapshotter.
@@ -52,7 +53,7 @@ class SolveResult(BuildResultView):
     """
 
     ref: Ref
-    snapshotter: Snapshotter | None = attrs.field(repr=False)
+    store: Store | None = attrs.field(repr=False)
     image_config: Mapping[str, Any] | None = None
     stats: VertexStats = VertexStats()
     cache_key: str = ""
@@ -66,5 +67,5 @@ class SolveResult(BuildResultView):
     def mount(self) -> Iterator[str]:
         from pybk.core.solver.ops import read_ref
 
-        with read_ref(self.snapshotter, self.ref) as path:
+        with read_ref(self.store, self.ref) as path:
             yield path

@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
-
 from pybk.core.errors import BuildError, PybkError, SolveError
 from pybk.core.llb.ops import Input
 from pybk.core.progress import Progress, VertexProgress
@@ -241,6 +240,7 @@ class Scheduler:
         if not v.ignore_cache:
             cached = self.runner.load_cached(key, v)
             if cached is not None:
+                self._mark_unneeded_inputs(digest)
                 vp.cached()
                 self._cached.append(digest)
                 return cached
@@ -255,6 +255,14 @@ class Scheduler:
                 outcome = now_cached
         self._executed.append(digest)
         return outcome
+
+    def _mark_unneeded_inputs(self, digest: str) -> None:
+        """Report, inputs first, the ancestors of a cache hit that will never run as cached."""
+        for d in self.graph.ancestors(digest)[:-1]:
+            vp = self._vp[d]
+            if d not in self._results and vp.state.completed is None:
+                vp.cached()
+                self._cached.append(d)
 
     async def _execute(self, v: Vertex, key: str, inputs: list[Ref],
                        vp: VertexProgress) -> VertexOutcome:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import attrs
-
 from pybk.core.llb.definition import Definition
 from pybk.core.llb.ops import (
     DiffOp,

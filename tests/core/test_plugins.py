@@ -197,3 +197,19 @@ def test_instances_are_exporters():
     for cls in pm.exporters():
         assert issubclass(cls, Exporter)
         assert ExporterInstance is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root for the store's mounts")
+def test_hello_exports_a_real_build(hello_venv, tmp_path):
+    from pybk.core import llb
+
+    graph = llb.scratch().file(llb.mkdir("/etc", 0o755).mkfile("/etc/a", 0o644, "a")
+                               .mkfile("/b", 0o600, "b"))
+    definition = tmp_path / "graph.json"
+    definition.write_bytes(graph.marshal().to_bytes())
+    out = tmp_path / "hello.txt"
+    run = _pybk(hello_venv, "--root", str(tmp_path / "store"), "build", "--llb", str(definition),
+                "--progress", "quiet", "-o", f"type=hello,dest={out},greeting=hi")
+    assert run.returncode == 0, run.stderr
+    assert out.read_text() == "hi from pybk-hello: 2 files\n"

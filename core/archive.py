@@ -1,0 +1,608 @@
+"""Layer tarballs: unpack them safely, and write them from directory trees.
+
+``apply_layer`` streams a (gzip / zstd / plain) layer into a directory as if the directory were
+the root of a filesystem: absolute names are taken relative to it, symlinks met on the way are
+resolved inside it (as a chroot would), an existing symlink at an entry's own path is replaced,
+never written through, and names or hard links that climb out with ``..`` are refused. OCI
+whiteouts are applied (``.wh.NAME`` deletes, ``.wh..wh..opq`` hides the lower contents of a
+directory), or, for overlayfs upper directories, turned into overlay whiteouts.
+
+``write_diff_tar`` and ``write_overlay_upper_tar`` produce OCI layer tars (PAX, sorted, hard links
+kept) from a lower/upper pair of trees or from an overlayfs upper directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from collections import deque
+from typing import IO, Any, BinaryIO
+
+from pybk.core.errors import InputError, NotAvailableError
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+_OVERLAY_OPAQUE = "trusted.overlay.opaque"
+_XATTR_PAX = "SCHILY.xattr."
+_MAX_SYMLINKS = 40
+_CHUNK = 1 << 20
+
+
+# ------------------------------------------------------------------------------------------
+# Decompression
+# ------------------------------------------------------------------------------------------
+
+
+class _Counting:
+    """A read-only stream wrapper that counts bytes read."""
+
+    def __init__(self, stream: IO[bytes]):
+        self._stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.count += len(data)
+        return data
+
+
+class _Prefixed:
+    """``prefix`` followed by the rest of ``stream`` (undoes a peek)."""
+
+    def __init__(self, prefix: bytes, stream: IO[bytes]):
+        self._prefix = prefix
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if self._prefix:
+            if size < 0:
+                data, self._prefix = self._prefix + self._stream.read(), b""
+                return data
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            if len(data) < size:
+                data += self._stream.read(size - len(data))
+            return data
+        return self._stream.read(size)
+
+
+def _compression(media_type: str | None, stream: IO[bytes]) -> tuple[str, IO[bytes]]:
+    if media_type:
+        from pybk.core.registry import layer_compression
+
+        try:
+            return layer_compression(media_type), stream
+        except ValueError:
+            raise InputError(f"unsupported layer media type {media_type!r}") from None
+    head = b""
+    while len(head) < 4:
+        more = stream.read(4 - len(head))
+        if not more:
+            break
+        head += more
+    kind = "gzip" if head[:2] == b"\x1f\x8b" else "zstd" if head == b"\x28\xb5\x2f\xfd" else "none"
+    return kind, _Prefixed(head, stream)
+
+
+def decompressed(stream: IO[bytes], media_type: str | None = None) -> IO[bytes]:
+    """A stream of the uncompressed tar; ``media_type=None`` sniffs the compression."""
+    kind, stream = _compression(media_type, stream)
+    if kind == "gzip":
+        import gzip
+
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[arg-type]
+    if kind == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+    return stream
+
+
+# ------------------------------------------------------------------------------------------
+# Unpacking
+# ------------------------------------------------------------------------------------------
+
+
+def apply_layer(
+    source: str | os.PathLike[str] | BinaryIO,
+    dest_dir: str | os.PathLike[str],
+    *,
+    media_type: str | None = None,
+    whiteout_style: str = "delete",
+) -> int:
+    """Unpack a layer into ``dest_dir``; returns the size of the uncompressed tar stream.
+
+    :param media_type: the layer's media type (decides gzip / zstd / none); None sniffs.
+    :param whiteout_style: ``delete`` removes whited-out paths; ``overlay`` writes overlay
+        whiteouts (0/0 character devices, ``trusted.overlay.opaque=y``) for an overlay upper dir.
+    """
+    if whiteout_style not in ("delete", "overlay"):
+        raise ValueError(f"whiteout_style must be 'delete' or 'overlay', not {whiteout_style!r}")
+    os.makedirs(dest_dir, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, (str, os.PathLike)):
+            raw: IO[bytes] = stack.enter_context(open(source, "rb"))
+        else:
+            raw = source
+        plain = decompressed(raw, media_type)
+        counter = _Counting(plain)
+        unpacker = _Unpacker(os.path.realpath(dest_dir), whiteout_style)
+        try:
+            with tarfile.open(fileobj=counter, mode="r|") as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    unpacker.add(member, tar)
+            while counter.read(_CHUNK):
+                pass
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise InputError(f"corrupt layer archive: {exc}") from None
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            raise InputError(f"corrupt layer archive: {exc}") from None
+        except Exception as exc:
+            if type(exc).__name__ == "ZstdError":
+                raise InputError(f"corrupt zstd layer archive: {exc}") from None
+            raise
+        unpacker.finish()
+        return counter.count
+
+
+class _Unpacker:
+    def __init__(self, root: str, whiteout_style: str):
+        self.root = root
+        self.overlay = whiteout_style == "overlay"
+        self.privileged = os.geteuid() == 0
+        self.written: set[str] = set()
+        self.dir_times: list[tuple[str, int, int]] = []
+
+    # -- paths
+
+    @staticmethod
+    def _clean(name: str, what: str = "entry") -> str:
+        """``name`` as a path relative to the root; InputError if ``..`` climbs above it."""
+        parts: list[str] = []
+        for component in name.split("/"):
+            if component in ("", "."):
+                continue
+            if component == "..":
+                if not parts:
+                    raise InputError(f"layer {what} {name!r} points outside the layer root")
+                parts.pop()
+            else:
+                parts.append(component)
+        return "/".join(parts)
+
+    def _resolve_dir(self, rel: str, *, create: bool, entry: str) -> str | None:
+        """Real path of directory ``rel``, following symlinks as if ``root`` were ``/``.
+
+        Missing directories are created (mode 0755) when ``create``; otherwise None is returned.
+        """
+        current = self.root
+        pending = deque(rel.split("/")) if rel else deque()
+        hops = 0
+        while pending:
+            component = pending.popleft()
+            if component in ("", "."):
+                continue
+            if component == "..":
+                if current != self.root:
+                    current = os.path.dirname(current)
+                continue
+            candidate = os.path.join(current, component)
+            try:
+                st = os.lstat(candidate)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                os.mkdir(candidate, 0o755)
+                self.written.add(candidate)
+                current = candidate
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_SYMLINKS:
+                    raise InputError(f"layer entry {entry!r}: too many levels of symbolic links")
+                target = os.readlink(candidate)
+                if target.startswith("/"):
+                    current = self.root
+                pending.extendleft(reversed(target.split("/")))
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise InputError(f"layer entry {entry!r}: {candidate[len(self.root):]!r} is not a directory")
+            current = candidate
+        return current
+
+    # -- entries
+
+    def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        rel = self._clean(member.name)
+        if not rel:
+            return  # the root directory itself
+        parent_rel, _, base = rel.rpartition("/")
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parent_rel, base, member.name)
+            return
+        parent = self._resolve_dir(parent_rel, create=True, entry=member.name)
+        assert parent is not None
+        target = os.path.join(parent, base)
+        existing = _lstat(target)
+
+        if member.isdir():
+            if existing is not None and not stat.S_ISDIR(existing.st_mode):
+                _remove(target)
+                existing = None
+            if existing is None:
+                os.mkdir(target, 0o700)
+        elif member.islnk():
+            self._hardlink(member, target, existing)
+            self.written.add(target)
+            return
+        else:
+            if existing is not None:
+                _remove(target)
+            if member.isreg():
+                self._write_file(member, tar, target)
+            elif member.issym():
+                os.symlink(member.linkname, target)
+            elif member.ischr() or member.isblk():
+                if not self.privileged:
+                    return  # device nodes need root; skipped like rootless engines do
+                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                os.mknod(target, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+            elif member.isfifo():
+                os.mkfifo(target, 0o600)
+            else:
+                return  # unknown entry types are ignored
+        self.written.add(target)
+        self._metadata(member, target)
+
+    def _write_file(self, member: tarfile.TarInfo, tar: tarfile.TarFile, target: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(target, flags, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            data = tar.extractfile(member)
+            if data is not None:
+                shutil.copyfileobj(data, out, _CHUNK)
+
+    def _hardlink(self, member: tarfile.TarInfo, target: str, existing: os.stat_result | None) -> None:
+        link_rel = self._clean(member.linkname, what="hard link target")
+        if not link_rel:
+            raise InputError(f"layer entry {member.name!r}: hard link to the layer root")
+        link_parent_rel, _, link_base = link_rel.rpartition("/")
+        link_parent = self._resolve_dir(link_parent_rel, create=False, entry=member.name)
+        source = os.path.join(link_parent, link_base) if link_parent is not None else None
+        source_st = _lstat(source) if source is not None else None
+        if source is None or source_st is None:
+            raise InputError(
+                f"layer entry {member.name!r}: hard link target {member.linkname!r} does not exist"
+            )
+        if stat.S_ISDIR(source_st.st_mode):
+            raise InputError(f"layer entry {member.name!r}: hard link to directory {member.linkname!r}")
+        if source == target:
+            return
+        if existing is not None:
+            _remove(target)
+        os.link(source, target, follow_symlinks=False)
+
+    def _whiteout(self, parent_rel: str, base: str, name: str) -> None:
+        victim_name = base[len(WHITEOUT_PREFIX):]
+        if base != OPAQUE_WHITEOUT and (
+            victim_name in ("", ".", "..") or victim_name.startswith(WHITEOUT_PREFIX)
+        ):
+            raise InputError(f"layer entry {name!r}: malformed whiteout")
+        parent = self._resolve_dir(parent_rel, create=self.overlay, entry=name)
+        if parent is None:
+            return
+        if base == OPAQUE_WHITEOUT:
+            if self.overlay:
+                self._require_root(name)
+                os.setxattr(parent, _OVERLAY_OPAQUE, b"y", follow_symlinks=False)
+                return
+            with os.scandir(parent) as entries:
+                for entry in entries:
+                    if entry.path not in self.written:
+                        _remove(entry.path)
+            return
+        victim = os.path.join(parent, victim_name)
+        if victim in self.written:
+            return
+        existing = _lstat(victim)
+        if self.overlay:
+            self._require_root(name)
+            if existing is not None:
+                _remove(victim)
+            os.mknod(victim, stat.S_IFCHR, os.makedev(0, 0))
+        elif existing is not None:
+            _remove(victim)
+
+    def _require_root(self, name: str) -> None:
+        if not self.privileged:
+            raise NotAvailableError(f"layer entry {name!r}: overlay whiteouts need root")
+
+    def _metadata(self, member: tarfile.TarInfo, target: str) -> None:
+        is_link = member.issym()
+        if self.privileged:
+            os.chown(target, member.uid, member.gid, follow_symlinks=False)
+        if not is_link:
+            os.chmod(target, member.mode & 0o7777)
+        for key, value in sorted(member.pax_headers.items()):
+            if not key.startswith(_XATTR_PAX):
+                continue
+            attr = key[len(_XATTR_PAX):]
+            if attr.startswith(_OVERLAY_XATTR_PREFIXES):
+                continue  # never let layer content steer overlayfs
+            with contextlib.suppress(OSError):
+                os.setxattr(target, attr, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+        mtime_ns = int(round(member.mtime * 1_000_000_000))
+        atime_ns = mtime_ns
+        if "atime" in member.pax_headers:
+            with contextlib.suppress(ValueError):
+                atime_ns = int(round(float(member.pax_headers["atime"]) * 1_000_000_000))
+        if member.isdir():
+            self.dir_times.append((target, atime_ns, mtime_ns))
+        else:
+            _utime(target, atime_ns, mtime_ns)
+
+    def finish(self) -> None:
+        """Set directory times last: creating their children changed them."""
+        for path, atime_ns, mtime_ns in reversed(self.dir_times):
+            _utime(path, atime_ns, mtime_ns)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _remove(path: str) -> None:
+    st = _lstat(path)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _utime(path: str, atime_ns: int, mtime_ns: int) -> None:
+    try:
+        os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EINVAL):
+            raise
+
+
+# ------------------------------------------------------------------------------------------
+# Writing layers
+# ------------------------------------------------------------------------------------------
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    values = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            values[name] = os.getxattr(path, name, follow_symlinks=False)
+    return values
+
+
+class _LayerWriter:
+    """Writes PAX tar entries for files of one tree, keeping hard links as links."""
+
+    def __init__(self, out: IO[bytes], source_date_epoch: int | None):
+        self.tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self.epoch = source_date_epoch
+        self.links: dict[tuple[int, int], str] = {}
+        self.emitted_dirs: set[str] = set()
+
+    def _mtime(self, seconds: int) -> int:
+        return min(seconds, self.epoch) if self.epoch is not None else seconds
+
+    def add(self, path: str, rel: str, st: os.stat_result) -> None:
+        mode = st.st_mode
+        info = tarfile.TarInfo(rel + "/" if stat.S_ISDIR(mode) else rel)
+        info.mode = stat.S_IMODE(mode)
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.uname = info.gname = ""
+        info.mtime = self._mtime(st.st_mtime_ns // 1_000_000_000)
+        xattrs = {k: v for k, v in _xattrs(path).items() if not k.startswith(_OVERLAY_XATTR_PREFIXES)}
+        info.pax_headers = {
+            _XATTR_PAX + k: xattrs[k].decode("utf-8", "surrogateescape") for k in sorted(xattrs)
+        }
+        content = False
+        if stat.S_ISREG(mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.links:
+                info.type, info.linkname = tarfile.LNKTYPE, self.links[key]
+            else:
+                if st.st_nlink > 1:
+                    self.links[key] = rel
+                info.type, info.size, content = tarfile.REGTYPE, st.st_size, True
+        elif stat.S_ISDIR(mode):
+            info.type = tarfile.DIRTYPE
+            self.emitted_dirs.add(rel)
+        elif stat.S_ISLNK(mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif stat.S_ISFIFO(mode):
+            info.type = tarfile.FIFOTYPE
+        else:
+            return  # sockets are not archived
+        if not content:
+            self.tar.addfile(info)
+            return
+        with open(path, "rb") as body:
+            self.tar.addfile(info, _Exact(body, st.st_size, path))
+
+    def whiteout(self, parent_rel: str, name: str, mtime: int) -> None:
+        info = tarfile.TarInfo(f"{parent_rel}/{name}" if parent_rel else name)
+        info.mode, info.uid, info.gid, info.size = 0, 0, 0, 0
+        info.uname = info.gname = ""
+        info.mtime = self._mtime(mtime)
+        self.tar.addfile(info)
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+class _Exact:
+    """Reads exactly ``size`` bytes of a file; a file that shrank while archived is an error."""
+
+    def __init__(self, f: BinaryIO, size: int, path: str):
+        self._f, self._left, self._path = f, size, path
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        if len(data) < n:
+            raise InputError(f"{self._path} changed size while it was archived")
+        self._left -= len(data)
+        return data
+
+
+def _sorted_names(path: str) -> list[str]:
+    return sorted(os.listdir(path), key=os.fsencode)
+
+
+def write_diff_tar(
+    lower_dir: str | os.PathLike[str] | None,
+    upper_dir: str | os.PathLike[str],
+    out_stream: IO[bytes],
+    *,
+    source_date_epoch: int | None = None,
+) -> None:
+    """Write the changes from ``lower_dir`` to ``upper_dir`` as an OCI layer tar.
+
+    New and changed entries are archived with their parent directories; entries missing from
+    ``upper_dir`` become ``.wh.`` whiteouts. A file counts as changed when its type, mode,
+    owner, xattrs, size, mtime, link target or device differ. Entries are sorted; mtimes are
+    clamped to ``source_date_epoch`` when it is given.
+    """
+    upper = os.fspath(upper_dir)
+    lower = os.fspath(lower_dir) if lower_dir is not None else None
+    writer = _LayerWriter(out_stream, source_date_epoch)
+    whiteout_mtime = source_date_epoch if source_date_epoch is not None else 0
+
+    def ensure_parents(rel: str) -> None:
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            if prefix not in writer.emitted_dirs:
+                path = os.path.join(upper, prefix)
+                writer.add(path, prefix, os.lstat(path))
+
+    def walk(rel: str, lower_present: bool) -> None:
+        upper_path = os.path.join(upper, rel) if rel else upper
+        names = _sorted_names(upper_path)
+        lower_names: set[str] = set()
+        if lower_present and lower is not None:
+            lower_names = set(os.listdir(os.path.join(lower, rel) if rel else lower))
+        present = set(names)
+        for name in sorted(present | lower_names, key=os.fsencode):
+            child = f"{rel}/{name}" if rel else name
+            if name not in present:
+                ensure_parents(child)
+                writer.whiteout(rel, WHITEOUT_PREFIX + name, whiteout_mtime)
+                continue
+            upper_child = os.path.join(upper, child)
+            ust = os.lstat(upper_child)
+            lst = os.lstat(os.path.join(lower, child)) if lower is not None and name in lower_names else None
+            lower_child = os.path.join(lower, child) if lst is not None and lower is not None else None
+            if stat.S_ISDIR(ust.st_mode):
+                both_dirs = lst is not None and stat.S_ISDIR(lst.st_mode)
+                if not both_dirs or not _same(upper_child, ust, lower_child, lst):
+                    ensure_parents(child)
+                    writer.add(upper_child, child, ust)
+                walk(child, both_dirs)
+            elif lst is None or not _same(upper_child, ust, lower_child, lst):
+                ensure_parents(child)
+                writer.add(upper_child, child, ust)
+
+    try:
+        walk("", lower is not None)
+    finally:
+        writer.close()
+
+
+def _same(upper: str, ust: os.stat_result, lower: str | None, lst: os.stat_result | None) -> bool:
+    if lst is None or lower is None:
+        return False
+    if stat.S_IFMT(ust.st_mode) != stat.S_IFMT(lst.st_mode):
+        return False
+    if (ust.st_mode, ust.st_uid, ust.st_gid) != (lst.st_mode, lst.st_uid, lst.st_gid):
+        return False
+    mode = ust.st_mode
+    if stat.S_ISLNK(mode):
+        return os.readlink(upper) == os.readlink(lower) and _xattrs(upper) == _xattrs(lower)
+    if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and ust.st_rdev != lst.st_rdev:
+        return False
+    if stat.S_ISREG(mode) and ust.st_size != lst.st_size:
+        return False
+    if ust.st_mtime_ns != lst.st_mtime_ns:
+        return False
+    return _xattrs(upper) == _xattrs(lower)
+
+
+def write_overlay_upper_tar(
+    upper_dir: str | os.PathLike[str],
+    out_stream: IO[bytes],
+    *,
+    source_date_epoch: int | None = None,
+) -> None:
+    """Write an overlayfs upper directory as an OCI layer tar.
+
+    0/0 character devices become ``.wh.NAME`` entries and opaque directories
+    (``trusted.overlay.opaque=y``) get a ``.wh..wh..opq`` entry; overlay xattrs are dropped.
+    """
+    upper = os.fspath(upper_dir)
+    writer = _LayerWriter(out_stream, source_date_epoch)
+
+    def walk(rel: str) -> None:
+        path = os.path.join(upper, rel) if rel else upper
+        for name in _sorted_names(path):
+            child = f"{rel}/{name}" if rel else name
+            child_path = os.path.join(upper, child)
+            st = os.lstat(child_path)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                writer.whiteout(rel, WHITEOUT_PREFIX + name, st.st_mtime_ns // 1_000_000_000)
+                continue
+            writer.add(child_path, child, st)
+            if stat.S_ISDIR(st.st_mode):
+                if _is_opaque(child_path):
+                    writer.whiteout(child, OPAQUE_WHITEOUT, st.st_mtime_ns // 1_000_000_000)
+                walk(child)
+
+    try:
+        walk("")
+    finally:
+        writer.close()
+
+
+def _is_opaque(path: str) -> bool:
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def read_layer_members(source: str | os.PathLike[str] | BinaryIO, *, media_type: str | None = None) -> list[tarfile.TarInfo]:
+    """The entries of a layer tar (names and metadata only), in archive order."""
+    with contextlib.ExitStack() as stack:
+        raw: Any = stack.enter_context(open(source, "rb")) if isinstance(source, (str, os.PathLike)) else source
+        with tarfile.open(fileobj=decompressed(raw, media_type), mode="r|") as tar:  # type: ignore[call-overload]
+            return list(tar)

@@ -1,0 +1,323 @@
+"""The Python API of the engine: solve an LLB graph on the local store.
+
+::
+
+    from pybk.core import llb
+    from pybk.core.client import Client
+
+    state = llb.image("127.0.0.1:5000/busybox:latest").run("echo hi > /hi").root()
+    with Client(root="/tmp/pybk") as client:
+        result = client.solve(state, progress="plain")
+        client.export_local(result, "out/")
+
+``Client.solve`` is a synchronous wrapper over the coroutine ``Client.asolve``; several
+``asolve`` calls may run concurrently in one event loop and share identical work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from pybk.core.errors import UsageError
+from pybk.core.progress import Progress, SolveStatus
+
+ProgressArg = str | Callable[[SolveStatus], None] | Sequence[Callable[[SolveStatus], None]] | None
+
+
+def _default_root() -> str:
+    if os.environ.get("PYBK_ROOT"):
+        return os.environ["PYBK_ROOT"]
+    if os.geteuid() == 0:
+        return "/var/lib/pybk"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(data, "pybk")
+
+
+def _as_definition(graph: Any) -> Any:
+    from pybk.core.llb.definition import Definition
+
+    if isinstance(graph, Definition):
+        return graph
+    if isinstance(graph, bytes | str):
+        return Definition.from_bytes(graph)
+    marshal = getattr(graph, "marshal", None)
+    if marshal is None:
+        raise TypeError(f"cannot solve {type(graph).__name__}: expected a State, a Definition "
+                        "or its bytes")
+    return marshal()
+
+
+class Client:
+    """Builds LLB graphs on a local store.
+
+    :param root: the store directory (default: ``config.root``, ``$PYBK_ROOT``,
+        ``/var/lib/pybk`` for root).
+    :param config: a :class:`pybk.core.config.Config` (default: all defaults).
+    :param executor: an :class:`~pybk.core.interfaces.Executor` to run ExecOps (default: the
+        ``oci`` worker's runc executor).
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, config: Any = None, *,
+                 executor: Any = None):
+        if config is None:
+            from pybk.core.config import Config
+
+            config = Config(root=os.fspath(root)) if root is not None else Config()
+        self.config = config
+        self.root = os.path.abspath(os.fspath(root) if root is not None
+                                    else (config.root or _default_root()))
+        self._executor = executor
+        self._worker: Any = None
+        self._configured = False
+
+    @property
+    def plugins(self) -> Any:
+        from pybk.core.plugins import get_plugin_manager
+
+        pm = get_plugin_manager()
+        if not self._configured:
+            pm.hook.pybk_configure.call_historic(kwargs={"config": self.config})
+            self._configured = True
+        return pm
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def worker(self) -> Any:
+        """The shared :class:`pybk.core.solver.ops.Worker`, created on first use; opening the
+        store cleans up after builds that were killed (their mounts, containers, snapshots)."""
+        if self._worker is None:
+            from pybk.core.solver.ops import Worker
+            from pybk.core.store import Store
+
+            oci = self.config.worker.oci
+            store = Store.open(self.root, snapshotter=oci.snapshotter)
+            executor = self._executor
+            if executor is None:
+                from pybk.workers.plugin import OCIWorker
+
+                executor = OCIWorker(OCIWorker.Options(binary=oci.binary or "runc"),
+                                     root=self.root).executor()
+            self._worker = Worker(store=store, executor=executor, config=self.config)
+        return self._worker
+
+    def close(self) -> None:
+        if self._configured:
+            self.plugins.hook.pybk_unconfigure(config=self.config)
+            self._configured = False
+        if self._worker is not None:
+            close = getattr(self._worker.store, "close", None)
+            if close is not None:
+                close()
+            self._worker = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- solving -----------------------------------------------------------------------
+
+    def solve(self, graph: Any, *, local_dirs: Mapping[str, str] | None = None,
+              secrets: Mapping[str, bytes] | None = None, ssh: Mapping[str, str] | None = None,
+              entitlements: Iterable[str] = (), no_cache: bool = False,
+              progress: ProgressArg = "auto", outputs: Sequence[Any] = (),
+              image_config: Mapping[str, Any] | None = None,
+              oci_layouts: Mapping[str, str] | None = None, request: Any = None) -> Any:
+        """Solve ``graph`` (a State, a Definition or its bytes); see :meth:`asolve`."""
+        return asyncio.run(self.asolve(
+            graph, local_dirs=local_dirs, secrets=secrets, ssh=ssh, entitlements=entitlements,
+            no_cache=no_cache, progress=progress, outputs=outputs, image_config=image_config,
+            oci_layouts=oci_layouts, request=request))
+
+    async def asolve(self, graph: Any, *, local_dirs: Mapping[str, str] | None = None,
+                     secrets: Mapping[str, bytes] | None = None,
+                     ssh: Mapping[str, str] | None = None, entitlements: Iterable[str] = (),
+                     no_cache: bool = False, progress: ProgressArg = "auto",
+                     outputs: Sequence[Any] = (),
+                     image_config: Mapping[str, Any] | None = None,
+                     oci_layouts: Mapping[str, str] | None = None,
+                     request: Any = None) -> Any:
+        """Build ``graph`` and return a :class:`pybk.core.solver.results.SolveResult`.
+
+        :param local_dirs: ``{name: directory}`` for ``local://name`` sources.
+        :param secrets: ``{id: bytes}`` for secret mounts and secret env; never stored.
+        :param ssh: ``{id: agent socket path}`` for SSH mounts.
+        :param entitlements: ``network.host``, ``security.insecure``.
+        :param no_cache: run every step even when its result is cached.
+        :param progress: a ``--progress`` mode (``auto``, ``tty``, ``plain``, ``rawjson``,
+            ``quiet``), a callable receiving each :class:`~pybk.core.progress.SolveStatus`, a
+            list of callables, or None for no output.
+        :param outputs: exports to run afterwards: ``{"type": "local", "dest": DIR}`` mappings
+            or objects with ``type`` and ``attrs`` (:class:`pybk.core.buildopts.OutputSpec`).
+        :param image_config: the image config to attach to the result (a frontend's).
+        :param oci_layouts: ``{store id: OCI layout directory}`` for ``oci-layout://`` sources
+            (their ``oci.store`` attribute).
+        :param request: the :class:`pybk.core.buildopts.BuildRequest` behind this solve, passed
+            to the ``pybk_build_started`` / ``pybk_build_finished`` hooks (None from Python).
+        :raises pybk.core.errors.BuildError: a step failed (the first failure cancels the rest).
+        """
+        from pybk.core.content import ContentStore
+        from pybk.core.registry.client import RegistryClient
+        from pybk.core.solver.ops import Session
+        from pybk.core.solver.results import SolveResult
+        from pybk.core.solver.scheduler import Scheduler
+        from pybk.core.solver.vertex import load_graph
+
+        definition = _as_definition(graph)
+        hook = self.plugins.hook
+        exports = [self._resolve_output(o) for o in outputs]
+        renderers, sinks = _progress_sinks(progress)
+        bus = Progress(*sinks, *renderers, lambda status: hook.pybk_progress(event=status))
+        hook.pybk_build_started(request=request)
+        result: Any = None
+        try:
+            if not definition.ops:
+                from pybk.core.solver.results import SCRATCH_REF, VertexStats
+
+                result = SolveResult(ref=SCRATCH_REF, store=None,
+                                     image_config=image_config, stats=VertexStats())
+            else:
+                loaded = load_graph(definition, no_cache=no_cache)
+                worker = await asyncio.to_thread(self.worker)
+                session = Session(local_dirs={k: os.path.abspath(v)
+                                              for k, v in (local_dirs or {}).items()},
+                                  secrets=dict(secrets or {}), ssh=dict(ssh or {}),
+                                  entitlements=frozenset(entitlements),
+                                  oci_layouts={k: os.path.abspath(v)
+                                               for k, v in (oci_layouts or {}).items()})
+                registry = RegistryClient(dict(self.config.registry),
+                                          ContentStore(worker.store.root))
+                lease = worker.store.lease()
+                runner = worker.runner(session, registry, lease)
+                try:
+                    scheduler = Scheduler(
+                        loaded, runner, bus,
+                        max_parallelism=self.config.worker.oci.max_parallelism)
+                    ref, key, outcome = await scheduler.solve()
+                finally:
+                    runner.release()
+                    lease.release()
+                    await registry.aclose()
+                config = image_config
+                if config is None and loaded.vertices[loaded.head.digest].op.kind == "source":
+                    config = outcome.extra.get("image_config")
+                result = SolveResult(ref=ref, store=worker.store,
+                                     image_config=config, stats=scheduler.stats(),
+                                     cache_key=key)
+            for instance in exports:
+                await asyncio.to_thread(instance.export, result, {})
+        except BaseException as exc:
+            hook.pybk_build_finished(request=request, result=None, error=exc)
+            raise
+        finally:
+            for renderer in renderers:
+                renderer.close()
+        hook.pybk_build_finished(request=request, result=result, error=None)
+        return result
+
+    # -- exporting ---------------------------------------------------------------------
+
+    def export_local(self, result: Any, dest_dir: str | os.PathLike[str]) -> int:
+        """Copy the result's filesystem into ``dest_dir``; returns the entries written."""
+        from pybk.exporters.local import copy_tree
+
+        with result.mount() as root:
+            return copy_tree(root, os.fspath(dest_dir))
+
+    def _resolve_output(self, output: Any) -> Any:
+        """An exporter instance for ``output`` (a mapping with ``type`` or an OutputSpec),
+        its options structured and validated by the exporter plugin."""
+        from pybk.core.converter import structure_options
+
+        if isinstance(output, Mapping):
+            attrs_in = {str(k): str(v) for k, v in output.items()}
+            kind = attrs_in.pop("type", "")
+        else:
+            kind, attrs_in = output.type, dict(output.attrs)
+        if not kind:
+            raise UsageError("an output needs a type (e.g. type=local,dest=DIR)", flag="--output")
+        pm = self.plugins
+        registry = pm.exporters()
+        exporter_cls = registry.get(kind)
+        options = structure_options(exporter_cls.Options, attrs_in, where="--output")
+        with pm.annotate_errors(registry.owner(kind)[0]):
+            return exporter_cls().resolve(options)
+
+
+def _progress_sinks(progress: ProgressArg) -> tuple[list[Any], list[Callable]]:
+    """(renderers to close at the end, plain callables)."""
+    if progress is None:
+        return [], []
+    if isinstance(progress, str):
+        from pybk.core.progressui import make_renderer
+
+        mode = "quiet" if progress == "none" else progress
+        return [make_renderer(mode, sys.stderr)], []
+    if callable(progress):
+        return [], [progress]
+    return [], list(progress)
+
+
+# -- pybk build --llb ------------------------------------------------------------------------
+
+
+def build_llb_command(definition_bytes: bytes, *, request: Any = None,
+                      root: str | None = None, config: Any = None,
+                      config_path: str | None = None,
+                      local_dirs: Mapping[str, str] | None = None,
+                      secrets: Mapping[str, bytes] | None = None,
+                      ssh: Mapping[str, str] | None = None,
+                      entitlements: Iterable[str] = (), no_cache: bool = False,
+                      progress: str = "auto", output_local_dest: str | None = None) -> int:
+    """``pybk build --llb FILE|-``: solve a marshalled Definition; returns the exit code.
+
+    Either pass a parsed :class:`pybk.core.buildopts.BuildRequest` as ``request`` (its context
+    is the local ``context``, ``--build-context name=DIR`` adds locals, ``--secret``, ``--ssh``,
+    ``--allow``, ``--no-cache``, ``--progress`` and ``-o type=local`` are honoured) or the
+    individual keyword arguments. Errors are raised as :class:`PybkError` for the CLI to show.
+    """
+    from pybk.core.llb.definition import Definition
+
+    outputs: list[Any] = []
+    if request is not None:
+        local_dirs = dict(local_dirs or {})
+        if request.context:
+            local_dirs.setdefault("context", request.context)
+            if request.file:
+                local_dirs.setdefault("dockerfile", os.path.dirname(os.path.abspath(request.file)))
+            else:
+                local_dirs.setdefault("dockerfile", request.context)
+        for ctx in request.build_contexts:
+            if ctx.kind == "local":
+                local_dirs[ctx.name] = ctx.value
+        secrets = {s.id: s.read() for s in request.secrets}
+        ssh = {}
+        for spec in request.ssh:
+            paths = spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),)
+            ssh[spec.id] = paths[0]
+        entitlements = tuple(e.split("=", 1)[0] for e in request.entitlements)
+        no_cache = request.no_cache
+        progress = "quiet" if request.quiet else request.progress
+        outputs = list(request.outputs)
+    if output_local_dest:
+        outputs.append({"type": "local", "dest": output_local_dest})
+    if config is None:
+        from pybk.core.config import load_config
+
+        config, warnings = load_config(config_path)
+        for warning in warnings:
+            print(f"WARNING: {warning}", file=sys.stderr)
+    definition = Definition.from_bytes(definition_bytes)
+    client = Client(root=root, config=config)
+    try:
+        client.solve(definition, local_dirs=local_dirs, secrets=secrets, ssh=ssh,
+                     entitlements=entitlements, no_cache=no_cache, progress=progress,
+                     outputs=outputs, request=request)
+    finally:
+        client.close()
+    return 0

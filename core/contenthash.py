@@ -1,0 +1,226 @@
+"""Content checksums of paths in directory trees: what COPY/ADD cache keys are computed from.
+
+A file's record is sha256 over its metadata (type, permission bits, uid, gid, symlink target,
+device numbers) and its content; mtimes are left out, so a touch never changes a checksum. A
+directory's record combines its own metadata with its children's names and records, sorted.
+Content digests are kept per file in a persistent cache keyed by
+``(dev, inode, size, mtime_ns, mode)``: a file whose stat did not change is never read again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Sequence
+
+from pybk.core.errors import BuildError
+from pybk.core.fileop import (
+    PathFilter,
+    clean_path,
+    norm_path,
+    resolve_in_root,
+    resolve_wildcards,
+)
+
+__all__ = ["ChecksumCache"]
+
+_EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
+_CACHE_VERSION = 1
+#: a digest is trusted only for files whose mtime is this much older than when it was taken, so
+#: a same-size rewrite within one timestamp tick of the hashing is never missed
+_RACY_NS = 2_000_000_000
+
+
+def _file_digest(host_path: str) -> str:
+    """Hex sha256 of a regular file's content (read without following a final symlink)."""
+    h = hashlib.sha256()
+    fd = os.open(host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+class _RootCache:
+    """The persistent per-root table ``relpath -> (dev, ino, size, mtime_ns, mode, sha256, at)``.
+
+    ``at`` is when the digest was taken (see ``_RACY_NS``).
+    """
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.seen: set[str] = set()
+        self.dirty = False
+        if path is None:
+            return
+        import orjson
+
+        try:
+            with open(path, "rb") as f:
+                data = orjson.loads(f.read())
+            if data.get("v") == _CACHE_VERSION:
+                self.entries = data["files"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            self.entries = {}
+
+    def content(self, rel: str, host: str, st: os.stat_result) -> str:
+        key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode]
+        self.seen.add(rel)
+        cached = self.entries.get(rel)
+        if cached is not None and cached[:5] == key and st.st_mtime_ns + _RACY_NS < cached[6]:
+            return cached[5]
+        taken_at = time.time_ns()
+        digest = _file_digest(host)
+        self.entries[rel] = [*key, digest, taken_at]
+        self.dirty = True
+        return digest
+
+    def save(self, *, prune: bool = False) -> None:
+        """Write the table if it changed; ``prune`` drops files not met since loading."""
+        if prune and len(self.seen) < len(self.entries):
+            self.entries = {k: v for k, v in self.entries.items() if k in self.seen}
+            self.dirty = True
+        if self.path is None or not self.dirty:
+            return
+        import orjson
+
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps({"v": _CACHE_VERSION, "files": self.entries}))
+        os.replace(tmp, self.path)
+        self.dirty = False
+
+
+class ChecksumCache:
+    """Content checksums (``sha256:<hex>``) of selectors in directory trees.
+
+    ``cache_dir`` holds one small file per tree root (written atomically); ``None`` keeps the
+    per-file cache in memory only.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None):
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+        if self.cache_dir is not None:
+            os.makedirs(self.cache_dir, exist_ok=True)
+        self._roots: dict[str, _RootCache] = {}
+
+    def _cache_file(self, root: str) -> str | None:
+        if self.cache_dir is None:
+            return None
+        name = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return os.path.join(self.cache_dir, name + ".json")
+
+    def _root_cache(self, root: str) -> _RootCache:
+        cache = self._roots.get(root)
+        if cache is None:
+            cache = self._roots[root] = _RootCache(self._cache_file(root))
+        return cache
+
+    def forget(self, root: str | os.PathLike[str]) -> None:
+        """Drop the cache of ``root`` (for a tree that is being deleted)."""
+        root = os.path.realpath(os.fspath(root))
+        self._roots.pop(root, None)
+        path = self._cache_file(root)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def checksum(self, root: str | os.PathLike[str], path: str = "/", *, wildcard: bool = False,
+                 follow_symlinks: bool = False, include_patterns: Sequence[str] = (),
+                 exclude_patterns: Sequence[str] = ()) -> str:
+        """The checksum of ``path`` inside ``root`` (resolved as if ``root`` were ``/``).
+
+        ``wildcard``: ``path`` may hold Go ``filepath.Match`` wildcards; all matches are combined
+        with their paths (no match gives the checksum of nothing). ``follow_symlinks``: a symlink
+        named by ``path`` stands for its target. Include/exclude patterns are relative to
+        ``path``, as for a copy. A missing path is a :class:`BuildError` ``"/p": not found``.
+        """
+        root = os.path.realpath(os.fspath(root))
+        cache = self._root_cache(root)
+        path_filter = PathFilter.create(include_patterns, exclude_patterns)
+        try:
+            if wildcard:
+                matches = resolve_wildcards(root, clean_path(path))
+                if len(matches) == 1 and matches[0] == norm_path(path):
+                    result = self._selector(cache, root, matches[0], follow_symlinks, path_filter)
+                elif not matches:
+                    result = _EMPTY
+                else:
+                    h = hashlib.sha256()
+                    for match in matches:
+                        record = self._selector(cache, root, match, follow_symlinks, path_filter,
+                                                missing_ok=True)
+                        h.update(f"{match}\0{record}\n".encode("utf-8", "surrogateescape"))
+                    result = "sha256:" + h.hexdigest()
+            else:
+                result = self._selector(cache, root, path, follow_symlinks, path_filter)
+        finally:
+            whole_tree = not wildcard and path_filter is None and norm_path(path) == "/"
+            cache.save(prune=whole_tree)
+        return result
+
+    def _selector(self, cache: _RootCache, root: str, path: str, follow: bool,
+                  path_filter: PathFilter | None, missing_ok: bool = False) -> str:
+        clean = norm_path(path)
+        host = resolve_in_root(root, clean, follow_final=follow)
+        try:
+            st = os.lstat(host)
+        except (FileNotFoundError, NotADirectoryError):
+            if missing_ok:
+                return _EMPTY
+            raise BuildError(f'"{clean}": not found') from None
+        rel = os.path.relpath(host, root)
+        record = self._record(cache, host, "" if rel == "." else rel, "", st, path_filter)
+        return "sha256:" + (record or hashlib.sha256(b"").hexdigest())
+
+    def _record(self, cache: _RootCache, host: str, rel: str, filter_rel: str,
+                st: os.stat_result, path_filter: PathFilter | None) -> str | None:
+        """Hex record of an entry; ``None`` when filters leave nothing of it."""
+        mode = st.st_mode
+        header = f"{stat.S_IFMT(mode):o} {stat.S_IMODE(mode):o} {st.st_uid} {st.st_gid}"
+        if stat.S_ISDIR(mode):
+            h = hashlib.sha256(b"dir\0" + header.encode())
+            any_child = False
+            with os.scandir(host) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                child_filter_rel = f"{filter_rel}/{entry.name}" if filter_rel else entry.name
+                keep, descend = True, False
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if path_filter is not None:
+                    keep, descend = path_filter.verdict(child_filter_rel, is_dir)
+                    if not keep and not descend:
+                        continue
+                child_st = entry.stat(follow_symlinks=False)
+                child_rel = f"{rel}/{entry.name}" if rel else entry.name
+                child_filter = path_filter if not (keep and is_dir and path_filter is not None
+                                                   and path_filter.exclude is None) else None
+                record = self._record(cache, entry.path, child_rel, child_filter_rel, child_st,
+                                      child_filter)
+                if record is None:
+                    continue
+                any_child = True
+                h.update(entry.name.encode("utf-8", "surrogateescape") + b"\0" +
+                         record.encode() + b"\n")
+            if path_filter is not None and filter_rel and not any_child:
+                keep, _ = path_filter.verdict(filter_rel, True)
+                if not keep:
+                    return None
+            return h.hexdigest()
+        if stat.S_ISREG(mode):
+            content = cache.content(rel, host, st)
+            return hashlib.sha256(f"file\0{header}\0{content}".encode()).hexdigest()
+        if stat.S_ISLNK(mode):
+            target = os.readlink(host)
+            return hashlib.sha256(f"symlink\0{header}\0".encode() +
+                                  target.encode("utf-8", "surrogateescape")).hexdigest()
+        return hashlib.sha256(f"special\0{header}\0{st.st_rdev}".encode()).hexdigest()

@@ -1,0 +1,91 @@
+"""Print a Definition like ``buildctl debug dump-llb`` (JSON lines) or as a Graphviz graph."""
+
+from __future__ import annotations
+
+import orjson
+from pybk.core.llb.definition import Definition
+from pybk.core.llb.ops import (
+    DiffOp,
+    ExecOp,
+    FileActionCopy,
+    FileActionMkDir,
+    FileActionMkFile,
+    FileActionRm,
+    FileActionSymlink,
+    FileOp,
+    MergeOp,
+    Op,
+    SourceOp,
+    encode,
+)
+from pybk.core.serialize import loads
+
+
+def _definition(data: bytes | str | Definition) -> Definition:
+    return data if isinstance(data, Definition) else Definition.from_bytes(data)
+
+
+def dump_llb(data: bytes | str | Definition) -> str:
+    """One JSON object per op, in definition order: ``{"Op", "Digest", "OpMetadata"}``.
+
+    The definition is validated first (:meth:`Definition.load`), so malformed input raises
+    :class:`~pybk.core.errors.InputError`.
+    """
+    definition = _definition(data)
+    definition.load()
+    lines = []
+    for raw, digest in zip(definition.ops, definition.digests(), strict=True):
+        md = definition.metadata.get(digest)
+        entry = {"Op": loads(raw), "Digest": digest, "OpMetadata": encode(md) if md else None}
+        lines.append(orjson.dumps(entry).decode())
+    return "\n".join(lines) + "\n"
+
+
+def describe(op: Op) -> str:
+    """A one-line, human-readable summary of an op (used as a graph label)."""
+    body = op.op
+    if isinstance(body, SourceOp):
+        return body.identifier
+    if isinstance(body, ExecOp):
+        return " ".join(body.meta.args) if body.meta else "exec"
+    if isinstance(body, FileOp):
+        parts = []
+        for action in body.actions:
+            a = action.action
+            if isinstance(a, FileActionCopy):
+                parts.append(f"copy {a.src} {a.dest}")
+            elif isinstance(a, FileActionMkFile):
+                parts.append(f"mkfile {a.path}")
+            elif isinstance(a, FileActionMkDir):
+                parts.append(f"mkdir {a.path}")
+            elif isinstance(a, FileActionRm):
+                parts.append(f"rm {a.path}")
+            elif isinstance(a, FileActionSymlink):
+                parts.append(f"symlink {a.oldpath} -> {a.newpath}")
+        return "; ".join(parts)
+    if isinstance(body, MergeOp):
+        return f"merge of {len(body.inputs)}"
+    if isinstance(body, DiffOp):
+        return "diff"
+    return op.kind or "result"
+
+
+def dump_dot(data: bytes | str | Definition) -> str:
+    """A Graphviz ``digraph``: one node per op, an edge from each input to its consumer."""
+    ops = _definition(data).load()
+    out = ["digraph llb {", "  rankdir=BT;", '  node [shape=box, fontname="monospace"];']
+    for digest, op in ops.items():
+        name = op.kind or "result"
+        label = f"{name}\\n{_escape(describe(op))}" if op.op is not None else name
+        out.append(f'  "{digest}" [label="{label}\\n{digest[7:19]}"];')
+        for inp in op.inputs:
+            edge = f' [label="{inp.index}"]' if inp.index else ""
+            out.append(f'  "{inp.digest}" -> "{digest}"{edge};')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _escape(text: str, limit: int = 60) -> str:
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("\\", "\\\\").replace('"', '\\"')

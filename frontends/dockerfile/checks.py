@@ -1,0 +1,665 @@
+"""Build checks: BuildKit's 22 Dockerfile lint rules, run statically over a parsed file.
+
+Configuration comes from the ``# check=skip=A,B;error=true;experimental=C`` directive, or the
+``BUILDKIT_DOCKERFILE_CHECK`` build arg, which replaces it. Experimental rules run only when
+enabled with ``experimental=``. ``InvalidBaseImagePlatform`` needs the pulled image's platform,
+so :func:`base_image_platform_warning` is offered for the converter instead of a static check.
+"""
+
+from __future__ import annotations
+
+import platform as _platform
+import re
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from pybk.core.patterns import PatternMatcher, clean_path
+from pybk.frontends.dockerfile.errors import DockerfileParseError
+from pybk.frontends.dockerfile.instructions import (
+    AddInstruction,
+    ArgInstruction,
+    CmdInstruction,
+    CopyInstruction,
+    Dockerfile,
+    EntrypointInstruction,
+    EnvInstruction,
+    Expander,
+    ExposeInstruction,
+    HealthcheckInstruction,
+    Instruction,
+    LabelInstruction,
+    Location,
+    MaintainerInstruction,
+    RunInstruction,
+    ShellInstruction,
+    Stage,
+    StopsignalInstruction,
+    UserInstruction,
+    VolumeInstruction,
+    WorkdirInstruction,
+    parse_dockerfile,
+    suggest,
+)
+from pybk.frontends.dockerfile.shell import Lexer, ShellExpansionError
+
+CHECK_BUILD_ARG = "BUILDKIT_DOCKERFILE_CHECK"
+_URL = "https://docs.docker.com/go/dockerfile/rule/{}/"
+
+
+@attrs.frozen
+class Rule:
+    """A lint rule: BuildKit's name, description and documentation URL."""
+
+    name: str
+    description: str
+    experimental: bool = False
+
+    @property
+    def url(self) -> str:
+        kebab = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", self.name)
+        return _URL.format(kebab.lower())
+
+
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule("StageNameCasing", "Stage names should be lowercase"),
+        Rule("FromAsCasing", "The 'as' keyword should match the case of the 'from' keyword"),
+        Rule("NoEmptyContinuation", "Empty continuation lines will become errors in a future release"),
+        Rule(
+            "ConsistentInstructionCasing",
+            "All commands within the Dockerfile should use the same casing (either upper or lower)",
+        ),
+        Rule("DuplicateStageName", "Stage names should be unique"),
+        Rule("ReservedStageName", "Reserved words should not be used as stage names"),
+        Rule(
+            "JSONArgsRecommended",
+            "JSON arguments recommended for ENTRYPOINT/CMD to prevent unintended behavior "
+            "related to OS signals",
+        ),
+        Rule(
+            "MaintainerDeprecated",
+            "The MAINTAINER instruction is deprecated, use a label instead to define an image author",
+        ),
+        Rule("UndefinedArgInFrom", "FROM command must use declared ARGs"),
+        Rule(
+            "WorkdirRelativePath",
+            "Relative workdir without an absolute workdir declared within the build can have "
+            "unexpected results if the base image changes",
+        ),
+        Rule("UndefinedVar", "Variables should be defined before their use"),
+        Rule(
+            "MultipleInstructionsDisallowed",
+            "Multiple instructions of the same type should not be used in the same stage",
+        ),
+        Rule(
+            "LegacyKeyValueFormat",
+            "Legacy key/value format with whitespace separator should not be used",
+        ),
+        Rule("InvalidBaseImagePlatform", "Base image platform does not match expected target platform"),
+        Rule(
+            "RedundantTargetPlatform",
+            "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the "
+            "default behavior",
+        ),
+        Rule("SecretsUsedInArgOrEnv", "Sensitive data should not be used in the ARG or ENV commands"),
+        Rule(
+            "InvalidDefaultArgInFrom",
+            "Default value for global ARG results in an empty or invalid base image name",
+        ),
+        Rule("FromPlatformFlagConstDisallowed", "FROM --platform flag should not use a constant value"),
+        Rule("CopyIgnoredFile", "Attempting to Copy file that is excluded by .dockerignore"),
+        Rule(
+            "InvalidDefinitionDescription",
+            "Comment for build stage or argument should follow the format: `# <arg/stage name> "
+            "<description>`. If this is not intended to be a description comment, add an empty "
+            "line or comment between the instruction and the comment.",
+            experimental=True,
+        ),
+        Rule("ExposeProtoCasing", "Protocol in EXPOSE instruction should be lowercase"),
+        Rule(
+            "ExposeInvalidFormat",
+            "IP address and host-port mapping should not be used in EXPOSE instruction. This "
+            "will become an error in a future release",
+        ),
+    )
+}
+
+
+@attrs.frozen
+class Warning:  # noqa: A001 - BuildKit's name for a lint finding
+    """One finding: rule name, message, file and 1-based line."""
+
+    rule: str
+    message: str
+    filename: str
+    line: int
+
+    @property
+    def description(self) -> str:
+        return RULES[self.rule].description
+
+    @property
+    def url(self) -> str:
+        return RULES[self.rule].url
+
+
+@attrs.frozen
+class CheckReport:
+    """All findings; ``error`` is True when ``error=true`` was set and something was found."""
+
+    warnings: list[Warning]
+    error: bool
+
+    @property
+    def error_message(self) -> str | None:
+        if not self.error:
+            return None
+        rules = list(dict.fromkeys(w.rule for w in self.warnings))
+        return "lint violation found for rules: " + ", ".join(rules)
+
+
+@attrs.frozen
+class CheckConfig:
+    """Parsed ``check=`` options."""
+
+    skip: frozenset[str] = frozenset()
+    skip_all: bool = False
+    error: bool = False
+    experimental: frozenset[str] = frozenset()
+    experimental_all: bool = False
+
+    def enabled(self, rule: Rule) -> bool:
+        if self.skip_all or rule.name in self.skip:
+            return False
+        if rule.experimental:
+            return self.experimental_all or rule.name in self.experimental
+        return True
+
+
+def parse_check_options(text: str) -> CheckConfig:
+    """Parse ``skip=…;error=…;experimental=…`` (BuildKit ``ParseLintOptions``)."""
+    text = text.strip()
+    if not text:
+        return CheckConfig()
+    options: dict[str, object] = {}
+    for part in text.split(";"):
+        key, has_value, value = part.partition("=")
+        if not has_value:
+            raise ValueError(f'invalid check option "{part}"')
+        key, value = key.strip(), value.strip()
+        if key in ("skip", "experimental"):
+            names = frozenset(v.strip() for v in value.split(","))
+            if value == "all":
+                options[f"{key}_all"] = True
+            else:
+                options[key] = names
+        elif key == "error":
+            lowered = {"1": "true", "t": "true", "0": "false", "f": "false"}.get(value, value.lower())
+            if lowered not in ("true", "false"):
+                raise ValueError(f'failed to parse check option "{part}": invalid syntax')
+            options["error"] = lowered == "true"
+        else:
+            raise ValueError(f'invalid check option "{key}"')
+    return CheckConfig(**options)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+_SECRET = re.compile(
+    r"(?i)(?:_|^)(?:apikey|auth|credential|credentials|key|password|pword|passwd|secret|token)(?:_|$)"
+)
+_SECRET_ALLOWED = re.compile(r"(?i)(?:_|^)(?:public)(?:_|$)")
+_PLATFORM_ARGS = (
+    "BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT", "BUILDOSVERSION",
+    "TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT", "TARGETOSVERSION",
+)  # fmt: skip
+_RESERVED_STAGE_NAMES = ("context", "scratch")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:localhost|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)+|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_REFERENCE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+
+
+def _host_platform_args() -> dict[str, str]:
+    machine = _platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        machine, machine
+    )
+    values = {"OS": "linux", "ARCH": arch, "VARIANT": "", "OSVERSION": "", "PLATFORM": f"linux/{arch}"}
+    args = {}
+    for prefix in ("BUILD", "TARGET"):
+        for key, value in values.items():
+            args[prefix + key] = value
+    return args
+
+
+def is_valid_reference(ref: str) -> bool:
+    """Whether ``ref`` is a syntactically valid image reference (docker ``reference``)."""
+    return bool(ref) and _REFERENCE.fullmatch(ref) is not None
+
+
+def base_image_platform_warning(
+    image: str, expected: str, actual: str, location: Location
+) -> Warning:
+    """The InvalidBaseImagePlatform finding, for use once the base image's platform is known."""
+    message = (
+        f'Base image {image} was pulled with platform "{actual}", expected "{expected}" for '
+        "current build"
+    )
+    return Warning("InvalidBaseImagePlatform", message, location.filename, location.start_line)
+
+
+def _title_quote(text: str) -> str:
+    from pybk.frontends.dockerfile.dump import go_quote
+
+    return go_quote(text)
+
+
+class _Linter:
+    def __init__(self, config: CheckConfig, filename: str):
+        self.config = config
+        self.filename = filename
+        self.found: list[Warning] = []
+
+    def run(self, rule_name: str, line: int, message: str | None = None) -> None:
+        rule = RULES[rule_name]
+        if self.config.enabled(rule):
+            self.found.append(Warning(rule_name, message or rule.description, self.filename, line))
+
+
+def _stage_dependencies(stage: Stage, names: Mapping[str, int]) -> set[int]:
+    deps: set[int] = set()
+
+    def ref(value: str) -> None:
+        value = value.lower()
+        if value in names:
+            deps.add(names[value])
+        elif value.isdigit() and int(value) < stage.index:
+            deps.add(int(value))
+
+    ref(stage.base_name)
+    for instruction in stage.instructions:
+        if isinstance(instruction, CopyInstruction) and instruction.from_:
+            ref(instruction.from_)
+        elif isinstance(instruction, RunInstruction):
+            for spec in instruction.mount_specs:
+                for field in spec.split(","):
+                    key, _, value = field.partition("=")
+                    if key.lower() == "from" and value:
+                        ref(value)
+    return deps
+
+
+def _reachable(dockerfile: Dockerfile, target: str | None) -> set[int]:
+    names = {s.name: s.index for s in dockerfile.stages if s.name}
+    if target is None:
+        start = len(dockerfile.stages) - 1
+    else:
+        try:
+            start = dockerfile.stage(target).index
+        except KeyError:
+            raise DockerfileParseError(
+                f'target stage "{target}" could not be found', filename=dockerfile.filename
+            ) from None
+    seen: set[int] = set()
+    todo = [start]
+    while todo:
+        index = todo.pop()
+        if index in seen:
+            continue
+        seen.add(index)
+        todo.extend(_stage_dependencies(dockerfile.stages[index], names))
+    return seen
+
+
+def _expanded_words(instruction: Instruction) -> list[str]:
+    """The raw words an instruction expands with ARG/ENV values (for UndefinedVar)."""
+    if isinstance(instruction, (AddInstruction, CopyInstruction)):
+        words = [*instruction.sources, instruction.dest, instruction.chown, instruction.chmod]
+        if isinstance(instruction, AddInstruction):
+            words.append(instruction.checksum)
+        return [w for w in words if w]
+    if isinstance(instruction, (EnvInstruction, LabelInstruction)):
+        return [w for pair in instruction.pairs for w in (pair.key, pair.value)]
+    if isinstance(instruction, ExposeInstruction):
+        return list(instruction.ports)
+    if isinstance(instruction, VolumeInstruction):
+        return list(instruction.volumes)
+    if isinstance(instruction, UserInstruction):
+        return [instruction.user]
+    if isinstance(instruction, WorkdirInstruction):
+        return [instruction.path]
+    if isinstance(instruction, StopsignalInstruction):
+        return [instruction.signal]
+    if isinstance(instruction, RunInstruction):
+        values = []
+        for spec in instruction.mount_specs:
+            for field in spec.split(","):
+                key, has_value, value = field.partition("=")
+                if has_value and key.lower() != "from":
+                    values.append(value)
+        return values
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_definition_description(lint: _Linter, instruction: str, keys: Sequence[str], comments, line):
+    if not comments or not keys:
+        return
+    first_word = comments[-1].split(" ")[0]
+    if first_word in keys:
+        return
+    example = keys[0] if len(keys) == 1 else "<arg_key>"
+    lint.run(
+        "InvalidDefinitionDescription",
+        line,
+        f"Comment for {instruction} should follow the format: `# {example} <description>`",
+    )
+
+
+def _check_casing(lint: _Linter, dockerfile: Dockerfile) -> None:
+    keywords: list[tuple[str, int]] = []
+    for stage in dockerfile.stages:
+        keywords.append((stage.from_instruction.keyword, stage.location.start_line))
+        keywords += [(i.keyword, i.location.start_line) for i in stage.instructions]
+    lower = sum(1 for k, _ in keywords if k == k.lower())
+    upper = sum(1 for k, _ in keywords if k == k.upper() and k != k.lower())
+    majority_lower = lower > upper
+    for keyword, line in keywords:
+        if majority_lower and keyword.lower() != keyword:
+            casing = "lowercase"
+        elif not majority_lower and keyword.upper() != keyword:
+            casing = "uppercase"
+        else:
+            continue
+        lint.run(
+            "ConsistentInstructionCasing",
+            line,
+            f"Command '{keyword}' should match the case of the command majority ({casing})",
+        )
+
+
+def _check_secret(lint: _Linter, instruction: str, key: str, line: int) -> None:
+    if _SECRET.search(key) and not _SECRET_ALLOWED.search(key):
+        lint.run(
+            "SecretsUsedInArgOrEnv",
+            line,
+            f"Do not use ARG or ENV instructions for sensitive data ({instruction} {_title_quote(key)})",
+        )
+
+
+def _lint(
+    dockerfile: Dockerfile,
+    lint: _Linter,
+    build_args: Mapping[str, str],
+    target: str | None,
+    ignore: PatternMatcher | None,
+) -> None:
+    escape = dockerfile.escape
+    lexer = Lexer(escape=escape)
+
+    for warning in dockerfile.warnings:
+        lint.run("NoEmptyContinuation", warning.line)
+    _check_casing(lint, dockerfile)
+
+    # Global scope: declared ARGs (with build-arg overrides) and the platform ARGs.
+    platform_args = _host_platform_args()
+    global_env: dict[str, str] = dict(platform_args)
+    defaults_env: dict[str, str] = dict(platform_args)
+    declared_global: set[str] = set()
+    for meta in dockerfile.meta_args:
+        line = meta.location.start_line
+        keys = [spec.key for spec in meta.args]
+        _check_definition_description(lint, "ARG", keys, meta.comments, line)
+        for spec in meta.args:
+            _check_secret(lint, "ARG", spec.key, line)
+            expander = Expander(global_env, escape, meta.location)
+            default = expander.word(spec.default) if spec.default is not None else None
+            declared_global.add(spec.key)
+            if spec.key in build_args:
+                global_env[spec.key] = build_args[spec.key]
+            elif default is not None:
+                global_env[spec.key] = default
+            if spec.default is not None:
+                defaults_env[spec.key] = Expander(defaults_env, escape).word(spec.default)
+
+    stage_names: dict[str, int] = {}
+    for stage in dockerfile.stages:
+        first = stage.from_instruction
+        line = first.location.start_line
+        if first.stage_name is not None:
+            written = first.stage_name_as_written or ""
+            if written != written.lower():
+                lint.run("StageNameCasing", line, f"Stage name '{written}' should be lowercase")
+            keyword, as_word = first.keyword, first.as_keyword or ""
+            if (keyword == keyword.upper() and as_word != as_word.upper()) or (
+                keyword == keyword.lower() and as_word != as_word.lower()
+            ):
+                lint.run(
+                    "FromAsCasing", line, f"'{as_word}' and '{keyword}' keywords' casing do not match"
+                )
+            if first.stage_name in _RESERVED_STAGE_NAMES:
+                lint.run(
+                    "ReservedStageName",
+                    line,
+                    f"Stage name should not use the same name as reserved stage {_title_quote(first.stage_name)}",
+                )
+            if first.stage_name in stage_names:
+                lint.run(
+                    "DuplicateStageName",
+                    line,
+                    f"Duplicate stage name {_title_quote(first.stage_name)}, stage names should be unique",
+                )
+            _check_definition_description(lint, "FROM", [first.stage_name], first.comments, line)
+        platform = first.platform
+        if platform is not None:
+            if platform in ("$TARGETPLATFORM", "${TARGETPLATFORM}"):
+                lint.run(
+                    "RedundantTargetPlatform",
+                    line,
+                    f"Setting platform to predefined {platform} in FROM is redundant as this is "
+                    "the default behavior",
+                )
+            elif "$" not in platform and not _stage_name_mentions_platform(first.stage_name, platform):
+                lint.run(
+                    "FromPlatformFlagConstDisallowed",
+                    line,
+                    f"FROM --platform flag should not use constant value {_title_quote(platform)}",
+                )
+        for word in (first.base_name, platform or ""):
+            if "$" not in word:
+                continue
+            try:
+                result = lexer.process(word, global_env)
+            except ShellExpansionError as err:
+                raise DockerfileParseError(err.message, filename=lint.filename, line=line) from None
+            for name in sorted(result.unmatched):
+                if name in declared_global:
+                    continue
+                hint = suggest(name, sorted(declared_global | set(platform_args)))
+                message = f"FROM argument '{name}' is not declared"
+                if hint:
+                    message += f" (did you mean {hint}?)"
+                lint.run("UndefinedArgInFrom", line, message)
+        if "$" in first.base_name:
+            try:
+                default_name = lexer.process(first.base_name, defaults_env).result
+            except ShellExpansionError:
+                default_name = ""
+            if not default_name or not (
+                is_valid_reference(default_name) or default_name.lower() in stage_names
+            ):
+                lint.run(
+                    "InvalidDefaultArgInFrom",
+                    line,
+                    f"Default value for ARG {first.base_name} results in empty or invalid base image name",
+                )
+        if first.stage_name is not None:
+            stage_names.setdefault(first.stage_name, stage.index)
+
+    reachable = _reachable(dockerfile, target)
+    stage_env: dict[int, dict[str, str]] = {}
+    stage_workdir: dict[int, bool] = {}
+    for stage in dockerfile.stages:
+        parent = stage_names.get(stage.base_name.lower())
+        env = dict(stage_env.get(parent, {"PATH": ""})) if parent is not None else {"PATH": ""}
+        workdir_set = stage_workdir.get(parent, False) if parent is not None else False
+        args: dict[str, str] = {}
+        declared: set[str] = set()
+        counts: dict[str, list[int]] = {}
+        shell_set = False
+        check_vars = stage.index in reachable
+        for instruction in stage.instructions:
+            line = instruction.location.start_line
+            scope = {**args, **env}
+            expander = Expander(scope, escape, instruction.location)
+            words = _expanded_words(instruction)
+            if check_vars:
+                for word in words:
+                    expander.word(word)
+                for name in sorted(expander.undefined - declared - set(scope)):
+                    hint = suggest(name, sorted(set(scope) | declared))
+                    message = f"Usage of undefined variable '${name}'"
+                    if hint:
+                        message += f" (did you mean ${hint}?)"
+                    lint.run("UndefinedVar", line, message)
+            if isinstance(instruction, MaintainerInstruction):
+                lint.run("MaintainerDeprecated", line, "Maintainer instruction is deprecated in favor of using label")
+            elif isinstance(instruction, ShellInstruction):
+                shell_set = True
+            elif isinstance(instruction, (CmdInstruction, EntrypointInstruction)):
+                if instruction.prepend_shell and instruction.command and not shell_set:
+                    lint.run(
+                        "JSONArgsRecommended",
+                        line,
+                        f"JSON arguments recommended for {instruction.keyword} to prevent "
+                        "unintended behavior related to OS signals",
+                    )
+            if isinstance(instruction, (CmdInstruction, EntrypointInstruction, HealthcheckInstruction)):
+                counts.setdefault(instruction.name, []).append(line)
+            if isinstance(instruction, (EnvInstruction, LabelInstruction)):
+                if any(pair.no_delim for pair in instruction.pairs):
+                    lint.run(
+                        "LegacyKeyValueFormat",
+                        line,
+                        f'"{instruction.keyword} key=value" should be used instead of legacy '
+                        f'"{instruction.keyword} key value" format',
+                    )
+            if isinstance(instruction, EnvInstruction):
+                new = {}
+                for pair in instruction.pairs:
+                    _check_secret(lint, "ENV", pair.key, line)
+                    new[expander.word(pair.key)] = expander.word(pair.value)
+                env.update(new)
+            elif isinstance(instruction, ArgInstruction):
+                keys = [spec.key for spec in instruction.args]
+                _check_definition_description(lint, "ARG", keys, instruction.comments, line)
+                for spec in instruction.args:
+                    _check_secret(lint, "ARG", spec.key, line)
+                    declared.add(spec.key)
+                    if spec.key in build_args:
+                        args[spec.key] = build_args[spec.key]
+                    elif spec.default is not None:
+                        args[spec.key] = Expander({**args, **env}, escape, instruction.location).word(spec.default)
+                    elif spec.key in global_env and spec.key in declared_global | set(platform_args):
+                        args[spec.key] = global_env[spec.key]
+            elif isinstance(instruction, ExposeInstruction):
+                for raw in instruction.ports:
+                    for port in expander.words(raw):
+                        if ":" in port:
+                            lint.run(
+                                "ExposeInvalidFormat",
+                                line,
+                                "EXPOSE instruction should not define an IP address or host-port "
+                                f"mapping, found '{port}'",
+                            )
+                        _, has_proto, proto = port.partition("/")
+                        if has_proto and proto != proto.lower():
+                            lint.run(
+                                "ExposeProtoCasing",
+                                line,
+                                f"Defined protocol '{port}' in EXPOSE instruction should be lowercase",
+                            )
+            elif isinstance(instruction, WorkdirInstruction) and check_vars:
+                path = expander.word(instruction.path)
+                if path.startswith("/"):
+                    workdir_set = True
+                elif not workdir_set:
+                    lint.run(
+                        "WorkdirRelativePath",
+                        line,
+                        f"Relative workdir {_title_quote(path)} can have unexpected results if the "
+                        "base image changes",
+                    )
+            elif isinstance(instruction, (CopyInstruction, AddInstruction)) and ignore is not None:
+                if isinstance(instruction, CopyInstruction) and instruction.from_:
+                    continue
+                verb = "Copy" if isinstance(instruction, CopyInstruction) else "Add"
+                for source in instruction.sources:
+                    value = expander.word(source)
+                    if "://" in value or value.startswith("git@"):
+                        continue
+                    relative = clean_path(value).lstrip("/") or "."
+                    if relative != "." and ignore.matches(relative):
+                        lint.run(
+                            "CopyIgnoredFile",
+                            line,
+                            f"Attempting to {verb} file {_title_quote(value)} that is excluded by .dockerignore",
+                        )
+        for name, lines in counts.items():
+            for line in lines[:-1]:
+                lint.run(
+                    "MultipleInstructionsDisallowed",
+                    line,
+                    f"Multiple {name} instructions should not be used in the same stage because "
+                    "only the last one will be used",
+                )
+        stage_env[stage.index] = env
+        stage_workdir[stage.index] = workdir_set
+
+
+def _stage_name_mentions_platform(stage_name: str | None, platform: str) -> bool:
+    if not stage_name:
+        return False
+    parts = [p for p in re.split(r"[/,]", platform.lower()) if p]
+    return any(part in stage_name for part in parts)
+
+
+def run_checks(
+    dockerfile_bytes: bytes,
+    filename: str = "Dockerfile",
+    build_args: Mapping[str, str] | None = None,
+    target: str | None = None,
+    ignore_patterns: Sequence[str] | None = None,
+) -> CheckReport:
+    """Run the build checks over a Dockerfile.
+
+    ``ignore_patterns`` (the context's ``.dockerignore``) enables CopyIgnoredFile. Raises
+    :class:`DockerfileParseError` when the file does not parse or the check options are bad.
+    """
+    build_args = dict(build_args or {})
+    dockerfile = parse_dockerfile(dockerfile_bytes, filename)
+    options = build_args.get(CHECK_BUILD_ARG)
+    option_line = None
+    if options is None:
+        options = dockerfile.directives.check or ""
+        option_line = dockerfile.directives.lines.get("check")
+    try:
+        config = parse_check_options(options)
+    except ValueError as err:
+        raise DockerfileParseError(str(err), filename=filename, line=option_line) from None
+    lint = _Linter(config, filename)
+    matcher = PatternMatcher(ignore_patterns) if ignore_patterns else None
+    _lint(dockerfile, lint, build_args, target, matcher)
+    warnings = sorted(lint.found, key=lambda w: w.line)
+    return CheckReport(warnings=warnings, error=config.error and bool(warnings))

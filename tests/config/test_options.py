@@ -1,0 +1,167 @@
+"""Plugin Options from CLI CSV attrs through the one converter (structure_options)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import attrs
+import pytest
+from pybk.core.converter import get_converter, setting, structure_options
+from pybk.core.errors import UsageError
+from pybk.core.units import DiskSpace, Seconds
+
+
+@attrs.frozen(kw_only=True)
+class CacheOptions:
+    """Shaped like the s3 cache backend's attrs (reference §3.3)."""
+
+    bucket: str
+    region: str = ""
+    name: list[str] = setting(factory=lambda: ["buildkit"], sep=";")
+    upload_parallelism: int = 4
+    touch_refresh: Seconds = Seconds(24 * 3600)
+    use_path_style: bool = False
+    mode: Literal["min", "max"] = "min"
+    ignore_error: bool = setting("ignore-error", default=False)
+    compression_level: int | None = setting("compression-level", default=None)
+
+
+class Compression(enum.Enum):
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    UNCOMPRESSED = "uncompressed"
+
+
+@attrs.frozen(kw_only=True)
+class ImageOptions:
+    """Shaped like the image exporter's attrs (reference §3.2)."""
+
+    name: list[str] = setting(factory=list)
+    push: bool = False
+    registry_insecure: bool = setting("registry.insecure", default=False)
+    compression: Compression = Compression.GZIP
+    annotations: dict[str, str] = setting(prefix="annotation.", factory=dict)
+    annotations_by_kind: dict[str, str] = setting(prefix="annotation-", factory=dict)
+    ratio: float = 1.0
+    limit: DiskSpace = setting(factory=DiskSpace)
+    labels: dict[str, str] = setting(factory=dict)
+
+
+@attrs.frozen
+class PlainOptions:
+    path: str
+    depth: int = 1
+
+
+def test_strings_become_the_field_types():
+    opts = structure_options(CacheOptions, {
+        "bucket": "cache", "name": "a;b", "upload_parallelism": "8", "touch_refresh": "1h30m",
+        "use_path_style": "true", "mode": "max", "ignore-error": "1", "compression-level": "3",
+    }, where="--cache-to")
+    assert opts == CacheOptions(bucket="cache", name=["a", "b"], upload_parallelism=8,
+                                touch_refresh=Seconds(5400), use_path_style=True, mode="max",
+                                ignore_error=True, compression_level=3)
+
+
+def test_defaults_apply_and_required_attrs_are_enough():
+    assert structure_options(CacheOptions, {"bucket": "b"}, where="--cache-to") == CacheOptions(
+        bucket="b")
+    assert structure_options(PlainOptions, {"path": "/x"}, where="--opt") == PlainOptions("/x")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("true", True), ("True", True), ("1", True), ("t", True), ("", True),
+     ("false", False), ("FALSE", False), ("0", False), ("f", False)],
+)
+def test_booleans_follow_go_parsebool(text, value):
+    opts = structure_options(ImageOptions, {"push": text}, where="--output")
+    assert opts.push is value
+
+
+def test_lists_enums_floats_sizes_and_dicts():
+    opts = structure_options(ImageOptions, {
+        "name": "r/a:1,r/b:2", "compression": "zstd", "ratio": "0.5", "limit": "2GB",
+        "labels": "a=1,b=2", "registry.insecure": "true",
+    }, where="--output")
+    assert opts.name == ["r/a:1", "r/b:2"]
+    assert opts.compression is Compression.ZSTD
+    assert opts.ratio == 0.5
+    assert opts.limit == DiskSpace(bytes=2 << 30)
+    assert opts.labels == {"a": "1", "b": "2"}
+    assert opts.registry_insecure is True
+
+
+def test_prefixed_attrs_are_collected_into_their_dict():
+    opts = structure_options(ImageOptions, {
+        "annotation.org.opencontainers.image.title": "demo",
+        "annotation.x": "1",
+        "annotation-manifest[linux/amd64].y": "2",
+    }, where="--output")
+    assert opts.annotations == {"org.opencontainers.image.title": "demo", "x": "1"}
+    assert opts.annotations_by_kind == {"manifest[linux/amd64].y": "2"}
+
+
+def _error(cls: type, attrs_in: dict[str, str], where: str = "--cache-to") -> str:
+    with pytest.raises(UsageError) as info:
+        structure_options(cls, attrs_in, where=where)
+    assert info.value.flag == where
+    assert info.value.exit_code == 2
+    return str(info.value)
+
+
+def test_unknown_attr_suggests_the_closest():
+    assert _error(CacheOptions, {"bucket": "b", "upload_paralelism": "2"}) == (
+        '--cache-to: unknown attribute "upload_paralelism" (did you mean '
+        '"upload_parallelism"?)')
+    assert _error(CacheOptions, {"bucket": "b", "ignore_error": "true"}) == (
+        '--cache-to: unknown attribute "ignore_error" (did you mean "ignore-error"?)')
+
+
+def test_unknown_attr_without_a_close_match_lists_the_known_ones():
+    message = _error(PlainOptions, {"path": "/x", "zzz": "1"}, where="--opt")
+    assert message == '--opt: unknown attribute "zzz" (known: depth, path)'
+
+
+def test_missing_required_attr():
+    assert _error(CacheOptions, {"region": "eu"}) == (
+        '--cache-to: missing required attribute "bucket"')
+
+
+def test_every_bad_value_is_reported_at_once():
+    message = _error(CacheOptions, {
+        "bucket": "b", "upload_parallelism": "many", "use_path_style": "yes",
+        "mode": "maximum", "touch_refresh": "1d", "compression-level": "1.5",
+    })
+    assert message == (
+        '--cache-to: attribute "upload_parallelism": expected an integer, got "many"; '
+        'attribute "use_path_style": expected true or false, got "yes"; '
+        'attribute "mode": "maximum" is not one of min, max (did you mean "max"?); '
+        'attribute "compression-level": expected an integer, got "1.5"; '
+        'attribute "touch_refresh": invalid duration "1d" (Go durations have no days or '
+        'weeks; write hours, e.g. "1440h" for 60 days)')
+
+
+def test_bad_enum_value_and_bad_size():
+    message = _error(ImageOptions, {"compression": "gzp", "limit": "10XB"}, where="--output")
+    assert message.startswith('--output: attribute "compression": "gzp" is not one of gzip, '
+                              'zstd, uncompressed (did you mean "gzip"?); attribute "limit": '
+                              'invalid size "10XB"')
+
+
+def test_bad_value_for_a_required_attr_is_not_also_reported_missing():
+    @attrs.frozen
+    class Needs:
+        count: int
+
+    assert _error(Needs, {"count": "x"}, where="--opt") == (
+        '--opt: attribute "count": expected an integer, got "x"')
+
+
+def test_toml_structuring_is_strict_for_options_too():
+    conv = get_converter()
+    assert conv.structure({"bucket": "b", "ignore-error": True}, CacheOptions).ignore_error
+    with pytest.raises(Exception) as info:
+        conv.structure({"bucket": "b", "upload_parallelism": "4"}, CacheOptions)
+    assert "expected an integer" in repr(info.value.exceptions)

@@ -1,0 +1,76 @@
+"""Fixtures for end-to-end solves: a Client on a fresh store, runc counted, busybox base."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from pybk.core.config import Config
+from pybk.core.interfaces import Executor
+from pybk.core.progress import EventRecorder
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (runc, mount(2))"
+    if not shutil.which("runc"):
+        return "runc is not installed"
+    return None
+
+
+class CountingExecutor(Executor):
+    """Wraps the real runc executor and counts its runs."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = 0
+
+    def reap_stale(self):
+        return self.inner.reap_stale()
+
+    async def run(self, process, root, mounts=(), **kw):
+        self.calls += 1
+        return await self.inner.run(process, root, mounts, **kw)
+
+
+@pytest.fixture
+def store_root(tmp_path):
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def make_client(store_root):
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    from pybk.core.client import Client
+    from pybk.workers.plugin import OCIWorker
+
+    clients = []
+
+    def make(*, max_parallelism: int = 8):
+        import attrs
+
+        base = Config(root=store_root)
+        oci = attrs.evolve(base.worker.oci, max_parallelism=max_parallelism)
+        config = attrs.evolve(base, worker=attrs.evolve(base.worker, oci=oci))
+        executor = CountingExecutor(OCIWorker(root=store_root).executor())
+        client = Client(root=store_root, config=config, executor=executor)
+        client.executor = executor
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+@pytest.fixture
+def recorder():
+    return EventRecorder()

@@ -1,0 +1,57 @@
+"""The ``oci`` worker plugin class and its registration."""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+import pytest
+
+from pybk.core.interfaces import Worker
+from pybk.core.plugins import Registry
+from pybk.workers import plugin
+
+
+def test_registered_worker_class():
+    cls = plugin.pybk_register_workers()
+    assert cls is plugin.OCIWorker
+    assert issubclass(cls, Worker) and cls.name == "oci"
+    registry = Registry("worker", Worker)
+    registry.add(cls, plugin="workers", distribution="pybk")
+    assert registry.get("oci") is cls
+    assert cls.describe() == "Runs build steps in an OCI runtime (runc or crun) on snapshot mounts."
+
+
+def test_options_defaults_and_fields():
+    opts = plugin.OCIWorker.Options()
+    assert (opts.binary, opts.no_process_sandbox, opts.platforms) == ("runc", False, ())
+    assert [f.name for f in attrs.fields(plugin.OCIWorker.Options)] == [
+        "binary", "no_process_sandbox", "platforms"]
+    assert plugin.OCIWorker.Options(platforms=["linux/arm64"]).platforms == ("linux/arm64",)
+
+
+def test_platforms(monkeypatch):
+    monkeypatch.setattr(plugin.platform, "machine", lambda: "aarch64")
+    assert plugin.OCIWorker().platforms() == ["linux/arm64"]
+    worker = plugin.OCIWorker(plugin.OCIWorker.Options(platforms=("linux/amd64",)))
+    assert worker.platforms() == ["linux/amd64"]
+
+
+def test_executor_uses_options(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the executor's state directory is private to root)")
+    worker = plugin.OCIWorker(
+        plugin.OCIWorker.Options(binary="crun", no_process_sandbox=True), root=tmp_path)
+    executor = worker.executor()
+    assert executor is worker.executor()
+    assert executor.binary == "crun" and executor.no_process_sandbox
+    assert executor.state_dir == str(tmp_path / "executor")
+    assert sorted(os.listdir(tmp_path / "executor")) == ["bundles", "runc"]
+
+
+def test_default_store_root(monkeypatch):
+    monkeypatch.setattr(plugin.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_DATA_HOME", "/home/u/.data")
+    assert plugin.default_store_root() == "/home/u/.data/pybk"
+    monkeypatch.setattr(plugin.os, "geteuid", lambda: 0)
+    assert plugin.default_store_root() == "/var/lib/pybk"

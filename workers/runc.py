@@ -1,0 +1,477 @@
+"""Run ExecOp processes in runc.
+
+One run = one bundle directory ``<state>/bundles/<id>``: the root mounts are mounted on
+``rootfs``, ``config.json`` comes from :mod:`pybk.workers.spec`, secrets live on a per-run tmpfs
+in the bundle, and ``runc run`` is started with stdio piped to the callbacks. Mount points that
+runc had to create in the rootfs are removed again when they are still empty (BuildKit's
+mount-stub cleaning), so a snapshot only changes by what the process wrote. Whatever happens —
+exit, error, cancellation — the container is killed and deleted, every mount is taken down and
+the bundle removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import glob
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from pybk.core.errors import BuildError, NotAvailableError
+from pybk.core.interfaces import (
+    ExecMount,
+    Executor,
+    Mount,
+    OutputCallback,
+    ProcessSpec,
+    SecretMount,
+    SSHMount,
+)
+from pybk.core.mount import (
+    MS_BIND,
+    cleanup_stale_mounts,
+    find_mounts_under,
+    libc,
+    mount,
+    mount_all,
+    sys_mount,
+    unmount,
+    unmount_all,
+)
+from pybk.workers import spec as ocispec
+from pybk.workers.user import ResolvedUser, resolve_user, root_path
+
+CLONE_NEWNET = 0x40000000
+_KILL_ATTEMPTS = 200  # x 25 ms
+
+
+class ProcessFailedError(BuildError):
+    """A build process exited with a status it was not allowed to."""
+
+    def __init__(self, command: str, status: int):
+        self.command = command
+        self.status = status
+        super().__init__(
+            f"process {go_quote(command)} did not complete successfully: exit code: {status}")
+
+
+def go_quote(text: str) -> str:
+    """Quote like Go's ``%q`` (``strconv.Quote``), as BuildKit's messages do."""
+    escapes = {"\a": r"\a", "\b": r"\b", "\f": r"\f", "\n": r"\n", "\r": r"\r", "\t": r"\t",
+               "\v": r"\v", "\\": "\\\\", '"': '\\"'}
+    out = []
+    for ch in text:
+        if ch in escapes:
+            out.append(escapes[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # an undecodable byte kept by surrogateescape
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def exit_error(process: ProcessSpec | Sequence[str], code: int) -> ProcessFailedError:
+    """BuildKit's error for a failed process: ``process "/bin/sh -c …" did not complete …``."""
+    args = process.args if isinstance(process, ProcessSpec) else process
+    return ProcessFailedError(" ".join(args), code)
+
+
+# ------------------------------------------------------------------------------------------
+# rootfs preparation
+# ------------------------------------------------------------------------------------------
+
+
+def missing_stubs(rootfs: str, dests: Sequence[str]) -> list[str]:
+    """Host paths runc will have to create for ``dests``: each missing path and its missing
+    parents, deepest first."""
+    paths: list[str] = []
+    for dest in dests:
+        try:
+            real = root_path(rootfs, dest)
+        except OSError:
+            continue
+        while real != rootfs:
+            try:
+                os.lstat(real)
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    break
+            if real not in paths:
+                paths.append(real)
+            real = os.path.dirname(real)
+    return sorted(paths, key=lambda p: p.count("/"), reverse=True)
+
+
+def remove_stubs(paths: Sequence[str]) -> None:
+    """Remove stub files and directories that stayed empty; removing one does not touch its
+    parent's timestamps."""
+    for path in paths:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                if os.listdir(path):
+                    continue
+            elif st.st_size != 0:
+                continue
+            parent = os.path.dirname(path)
+            pst = os.stat(parent)
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+            os.utime(parent, ns=(pst.st_atime_ns, pst.st_mtime_ns))
+        except OSError:
+            continue
+
+
+def create_cwd(rootfs: str, cwd: str, user: ResolvedUser) -> None:
+    """Create the working directory if missing; only the new directories get the user's ids."""
+    try:
+        target = root_path(rootfs, cwd)
+        missing = []
+        path = target
+        while path != rootfs and not os.path.lexists(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for path in reversed(missing):
+            os.mkdir(path, 0o755)
+            os.chmod(path, 0o755)
+            os.lchown(path, user.uid, user.gid)
+    except OSError as e:
+        raise BuildError(f"failed to create working directory {cwd}: {e.strerror}") from e
+
+
+def create_netns(path: str) -> None:
+    """A new network namespace (loopback left down), kept alive by a bind mount at ``path``.
+
+    The namespace is entered on a short-lived thread, so the rest of the process never leaves
+    its own namespace.
+    """
+    with open(path, "x"):
+        pass
+    failure: list[BaseException] = []
+
+    def enter_and_pin() -> None:
+        lib = libc()
+        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if lib.unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare network namespace: {os.strerror(err)}", path)
+            try:
+                sys_mount("/proc/thread-self/ns/net", path, None, MS_BIND)
+            finally:
+                if lib.setns(original, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, "cannot return to the original network namespace")
+        except BaseException as e:  # re-raised in the caller's thread
+            failure.append(e)
+        finally:
+            os.close(original)
+
+    worker = threading.Thread(target=enter_and_pin, name="pybk-netns")
+    worker.start()
+    worker.join()
+    if failure:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise failure[0]
+
+
+def remove_netns(path: str) -> None:
+    with contextlib.suppress(OSError):
+        unmount(path, lazy=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def write_secrets(directory: str, secrets: Sequence[SecretMount]) -> list[dict[str, Any]]:
+    """Mount a tmpfs on ``directory``, write each secret there, return read-only bind entries."""
+    os.makedirs(directory, mode=0o700)
+    size = sum(len(s.data) for s in secrets) + 4096 * (len(secrets) + 16)
+    mount(Mount("tmpfs", "tmpfs", ("nosuid", "nodev", "noexec", "mode=0700", f"size={size}")),
+          directory)
+    entries = []
+    for index, secret in enumerate(secrets):
+        path = os.path.join(directory, str(index))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            view = memoryview(secret.data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchown(fd, secret.uid, secret.gid)
+            os.fchmod(fd, secret.mode)
+        finally:
+            os.close(fd)
+        entries.append({"destination": secret.dest, "type": "bind", "source": path,
+                        "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
+    return entries
+
+
+class AgentProxy:
+    """A unix socket owned by the container user that forwards to an SSH agent socket."""
+
+    def __init__(self, agent_socket: str):
+        self.agent_socket = agent_socket
+        self.server: asyncio.AbstractServer | None = None
+        self.connections: set[asyncio.Task] = set()
+
+    async def start(self, path: str, uid: int, gid: int, mode: int) -> None:
+        self.server = await asyncio.start_unix_server(self._serve, path)
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections.add(task)
+        try:
+            agent_reader, agent_writer = await asyncio.open_unix_connection(self.agent_socket)
+        except OSError:
+            writer.close()
+            self.connections.discard(task)
+            return
+        try:
+            await asyncio.gather(_copy(reader, agent_writer), _copy(agent_reader, writer))
+        finally:
+            for w in (writer, agent_writer):
+                w.close()
+            self.connections.discard(task)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.connections):
+            task.cancel()
+        if self.connections:
+            await asyncio.gather(*self.connections, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()
+
+
+async def _pump(stream: asyncio.StreamReader, callback: OutputCallback | None) -> None:
+    while chunk := await stream.read(65536):
+        if callback is not None:
+            callback(chunk)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a bundle or scratch directory, never descending into something still mounted."""
+    if find_mounts_under(path):
+        cleanup_stale_mounts(path)
+    if find_mounts_under(path):
+        raise OSError(errno.EBUSY, f"refusing to remove {path}: still mounted", path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# the executor
+# ------------------------------------------------------------------------------------------
+
+
+class RuncExecutor(Executor):
+    """:class:`~pybk.core.interfaces.Executor` on an OCI runtime CLI (runc or crun).
+
+    ``state_dir`` holds the runtime's state (``runc/``) and the bundles (``bundles/``); several
+    processes may share it: a bundle's name carries the pid of the process that owns it.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], binary: str = "runc", *,
+                 no_process_sandbox: bool = False):
+        self.state_dir = os.path.abspath(os.fspath(state_dir))
+        self.binary = binary
+        self.no_process_sandbox = no_process_sandbox
+        self.runtime_root = os.path.join(self.state_dir, "runc")
+        self.bundles = os.path.join(self.state_dir, "bundles")
+        for path in (self.state_dir, self.runtime_root, self.bundles):
+            os.makedirs(path, mode=0o711, exist_ok=True)
+
+    def _runtime(self, *args: str) -> list[str]:
+        return [self.binary, "--root", self.runtime_root, *args]
+
+    def reap_stale(self) -> list[str]:
+        """Clean up after processes that died mid-run (kill -9): their containers, mounts and
+        bundles. Returns the container ids removed."""
+        removed = []
+        for name in sorted(os.listdir(self.bundles)):
+            parts = name.split("-")
+            if len(parts) != 3 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+                continue
+            with contextlib.suppress(OSError):
+                subprocess.run(self._runtime("delete", "--force", name),
+                               stdin=subprocess.DEVNULL, capture_output=True, check=False)
+            path = os.path.join(self.bundles, name)
+            with contextlib.suppress(OSError):
+                _remove_tree(path)
+                removed.append(name)
+            for scratch in glob.glob(os.path.join(tempfile.gettempdir(),
+                                                  f"pybk-ssh-{parts[1]}-*")):
+                shutil.rmtree(scratch, ignore_errors=True)
+        return removed
+
+    async def run(
+        self,
+        process: ProcessSpec,
+        root: Sequence[Mount],
+        mounts: Sequence[ExecMount] = (),
+        *,
+        secrets: Sequence[SecretMount] = (),
+        ssh: Sequence[SSHMount] = (),
+        stdout: OutputCallback | None = None,
+        stderr: OutputCallback | None = None,
+    ) -> int:
+        """Run ``process`` on ``root`` with ``mounts``; return its exit code."""
+        ocispec.validate(process)
+        container_id = f"pybk-{os.getpid()}-{os.urandom(8).hex()}"
+        bundle = os.path.join(self.bundles, container_id)
+        os.mkdir(bundle, 0o711)
+        async with contextlib.AsyncExitStack() as cleanup:
+            cleanup.callback(_remove_tree, bundle)
+            rootfs = os.path.join(bundle, "rootfs")
+            os.mkdir(rootfs, 0o700)
+            mount_all(root, rootfs)
+            cleanup.callback(unmount_all, rootfs)
+
+            dests = ["/etc/resolv.conf", "/etc/hosts", *(m.dest for m in mounts),
+                     *(s.dest for s in secrets), *(s.dest for s in ssh)]
+            cleanup.callback(remove_stubs, missing_stubs(rootfs, dests))
+
+            user = resolve_user(rootfs, process.user)
+            create_cwd(rootfs, process.cwd, user)
+            extra = await self._prepare_mounts(bundle, mounts, secrets, ssh, cleanup)
+            netns = None
+            if process.network == "none":
+                netns = os.path.join(bundle, "netns")
+                create_netns(netns)
+                cleanup.callback(remove_netns, netns)
+
+            hosts = os.path.join(bundle, "hosts")
+            resolv = os.path.join(bundle, "resolv.conf")
+            _write_text(hosts, ocispec.hosts_file(process.hostname, process.extra_hosts))
+            _write_text(resolv, ocispec.resolv_conf(process.network))
+            config = ocispec.generate_spec(
+                process, rootfs=rootfs, user=user, mounts=extra, hosts_path=hosts,
+                resolv_conf_path=resolv, netns_path=netns,
+                no_process_sandbox=self.no_process_sandbox)
+            with open(os.path.join(bundle, "config.json"), "wb") as f:
+                f.write(orjson.dumps(config))
+            return await self._run_container(container_id, bundle, stdout, stderr)
+
+    async def _prepare_mounts(self, bundle: str, mounts: Sequence[ExecMount],
+                              secrets: Sequence[SecretMount], ssh: Sequence[SSHMount],
+                              cleanup: contextlib.AsyncExitStack) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        for em in mounts:
+            entries += ocispec.exec_mount_entries(em)
+        if secrets:
+            secret_dir = os.path.join(bundle, "secrets")
+            cleanup.callback(unmount_all, secret_dir)
+            entries += write_secrets(secret_dir, secrets)
+        if ssh:
+            scratch = tempfile.mkdtemp(prefix=f"pybk-ssh-{os.getpid()}-")
+            cleanup.callback(shutil.rmtree, scratch, True)
+            for index, agent in enumerate(ssh):
+                proxy = AgentProxy(agent.socket)
+                cleanup.push_async_callback(proxy.close)
+                sock = os.path.join(scratch, f"{index}.sock")
+                await proxy.start(sock, agent.uid, agent.gid, agent.mode)
+                entries.append({"destination": agent.dest, "type": "bind", "source": sock,
+                                "options": ["rbind", "nosuid", "nodev", "noexec"]})
+        return entries
+
+    async def _run_container(self, container_id: str, bundle: str,
+                             stdout: OutputCallback | None,
+                             stderr: OutputCallback | None) -> int:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._runtime("run", "--bundle", bundle, container_id),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError as e:
+            raise NotAvailableError(f"OCI runtime {self.binary!r} not found") from e
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = [asyncio.ensure_future(_pump(proc.stdout, stdout)),
+                 asyncio.ensure_future(_pump(proc.stderr, stderr))]
+        try:
+            code = await proc.wait()
+            await asyncio.gather(*pumps)
+        except BaseException:
+            # A second cancellation must not leave the container running: finish the kill.
+            kill = asyncio.ensure_future(self._kill(container_id, proc))
+            while not kill.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(kill)
+            kill.result()
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            raise
+        return 128 - code if code < 0 else code
+
+    async def _kill(self, container_id: str, proc: asyncio.subprocess.Process) -> None:
+        """SIGKILL the container (retrying while runc is still creating it), then delete it."""
+        kill_args = ["kill", "--all"] if self.no_process_sandbox else ["kill"]
+        for _ in range(_KILL_ATTEMPTS):
+            if proc.returncode is not None:
+                break
+            await _quiet(self._runtime(*kill_args, container_id, "KILL"))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 0.025)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await _quiet(self._runtime("delete", "--force", container_id))
+
+
+async def _quiet(argv: list[str]) -> int:
+    """Run a runtime maintenance command, ignoring its output."""
+    child = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return await child.wait()
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o644)
+
