@@ -284,6 +284,7 @@ def build_llb_command(definition_bytes: bytes, *, request: Any = None,
     from pybk.core.llb.definition import Definition
 
     outputs: list[Any] = []
+    oci_layouts: dict[str, str] = {}
     if request is not None:
         local_dirs = dict(local_dirs or {})
         if request.context:
@@ -295,6 +296,8 @@ def build_llb_command(definition_bytes: bytes, *, request: Any = None,
         for ctx in request.build_contexts:
             if ctx.kind == "local":
                 local_dirs[ctx.name] = ctx.value
+            elif ctx.kind == "oci-layout":
+                oci_layouts[ctx.name] = ctx.value.split("@", 1)[0]
         secrets = {s.id: s.read() for s in request.secrets}
         ssh = {}
         for spec in request.ssh:
@@ -317,7 +320,7 @@ def build_llb_command(definition_bytes: bytes, *, request: Any = None,
     try:
         client.solve(definition, local_dirs=local_dirs, secrets=secrets, ssh=ssh,
                      entitlements=entitlements, no_cache=no_cache, progress=progress,
-                     outputs=outputs, request=request)
+                     outputs=outputs, request=request, oci_layouts=oci_layouts)
     finally:
         client.close()
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
+
 from pybk.core.converter import (
     KeyPath,
     Problem,

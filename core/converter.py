@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
+
 from pybk.core.errors import UsageError
 from pybk.core.units import DiskSpace, Seconds, format_duration, parse_duration
 

@@ -270,14 +270,17 @@ class PathFilter:
     """
 
     def __init__(self, include_patterns: Sequence[str] = (), exclude_patterns: Sequence[str] = ()):
-        from pybk.core.patterns import PatternMatcher
+        from pybk.core.patterns import PatternError, PatternMatcher
 
         self._matcher_cls = PatternMatcher
-        self.include = PatternMatcher(list(include_patterns)) if include_patterns else None
-        self.exclude = PatternMatcher(list(exclude_patterns)) if exclude_patterns else None
+        try:
+            self.include = PatternMatcher(list(include_patterns)) if include_patterns else None
+            self.exclude = PatternMatcher(list(exclude_patterns)) if exclude_patterns else None
+        except PatternError as e:
+            raise BuildError(f"invalid pattern: {e}") from None
         self._include_comps = [
-            [c for c in p.lstrip("!").strip("/").split("/") if c not in ("", ".")]
-            for p in include_patterns
+            [c for c in p.strip("/").split("/") if c not in ("", ".")]
+            for p in (self.include.patterns if self.include is not None else ())
             if not p.startswith("!")
         ]
         self._prefix_matchers: dict[str, Any] = {}
@@ -659,16 +662,16 @@ def _copy(src_root: str, src_path: str, dest_root: str, dest_path: str, opts: An
 
 def _copy_one(copier: _Copier, src_root: str, src: str, dest_root: str, dest: str,
               follow: bool, dir_contents: bool) -> None:
-    head, tail = posixpath.split(dest)
-    ensure = dest if tail in ("", ".") else head
-    if ensure:
-        mkdir_all(resolve_in_root(dest_root, ensure), 0o755, copier.owner, copier.timestamp_ns)
-    dest_host = resolve_in_root(dest_root, norm_path(dest))
     src_host = _root_path(src_root, src, follow)
     try:
         src_st = os.lstat(src_host)
     except (FileNotFoundError, NotADirectoryError):
         raise BuildError(f'"{norm_path(src)}": not found') from None
+    head, tail = posixpath.split(dest)
+    ensure = dest if tail in ("", ".") else head
+    if ensure:
+        mkdir_all(resolve_in_root(dest_root, ensure), 0o755, copier.owner, copier.timestamp_ns)
+    dest_host = resolve_in_root(dest_root, norm_path(dest))
 
     target = _prepare_target(copier, src_st, src, dest_host, dir_contents)
     copier.copy(src_host, "", target, False)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 import orjson
+
 from pybk.core.errors import StoreError
 from pybk.core.interfaces import Mount, Snapshotter
 

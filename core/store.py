@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 import orjson
+
 from pybk.core import locks as lockmod
 from pybk.core.errors import StoreError, UsageError
 from pybk.core.interfaces import Mount, Snapshotter

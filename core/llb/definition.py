@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+
 from pybk.core.errors import InputError
 from pybk.core.llb.ops import (
     SCRATCH,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+
 from pybk.core.llb.definition import Definition
 from pybk.core.llb.ops import (
     DiffOp,

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import attrs
+
 from pybk.core.errors import InputError
 from pybk.core.serialize import canonical_dumps, loads, sha256_digest
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
+
 from pybk.core.errors import InputError
 from pybk.core.llb.definition import Definition, Location, Locations, Range, Source, SourceInfo
 from pybk.core.llb.ops import (

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
 from pybk.core.errors import ConfigError, RegistryError
 
 _HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", "docker.io")

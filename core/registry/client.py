@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
 from pybk.core.content import ContentStore, DigestMismatchError
 from pybk.core.errors import RegistryError
 from pybk.core.registry import (

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+
 from pybk.core.errors import InputError
 
 _ARCH_ALIASES = {

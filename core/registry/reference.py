@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import attrs
+
 from pybk.core.errors import InputError
 
 DEFAULT_DOMAIN = "docker.io"

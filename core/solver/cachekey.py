@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+
 from pybk.core.llb.ops import (
     SCRATCH,
     ExecOp,

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
+
 from pybk.core.errors import BuildError, InputError, SolveError
 from pybk.core.interfaces import (
     ExecMount,

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
 from pybk.core.interfaces import BuildResultView
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
+
 from pybk.core.errors import BuildError, PybkError, SolveError
 from pybk.core.llb.ops import Input
 from pybk.core.progress import Progress, VertexProgress

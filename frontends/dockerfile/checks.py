@@ -298,6 +298,8 @@ def _stage_dependencies(stage: Stage, names: Mapping[str, int]) -> set[int]:
 
 def _reachable(dockerfile: Dockerfile, target: str | None) -> set[int]:
     names = {s.name: s.index for s in dockerfile.stages if s.name}
+    if not dockerfile.stages:
+        return set()
     if target is None:
         start = len(dockerfile.stages) - 1
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+
 from pybk.core.archive import apply_layer
 from pybk.core.errors import InputError
 

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from pybk.core.archive import (
     apply_layer,
     read_layer_members,

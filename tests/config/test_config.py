@@ -6,6 +6,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+
 from pybk.core.config import (
     Config,
     GCPolicy,

@@ -7,6 +7,7 @@ from typing import Literal
 
 import attrs
 import pytest
+
 from pybk.core.converter import get_converter, setting, structure_options
 from pybk.core.errors import UsageError
 from pybk.core.units import DiskSpace, Seconds

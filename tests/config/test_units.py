@@ -1,6 +1,7 @@
 """Sizes and durations as BuildKit reads them (go-units RAMInBytes, Go durations)."""
 
 import pytest
+
 from pybk.core.units import (
     DEFAULT_DISK_CAP,
     DiskSpace,

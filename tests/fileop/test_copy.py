@@ -108,6 +108,8 @@ def test_directory_itself_without_dir_copy_contents(src, dest, trees):
 def test_missing_sources(src, dest):
     with pytest.raises(BuildError, match=r'^"/nope": not found$'):
         cp(src, "nope", dest, "/x", **DOCKERFILE)
+    with pytest.raises(BuildError, match=r'^"/dir/nope": not found$'):
+        cp(src, "dir/nope", dest, "/made/for/nothing/", **DOCKERFILE)
     with pytest.raises(BuildError, match=r'"/nothing\*": not found'):
         cp(src, "nothing*", dest, "/x/", allow_wildcard=True, create_dest_path=True)
     with pytest.raises(BuildError, match=r'"/dir/missing": not found'):
@@ -320,6 +322,11 @@ def test_include_and_exclude_patterns(tmp_path, trees):
        exclude_patterns=["**/*.txt", "app/tests"], **DOCKERFILE)
     assert sorted(trees.describe(d)) == ["app", "app/main.py", "app/util.py", "vendor",
                                          "vendor/lib", "vendor/lib/x.py"]
+
+
+def test_invalid_pattern(src, dest):
+    with pytest.raises(BuildError, match="invalid pattern"):
+        cp(src, "/", dest, "/", exclude_patterns=["[unterminated"], **DOCKERFILE)
 
 
 def test_exclude_with_reinclusion(tmp_path, trees):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pybk.core import llb
 from pybk.core.errors import InputError
 from pybk.core.llb.definition import _check_acyclic

@@ -7,6 +7,7 @@ import typing
 
 import attrs
 import pytest
+
 from pybk.core.errors import InputError
 from pybk.core.llb import ops
 from pybk.core.serialize import canonical_dumps

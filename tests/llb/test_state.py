@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
+
 from pybk.core import llb
 from pybk.core.errors import InputError
 from pybk.core.llb import ops

@@ -181,6 +181,7 @@ def test_make_renderer_modes():
     make_renderer("quiet", buf)(SolveStatus(vertexes=(Vertex("sha256:a", "A", started=1.0),)))
     assert buf.getvalue() == ""
     import pytest
+
     from pybk.core.errors import UsageError
 
     with pytest.raises(UsageError):

@@ -18,6 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from support.busybox import layout_manifest, push_oci_layout, skopeo_inspect
+from support.fixtures import AUTH_PASSWORD, AUTH_USER
+
 from pybk.core.config import KeyPair, RegistryConfig
 from pybk.core.content import ContentStore
 from pybk.core.errors import RegistryError
@@ -31,8 +34,6 @@ from pybk.core.registry import (
 from pybk.core.registry.auth import Credentials
 from pybk.core.registry.client import Descriptor, RegistryClient
 from pybk.core.registry.platform import host_platform
-from support.busybox import layout_manifest, push_oci_layout, skopeo_inspect
-from support.fixtures import AUTH_PASSWORD, AUTH_USER
 
 pytestmark = pytest.mark.registry
 

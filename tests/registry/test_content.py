@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+
 from pybk.core.content import BlobNotFoundError, ContentStore, DigestMismatchError
 from pybk.core.errors import StoreError
 

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+
 from pybk.core.errors import ConfigError, InputError
 from pybk.core.registry import layer_compression
 from pybk.core.registry.auth import (

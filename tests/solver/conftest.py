@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+
 from pybk.core.config import Config
 from pybk.core.interfaces import Executor
 from pybk.core.progress import EventRecorder

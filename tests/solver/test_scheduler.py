@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+
 from pybk.core import llb
 from pybk.core.errors import BuildError
 from pybk.core.llb.ops import ExecOp, HostIP, Meta, Mount, Op, ProxyEnv

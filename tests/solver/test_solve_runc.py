@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+
 from pybk.core import llb
 from pybk.core.errors import BuildError
 from pybk.core.progress import EventRecorder

@@ -6,6 +6,7 @@ import shutil
 import stat
 
 import pytest
+
 from pybk.core.store import Store
 
 

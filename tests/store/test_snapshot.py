@@ -4,6 +4,7 @@ import os
 import stat
 
 import pytest
+
 from pybk.core.errors import StoreError
 from pybk.core.mount import mounted
 from pybk.core.snapshot import (

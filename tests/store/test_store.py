@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from pybk.core.errors import StoreError, UsageError
 from pybk.core.mount import mounted
 from pybk.core.store import GCPolicy, Store, default_gc_policies, parse_filters

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Greets whoever /app/NAME names.
+echo "hello from $(cat /app/NAME)"
