@@ -72,9 +72,15 @@ def main() -> None:
         warm_typed.append(time.perf_counter() - start)
 
     print(f"1000 instructions, {len(data)} bytes, median of {options.n}:")
-    print(f"  cold (import + grammar build + typed parse): {statistics.median(cold) * 1000:8.1f} ms")
-    print(f"  warm AST parse:                              {statistics.median(warm_ast) * 1000:8.1f} ms")
-    print(f"  warm typed parse (parse_dockerfile):         {statistics.median(warm_typed) * 1000:8.1f} ms")
+    print(
+        f"  cold (import + grammar build + typed parse): {statistics.median(cold) * 1000:8.1f} ms"
+    )
+    print(
+        f"  warm AST parse:                              {statistics.median(warm_ast) * 1000:8.1f} ms"
+    )
+    print(
+        f"  warm typed parse (parse_dockerfile):         {statistics.median(warm_typed) * 1000:8.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 
 from pybk.core import __version__
 from pybk.core.errors import PybkError, UsageError
+from pybk.core.paths import default_root
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,15 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
-
-
-def default_root() -> str:
-    if os.environ.get("PYBK_ROOT"):
-        return os.environ["PYBK_ROOT"]
-    if os.geteuid() == 0:
-        return "/var/lib/pybk"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(data, "pybk")
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -23,18 +23,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pybk.core.errors import UsageError
+from pybk.core.paths import default_root
 from pybk.core.progress import Progress, SolveStatus
 
 ProgressArg = str | Callable[[SolveStatus], None] | Sequence[Callable[[SolveStatus], None]] | None
-
-
-def _default_root() -> str:
-    if os.environ.get("PYBK_ROOT"):
-        return os.environ["PYBK_ROOT"]
-    if os.geteuid() == 0:
-        return "/var/lib/pybk"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(data, "pybk")
 
 
 def _as_definition(graph: Any) -> Any:
@@ -69,7 +61,7 @@ class Client:
             config = Config(root=os.fspath(root)) if root is not None else Config()
         self.config = config
         self.root = os.path.abspath(os.fspath(root) if root is not None
-                                    else (config.root or _default_root()))
+                                    else (config.root or default_root()))
         self._executor = executor
         self._worker: Any = None
         self._configured = False

@@ -11,7 +11,6 @@ Entry points: :func:`load_config`, :func:`load_config_text`, :func:`config_to_js
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import types
@@ -36,6 +35,7 @@ from pybk.core.converter import (
     suggest,
 )
 from pybk.core.errors import ConfigError
+from pybk.core.paths import default_root
 from pybk.core.units import DiskSpace, Seconds
 
 __all__ = [
@@ -76,15 +76,6 @@ __all__ = [
     "load_config_text",
     "parse_filter",
 ]
-
-
-def default_root() -> str:
-    """``/var/lib/pybk`` for root, else ``$XDG_DATA_HOME/pybk`` (``~/.local/share/pybk``)."""
-    if os.geteuid() == 0:
-        return "/var/lib/pybk"
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share")
-    return os.path.join(data_home, "pybk")
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import orjson
 from pybk.core import locks as lockmod
 from pybk.core.errors import StoreError, UsageError
 from pybk.core.interfaces import Mount, Snapshotter
+from pybk.core.paths import default_root
 
 SCHEMA_VERSION = 1
 
@@ -130,14 +131,6 @@ CREATE TABLE IF NOT EXISTS history(
 """
 
 
-def default_root() -> Path:
-    """``/var/lib/pybk`` for root, else ``$XDG_DATA_HOME/pybk`` (``~/.local/share/pybk``)."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/pybk")
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(data_home) / "pybk"
-
-
 def _new_id() -> str:
     """A random record id (25 lowercase base-36 characters, like BuildKit's)."""
     n = int.from_bytes(secrets.token_bytes(16), "big")
@@ -209,33 +202,6 @@ class HistoryEntry:
     num_warnings: int
     pinned: bool
     data: Mapping[str, Any]
-
-
-@attrs.frozen
-class GCPolicy:
-    """One BuildKit GC policy; sizes in bytes, ``keep_duration`` in seconds (0 = no limit)."""
-
-    all: bool = False
-    filters: tuple[str, ...] = ()
-    keep_duration: float = 0.0
-    reserved_space: int = 0
-    max_used_space: int = 0
-    min_free_space: int = 0
-
-
-def default_gc_policies(reserved_space: int, max_used_space: int,
-                        min_free_space: int) -> list[GCPolicy]:
-    """BuildKit's four default policies for the given worker caps."""
-    caps = {"reserved_space": reserved_space, "max_used_space": max_used_space,
-            "min_free_space": min_free_space}
-    return [
-        GCPolicy(filters=("type==source.local", "type==exec.cachemount",
-                          "type==source.git.checkout"),
-                 keep_duration=48 * 3600, max_used_space=512 * 1024 * 1024),
-        GCPolicy(keep_duration=60 * 24 * 3600, **caps),
-        GCPolicy(**caps),
-        GCPolicy(all=True, **caps),
-    ]
 
 
 _RECORD_COLUMNS = ("id, type, snapshot, path, description, created, last_used, usage_count, size,"
@@ -387,7 +353,7 @@ class Store:
              snapshotter: str = "auto") -> Store:
         """Open (creating if needed) the store at ``root`` and clean up after dead processes."""
         try:
-            store = cls(root if root is not None else default_root(), snapshotter=snapshotter)
+            store = cls(root if root is not None else Path(default_root()), snapshotter=snapshotter)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open store {root}: {e}") from None
         store.recover()
@@ -980,8 +946,12 @@ class Store:
                         break
         return deleted
 
-    def gc(self, policies: Sequence[GCPolicy]) -> list[UsageInfo]:
-        """Run each policy as one prune pass, in order."""
+    def gc(self, policies: Sequence[Any]) -> list[UsageInfo]:
+        """Run each policy as one prune pass, in order.
+
+        ``policies`` are resolved rules (:func:`pybk.core.config.gc_prune_rules`): sizes in
+        bytes, ``keep_duration`` in seconds.
+        """
         deleted: list[UsageInfo] = []
         for policy in policies:
             deleted += self.prune(policy.filters, all=policy.all,

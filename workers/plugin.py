@@ -11,6 +11,7 @@ import attrs
 
 from pybk.core.interfaces import Worker
 from pybk.core.markers import hookimpl
+from pybk.core.paths import default_root
 
 if TYPE_CHECKING:
     from pybk.workers.runc import RuncExecutor
@@ -26,14 +27,6 @@ def host_platform() -> str:
     """``os/arch[/variant]`` of this machine, in OCI spelling (``linux/amd64``)."""
     machine = platform.machine().lower()
     return f"linux/{_ARCHITECTURES.get(machine, machine)}"
-
-
-def default_store_root() -> str:
-    """``/var/lib/pybk`` for root, else ``$XDG_DATA_HOME/pybk``."""
-    if os.geteuid() == 0:
-        return "/var/lib/pybk"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(data, "pybk")
 
 
 class OCIWorker(Worker):
@@ -53,7 +46,7 @@ class OCIWorker(Worker):
     def __init__(self, options: OCIWorker.Options | None = None, *,
                  root: str | os.PathLike[str] | None = None):
         self.options = options or OCIWorker.Options()
-        self.root = os.fspath(root) if root is not None else default_store_root()
+        self.root = os.fspath(root) if root is not None else default_root()
         self._executor: RuncExecutor | None = None
 
     @classmethod

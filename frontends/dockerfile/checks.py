@@ -66,7 +66,9 @@ RULES: dict[str, Rule] = {
     for rule in (
         Rule("StageNameCasing", "Stage names should be lowercase"),
         Rule("FromAsCasing", "The 'as' keyword should match the case of the 'from' keyword"),
-        Rule("NoEmptyContinuation", "Empty continuation lines will become errors in a future release"),
+        Rule(
+            "NoEmptyContinuation", "Empty continuation lines will become errors in a future release"
+        ),
         Rule(
             "ConsistentInstructionCasing",
             "All commands within the Dockerfile should use the same casing (either upper or lower)",
@@ -97,18 +99,26 @@ RULES: dict[str, Rule] = {
             "LegacyKeyValueFormat",
             "Legacy key/value format with whitespace separator should not be used",
         ),
-        Rule("InvalidBaseImagePlatform", "Base image platform does not match expected target platform"),
+        Rule(
+            "InvalidBaseImagePlatform",
+            "Base image platform does not match expected target platform",
+        ),
         Rule(
             "RedundantTargetPlatform",
             "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the "
             "default behavior",
         ),
-        Rule("SecretsUsedInArgOrEnv", "Sensitive data should not be used in the ARG or ENV commands"),
+        Rule(
+            "SecretsUsedInArgOrEnv", "Sensitive data should not be used in the ARG or ENV commands"
+        ),
         Rule(
             "InvalidDefaultArgInFrom",
             "Default value for global ARG results in an empty or invalid base image name",
         ),
-        Rule("FromPlatformFlagConstDisallowed", "FROM --platform flag should not use a constant value"),
+        Rule(
+            "FromPlatformFlagConstDisallowed",
+            "FROM --platform flag should not use a constant value",
+        ),
         Rule("CopyIgnoredFile", "Attempting to Copy file that is excluded by .dockerignore"),
         Rule(
             "InvalidDefinitionDescription",
@@ -196,7 +206,9 @@ def parse_check_options(text: str) -> CheckConfig:
             else:
                 options[key] = names
         elif key == "error":
-            lowered = {"1": "true", "t": "true", "0": "false", "f": "false"}.get(value, value.lower())
+            lowered = {"1": "true", "t": "true", "0": "false", "f": "false"}.get(
+                value, value.lower()
+            )
             if lowered not in ("true", "false"):
                 raise ValueError(f'failed to parse check option "{part}": invalid syntax')
             options["error"] = lowered == "true"
@@ -231,7 +243,13 @@ def _host_platform_args() -> dict[str, str]:
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
         machine, machine
     )
-    values = {"OS": "linux", "ARCH": arch, "VARIANT": "", "OSVERSION": "", "PLATFORM": f"linux/{arch}"}
+    values = {
+        "OS": "linux",
+        "ARCH": arch,
+        "VARIANT": "",
+        "OSVERSION": "",
+        "PLATFORM": f"linux/{arch}",
+    }
     args = {}
     for prefix in ("BUILD", "TARGET"):
         for key, value in values.items():
@@ -355,7 +373,9 @@ def _expanded_words(instruction: Instruction) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_definition_description(lint: _Linter, instruction: str, keys: Sequence[str], comments, line):
+def _check_definition_description(
+    lint: _Linter, instruction: str, keys: Sequence[str], comments, line
+):
     if not comments or not keys:
         return
     first_word = comments[-1].split(" ")[0]
@@ -448,7 +468,9 @@ def _lint(
                 keyword == keyword.lower() and as_word != as_word.lower()
             ):
                 lint.run(
-                    "FromAsCasing", line, f"'{as_word}' and '{keyword}' keywords' casing do not match"
+                    "FromAsCasing",
+                    line,
+                    f"'{as_word}' and '{keyword}' keywords' casing do not match",
                 )
             if first.stage_name in _RESERVED_STAGE_NAMES:
                 lint.run(
@@ -472,7 +494,9 @@ def _lint(
                     f"Setting platform to predefined {platform} in FROM is redundant as this is "
                     "the default behavior",
                 )
-            elif "$" not in platform and not _stage_name_mentions_platform(first.stage_name, platform):
+            elif "$" not in platform and not _stage_name_mentions_platform(
+                first.stage_name, platform
+            ):
                 lint.run(
                     "FromPlatformFlagConstDisallowed",
                     line,
@@ -536,27 +560,38 @@ def _lint(
                         message += f" (did you mean ${hint}?)"
                     lint.run("UndefinedVar", line, message)
             if isinstance(instruction, MaintainerInstruction):
-                lint.run("MaintainerDeprecated", line, "Maintainer instruction is deprecated in favor of using label")
+                lint.run(
+                    "MaintainerDeprecated",
+                    line,
+                    "Maintainer instruction is deprecated in favor of using label",
+                )
             elif isinstance(instruction, ShellInstruction):
                 shell_set = True
-            elif isinstance(instruction, (CmdInstruction, EntrypointInstruction)):
-                if instruction.prepend_shell and instruction.command and not shell_set:
-                    lint.run(
-                        "JSONArgsRecommended",
-                        line,
-                        f"JSON arguments recommended for {instruction.keyword} to prevent "
-                        "unintended behavior related to OS signals",
-                    )
-            if isinstance(instruction, (CmdInstruction, EntrypointInstruction, HealthcheckInstruction)):
+            elif (
+                isinstance(instruction, (CmdInstruction, EntrypointInstruction))
+                and instruction.prepend_shell
+                and instruction.command
+                and not shell_set
+            ):
+                lint.run(
+                    "JSONArgsRecommended",
+                    line,
+                    f"JSON arguments recommended for {instruction.keyword} to prevent "
+                    "unintended behavior related to OS signals",
+                )
+            if isinstance(
+                instruction, (CmdInstruction, EntrypointInstruction, HealthcheckInstruction)
+            ):
                 counts.setdefault(instruction.name, []).append(line)
-            if isinstance(instruction, (EnvInstruction, LabelInstruction)):
-                if any(pair.no_delim for pair in instruction.pairs):
-                    lint.run(
-                        "LegacyKeyValueFormat",
-                        line,
-                        f'"{instruction.keyword} key=value" should be used instead of legacy '
-                        f'"{instruction.keyword} key value" format',
-                    )
+            if isinstance(instruction, (EnvInstruction, LabelInstruction)) and any(
+                pair.no_delim for pair in instruction.pairs
+            ):
+                lint.run(
+                    "LegacyKeyValueFormat",
+                    line,
+                    f'"{instruction.keyword} key=value" should be used instead of legacy '
+                    f'"{instruction.keyword} key value" format',
+                )
             if isinstance(instruction, EnvInstruction):
                 new = {}
                 for pair in instruction.pairs:
@@ -572,8 +607,12 @@ def _lint(
                     if spec.key in build_args:
                         args[spec.key] = build_args[spec.key]
                     elif spec.default is not None:
-                        args[spec.key] = Expander({**args, **env}, escape, instruction.location).word(spec.default)
-                    elif spec.key in global_env and spec.key in declared_global | set(platform_args):
+                        args[spec.key] = Expander(
+                            {**args, **env}, escape, instruction.location
+                        ).word(spec.default)
+                    elif spec.key in global_env and spec.key in declared_global | set(
+                        platform_args
+                    ):
                         args[spec.key] = global_env[spec.key]
             elif isinstance(instruction, ExposeInstruction):
                 for raw in instruction.ports:

@@ -17,7 +17,9 @@ VALID_DIRECTIVES = frozenset({"syntax", "escape", "check"})
 DEFAULT_ESCAPE = "\\"
 
 # Go's ``\s`` is ASCII [\t\n\f\r ] (no \v).
-_DIRECTIVE = re.compile(r"#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
+_DIRECTIVE = re.compile(
+    r"#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z"
+)
 _SLASH_DIRECTIVE = re.compile(
     r"//[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z"
 )

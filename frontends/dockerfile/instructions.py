@@ -519,7 +519,9 @@ def _go_csv_record(text: str) -> list[str]:
             while True:
                 quote = text.find('"', i)
                 if quote == -1:
-                    raise ValueError(f'parse error on line 1, column {n + 1}: extraneous or missing " in quoted-field')
+                    raise ValueError(
+                        f'parse error on line 1, column {n + 1}: extraneous or missing " in quoted-field'
+                    )
                 field.append(text[i:quote])
                 i = quote + 1
                 if i < n and text[i] == '"':
@@ -527,7 +529,9 @@ def _go_csv_record(text: str) -> list[str]:
                     i += 1
                     continue
                 if i < n and text[i] != ",":
-                    raise ValueError(f'parse error on line 1, column {i + 1}: extraneous or missing " in quoted-field')
+                    raise ValueError(
+                        f'parse error on line 1, column {i + 1}: extraneous or missing " in quoted-field'
+                    )
                 break
             fields.append("".join(field))
         else:
@@ -536,7 +540,9 @@ def _go_csv_record(text: str) -> list[str]:
             field_text = text[i:end]
             if '"' in field_text:
                 column = i + field_text.index('"') + 1
-                raise ValueError(f'parse error on line 1, column {column}: bare " in non-quoted-field')
+                raise ValueError(
+                    f'parse error on line 1, column {column}: bare " in non-quoted-field'
+                )
             fields.append(field_text)
             i = end
         if i >= n:
@@ -668,9 +674,10 @@ def parse_mount(spec: str, expand: Callable[[str], str] | None) -> Mount | None:
     if mount_type == "secret":
         if values.get("from_"):
             raise InstructionError("secret mount should not have a from")
-        if not values.get("source") and not values.get("target") and not values.get("cache_id"):
-            if values.get("env") is None:
-                raise InstructionError("one of source, target required")
+        if not any(values.get(key) for key in ("source", "target", "cache_id")) and (
+            values.get("env") is None
+        ):
+            raise InstructionError("one of source, target required")
         if values.get("source") and values.get("cache_id"):
             raise InstructionError("both source and id can't be set")
     return Mount(**values)  # type: ignore[arg-type]
@@ -722,7 +729,9 @@ def _command_line(req: _Request) -> tuple[tuple[str, ...], bool]:
     return req.args, not req.node.json
 
 
-def _sources_and_dest(req: _Request, command: str) -> tuple[tuple[str, ...], str, tuple[SourceContent, ...]]:
+def _sources_and_dest(
+    req: _Request, command: str
+) -> tuple[tuple[str, ...], str, tuple[SourceContent, ...]]:
     *sources, dest = req.args
     if parse_heredoc_word(dest) is not None:
         raise InstructionError(f"{command} cannot accept a heredoc as a destination")
@@ -1122,7 +1131,9 @@ class Expander:
     (for unused-arg reporting and the UndefinedVar check). Errors are located at ``location``.
     """
 
-    def __init__(self, env: Mapping[str, str], escape: str = "\\", location: Location | None = None):
+    def __init__(
+        self, env: Mapping[str, str], escape: str = "\\", location: Location | None = None
+    ):
         self.env = env
         self.lexer = Lexer(escape=escape)
         self.location = location

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import attrs
 
-from pybk.frontends.dockerfile.directives import DirectiveScanner, Directives
+from pybk.frontends.dockerfile.directives import Directives, DirectiveScanner
 from pybk.frontends.dockerfile.errors import DockerfileParseError
 from pybk.frontends.dockerfile.shell import (
     GO_SPACES,
@@ -420,7 +420,9 @@ def parse_heredoc_word(word: str) -> Heredoc | None:
         return None
     raw_words = _HEREDOC_NAME_RAW_LEXER.process(rest, {}).words
     if len(raw_words) != len(words):
-        raise ShellExpansionError(f"internal lexing of heredoc produced inconsistent results: {rest}")
+        raise ShellExpansionError(
+            f"internal lexing of heredoc produced inconsistent results: {rest}"
+        )
     name, raw = words[0], raw_words[0]
     quotes = name.count("'") + name.count('"')
     raw_quotes = raw.count("'") + raw.count('"')

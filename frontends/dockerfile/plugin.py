@@ -16,8 +16,10 @@ class DockerfileFrontend(Frontend):
     def solve(self, request, bridge):
         from pybk.core.errors import NotAvailableError
 
-        raise NotAvailableError("building a Dockerfile is not available yet; "
-                                "use pybk build --check, or build LLB with --llb")
+        raise NotAvailableError(
+            "building a Dockerfile is not available yet; "
+            "use pybk build --check, or build LLB with --llb"
+        )
 
 
 @hookimpl

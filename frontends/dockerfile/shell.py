@@ -370,7 +370,9 @@ def _pattern_to_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Patte
             i += 1
             if following not in ("*", "?", "\\"):
                 shown = following if following else "%!c(int32=-1)"
-                raise _Error(f"invalid pattern ({pattern}) in substitution: invalid escape '\\{shown}'")
+                raise _Error(
+                    f"invalid pattern ({pattern}) in substitution: invalid escape '\\{shown}'"
+                )
             out.append("\\" + following)
             continue
         out.append("\\" + ch if ch in _REGEX_SPECIAL else ch)
@@ -501,9 +503,7 @@ def process_words(text: str, env: Mapping[str, str], escape: str = "\\") -> list
     return list(_lexer(escape).process(text, env).words)
 
 
-def process_word_with_matches(
-    text: str, env: Mapping[str, str], escape: str = "\\"
-) -> WordResult:
+def process_word_with_matches(text: str, env: Mapping[str, str], escape: str = "\\") -> WordResult:
     """Like :func:`process_word`, also reporting which names were found (``matched``) and which
     were looked up but unset (``unmatched``)."""
     return _lexer(escape).process(text, env)

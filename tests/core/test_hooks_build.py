@@ -75,9 +75,8 @@ def test_hook_pybk_build_finished(tmp_path, recorder_plugin):
     _, result = _solve(tmp_path, _graph("c"), recorder_plugin)
     finished = [c for c in recorder_plugin if c[0] == "finished"]
     assert finished == [("finished", result, None)]
-    with result.mount() as root:
-        with open(os.path.join(root, "hello.txt")) as f:
-            assert f.read() == "c"
+    with result.mount() as root, open(os.path.join(root, "hello.txt")) as f:
+        assert f.read() == "c"
     recorder_plugin.clear()
     bad = llb.scratch().file(llb.copy(llb.scratch(), "/missing", "/x"))
     with pytest.raises(Exception) as err:

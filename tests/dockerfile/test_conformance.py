@@ -102,7 +102,9 @@ def test_words_case_count():
     assert len(WORDS_CASES) == 24
 
 
-@pytest.mark.parametrize(("source", "env", "expected"), WORDS_CASES, ids=[c[0] for c in WORDS_CASES])
+@pytest.mark.parametrize(
+    ("source", "env", "expected"), WORDS_CASES, ids=[c[0] for c in WORDS_CASES]
+)
 def test_words_splitting(source, env, expected):
     try:
         words = process_words(source, env)

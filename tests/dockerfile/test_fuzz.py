@@ -50,7 +50,11 @@ def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
 
 
 edits = st.lists(
-    st.tuples(st.integers(0, 2), st.integers(0, 10_000), st.sampled_from(b"\\`\"'$#{}[]<-= \t\n\r\x00\xff\xe2ab")),
+    st.tuples(
+        st.integers(0, 2),
+        st.integers(0, 10_000),
+        st.sampled_from(b"\\`\"'$#{}[]<-= \t\n\r\x00\xff\xe2ab"),
+    ),
     max_size=6,
 )
 

@@ -30,7 +30,9 @@ def error(text: str) -> DockerfileParseError:
 
 
 def test_stages_meta_args_and_locations():
-    df = parse_dockerfile(b"ARG V=1\nFROM --platform=$BUILDPLATFORM img:$V AS Build\nRUN a\nFROM build\n")
+    df = parse_dockerfile(
+        b"ARG V=1\nFROM --platform=$BUILDPLATFORM img:$V AS Build\nRUN a\nFROM build\n"
+    )
     assert [a.args[0].key for a in df.meta_args] == ["V"]
     build, final = df.stages
     assert (build.name, build.base_name, build.platform) == ("build", "img:$V", "$BUILDPLATFORM")
@@ -66,7 +68,9 @@ def test_unknown_instruction_suggests():
 
 
 def test_run_flags():
-    run = first('RUN --mount=type=cache,target=/c,sharing=locked,mode=0700,uid=1 --network=none --security=insecure ["a","b"]\n')
+    run = first(
+        'RUN --mount=type=cache,target=/c,sharing=locked,mode=0700,uid=1 --network=none --security=insecure ["a","b"]\n'
+    )
     assert run.command == ("a", "b") and not run.prepend_shell
     assert run.network == "none" and run.security == "insecure"
     assert run.mounts == (
@@ -85,12 +89,18 @@ def test_run_flags():
         ("--network=none --network=host", "duplicate flag specified: network"),
         ("--mount=type=nfs,target=/x", 'unsupported mount type "nfs"'),
         ("--mount=type=bind,target=/x,mode=0700", 'mode not allowed for "bind" type mounts'),
-        ("--mount=type=bind,target=/x,sharing=shared", "unexpected key 'sharing' for mount type 'bind'"),
+        (
+            "--mount=type=bind,target=/x,sharing=shared",
+            "unexpected key 'sharing' for mount type 'bind'",
+        ),
         ("--mount=type=cache,target=/x,sharing=sometimes", 'unsupported sharing value "sometimes"'),
         ("--mount=type=cache,target=/x,size=1m", "unexpected key 'size' for mount type 'cache'"),
         ("--mount=type=tmpfs,target=/x,size=lots", "invalid value for size: lots"),
         ("--mount=type=bind,target=/x,required", "unexpected key 'required' for mount type 'bind'"),
-        ("--mount=type=bind,targt=/x", "unexpected key 'targt' in 'targt=/x' (did you mean target?)"),
+        (
+            "--mount=type=bind,targt=/x",
+            "unexpected key 'targt' in 'targt=/x' (did you mean target?)",
+        ),
         ("--mount=type=bind,ro=maybe,target=/x", "invalid value for ro: maybe"),
         ("--mount=type=cache,target=/x,uid=-1", "invalid value -1 for uid"),
         ("--mount=type=cache,target=/x,mode=9", "invalid value 9 for mode"),
@@ -119,11 +129,27 @@ def test_mount_defaults_and_deferred_expansion():
 
 
 def test_copy_and_add_flags():
-    copy = first("COPY --from=build --chown=1:2 --chmod=u+x,go=rX --link --parents --exclude=*.md --exclude=x a b /dst/\n")
-    assert (copy.sources, copy.dest, copy.from_, copy.chown, copy.chmod) == (("a", "b"), "/dst/", "build", "1:2", "u+x,go=rX")
+    copy = first(
+        "COPY --from=build --chown=1:2 --chmod=u+x,go=rX --link --parents --exclude=*.md --exclude=x a b /dst/\n"
+    )
+    assert (copy.sources, copy.dest, copy.from_, copy.chown, copy.chmod) == (
+        ("a", "b"),
+        "/dst/",
+        "build",
+        "1:2",
+        "u+x,go=rX",
+    )
     assert copy.link and copy.parents and copy.excludes == ("*.md", "x")
-    add = first("ADD --checksum=sha256:abc --keep-git-dir=true --unpack=false --link=false --chmod=755 https://x/a.tgz /d\n")
-    assert (add.checksum, add.keep_git_dir, add.unpack, add.link, add.chmod) == ("sha256:abc", True, False, False, "755")
+    add = first(
+        "ADD --checksum=sha256:abc --keep-git-dir=true --unpack=false --link=false --chmod=755 https://x/a.tgz /d\n"
+    )
+    assert (add.checksum, add.keep_git_dir, add.unpack, add.link, add.chmod) == (
+        "sha256:abc",
+        True,
+        False,
+        False,
+        "755",
+    )
     assert first("ADD a b\n").unpack is None
 
 
@@ -155,10 +181,16 @@ def test_copy_heredoc_sources():
 
 
 def test_healthcheck():
-    hc = first("HEALTHCHECK --interval=1m30s --timeout=5s --start-period=0 --start-interval=1.5ms --retries=3 CMD curl -f x\n")
+    hc = first(
+        "HEALTHCHECK --interval=1m30s --timeout=5s --start-period=0 --start-interval=1.5ms --retries=3 CMD curl -f x\n"
+    )
     assert hc.test == ("CMD-SHELL", "curl -f x")
     assert (hc.interval, hc.timeout, hc.start_period, hc.start_interval, hc.retries) == (
-        90_000_000_000, 5_000_000_000, 0, 1_500_000, 3,
+        90_000_000_000,
+        5_000_000_000,
+        0,
+        1_500_000,
+        3,
     )
     assert first('HEALTHCHECK CMD ["a", "b"]\n').test == ("CMD", "a", "b")
     assert first("HEALTHCHECK NONE\n").test == ("NONE",)
@@ -187,7 +219,7 @@ def test_simple_instructions():
     assert first("ENV a 1 2\n").pairs[0].no_delim
     assert first("LABEL x=y\n").pairs[0].key == "x"
     assert first("EXPOSE 80 53/udp\n").ports == ("80", "53/udp")
-    assert first("VOLUME [\"/a\", \"/b\"]\n").volumes == ("/a", "/b")
+    assert first('VOLUME ["/a", "/b"]\n').volumes == ("/a", "/b")
     assert first("USER app:grp\n").user == "app:grp"
     assert first("WORKDIR /w\n").path == "/w"
     assert first("STOPSIGNAL SIGKILL\n").signal == "SIGKILL"
@@ -234,7 +266,9 @@ def test_onbuild_expression_keeps_heredocs():
 def test_value_helpers():
     assert go_parse_duration("1h2m3.5s") == 3_723_500_000_000
     assert go_parse_duration("-1.5µs") == -1500
-    assert parse_signal("9") == 9 and parse_signal("sigterm") == 15 and parse_signal("RTMIN+3") == 37
+    assert (
+        parse_signal("9") == 9 and parse_signal("sigterm") == 15 and parse_signal("RTMIN+3") == 37
+    )
     assert parse_chmod("0755") == 0o755 and parse_chmod("u=rwX,g=u") == "u=rwX,g=u"
     for bad in ("", "1.2.3", "5s5"):
         with pytest.raises(ValueError):

@@ -11,9 +11,10 @@ import time
 
 import pytest
 
+from pybk.core.config import OCIConfig, PruneRule, gc_prune_rules
 from pybk.core.errors import StoreError, UsageError
 from pybk.core.mount import mounted
-from pybk.core.store import GCPolicy, Store, default_gc_policies, parse_filters
+from pybk.core.store import Store, parse_filters
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount(2), chown, mknod)")
 
@@ -176,14 +177,15 @@ def test_filters():
 
 
 def test_gc_default_policies(store):
-    policies = default_gc_policies(0, 0, 0)
+    policies = gc_prune_rules(OCIConfig(), 100 * 2**30)
     assert policies[0].filters == ("type==source.local", "type==exec.cachemount",
                                    "type==source.git.checkout")
     assert policies[3].all
     make(store, files={"a": b"1"})
     store.local_dir("ctx", "k")
     # everything is fresh: the 48h and 60d policies keep it; the last two have no caps
-    deleted = store.gc([GCPolicy(keep_duration=3600), GCPolicy(filters=("type==source.local",))])
+    deleted = store.gc([PruneRule(keep_duration=3600),
+                        PruneRule(filters=("type==source.local",))])
     assert [u.record_type for u in deleted] == ["source.local"]
 
 

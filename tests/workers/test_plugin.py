@@ -8,6 +8,7 @@ import attrs
 import pytest
 
 from pybk.core.interfaces import Worker
+from pybk.core.paths import default_root
 from pybk.core.plugins import Registry
 from pybk.workers import plugin
 
@@ -50,8 +51,9 @@ def test_executor_uses_options(tmp_path):
 
 
 def test_default_store_root(monkeypatch):
+    monkeypatch.delenv("PYBK_ROOT", raising=False)
     monkeypatch.setattr(plugin.os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_DATA_HOME", "/home/u/.data")
-    assert plugin.default_store_root() == "/home/u/.data/pybk"
+    assert default_root() == "/home/u/.data/pybk"
     monkeypatch.setattr(plugin.os, "geteuid", lambda: 0)
-    assert plugin.default_store_root() == "/var/lib/pybk"
+    assert default_root() == "/var/lib/pybk"
