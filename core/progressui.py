@@ -18,6 +18,7 @@ drawn with rich (imported only when used).
 
 from __future__ import annotations
 
+import abc
 import sys
 import threading
 import time
@@ -59,13 +60,14 @@ def is_canceled(error: str) -> bool:
     return error.endswith("context canceled") or error.endswith("canceled")
 
 
-class Renderer:
+class Renderer(abc.ABC):
     """Base: a sink for progress updates with a final ``close``."""
 
+    @abc.abstractmethod
     def __call__(self, status: SolveStatus) -> None:
-        raise NotImplementedError
+        ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default
         """Flush pending output; renderers that show logs repeat failed steps' logs."""
 
 

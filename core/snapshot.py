@@ -16,6 +16,7 @@ committed snapshots for BuildKit's MergeOp and DiffOp.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import fcntl
@@ -569,29 +570,36 @@ class _StoreSnapshotter(Snapshotter):
 
     # ---- per snapshotter --------------------------------------------------------------------
 
+    @abc.abstractmethod
     def layer_dir(self, key: str) -> str:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _create_active(self, info: SnapshotInfo, parent: SnapshotInfo | None) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _active_mounts(self, info: SnapshotInfo) -> list[Mount]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _readonly_mounts(self, info: SnapshotInfo) -> list[Mount]:
-        raise NotImplementedError
+        ...
 
     def _after_commit(self, info: SnapshotInfo) -> None:
         """File work after an active snapshot became committed."""
 
+    @abc.abstractmethod
     def _fill_merge(self, info: SnapshotInfo, stack: Sequence[str]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _fill_stack(self, info: SnapshotInfo, layers: Sequence[str]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _fill_tree_diff(self, info: SnapshotInfo, lower: str | None, upper: str) -> None:
-        raise NotImplementedError
+        ...
 
 
 class OverlaySnapshotter(_StoreSnapshotter):

@@ -18,6 +18,7 @@ cancelled steps release their mounts and snapshots on the way out.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import weakref
@@ -103,25 +104,29 @@ class VertexOutcome:
     extra: dict[str, Any] = attrs.field(factory=dict)
 
 
-class OpRunner:
+class OpRunner(abc.ABC):
     """What the scheduler needs from the worker side, per build (see :mod:`.ops`)."""
 
+    @abc.abstractmethod
     async def source_key(self, vertex: Vertex, vp: VertexProgress) -> tuple[str, VertexOutcome | None]:
         """Key of a source op; sources that produce their result while keying return it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def checksum(self, ref: Ref, selectors: list[Any]) -> str:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def load_cached(self, key: str, vertex: Vertex) -> VertexOutcome | None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def execute(self, vertex: Vertex, key: str, inputs: list[Ref],
                       vp: VertexProgress) -> VertexOutcome:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def save(self, key: str, vertex: Vertex, outcome: VertexOutcome) -> None:
-        raise NotImplementedError
+        ...
 
 
 class Scheduler:

@@ -33,8 +33,13 @@ def test_editable_install_in_fresh_venv(tmp_path):
 
 @pytest.mark.slow
 def test_wheel_layout(tmp_path):
+    import shutil
+
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", "tests", "build", "*.egg-info", "__pycache__", ".hypothesis"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path), str(REPO)], check=True,
+                    "--no-build-isolation", "-w", str(tmp_path), str(source)], check=True,
                    cwd=tmp_path)
     wheel = next(tmp_path.glob("pybk-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
