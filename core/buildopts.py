@@ -26,6 +26,8 @@ class OutputSpec:
 
     type: str
     attrs: Mapping[str, str] = attrs.field(factory=dict)
+    #: hand the written tarball to ``docker load`` afterwards (``--load``)
+    load: bool = False
 
 
 @attrs.frozen
@@ -150,6 +152,23 @@ def parse_output(value: str, known_types: Iterable[str] | None = None) -> Output
     if typ in ("local",) and not kv.get("dest"):
         raise UsageError(f"type={typ} needs dest=DIR", flag=flag)
     return OutputSpec(typ, kv)
+
+
+def load_output(known_types: Iterable[str] | None = None) -> OutputSpec:
+    """``--load``: a docker tarball handed to ``docker load`` of a running engine."""
+    import shutil
+    import tempfile
+
+    docker = shutil.which("docker", path="/usr/bin:/usr/local/bin")
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    socket = host[len("unix://"):] if host.startswith("unix://") else None
+    if docker is None or (socket is not None and not os.path.exists(socket)):
+        raise UsageError("--load needs a running docker engine (docker CLI and "
+                         f"{host}); use -o type=docker,dest=FILE instead", flag="--load")
+    _check_known("docker", known_types, flag="--load", what="output type")
+    fd, dest = tempfile.mkstemp(prefix="pybk-load-", suffix=".tar")
+    os.close(fd)
+    return OutputSpec("docker", {"dest": dest}, load=True)
 
 
 def parse_cache(value: str, *, flag: str, known_types: Iterable[str] | None = None) -> CacheSpec:

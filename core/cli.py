@@ -38,6 +38,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list the installed plugins")
 
+    images = sub.add_parser("images", help="the local image store: ls, tag, rm, inspect")
+    images.add_argument("args", nargs=argparse.REMAINDER)
+
     debug = sub.add_parser("debug", help="inspect configuration, LLB and Dockerfiles")
     dsub = debug.add_subparsers(dest="debug_command", metavar="WHAT", parser_class=_Parser)
     cfg = dsub.add_parser("config", help="print a config file normalised as JSON")
@@ -100,7 +103,14 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
                                        (",name=" + '"' + ",".join(ns.tag) + '"' if ns.tag else ""),
                                        exporter_types))
     if ns.load:
-        outputs.append(bo.parse_output("type=docker", exporter_types))
+        outputs.append(bo.load_output(exporter_types))
+    if ns.tag:
+        names = ",".join(ns.tag)
+        outputs = [bo.OutputSpec(o.type, {**o.attrs, "name": names}, load=o.load)
+                   if o.type in ("image", "oci", "docker") and "name" not in o.attrs else o
+                   for o in outputs]
+        if not outputs:
+            outputs.append(bo.OutputSpec("image", {"name": names}))
     build_args = {}
     for value in ns.build_arg:
         key, val = bo.parse_build_arg(value)
@@ -194,8 +204,9 @@ def cmd_build(ns: argparse.Namespace) -> int:
                 raise UsageError(f"cannot read {request.llb}: {exc.strerror}", flag="--llb") from None
         return build_llb_command(data, request=request, root=ns.root or default_root(),
                                  config_path=ns.config)
-    raise PybkError("building from a build file is not available yet; use --llb FILE, "
-                    "--check or --print-llb")
+    from pybk.core.build import run_build
+
+    return run_build(request, root=ns.root or default_root(), config_path=ns.config)
 
 
 def cmd_plugins(ns: argparse.Namespace) -> int:
@@ -242,7 +253,14 @@ def _read_input(path: str) -> bytes:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-COMMANDS = {"build": cmd_build, "plugins": cmd_plugins, "debug": cmd_debug}
+def cmd_images(ns: argparse.Namespace) -> int:
+    from pybk.exporters.cli_support import images_command
+
+    return images_command(list(ns.args), ns.root or default_root())
+
+
+COMMANDS = {"build": cmd_build, "plugins": cmd_plugins, "debug": cmd_debug,
+            "images": cmd_images}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

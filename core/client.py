@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from pybk.core.errors import UsageError
 from pybk.core.paths import default_root
 from pybk.core.progress import Progress, SolveStatus
@@ -119,12 +121,13 @@ class Client:
               entitlements: Iterable[str] = (), no_cache: bool = False,
               progress: ProgressArg = "auto", outputs: Sequence[Any] = (),
               image_config: Mapping[str, Any] | None = None,
-              oci_layouts: Mapping[str, str] | None = None, request: Any = None) -> Any:
+              oci_layouts: Mapping[str, str] | None = None, request: Any = None,
+              export_info: Mapping[str, Any] | None = None) -> Any:
         """Solve ``graph`` (a State, a Definition or its bytes); see :meth:`asolve`."""
         return asyncio.run(self.asolve(
             graph, local_dirs=local_dirs, secrets=secrets, ssh=ssh, entitlements=entitlements,
             no_cache=no_cache, progress=progress, outputs=outputs, image_config=image_config,
-            oci_layouts=oci_layouts, request=request))
+            oci_layouts=oci_layouts, request=request, export_info=export_info))
 
     async def asolve(self, graph: Any, *, local_dirs: Mapping[str, str] | None = None,
                      secrets: Mapping[str, bytes] | None = None,
@@ -133,7 +136,8 @@ class Client:
                      outputs: Sequence[Any] = (),
                      image_config: Mapping[str, Any] | None = None,
                      oci_layouts: Mapping[str, str] | None = None,
-                     request: Any = None) -> Any:
+                     request: Any = None,
+                     export_info: Mapping[str, Any] | None = None) -> Any:
         """Build ``graph`` and return a :class:`pybk.core.solver.results.SolveResult`.
 
         :param local_dirs: ``{name: directory}`` for ``local://name`` sources.
@@ -151,6 +155,9 @@ class Client:
             (their ``oci.store`` attribute).
         :param request: the :class:`pybk.core.buildopts.BuildRequest` behind this solve, passed
             to the ``pybk_build_started`` / ``pybk_build_finished`` hooks (None from Python).
+        :param export_info: extra facts for exporters, e.g. ``{"source_date_epoch": 0}``.
+        :returns: the result; ``result.metadata["exporter.responses"]`` lists each output's
+            response (``containerimage.digest`` …) in order.
         :raises pybk.core.errors.BuildError: a step failed (the first failure cancels the rest).
         """
         from pybk.core.content import ContentStore
@@ -201,8 +208,16 @@ class Client:
                 result = SolveResult(ref=ref, store=worker.store,
                                      image_config=config, stats=scheduler.stats(),
                                      cache_key=key)
+            info = {"root": self.root, "registry_hosts": dict(self.config.registry),
+                    **(export_info or {})}
+            responses = []
             for instance in exports:
-                await asyncio.to_thread(instance.export, result, {})
+                exported = await asyncio.to_thread(instance.export, result, info)
+                responses.append(dict(exported.response))
+                if exported.finalize is not None:
+                    await asyncio.to_thread(exported.finalize)
+            result = attrs.evolve(result, metadata={**result.metadata,
+                                                    "exporter.responses": responses})
         except BaseException as exc:
             hook.pybk_build_finished(request=request, result=None, error=exc)
             raise
@@ -310,9 +325,14 @@ def build_llb_command(definition_bytes: bytes, *, request: Any = None,
     definition = Definition.from_bytes(definition_bytes)
     client = Client(root=root, config=config)
     try:
-        client.solve(definition, local_dirs=local_dirs, secrets=secrets, ssh=ssh,
-                     entitlements=entitlements, no_cache=no_cache, progress=progress,
-                     outputs=outputs, request=request, oci_layouts=oci_layouts)
+        from pybk.core.build import export_info, finish_outputs
+
+        result = client.solve(definition, local_dirs=local_dirs, secrets=secrets, ssh=ssh,
+                              entitlements=entitlements, no_cache=no_cache, progress=progress,
+                              outputs=outputs, request=request, oci_layouts=oci_layouts,
+                              export_info=export_info(request) if request else None)
+        if request is not None:
+            finish_outputs(request, result)
     finally:
         client.close()
     return 0

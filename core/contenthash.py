@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import stat
+import threading
 import time
 from collections.abc import Sequence
 
@@ -93,7 +94,7 @@ class _RootCache:
             return
         import orjson
 
-        tmp = f"{self.path}.tmp{os.getpid()}"
+        tmp = f"{self.path}.tmp{os.getpid()}.{threading.get_ident()}"
         with open(tmp, "wb") as f:
             f.write(orjson.dumps({"v": _CACHE_VERSION, "files": self.entries}))
         os.replace(tmp, self.path)

@@ -445,6 +445,16 @@ class Store:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)",
                        (key, orjson.dumps(value).decode()))
 
+    def set_layer_blob(self, snapshot: str, descriptor: Mapping[str, Any]) -> None:
+        """Remember the image layer blob a snapshot was unpacked from (``mediaType``,
+        ``digest``, ``size``, ``diffID``, optionally ``source`` repository), so exporters can
+        reuse it instead of recompressing."""
+        self.set_meta("layer-blob:" + snapshot, dict(descriptor))
+
+    def layer_blob(self, snapshot: str) -> dict[str, Any] | None:
+        """The blob descriptor recorded with :meth:`set_layer_blob`, or None."""
+        return self.get_meta("layer-blob:" + snapshot)
+
     # ---- files ------------------------------------------------------------------------------
 
     def _proc_dir(self, identity: str) -> Path:
@@ -623,6 +633,10 @@ class Store:
         if record.snapshot is None:
             return [Mount("bind", str(self.root / record.path), ("rbind", "rw"))]  # type: ignore[operator]
         return self.snapshotter_named(self._snapshotter_of(record)).mounts(record.snapshot)
+
+    def record_snapshotter(self, record: Record) -> Any:
+        """The snapshotter holding a record's snapshot."""
+        return self.snapshotter_named(self._snapshotter_of(record))
 
     def _snapshotter_of(self, record: Record) -> str:
         return self.query("SELECT snapshotter FROM records WHERE id=?", (record.id,))[0][0]

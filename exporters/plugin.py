@@ -7,6 +7,9 @@ from pybk.core.markers import hookimpl
 
 @hookimpl
 def pybk_register_exporters():
+    from pybk.exporters.image import ImageExporter, RegistryExporter
     from pybk.exporters.local import LocalExporter, TarExporter
+    from pybk.exporters.oci import DockerExporter, OCIExporter
 
-    return [LocalExporter, TarExporter]
+    return [LocalExporter, TarExporter, ImageExporter, RegistryExporter, OCIExporter,
+            DockerExporter]

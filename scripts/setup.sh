@@ -17,3 +17,17 @@ fi
 
 extras="${1:-}"
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}"
+
+if [ "$extras" = "[test]" ]; then
+  # Azurite (Azure Blob emulator) and the real GitHub Actions cache client, for the cache tests.
+  if ! command -v azurite-blob >/dev/null 2>&1 && [ ! -x /tmp/pybk-azurite/node_modules/.bin/azurite-blob ]; then
+    echo "installing azurite from npm"
+    npm install --silent --no-audit --no-fund --prefix /tmp/pybk-azurite azurite@3.35 >/dev/null
+  fi
+  d=/tmp/pybk-npm-cache/gha-client-$(sha256sum tests/gha/js/package.json | cut -c1-12)
+  if [ ! -f "$d/.installed" ]; then
+    echo "installing @actions/cache from npm"
+    mkdir -p "$d" && cp tests/gha/js/package.json "$d"/
+    (cd "$d" && npm install --silent --no-audit --no-fund >/dev/null) && touch "$d/.installed"
+  fi
+fi

@@ -274,11 +274,31 @@ class BuildRunner(OpRunner):
         platform = vertex.op.platform
         plat = str(platform) if platform is not None else None
 
+        mode = src.attrs.get("image.resolvemode") or "default"
+        if mode != "pull":
+            local = await asyncio.to_thread(self._stored_image, ref, plat)
+            if local is not None:
+                return local
+            if mode == "local":
+                raise BuildError(f"{ref}: no such image in the local image store "
+                                 "(resolve mode local)")
+
         async def resolve() -> Any:
             return await self.registry.resolve(ref, plat)
 
         image, _ = await InFlight.run(f"resolve:{ref}:{plat}", resolve)
         return image
+
+    def _stored_image(self, ref: str, platform: str | None) -> Any:
+        """``ref`` from the local image store (``pybk.exporters.imagestore``), or None."""
+        from pybk.core.registry.client import Descriptor
+        from pybk.exporters import imagestore
+
+        img = imagestore.lookup(self.store.root, ref, platform=platform)
+        if img is None:
+            return None
+        return _LayoutImage(ref=ref, manifest_digest=img.digest, config=img.config,
+                            layers=[Descriptor.from_dict(d) for d in img.layers], layout=img)
 
     async def _image_key(self, vertex: Vertex, src: SourceOp, ref: str,
                          vp: VertexProgress) -> str:
@@ -308,14 +328,14 @@ class BuildRunner(OpRunner):
             raise BuildError(f"image {image.ref}: config lists {len(diff_ids)} layers, "
                              f"manifest {len(layers)}")
         parent: str | None = None
-        for layer, chain in zip(layers, chain_ids(diff_ids), strict=True):
-            parent = await self._unpack_layer(image, layer, chain, parent, vp)
+        for layer, diff_id, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
+            parent = await self._unpack_layer(image, layer, chain, parent, vp, diff_id)
         return VertexOutcome(refs={0: Ref(snapshot=parent)}, cached=False,
                              extra={"image_config": image.config,
                                     "manifest_digest": image.manifest_digest})
 
     async def _unpack_layer(self, image: Any, layer: Any, chain: str, parent: str | None,
-                            vp: VertexProgress) -> str:
+                            vp: VertexProgress, diff_id: str = "") -> str:
         record_key = "layer:" + chain
 
         def existing() -> str | None:
@@ -346,11 +366,27 @@ class BuildRunner(OpRunner):
                 snap = await asyncio.to_thread(self._apply_layer, str(path), layer.media_type,
                                                parent)
                 vp.status(f"extracting {layer.digest}", done=True)
+                if isinstance(image, _LayoutImage):
+                    await asyncio.to_thread(self._keep_blob, str(path), layer.digest)
+                self.store.set_layer_blob(snap, {
+                    "mediaType": layer.media_type, "digest": layer.digest, "size": layer.size,
+                    "diffID": diff_id,
+                    "source": "" if isinstance(image, _LayoutImage) else image.ref.repository})
                 self.store.put_cache(record_key, snap)
                 return snap
 
         snap, _ = await InFlight.run(record_key, unpack)
         return snap
+
+    def _keep_blob(self, blob_path: str, digest: str) -> None:
+        """Copy a layout's layer blob into the content store so exports can reuse it."""
+        from pybk.core.content import ContentStore
+
+        content = ContentStore(self.store.root)
+        if content.has(digest):
+            return
+        with open(blob_path, "rb") as src, content.writer(expected_digest=digest) as w:
+            w.copy_from(src)
 
     def _apply_layer(self, blob_path: str, media_type: str, parent: str | None) -> str:
         from pybk.core.archive import apply_layer

@@ -302,8 +302,8 @@ class Scheduler:
             message = exc.render() if not isinstance(exc, SolveError) else str(exc)
             vp.error(message)
             if isinstance(exc, BuildError):
-                if isinstance(exc, SolveError) and exc.vertex is None:
-                    exc.vertex = v.digest
+                if getattr(exc, "vertex", None) is None:
+                    exc.vertex = v.digest  # type: ignore[attr-defined]
                 raise
             raise SolveError(message, vertex=v.digest) from exc
         except OSError as exc:

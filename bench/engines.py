@@ -1,0 +1,387 @@
+"""The build engines the benchmark compares, and the local services they need.
+
+Every engine answers the same calls: ``start`` (set up its state under a work directory),
+``reset`` (make the next build cold), ``build`` (one timed build of a case's context) and
+``stop``. A build that fails raises :class:`EngineFailure` carrying the error's first line.
+Only the standard library is used, so the harness measures the engines and not itself.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+BUILD_TIMEOUT = 900
+DOCKER_CLIENT = "/usr/bin/docker"
+
+
+class EngineFailure(Exception):
+    """A build or a set-up step failed; ``str()`` is the error's first line."""
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """One base image, both as an OCI layout (for pybk) and a registry reference."""
+
+    name: str
+    layout: str
+    ref: str
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What one timed build needs: the case's context and how its result is exported."""
+
+    case: str
+    context: str
+    dockerfile: str
+    base: BaseImage
+    output_dir: str
+    export: str | None = None  # None: the engine's default result; "gzip"/"zstd": an OCI tar
+    build_args: dict = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def first_error_line(text: str) -> str:
+    """The line a user would read first: the first one mentioning an error, else the last one."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower() or "failed" in line.lower():
+            return line[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def run_checked(cmd: list[str], env: dict | None = None, timeout: float = BUILD_TIMEOUT) -> str:
+    """Run a command; raise EngineFailure with the first error line when it fails."""
+    try:
+        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EngineFailure(f"timed out after {timeout:.0f} s: {' '.join(cmd[:3])}") from None
+    except OSError as e:
+        raise EngineFailure(f"{cmd[0]}: {e.strerror}") from None
+    if proc.returncode != 0:
+        raise EngineFailure(first_error_line(proc.stderr + "\n" + proc.stdout)
+                            + f" (exit {proc.returncode})")
+    return proc.stdout
+
+
+def timed(cmds: list[list[str]], env: dict | None = None) -> float:
+    """Wall time of running the commands one after another."""
+    start = time.perf_counter()
+    for cmd in cmds:
+        run_checked(cmd, env=env)
+    return time.perf_counter() - start
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 20) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def unmount_under(path: str) -> None:
+    """Lazily unmount whatever an engine left mounted under ``path`` (deepest first)."""
+    path = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in f]
+    for point in sorted((p for p in points if p == path or p.startswith(path + "/")),
+                        key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def remove_tree(path: str) -> None:
+    if os.path.lexists(path):
+        unmount_under(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Registry:
+    """A Distribution registry on a free 127.0.0.1 port, with its own minimal config."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        os.makedirs(os.path.join(self.workdir, "data"), exist_ok=True)
+        config = os.path.join(self.workdir, "config.yml")
+        with open(config, "w") as f:
+            f.write("version: 0.1\n"
+                    f"storage: {{filesystem: {{rootdirectory: {self.workdir}/data}}, "
+                    "delete: {enabled: true}}\n"
+                    f"http: {{addr: {self.host}}}\n"
+                    "log: {level: error}\n")
+        log = open(os.path.join(self.workdir, "registry.log"), "w")
+        self.proc = subprocess.Popen(["/usr/bin/docker-registry", "serve", config],
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EngineFailure(f"registry exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise EngineFailure("registry did not answer /v2/ within 30 s")
+
+    def push_layout(self, layout: str, name: str) -> str:
+        """Push an OCI layout's ``latest`` as a Docker v2 image; return the reference."""
+        ref = f"{self.host}/{name}:latest"
+        run_checked(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--format", "v2s2",
+                     f"oci:{layout}:latest", f"docker://{ref}"])
+        return ref
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+class Engine(abc.ABC):
+    """One build engine. ``unavailable`` is set when it cannot run on this machine."""
+
+    name = ""
+    label = ""
+    unavailable: str | None = None
+
+    def start(self, workdir: str, registry: Registry) -> None:
+        """Prepare the engine's state under ``workdir``."""
+
+    def unsupported(self, request: BuildRequest) -> str | None:
+        """Why this engine cannot run the request at all (a fixed n/a cell), else None."""
+        return None
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Drop every cache and image so the next build is cold."""
+
+    @abc.abstractmethod
+    def build(self, request: BuildRequest) -> float:
+        """Run one build and return its wall time in seconds."""
+
+    def stop(self) -> None:
+        """Stop what ``start`` started."""
+
+    def version(self) -> str:
+        return ""
+
+
+class Pybk(Engine):
+    """``pybk build -f Dockerfile`` with the base image as a named oci-layout context."""
+
+    name = "pybk"
+    label = "pybk"
+
+    def __init__(self, command: str | None = None):
+        self.command = command or shutil.which("pybk") or ""
+        if not self.command:
+            self.unavailable = "pybk command not found"
+        self.root = ""
+        self.generation = 0
+
+    def start(self, workdir: str, registry: Registry) -> None:
+        self.workdir = workdir
+        self.reset()
+
+    def reset(self) -> None:
+        if self.root:
+            remove_tree(self.root)
+        self.generation += 1
+        self.root = os.path.join(self.workdir, f"store-{self.generation}")
+
+    def build(self, request: BuildRequest) -> float:
+        cmd = [self.command, "--root", self.root, "build", "-f", request.dockerfile,
+               "--progress", "quiet",
+               "--build-context", f"{request.base.name}=oci-layout://{request.base.layout}",
+               "--build-arg", f"BASE={request.base.name}"]
+        for key, value in request.build_args.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        if request.export:
+            cmd += ["-o", f"type=oci,dest={request.output_dir}/image.tar,"
+                          f"compression={request.export}"]
+        cmd.append(request.context)
+        return timed([cmd])
+
+    def version(self) -> str:
+        try:
+            return run_checked([self.command, "--version"], timeout=30).strip()
+        except EngineFailure as e:
+            return str(e)
+
+    def stop(self) -> None:
+        if self.root:
+            remove_tree(self.root)
+
+
+class BuildKit(Engine):
+    """BuildKit inside a dockerd started by hand: ``DOCKER_BUILDKIT=1 docker build``."""
+
+    name = "buildkit"
+    label = "BuildKit"
+
+    def __init__(self):
+        for binary in ("/usr/sbin/dockerd", DOCKER_CLIENT):
+            if not os.path.exists(binary):
+                self.unavailable = f"{binary} not installed"
+        self.proc: subprocess.Popen | None = None
+        self.env: dict = {}
+
+    def start(self, workdir: str, registry: Registry) -> None:
+        os.makedirs(workdir, exist_ok=True)
+        sock = os.path.join(workdir, "docker.sock")
+        config = {
+            "data-root": os.path.join(workdir, "root"),
+            "exec-root": os.path.join(workdir, "exec"),
+            "pidfile": os.path.join(workdir, "dockerd.pid"),
+            "hosts": [f"unix://{sock}"],
+            "storage-driver": "overlay2",
+            "exec-opts": ["native.cgroupdriver=cgroupfs"],
+            "iptables": False, "ip-forward": False, "ip-masq": False, "bridge": "none",
+            "insecure-registries": [registry.host],
+            "features": {"buildkit": True},
+        }
+        config_path = os.path.join(workdir, "daemon.json")
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=1)
+        self.env = {**os.environ, "DOCKER_HOST": f"unix://{sock}", "DOCKER_BUILDKIT": "1",
+                    "DOCKER_CONFIG": os.path.join(workdir, "client")}
+        log = open(os.path.join(workdir, "dockerd.log"), "w")
+        self.proc = subprocess.Popen(["/usr/sbin/dockerd", "--config-file", config_path],
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EngineFailure(f"dockerd exited with {self.proc.returncode}; "
+                                    f"see {workdir}/dockerd.log")
+            if subprocess.run([DOCKER_CLIENT, "version"], env=self.env,
+                              capture_output=True).returncode == 0:
+                return
+            time.sleep(0.3)
+        raise EngineFailure("dockerd did not answer within 60 s")
+
+    def docker(self, *args: str) -> list[str]:
+        return [DOCKER_CLIENT, *args]
+
+    def unsupported(self, request: BuildRequest) -> str | None:
+        if request.export:
+            return ('dockerd 20.10\'s BuildKit has no oci exporter (exporter "oci" could not '
+                    'be found); its only image output is the docker image store')
+        return None
+
+    def reset(self) -> None:
+        run_checked(self.docker("builder", "prune", "-af"), env=self.env)
+        run_checked(self.docker("image", "prune", "-af"), env=self.env)
+
+    def build(self, request: BuildRequest) -> float:
+        cmd = self.docker("build", "--network=none", "-q", "-f", request.dockerfile,
+                          "--build-arg", f"BASE={request.base.ref}")
+        for key, value in request.build_args.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        if request.export:
+            cmd += ["-o", f"type=oci,dest={request.output_dir}/image.tar"]
+        else:
+            cmd += ["-t", f"bench-{request.case}"]
+        cmd.append(request.context)
+        return timed([cmd], env=self.env)
+
+    def version(self) -> str:
+        try:
+            out = run_checked(self.docker("version", "--format", "{{.Server.Version}}"),
+                              env=self.env, timeout=30)
+            return f"dockerd {out.strip()}"
+        except EngineFailure as e:
+            return str(e)
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=30)
+
+
+class Buildah(Engine):
+    """``buildah bud --layers --isolation oci --network none`` with its own storage."""
+
+    name = "buildah"
+    label = "buildah"
+
+    def __init__(self, jobs: int = 3):
+        self.jobs = jobs
+        if not shutil.which("buildah"):
+            self.unavailable = "buildah not installed"
+        self.env: dict = {}
+        self.workdir = ""
+
+    def start(self, workdir: str, registry: Registry) -> None:
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        storage = os.path.join(workdir, "storage.conf")
+        with open(storage, "w") as f:
+            f.write('[storage]\ndriver = "overlay"\n'
+                    f'runroot = "{workdir}/run"\ngraphroot = "{workdir}/graph"\n')
+        registries = os.path.join(workdir, "registries.conf")
+        with open(registries, "w") as f:
+            f.write('unqualified-search-registries = []\nshort-name-mode = "disabled"\n\n'
+                    f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+        self.env = {**os.environ, "CONTAINERS_STORAGE_CONF": storage,
+                    "CONTAINERS_REGISTRIES_CONF": registries,
+                    "TMPDIR": os.path.join(workdir, "tmp")}
+        os.makedirs(self.env["TMPDIR"], exist_ok=True)
+
+    def reset(self) -> None:
+        run_checked(["buildah", "rm", "-a"], env=self.env)
+        run_checked(["buildah", "rmi", "-af"], env=self.env)
+
+    def build(self, request: BuildRequest) -> float:
+        tag = f"localhost/bench-{request.case}:latest"
+        cmd = ["buildah", "bud", "--layers", "--isolation", "oci", "--network", "none",
+               "--jobs", str(self.jobs), "-q", "-f", request.dockerfile,
+               "--build-arg", f"BASE={request.base.ref}", "-t", tag]
+        for key, value in request.build_args.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        cmd.append(request.context)
+        cmds = [cmd]
+        if request.export:
+            archive = os.path.join(request.output_dir, "image.tar")
+            if os.path.exists(archive):
+                os.unlink(archive)
+            cmds.append(["buildah", "push", "-q", "--compression-format", request.export,
+                         tag, f"oci-archive:{archive}"])
+        return timed(cmds, env=self.env)
+
+    def version(self) -> str:
+        try:
+            out = run_checked(["buildah", "--version"], env=self.env, timeout=30).strip()
+            return f"{out} (--jobs {self.jobs})"
+        except EngineFailure as e:
+            return str(e)
+
+    def stop(self) -> None:
+        if self.env:
+            subprocess.run(["buildah", "rm", "-a"], env=self.env, capture_output=True)
+            unmount_under(self.workdir)
+
+
+def make_engines(names: list[str], buildah_jobs: int) -> list[Engine]:
+    makers = {"pybk": Pybk, "buildkit": BuildKit, "buildah": lambda: Buildah(buildah_jobs)}
+    return [makers[name]() for name in names]

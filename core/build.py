@@ -1,0 +1,304 @@
+"""``pybk build`` of a build file: choose the frontend, let it make LLB, solve, export.
+
+The frontend sees the build only through :class:`LocalBridge` (files of the named locals,
+image configs, nested solves) and BuildKit's frontend options (``filename``, ``target``,
+``build-arg:K``, ``context:NAME`` …), so an out-of-process frontend gets exactly the same view.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from pybk.core.errors import BuildError, SolveError, UsageError
+
+_DIRECTIVE = re.compile(rb"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
+
+
+def scan_directives(data: bytes) -> dict[str, str]:
+    """The leading ``# key=value`` lines of a build file (for choosing a frontend)."""
+    found: dict[str, str] = {}
+    for raw in data.removeprefix(b"\xef\xbb\xbf").splitlines():
+        match = _DIRECTIVE.match(raw.strip())
+        if not match:
+            break
+        found.setdefault(match.group(1).decode().lower(), match.group(2).decode(errors="replace"))
+    return found
+
+
+def _safe_join(root: str, path: str) -> str:
+    """``path`` inside ``root``; ``..`` and absolute paths cannot leave it (symlinks are
+    resolved within the root)."""
+    from pybk.core.fileop import resolve_in_root
+
+    return resolve_in_root(root, path)
+
+
+class LocalBridge:
+    """The frontend's view of a build running in this process."""
+
+    def __init__(self, *, local_dirs: Mapping[str, str], oci_layouts: Mapping[str, str],
+                 config: Any, client: Any = None):
+        self.local_dirs = dict(local_dirs)
+        self.oci_layouts = dict(oci_layouts)
+        self.config = config
+        self.client = client
+        self.warnings: list[str] = []
+
+    def read_file(self, input_name: str, path: str, *, offset: int = 0,
+                  length: int | None = None) -> bytes:
+        root = self.local_dirs.get(input_name)
+        if root is None:
+            raise FileNotFoundError(f"no local input named {input_name!r}")
+        with open(_safe_join(root, path), "rb") as f:
+            f.seek(offset)
+            return f.read() if length is None else f.read(length)
+
+    def read_dir(self, input_name: str, path: str) -> list[str]:
+        root = self.local_dirs.get(input_name)
+        if root is None:
+            raise FileNotFoundError(f"no local input named {input_name!r}")
+        return sorted(os.listdir(_safe_join(root, path)))
+
+    def resolve_image_config(self, ref: str, platform: str | None = None) -> tuple[str, dict]:
+        """``(manifest digest, image config)`` of a registry image or ``oci-layout://ID@DIGEST``."""
+        if ref.startswith("oci-layout://"):
+            from pybk.core.sources import read_oci_layout
+
+            store_id, _, digest = ref[len("oci-layout://"):].partition("@")
+            layout = self.oci_layouts.get(store_id)
+            if layout is None:
+                raise UsageError(f"no OCI layout named {store_id!r}", flag="--build-context")
+            image = read_oci_layout(layout, digest or "latest", platform=platform)
+            return image.digest, dict(image.config)
+        import asyncio
+
+        from pybk.core.content import ContentStore
+        from pybk.core.registry.client import RegistryClient
+
+        async def resolve() -> tuple[str, dict]:
+            store_root = self.client.root if self.client is not None else None
+            content = ContentStore(store_root) if store_root else None
+            async with RegistryClient(dict(self.config.registry), content) as registry:
+                resolved = await registry.resolve(ref, platform)
+                return resolved.manifest_digest, dict(resolved.config)
+
+        return asyncio.run(resolve())
+
+    def solve(self, definition: Any) -> Any:
+        if self.client is None:
+            raise UsageError("this bridge has no engine to solve with")
+        return self.client.solve(definition, local_dirs=self.local_dirs,
+                                 oci_layouts=self.oci_layouts, progress=None)
+
+    def warn(self, message: str, *, location: Any = None) -> None:
+        self.warnings.append(message)
+
+
+def _layout_digest(layout: str, ref: str) -> str:
+    """The manifest digest in an OCI layout for ``ref`` (a tag, a digest, or empty = the only
+    or ``latest`` image)."""
+    from pybk.core.sources import read_oci_layout
+
+    try:
+        if ref:
+            return read_oci_layout(layout, ref).digest
+        try:
+            return read_oci_layout(layout, "latest").digest
+        except Exception:
+            import json
+
+            with open(os.path.join(layout, "index.json")) as f:
+                manifests = json.load(f).get("manifests") or []
+            if len(manifests) != 1:
+                raise
+            return manifests[0]["digest"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"oci-layout {layout}: {exc}", flag="--build-context") from None
+
+
+def source_excerpt(definition: Any, vertex: str | None, context: int = 2) -> str | None:
+    """``Dockerfile:N`` and the lines around it for a failed vertex, from the definition's
+    source map (None when the vertex has no location)."""
+    source = getattr(definition, "source", None)
+    if source is None or vertex is None or vertex not in source.locations:
+        return None
+    for location in source.locations[vertex].locations:
+        if location.source_index >= len(source.infos) or not location.ranges:
+            continue
+        info = source.infos[location.source_index]
+        first = location.ranges[0].start.line if location.ranges[0].start else 0
+        last = max((r.end.line if r.end else first) for r in location.ranges)
+        lines = bytes(info.data).decode(errors="replace").splitlines()
+        where = f"{info.filename}:{first}" + (f"-{last}" if last != first else "")
+        width = len(str(min(last + context, len(lines))))
+        rule = "-" * 20
+        shown = []
+        for number in range(max(first - context, 1), min(last + context, len(lines)) + 1):
+            mark = ">>>" if first <= number <= last else "   "
+            shown.append(f" {number:>{width}} | {mark} {lines[number - 1]}".rstrip())
+        return "\n".join([where, rule, *shown, rule])
+    return None
+
+
+def frontend_inputs(request: Any) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(frontend opts, local dirs, OCI layouts) for a build request, BuildKit-style."""
+    context = os.path.abspath(request.context)
+    dockerfile = os.path.abspath(request.file) if request.file else os.path.join(context,
+                                                                                "Dockerfile")
+    opts: dict[str, str] = {"filename": os.path.basename(dockerfile)}
+    local_dirs = {"context": context, "dockerfile": os.path.dirname(dockerfile)}
+    oci_layouts: dict[str, str] = {}
+    if request.target:
+        opts["target"] = request.target
+    for key, value in request.build_args.items():
+        opts[f"build-arg:{key}"] = value
+    for key, value in request.labels.items():
+        opts[f"label:{key}"] = value
+    if request.no_cache_filter:
+        opts["no-cache"] = ",".join(request.no_cache_filter)
+    elif request.no_cache:
+        opts["no-cache"] = ""
+    if request.pull:
+        opts["image-resolve-mode"] = "pull"
+    if request.network != "default":
+        opts["force-network-mode"] = request.network
+    if request.add_hosts:
+        opts["add-hosts"] = ",".join(f"{h}={ip}" for h, ip in request.add_hosts)
+    if request.platforms:
+        opts["platform"] = ",".join(request.platforms)
+    for ctx in request.build_contexts:
+        key = f"context:{ctx.name}"
+        if ctx.kind == "local":
+            local_name = ctx.name if ctx.name not in ("context", "dockerfile") else f"_{ctx.name}"
+            local_dirs[local_name] = os.path.abspath(ctx.value)
+            opts[key] = f"local:{local_name}"
+        elif ctx.kind == "oci-layout":
+            path, _, ref = ctx.value.partition("@")
+            tag = ""
+            if not ref:
+                head, sep, maybe_tag = path.rpartition(":")
+                if sep and "/" not in maybe_tag:
+                    path, tag = head, maybe_tag
+            digest = ref or _layout_digest(path, tag)
+            oci_layouts[ctx.name] = os.path.abspath(path)
+            opts[key] = f"oci-layout://{ctx.name}@{digest}"
+        elif ctx.kind == "docker-image":
+            opts[key] = f"docker-image://{ctx.value}"
+        elif ctx.kind == "target":
+            opts[key] = f"target:{ctx.value}"
+        else:
+            opts[key] = ctx.value
+    opts.update(request.frontend_opts)
+    return opts, local_dirs, oci_layouts
+
+
+def export_info(request: Any) -> dict[str, Any]:
+    """Facts exporters need from the request: ``SOURCE_DATE_EPOCH`` (build arg, else env)."""
+    epoch = request.build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return {}
+    try:
+        return {"source_date_epoch": int(epoch)}
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH must be an integer, not {epoch!r}",
+                         flag="--build-arg") from None
+
+
+def finish_outputs(request: Any, result: Any) -> None:
+    """After the exports: ``--metadata-file``, ``--iidfile`` and ``--load``."""
+    import subprocess
+
+    responses = list(result.metadata.get("exporter.responses", ()))
+    if request.metadata_file:
+        from pybk.exporters.metadata import write_metadata_file
+
+        write_metadata_file(request.metadata_file, responses)
+    if request.iidfile:
+        from pybk.exporters.metadata import write_iidfile
+
+        merged: dict[str, Any] = {}
+        for response in responses:
+            merged.update(response)
+        write_iidfile(request.iidfile, merged)
+    for output in request.outputs:
+        if output.load:
+            try:
+                done = subprocess.run(["docker", "load", "-i", output.attrs["dest"]],
+                                      capture_output=True, text=True)
+            finally:
+                os.unlink(output.attrs["dest"])
+            if done.returncode != 0:
+                from pybk.core.errors import BuildError
+
+                raise BuildError(f"docker load failed: {done.stderr.strip()}")
+            print(done.stdout.strip(), file=sys.stderr)
+
+
+def run_build(request: Any, *, root: str, config_path: str | None) -> int:
+    """Build ``request`` (a parsed :class:`~pybk.core.buildopts.BuildRequest`); exit code."""
+    from pybk.core.client import Client
+    from pybk.core.config import load_config
+    from pybk.core.interfaces import FrontendRequest
+    from pybk.core.plugins import get_plugin_manager
+
+    config, warnings = load_config(config_path)
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    opts, local_dirs, oci_layouts = frontend_inputs(request)
+    build_file = os.path.join(local_dirs["dockerfile"], opts["filename"])
+    try:
+        with open(build_file, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise UsageError(f"cannot read build file {build_file}: {exc.strerror}",
+                         flag="--file") from None
+
+    pm = get_plugin_manager()
+    name = request.frontend or pm.hook.pybk_select_frontend(
+        filename=opts["filename"], directives=scan_directives(head))
+    registry = pm.frontends()
+    frontend_cls = registry.get(name)
+    if request.call in ("outline", "targets"):
+        opts["requestid"] = f"frontend.{request.call}"
+    client = Client(root=root, config=config)
+    try:
+        bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
+                             client=client)
+        with pm.annotate_errors(registry.owner(name)[0]):
+            result = frontend_cls().solve(FrontendRequest(opts=opts), bridge)
+        for message in bridge.warnings:
+            print(f"WARNING: {message}", file=sys.stderr)
+        if "requestid" in opts:
+            sys.stdout.write(bytes(result.metadata.get("result.txt", b"")).decode())
+            return 0
+        if request.print_llb:
+            from pybk.core.llb.dump import dump_llb
+
+            sys.stdout.write(dump_llb(result.definition.to_bytes()))
+            return 0
+        secrets = {s.id: s.read() for s in request.secrets}
+        ssh = {spec.id: (spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),))[0]
+               for spec in request.ssh}
+        try:
+            solved = client.solve(
+                result.definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
+                secrets=secrets, ssh=ssh,
+                entitlements=tuple(e.split("=", 1)[0] for e in request.entitlements),
+                no_cache=request.no_cache and not request.no_cache_filter,
+                progress="quiet" if request.quiet else request.progress,
+                outputs=list(request.outputs), image_config=result.image_config,
+                request=request, export_info=export_info(request))
+        except BuildError as exc:
+            vertex = getattr(exc, "vertex", None)
+            where = source_excerpt(result.definition, vertex)
+            if where is None:
+                raise
+            raise SolveError(f"{exc}\n{where}", vertex=vertex) from None
+        finish_outputs(request, solved)
+    finally:
+        client.close()
+    return 0

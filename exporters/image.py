@@ -1,0 +1,414 @@
+"""The ``image`` exporter: an image manifest and config over the result's layers, written into
+the local image store (``store=true``) and/or pushed to a registry (``push=true``).
+
+:func:`build_image` is shared with the ``oci`` and ``docker`` exporters: it produces the layer
+blobs (:mod:`pybk.exporters.layers`), the image config (the result's config completed with
+``rootfs.diff_ids``, platform, ``created`` and one history entry per layer) and the manifest,
+all in the store's content store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import datetime
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+
+from pybk.core.converter import setting
+from pybk.core.errors import InputError, UsageError
+from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
+from pybk.core.registry import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST
+from pybk.exporters.layers import LEVEL_RANGES, ExportedLayer, LayerSpec, export_layers
+
+#: ``created_by`` of history entries pybk adds for layers the config's history does not cover
+HISTORY_CREATED_BY = "pybk"
+
+
+@attrs.frozen
+class CommonImageOptions:
+    """Attributes every image-producing exporter (image, oci, docker) takes."""
+
+    name: list[str] = setting(factory=list)
+    oci_mediatypes: bool | None = setting("oci-mediatypes", default=None)
+    compression: Literal["gzip", "zstd", "uncompressed"] = "gzip"
+    compression_level: int | None = setting("compression-level", default=None)
+    force_compression: bool = setting("force-compression", default=False)
+    rewrite_timestamp: bool = setting("rewrite-timestamp", default=False)
+    source_date_epoch: int | None = setting("source-date-epoch", default=None)
+    annotation: dict[str, str] = setting(prefix="annotation.", factory=dict)
+    annotation_manifest: dict[str, str] = setting(
+        "annotation-manifest", prefix="annotation-manifest.", factory=dict)
+    annotation_manifest_descriptor: dict[str, str] = setting(
+        "annotation-manifest-descriptor", prefix="annotation-manifest-descriptor.", factory=dict)
+    annotation_index: dict[str, str] = setting(
+        "annotation-index", prefix="annotation-index.", factory=dict)
+
+
+@attrs.frozen
+class ImageOptions(CommonImageOptions):
+    push: bool = False
+    push_by_digest: bool = setting("push-by-digest", default=False)
+    registry_insecure: bool = setting("registry.insecure", default=False)
+    store: bool = True
+    unpack: bool = False
+    dangling_name_prefix: str = setting("dangling-name-prefix", default="")
+
+
+@attrs.frozen
+class ImageSettings:
+    """Validated common options: normalised names and the layer spec."""
+
+    names: tuple[str, ...]
+    oci: bool
+    spec: LayerSpec
+    epoch_attr: int | None
+    rewrite_timestamp: bool
+    manifest_annotations: Mapping[str, str]
+    descriptor_annotations: Mapping[str, str]
+    index_annotations: Mapping[str, str]
+
+
+def check_common(options: CommonImageOptions, flag: str = "--output", *,
+                 default_oci: bool = False) -> ImageSettings:
+    """Validate the shared attributes before any build work; UsageError naming the flag.
+
+    ``default_oci``: the media types when ``oci-mediatypes`` is not given (OCI for ``oci``,
+    Docker's for ``image`` and ``docker``, as BuildKit)."""
+    from pybk.core.registry import parse_reference
+
+    names: list[str] = []
+    for name in options.name:
+        try:
+            names.append(str(parse_reference(name.strip())))
+        except InputError as exc:
+            raise UsageError(f"name={name}: {exc}", flag=flag) from None
+    level = options.compression_level
+    if level is not None and options.compression in LEVEL_RANGES:
+        low, high = LEVEL_RANGES[options.compression]
+        if not low <= level <= high:
+            raise UsageError(f"compression-level={level}: {options.compression} takes "
+                             f"{low}-{high}", flag=flag)
+    manifest_annotations = {**options.annotation, **options.annotation_manifest}
+    oci = options.oci_mediatypes if options.oci_mediatypes is not None else (
+        default_oci or None)
+    needs_oci = options.compression == "zstd" or bool(manifest_annotations)
+    if oci is False and needs_oci:
+        why = ("zstd layers" if options.compression == "zstd" else "manifest annotations")
+        raise UsageError(f"{why} need oci-mediatypes=true", flag=flag)
+    if options.source_date_epoch is not None and options.source_date_epoch < 0:
+        raise UsageError("source-date-epoch must be a non-negative number of seconds", flag=flag)
+    return ImageSettings(
+        names=tuple(dict.fromkeys(names)), oci=bool(oci) or needs_oci,
+        spec=LayerSpec(compression=options.compression, level=level,
+                       force=options.force_compression),
+        epoch_attr=options.source_date_epoch, rewrite_timestamp=options.rewrite_timestamp,
+        manifest_annotations=manifest_annotations,
+        descriptor_annotations=dict(options.annotation_manifest_descriptor),
+        index_annotations=dict(options.annotation_index))
+
+
+# --------------------------------------------------------------------------------------------
+# Building the image
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False)
+class BuiltImage:
+    """An image whose manifest, config and layer blobs are in ``content``."""
+
+    content: Any
+    oci: bool
+    manifest: dict[str, Any]
+    manifest_bytes: bytes
+    manifest_digest: str
+    config: dict[str, Any]
+    config_descriptor: dict[str, Any]
+    layers: list[ExportedLayer]
+    descriptor_annotations: Mapping[str, str]
+    epoch: int | None
+
+    @property
+    def media_type(self) -> str:
+        return self.manifest["mediaType"]
+
+    @property
+    def platform(self) -> dict[str, str]:
+        plat = {"architecture": self.config.get("architecture", ""),
+                "os": self.config.get("os", "")}
+        if self.config.get("variant"):
+            plat["variant"] = self.config["variant"]
+        return plat
+
+    def descriptor(self, *, annotations: Mapping[str, str] | None = None,
+                   platform: bool = False) -> dict[str, Any]:
+        """The manifest's descriptor (with the manifest-descriptor annotations)."""
+        desc: dict[str, Any] = {"mediaType": self.media_type, "digest": self.manifest_digest,
+                                "size": len(self.manifest_bytes)}
+        merged = {**self.descriptor_annotations, **(annotations or {})}
+        if merged:
+            desc["annotations"] = merged
+        if platform:
+            desc["platform"] = self.platform
+        return desc
+
+    def blobs(self) -> list[tuple[str, int]]:
+        """``(digest, size)`` of every blob the manifest references, each once, in order."""
+        seen: dict[str, int] = {}
+        for layer in self.layers:
+            seen.setdefault(layer.blob.digest, layer.blob.size)
+        seen.setdefault(self.config_descriptor["digest"], self.config_descriptor["size"])
+        return list(seen.items())
+
+    def response(self, names: Sequence[str]) -> dict[str, Any]:
+        """The exporter response keys (``--metadata-file``)."""
+        desc = json.dumps(self.descriptor(), separators=(",", ":")).encode()
+        out: dict[str, Any] = {
+            "containerimage.digest": self.manifest_digest,
+            "containerimage.config.digest": self.config_descriptor["digest"],
+            "containerimage.descriptor": base64.b64encode(desc).decode(),
+        }
+        if names:
+            out["image.name"] = ",".join(names)
+        return out
+
+
+def _timestamp(seconds: int | float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    if float(seconds).is_integer():
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    clean = text.replace("Z", "+00:00")
+    if "." in clean:  # Go writes nanoseconds; Python parses at most microseconds
+        head, _, rest = clean.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        clean = head + "." + digits[:6] + rest[len(digits):]
+    try:
+        return datetime.datetime.fromisoformat(clean).timestamp()
+    except ValueError:
+        return None
+
+
+def resolve_epoch(settings: ImageSettings, info: Mapping[str, Any]) -> int | None:
+    """SOURCE_DATE_EPOCH: the exporter attribute, else the build's (``info``)."""
+    if settings.epoch_attr is not None:
+        return settings.epoch_attr
+    value = info.get("source_date_epoch")
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds") from None
+
+
+def image_config(base: Mapping[str, Any] | None, diff_ids: Sequence[str], *,
+                 created: str, epoch: int | None) -> dict[str, Any]:
+    """The image config for ``diff_ids``: ``base`` (a frontend's or the base image's, may be
+    None) with rootfs, platform and ``created`` set and history matched to the layers."""
+    from pybk.core.registry.platform import host_platform
+
+    img = copy.deepcopy(dict(base or {}))
+    host = host_platform()
+    if not img.get("architecture"):
+        img["architecture"] = host.architecture
+        if host.variant and not img.get("variant"):
+            img["variant"] = host.variant
+    img.setdefault("os", host.os)
+    img.setdefault("config", {})
+    img["created"] = created
+    img["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
+    history = [dict(h) for h in img.get("history") or []]
+    layered = [i for i, h in enumerate(history) if not h.get("empty_layer")]
+    for i in layered[len(diff_ids):]:
+        history[i]["empty_layer"] = True
+    for _ in range(len(diff_ids) - len(layered)):
+        history.append({"created": created, "created_by": HISTORY_CREATED_BY,
+                        "comment": "pybk.exporter.image.v0"})
+    for entry in history:
+        when = _parse_time(entry.get("created"))
+        if when is None or (epoch is not None and when > epoch):
+            entry["created"] = created
+    img["history"] = history
+    return img
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def content_store_for(result: BuildResultView, info: Mapping[str, Any]) -> Any:
+    """The content store of the result's store (``info["root"]`` for a storeless result)."""
+    from pybk.core.content import ContentStore
+
+    store = getattr(result, "store", None)
+    root = info.get("root") or (store.root if store is not None else None)
+    if root is None:
+        root = tempfile.mkdtemp(prefix="pybk-export-")
+    return ContentStore(root)
+
+
+def build_image(result: BuildResultView, settings: ImageSettings, info: Mapping[str, Any],
+                content: Any = None) -> BuiltImage:
+    """Write the result's layers, config and manifest into the content store."""
+    import time
+
+    content = content if content is not None else content_store_for(result, info)
+    epoch = resolve_epoch(settings, info)
+    spec = attrs.evolve(settings.spec,
+                        epoch=epoch if settings.rewrite_timestamp else None)
+    layers = export_layers(result, content, spec)
+    created = _timestamp(epoch if epoch is not None else round(time.time(), 6))
+    config = image_config(result.image_config, [layer.blob.diff_id for layer in layers],
+                          created=created, epoch=epoch)
+    config_bytes = _json_bytes(config)
+    config_digest = content.put_bytes(config_bytes)
+    oci = settings.oci
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG if oci else DOCKER_CONFIG, "digest": config_digest,
+                   "size": len(config_bytes)},
+        "layers": [layer.blob.descriptor(oci) for layer in layers],
+    }
+    if settings.manifest_annotations:
+        manifest["annotations"] = dict(settings.manifest_annotations)
+    manifest_bytes = _json_bytes(manifest)
+    manifest_digest = content.put_bytes(manifest_bytes)
+    return BuiltImage(content=content, oci=oci, manifest=manifest, manifest_bytes=manifest_bytes,
+                      manifest_digest=manifest_digest, config=config,
+                      config_descriptor=dict(manifest["config"]), layers=layers,
+                      descriptor_annotations=settings.descriptor_annotations, epoch=epoch)
+
+
+# --------------------------------------------------------------------------------------------
+# Pushing
+# --------------------------------------------------------------------------------------------
+
+
+class _HostSettings:
+    """A registry host's configuration with some attributes overridden."""
+
+    def __init__(self, base: Any, **overrides: Any):
+        self._base = base
+        self._overrides = overrides
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._base, name, None)
+
+
+def push_image(image: BuiltImage, names: Sequence[str], *,
+               hosts: Mapping[str, Any] | None = None, insecure: bool = False,
+               by_digest: bool = False) -> None:
+    """Push the image's blobs and manifest to every name (tag, or digest only)."""
+    asyncio.run(_push(image, names, hosts=dict(hosts or {}), insecure=insecure,
+                      by_digest=by_digest))
+
+
+async def _push(image: BuiltImage, names: Sequence[str], *, hosts: dict[str, Any],
+                insecure: bool, by_digest: bool) -> None:
+    from pybk.core.registry import parse_reference
+    from pybk.core.registry.client import Descriptor, RegistryClient
+
+    refs = [parse_reference(n) for n in names]
+    if insecure:
+        for ref in refs:
+            hosts[ref.domain] = _HostSettings(hosts.get(ref.domain), insecure=True)
+    async with RegistryClient(hosts, image.content) as client:
+        for ref in refs:
+            async def layer(exported: ExportedLayer, ref: Any = ref) -> None:
+                blob = exported.blob
+                source = parse_reference(blob.source) if blob.source else None
+                await client.push_blob(
+                    ref, Descriptor(blob.media_type(image.oci), blob.digest, blob.size),
+                    mount_from=source if source is not None and source.domain == ref.domain
+                    else None)
+
+            await asyncio.gather(*(layer(e) for e in image.layers))
+            cfg = image.config_descriptor
+            await client.push_blob(ref, Descriptor(cfg["mediaType"], cfg["digest"], cfg["size"]))
+            await client.push_manifest(ref, image.manifest_bytes, image.media_type,
+                                       by_digest=by_digest)
+
+
+def register_unpacked(result: BuildResultView, image: BuiltImage) -> None:
+    """Record the result's snapshots as the unpacked layers of the image, so building ``FROM``
+    it reuses them instead of extracting its blobs again."""
+    from pybk.core.solver.ops import chain_ids
+
+    store = getattr(result, "store", None)
+    if store is None:
+        return
+    chains = chain_ids([layer.blob.diff_id for layer in image.layers])
+    for layer, chain in zip(image.layers, chains, strict=True):
+        if layer.snapshot is None or store.get_record(layer.snapshot) is None:
+            continue
+        if store.get_cache("layer:" + chain) is None:
+            store.put_cache("layer:" + chain, layer.snapshot)
+        if store.layer_blob(layer.snapshot) is None:
+            store.set_layer_blob(layer.snapshot, {
+                **layer.blob.descriptor(image.oci), "diffID": layer.blob.diff_id})
+
+
+# --------------------------------------------------------------------------------------------
+# The exporter
+# --------------------------------------------------------------------------------------------
+
+
+class _ImageInstance(ExporterInstance):
+    def __init__(self, options: ImageOptions, settings: ImageSettings):
+        self.options = options
+        self.settings = settings
+
+    def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
+        from pybk.exporters import imagestore
+
+        content = content_store_for(result, info)
+        image = build_image(result, self.settings, info, content)
+        names = list(self.settings.names)
+        opts = self.options
+        if opts.store:
+            stored = names or ([f"{opts.dangling_name_prefix}@{image.manifest_digest}"]
+                               if opts.dangling_name_prefix else [])
+            if stored:
+                imagestore.put(content.root, stored, image.descriptor(platform=True))
+        if opts.unpack:
+            register_unpacked(result, image)
+        if opts.push:
+            push_image(image, names, hosts=info.get("registry_hosts"),
+                       insecure=opts.registry_insecure, by_digest=opts.push_by_digest)
+        return ExportResponse(image.response(names))
+
+
+class ImageExporter(Exporter):
+    """An image in the local image store (``name=``), pushed with ``push=true``."""
+
+    name = "image"
+    Options = ImageOptions
+
+    def resolve(self, options: ImageOptions) -> ExporterInstance:
+        settings = check_common(options)
+        if options.push and not settings.names:
+            raise UsageError("push=true needs a name (name=REGISTRY/REPO:TAG)", flag="--output")
+        return _ImageInstance(options, settings)
+
+
+class RegistryExporter(ImageExporter):
+    """``type=registry``: the image exporter with ``push=true``."""
+
+    name = "registry"
+
+    def resolve(self, options: ImageOptions) -> ExporterInstance:
+        return super().resolve(attrs.evolve(options, push=True))

@@ -1,0 +1,223 @@
+"""Image layers of a build result: one compressed blob per snapshot with changes.
+
+The result's snapshot chain is walked bottom to top. A snapshot unpacked from a base image layer
+reuses that layer's original blob (recorded by the solver with
+:meth:`pybk.core.store.Store.set_layer_blob`) unless another compression is asked for or
+``force-compression`` is set; then the original blob is transcoded, which keeps its diffID. Any
+other snapshot's own changes (``layer_dir``, overlay whiteouts) are archived as an OCI layer tar.
+Everything streams: tar → diffID hash → compressor → content store writer (blob digest and
+size); no layer is ever held in memory. Layers are produced in parallel threads (zlib and zstd
+release the GIL) and generated blobs are remembered per (snapshot, compression, level,
+timestamp epoch), so a rebuild does not compress again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+
+import attrs
+
+from pybk.core.registry import (
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_ZSTD,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
+    layer_compression,
+)
+
+COMPRESSIONS = ("gzip", "zstd", "uncompressed")
+DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
+LEVEL_RANGES = {"gzip": (0, 9), "zstd": (0, 22)}
+_MEDIA_TYPES = {
+    (False, "gzip"): DOCKER_LAYER_GZIP, (False, "zstd"): DOCKER_LAYER_ZSTD,
+    (False, "uncompressed"): DOCKER_LAYER,
+    (True, "gzip"): OCI_LAYER_GZIP, (True, "zstd"): OCI_LAYER_ZSTD,
+    (True, "uncompressed"): OCI_LAYER,
+}
+_CHUNK = 1 << 20
+
+
+@attrs.frozen
+class LayerBlob:
+    """One layer blob in the content store."""
+
+    digest: str
+    size: int
+    diff_id: str
+    compression: str  # gzip | zstd | uncompressed
+    #: the repository a reused base layer came from (for cross-repository blob mounts)
+    source: str = ""
+
+    def media_type(self, oci: bool) -> str:
+        return _MEDIA_TYPES[(oci, self.compression)]
+
+    def descriptor(self, oci: bool) -> dict[str, Any]:
+        return {"mediaType": self.media_type(oci), "digest": self.digest, "size": self.size}
+
+
+@attrs.frozen
+class LayerSpec:
+    """How layers are written: ``compression``, its ``level`` (None: default), whether base
+    layers are recompressed (``force``), and the epoch file mtimes are clamped to."""
+
+    compression: str = "gzip"
+    level: int | None = None
+    force: bool = False
+    epoch: int | None = None
+
+
+@attrs.frozen
+class ExportedLayer:
+    """A layer of the result and the snapshot whose contents end with it."""
+
+    snapshot: str | None
+    blob: LayerBlob
+
+
+class _Tee:
+    """A write-only stream that hashes what passes through to ``out``."""
+
+    def __init__(self, out: Any):
+        self.out = out
+        self.hash = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        self.out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing is buffered here."""
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def write_blob(content: Any, produce: Callable[[IO[bytes]], None], spec: LayerSpec) -> LayerBlob:
+    """Stream the tar that ``produce`` writes through ``spec``'s compression into ``content``."""
+    level = spec.level if spec.level is not None else DEFAULT_LEVELS.get(spec.compression)
+    with content.writer() as blob:
+        if spec.compression == "gzip":
+            import gzip
+
+            with gzip.GzipFile(filename="", fileobj=blob, mode="wb",  # type: ignore[arg-type]
+                               compresslevel=level, mtime=0) as comp:
+                tee = _Tee(comp)
+                produce(tee)  # type: ignore[arg-type]
+        elif spec.compression == "zstd":
+            import zstandard
+
+            cctx = zstandard.ZstdCompressor(level=level, threads=-1)
+            with cctx.stream_writer(blob, closefd=False) as comp:
+                tee = _Tee(comp)
+                produce(tee)  # type: ignore[arg-type]
+        else:
+            tee = _Tee(blob)
+            produce(tee)  # type: ignore[arg-type]
+    return LayerBlob(digest=blob.current_digest, size=blob.size, diff_id=tee.digest,
+                     compression=spec.compression)
+
+
+def _copy_stream(src: IO[bytes]) -> Callable[[IO[bytes]], None]:
+    def produce(out: IO[bytes]) -> None:
+        shutil.copyfileobj(src, out, _CHUNK)
+    return produce
+
+
+def _base_blob(store: Any, content: Any, key: str) -> LayerBlob | None:
+    recorded = store.layer_blob(key)
+    if not recorded or not content.has(recorded["digest"]):
+        return None
+    try:
+        kind = layer_compression(recorded["mediaType"])
+    except ValueError:
+        return None
+    return LayerBlob(digest=recorded["digest"], size=int(recorded["size"]),
+                     diff_id=recorded.get("diffID") or "",
+                     compression="uncompressed" if kind == "none" else kind,
+                     source=recorded.get("source") or "")
+
+
+def _cached(store: Any, content: Any, cache_key: str) -> LayerBlob | None:
+    found = store.get_meta(cache_key)
+    if not found or not content.has(found["digest"]):
+        return None
+    return LayerBlob(**found)
+
+
+def _remember(store: Any, cache_key: str, blob: LayerBlob) -> LayerBlob:
+    store.set_meta(cache_key, attrs.asdict(blob))
+    return blob
+
+
+def _layer_job(store: Any, content: Any, sn: Any, key: str,
+               spec: LayerSpec) -> Callable[[], LayerBlob | None]:
+    """A function producing the layer of snapshot ``key`` (None when it has no changes)."""
+    level = spec.level if spec.level is not None else DEFAULT_LEVELS.get(spec.compression)
+    base = _base_blob(store, content, key)
+    if base is not None:
+        if base.compression == spec.compression and not spec.force:
+            return lambda: base
+        cache_key = f"export-layer:{base.digest}:{spec.compression}:{level}"
+
+        def transcode() -> LayerBlob:
+            from pybk.core.archive import decompressed
+
+            found = _cached(store, content, cache_key)
+            if found is not None:
+                return found
+            recorded = store.layer_blob(key)
+            with content.open(base.digest) as raw:
+                blob = write_blob(content, _copy_stream(decompressed(raw, recorded["mediaType"])),
+                                  spec)
+            return _remember(store, cache_key, attrs.evolve(blob, source=""))
+        return transcode
+
+    cache_key = f"export-layer:{key}:{spec.compression}:{level}:{spec.epoch}"
+
+    def generate() -> LayerBlob | None:
+        from pybk.core.archive import write_overlay_upper_tar
+
+        found = _cached(store, content, cache_key)
+        if found is not None:
+            return found
+        layer = sn.layer_dir(key)
+        if not os.listdir(layer):
+            return None
+        blob = write_blob(content, lambda out: write_overlay_upper_tar(
+            layer, out, source_date_epoch=spec.epoch), spec)
+        return _remember(store, cache_key, blob)
+    return generate
+
+
+def export_layers(result: Any, content: Any, spec: LayerSpec, *,
+                  max_workers: int = 4) -> list[ExportedLayer]:
+    """The layers of ``result`` (a SolveResult) bottom to top, their blobs in ``content``."""
+    ref = result.ref
+    if ref.is_scratch:
+        return []
+    if ref.path is not None:
+        from pybk.core.archive import write_diff_tar
+
+        if not os.listdir(ref.path):
+            return []
+        blob = write_blob(content, lambda out: write_diff_tar(
+            None, ref.path, out, source_date_epoch=spec.epoch), spec)
+        return [ExportedLayer(None, blob)]
+    store = result.store
+    record = store.get_record(ref.snapshot)
+    sn = store.record_snapshotter(record)
+    chain = sn.layer_chain(record.snapshot)
+    jobs = [_layer_job(store, content, sn, key, spec) for key in chain]
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(jobs)))) as pool:
+        blobs = list(pool.map(lambda job: job(), jobs))
+    return [ExportedLayer(key, blob) for key, blob in zip(chain, blobs, strict=True)
+            if blob is not None]

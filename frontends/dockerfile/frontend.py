@@ -1,0 +1,148 @@
+"""The ``dockerfile.v0`` frontend: BuildKit's frontend options in, LLB and image config out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pybk.core.interfaces import Frontend, FrontendBridge, FrontendRequest, FrontendResult
+
+#: ``requestid`` values answered with text instead of a build (``--call``)
+SUBREQUESTS = ("frontend.outline", "frontend.targets")
+
+
+def build_args(opts: Mapping[str, str]) -> dict[str, str]:
+    return {k[len("build-arg:"):]: v for k, v in opts.items() if k.startswith("build-arg:")}
+
+
+def labels(opts: Mapping[str, str]) -> dict[str, str]:
+    return {k[len("label:"):]: v for k, v in opts.items() if k.startswith("label:")}
+
+
+def _read_ignore(bridge: FrontendBridge, input_name: str, path: str) -> list[str] | None:
+    from pybk.frontends.dockerfile.dockerignore import read_patterns
+
+    try:
+        return read_patterns(bridge.read_file(input_name, path))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def ignore_patterns(bridge: FrontendBridge, filename: str, context: str = "context") -> list[str]:
+    """``<filename>.dockerignore`` from the dockerfile input, else the context's
+    ``.dockerignore`` (empty when neither exists)."""
+    if context == "context":
+        specific = _read_ignore(bridge, "dockerfile", filename + ".dockerignore")
+        if specific is not None:
+            return specific
+    return _read_ignore(bridge, context, ".dockerignore") or []
+
+
+def named_contexts(opts: Mapping[str, str], bridge: FrontendBridge,
+                   platform: str | None = None) -> dict[str, Any]:
+    """``context:NAME=VALUE`` options as named contexts (a State plus an image config)."""
+    from pybk.core import llb
+    from pybk.core.errors import UsageError
+    from pybk.frontends.dockerfile.convert import NamedContext, parse_git_ref
+
+    contexts: dict[str, Any] = {}
+    for key, value in opts.items():
+        if not key.startswith("context:"):
+            continue
+        name = key[len("context:"):].split("::", 1)[0].removesuffix(":latest")
+        if value.startswith("local:"):
+            local = value[len("local:"):]
+            excludes = ignore_patterns(bridge, "", local)
+            contexts[name] = NamedContext(llb.local(local, exclude_patterns=excludes or None))
+        elif value.startswith("oci-layout://"):
+            store_id, _, digest = value[len("oci-layout://"):].partition("@")
+            if not digest:
+                raise UsageError(f"context {name}: oci-layout needs a digest", flag="--build-context")
+            _, config = bridge.resolve_image_config(value, platform)
+            contexts[name] = NamedContext(llb.oci_layout(f"{name}@{digest}", store_id=store_id),
+                                          config)
+        elif value.startswith("docker-image://"):
+            ref = value[len("docker-image://"):]
+            if ref == "scratch":
+                contexts[name] = NamedContext(llb.scratch())
+            else:
+                _, config = bridge.resolve_image_config(ref, platform)
+                contexts[name] = NamedContext(llb.image(ref), config)
+        elif value.startswith("target:"):
+            contexts[name] = NamedContext(stage=value[len("target:"):])
+        elif (git := parse_git_ref(value)) is not None:
+            remote, ref, subdir, _ = git
+            keep = build_args(opts).get("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "") in ("1", "true")
+            contexts[name] = NamedContext(llb.git(remote, ref, keep_git_dir=keep, subdir=subdir))
+        elif value.startswith(("http://", "https://")):
+            contexts[name] = NamedContext(llb.http(value))
+        else:
+            raise UsageError(f"context {name}: unsupported value {value!r}",
+                             flag="--build-context")
+    return contexts
+
+
+def no_cache_stages(opts: Mapping[str, str]) -> list[str] | None:
+    """``no-cache``: absent = use the cache; empty = every stage; ``a,b`` = those stages."""
+    if "no-cache" not in opts:
+        return None
+    return [s.strip().lower() for s in opts["no-cache"].split(",") if s.strip()]
+
+
+def extra_hosts(opts: Mapping[str, str]) -> dict[str, str]:
+    hosts = {}
+    for item in filter(None, opts.get("add-hosts", "").split(",")):
+        host, _, ip = item.partition("=")
+        hosts[host] = ip
+    return hosts
+
+
+class DockerfileFrontend(Frontend):
+    """Dockerfile frontend: the full modern Dockerfile syntax."""
+
+    name = "dockerfile.v0"
+
+    def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
+        from pybk.core.llb import Definition
+        from pybk.frontends.dockerfile import convert
+
+        opts = request.opts
+        filename = opts.get("filename", "Dockerfile")
+        data = bridge.read_file("dockerfile", filename)
+        target = opts.get("target") or None
+        args = build_args(opts)
+        requestid = opts.get("requestid", "")
+        if requestid in SUBREQUESTS:
+            text = (convert.outline(data, filename=filename, target=target, build_args=args)
+                    if requestid == "frontend.outline"
+                    else convert.targets(data, filename=filename))
+            return FrontendResult(definition=Definition(), metadata={"result.txt": text.encode()})
+        platform = (opts.get("platform") or "").split(",")[0] or None
+        excludes = ignore_patterns(bridge, filename)
+        self._lint(data, filename, args, target, excludes, bridge)
+        network = opts.get("force-network-mode") or None
+        converted = convert.dockerfile_to_llb(
+            data, filename=filename, target=target, build_args=args,
+            named_contexts=named_contexts(opts, bridge, platform),
+            image_resolver=lambda ref, p: bridge.resolve_image_config(ref, p)[1],
+            target_platform=platform, exclude_patterns=excludes,
+            no_cache_stages=no_cache_stages(opts), extra_hosts=extra_hosts(opts),
+            network_mode=network if network in ("none", "host") else None,
+            labels=labels(opts), warn=bridge.warn)
+        return FrontendResult(definition=converted.state.marshal(platform),
+                              image_config=converted.image_config)
+
+    @staticmethod
+    def _lint(data: bytes, filename: str, args: Mapping[str, str], target: str | None,
+              excludes: list[str], bridge: FrontendBridge) -> None:
+        """The build checks, as warnings (an error when ``# check=error=true``)."""
+        from pybk.frontends.dockerfile.checks import run_checks
+        from pybk.frontends.dockerfile.errors import DockerfileParseError
+
+        report = run_checks(data, filename, args, target, excludes)
+        for finding in report.warnings:
+            bridge.warn(f"{finding.rule}: {finding.message} ({finding.filename}:{finding.line})")
+        if report.error:
+            first = report.warnings[0]
+            raise DockerfileParseError(report.error_message, filename=first.filename,
+                                       line=first.line)

@@ -1,0 +1,57 @@
+"""Fixtures for exporter tests: a Client on a fresh store and small busybox-based graphs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def runc_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (runc, mount(2))"
+    if not shutil.which("runc"):
+        return "runc is not installed"
+    return None
+
+
+def open_client(root):
+    from pybk.core.client import Client
+    from pybk.core.config import Config
+    from pybk.workers.plugin import OCIWorker
+
+    root = str(root)
+    return Client(root=root, config=Config(root=root),
+                  executor=OCIWorker(root=root).executor())
+
+
+@pytest.fixture
+def make_client(tmp_path):
+    reason = runc_missing()
+    if reason:
+        pytest.skip(reason)
+    clients = []
+
+    def make(name: str = "store"):
+        client = open_client(tmp_path / name)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+@pytest.fixture(scope="session")
+def app_config():
+    """A frontend-style image config for the test graphs."""
+    return {"config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "WorkingDir": "/app"},
+            "history": [{"created_by": "busybox base"},
+                        {"created_by": "RUN build app"},
+                        {"created_by": "ENV PATH=/bin", "empty_layer": True}]}
