@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 BUILD_TIMEOUT = 900
 DOCKER_CLIENT = "/usr/bin/docker"
@@ -46,7 +46,6 @@ class BuildRequest:
     base: BaseImage
     output_dir: str
     export: str | None = None  # None: the engine's default result; "gzip"/"zstd": an OCI tar
-    build_args: dict = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -132,10 +131,10 @@ class Registry:
                     "delete: {enabled: true}}\n"
                     f"http: {{addr: {self.host}}}\n"
                     "log: {level: error}\n")
-        log = open(os.path.join(self.workdir, "registry.log"), "w")
-        self.proc = subprocess.Popen(["/usr/bin/docker-registry", "serve", config],
-                                     stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        with open(os.path.join(self.workdir, "registry.log"), "w") as log:
+            self.proc = subprocess.Popen(["/usr/bin/docker-registry", "serve", config],
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -166,6 +165,7 @@ class Engine(abc.ABC):
     label = ""
     unavailable: str | None = None
 
+    @abc.abstractmethod
     def start(self, workdir: str, registry: Registry) -> None:
         """Prepare the engine's state under ``workdir``."""
 
@@ -181,8 +181,9 @@ class Engine(abc.ABC):
     def build(self, request: BuildRequest) -> float:
         """Run one build and return its wall time in seconds."""
 
+    @abc.abstractmethod
     def stop(self) -> None:
-        """Stop what ``start`` started."""
+        """Stop what ``start`` started and drop the engine's state."""
 
     def version(self) -> str:
         return ""
@@ -216,8 +217,6 @@ class Pybk(Engine):
                "--progress", "quiet",
                "--build-context", f"{request.base.name}=oci-layout://{request.base.layout}",
                "--build-arg", f"BASE={request.base.name}"]
-        for key, value in request.build_args.items():
-            cmd += ["--build-arg", f"{key}={value}"]
         if request.export:
             cmd += ["-o", f"type=oci,dest={request.output_dir}/image.tar,"
                           f"compression={request.export}"]
@@ -267,10 +266,10 @@ class BuildKit(Engine):
             json.dump(config, f, indent=1)
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{sock}", "DOCKER_BUILDKIT": "1",
                     "DOCKER_CONFIG": os.path.join(workdir, "client")}
-        log = open(os.path.join(workdir, "dockerd.log"), "w")
-        self.proc = subprocess.Popen(["/usr/sbin/dockerd", "--config-file", config_path],
-                                     stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(os.path.join(workdir, "dockerd.log"), "w") as log:
+            self.proc = subprocess.Popen(["/usr/sbin/dockerd", "--config-file", config_path],
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -298,8 +297,6 @@ class BuildKit(Engine):
     def build(self, request: BuildRequest) -> float:
         cmd = self.docker("build", "--network=none", "-q", "-f", request.dockerfile,
                           "--build-arg", f"BASE={request.base.ref}")
-        for key, value in request.build_args.items():
-            cmd += ["--build-arg", f"{key}={value}"]
         if request.export:
             cmd += ["-o", f"type=oci,dest={request.output_dir}/image.tar"]
         else:
@@ -357,8 +354,6 @@ class Buildah(Engine):
         cmd = ["buildah", "bud", "--layers", "--isolation", "oci", "--network", "none",
                "--jobs", str(self.jobs), "-q", "-f", request.dockerfile,
                "--build-arg", f"BASE={request.base.ref}", "-t", tag]
-        for key, value in request.build_args.items():
-            cmd += ["--build-arg", f"{key}={value}"]
         cmd.append(request.context)
         cmds = [cmd]
         if request.export:

@@ -24,8 +24,16 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from engines import (BaseImage, BuildRequest, Engine, EngineFailure, Registry, make_engines,
-                     remove_tree, run_checked)
+from engines import (
+    BaseImage,
+    BuildRequest,
+    Engine,
+    EngineFailure,
+    Registry,
+    make_engines,
+    remove_tree,
+    run_checked,
+)
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
@@ -130,7 +138,7 @@ class Bench:
         self.args = args
         self.workdir = args.workdir or tempfile.mkdtemp(prefix="pybk-bench-", dir="/var/tmp")
         os.makedirs(self.workdir, exist_ok=True)
-        self.engines: list[Engine] = make_engines(args.engines, args.buildah_jobs)
+        self.engines: list[Engine] = []  # made by set_up, once packages are installed
         self.cases = [load_case(name) for name in args.cases]
         self.registry: Registry | None = None
         self.bases: dict[str, BaseImage] = {}
@@ -146,16 +154,14 @@ class Bench:
                 engine.unavailable = reason
 
     def set_up(self) -> None:
-        if not self.args.no_install:
-            for package, reason in install_packages().items():
-                users = {"docker.io": ("buildkit",), "buildah": ("buildah",),
-                         "docker-registry": ("buildkit", "buildah"),
-                         "skopeo": ("buildkit", "buildah"),
-                         "busybox-static": ENGINE_NAMES}[package]
-                self.mark_unavailable(users, f"apt-get install {package} failed: {reason}")
-        for engine in self.engines:  # engines whose binaries were just installed
-            if engine.unavailable and "not installed" in engine.unavailable:
-                engine.__init__(*([self.args.buildah_jobs] if engine.name == "buildah" else []))
+        failed_packages = {} if self.args.no_install else install_packages()
+        self.engines = make_engines(self.args.engines, self.args.buildah_jobs)
+        for package, reason in failed_packages.items():
+            users = {"docker.io": ("buildkit",), "buildah": ("buildah",),
+                     "docker-registry": ("buildkit", "buildah"),
+                     "skopeo": ("buildkit", "buildah"),
+                     "busybox-static": ENGINE_NAMES}[package]
+            self.mark_unavailable(users, f"apt-get install {package} failed: {reason}")
         self.make_bases()
         for engine in self.engines:
             if engine.unavailable:
@@ -236,7 +242,8 @@ class Bench:
                 for rep in range(self.args.reps):
                     with open(change_path, "wb") as f:
                         f.write(original)
-                    order = active[rep % len(active):] + active[:rep % len(active)] if active else []
+                    shift = rep % len(active) if active else 0
+                    order = active[shift:] + active[:shift]
                     for phase in PHASES:
                         if phase == "change":
                             with open(change_path, "a") as f:
@@ -341,7 +348,7 @@ class Bench:
                                        or (cell.not_applicable if cell else None)),
                 })
         return {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": {"cores": os.cpu_count(), "kernel": platform.release(),
                         "python": platform.python_version()},
             "reps": self.args.reps, "versions": self.versions(), "cells": cells,
@@ -398,7 +405,8 @@ class Bench:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="bench/run", description="Build benchmark: pybk side by side with BuildKit and buildah.")
+        prog="bench/run",
+        description="Build benchmark: pybk side by side with BuildKit and buildah.")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per cell (default 5)")
     parser.add_argument("--engines", default=",".join(ENGINE_NAMES),
                         help="comma-separated subset of pybk,buildkit,buildah")

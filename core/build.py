@@ -41,11 +41,15 @@ class LocalBridge:
     """The frontend's view of a build running in this process."""
 
     def __init__(self, *, local_dirs: Mapping[str, str], oci_layouts: Mapping[str, str],
-                 config: Any, client: Any = None):
+                 config: Any, client: Any = None, entitlements: Any = (),
+                 progress: Any = None):
         self.local_dirs = dict(local_dirs)
         self.oci_layouts = dict(oci_layouts)
         self.config = config
         self.client = client
+        #: the build's entitlements and ``--progress`` (for frontends run in the worker)
+        self.entitlements = frozenset(entitlements)
+        self.progress = progress
         self.warnings: list[str] = []
 
     def read_file(self, input_name: str, path: str, *, offset: int = 0,
@@ -261,13 +265,18 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
     name = request.frontend or pm.hook.pybk_select_frontend(
         filename=opts["filename"], directives=scan_directives(head))
     registry = pm.frontends()
+    from pybk.frontends.gateway import resolve_syntax
+
+    name, opts = resolve_syntax(name, scan_directives(head), opts, registry, config)
     frontend_cls = registry.get(name)
     if request.call in ("outline", "targets"):
         opts["requestid"] = f"frontend.{request.call}"
     client = Client(root=root, config=config)
     try:
         bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
-                             client=client)
+                             client=client,
+                             entitlements=(e.split("=", 1)[0] for e in request.entitlements),
+                             progress="quiet" if request.quiet else request.progress)
         with pm.annotate_errors(registry.owner(name)[0]):
             result = frontend_cls().solve(FrontendRequest(opts=opts), bridge)
         for message in bridge.warnings:

@@ -122,12 +122,14 @@ class Client:
               progress: ProgressArg = "auto", outputs: Sequence[Any] = (),
               image_config: Mapping[str, Any] | None = None,
               oci_layouts: Mapping[str, str] | None = None, request: Any = None,
-              export_info: Mapping[str, Any] | None = None) -> Any:
+              export_info: Mapping[str, Any] | None = None,
+              cache_imports: Sequence[Any] = (), cache_exports: Sequence[Any] = ()) -> Any:
         """Solve ``graph`` (a State, a Definition or its bytes); see :meth:`asolve`."""
         return asyncio.run(self.asolve(
             graph, local_dirs=local_dirs, secrets=secrets, ssh=ssh, entitlements=entitlements,
             no_cache=no_cache, progress=progress, outputs=outputs, image_config=image_config,
-            oci_layouts=oci_layouts, request=request, export_info=export_info))
+            oci_layouts=oci_layouts, request=request, export_info=export_info,
+            cache_imports=cache_imports, cache_exports=cache_exports))
 
     async def asolve(self, graph: Any, *, local_dirs: Mapping[str, str] | None = None,
                      secrets: Mapping[str, bytes] | None = None,
@@ -137,7 +139,9 @@ class Client:
                      image_config: Mapping[str, Any] | None = None,
                      oci_layouts: Mapping[str, str] | None = None,
                      request: Any = None,
-                     export_info: Mapping[str, Any] | None = None) -> Any:
+                     export_info: Mapping[str, Any] | None = None,
+                     cache_imports: Sequence[Any] = (),
+                     cache_exports: Sequence[Any] = ()) -> Any:
         """Build ``graph`` and return a :class:`pybk.core.solver.results.SolveResult`.
 
         :param local_dirs: ``{name: directory}`` for ``local://name`` sources.
@@ -156,8 +160,14 @@ class Client:
         :param request: the :class:`pybk.core.buildopts.BuildRequest` behind this solve, passed
             to the ``pybk_build_started`` / ``pybk_build_finished`` hooks (None from Python).
         :param export_info: extra facts for exporters, e.g. ``{"source_date_epoch": 0}``.
+        :param cache_imports: remote caches to import (``--cache-from``):
+            :class:`pybk.core.buildopts.CacheSpec` or ``{"type": …, attr: value}`` mappings.
+            An unreachable or unreadable cache is a progress warning, never a failure.
+        :param cache_exports: remote caches to export to (``--cache-to``), same forms; a failed
+            export fails the build unless the spec says ``ignore-error=true``.
         :returns: the result; ``result.metadata["exporter.responses"]`` lists each output's
-            response (``containerimage.digest`` …) in order.
+            response (``containerimage.digest`` …) in order, ``["cache.responses"]`` each cache
+            export's.
         :raises pybk.core.errors.BuildError: a step failed (the first failure cancels the rest).
         """
         from pybk.core.content import ContentStore
@@ -170,10 +180,15 @@ class Client:
         definition = _as_definition(graph)
         hook = self.plugins.hook
         exports = [self._resolve_output(o) for o in outputs]
+        importers = [self._resolve_cache(c, "--cache-from") for c in cache_imports]
+        cache_to = _check_cache_exports([self._resolve_cache(c, "--cache-to")
+                                         for c in cache_exports])
         renderers, sinks = _progress_sinks(progress)
         bus = Progress(*sinks, *renderers, lambda status: hook.pybk_progress(event=status))
         hook.pybk_build_started(request=request)
         result: Any = None
+        cache_entries: dict[str, Any] = {}
+        head_index = 0
         try:
             if not definition.ops:
                 from pybk.core.solver.results import SCRATCH_REF, VertexStats
@@ -182,6 +197,7 @@ class Client:
                                      image_config=image_config, stats=VertexStats())
             else:
                 loaded = load_graph(definition, no_cache=no_cache)
+                head_index = loaded.head.index
                 worker = await asyncio.to_thread(self.worker)
                 session = Session(local_dirs={k: os.path.abspath(v)
                                               for k, v in (local_dirs or {}).items()},
@@ -193,11 +209,18 @@ class Client:
                                           ContentStore(worker.store.root))
                 lease = worker.store.lease()
                 runner = worker.runner(session, registry, lease)
+                cache_info = {"root": self.root, "registry_hosts": dict(self.config.registry)}
                 try:
+                    if importers:
+                        from pybk.cachebackends.importer import import_caches
+
+                        runner.remote = await import_caches(importers, bus, cache_info)
                     scheduler = Scheduler(
                         loaded, runner, bus,
                         max_parallelism=self.config.worker.oci.max_parallelism)
                     ref, key, outcome = await scheduler.solve()
+                    cache_entries = {e.mode: scheduler.cache_entries(e.mode)
+                                     for e in cache_to if not _is_inline(e)}
                 finally:
                     runner.release()
                     lease.release()
@@ -210,14 +233,24 @@ class Client:
                                      cache_key=key)
             info = {"root": self.root, "registry_hosts": dict(self.config.registry),
                     **(export_info or {})}
+            if any(_is_inline(e) for e in cache_to) and result.cache_key:
+                from pybk.cachebackends.inline import inline_hook
+
+                info["inline_cache"] = inline_hook(result.cache_key, head_index)
             responses = []
             for instance in exports:
                 exported = await asyncio.to_thread(instance.export, result, info)
                 responses.append(dict(exported.response))
                 if exported.finalize is not None:
                     await asyncio.to_thread(exported.finalize)
-            result = attrs.evolve(result, metadata={**result.metadata,
-                                                    "exporter.responses": responses})
+            metadata = {**result.metadata, "exporter.responses": responses}
+            if cache_to and result.store is not None:
+                from pybk.cachebackends.exporter import export_caches
+
+                metadata["cache.responses"] = await export_caches(
+                    [e for e in cache_to if not _is_inline(e)], cache_entries, result.store,
+                    bus, info)
+            result = attrs.evolve(result, metadata=metadata)
         except BaseException as exc:
             hook.pybk_build_finished(request=request, result=None, error=exc)
             raise
@@ -254,6 +287,57 @@ class Client:
         options = structure_options(exporter_cls.Options, attrs_in, where="--output")
         with pm.annotate_errors(registry.owner(kind)[0]):
             return exporter_cls().resolve(options)
+
+
+    def _resolve_cache(self, spec: Any, flag: str) -> Any:
+        """The cache importer (``--cache-from``) or exporter (``--cache-to``) of ``spec`` (a
+        mapping with ``type`` or a CacheSpec), its options validated by the backend."""
+        from pybk.core.converter import structure_options
+        from pybk.core.interfaces import UnsupportedOperation
+
+        if isinstance(spec, Mapping):
+            attrs_in = {str(k): str(v) for k, v in spec.items()}
+            kind = attrs_in.pop("type", "")
+        else:
+            kind, attrs_in = spec.type, dict(spec.attrs)
+        pm = self.plugins
+        registry = pm.cache_backends()
+        if kind not in registry:
+            known = ", ".join(registry.names())
+            raise UsageError(f"unknown cache type {kind!r} (known: {known})", flag=flag)
+        backend_cls = registry.get(kind)
+        options = structure_options(backend_cls.Options, attrs_in, where=flag)
+        with pm.annotate_errors(registry.owner(kind)[0]):
+            backend = backend_cls()
+            try:
+                if flag == "--cache-from":
+                    return backend.resolve_importer(options)
+                return backend.resolve_exporter(options)
+            except UnsupportedOperation as exc:
+                hint = " (import an inline cache with type=registry,ref=IMAGE)" if (
+                    kind == "inline") else ""
+                raise UsageError(f"{exc}{hint}", flag=flag) from None
+
+
+def _is_inline(exporter: Any) -> bool:
+    return getattr(exporter, "backend", None) == "inline"
+
+
+def _check_cache_exports(exporters: list[Any]) -> list[Any]:
+    """One inline export at most (later ones are dropped, as BuildKit); duplicates fail."""
+    out: list[Any] = []
+    seen: set[tuple[str, str]] = set()
+    for exporter in exporters:
+        if _is_inline(exporter):
+            if not any(_is_inline(e) for e in out):
+                out.append(exporter)
+            continue
+        ident = (exporter.backend, exporter.where)
+        if ident in seen:
+            raise UsageError(f"duplicate cache export to {exporter.where}", flag="--cache-to")
+        seen.add(ident)
+        out.append(exporter)
+    return out
 
 
 def _progress_sinks(progress: ProgressArg) -> tuple[list[Any], list[Callable]]:

@@ -271,6 +271,11 @@ def build_image(result: BuildResultView, settings: ImageSettings, info: Mapping[
     created = _timestamp(epoch if epoch is not None else round(time.time(), 6))
     config = image_config(result.image_config, [layer.blob.diff_id for layer in layers],
                           created=created, epoch=epoch)
+    inline_cache = info.get("inline_cache")  # set by the client for --cache-to type=inline
+    if inline_cache is not None:
+        cache = inline_cache(layers)
+        if cache:
+            config["moby.buildkit.cache.v0"] = cache
     config_bytes = _json_bytes(config)
     config_digest = content.put_bytes(config_bytes)
     oci = settings.oci

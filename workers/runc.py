@@ -2,7 +2,8 @@
 
 One run = one bundle directory ``<state>/bundles/<id>``: the root mounts are mounted on
 ``rootfs``, ``config.json`` comes from :mod:`pybk.workers.spec`, secrets live on a per-run tmpfs
-in the bundle, and ``runc run`` is started with stdio piped to the callbacks. Mount points that
+in the bundle, and ``runc run`` is started with stdio piped to the callbacks (and stdin fed from
+the optional ``stdin`` bytes or async stream; ``/dev/null`` otherwise). Mount points that
 runc had to create in the rootfs are removed again when they are still empty (BuildKit's
 mount-stub cleaning), so a snapshot only changes by what the process wrote. Whatever happens —
 exit, error, cancellation — the container is killed and deleted, every mount is taken down and
@@ -22,7 +23,7 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
 import orjson
@@ -286,6 +287,27 @@ async def _pump(stream: asyncio.StreamReader, callback: OutputCallback | None) -
             callback(chunk)
 
 
+StdinSource = bytes | AsyncIterable[bytes]
+
+
+async def _feed(pipe: asyncio.StreamWriter, source: StdinSource) -> None:
+    """Write ``source`` to the process's stdin, then close it; a process that stopped
+    reading (closed pipe) ends the feeding quietly."""
+    try:
+        if isinstance(source, bytes):
+            pipe.write(source)
+            await pipe.drain()
+        else:
+            async for chunk in source:
+                pipe.write(chunk)
+                await pipe.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            pipe.close()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -360,8 +382,13 @@ class RuncExecutor(Executor):
         ssh: Sequence[SSHMount] = (),
         stdout: OutputCallback | None = None,
         stderr: OutputCallback | None = None,
+        stdin: StdinSource | None = None,
     ) -> int:
-        """Run ``process`` on ``root`` with ``mounts``; return its exit code."""
+        """Run ``process`` on ``root`` with ``mounts``; return its exit code.
+
+        ``stdin``: bytes, or an async iterable of byte chunks written as they come; the
+        process's stdin is closed after the last one (None: ``/dev/null``).
+        """
         ocispec.validate(process)
         container_id = f"pybk-{os.getpid()}-{os.urandom(8).hex()}"
         bundle = os.path.join(self.bundles, container_id)
@@ -396,7 +423,7 @@ class RuncExecutor(Executor):
                 no_process_sandbox=self.no_process_sandbox)
             with open(os.path.join(bundle, "config.json"), "wb") as f:
                 f.write(orjson.dumps(config))
-            return await self._run_container(container_id, bundle, stdout, stderr)
+            return await self._run_container(container_id, bundle, stdout, stderr, stdin)
 
     async def _prepare_mounts(self, bundle: str, mounts: Sequence[ExecMount],
                               secrets: Sequence[SecretMount], ssh: Sequence[SSHMount],
@@ -422,19 +449,28 @@ class RuncExecutor(Executor):
 
     async def _run_container(self, container_id: str, bundle: str,
                              stdout: OutputCallback | None,
-                             stderr: OutputCallback | None) -> int:
+                             stderr: OutputCallback | None,
+                             stdin: StdinSource | None = None) -> int:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._runtime("run", "--bundle", bundle, container_id),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError as e:
             raise NotAvailableError(f"OCI runtime {self.binary!r} not found") from e
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [asyncio.ensure_future(_pump(proc.stdout, stdout)),
                  asyncio.ensure_future(_pump(proc.stderr, stderr))]
+        feeder = None
+        if stdin is not None:
+            assert proc.stdin is not None
+            feeder = asyncio.ensure_future(_feed(proc.stdin, stdin))
         try:
             code = await proc.wait()
             await asyncio.gather(*pumps)
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
         except BaseException:
             # A second cancellation must not leave the container running: finish the kill.
             kill = asyncio.ensure_future(self._kill(container_id, proc))
@@ -442,9 +478,11 @@ class RuncExecutor(Executor):
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(kill)
             kill.result()
-            for pump in pumps:
-                pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            for task in (*pumps, feeder):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*pumps, *(t for t in (feeder,) if t is not None),
+                                 return_exceptions=True)
             raise
         return 128 - code if code < 0 else code
 

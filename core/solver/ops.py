@@ -194,6 +194,8 @@ class BuildRunner(OpRunner):
         self.local_stats: dict[str, Any] = {}
         self._images: dict[str, Any] = {}
         self._held: list[Any] = []
+        #: imported remote caches (:class:`pybk.cachebackends.importer.RemoteCache`), if any
+        self.remote: Any = None
 
     def release(self) -> None:
         """Let go of the locks this build holds (local directories)."""
@@ -212,6 +214,20 @@ class BuildRunner(OpRunner):
             self.lease.add(record)
             refs[index] = Ref(snapshot=record.id)
         return VertexOutcome(refs=refs, cached=True, extra=self._extra(vertex))
+
+    async def load_remote(self, key: str, vertex: Vertex,
+                          vp: VertexProgress) -> VertexOutcome | None:
+        if self.remote is None:
+            return None
+        outcome = await self.remote.load(self, key, vertex, vp)
+        if outcome is not None:
+            for ref in outcome.refs.values():
+                self.lease.add(ref.snapshot)
+        return outcome
+
+    def unpack_blob(self, blob_path: str, media_type: str, parent: str | None) -> str:
+        """Apply a layer blob onto ``parent`` (None: empty); returns the new record id."""
+        return self._apply_layer(blob_path, media_type, parent)
 
     def _extra(self, vertex: Vertex) -> dict[str, Any]:
         image = self._images.get(vertex.digest)

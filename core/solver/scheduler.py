@@ -96,6 +96,17 @@ class InFlight:
 
 
 @attrs.frozen
+class CacheEntry:
+    """A vertex result a cache export may write: its key, outputs and inputs' record keys
+    (``(input key, output index)``, None for an input without a key)."""
+
+    vertex: Vertex
+    key: str
+    refs: dict[int, Ref]
+    inputs: tuple[tuple[str, int] | None, ...] = ()
+
+
+@attrs.frozen
 class VertexOutcome:
     """What the scheduler knows about a vertex once its result is available."""
 
@@ -127,6 +138,11 @@ class OpRunner(abc.ABC):
     @abc.abstractmethod
     def save(self, key: str, vertex: Vertex, outcome: VertexOutcome) -> None:
         ...
+
+    async def load_remote(self, key: str, vertex: Vertex,
+                          vp: VertexProgress) -> VertexOutcome | None:
+        """The result from an imported remote cache (after a local miss); None by default."""
+        return None
 
 
 class Scheduler:
@@ -182,6 +198,39 @@ class Scheduler:
                            executed_digests=tuple(self._executed),
                            cached_digests=tuple(self._cached))
 
+    def cache_entries(self, mode: str = "min") -> list[CacheEntry]:
+        """What a cache export of this solve writes, inputs first: the head's result
+        (``min``), or every vertex whose result is known or locally cached (``max``). Source
+        ops and ``ignore_cache`` vertices are never included."""
+        head = self.graph.head
+        digests = self.graph.ancestors(head.digest) if mode == "max" else [head.digest]
+        entries = []
+        for digest in digests:
+            v = self.graph.vertices[digest]
+            key = self._done(self._keys.get(digest))
+            if key is None or v.ignore_cache or v.op.kind == "source":
+                continue
+            outcome = self._done(self._results.get(digest))
+            if outcome is None and mode == "max":
+                outcome = self.runner.load_cached(key, v)
+            if outcome is None:
+                continue
+            refs = dict(outcome.refs)
+            if digest == head.digest and mode != "max":
+                refs = {head.index: refs[head.index]} if head.index in refs else {}
+            inputs = []
+            for inp in v.inputs:
+                ikey = self._done(self._keys.get(inp.digest))
+                inputs.append((ikey, inp.index) if ikey is not None else None)
+            entries.append(CacheEntry(vertex=v, key=key, refs=refs, inputs=tuple(inputs)))
+        return entries
+
+    @staticmethod
+    def _done(task: asyncio.Task[T] | None) -> T | None:
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
     # -- internals ---------------------------------------------------------------------
 
     def _key(self, digest: str) -> asyncio.Task[str]:
@@ -227,7 +276,7 @@ class Scheduler:
         async def dep(i: int, inp: Input) -> str:
             if i in selectors:
                 ref = await self._input_ref(inp)
-                return "content:" + await self.runner.checksum(ref, selectors[i])
+                return "content:" + await self._guard(v, self.runner.checksum(ref, selectors[i]))
             return f"{await self._key(inp.digest)}#{inp.index}"
 
         deps = await asyncio.gather(*(dep(i, inp) for i, inp in enumerate(v.inputs)))
@@ -245,6 +294,8 @@ class Scheduler:
             return early
         if not v.ignore_cache:
             cached = self.runner.load_cached(key, v)
+            if cached is None and v.op.kind != "source":
+                cached = await self.runner.load_remote(key, v, vp)
             if cached is not None:
                 self._mark_unneeded_inputs(digest)
                 vp.cached()

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 
 from pybk.core import llb
-from pybk.core.errors import InputError
+from pybk.core.errors import InputError, PybkError
 from pybk.frontends.dockerfile import instructions as ins
 from pybk.frontends.dockerfile.errors import DockerfileParseError
 from pybk.frontends.dockerfile.shell import ShellExpansionError
@@ -330,7 +330,10 @@ class _Converter:
             state = llb.image(name, platform=platform, **self._loc_opts(location, custom_name))
         except (ValueError, InputError) as err:
             raise _error(f"invalid reference {name!r}: {err}", location) from None
-        return state, self.resolve_image(name, platform)
+        try:
+            return state, self.resolve_image(name, platform)
+        except PybkError as err:
+            raise _error(f"failed to resolve source metadata for {name}: {err}", location) from None
 
     # ------------------------------------------------------------------ dispatch
 
@@ -424,15 +427,18 @@ class _Converter:
         shown = []
         for spec in instruction.args:
             self.consumed.add(spec.key)
+            default = None
+            if spec.default is not None:
+                default = self._expander(ds, instruction).word(spec.default)
             if spec.key in self.build_args:
                 ds.args[spec.key] = self.build_args[spec.key]
-            elif spec.default is not None:
-                ds.args[spec.key] = self._expander(ds, instruction).word(spec.default)
+            elif default is not None:
+                ds.args[spec.key] = default
             elif spec.key in self.global_args:
                 ds.args[spec.key] = self.global_args[spec.key]
             if spec.key not in ds.declared:
                 ds.declared.append(spec.key)
-            shown.append(spec.key if spec.default is None else f"{spec.key}={spec.default}")
+            shown.append(spec.key if default is None else f"{spec.key}={default}")
         self._history(ds, "ARG " + " ".join(shown), True)
 
     def _do_env(self, ds: _StageState, instruction: ins.EnvInstruction, _: int) -> None:
@@ -522,7 +528,6 @@ class _Converter:
 
     def _do_onbuild(self, ds: _StageState, instruction: ins.OnbuildInstruction, _: int) -> None:
         ds.config["OnBuild"] = [*(ds.config.get("OnBuild") or []), instruction.expression]
-        self._history(ds, f"ONBUILD {instruction.expression}", True)
 
     def _do_user(self, ds: _StageState, instruction: ins.UserInstruction, _: int) -> None:
         user = self._expander(ds, instruction).word(instruction.user)
@@ -712,6 +717,9 @@ class _Converter:
             raise _error("checksum can't be specified for multiple sources", location)
         source = self.context
         if from_:
+            if "$" in from_:
+                raise _error(f"'{from_}' doesn't support variable expansion, define alias stage "
+                             "instead", location)
             source, _ = self.source(from_, index, location)
         steps: list[tuple[llb.State, str, dict]] = []
         for path in sources:
@@ -927,8 +935,8 @@ def outline(data: bytes, *, filename: str = "Dockerfile", target: str | None = N
                 rows.append((spec.key, value, description))
     lines = [f"TARGET:      {stage.name or 'stage-' + str(stage.index)}", ""]
     if rows:
-        width = max(len(r[0]) for r in rows) + 2
-        vwidth = max(len(r[1]) for r in rows) + 2
+        width = max(len("BUILD ARG"), *(len(r[0]) for r in rows)) + 2
+        vwidth = max(len("VALUE"), *(len(r[1]) for r in rows)) + 2
         lines.append(f"{'BUILD ARG':<{width}}{'VALUE':<{vwidth}}DESCRIPTION")
         lines += [f"{k:<{width}}{v:<{vwidth}}{d}".rstrip() for k, v, d in rows]
     return "\n".join(lines) + "\n"

@@ -125,14 +125,15 @@ def dfbuild(shared_client, busybox_layout, busybox_digest, tmp_path):
 
     def run(dockerfile: str, files: dict | None = None, *, opts: dict | None = None,
             filename: str = "Dockerfile", secrets: dict | None = None, ssh: dict | None = None,
-            entitlements=(), client=None, progress=None, context: Path | None = None) -> Built:
+            entitlements=(), client=None, progress=None, context: Path | None = None,
+            extra_locals: dict | None = None) -> Built:
         n = next(counter)
         if context is None:
             context = tmp_path / f"ctx{n}"
             write_tree(context, files or {})
             (context / filename).write_text(dockerfile)
         solver = client or shared_client
-        local_dirs = {"context": str(context), "dockerfile": str(context)}
+        local_dirs = {"context": str(context), "dockerfile": str(context), **(extra_locals or {})}
         layouts = {"base": str(busybox_layout)}
         bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=layouts, config=None,
                              client=solver)

@@ -117,7 +117,7 @@ def test_rebuild_reruns_only_steps_after_changed_copy(client, busybox_context, b
     (context / "app.txt").write_text("v2")
     second, names = solve()
     executed = sorted(names.get(d, "") for d in second.stats.executed_digests)
-    assert [n for n in executed if n.startswith("[")] == [
+    assert [n for n in executed if re.match(r"\[\d", n)] == [
         "[5/7] COPY app.txt /app", "[6/7] RUN cat /app > /built", "[7/7] RUN echo done > /done"]
     cached = {names.get(d, "") for d in second.stats.cached_digests}
     assert {"[2/7] RUN echo deps > /deps", "[3/7] COPY stable.txt /s",
@@ -142,10 +142,10 @@ def test_conformance_testfiles_build_or_fail_cleanly(name, cli_root, busybox_lay
     stages = {m.lower() for m in re.findall(r"\bAS\s+(\S+)", text, re.IGNORECASE)}
     args = []
     for base in sorted(set(_FROM.findall(text))):
-        if base.lower() in stages or base == "scratch" or "@" in base:
+        if base.lower() in stages or base == "scratch" or not re.fullmatch(r"\w[\w./:-]*", base):
             continue
         args += ["--build-context", f"{base}=oci-layout://{busybox_layout}"]
     code, _, err = _pybk(capsys, cli_root, *args, str(context))
     assert "Traceback" not in err
     if code != 0:
-        assert re.search(r"Dockerfile:\d+", err) or err.startswith("error: "), err
+        assert re.search(r"Dockerfile:\d+", err), err

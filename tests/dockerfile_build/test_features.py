@@ -3,12 +3,10 @@ solver with runc, the exported filesystem and the image config checked field by 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os
 import socket
-import stat
 import tarfile
 
 import pytest
@@ -259,6 +257,8 @@ def test_copy_errors_are_located(dfbuild):
     assert err.value.line == 2
     with pytest.raises(DockerfileParseError, match="source can't be a URL for COPY"):
         dfbuild("FROM scratch\nCOPY http://127.0.0.1:1/x /x\n")
+    with pytest.raises(DockerfileParseError, match="doesn't support variable expansion"):
+        dfbuild("FROM busybox AS s\nFROM scratch\nARG S=s\nCOPY --from=$S /x /x\n")
     with pytest.raises(PybkError, match="checksum"):
         dfbuild("FROM scratch\nADD --checksum=sha256:00 a /a\n", {"a": ""})
 
@@ -498,13 +498,16 @@ def test_named_context_target_alias(dfbuild):
     assert b.text("r") == "real\n"
 
 
-def test_named_context_overrides_stage(dfbuild, tmp_path):
+def test_named_contexts_override_stages(dfbuild, tmp_path):
     other = tmp_path / "other-ctx"
     other.mkdir()
     (other / "o").write_text("other\n")
     (other / ".dockerignore").write_text("ignored\n")
     (other / "ignored").write_text("x")
-    from pybk.core.build import LocalBridge  # noqa: F401 - same bridge as the CLI
+    b = dfbuild("FROM busybox AS stage\nRUN echo stage > /s\nFROM scratch\n"
+                "COPY --from=stage / /got/\n",
+                opts={"context:stage": "local:extra"}, extra_locals={"extra": str(other)})
+    assert sorted(os.listdir(b.out / "got")) == [".dockerignore", "o"]
     b = dfbuild("FROM scratch AS stage\nFROM scratch\nCOPY --from=stage / /got/\n",
                 opts={"context:stage": "docker-image://scratch"})
     assert not b.exists("got/o")

@@ -1,0 +1,105 @@
+"""``type=azblob``: blobs at ``<prefix>/<blobs_prefix>/sha256:<hex>``, the cache config at
+``<prefix>/<manifests_prefix>/<name>``, in one container (created if missing), through adlfs."""
+
+from __future__ import annotations
+
+import posixpath
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from pybk.cachebackends.store import (
+    CommonCacheOptions,
+    FsspecCacheStore,
+    RemoteCacheExporter,
+    RemoteCacheImporter,
+    env_or,
+    export_settings,
+    split_names,
+)
+from pybk.core.errors import UsageError
+from pybk.core.interfaces import CacheBackend
+
+
+@attrs.frozen
+class AzblobCacheOptions(CommonCacheOptions):
+    account_url: str = ""
+    account_name: str = ""
+    container: str = ""
+    prefix: str = ""
+    blobs_prefix: str = "blobs"
+    manifests_prefix: str = "manifests"
+    name: str = "buildkit"
+    secret_access_key: str = ""
+
+
+@attrs.frozen
+class _Azure:
+    account_url: str
+    account_name: str
+    container: str
+    options: AzblobCacheOptions
+
+    def filesystem(self) -> Any:
+        import adlfs
+
+        key = self.options.secret_access_key
+        if key:
+            scheme = urllib.parse.urlsplit(self.account_url).scheme or "https"
+            conn = (f"DefaultEndpointsProtocol={scheme};AccountName={self.account_name};"
+                    f"AccountKey={key};BlobEndpoint={self.account_url};")
+            return adlfs.AzureBlobFileSystem(connection_string=conn, skip_instance_cache=True)
+        host = urllib.parse.urlsplit(self.account_url).netloc
+        return adlfs.AzureBlobFileSystem(account_name=self.account_name, account_host=host,
+                                         anon=False, skip_instance_cache=True)
+
+    def path(self, *parts: str) -> str:
+        return f"{self.container}/" + posixpath.join(*(p for p in parts if p))
+
+    def store(self, info: Mapping[str, Any]) -> FsspecCacheStore:
+        o = self.options
+        fs = self.filesystem()
+
+        def create_container() -> None:
+            if not fs.exists(self.container):
+                fs.mkdir(self.container)
+
+        return FsspecCacheStore(
+            fs, blob_path=lambda digest: self.path(o.prefix, o.blobs_prefix, digest),
+            manifests=[self.path(o.prefix, o.manifests_prefix, n) for n in split_names(o.name)],
+            prepare=create_container)
+
+
+class AzblobCache(CacheBackend):
+    """An Azure Blob Storage container."""
+
+    name = "azblob"
+    Options = AzblobCacheOptions
+
+    def _settings(self, options: AzblobCacheOptions, flag: str) -> _Azure:
+        url = env_or(options.account_url, "BUILDKIT_AZURE_STORAGE_ACCOUNT_URL")
+        if not url:
+            raise UsageError("type=azblob needs account_url= "
+                             "(or $BUILDKIT_AZURE_STORAGE_ACCOUNT_URL)", flag=flag)
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise UsageError(f"account_url={url}: expected http(s)://HOST[/PATH]", flag=flag)
+        name = env_or(options.account_name, "BUILDKIT_AZURE_STORAGE_ACCOUNT_NAME",
+                      default=parsed.hostname.split(".")[0] if parsed.hostname else "")
+        container = env_or(options.container, "BUILDKIT_AZURE_STORAGE_CONTAINER",
+                           default="buildkit-cache")
+        prefix = env_or(options.prefix, "BUILDKIT_AZURE_STORAGE_PREFIX")
+        if not split_names(options.name):
+            raise UsageError("type=azblob needs a name", flag=flag)
+        return _Azure(url.rstrip("/"), name, container, attrs.evolve(options, prefix=prefix))
+
+    def resolve_exporter(self, options: AzblobCacheOptions) -> RemoteCacheExporter:
+        az = self._settings(options, "--cache-to")
+        return RemoteCacheExporter(self.name, export_settings(options), az.store,
+                                   where=f"azblob://{az.container}")
+
+    def resolve_importer(self, options: AzblobCacheOptions) -> RemoteCacheImporter:
+        az = self._settings(options, "--cache-from")
+        return RemoteCacheImporter(self.name, az.store, where=f"azblob://{az.container}")

@@ -1,0 +1,77 @@
+"""Turning a solve into a cache config: records for the exported vertices, their layer blobs.
+
+``mode=min`` exports the result's record only; ``mode=max`` every vertex with a result (source
+ops and ``--no-cache`` vertices never). Layer blobs come from
+:func:`pybk.exporters.layers.export_layers`, so a snapshot already exported (as an image layer
+or an earlier cache) is not compressed again, and one unpacked from a base image or an imported
+cache reuses its original blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pybk.cachebackends.config import CacheConfig, ConfigBuilder, record_digest
+
+
+def build_config(store: Any, content: Any, entries: Sequence[Any], spec: Any) -> CacheConfig:
+    """The cache config of ``entries`` (:class:`pybk.core.solver.scheduler.CacheEntry`, inputs
+    first); their layer blobs are written into ``content``."""
+    from pybk.core.solver.results import SolveResult
+    from pybk.exporters.layers import export_layers
+
+    builder = ConfigBuilder()
+    for entry in entries:
+        for index, ref in sorted(entry.refs.items()):
+            if ref.snapshot is None:
+                continue
+            layers = export_layers(SolveResult(ref=ref, store=store), content, spec)
+            if not layers:
+                continue
+            top = builder.add_chain(layer.blob for layer in layers)
+            inputs = []
+            for dep in entry.inputs:
+                link = builder.record_index(record_digest(*dep)) if dep is not None else None
+                inputs.append([link] if link is not None else [])
+            builder.add_record(record_digest(entry.key, index), top, inputs)
+    return builder.build()
+
+
+async def export_caches(exporters: Sequence[Any], entries: dict[str, Any], store: Any,
+                        progress: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run each cache export (``exporting cache to …`` on the progress stream); returns their
+    responses. A failure raises BuildError unless the export says ``ignore-error=true``, which
+    makes it a warning."""
+    import asyncio
+    import logging
+
+    from pybk.cachebackends.importer import _describe
+    from pybk.cachebackends.store import ExportPlan
+    from pybk.core.content import ContentStore
+    from pybk.core.errors import BuildError
+
+    responses: list[dict[str, Any]] = []
+    content = ContentStore(store.root)
+    for i, exporter in enumerate(exporters):
+        vp = progress.vertex(f"cache-export:{i}:{exporter.where}",
+                             f"exporting cache to {exporter.where}")
+        vp.announce()
+        vp.start()
+        try:
+            config = await asyncio.to_thread(build_config, store, content,
+                                             entries.get(exporter.mode, []),
+                                             exporter.settings.spec)
+            plan = ExportPlan(config=config, content=content, info=info)
+            response = dict(await asyncio.to_thread(exporter.export, plan))
+        except Exception as exc:
+            logging.getLogger(__name__).debug("cache export failed", exc_info=True)
+            message = f"failed to export cache to {exporter.where}: {_describe(exc)}"
+            if not exporter.ignore_error:
+                vp.error(message)
+                raise BuildError(message) from exc
+            vp.warn(message + " (ignore-error=true)")
+            response = {"cache.error": message}
+        vp.done()
+        responses.append(response)
+    return responses

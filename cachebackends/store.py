@@ -1,0 +1,490 @@
+"""Where a remote cache lives, and the exporter/importer every backend shares.
+
+A :class:`CacheStore` answers four questions: does a blob exist, put a blob, fetch a blob into
+the local content store, and read/write the cache config. :class:`FsspecCacheStore` serves s3,
+azblob and gha (blobs and the bare cache config as objects on an fsspec filesystem);
+:class:`LayoutCacheStore` serves ``local`` (an OCI layout directory whose index.json tags a
+manifest wrapping the cache config). The registry store lives in :mod:`.registry`.
+
+Backends differ only in how their options become a store: each ``resolve_exporter`` /
+``resolve_importer`` returns a :class:`RemoteCacheExporter` / :class:`RemoteCacheImporter` with
+a function making that store.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import attrs
+
+from pybk.cachebackends.config import (
+    CACHE_CONFIG_MEDIA_TYPE,
+    CacheConfig,
+    CacheFormatError,
+    CacheLayer,
+)
+from pybk.core.converter import setting
+from pybk.core.errors import PybkError, UsageError
+from pybk.core.interfaces import CacheExporter, CacheImporter
+
+OCI_LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+
+
+class CacheUnavailable(PybkError):
+    """A remote cache that cannot be reached or read."""
+
+
+# --------------------------------------------------------------------------------------------
+# Options shared by every backend
+# --------------------------------------------------------------------------------------------
+
+
+def _level_check(value: int | None) -> None:
+    if value is not None and not 0 <= value <= 22:
+        raise ValueError("must be 0-22")
+
+
+@attrs.frozen
+class CommonCacheOptions:
+    """Export attributes every backend takes (imports ignore them)."""
+
+    mode: Literal["min", "max"] = "min"
+    ignore_error: bool = setting("ignore-error", default=False)
+    compression: Literal["gzip", "zstd", "uncompressed"] = "gzip"
+    compression_level: int | None = setting("compression-level", default=None,
+                                            check=_level_check)
+    force_compression: bool = setting("force-compression", default=False)
+
+
+@attrs.frozen
+class ExportSettings:
+    """Validated export options: mode, ignore-error and how layers are compressed."""
+
+    mode: str
+    ignore_error: bool
+    spec: Any  # pybk.exporters.layers.LayerSpec
+
+
+def export_settings(options: CommonCacheOptions, flag: str = "--cache-to") -> ExportSettings:
+    from pybk.exporters.layers import LEVEL_RANGES, LayerSpec
+
+    level = options.compression_level
+    if level is not None and options.compression in LEVEL_RANGES:
+        low, high = LEVEL_RANGES[options.compression]
+        if not low <= level <= high:
+            raise UsageError(f"compression-level={level}: {options.compression} takes "
+                             f"{low}-{high}", flag=flag)
+    return ExportSettings(mode=options.mode, ignore_error=options.ignore_error,
+                          spec=LayerSpec(compression=options.compression, level=level,
+                                         force=options.force_compression))
+
+
+def env_or(value: str, *names: str, default: str = "") -> str:
+    """``value`` if set, else the first set environment variable of ``names``, else default."""
+    if value:
+        return value
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return default
+
+
+def split_names(value: str) -> list[str]:
+    """A ``;``-separated name list (``name=a;b``)."""
+    return [n.strip() for n in value.split(";") if n.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# Stores
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ExportPlan:
+    """What to write: the config and where its blobs are (the local content store)."""
+
+    config: CacheConfig
+    content: Any  # pybk.core.content.ContentStore
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def blobs(self) -> list[CacheLayer]:
+        seen: dict[str, CacheLayer] = {}
+        for layer in self.config.layers:
+            seen.setdefault(layer.blob, layer)
+        return list(seen.values())
+
+
+class CacheStore(abc.ABC):
+    """One remote cache location."""
+
+    #: blobs uploaded at once
+    parallelism: int = 4
+
+    @abc.abstractmethod
+    def has_blob(self, digest: str) -> bool: ...
+
+    @abc.abstractmethod
+    def put_blob(self, layer: CacheLayer, path: str) -> None: ...
+
+    @abc.abstractmethod
+    def fetch_blob(self, layer: CacheLayer, content: Any) -> None:
+        """Copy the blob into ``content`` (the digest is verified on the way)."""
+
+    @abc.abstractmethod
+    def write_config(self, plan: ExportPlan) -> dict[str, Any]:
+        """Write the config (after the blobs); returns exporter response keys."""
+
+    @abc.abstractmethod
+    def read_configs(self) -> list[CacheConfig]:
+        """Every config this location holds (one per name or scope); [] when there is none."""
+
+    def export(self, plan: ExportPlan) -> dict[str, Any]:
+        """Upload the blobs the store lacks (in parallel), then the config."""
+        def upload(layer: CacheLayer) -> int:
+            if self.has_blob(layer.blob):
+                return 0
+            self.put_blob(layer, str(plan.content.path(layer.blob)))
+            return 1
+
+        blobs = plan.blobs()
+        if blobs:
+            with ThreadPoolExecutor(max_workers=max(1, min(self.parallelism, len(blobs)))) as pool:
+                uploaded = sum(pool.map(upload, blobs))
+        else:
+            uploaded = 0
+        response = self.write_config(plan)
+        return {**response, "cache.blobs.uploaded": uploaded, "cache.blobs.total": len(blobs)}
+
+
+def copy_into_content(src: Any, content: Any, digest: str) -> None:
+    """Stream the file object ``src`` into ``content`` as ``digest`` (verified)."""
+    with content.writer(expected_digest=digest) as w:
+        w.copy_from(src)
+
+
+class FsspecCacheStore(CacheStore):
+    """Blobs and bare cache configs as objects on an fsspec filesystem (s3, azblob, gha)."""
+
+    def __init__(self, fs: Any, *, blob_path: Callable[[str], str], manifests: Sequence[str],
+                 imports: Callable[[], Sequence[str]] | None = None, parallelism: int = 4,
+                 prepare: Callable[[], None] | None = None):
+        self.fs = fs
+        self.blob_path = blob_path
+        self.manifests = list(manifests)
+        self._imports = imports
+        self.parallelism = parallelism
+        self._prepare = prepare
+
+    def has_blob(self, digest: str) -> bool:
+        return bool(self.fs.exists(self.blob_path(digest)))
+
+    def put_blob(self, layer: CacheLayer, path: str) -> None:
+        self.fs.put_file(path, self.blob_path(layer.blob))
+
+    def fetch_blob(self, layer: CacheLayer, content: Any) -> None:
+        with self.fs.open(self.blob_path(layer.blob), "rb") as src:
+            copy_into_content(src, content, layer.blob)
+
+    def export(self, plan: ExportPlan) -> dict[str, Any]:
+        if self._prepare is not None:
+            self._prepare()
+        return super().export(plan)
+
+    def write_config(self, plan: ExportPlan) -> dict[str, Any]:
+        data = plan.config.to_json(annotations=True)
+        for path in self.manifests:
+            self.fs.pipe_file(path, data)
+        return {"cache.manifests": ",".join(self.manifests)}
+
+    def read_configs(self) -> list[CacheConfig]:
+        paths = list(self._imports()) if self._imports is not None else self.manifests
+        found = []
+        for path in paths:
+            if not self.fs.exists(path):
+                continue
+            found.append(CacheConfig.from_json(self.fs.cat_file(path), what=path))
+        return found
+
+
+# --------------------------------------------------------------------------------------------
+# The manifest wrapper (local and registry)
+# --------------------------------------------------------------------------------------------
+
+_TO_DOCKER = {
+    "application/vnd.oci.image.layer.v1.tar+gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "application/vnd.docker.image.rootfs.diff.tar.zstd",
+    "application/vnd.oci.image.layer.v1.tar": "application/vnd.docker.image.rootfs.diff.tar",
+}
+_TO_OCI = {v: k for k, v in _TO_DOCKER.items()}
+
+
+def layer_media_type(media_type: str, oci: bool) -> str:
+    return (_TO_OCI if oci else _TO_DOCKER).get(media_type, media_type)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+@attrs.frozen
+class Wrapped:
+    """The config blob and the manifest (or index) wrapping it."""
+
+    config: bytes
+    config_digest: str
+    manifest: bytes
+    manifest_digest: str
+    media_type: str
+    layers: tuple[dict[str, Any], ...]
+
+    @property
+    def descriptor(self) -> dict[str, Any]:
+        return {"mediaType": self.media_type, "digest": self.manifest_digest,
+                "size": len(self.manifest)}
+
+
+def wrap_config(config: CacheConfig, *, image_manifest: bool, oci: bool) -> Wrapped:
+    """BuildKit's manifest wrapper: an image manifest whose config is the cache config, or an
+    index (Docker manifest list without OCI media types) listing the layers then the config."""
+    from pybk.core.registry import DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+    from pybk.core.serialize import sha256_digest
+
+    data = config.to_json(annotations=False)
+    config_digest = sha256_digest(data)
+    config_desc = {"mediaType": CACHE_CONFIG_MEDIA_TYPE, "digest": config_digest,
+                   "size": len(data)}
+    seen: dict[str, dict[str, Any]] = {}
+    for layer in config.layers:
+        seen.setdefault(layer.blob, layer.descriptor(layer_media_type(layer.media_type, oci)))
+    layers = list(seen.values())
+    if image_manifest:
+        media_type = OCI_MANIFEST
+        manifest = {"schemaVersion": 2, "mediaType": media_type, "config": config_desc,
+                    "layers": layers}
+    else:
+        media_type = OCI_INDEX if oci else DOCKER_MANIFEST_LIST
+        manifest = {"schemaVersion": 2, "mediaType": media_type,
+                    "manifests": [*layers, config_desc]}
+    body = _dumps(manifest)
+    return Wrapped(config=data, config_digest=config_digest, manifest=body,
+                   manifest_digest=sha256_digest(body), media_type=media_type,
+                   layers=tuple(layers))
+
+
+def unwrap_manifest(body: bytes, read_blob: Callable[[Mapping[str, Any]], bytes],
+                    what: str) -> CacheConfig:
+    """The cache config of a wrapper manifest, or of an image carrying an inline cache."""
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        raise CacheFormatError(f"{what}: the manifest is not JSON") from None
+    if not isinstance(manifest, dict):
+        raise CacheFormatError(f"{what}: the manifest is not a JSON object")
+    if "manifests" in manifest:
+        descs = list(manifest.get("manifests") or [])
+        configs = [d for d in descs if d.get("mediaType") == CACHE_CONFIG_MEDIA_TYPE]
+        if not configs:
+            raise CacheFormatError(f"{what}: the index holds no {CACHE_CONFIG_MEDIA_TYPE}")
+        config = CacheConfig.from_json(read_blob(configs[-1]), what=what)
+        return config.with_descriptors(descs)
+    config_desc = manifest.get("config") or {}
+    layers = list(manifest.get("layers") or [])
+    if config_desc.get("mediaType") == CACHE_CONFIG_MEDIA_TYPE:
+        return CacheConfig.from_json(read_blob(config_desc), what=what).with_descriptors(layers)
+    from pybk.cachebackends.inline import read_inline
+
+    return read_inline(read_blob(config_desc), layers, what)
+
+
+# --------------------------------------------------------------------------------------------
+# local: an OCI layout directory
+# --------------------------------------------------------------------------------------------
+
+
+class LayoutCacheStore(CacheStore):
+    """``type=local``: ``<dir>/index.json`` tags the cache manifest; blobs in blobs/sha256/."""
+
+    def __init__(self, directory: str, *, tag: str = "latest", digest: str = "",
+                 image_manifest: bool = True, oci: bool = True, reset: bool = False):
+        self.dir = directory
+        self.tag = tag
+        self.digest = digest
+        self.image_manifest = image_manifest
+        self.oci = oci
+        self.reset = reset
+
+    def _blob(self, digest: str) -> str:
+        algorithm, _, hexpart = digest.partition(":")
+        return os.path.join(self.dir, "blobs", algorithm, hexpart)
+
+    def has_blob(self, digest: str) -> bool:
+        return os.path.isfile(self._blob(digest))
+
+    def _write_atomic(self, path: str, write: Callable[[Any], None]) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}-{id(write)}"
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+
+    def put_blob(self, layer: CacheLayer, path: str) -> None:
+        import shutil
+
+        def write(out: Any) -> None:
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        self._write_atomic(self._blob(layer.blob), write)
+
+    def fetch_blob(self, layer: CacheLayer, content: Any) -> None:
+        with open(self._blob(layer.blob), "rb") as src:
+            copy_into_content(src, content, layer.blob)
+
+    def _put_bytes(self, digest: str, data: bytes) -> None:
+        if not self.has_blob(digest):
+            self._write_atomic(self._blob(digest), lambda f: f.write(data))
+
+    @contextlib.contextmanager
+    def _index_lock(self) -> Any:
+        import fcntl
+
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "index.json.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _read_index(self) -> dict[str, Any]:
+        path = os.path.join(self.dir, "index.json")
+        try:
+            with open(path, "rb") as f:
+                index = json.load(f)
+        except FileNotFoundError:
+            return {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": []}
+        except ValueError:
+            raise CacheFormatError(f"{path}: not a JSON OCI index") from None
+        if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
+            raise CacheFormatError(f"{path}: not an OCI index")
+        return index
+
+    def write_config(self, plan: ExportPlan) -> dict[str, Any]:
+        wrapped = wrap_config(plan.config, image_manifest=self.image_manifest, oci=self.oci)
+        self._put_bytes(wrapped.config_digest, wrapped.config)
+        self._put_bytes(wrapped.manifest_digest, wrapped.manifest)
+        with self._index_lock():
+            layout = os.path.join(self.dir, "oci-layout")
+            if not os.path.exists(layout):
+                self._write_atomic(layout, lambda f: f.write(_dumps(OCI_LAYOUT_VERSION)))
+            index = self._read_index()
+            entries = [m for m in index.get("manifests", [])
+                       if (m.get("annotations") or {}).get(REF_NAME) != self.tag]
+            entries.append({**wrapped.descriptor, "annotations": {REF_NAME: self.tag}})
+            index["manifests"] = entries
+            self._write_atomic(os.path.join(self.dir, "index.json"),
+                               lambda f: f.write(_dumps(index)))
+            if self.reset:
+                self._remove_unreferenced(entries)
+        desc = _dumps(wrapped.descriptor).decode()
+        return {"cache.manifest": desc}
+
+    def _remove_unreferenced(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        keep: set[str] = set()
+        for entry in entries:
+            keep.add(entry["digest"])
+            try:
+                with open(self._blob(entry["digest"]), "rb") as f:
+                    body = json.load(f)
+            except (OSError, ValueError):
+                continue
+            for d in [body.get("config") or {}, *(body.get("layers") or []),
+                      *(body.get("manifests") or [])]:
+                if d.get("digest"):
+                    keep.add(d["digest"])
+        root = os.path.join(self.dir, "blobs")
+        for algorithm in os.listdir(root):
+            for name in os.listdir(os.path.join(root, algorithm)):
+                if f"{algorithm}:{name}" not in keep:
+                    os.unlink(os.path.join(root, algorithm, name))
+
+    def read_configs(self) -> list[CacheConfig]:
+        if not os.path.isdir(self.dir):
+            raise CacheUnavailable(f"cache directory {self.dir} does not exist")
+        digest = self.digest
+        if not digest:
+            index = self._read_index()
+            for key in (CONTAINERD_NAME, REF_NAME):
+                found = [m for m in index.get("manifests", [])
+                         if (m.get("annotations") or {}).get(key) == self.tag]
+                if found:
+                    digest = found[-1]["digest"]
+                    break
+            else:
+                raise CacheUnavailable(f"{self.dir}: no cache tagged {self.tag!r} in index.json")
+
+        def read_blob(desc: Mapping[str, Any]) -> bytes:
+            try:
+                with open(self._blob(desc["digest"]), "rb") as f:
+                    return f.read()
+            except (OSError, KeyError) as exc:
+                raise CacheFormatError(f"{self.dir}: missing blob {desc.get('digest')}: "
+                                       f"{exc}") from None
+
+        return [unwrap_manifest(read_blob({"digest": digest}), read_blob, self.dir)]
+
+
+# --------------------------------------------------------------------------------------------
+# Exporter and importer
+# --------------------------------------------------------------------------------------------
+
+
+class RemoteCacheExporter(CacheExporter):
+    """Exports a build's cache to the store ``make_store(info)`` returns."""
+
+    def __init__(self, backend: str, settings: ExportSettings,
+                 make_store: Callable[[Mapping[str, Any]], CacheStore], where: str):
+        self.backend = backend
+        self.settings = settings
+        self.make_store = make_store
+        self.where = where
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
+
+    @property
+    def ignore_error(self) -> bool:
+        return self.settings.ignore_error
+
+    def export(self, cache_config: Any) -> Mapping[str, Any]:
+        """Write ``cache_config`` (an :class:`ExportPlan`) to the store."""
+        return self.make_store(cache_config.info).export(cache_config)
+
+
+@attrs.frozen(eq=False)
+class LoadedCache:
+    """One imported cache config and the store its blobs come from."""
+
+    config: CacheConfig
+    store: CacheStore
+    where: str
+
+
+class RemoteCacheImporter(CacheImporter):
+    """Reads the cache configs of the store ``make_store(info)`` returns (blobs stay remote)."""
+
+    def __init__(self, backend: str, make_store: Callable[[Mapping[str, Any]], CacheStore],
+                 where: str):
+        self.backend = backend
+        self.make_store = make_store
+        self.where = where
+
+    def load(self, info: Mapping[str, Any] | None = None) -> list[LoadedCache]:
+        store = self.make_store(info or {})
+        return [LoadedCache(config, store, self.where) for config in store.read_configs()]

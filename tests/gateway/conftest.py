@@ -1,0 +1,97 @@
+"""Fixtures for the gateway tests: a store for CLI builds, the shell frontend image pushed to
+the test registry, and frontends run as local processes (``run_local``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from pybk.frontends.gateway.runner import QueueChannel
+
+HERE = Path(__file__).resolve().parent
+SHELL_FRONTEND = HERE / "shell_frontend.sh"
+
+
+def need_runc() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (runc, mount(2))")
+    if not shutil.which("runc"):
+        pytest.skip("runc is not installed")
+
+
+class PipeChannel(QueueChannel):
+    """A frontend run as a local process (no container): the protocol without the worker."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None):
+        super().__init__()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=env)
+        self._threads = [threading.Thread(target=self._pump_out, daemon=True),
+                         threading.Thread(target=self._pump_err, daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump_out(self) -> None:
+        while chunk := self.proc.stdout.read1(65536):
+            self._stdout(chunk)
+        self._finished(self.proc.wait())
+
+    def _pump_err(self) -> None:
+        while chunk := self.proc.stderr.read1(65536):
+            self._stderr(chunk)
+
+    def send(self, line: bytes) -> None:
+        try:
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def close_input(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for thread in self._threads:
+            thread.join(5)
+        self.close_input()
+
+
+@pytest.fixture
+def pipe_channel():
+    return PipeChannel
+
+
+@pytest.fixture(scope="module")
+def gateway_root(tmp_path_factory):
+    """One store for a module's CLI builds (the frontend image is pulled once)."""
+    need_runc()
+    return str(tmp_path_factory.mktemp("gateway-store"))
+
+
+@pytest.fixture(scope="module")
+def shell_frontend_ref(gateway_root, registry, busybox_ref):
+    """``127.0.0.1:PORT/frontends/shell:1``: busybox plus shell_frontend.sh as its entrypoint,
+    built and pushed by pybk itself."""
+    from pybk.core import llb
+    from pybk.core.client import Client
+
+    ref = f"{registry.host}/frontends/shell:1"
+    state = llb.image(busybox_ref).file(
+        llb.mkfile("/frontend.sh", 0o755, SHELL_FRONTEND.read_bytes()))
+    config = {"config": {"Entrypoint": ["/frontend.sh"], "Env": ["PATH=/bin:/usr/bin"],
+                         "Labels": {"moby.buildkit.frontend.network.none": "true"}}}
+    with Client(root=gateway_root) as client:
+        client.solve(state, progress=None, image_config=config,
+                     outputs=[{"type": "image", "name": ref, "push": "true"}])
+    return ref

@@ -1,0 +1,1 @@
+"""pybk-toyfrontend: an example third-party frontend plugin (``# syntax=toy``)."""
