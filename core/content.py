@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pybk.core.errors import StoreError
+from pybk.core.locks import pid_alive
 
 _DIGEST = re.compile(r"(sha256|sha512):([0-9a-f]+)")
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
@@ -185,7 +186,7 @@ class ContentStore:
             return 0
         for entry in os.scandir(self.ingest_dir):
             pid = entry.name.partition("-")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
                 continue
             if pid.isdigit() and int(pid) == os.getpid():
                 continue
@@ -202,12 +203,3 @@ def _fsync_dir(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -729,7 +729,7 @@ class _Copier:
         if include:
             if (self.always_replace and target_st is not None
                     and not (is_dir and stat.S_ISDIR(target_st.st_mode))):
-                _remove_all(target)
+                remove_path(target)
                 target_st = None
             self._create_parents(overwrite_meta)
         if not is_dir and target_st is not None:
@@ -825,7 +825,8 @@ def _copy_dir_only(dst: str, st: os.stat_result, overwrite_meta: bool) -> bool:
     return False
 
 
-def _remove_all(path: str) -> None:
+def remove_path(path: str) -> None:
+    """Remove a file, symlink or whole directory tree; a missing path is fine."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -925,7 +926,7 @@ def extract_tar(tf: tarfile.TarFile, dest: str) -> None:
         except FileNotFoundError:
             existing = None
         if existing is not None and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
-            _remove_all(path)
+            remove_path(path)
         if member.isdir():
             if existing is None or not stat.S_ISDIR(existing.st_mode):
                 os.mkdir(path, 0o700)
@@ -1067,7 +1068,7 @@ def _rm_path(root: str, path: str, allow_not_found: bool) -> None:
         if allow_not_found:
             return
         raise BuildError(f'rm "{cleaned}": not found')
-    _remove_all(host)
+    remove_path(host)
 
 
 def symlink(root: str, oldpath: str, newpath: str, owner: Any = None,

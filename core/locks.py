@@ -65,6 +65,17 @@ def process_identity() -> str:
     return _identity_cache[1]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_alive(identity: str) -> bool:
     """Whether the process with this identity still runs."""
     try:

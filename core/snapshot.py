@@ -22,7 +22,6 @@ import errno
 import fcntl
 import os
 import secrets
-import shutil
 import stat
 import subprocess
 import time
@@ -34,6 +33,7 @@ import attrs
 import orjson
 
 from pybk.core.errors import StoreError
+from pybk.core.fileop import remove_path
 from pybk.core.interfaces import Mount, Snapshotter
 
 if TYPE_CHECKING:
@@ -130,16 +130,6 @@ def _copy_node(src: str, st: os.stat_result, dst: str, links: dict[tuple[int, in
     _copy_metadata(src, st, dst)
 
 
-def remove_path(path: str) -> None:
-    """Remove a file, symlink or whole directory tree; a missing path is fine."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 def _clear_dir(path: str) -> None:

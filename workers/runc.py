@@ -38,6 +38,7 @@ from pybk.core.interfaces import (
     SecretMount,
     SSHMount,
 )
+from pybk.core.locks import pid_alive
 from pybk.core.mount import (
     MS_BIND,
     cleanup_stale_mounts,
@@ -308,15 +309,6 @@ async def _feed(pipe: asyncio.StreamWriter, source: StdinSource) -> None:
             pipe.close()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def _remove_tree(path: str) -> None:
     """Remove a bundle or scratch directory, never descending into something still mounted."""
@@ -358,7 +350,7 @@ class RuncExecutor(Executor):
         removed = []
         for name in sorted(os.listdir(self.bundles)):
             parts = name.split("-")
-            if len(parts) != 3 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            if len(parts) != 3 or not parts[1].isdigit() or pid_alive(int(parts[1])):
                 continue
             with contextlib.suppress(OSError):
                 subprocess.run(self._runtime("delete", "--force", name),

@@ -114,7 +114,7 @@ class GatewayFrontend(Frontend):
                   for name in sorted(getattr(bridge, "local_dirs", {}))}
         for name, state in request.inputs.items():
             inputs[name] = state.marshal() if hasattr(state, "marshal") else state
-        server = GatewayServer(bridge, inputs,
+        server = GatewayServer(bridge, inputs, name=source,
                                solve_frontend=lambda n, o: self._nested(n, o, bridge))
         process = self._process(source, config, opts, getattr(bridge, "entitlements", ()))
         returned = self._run(client, image, process, server, timeout, source, progress)

@@ -100,12 +100,14 @@ class GatewayServer:
 
     :param bridge: the engine as the frontend sees it (files, solves, image configs, warnings).
     :param inputs: ``{name: Definition}`` answered by ``inputs`` and readable by name.
+    :param name: the frontend (its image) for error messages.
     :param solve_frontend: runs a registered frontend for a ``solve`` with ``frontend`` set:
         ``(name, opts) -> Definition``; None refuses such solves.
     """
 
-    def __init__(self, bridge: Any, inputs: Mapping[str, Any], *,
+    def __init__(self, bridge: Any, inputs: Mapping[str, Any], *, name: str = "",
                  solve_frontend: Callable[[str, Mapping[str, str]], Any] | None = None):
+        self.who = f"frontend {name}" if name else "frontend"
         self.bridge = bridge
         self.inputs = dict(inputs)
         self.solve_frontend = solve_frontend
@@ -131,10 +133,10 @@ class GatewayServer:
         try:
             message = orjson.loads(line)
         except orjson.JSONDecodeError:
-            raise GatewayError(f"frontend wrote a line that is not JSON (line {self.line_number} "
+            raise GatewayError(f"{self.who} wrote a line that is not JSON (line {self.line_number} "
                                f"of its output): {_excerpt(line)}") from None
         if not isinstance(message, dict) or not isinstance(message.get("method"), str):
-            raise GatewayError(f"frontend wrote a message that is not a JSON-RPC call (line "
+            raise GatewayError(f"{self.who} wrote a message that is not a JSON-RPC call (line "
                                f"{self.line_number} of its output): {_excerpt(line)}")
         method, params, call_id = message["method"], message.get("params") or {}, message.get("id")
         if not isinstance(params, dict):
@@ -142,7 +144,7 @@ class GatewayServer:
         if method == "hello":
             return self._hello(call_id, params)
         if self.version is None:
-            raise GatewayError(f"frontend called {method!r} before the hello handshake")
+            raise GatewayError(f"{self.who} called {method!r} before the hello handshake")
         if method == "return":
             return self._return(call_id, params)
         handler = getattr(self, f"_call_{method}", None)
@@ -167,11 +169,11 @@ class GatewayServer:
     def _hello(self, call_id: Any, params: Mapping[str, Any]) -> bytes:
         version = params.get("version")
         if version not in VERSIONS:
-            raise GatewayError(f"frontend speaks gateway protocol version {version!r}; pybk "
+            raise GatewayError(f"{self.who} speaks gateway protocol version {version!r}; pybk "
                                f"speaks {', '.join(map(str, VERSIONS))}")
         missing = [c for c in params.get("requires") or () if c not in CAPABILITIES]
         if missing:
-            raise GatewayError(f"frontend requires capabilities pybk does not offer: "
+            raise GatewayError(f"{self.who} requires capabilities pybk does not offer: "
                                f"{', '.join(map(str, missing))}")
         self.version = version
         return encode({"id": call_id, "result": {"protocol": PROTOCOL, "version": version,
@@ -179,7 +181,7 @@ class GatewayServer:
 
     def _return(self, call_id: Any, params: Mapping[str, Any]) -> bytes:
         if self.returned is not None:
-            raise GatewayError("frontend returned more than once")
+            raise GatewayError(f"{self.who} returned more than once")
         error = params.get("error")
         if error is not None:
             message = error.get("message") if isinstance(error, dict) else error
@@ -188,7 +190,7 @@ class GatewayServer:
         try:
             self.returned = self._returned(params)
         except (CallError, PybkError, ValueError) as exc:
-            raise GatewayError(f"frontend returned an invalid result: {exc}") from None
+            raise GatewayError(f"{self.who} returned an invalid result: {exc}") from None
         return encode({"id": call_id, "result": {}})
 
     def _returned(self, params: Mapping[str, Any]) -> Returned:

@@ -50,7 +50,7 @@ class AzuriteServer:
         self.binary = binary or find_azurite_blob()
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
 
     @property
     def blob_endpoint(self) -> str:
@@ -92,3 +92,4 @@ class AzuriteServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        self._log.close()

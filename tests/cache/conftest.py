@@ -1,0 +1,158 @@
+"""Fixtures for remote cache tests: clients on separate stores with counted runc runs, the
+cache services, and one ``cache_backend`` parameter per backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+
+import attrs
+import pytest
+from support.cachefixtures import cache_azurite, cache_gha, moto_s3  # noqa: F401
+
+from pybk.core.config import Config
+from pybk.core.interfaces import Executor
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (runc, mount(2))"
+    if not shutil.which("runc"):
+        return "runc is not installed"
+    return None
+
+
+class CountingExecutor(Executor):
+    """The real runc executor, counting its runs."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = 0
+
+    def reap_stale(self):
+        return self.inner.reap_stale()
+
+    async def run(self, process, root, mounts=(), **kw):
+        self.calls += 1
+        return await self.inner.run(process, root, mounts, **kw)
+
+
+@pytest.fixture
+def new_client(tmp_path):
+    """``new_client("a")``: a Client on its own fresh store ``tmp_path/a``."""
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    from pybk.core.client import Client
+    from pybk.workers.plugin import OCIWorker
+
+    clients = []
+
+    def make(name: str):
+        root = str(tmp_path / f"store-{name}")
+        executor = CountingExecutor(OCIWorker(root=root).executor())
+        client = Client(root=root, config=Config(root=root), executor=executor)
+        client.executor = executor
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def base_digest(busybox_layout):
+    index = json.loads((busybox_layout / "index.json").read_text())
+    return index["manifests"][0]["digest"]
+
+
+@attrs.frozen
+class Backend:
+    """How one test reaches one backend: ``to(**attrs)`` / ``from_(**attrs)`` cache specs and
+    ``objects()`` every stored object's bytes (for leak checks)."""
+
+    name: str
+    export_attrs: dict
+    import_attrs: dict
+    objects: object
+
+    def to(self, **extra):
+        return {"type": self.name, **self.export_attrs, **extra}
+
+    def from_(self, **extra):
+        return {"type": self.name, **self.import_attrs, **extra}
+
+
+def _local(request, tmp_path):
+    directory = tmp_path / "cache-dir"
+
+    def objects():
+        return [p.read_bytes() for p in directory.rglob("*") if p.is_file()]
+    return Backend("local", {"dest": str(directory)}, {"src": str(directory)}, objects)
+
+
+def _s3(request, tmp_path):
+    s3 = request.getfixturevalue("moto_s3")
+    prefix = f"t-{uuid.uuid4().hex[:8]}/"
+    attrs_ = s3.attrs(prefix=prefix)
+
+    def objects():
+        fs = s3.filesystem()
+        return [fs.cat_file(p) for p in fs.find(f"{s3.bucket}/{prefix}")]
+    return Backend("s3", attrs_, attrs_, objects)
+
+
+def _azblob(request, tmp_path):
+    from support.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+
+    az = request.getfixturevalue("cache_azurite")
+    container = f"c{uuid.uuid4().hex[:12]}"
+    attrs_ = {"account_url": az.blob_endpoint, "account_name": ACCOUNT_NAME,
+              "secret_access_key": ACCOUNT_KEY, "container": container}
+
+    def objects():
+        import adlfs
+
+        fs = adlfs.AzureBlobFileSystem(connection_string=az.connection_string,
+                                       skip_instance_cache=True)
+        return [fs.cat_file(p) for p in fs.find(container)]
+    return Backend("azblob", attrs_, attrs_, objects)
+
+
+def _gha(request, tmp_path):
+    gha = request.getfixturevalue("cache_gha")
+    gha.reset()
+    token = gha.mint_token()
+    attrs_ = {"url": gha.url, "token": token, "scope": f"s{uuid.uuid4().hex[:8]}"}
+
+    def objects():
+        import adlfs
+
+        fs = adlfs.AzureBlobFileSystem(connection_string=gha.azurite.connection_string,
+                                       skip_instance_cache=True)
+        found = []
+        for container in fs.ls(""):
+            found += [fs.cat_file(p) for p in fs.find(container)]
+        return found
+    return Backend("gha", attrs_, attrs_, objects)
+
+
+def _registry(request, tmp_path):
+    reg = request.getfixturevalue("registry")
+    ref = f"{reg.host}/cache-{uuid.uuid4().hex[:8]}:latest"
+
+    def objects():
+        return [p.read_bytes() for p in reg.storage.rglob("data") if p.is_file()]
+    attrs_ = {"ref": ref}
+    return Backend("registry", attrs_, attrs_, objects)
+
+
+BACKENDS = {"local": _local, "s3": _s3, "azblob": _azblob, "gha": _gha, "registry": _registry}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def cache_backend(request, tmp_path):
+    return BACKENDS[request.param](request, tmp_path)
