@@ -121,13 +121,16 @@ class CacheConfig:
                     size=int(ann.get("size", -1)), created_at=str(ann.get("createdAt", ""))))
             records = []
             for item in raw.get("records") or []:
+                stamps = [x.get("createdAt") for x in [*(item.get("layers") or []),
+                                                       *(item.get("chains") or [])]]
                 records.append(CacheRecord(
                     digest=str(item["digest"]),
                     results=tuple(int(x["layer"]) for x in item.get("layers") or []),
                     chains=tuple(tuple(int(i) for i in c.get("layers") or [])
                                  for c in item.get("chains") or []),
                     inputs=tuple(tuple(int(x["link"]) for x in links)
-                                 for links in item.get("inputs") or [])))
+                                 for links in item.get("inputs") or []),
+                    created_at=str(next((t for t in stamps if t), ""))))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise CacheFormatError(f"{what} is not a valid {CACHE_CONFIG_MEDIA_TYPE}: "
                                    f"{exc}") from None

@@ -46,7 +46,7 @@ async def export_caches(exporters: Sequence[Any], entries: dict[str, Any], store
     import asyncio
     import logging
 
-    from pybk.cachebackends.importer import _describe
+    from pybk.cachebackends.importer import _describe, warn
     from pybk.cachebackends.store import ExportPlan
     from pybk.core.content import ContentStore
     from pybk.core.errors import BuildError
@@ -70,7 +70,7 @@ async def export_caches(exporters: Sequence[Any], entries: dict[str, Any], store
             if not exporter.ignore_error:
                 vp.error(message)
                 raise BuildError(message) from exc
-            vp.warn(message + " (ignore-error=true)")
+            warn(vp, message + " (ignore-error=true)")
             response = {"cache.error": message}
         vp.done()
         responses.append(response)

@@ -56,7 +56,7 @@ class RemoteCache:
                     break
                 except Exception as exc:  # any failure of a remote cache is a cache miss
                     log.debug("cache import from %s failed", cache.where, exc_info=True)
-                    vp.warn(f"cache import from {cache.where} failed: {exc}")
+                    warn(vp, f"cache import from {cache.where} failed: {_describe(exc)}")
             if snap is None:
                 return None
             snapshots[index] = snap
@@ -67,54 +67,78 @@ class RemoteCache:
 
     async def _materialize(self, runner: Any, cache: LoadedCache, chain: list[CacheLayer],
                            vp: Any) -> str:
+        """The snapshot of ``chain``: layers already unpacked are reused; the missing blobs
+        are fetched (up to four at once) while the layers below them are applied."""
         from pybk.core.content import ContentStore
         from pybk.core.solver.ops import chain_ids
-        from pybk.core.solver.scheduler import InFlight
 
         store = runner.store
         content = ContentStore(store.root)
-        parent: str | None = None
-        for layer, chain_id in zip(chain, chain_ids([x.diff_id for x in chain]), strict=True):
-            record_key = "layer:" + chain_id
+        keys = ["layer:" + c for c in chain_ids([x.diff_id for x in chain])]
+        limit = asyncio.Semaphore(4)
 
-            def existing(record_key: str = record_key) -> str | None:
-                record = store.get_cache(record_key)
-                if record is None:
-                    return None
-                runner.lease.add(record)
-                return record.id
+        async def fetch(layer: CacheLayer) -> None:
+            async with limit:
+                if content.has(layer.blob):
+                    return
+                total = max(layer.size, 0)
+                vp.status(f"importing {layer.blob}", total=total)
+                await asyncio.to_thread(cache.store.fetch_blob, layer, content)
+                vp.status(f"importing {layer.blob}", current=total, total=total, done=True)
 
-            found = existing()
-            if found is not None:
-                parent = found
-                continue
-
-            async def unpack(layer: CacheLayer = layer, parent: str | None = parent,
-                             record_key: str = record_key,
-                             existing: Any = existing) -> str:
-                async with store.build_lock(record_key):
-                    again = existing()
-                    if again is not None:
-                        return again
-                    if not content.has(layer.blob):
-                        vp.status(f"importing {layer.blob}", total=max(layer.size, 0))
-                        await asyncio.to_thread(cache.store.fetch_blob, layer, content)
-                        vp.status(f"importing {layer.blob}", current=max(layer.size, 0),
-                                  total=max(layer.size, 0), done=True)
-                    snap = await asyncio.to_thread(runner.unpack_blob,
-                                                   str(content.path(layer.blob)),
-                                                   layer.media_type, parent)
-                    store.set_layer_blob(snap, {
-                        "mediaType": layer.media_type, "digest": layer.blob,
-                        "size": layer.size, "diffID": layer.diff_id, "source": ""})
-                    store.put_cache(record_key, snap)
-                    return snap
-
-            snap, _ = await InFlight.run(record_key, unpack)
-            runner.lease.add(snap)
-            parent = snap
+        fetches: dict[str, asyncio.Future[None]] = {}
+        for layer, key in zip(chain, keys, strict=True):
+            if store.get_cache(key) is None and layer.blob not in fetches:
+                fetches[layer.blob] = asyncio.ensure_future(fetch(layer))
+        try:
+            parent: str | None = None
+            for layer, key in zip(chain, keys, strict=True):
+                parent = await self._layer(runner, layer, key, parent, fetches.get(layer.blob),
+                                           content)
+        finally:
+            for task in fetches.values():
+                task.cancel()
+            await asyncio.gather(*fetches.values(), return_exceptions=True)
         assert parent is not None
         return parent
+
+    @staticmethod
+    async def _layer(runner: Any, layer: CacheLayer, record_key: str, parent: str | None,
+                     fetched: asyncio.Future[None] | None, content: Any) -> str:
+        """The record of one layer on ``parent``: found, or unpacked from its fetched blob."""
+        from pybk.core.solver.scheduler import InFlight
+
+        store = runner.store
+
+        def existing() -> str | None:
+            record = store.get_cache(record_key)
+            if record is None:
+                return None
+            runner.lease.add(record)
+            return record.id
+
+        found = existing()
+        if found is not None:
+            return found
+
+        async def unpack() -> str:
+            async with store.build_lock(record_key):
+                again = existing()
+                if again is not None:
+                    return again
+                if fetched is not None:
+                    await fetched
+                snap = await asyncio.to_thread(runner.unpack_blob, str(content.path(layer.blob)),
+                                               layer.media_type, parent)
+                store.set_layer_blob(snap, {
+                    "mediaType": layer.media_type, "digest": layer.blob, "size": layer.size,
+                    "diffID": layer.diff_id, "source": ""})
+                store.put_cache(record_key, snap)
+                return snap
+
+        snap, _ = await InFlight.run(record_key, unpack)
+        runner.lease.add(snap)
+        return snap
 
 
 async def import_caches(importers: Sequence[Any], progress: Any,
@@ -130,13 +154,21 @@ async def import_caches(importers: Sequence[Any], progress: Any,
             loaded = await asyncio.to_thread(importer.load, info)
         except Exception as exc:  # an unusable --cache-from never fails the build
             log.debug("cache import from %s failed", importer.where, exc_info=True)
-            vp.warn(f"cache import from {importer.where} skipped: {_describe(exc)}")
+            warn(vp, f"cache import from {importer.where} skipped: {_describe(exc)}")
             loaded = []
         vp.done()
         return loaded
 
     results = await asyncio.gather(*(one(i, imp) for i, imp in enumerate(importers)))
     return RemoteCache([cache for found in results for cache in found])
+
+
+def warn(vp: Any, message: str) -> None:
+    """A warning on the step, also shown as a ``WARNING:`` line of its output."""
+    from pybk.core.progress import STREAM_STDERR
+
+    vp.warn(message)
+    vp.log(STREAM_STDERR, f"WARNING: {message}\n".encode())
 
 
 def _describe(exc: BaseException) -> str:

@@ -19,10 +19,12 @@ import errno
 import glob
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
@@ -355,6 +357,7 @@ class RuncExecutor(Executor):
             with contextlib.suppress(OSError):
                 subprocess.run(self._runtime("delete", "--force", name),
                                stdin=subprocess.DEVNULL, capture_output=True, check=False)
+            self._remove_half_created(name)
             path = os.path.join(self.bundles, name)
             with contextlib.suppress(OSError):
                 _remove_tree(path)
@@ -491,6 +494,31 @@ class RuncExecutor(Executor):
             proc.kill()
             await proc.wait()
         await _quiet(self._runtime("delete", "--force", container_id))
+        await asyncio.to_thread(self._remove_half_created, container_id)
+
+    def _remove_half_created(self, container_id: str) -> None:
+        """Clean up a container whose creation was interrupted: runc has no state for it, so
+        ``runc delete`` cannot; kill its ``runc init`` (found by its state dir) and remove
+        the state dir and the cgroups named after it."""
+        state = os.path.join(self.runtime_root, container_id)
+        if not os.path.isdir(state):
+            return
+        marker = f"_LIBCONTAINER_STATEDIR={state}".encode()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                _remove_tree(state)
+            if not os.path.exists(state):
+                break
+            time.sleep(0.01)
+        for cgroup in glob.glob(f"/sys/fs/cgroup/*/{container_id}") + glob.glob(
+                f"/sys/fs/cgroup/{container_id}"):
+            with contextlib.suppress(OSError):
+                os.rmdir(cgroup)
 
 
 async def _quiet(argv: list[str]) -> int:

@@ -233,7 +233,7 @@ class _Converter:
                  target_platform: llb.Platform, build_platform: llb.Platform,
                  target_stage: str, context: Callable[[], llb.State],
                  no_cache_stages: frozenset[str] | None, extra_hosts: Mapping[str, str],
-                 network_mode: str | None):
+                 network_mode: str | None, language: str = "Dockerfile"):
         self.df = dockerfile
         self.build_args = dict(build_args)
         self.named_contexts = dict(named_contexts)
@@ -246,7 +246,7 @@ class _Converter:
         self.no_cache_stages = no_cache_stages
         self.extra_hosts = dict(extra_hosts)
         self.network_mode = network_mode
-        self.source_info = llb.SourceInfo(dockerfile.filename, data, "Dockerfile")
+        self.source_info = llb.SourceInfo(dockerfile.filename, data, language)
         self.done: dict[int, _StageState] = {}
         self.in_progress: set[int] = set()
         self.context_paths: set[str] = set()
@@ -586,6 +586,11 @@ class _Converter:
         arg_keys = [k for k in ds.declared if k in ds.args and k not in env_keys]
         for key in arg_keys:
             run_state = run_state.env(key, ds.args[key])
+        # environment for this command only (RunInstruction subclasses with ``env`` pairs)
+        step_env = [(expander.word(p.key), expander.word(p.value))
+                    for p in getattr(instruction, "env", ())]
+        for key, value in step_env:
+            run_state = run_state.env(key, value)
         try:
             specs = instruction.expanded_mounts(expander.word)
         except (ins.InstructionError, ValueError) as err:
@@ -617,6 +622,9 @@ class _Converter:
         state = exec_state.root()
         for key in arg_keys:
             state = state.unset_env(key)
+        for key, _ in step_env:
+            previous = ds.state.get_env(key)
+            state = state.unset_env(key) if previous is None else state.env(key, previous)
         ds.state = state
         env = ds.env()
         shown = [f"{k}={env[k]}" for k in ds.declared if k in env]
@@ -834,6 +842,39 @@ def dockerfile_to_llb(
     ``warn`` receives warnings such as unused build args.
     """
     dockerfile = ins.parse_dockerfile(data, filename)
+    return convert_dockerfile(
+        dockerfile, data, target=target, build_args=build_args, named_contexts=named_contexts,
+        image_resolver=image_resolver, target_platform=target_platform,
+        build_platform=build_platform, exclude_patterns=exclude_patterns,
+        no_cache_stages=no_cache_stages, extra_hosts=extra_hosts, network_mode=network_mode,
+        labels=labels, warn=warn)
+
+
+def convert_dockerfile(
+    dockerfile: ins.Dockerfile,
+    data: bytes,
+    *,
+    language: str = "Dockerfile",
+    target: str | None = None,
+    build_args: Mapping[str, str] = {},  # noqa: B006 - read only
+    named_contexts: Mapping[str, NamedContext | llb.State] = {},  # noqa: B006 - read only
+    image_resolver: Callable[..., dict | None] | None = None,
+    target_platform: str | llb.Platform | None = None,
+    build_platform: str | llb.Platform | None = None,
+    exclude_patterns: Iterable[str] = (),
+    no_cache_stages: Iterable[str] | None = None,
+    extra_hosts: Mapping[str, str] = {},  # noqa: B006 - read only
+    network_mode: str | None = None,
+    labels: Mapping[str, str] = {},  # noqa: B006 - read only
+    warn: Callable[[str], None] | None = None,
+) -> ConvertResult:
+    """Convert an already parsed Dockerfile (or any frontend's typed instructions) to LLB.
+
+    ``data`` is the source file the instructions' locations point into, recorded in the
+    definition's source map as ``language``; the other arguments are
+    :func:`dockerfile_to_llb`'s.
+    """
+    filename = dockerfile.filename
     if not dockerfile.stages:
         raise DockerfileParseError("the Dockerfile has no FROM instruction", filename=filename)
     if target:
@@ -873,7 +914,7 @@ def dockerfile_to_llb(
             dockerfile, bytes(data), build_args, named_contexts, resolver, target_p, build_p,
             target or "default", context,
             None if no_cache_stages is None else frozenset(no_cache_stages), extra_hosts,
-            network_mode)
+            network_mode, language)
         return converter, converter.stage(stage)
 
     converter, built = convert(None)

@@ -250,10 +250,9 @@ class GatewayServer:
             name = self._input_name(params["input"])
             data = self.bridge.read_file(name, path, offset=offset, length=length)
             return {"data": _b64(data)}
-        with self._mounted(params) as root:
-            with open(_inside(root, path), "rb") as f:
-                f.seek(offset)
-                data = f.read() if length is None else f.read(length)
+        with self._mounted(params) as root, open(_inside(root, path), "rb") as f:
+            f.seek(offset)
+            data = f.read() if length is None else f.read(length)
         return {"data": _b64(data)}
 
     def _call_read_dir(self, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,2 @@
+"""The YAML pipeline frontend (``yaml.v0``): multi-stage pipelines as data, same LLB as the
+equivalent Dockerfile."""

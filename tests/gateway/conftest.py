@@ -3,6 +3,7 @@ the test registry, and frontends run as local processes (``run_local``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -46,17 +47,13 @@ class PipeChannel(QueueChannel):
             self._stderr(chunk)
 
     def send(self, line: bytes) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError, ValueError):
             self.proc.stdin.write(line)
             self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            pass
 
     def close_input(self) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
 
     def stop(self) -> None:
         if self.proc.poll() is None:

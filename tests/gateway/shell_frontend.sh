@@ -18,6 +18,7 @@ mkfile_op() {
 MODE=$(opt build-arg:MODE)
 read -r HELLO
 echo "frontend: mode ${MODE:-build}, pybk says ${HELLO%%,*}" >&2
+echo "frontend: running as $(id -un) on host $(hostname)" >&2
 case "$MODE" in
     hang) sleep 600; exit 0 ;;
     crash) echo "frontend: about to crash" >&2; exit 3 ;;

@@ -1,0 +1,78 @@
+"""The ``yaml.v0`` frontend: a pipeline file in, the Dockerfile converter's LLB and image
+config out. Frontend options, named contexts and ``.dockerignore`` work as for Dockerfiles."""
+
+from __future__ import annotations
+
+from pybk.core.interfaces import Frontend, FrontendBridge, FrontendRequest, FrontendResult
+
+
+def targets_text(loaded) -> str:
+    """``--call targets``: the stages, the default one marked."""
+    from pybk.frontends.yaml.convert import default_target
+
+    default = default_target(loaded)
+    names = [n + (" (default)" if n == default else "") for n in loaded.pipeline.stages]
+    return "TARGET\n" + "".join(f"{n}\n" for n in names)
+
+
+def outline_text(loaded, target: str | None, build_args: dict[str, str]) -> str:
+    """``--call outline``: the target and the build args it may use, with their values."""
+    from pybk.frontends.yaml.convert import default_target
+
+    stage_name = default_target(loaded, target)
+    pipeline = loaded.pipeline
+    wanted = list(pipeline.args.items())
+    order = loaded.order[:loaded.order.index(stage_name) + 1]
+    for name in order:
+        stage = pipeline.stages[name]
+        wanted += list(stage.args.items())
+        wanted += [kv for step in stage.steps if step.arg for kv in step.arg.items()]
+    rows: dict[str, str] = {}
+    for key, default in wanted:
+        rows.setdefault(key, build_args.get(key, default or ""))
+    lines = [f"TARGET:      {stage_name}", ""]
+    if rows:
+        width = max(len("BUILD ARG"), *map(len, rows)) + 2
+        lines.append(f"{'BUILD ARG':<{width}}VALUE")
+        lines += [f"{k:<{width}}{v}".rstrip() for k, v in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+class YamlFrontend(Frontend):
+    """YAML pipelines (``yaml.v0``): stages and steps as data, converted like a Dockerfile."""
+
+    name = "yaml.v0"
+
+    def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
+        from pybk.core.llb import Definition
+        from pybk.frontends.dockerfile import frontend as df
+        from pybk.frontends.dockerfile.convert import convert_dockerfile
+        from pybk.frontends.yaml import convert
+
+        opts = request.opts
+        filename = opts.get("filename", "pipeline.yaml")
+        data = bridge.read_file("dockerfile", filename)
+        args = df.build_args(opts)
+        requestid = opts.get("requestid", "")
+        platform = (opts.get("platform") or "").split(",")[0] or None
+        contexts = {} if requestid else df.named_contexts(opts, bridge, platform)
+        known = set(contexts) | {k[len("context:"):].split("::", 1)[0]
+                                 for k in opts if k.startswith("context:")}
+        loaded = convert.load_pipeline(data, filename, contexts=known)
+        target = opts.get("target") or None
+        if requestid in df.SUBREQUESTS:
+            text = (outline_text(loaded, target, args) if requestid == "frontend.outline"
+                    else targets_text(loaded))
+            return FrontendResult(definition=Definition(), metadata={"result.txt": text.encode()})
+        network = opts.get("force-network-mode") or None
+        converted = convert_dockerfile(
+            convert.pipeline_to_dockerfile(loaded), data, language=convert.LANGUAGE,
+            target=convert.default_target(loaded, target), build_args=args,
+            named_contexts=contexts,
+            image_resolver=lambda ref, p: bridge.resolve_image_config(ref, p)[1],
+            target_platform=platform, exclude_patterns=df.ignore_patterns(bridge, filename),
+            no_cache_stages=df.no_cache_stages(opts), extra_hosts=df.extra_hosts(opts),
+            network_mode=network if network in ("none", "host") else None,
+            labels=df.labels(opts), warn=bridge.warn)
+        return FrontendResult(definition=converted.state.marshal(platform),
+                              image_config=converted.image_config)
