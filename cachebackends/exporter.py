@@ -46,7 +46,7 @@ async def export_caches(exporters: Sequence[Any], entries: dict[str, Any], store
     import asyncio
     import logging
 
-    from pybk.cachebackends.importer import _describe, warn
+    from pybk.cachebackends.importer import describe_error, warn
     from pybk.cachebackends.store import ExportPlan
     from pybk.core.content import ContentStore
     from pybk.core.errors import BuildError
@@ -66,7 +66,7 @@ async def export_caches(exporters: Sequence[Any], entries: dict[str, Any], store
             response = dict(await asyncio.to_thread(exporter.export, plan))
         except Exception as exc:
             logging.getLogger(__name__).debug("cache export failed", exc_info=True)
-            message = f"failed to export cache to {exporter.where}: {_describe(exc)}"
+            message = f"failed to export cache to {exporter.where}: {describe_error(exc)}"
             if not exporter.ignore_error:
                 vp.error(message)
                 raise BuildError(message) from exc

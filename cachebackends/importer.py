@@ -56,7 +56,7 @@ class RemoteCache:
                     break
                 except Exception as exc:  # any failure of a remote cache is a cache miss
                     log.debug("cache import from %s failed", cache.where, exc_info=True)
-                    warn(vp, f"cache import from {cache.where} failed: {_describe(exc)}")
+                    warn(vp, f"cache import from {cache.where} failed: {describe_error(exc)}")
             if snap is None:
                 return None
             snapshots[index] = snap
@@ -154,7 +154,7 @@ async def import_caches(importers: Sequence[Any], progress: Any,
             loaded = await asyncio.to_thread(importer.load, info)
         except Exception as exc:  # an unusable --cache-from never fails the build
             log.debug("cache import from %s failed", importer.where, exc_info=True)
-            warn(vp, f"cache import from {importer.where} skipped: {_describe(exc)}")
+            warn(vp, f"cache import from {importer.where} skipped: {describe_error(exc)}")
             loaded = []
         vp.done()
         return loaded
@@ -171,7 +171,7 @@ def warn(vp: Any, message: str) -> None:
     vp.log(STREAM_STDERR, f"WARNING: {message}\n".encode())
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     from pybk.core.errors import PybkError
 
     if isinstance(exc, PybkError):

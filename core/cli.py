@@ -49,6 +49,7 @@ def make_parser() -> argparse.ArgumentParser:
     llb.add_argument("file", nargs="?", default="-")
     ast = dsub.add_parser("dump-ast", help="print a Dockerfile's parse in BuildKit's format")
     ast.add_argument("file", nargs="?", default="Dockerfile")
+    dsub.add_parser("yaml-schema", help="print the JSON Schema of yaml.v0 pipelines")
     return parser
 
 
@@ -240,7 +241,12 @@ def cmd_debug(ns: argparse.Namespace) -> int:
 
         sys.stdout.write(dump_ast_command(ns.file))
         return 0
-    raise UsageError("pybk debug: choose one of config, dump-llb, dump-ast")
+    if what == "yaml-schema":
+        from pybk.frontends.yaml.cli_support import yaml_schema_command
+
+        sys.stdout.write(yaml_schema_command())
+        return 0
+    raise UsageError("pybk debug: choose one of config, dump-llb, dump-ast, yaml-schema")
 
 
 def _read_input(path: str) -> bytes:

@@ -79,3 +79,11 @@ def test_debug_config_errors_exit_2(tmp_path, capsys):
     assert main(["debug", "config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "max-paralelism" in err and "did you mean" in err
+
+
+def test_debug_yaml_schema_matches_docs(capsys):
+    assert main(["debug", "yaml-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    docs = Path(__file__).resolve().parents[2] / "docs" / "yaml-schema.json"
+    assert schema == json.loads(docs.read_text())
+    assert "stages" in schema["properties"]
