@@ -300,7 +300,8 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
                 no_cache=request.no_cache and not request.no_cache_filter,
                 progress="quiet" if request.quiet else request.progress,
                 outputs=list(request.outputs), image_config=result.image_config,
-                request=request, export_info=export_info(request))
+                request=request, export_info=export_info(request),
+                cache_imports=request.cache_from, cache_exports=request.cache_to)
         except BuildError as exc:
             vertex = getattr(exc, "vertex", None)
             where = source_excerpt(result.definition, vertex)

@@ -158,14 +158,18 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         pull=ns.pull,
         quiet=ns.quiet,
     )
-    resolve_plugin_options(pm, request.cache_from, "--cache-from", pm.cache_backends())
-    resolve_plugin_options(pm, request.cache_to, "--cache-to", pm.cache_backends())
+    resolve_plugin_options(pm, request.cache_from, "--cache-from", pm.cache_backends(),
+                           "resolve_importer")
+    resolve_plugin_options(pm, request.cache_to, "--cache-to", pm.cache_backends(),
+                           "resolve_exporter")
     return request
 
 
-def resolve_plugin_options(pm: Any, specs: Sequence[Any], flag: str, registry: Any) -> list[Any]:
+def resolve_plugin_options(pm: Any, specs: Sequence[Any], flag: str, registry: Any,
+                           method: str = "resolve") -> list[Any]:
     """Structure each spec's attrs into its plugin's Options and let the plugin validate them
-    (exporters: ``resolve``), so bad values fail before any build work starts."""
+    (``resolve`` for exporters, ``resolve_importer``/``resolve_exporter`` for caches), so bad
+    values fail before any build work starts."""
     from pybk.core.converter import structure_options
 
     instances = []
@@ -174,8 +178,7 @@ def resolve_plugin_options(pm: Any, specs: Sequence[Any], flag: str, registry: A
         options = structure_options(cls.Options, spec.attrs, where=flag)
         plugin_name, _ = registry.owner(spec.type)
         with pm.annotate_errors(plugin_name):
-            instance = cls().resolve(options) if hasattr(cls, "resolve") else options
-        instances.append(instance)
+            instances.append(getattr(cls(), method)(options))
     return instances
 
 

@@ -414,7 +414,9 @@ def build_llb_command(definition_bytes: bytes, *, request: Any = None,
         result = client.solve(definition, local_dirs=local_dirs, secrets=secrets, ssh=ssh,
                               entitlements=entitlements, no_cache=no_cache, progress=progress,
                               outputs=outputs, request=request, oci_layouts=oci_layouts,
-                              export_info=export_info(request) if request else None)
+                              export_info=export_info(request) if request else None,
+                              cache_imports=request.cache_from if request else (),
+                              cache_exports=request.cache_to if request else ())
         if request is not None:
             finish_outputs(request, result)
     finally:

@@ -6,6 +6,11 @@ with the state of the previous sync; only entries whose ``(mode, size, mtime_ns,
 changed are copied (to a temporary name, then renamed into place), entries gone from the source
 are removed, and directories get their mode and mtime. Synced entries are owned by 0:0, like
 BuildKit's local source. The state file is written atomically, and only when something changed.
+
+Hardlinks are kept: names of one source inode (among the synced entries) become names of one
+destination file. Because the inode is part of each entry's state and changed entries are always
+replaced, never written in place, a link made or broken in the source is mirrored by the next
+sync.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pybk.core.fileop import PathFilter, copy_file_data, resolve_in_root
 
 __all__ = ["SyncStats", "sync_local"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 _TMP_PREFIX = ".pybk-sync-"
 
 
@@ -72,6 +77,8 @@ class _Walk:
         self.touched: set[str] = set()  # directories whose metadata must be (re)applied
         self.is_root = os.geteuid() == 0
         self._tmp_counter = 0
+        #: (dev, inode) of a multiply linked source file -> the first synced name of it
+        self._link_groups: dict[tuple[int, int], str] = {}
 
     def walk(self, host: str, rel: str, pending: list[tuple[str, os.stat_result]]) -> bool:
         """Mirror directory ``host`` (``rel`` in the tree); True when anything of it was kept.
@@ -137,19 +144,27 @@ class _Walk:
         record = ["l" if stat.S_ISLNK(mode) else "f", mode, st.st_size, st.st_mtime_ns,
                   st.st_ino, st.st_dev]
         self.new[rel] = record
+        first_name = None
+        if stat.S_ISREG(mode) and st.st_nlink > 1:
+            first_name = self._link_groups.setdefault((st.st_dev, st.st_ino), rel)
+            if first_name == rel:
+                first_name = None
         if self.old.get(rel) == record:
             self.unchanged += 1
             return
         target = os.path.join(self.dest, rel)
         tmp = self._temp_name(os.path.dirname(target))
-        if stat.S_ISLNK(mode):
+        if first_name is not None:
+            os.link(os.path.join(self.dest, first_name), tmp)
+        elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(host), tmp)
         else:
             self.bytes += copy_file_data(host, tmp)
             os.chmod(tmp, stat.S_IMODE(mode))
-        if self.is_root:
-            os.lchown(tmp, 0, 0)
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        if first_name is None:
+            if self.is_root:
+                os.lchown(tmp, 0, 0)
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         try:
             os.replace(tmp, target)
         except IsADirectoryError:

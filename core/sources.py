@@ -1,7 +1,8 @@
 """Fetchers for the git, http(s) and oci-layout sources.
 
 - git: the git CLI, with a bare repository per URL under a cache directory (fetches are shallow
-  and incremental); the checkout is written without touching the cache's HEAD or index.
+  and incremental, one at a time per repository); the checkout is written without touching the
+  cache's HEAD or index; ``checksum`` (a commit sha prefix) is verified.
 - http(s): httpx, streamed to a temporary file while hashing; ``checksum`` is verified; ETags
   let an unchanged remote file be reused without downloading it again.
 - oci-layout: an image found in an OCI image layout directory by tag or digest.
@@ -66,44 +67,55 @@ def _git(args: list[str], *, cwd: str | None = None, env: Mapping[str, str] | No
     return proc.stdout
 
 
-def _bare_cache(url: str, cache_dir: str) -> str:
-    key = hashlib.sha256(url.encode()).hexdigest()[:32]
-    bare = os.path.join(cache_dir, key + ".git")
-    if not os.path.isdir(os.path.join(bare, "objects")):
-        tmp = tempfile.mkdtemp(prefix=".init-", dir=cache_dir)
+def _bare_cache(bare: str) -> None:
+    """Create the bare repository ``bare`` unless it exists (under the repository's lock)."""
+    if os.path.isdir(os.path.join(bare, "objects")):
+        return
+    tmp = tempfile.mkdtemp(prefix=".init-", dir=os.path.dirname(bare))
+    try:
         _git(["init", "-q", "--bare", tmp], what=f"git init {bare}")
-        try:
-            os.rename(tmp, bare)
-        except OSError:  # another fetch created it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return bare
+        shutil.rmtree(bare, ignore_errors=True)  # an incomplete one
+        os.rename(tmp, bare)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_checksum(checksum: str, fetched: str, commit: str) -> None:
+    """BuildKit's ``git.checksum``: a prefix of the fetched object (an annotated tag's object
+    or the commit) or of the commit it points to."""
+    want = checksum.lower()
+    if fetched.startswith(want) or commit.startswith(want):
+        return
+    got = commit if fetched == commit else f"{fetched} or {commit}"
+    raise BuildError(f"expected checksum to match {checksum}, got {got}")
 
 
 def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
               keep_git_dir: bool = False, subdir: str | None = None,
-              cache_dir: str | os.PathLike[str]) -> str:
+              checksum: str | None = None, cache_dir: str | os.PathLike[str]) -> str:
     """Check out ``ref`` (branch, tag, full commit sha, or ``None``/"" for HEAD) of ``url``.
 
     ``dest_dir`` (created, must be absent or empty) receives the tree — or only ``subdir`` of
-    it — with ``.git`` kept when ``keep_git_dir``. Returns the commit sha.
+    it — with ``.git`` kept when ``keep_git_dir``. ``checksum`` (``git.checksum``; empty means
+    none): hex digits the fetched commit (or annotated tag object) must start with. Returns the
+    commit sha.
+
+    Fetches of one URL are serialised by a lock under ``cache_dir/locks`` (across threads and
+    processes): git cannot update one shallow repository concurrently.
     """
+    from pybk.core.locks import Locks
+
+    checksum = checksum or None
+    if checksum is not None and not re.fullmatch(r"[0-9a-fA-F]+", checksum):
+        raise BuildError(f"invalid checksum {checksum} for Git URL, expected hex commit hash")
     dest = os.fspath(dest_dir)
     cache = os.fspath(cache_dir)
     os.makedirs(cache, exist_ok=True)
     shown = _redact(url)
     ref = ref or "HEAD"
-    bare = _bare_cache(url, cache)
+    name = hashlib.sha256(url.encode()).hexdigest()[:32] + ".git"
+    bare = os.path.join(cache, name)
     is_sha = bool(_SHA_RE.fullmatch(ref))
-
-    if is_sha and _has_commit(bare, ref):
-        commit = ref
-    else:
-        _git(["-C", bare, "fetch", "-q", "--depth=1", "--no-tags", "--force", url, ref],
-             what=f"failed to fetch {ref} from {shown}")
-        commit = _git(["-C", bare, "rev-parse", "FETCH_HEAD^{commit}"],
-                      what=f"failed to resolve {ref} of {shown}").strip()
-    _git(["-C", bare, "update-ref", f"refs/pybk/{commit}", commit],
-         what=f"failed to record {commit} of {shown}")
 
     os.makedirs(dest, exist_ok=True)
     if os.listdir(dest):
@@ -111,17 +123,34 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
     parent = os.path.dirname(os.path.abspath(dest))
     work = tempfile.mkdtemp(prefix=".git-checkout-", dir=parent)
     try:
-        if keep_git_dir and not subdir:
-            _checkout_with_git_dir(bare, url, ref, commit, work, shown)
-        else:
-            _checkout_tree(bare, commit, work, shown)
+        with Locks(os.path.join(cache, "locks")).lock(name):
+            _bare_cache(bare)
+            # under the lock, a shallow.lock can only be left by a fetch that was killed
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(bare, "shallow.lock"))
+            if is_sha and _has_commit(bare, ref):
+                fetched = commit = ref
+            else:
+                _git(["-C", bare, "fetch", "-q", "--depth=1", "--no-tags", "--force", url, ref],
+                     what=f"failed to fetch {ref} from {shown}")
+                fetched, commit = _git(
+                    ["-C", bare, "rev-parse", "FETCH_HEAD", "FETCH_HEAD^{commit}"],
+                    what=f"failed to resolve {ref} of {shown}").split()
+            if checksum is not None:
+                _check_checksum(checksum, fetched, commit)
+            _git(["-C", bare, "update-ref", f"refs/pybk/{commit}", commit],
+                 what=f"failed to record {commit} of {shown}")
+            if keep_git_dir and not subdir:
+                _checkout_with_git_dir(bare, url, ref, commit, work, shown)
+            else:
+                _checkout_tree(bare, commit, work, shown)
         source = work
         if subdir:
             source = os.path.join(work, os.path.normpath("/" + subdir).lstrip("/"))
             if os.path.islink(source) or not os.path.isdir(source):
                 raise BuildError(f"subdir {subdir!r} not found in {shown} at {commit}")
-        for name in os.listdir(source):
-            os.rename(os.path.join(source, name), os.path.join(dest, name))
+        for entry in os.listdir(source):
+            os.rename(os.path.join(source, entry), os.path.join(dest, entry))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return commit

@@ -780,14 +780,15 @@ class Store:
         return self.get_record(record_id)  # type: ignore[return-value]
 
     async def cache_mount(self, cache_id: str, sharing: str = "shared", *,
-                          seed: Record | None = None,
+                          seed: Record | None = None, seed_path: str = "/",
                           ) -> tuple[list[Mount], Callable[[], None]]:
         """Mounts for ``RUN --mount=type=cache,id=…,sharing=…`` and the callback releasing them.
 
         ``shared``: every user gets the same directory at once; ``locked``: the same directory,
         one user at a time (others wait); ``private``: a directory no one else uses meanwhile
         (the shared one when free, else another copy, reused when free). ``seed``: a committed
-        record whose files fill a newly created directory (``from=``).
+        record whose directory ``seed_path`` (``source=``) fills a newly created cache directory,
+        its own mode and owner included (``from=``).
         """
         import asyncio
 
@@ -804,8 +805,15 @@ class Store:
             def seed_from(target: Path) -> None:
                 from pybk.core.snapshot import copy_contents
 
+                from pybk.core.fileop import resolve_in_root
+
                 with self.contents(seed) as src:  # type: ignore[arg-type]
-                    copy_contents(src, str(target))
+                    top = resolve_in_root(src, seed_path)
+                    if os.path.isdir(top):
+                        copy_contents(top, str(target))
+                        st = os.stat(top)
+                        os.chown(target, st.st_uid, st.st_gid)
+                        os.chmod(target, st.st_mode & 0o7777)
 
             name = _dir_name(cache_id) + (f".{slot}" if slot else "")
             record = await asyncio.to_thread(

@@ -446,13 +446,21 @@ class RuncExecutor(Executor):
                              stdout: OutputCallback | None,
                              stderr: OutputCallback | None,
                              stdin: StdinSource | None = None) -> int:
+        # Spawning is shielded: a cancellation that lands while the runtime is being started
+        # must still find (and kill) the container it is creating.
+        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *self._runtime("run", "--bundle", bundle, container_id),
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._runtime("run", "--bundle", bundle, container_id),
-                stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = await asyncio.shield(spawn)
         except FileNotFoundError as e:
             raise NotAvailableError(f"OCI runtime {self.binary!r} not found") from e
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                started = await spawn
+                await self._kill(container_id, started)
+            raise
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [asyncio.ensure_future(_pump(proc.stdout, stdout)),
                  asyncio.ensure_future(_pump(proc.stderr, stderr))]

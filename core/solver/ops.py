@@ -460,6 +460,7 @@ class BuildRunner(OpRunner):
                 keep = a.get("git.keepgitdir") == "true"
                 commit = await asyncio.to_thread(
                     sources.fetch_git, remote, ref, work, keep_git_dir=keep, subdir=subdir,
+                    checksum=a.get("git.checksum") or None,
                     cache_dir=os.path.join(self.store.root, "git"))
                 identity = {"commit": commit, "subdir": subdir or "", "keep": keep}
             else:
@@ -522,6 +523,12 @@ class BuildRunner(OpRunner):
         meta = op.meta
         assert meta is not None
         env = list(meta.env)
+        if meta.proxy_env is not None:
+            # like BuildKit: both spellings, and never part of the cache key
+            for name in ("http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"):
+                value = getattr(meta.proxy_env, name)
+                if value:
+                    env += [f"{name.upper()}={value}", f"{name}={value}"]
         for se in op.secretenv:
             data = self.session.secrets.get(se.id)
             if data is None:
@@ -620,7 +627,8 @@ class BuildRunner(OpRunner):
         seed_record = None
         if not seed.is_scratch:
             seed_record = self.store.get_record(self._materialize(seed))
-        mounts, release = await self.store.cache_mount(cid, sharing, seed=seed_record)
+        mounts, release = await self.store.cache_mount(cid, sharing, seed=seed_record,
+                                                       seed_path=m.selector or "/")
         stack.callback(release)
         if m.readonly:
             mounts = [attrs.evolve(x, options=tuple(o for o in x.options if o != "rw") + ("ro",))

@@ -95,7 +95,13 @@ def _scalar(node: Any) -> Any:
 
 def load_document(data: bytes | str, filename: str) -> Document:
     """Parse ``data``; raises :class:`YamlSyntaxError` when it is not well-formed YAML."""
-    import yaml
+    try:
+        import yaml
+    except ImportError:
+        from pybk.core.errors import NotAvailableError
+
+        raise NotAvailableError("the yaml.v0 frontend needs PyYAML: pip install 'pybk[yaml]'"
+                                ) from None
 
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
     text = text.removeprefix("\ufeff")

@@ -18,21 +18,15 @@ from pathlib import Path
 import attrs
 import pytest
 from support.busybox import layout_manifest
+from support.engine import require_runc
 
 from pybk.core import llb
 from pybk.frontends.dockerfile.convert import NamedContext
 
 
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (runc, mount(2))")
-    if not shutil.which("runc"):
-        pytest.skip("runc is not installed")
-
-
 @pytest.fixture
 def client(tmp_path):
-    _need_root()
+    require_runc()
     from pybk.core.client import Client
 
     with Client(root=str(tmp_path / "store")) as c:
@@ -42,7 +36,7 @@ def client(tmp_path):
 @pytest.fixture(scope="module")
 def shared_client(tmp_path_factory):
     """One store for a module's builds (identical steps are cached across tests)."""
-    _need_root()
+    require_runc()
     from pybk.core.client import Client
 
     with Client(root=str(tmp_path_factory.mktemp("store"))) as c:

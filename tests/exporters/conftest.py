@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
-
-
-def runc_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (runc, mount(2))"
-    if not shutil.which("runc"):
-        return "runc is not installed"
-    return None
+from support.engine import runc_missing
 
 
 def open_client(root):

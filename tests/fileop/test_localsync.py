@@ -179,3 +179,85 @@ def test_lost_state_starts_from_a_clean_copy(tmp_path, trees):
     os.unlink(tmp_path / "state.json")
     assert sync().copied == 1
     assert sorted(os.listdir(dest)) == ["a"]
+
+
+def _inode(path: Path) -> int:
+    return os.lstat(path).st_ino
+
+
+def test_hardlinks_are_kept_and_follow_later_changes(tmp_path, trees):
+    src = trees.make(tmp_path / "src", {"a": (b"shared\n", 0o755), "sub/": None, "solo": b"s"})
+    os.link(src / "a", src / "sub/b")
+    os.link(src / "a", src / "c")
+    dest, sync = _mirror(tmp_path, src)
+
+    first = sync()
+    assert (first.copied, first.bytes_copied) == (4, len(b"shared\n") + 1)
+    _same(src, dest, trees)
+    assert _inode(dest / "a") == _inode(dest / "sub/b") == _inode(dest / "c") != \
+        _inode(dest / "solo")
+    assert os.lstat(dest / "a").st_nlink == 3
+    assert stat.S_IMODE(os.lstat(dest / "sub/b").st_mode) == 0o755
+    assert sync().copied == 0
+
+    # rewritten in place: every name of the inode changes, and they stay linked
+    with open(src / "c", "r+b") as f:
+        f.write(b"SHARED\n")
+    sync()
+    _same(src, dest, trees)
+    assert (dest / "sub/b").read_bytes() == b"SHARED\n"
+    assert _inode(dest / "a") == _inode(dest / "sub/b") == _inode(dest / "c")
+
+    # a name replaced by a copy breaks its link; the others stay linked
+    shutil.copy2(src / "a", src / "c.tmp")
+    os.replace(src / "c.tmp", src / "c")
+    (src / "a").write_bytes(b"changed through a\n")  # in place: a and sub/b only
+    sync()
+    _same(src, dest, trees)
+    assert (dest / "c").read_bytes() == b"SHARED\n"
+    assert _inode(dest / "a") == _inode(dest / "sub/b") != _inode(dest / "c")
+
+    # a link made later to an unchanged file, and a link whose other name is deleted
+    os.unlink(src / "solo")
+    os.link(src / "c", src / "solo")
+    os.unlink(src / "a")
+    stats = sync()
+    assert stats.removed == 1
+    _same(src, dest, trees)
+    assert _inode(dest / "solo") == _inode(dest / "c") != _inode(dest / "sub/b")
+    assert os.lstat(dest / "sub/b").st_nlink == 1
+    assert sync().copied == 0
+
+
+def test_hardlinks_only_among_synced_entries(tmp_path, trees):
+    src = trees.make(tmp_path / "src", {"keep/a": b"x", "skip/": None})
+    os.link(src / "keep/a", src / "skip/b")
+    os.link(src / "keep/a", src / "keep/c")
+    dest, sync = _mirror(tmp_path, src, exclude_patterns=["skip"])
+    sync()
+    assert sorted(trees.describe(dest)) == ["keep", "keep/a", "keep/c"]
+    assert os.lstat(dest / "keep/a").st_nlink == 2
+
+
+def test_mtime_only_touch_of_the_context_keeps_its_checksum(tmp_path, trees):
+    from pybk.core.contenthash import ChecksumCache
+
+    src = trees.make(tmp_path / "src", {"Dockerfile": b"FROM scratch\n", "app/main.py": b"1\n",
+                                        "link": ("->", "app/main.py")})
+    os.link(src / "app/main.py", src / "app/again.py")
+    dest, sync = _mirror(tmp_path, src)
+    cache = ChecksumCache(tmp_path / "sums")
+    sync()
+    before = cache.checksum(dest, "/")
+
+    later = time.time_ns() + 5 * 10**9
+    for path in (src / "app/main.py", src / "app", src / "Dockerfile", src):
+        os.utime(path, ns=(later, later))
+    assert sync().copied == 3  # Dockerfile, and main.py with its hardlink again.py
+    assert os.lstat(dest / "app/main.py").st_mtime_ns == later
+    assert cache.checksum(dest, "/") == before
+    assert ChecksumCache(None).checksum(dest, "/") == before
+
+    (src / "app/main.py").write_bytes(b"2\n")
+    sync()
+    assert cache.checksum(dest, "/") != before

@@ -4,25 +4,17 @@ the test registry, and frontends run as local processes (``run_local``)."""
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+from support.engine import require_runc
 
 from pybk.frontends.gateway.runner import QueueChannel
 
 HERE = Path(__file__).resolve().parent
 SHELL_FRONTEND = HERE / "shell_frontend.sh"
-
-
-def need_runc() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (runc, mount(2))")
-    if not shutil.which("runc"):
-        pytest.skip("runc is not installed")
 
 
 class PipeChannel(QueueChannel):
@@ -72,7 +64,7 @@ def pipe_channel():
 @pytest.fixture(scope="module")
 def gateway_root(tmp_path_factory):
     """One store for a module's CLI builds (the frontend image is pulled once)."""
-    need_runc()
+    require_runc()
     return str(tmp_path_factory.mktemp("gateway-store"))
 
 

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
+from support.engine import runc_missing
 
 from pybk.core.config import Config
 from pybk.core.interfaces import Executor
 from pybk.core.progress import EventRecorder
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (runc, mount(2))"
-    if not shutil.which("runc"):
-        return "runc is not installed"
-    return None
 
 
 class CountingExecutor(Executor):
@@ -42,7 +32,7 @@ def store_root(tmp_path):
 
 @pytest.fixture
 def make_client(store_root):
-    reason = _missing()
+    reason = runc_missing()
     if reason:
         pytest.skip(reason)
     from pybk.core.client import Client

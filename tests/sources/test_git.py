@@ -72,7 +72,7 @@ def test_fetch_branch_tag_commit_and_head(tmp_path, repo):
     commit = fetch_git(repo["url"], repo["first"], tmp_path / "c", cache_dir=cache)
     assert commit == repo["first"]
     assert (tmp_path / "c/README").read_text() == "v1\n"
-    assert len(os.listdir(cache)) == 1  # one bare repository per URL
+    assert len([n for n in os.listdir(cache) if n.endswith(".git")]) == 1  # one per URL
 
     # a commit that is no branch tip, into an empty cache: fetched by its sha
     assert fetch_git(repo["url"], repo["first"], tmp_path / "c2",
@@ -117,3 +117,86 @@ def test_errors(tmp_path, repo):
     with pytest.raises(BuildError, match="failed to fetch"):
         fetch_git(f"file://{tmp_path}/missing", "main", tmp_path / "y",
                   cache_dir=tmp_path / "cache")
+
+
+def test_checksum_matches_a_prefix_of_the_fetched_commit(tmp_path, repo):
+    cache = tmp_path / "cache"
+    second = repo["second"]
+    assert fetch_git(repo["url"], "main", tmp_path / "full", checksum=second,
+                     cache_dir=cache) == second
+    assert fetch_git(repo["url"], "main", tmp_path / "prefix", checksum=second[:10].upper(),
+                     cache_dir=cache) == second
+    assert (tmp_path / "prefix/README").read_text() == "v2\n"
+    # a commit given as the ref is checked too, also when it is already cached
+    assert fetch_git(repo["url"], second, tmp_path / "sha", checksum=second[:7],
+                     cache_dir=cache) == second
+
+
+def test_checksum_of_an_annotated_tag_may_name_the_tag_object_or_its_commit(tmp_path, repo):
+    cache = tmp_path / "cache"
+    tag_object = git(repo["path"], "rev-parse", "v1.0")
+    assert tag_object != repo["first"]
+    for i, checksum in enumerate((tag_object, repo["first"][:12])):
+        assert fetch_git(repo["url"], "v1.0", tmp_path / f"t{i}", checksum=checksum,
+                         cache_dir=cache) == repo["first"]
+    wrong = repo["second"][:12]
+    with pytest.raises(BuildError) as e:
+        fetch_git(repo["url"], "v1.0", tmp_path / "bad", checksum=wrong, cache_dir=cache)
+    assert str(e.value) == (f"expected checksum to match {wrong}, got {tag_object} or "
+                            f"{repo['first']}")
+
+
+def test_checksum_mismatch_and_invalid_checksum_fail(tmp_path, repo):
+    cache = tmp_path / "cache"
+    first, second = repo["first"], repo["second"]
+    with pytest.raises(BuildError) as e:
+        fetch_git(repo["url"], "main", tmp_path / "a", checksum=first, cache_dir=cache)
+    assert str(e.value) == f"expected checksum to match {first}, got {second}"
+    assert not (tmp_path / "a").exists() or not os.listdir(tmp_path / "a")
+    with pytest.raises(BuildError, match=f"expected checksum to match {first[:8]}, got {second}"):
+        fetch_git(repo["url"], second, tmp_path / "b", checksum=first[:8], cache_dir=cache)
+    with pytest.raises(BuildError, match="invalid checksum foobar for Git URL, expected hex "
+                                         "commit hash"):
+        fetch_git(repo["url"], "main", tmp_path / "c", checksum="foobar", cache_dir=cache)
+
+
+def test_a_lock_file_left_by_a_killed_fetch_is_removed(tmp_path, repo):
+    cache = tmp_path / "cache"
+    fetch_git(repo["url"], "main", tmp_path / "a", cache_dir=cache)
+    (bare,) = cache.glob("*.git")
+    (bare / "shallow.lock").write_text("")
+    assert fetch_git(repo["url"], "feature", tmp_path / "b", cache_dir=cache) == repo["feature"]
+    assert not (bare / "shallow.lock").exists()
+
+
+def test_concurrent_fetches_of_one_repository_share_the_cache_safely(tmp_path, repo):
+    """Threads and processes fetching different refs of one URL at once into one cache."""
+    import concurrent.futures
+    import multiprocessing
+
+    r = repo["path"]
+    refs = {}
+    for i in range(4):
+        git(r, "checkout", "-q", "-b", f"b{i}", "main")
+        (r / "branch.txt").write_text(f"{i}\n")
+        git(r, "add", "-A")
+        git(r, "commit", "-q", "-m", f"b{i}")
+        refs[f"b{i}"] = git(r, "rev-parse", "HEAD")
+    refs["feature"], refs["v1.0"] = repo["feature"], repo["first"]
+    cache = str(tmp_path / "cache")
+    jobs = [(ref, str(tmp_path / f"out-{n}-{ref}")) for n in range(4) for ref in refs]
+    ctx = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ThreadPoolExecutor(6) as threads, \
+            concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as procs:
+        futures = {}
+        for i, (ref, dest) in enumerate(jobs):
+            pool = procs if i % 3 == 0 else threads
+            futures[pool.submit(fetch_git, repo["url"], ref, dest, cache_dir=cache)] = (ref, dest)
+        for future in concurrent.futures.as_completed(futures):
+            ref, dest = futures[future]
+            assert future.result() == refs[ref]
+            expected = f"{ref[1:]}\n" if ref.startswith("b") else None
+            if expected is not None:
+                assert Path(dest, "branch.txt").read_text() == expected
+            else:
+                assert not Path(dest, "branch.txt").exists()

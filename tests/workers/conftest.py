@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 import pytest
+from support.engine import runc_missing
 from support.rootfs import busybox_available, make_busybox_rootfs
 
 from pybk.core.interfaces import ExecMount, Mount, ProcessSpec, SecretMount, SSHMount
 
 
 def runc_missing_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (runc and mount(2))"
-    if not shutil.which("runc"):
-        return "runc is not installed"
+    reason = runc_missing()
+    if reason:
+        return reason
     if not busybox_available():
         return "busybox-static (/bin/busybox) is not installed"
     return None

@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
+from support.engine import require_runc
 
 from pybk.core.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-
-
-def _need_runc() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (runc, mount(2))")
-    if not shutil.which("runc"):
-        pytest.skip("runc is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +50,7 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_example_pipeline_builds_like_the_example_dockerfile(cli_root, busybox_layout, tmp_path,
                                                              capsys):
-    _need_runc()
+    require_runc()
     outputs = {}
     for name in ("pipeline.yaml", "Dockerfile"):
         out = tmp_path / name
@@ -114,7 +106,7 @@ def test_unknown_cli_target_is_located(cli_root, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_step_env_and_stage_order_at_run_time(cli_root, busybox_layout, tmp_path, capsys):
-    _need_runc()
+    require_runc()
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx" / "pipeline.yaml").write_text("""\
 version: 1

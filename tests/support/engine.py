@@ -1,0 +1,24 @@
+"""What engine tests share: whether runc can run here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def runc_missing() -> str | None:
+    """Why runc-based tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (runc, mount(2))"
+    if not shutil.which("runc"):
+        return "runc is not installed"
+    return None
+
+
+def require_runc() -> None:
+    """Skip the calling test (or fixture) when runc cannot run here."""
+    reason = runc_missing()
+    if reason:
+        pytest.skip(reason)
