@@ -803,9 +803,8 @@ class Store:
             await lock.acquire_async()
         try:
             def seed_from(target: Path) -> None:
-                from pybk.core.snapshot import copy_contents
-
                 from pybk.core.fileop import resolve_in_root
+                from pybk.core.snapshot import copy_contents
 
                 with self.contents(seed) as src:  # type: ignore[arg-type]
                     top = resolve_in_root(src, seed_path)
