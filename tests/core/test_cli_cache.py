@@ -1,0 +1,56 @@
+"""--cache-to / --cache-from through the CLI: a build on store A exported to a local cache dir
+is fully cached on an empty store B."""
+
+import json
+
+import pytest
+from support.engine import require_runc
+
+from pybk.core.cli import main
+
+
+@pytest.fixture
+def context(tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo built > /b\nCOPY f /f\n")
+    (ctx / "f").write_text("file\n")
+    return ctx
+
+
+def _build(root, context, layout, *extra):
+    return main(["--root", str(root), "build", "--progress", "rawjson",
+                 "--build-context", f"busybox=oci-layout://{layout}", *extra, str(context)])
+
+
+def test_cache_roundtrip_between_stores(tmp_path, context, busybox_layout, capsys):
+    require_runc()
+    cache = tmp_path / "cache"
+    assert _build(tmp_path / "A", context, busybox_layout,
+                  "--cache-to", f"type=local,dest={cache},mode=max") == 0
+    assert json.loads((cache / "index.json").read_text())["manifests"]
+    capsys.readouterr()
+    assert _build(tmp_path / "B", context, busybox_layout,
+                  "--cache-from", f"type=local,src={cache}") == 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+             if line.startswith("{")]
+    vertexes = {v["digest"]: v for line in lines for v in line.get("vertexes") or []}
+    runs = [v for v in vertexes.values() if "RUN" in v["name"]]
+    assert runs and all(v.get("cached") for v in runs)
+
+
+def test_unreachable_cache_from_warns_and_builds(tmp_path, context, busybox_layout, capsys):
+    require_runc()
+    assert _build(tmp_path / "A", context, busybox_layout,
+                  "--cache-from", f"type=local,src={tmp_path}/missing") == 0
+
+
+def test_unreachable_cache_to_fails_unless_ignored(tmp_path, context, busybox_layout, capsys):
+    require_runc()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    dest = f"{blocked}/cache"
+    assert _build(tmp_path / "A", context, busybox_layout,
+                  "--cache-to", f"type=local,dest={dest}") != 0
+    assert _build(tmp_path / "A", context, busybox_layout,
+                  "--cache-to", f"type=local,dest={dest},ignore-error=true") == 0
