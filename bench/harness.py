@@ -39,7 +39,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 CASES_DIR = os.path.join(BENCH_DIR, "cases")
 PHASES = ("cold", "warm", "change")
-ENGINE_NAMES = ("pybk", "buildkit", "buildah")
+ENGINE_NAMES = ("pybk", "pybkd", "buildkit", "buildah")
 # Debian package -> a file it installs; an engine whose package is missing is skipped.
 PACKAGES = {
     "docker.io": "/usr/sbin/dockerd",
@@ -311,16 +311,17 @@ class Bench:
     def table(self) -> str:
         footnotes: dict[str, int] = {}
         labels = [e.label for e in self.engines]
-        has_ratio = {"pybk", "buildkit"} <= {e.name for e in self.engines}
-        header = ["case", "run", *labels] + (["pybk / BuildKit"] if has_ratio else [])
+        names = {e.name for e in self.engines}
+        ratios = [n for n in ("pybk", "pybkd") if n in names] if "buildkit" in names else []
+        header = ["case", "run", *labels] + [f"{n} / BuildKit" for n in ratios]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for case, variant, phase in self.rows():
             row_name = case.row_name(variant)
             cells = {e.name: self.results.get((row_name, phase, e.name)) for e in self.engines}
             row = [row_name, phase] + [self.text_for(cells[e.name], e, footnotes)
                                        for e in self.engines]
-            if has_ratio:
-                mine, theirs = cells["pybk"], cells["buildkit"]
+            for name in ratios:
+                mine, theirs = cells[name], cells["buildkit"]
                 if mine and theirs and mine.median is not None and theirs.median:
                     row.append(f"{mine.median / theirs.median:.2f}")
                 else:
@@ -409,7 +410,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Build benchmark: pybk side by side with BuildKit and buildah.")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per cell (default 5)")
     parser.add_argument("--engines", default=",".join(ENGINE_NAMES),
-                        help="comma-separated subset of pybk,buildkit,buildah")
+                        help="comma-separated subset of pybk,pybkd,buildkit,buildah")
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     parser.add_argument("--json", metavar="OUT", help="write every measurement as JSON")
     parser.add_argument("--plot", metavar="PNG", help="bar chart of ratios to BuildKit")

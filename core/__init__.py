@@ -1,7 +1,8 @@
 """pybk.core — the small core: hooks, plugin manager, LLB, solver, store, config, CLI.
 
 What plugin authors import lives here: ``hookimpl``, the plugin interfaces and the errors.
-Attributes are loaded lazily so ``pybk --version`` stays fast.
+Attributes are loaded lazily (the hook markers too: importing ``pybk.core.entry`` must not
+import pluggy) so ``pybk --version`` and the daemon client stay fast.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from pybk.core.markers import hookimpl, hookspec
-
 __version__ = "0.1.0"
 
 _LAZY = {
+    "hookimpl": "pybk.core.markers",
+    "hookspec": "pybk.core.markers",
     "Plugin": "pybk.core.interfaces",
     "Frontend": "pybk.core.interfaces",
     "FrontendRequest": "pybk.core.interfaces",
@@ -34,7 +35,7 @@ _LAZY = {
     "BuildError": "pybk.core.errors",
 }
 
-__all__ = ["hookimpl", "hookspec", "__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

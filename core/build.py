@@ -242,11 +242,32 @@ def finish_outputs(request: Any, result: Any) -> None:
             print(done.stdout.strip(), file=sys.stderr)
 
 
+def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: LocalBridge,
+                   root: str) -> Any:
+    """The frontend's result, from the definition cache (``pybk.core.defcache``) when the
+    frontend allows it and nothing it read has changed; its warnings reach ``bridge``."""
+    from pybk.core.interfaces import FrontendRequest
+
+    if not getattr(frontend_cls, "definition_cache", False) or "requestid" in opts:
+        return frontend_cls().solve(FrontendRequest(opts=opts), bridge)
+    from pybk.core import defcache
+
+    key = defcache.cache_key(name, frontend_cls, opts, bridge.local_dirs, bridge.oci_layouts)
+    hit = defcache.lookup(root, key, bridge)
+    if hit is not None:
+        for message in hit.warnings:
+            bridge.warn(message)
+        return hit.result
+    recorder = defcache.RecordingBridge(bridge)
+    result = frontend_cls().solve(FrontendRequest(opts=opts), recorder)
+    defcache.store(root, key, result, recorder)
+    return result
+
+
 def run_build(request: Any, *, root: str, config_path: str | None) -> int:
     """Build ``request`` (a parsed :class:`~pybk.core.buildopts.BuildRequest`); exit code."""
     from pybk.core.client import Client
     from pybk.core.config import load_config
-    from pybk.core.interfaces import FrontendRequest
     from pybk.core.plugins import get_plugin_manager
 
     config, warnings = load_config(config_path)
@@ -278,7 +299,7 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
                              entitlements=(e.split("=", 1)[0] for e in request.entitlements),
                              progress="quiet" if request.quiet else request.progress)
         with pm.annotate_errors(registry.owner(name)[0]):
-            result = frontend_cls().solve(FrontendRequest(opts=opts), bridge)
+            result = solve_frontend(name, frontend_cls, opts, bridge, root)
         for message in bridge.warnings:
             print(f"WARNING: {message}", file=sys.stderr)
         if "requestid" in opts:

@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 build failed, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "/var/lib/pybk for root, $XDG_DATA_HOME/pybk otherwise)")
     parser.add_argument("--config", default=None, help="buildkitd.toml-format config file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--addr", default=None, metavar="unix:///PATH",
+                        help="run the command in the pybkd daemon at this address "
+                        "(default: $PYBK_HOST; unset: in this process)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     build = sub.add_parser("build", help="build from a Dockerfile, a pipeline or LLB")
@@ -40,6 +44,23 @@ def make_parser() -> argparse.ArgumentParser:
 
     images = sub.add_parser("images", help="the local image store: ls, tag, rm, inspect")
     images.add_argument("args", nargs=argparse.REMAINDER)
+
+    prune = sub.add_parser("prune", help="remove build cache records")
+    prune.add_argument("--all", action="store_true", help="include internal/frontend records")
+    prune.add_argument("--keep-duration", default="0", metavar="DURATION",
+                       help="keep records used within this duration (e.g. 48h)")
+    prune.add_argument("--keep-storage", type=float, default=0.0, metavar="MB",
+                       help="keep data below this size")
+    prune.add_argument("--keep-storage-min", type=float, default=0.0, metavar="MB",
+                       help="always allow data above this size")
+    prune.add_argument("--free-storage", type=float, default=0.0, metavar="MB",
+                       help="keep this much disk space free")
+    prune.add_argument("-f", "--filter", action="append", default=[], help="filter records")
+    prune.add_argument("-v", "--verbose", action="store_true")
+
+    du = sub.add_parser("du", help="disk usage of the build cache")
+    du.add_argument("-f", "--filter", action="append", default=[], help="filter records")
+    du.add_argument("-v", "--verbose", action="store_true")
 
     debug = sub.add_parser("debug", help="inspect configuration, LLB and Dockerfiles")
     dsub = debug.add_subparsers(dest="debug_command", metavar="WHAT", parser_class=_Parser)
@@ -51,6 +72,14 @@ def make_parser() -> argparse.ArgumentParser:
     ast.add_argument("file", nargs="?", default="Dockerfile")
     dsub.add_parser("yaml-schema", help="print the JSON Schema of yaml.v0 pipelines")
     return parser
+
+
+@functools.lru_cache(maxsize=1)
+def shared_parser() -> argparse.ArgumentParser:
+    """The parser :func:`main` uses, built once per process (the daemon builds it before
+    forking); it holds no per-run state, defaults that depend on the environment are resolved
+    after parsing."""
+    return make_parser()
 
 
 def _add_build_flags(p: argparse.ArgumentParser) -> None:
@@ -69,7 +98,8 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     a("--cache-from", action="append", default=[], metavar="type=TYPE[,k=v]")
     a("--cache-to", action="append", default=[], metavar="type=TYPE[,k=v]")
     a("--platform", action="append", default=[])
-    a("--progress", default=os.environ.get("BUILDKIT_PROGRESS", "auto"))
+    a("--progress", default=None, help="auto|tty|plain|rawjson|quiet (default: "
+      "$BUILDKIT_PROGRESS, else auto)")
     a("--no-cache", action="store_true")
     a("--no-cache-filter", action="append", default=[], metavar="STAGE")
     a("--check", action="store_true", help="run build checks instead of building")
@@ -142,7 +172,8 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         cache_to=tuple(bo.parse_cache(v, flag="--cache-to", known_types=cache_types)
                        for v in ns.cache_to),
         platforms=bo.parse_platforms(ns.platform),
-        progress=bo.parse_choice(ns.progress, bo.PROGRESS_MODES, flag="--progress"),
+        progress=bo.parse_choice(ns.progress or os.environ.get("BUILDKIT_PROGRESS", "auto"),
+                                 bo.PROGRESS_MODES, flag="--progress"),
         no_cache=ns.no_cache,
         no_cache_filter=tuple(s for v in ns.no_cache_filter for s in v.split(",") if s),
         entitlements=tuple(bo.parse_allow(v) for v in ns.allow),
@@ -268,16 +299,57 @@ def cmd_images(ns: argparse.Namespace) -> int:
     return images_command(list(ns.args), ns.root or default_root())
 
 
+def _open_store(ns: argparse.Namespace) -> Any:
+    from pybk.core.config import load_config
+    from pybk.core.store import Store
+
+    config, _ = load_config(ns.config)
+    return Store.open(ns.root or default_root(), snapshotter=config.worker.oci.snapshotter)
+
+
+def cmd_du(ns: argparse.Namespace) -> int:
+    from pybk.core.diskusage import print_du
+
+    with _open_store(ns) as store:
+        rows = store.du(ns.filter)
+    print_du(rows, sys.stdout, verbose=ns.verbose, filtered=bool(ns.filter))
+    return 0
+
+
+def cmd_prune(ns: argparse.Namespace) -> int:
+    from pybk.core.diskusage import print_pruned
+    from pybk.core.units import parse_duration
+
+    try:
+        keep_duration = parse_duration(ns.keep_duration)
+    except ValueError as exc:
+        raise UsageError(str(exc), flag="--keep-duration") from None
+    for flag in ("keep_storage", "keep_storage_min", "free_storage"):
+        if getattr(ns, flag) < 0:
+            raise UsageError("must not be negative", flag="--" + flag.replace("_", "-"))
+    with _open_store(ns) as store:
+        deleted = store.prune(ns.filter, all=ns.all, keep_duration=keep_duration,
+                              max_used_space=int(ns.keep_storage * 1e6),
+                              reserved_space=int(ns.keep_storage_min * 1e6),
+                              min_free_space=int(ns.free_storage * 1e6))
+    print_pruned(deleted, sys.stdout, verbose=ns.verbose)
+    return 0
+
+
 COMMANDS = {"build": cmd_build, "plugins": cmd_plugins, "debug": cmd_debug,
-            "images": cmd_images}
+            "images": cmd_images, "prune": cmd_prune, "du": cmd_du}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        parser = make_parser()
+        parser = shared_parser()
         ns = parser.parse_args(argv)
+        if ns.addr is not None:
+            from pybk.core.entry import main as client_main
+
+            return client_main(argv)
         if ns.command is None:
             parser.print_help()
             return 2
@@ -297,4 +369,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pybk.core.entry import main as entry_main
+
+    sys.exit(entry_main())

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import re
+import sys
 import tomllib
 from collections.abc import Iterator
 from importlib import import_module
@@ -70,6 +72,53 @@ def read_builtin_plugins(path: Path | None = None) -> list[BuiltinPlugin]:
 
 def _env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _normalized_dist_name(dirname: str) -> str:
+    """``Foo.Bar-1.0.dist-info`` -> ``foo_bar`` (importlib.metadata's normalisation)."""
+    stem = dirname.rsplit(".", 1)[0]
+    return re.sub(r"[-_.]+", "_", stem.partition("-")[0]).lower()
+
+
+def find_entry_points(group: str) -> list[Any]:
+    """``importlib.metadata.entry_points(group=group)``, same order and first-on-sys.path
+    wins, but only distributions whose ``entry_points.txt`` names the group are parsed (the
+    standard call reads every installed distribution's metadata: ~15 ms per process)."""
+    marker = f"[{group}]".encode()
+    seen: set[str] = set()
+    found: list[Any] = []
+    for base in sys.path:
+        directory = base or "."
+        if not isinstance(directory, str):
+            continue
+        if os.path.isfile(directory):  # a zip on sys.path: rare, let the standard code read it
+            from importlib import metadata
+
+            dists = list(metadata.distributions(path=[directory]))
+        else:
+            try:
+                with os.scandir(directory) as it:
+                    names = [e.name for e in it if e.name.endswith((".dist-info", ".egg-info"))]
+            except OSError:
+                continue
+            dists = []
+            for name in names:
+                normalized = _normalized_dist_name(name)
+                if normalized in seen:
+                    continue
+                seen.add(normalized)
+                try:
+                    with open(os.path.join(directory, name, "entry_points.txt"), "rb") as f:
+                        if marker not in f.read():
+                            continue
+                except OSError:
+                    continue
+                from importlib import metadata
+
+                dists.append(metadata.PathDistribution(Path(directory, name)))
+        for dist in dists:
+            found.extend(dist.entry_points.select(group=group))
+    return found
 
 
 @attrs.frozen
@@ -181,10 +230,8 @@ class PybkPluginManager(pluggy.PluginManager):
     def load_entrypoints(self) -> None:
         if os.environ.get("PYBK_DISABLE_PLUGIN_AUTOLOAD"):
             return
-        from importlib.metadata import entry_points
-
         only = set(_env_list("PYBK_PLUGINS"))
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in find_entry_points(ENTRY_POINT_GROUP):
             if (only and ep.name not in only) or self.is_blocked(ep.name):
                 continue
             if self.get_plugin(ep.name) is not None:

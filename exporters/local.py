@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 import tarfile
 from collections.abc import Mapping
@@ -49,6 +50,14 @@ def copy_tree(src: str, dest: str) -> int:
                 os.symlink(os.readlink(s), d)
             elif os.path.isdir(s):
                 os.makedirs(d, exist_ok=True)
+            elif stat.S_ISFIFO(st.st_mode):
+                os.mkfifo(d, st.st_mode & 0o7777)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                if not as_root:
+                    continue  # device nodes need root; skipped like an unprivileged tar
+                os.mknod(d, st.st_mode, st.st_rdev)
+            elif stat.S_ISSOCK(st.st_mode):
+                continue  # sockets cannot be exported (BuildKit skips them too)
             elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in seen_inodes:
                 os.link(seen_inodes[(st.st_dev, st.st_ino)], d)
                 count += 1

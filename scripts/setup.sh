@@ -16,7 +16,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 extras="${1:-}"
+if [ "$extras" = "[test]" ]; then
+  # dockerd 20.10 (with BuildKit v0.8) for the differential and `docker load` tests
+  dpkg-query -W -f='${Status}' docker.io 2>/dev/null | grep -q "install ok installed" || {
+    echo "installing docker.io"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  }
+fi
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}"
+# Bytecode ahead of time: with PYTHONDONTWRITEBYTECODE set, every run would recompile pybk's
+# sources (~160 ms); both the embedded command and pybkd start from these .pyc files.
+python3 -m compileall -q core frontends exporters cachebackends workers
 
 if [ "$extras" = "[test]" ]; then
   # Azurite (Azure Blob emulator) and the real GitHub Actions cache client, for the cache tests.

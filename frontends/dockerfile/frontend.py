@@ -101,6 +101,8 @@ class DockerfileFrontend(Frontend):
     """Dockerfile frontend: the full modern Dockerfile syntax."""
 
     name = "dockerfile.v0"
+    #: the result depends only on the options, the files read and pinned image configs
+    definition_cache = True
 
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
         from pybk.core.llb import Definition

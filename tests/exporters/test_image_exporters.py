@@ -8,12 +8,12 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
+from support.dockerd import DockerdUnavailable, start_dockerd
 
 from pybk.core import llb
 from pybk.core.errors import BuildError, UsageError
@@ -387,59 +387,26 @@ def test_push_by_digest_mounts_base_layers(client, busybox_ref, registry, monkey
 # ------------------------------------------------------------------------------ docker load
 
 
-def _start_dockerd(workdir: Path):
-    dockerd, client = shutil.which("dockerd"), "/usr/bin/docker"
-    if not dockerd or not os.path.exists(client):
-        return None, "dockerd 20.10 (Debian docker.io) is not installed"
-    workdir.mkdir(parents=True, exist_ok=True)
-    sock = workdir / "docker.sock"
-    config = {"data-root": str(workdir / "root"), "exec-root": str(workdir / "exec"),
-              "pidfile": str(workdir / "dockerd.pid"), "hosts": [f"unix://{sock}"],
-              "storage-driver": "vfs", "exec-opts": ["native.cgroupdriver=cgroupfs"],
-              "iptables": False, "ip-forward": False, "ip-masq": False, "bridge": "none"}
-    (workdir / "daemon.json").write_text(json.dumps(config))
-    log = open(workdir / "dockerd.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([dockerd, "--config-file", str(workdir / "daemon.json")],
-                            stdout=log, stderr=log)
-    env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
-    import time
-
-    for _ in range(60):
-        if proc.poll() is not None:
-            break
-        ok = subprocess.run([client, "info"], env=env, capture_output=True)
-        if ok.returncode == 0:
-            return (proc, env), None
-        time.sleep(0.5)
-    proc.terminate()
-    proc.wait(10)
-    return None, "dockerd did not start: " + (workdir / "dockerd.log").read_text()[-300:]
-
-
 @pytest.mark.slow
 def test_docker_tarball_loads_into_dockerd(client, busybox_layout, tmp_path, app_config):
-    started, reason = _start_dockerd(Path("/tmp") / f"pybk-dockerd-{os.getpid()}")
-    if started is None:
-        pytest.skip(reason)
-    proc, env = started
+    try:
+        daemon = start_dockerd(Path("/tmp") / f"pybk-dockerd-{os.getpid()}",
+                               storage_driver="vfs")
+    except DockerdUnavailable as e:
+        pytest.skip(str(e))
     try:
         tarball = tmp_path / "img.tar"
         solve(client, busybox_layout, image_config=app_config,
               outputs=[{"type": "docker", "dest": str(tarball), "name": "pybk-test/app:1"}])
-        loaded = subprocess.run(["/usr/bin/docker", "load", "-i", str(tarball)], env=env,
-                                capture_output=True, text=True)
+        loaded = daemon.docker("load", "-i", str(tarball), check=False)
         assert loaded.returncode == 0, loaded.stderr
         assert "pybk-test/app:1" in loaded.stdout
-        ran = subprocess.run(["/usr/bin/docker", "run", "--rm", "--network=none",
-                              "pybk-test/app:1", "cat", "/app/hello"], env=env,
-                             capture_output=True, text=True)
+        ran = daemon.docker("run", "--rm", "--network=none", "pybk-test/app:1",
+                            "cat", "/app/hello", check=False)
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout == "hello\n"
     finally:
-        proc.terminate()
-        proc.wait(30)
-        shutil.rmtree(Path("/tmp") / f"pybk-dockerd-{os.getpid()}", ignore_errors=True)
-
+        daemon.stop()
 
 
 def test_local_directory_result_is_one_layer(client, tmp_path):

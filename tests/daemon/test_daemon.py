@@ -1,0 +1,286 @@
+"""``pybkd`` and the thin ``pybk --addr`` client: the same command line as embedded, run by a
+forked child of the daemon with the client's stdio, cwd and environment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support.engine import require_runc
+
+CLIENT = [sys.executable, "-c", "import sys; from pybk.core.entry import main; sys.exit(main())"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYBK_HOST", "PYBK_ROOT")}
+    return {**env, **extra}
+
+
+class Daemon:
+    def __init__(self, root: Path, sock: Path, log: Path):
+        self.root, self.sock, self.addr = root, sock, f"unix://{sock}"
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pybk.core.daemon", "--root", str(root),
+                 "--addr", self.addr], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=_env())
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"pybkd did not start: {log.read_text()}")
+            time.sleep(0.05)
+
+    def pybk(self, *args: str, cwd: Path | str | None = None, input: bytes | None = None,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLIENT, "--addr", self.addr, *args], cwd=cwd, input=input,
+                              capture_output=True, env=env or _env(), timeout=120)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pybkd")
+    d = Daemon(base / "store", base / "run" / "pybkd.sock", base / "pybkd.log")
+    yield d
+    d.stop()
+
+
+def embedded(*args: str, cwd=None, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLIENT, *args], cwd=cwd, input=input, capture_output=True,
+                          env=_env(), timeout=120)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, bytes | str]]:
+    found = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            content: bytes | str = os.readlink(path)
+        elif path.is_file():
+            content = path.read_bytes()
+        else:
+            content = b""
+        found[str(path.relative_to(root))] = (st.st_mode, content)
+    return found
+
+
+def _context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(parents=True, exist_ok=True)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for name, text in (files or {}).items():
+        (ctx / name).write_text(text)
+    return ctx
+
+
+def _build_args(busybox_layout: Path, ctx: Path, *extra: str) -> list[str]:
+    return ["build", "--progress", "plain", "--build-context",
+            f"busybox=oci-layout://{busybox_layout}", *extra, str(ctx)]
+
+
+# -- the client itself --------------------------------------------------------------------------
+
+
+def test_client_imports_almost_nothing(daemon):
+    done = subprocess.run([sys.executable, "-X", "importtime", *CLIENT[1:], "--addr",
+                           daemon.addr, "--version"], capture_output=True, text=True,
+                          env=_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pybk 0.1.0"
+    modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines()
+               if line.startswith("import time:") and "|" in line}
+    assert "pybk.core.entry" in modules
+    assert not {"attr", "attrs", "pluggy", "asyncio", "argparse", "pybk.core.cli"} & modules
+    assert {m for m in modules if m.startswith("pybk")} == {"pybk", "pybk.core",
+                                                             "pybk.core.entry"}
+
+
+def test_addresses_are_checked():
+    done = embedded("--addr", "tcp://127.0.0.1:1234", "plugins")
+    assert done.returncode == 2
+    assert b"tcp:// daemon addresses are not supported yet" in done.stderr
+    done = embedded("--addr", "unix:///nonexistent/pybkd.sock", "plugins")
+    assert done.returncode == 2
+    assert b"cannot reach pybkd at unix:///nonexistent/pybkd.sock" in done.stderr
+    done = subprocess.run([*CLIENT, "plugins"], capture_output=True, timeout=60,
+                          env=_env(PYBK_HOST="unix:///nonexistent/pybkd.sock"))
+    assert done.returncode == 2 and b"cannot reach pybkd" in done.stderr
+
+
+def test_bad_flag_same_message_and_code(daemon, tmp_path):
+    remote = daemon.pybk("build", "--bogus", str(tmp_path))
+    local = embedded("--root", str(tmp_path / "s"), "build", "--bogus", str(tmp_path))
+    assert remote.returncode == local.returncode == 2
+    assert remote.stderr == local.stderr == b"error: pybk: unrecognized arguments: --bogus\n"
+
+
+def test_other_root_is_refused_same_root_is_fine(daemon, tmp_path):
+    done = daemon.pybk("--root", str(tmp_path / "other"), "du")
+    assert done.returncode == 2
+    assert b"is not the store of the daemon" in done.stderr
+    assert not (tmp_path / "other").exists()
+    done = daemon.pybk("--root", str(daemon.root), "du")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"ID\t")
+    assert b"\nTotal:\t" in done.stdout
+
+
+def test_cwd_environment_and_stdout_are_the_clients(daemon, tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY a /a\n")
+    (tmp_path / "a").write_text("a")
+    done = daemon.pybk("build", "--call", "outline", ".", cwd=tmp_path,
+                       env=_env(BUILDKIT_PROGRESS="bogus"))
+    # the relative context resolves in the client's cwd; BUILDKIT_PROGRESS comes from the
+    # client's environment (and is validated there)
+    assert done.returncode == 2
+    assert b"--progress" in done.stderr and b"bogus" in done.stderr
+    done = daemon.pybk("build", "--call", "outline", ".", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"TARGET:")
+
+
+# -- builds -------------------------------------------------------------------------------------
+
+
+DOCKERFILE = ("FROM busybox\nWORKDIR /app\nCOPY a.txt .\n"
+              "RUN cat a.txt > b.txt && chmod 640 b.txt && ln -s b.txt c\n"
+              "FROM scratch\nCOPY --from=0 /app /\n")
+
+
+def test_dockerfile_build_same_files_as_embedded(daemon, busybox_layout, tmp_path):
+    require_runc()
+    ctx = _context(tmp_path, DOCKERFILE, {"a.txt": "hello\n"})
+    remote = daemon.pybk(*_build_args(busybox_layout, ctx, "-o",
+                                      f"type=local,dest={tmp_path / 'remote'}"))
+    assert remote.returncode == 0, remote.stderr.decode()
+    assert b"[stage-0 3/4] COPY a.txt ." in remote.stderr
+    local = embedded("--root", str(tmp_path / "store"),
+                     *_build_args(busybox_layout, ctx, "-o",
+                                  f"type=local,dest={tmp_path / 'local'}"))
+    assert local.returncode == 0, local.stderr.decode()
+    tree = _tree(tmp_path / "remote")
+    assert tree == _tree(tmp_path / "local")
+    assert tree["b.txt"][1] == b"hello\n" and tree["b.txt"][0] & 0o777 == 0o640
+    assert tree["c"][1] == "b.txt"
+    again = daemon.pybk(*_build_args(busybox_layout, ctx))
+    assert again.returncode == 0 and again.stderr.count(b"CACHED") >= 3
+
+
+def test_failing_run_exits_1_with_the_located_error(daemon, busybox_layout, tmp_path):
+    require_runc()
+    ctx = _context(tmp_path, "FROM busybox\nRUN exit 3\n")
+    done = daemon.pybk(*_build_args(busybox_layout, ctx))
+    assert done.returncode == 1
+    assert b"did not complete successfully: exit code: 3" in done.stderr
+    assert b"Dockerfile:2" in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_llb_from_stdin(daemon, tmp_path):
+    require_runc()
+    from pybk.core import llb
+
+    state = llb.scratch().file(llb.mkfile("/hi", 0o600, "from stdin\n"))
+    data = state.marshal().to_bytes()
+    done = daemon.pybk("build", "--progress", "quiet", "--llb", "-", "-o",
+                       f"type=local,dest={tmp_path / 'out'}", input=data)
+    assert done.returncode == 0, done.stderr.decode()
+    assert (tmp_path / "out" / "hi").read_text() == "from stdin\n"
+    assert (tmp_path / "out" / "hi").stat().st_mode & 0o777 == 0o600
+
+
+def test_two_concurrent_builds(daemon, busybox_layout, tmp_path):
+    require_runc()
+    results = {}
+
+    def build(name: str) -> None:
+        ctx = _context(tmp_path / name, f"FROM busybox\nRUN sleep 1 && echo {name} > /who\n")
+        results[name] = daemon.pybk(*_build_args(busybox_layout, ctx, "-o",
+                                                 f"type=local,dest={tmp_path / name / 'out'}"))
+
+    threads = [threading.Thread(target=build, args=(n,)) for n in ("one", "two")]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    for name in ("one", "two"):
+        assert results[name].returncode == 0, results[name].stderr.decode()
+        assert (tmp_path / name / "out" / "who").read_text() == f"{name}\n"
+    assert elapsed < 10
+
+
+def _mounts_under(path: Path) -> list[str]:
+    real = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(real + "/")]
+
+
+def test_client_ctrl_c_cancels_the_build(daemon, busybox_layout, tmp_path):
+    require_runc()
+    ctx = _context(tmp_path, "FROM busybox\nRUN echo started && sleep 60\n")
+    client = subprocess.Popen([*CLIENT, "--addr", daemon.addr,
+                               *_build_args(busybox_layout, ctx, "--no-cache")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"started" not in seen and time.monotonic() < deadline:
+        line = client.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert b"started" in seen, seen.decode()
+    client.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _, err = client.communicate(timeout=30)
+    assert time.monotonic() - start < 20
+    assert client.returncode == 130, (seen + err).decode()
+    assert b"interrupted" in err
+    runc = subprocess.run(["runc", "--root", str(daemon.root / "executor" / "runc"), "list",
+                           "-q"], capture_output=True, text=True)
+    assert runc.stdout.strip() == ""
+    assert _mounts_under(daemon.root) == []
+
+
+def test_sigterm_removes_the_socket(tmp_path):
+    d = Daemon(tmp_path / "store", tmp_path / "d.sock", tmp_path / "log")
+    assert (tmp_path / "d.sock").is_socket()
+    assert (tmp_path / "d.sock").stat().st_mode & 0o777 == 0o660
+    assert d.pybk("--version").stdout == b"pybk 0.1.0\n"
+    assert d.stop() == 0
+    assert not (tmp_path / "d.sock").exists()
+    assert "pybkd: stopped" in (tmp_path / "log").read_text()
+
+
+def test_second_daemon_on_a_live_socket_is_refused(daemon, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pybk.core.daemon", "--root",
+                           str(tmp_path / "s"), "--addr", daemon.addr], capture_output=True,
+                          text=True, env=_env(), timeout=120)
+    assert done.returncode == 2
+    assert "another daemon is listening" in done.stderr
+    assert daemon.sock.is_socket()
+
+
+def test_tcp_listen_address_is_refused(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pybk.core.daemon", "--root",
+                           str(tmp_path / "s"), "--addr", "tcp://127.0.0.1:1234"],
+                          capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.returncode == 2
+    assert "tcp:// daemon addresses are not supported yet" in done.stderr
