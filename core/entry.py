@@ -126,9 +126,14 @@ def run_remote(address: str, argv: list[str]) -> int:
         for fd in opened:
             os.close(fd)
 
+    forwarded = []
+
     def interrupt(signum: int, frame: object) -> None:
         with contextlib.suppress(OSError):
             sock.send(INTERRUPT)
+        forwarded.append(signum)
+        if len(forwarded) == 2:  # a third Ctrl-C leaves at once, whatever the daemon does
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     signal.signal(signal.SIGINT, interrupt)
     reply = b""
