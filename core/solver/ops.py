@@ -192,6 +192,9 @@ class BuildRunner(OpRunner):
         self.lease = lease
         self.store = worker.store
         self.local_stats: dict[str, Any] = {}
+        #: checksum of each synced local directory's whole tree (the directory cannot change
+        #: during the build: its lock is held until :meth:`release`)
+        self._local_sums: dict[str, str] = {}
         self._images: dict[str, Any] = {}
         self._held: list[Any] = []
         #: imported remote caches (:class:`pybk.cachebackends.importer.RemoteCache`), if any
@@ -200,6 +203,7 @@ class BuildRunner(OpRunner):
     def release(self) -> None:
         """Let go of the locks this build holds (local directories)."""
         held, self._held = self._held, []
+        self._local_sums.clear()
         for lock in held:
             lock.release()
 
@@ -243,6 +247,11 @@ class BuildRunner(OpRunner):
             self.store.put_cache(key, ref.snapshot, index)
 
     async def checksum(self, ref: Ref, selectors: list[Selector]) -> str:
+        whole = self._local_sums.get(ref.path) if ref.path is not None else None
+        if whole is not None and all(_whole_tree(s) for s in selectors):
+            return whole if len(selectors) == 1 else sha256_digest(
+                json.dumps([whole] * len(selectors)).encode())
+
         def compute() -> str:
             with read_ref(self.store, ref) as path:
                 sums = [self.w.checksums.checksum(
@@ -440,6 +449,7 @@ class BuildRunner(OpRunner):
         vp.status(f"transferring {name}: {stats.copied} files copied, {stats.removed} removed",
                   done=True)
         checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/")
+        self._local_sums[dest] = checksum
         key = source_key("local", {"checksum": checksum})
         return key, VertexOutcome(refs={0: Ref(path=dest)}, cached=False)
 
@@ -743,6 +753,12 @@ def _parse_git(identifier: str, attrs_: Mapping[str, str]) -> tuple[str, str | N
     remote = attrs_.get("git.fullurl") or f"https://{rest}"
     ref, _, subdir = fragment.partition(":")
     return remote, ref or None, subdir or None
+
+
+def _whole_tree(selector: Selector) -> bool:
+    """Whether a selector reads a whole tree as ``checksum(root, "/")`` does."""
+    return (selector.path.strip("/") in ("", ".") and not selector.include_patterns
+            and not selector.exclude_patterns)
 
 
 def _int(value: str | None) -> int | None:
