@@ -87,8 +87,7 @@ class RecordingBridge:
 def _code_fingerprint(frontend_cls: type) -> list[Any]:
     """(name, size, mtime) of the frontend's package files and of the LLB model's, so an
     upgrade or an edit of either never reuses an entry."""
-    from pybk.core import __version__
-    from pybk.core import llb
+    from pybk.core import __version__, llb
 
     dirs = {os.path.dirname(os.path.abspath(llb.__file__))}
     module = sys.modules.get(frontend_cls.__module__)

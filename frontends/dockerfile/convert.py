@@ -815,39 +815,19 @@ def _context_paths(paths: set[str]) -> tuple[str, ...] | None:
     return tuple(sorted(cleaned))
 
 
-def dockerfile_to_llb(
-    data: bytes,
-    *,
-    filename: str = "Dockerfile",
-    target: str | None = None,
-    build_args: Mapping[str, str] = {},  # noqa: B006 - read only
-    named_contexts: Mapping[str, NamedContext | llb.State] = {},  # noqa: B006 - read only
-    image_resolver: Callable[..., dict | None] | None = None,
-    target_platform: str | llb.Platform | None = None,
-    build_platform: str | llb.Platform | None = None,
-    exclude_patterns: Iterable[str] = (),
-    no_cache_stages: Iterable[str] | None = None,
-    extra_hosts: Mapping[str, str] = {},  # noqa: B006 - read only
-    network_mode: str | None = None,
-    labels: Mapping[str, str] = {},  # noqa: B006 - read only
-    warn: Callable[[str], None] | None = None,
-) -> ConvertResult:
-    """Convert a Dockerfile into the LLB State of ``target`` (default: the last stage).
+def dockerfile_to_llb(data: bytes, *, filename: str = "Dockerfile", **options: Any
+                      ) -> ConvertResult:
+    """Parse and convert a Dockerfile into the LLB State of ``target`` (default: the last stage).
 
-    ``named_contexts`` map a name used by FROM/``--from`` to a State or a :class:`NamedContext`;
-    ``image_resolver(ref, platform)`` supplies the image config of a base image. Only the stages
-    the target needs are part of the graph, and only the context paths they read are
-    transferred (``exclude_patterns``: the ``.dockerignore`` patterns). ``no_cache_stages``:
-    None (use the cache), empty (no stage) or stage names whose steps ignore the cache.
-    ``warn`` receives warnings such as unused build args.
+    ``options`` are :func:`convert_dockerfile`'s: ``named_contexts`` map a name used by
+    FROM/``--from`` to a State or a :class:`NamedContext`; ``image_resolver(ref, platform)``
+    supplies the image config of a base image. Only the stages the target needs are part of the
+    graph, and only the context paths they read are transferred (``exclude_patterns``: the
+    ``.dockerignore`` patterns). ``no_cache_stages``: None (use the cache), empty (no stage) or
+    stage names whose steps ignore the cache. ``warn`` receives warnings such as unused build
+    args.
     """
-    dockerfile = ins.parse_dockerfile(data, filename)
-    return convert_dockerfile(
-        dockerfile, data, target=target, build_args=build_args, named_contexts=named_contexts,
-        image_resolver=image_resolver, target_platform=target_platform,
-        build_platform=build_platform, exclude_patterns=exclude_patterns,
-        no_cache_stages=no_cache_stages, extra_hosts=extra_hosts, network_mode=network_mode,
-        labels=labels, warn=warn)
+    return convert_dockerfile(ins.parse_dockerfile(data, filename), data, **options)
 
 
 def convert_dockerfile(
@@ -871,8 +851,8 @@ def convert_dockerfile(
     """Convert an already parsed Dockerfile (or any frontend's typed instructions) to LLB.
 
     ``data`` is the source file the instructions' locations point into, recorded in the
-    definition's source map as ``language``; the other arguments are
-    :func:`dockerfile_to_llb`'s.
+    definition's source map as ``language``; the other arguments are described at
+    :func:`dockerfile_to_llb`.
     """
     filename = dockerfile.filename
     if not dockerfile.stages:

@@ -13,6 +13,7 @@ import pytest
 
 from pybk.core import defcache
 from pybk.core.build import LocalBridge, solve_frontend
+from pybk.core.errors import UsageError
 from pybk.frontends.dockerfile.frontend import DockerfileFrontend
 
 BASE_CONFIG = {"architecture": "amd64", "os": "linux",
@@ -201,7 +202,7 @@ def test_recording_bridge_marks_nested_solves_and_partial_reads(tmp_path):
     rec.read_file("context", "Dockerfile", length=3)
     assert not rec.cacheable
     rec = defcache.RecordingBridge(FakeBridge(ctx))
-    with pytest.raises(Exception):
+    with pytest.raises(UsageError, match="no engine"):
         rec.solve(object())
     assert not rec.cacheable
 
