@@ -388,7 +388,8 @@ def test_push_by_digest_mounts_base_layers(client, busybox_ref, registry, monkey
 
 
 @pytest.mark.slow
-def test_docker_tarball_loads_into_dockerd(client, busybox_layout, tmp_path, app_config):
+def test_docker_tarball_loads_into_dockerd(client, busybox_layout, tmp_path, app_config,
+                                           monkeypatch):
     try:
         daemon = start_dockerd(Path("/tmp") / f"pybk-dockerd-{os.getpid()}",
                                storage_driver="vfs")
@@ -405,8 +406,32 @@ def test_docker_tarball_loads_into_dockerd(client, busybox_layout, tmp_path, app
                             "cat", "/app/hello", check=False)
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout == "hello\n"
+
+        # pybk build --load hands the docker tarball to the running engine
+        from pybk.core.cli import main
+
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo loaded > /loaded\n")
+        monkeypatch.setenv("DOCKER_HOST", daemon.env["DOCKER_HOST"])
+        assert main(["--root", str(tmp_path / "cli-store"), "build", "--progress", "quiet",
+                     "--load", "-t", "pybk-test/cli:1",
+                     "--build-context", f"busybox=oci-layout://{busybox_layout}",
+                     str(ctx)]) == 0
+        ran = daemon.docker("run", "--rm", "--network=none", "pybk-test/cli:1", "cat", "/loaded")
+        assert ran.stdout == "loaded\n"
     finally:
         daemon.stop()
+
+
+def test_load_without_a_docker_engine_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    from pybk.core.cli import main
+
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    assert main(["--root", str(tmp_path / "store"), "build", "--load", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--load" in err and "running docker engine" in err
 
 
 def test_local_directory_result_is_one_layer(client, tmp_path):
