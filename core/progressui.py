@@ -325,6 +325,7 @@ class TTYRenderer(Renderer):
         self.phase = phase
         self.start = time.time()
         self._lock = threading.Lock()
+        self._closing = False
         self.live = Live(console=self.console, refresh_per_second=8, transient=False,
                          get_renderable=self._renderable)
         self.live.start()
@@ -338,7 +339,7 @@ class TTYRenderer(Renderer):
         from rich.text import Text
 
         with self._lock:
-            return self._render(Text, final=False)
+            return self._render(Text, final=self._closing)
 
     def _render(self, text_cls: Any, *, final: bool) -> Any:
         now = time.time()
@@ -383,11 +384,10 @@ class TTYRenderer(Renderer):
         return f" => {name[:left]:<{left}} {timer}\n"
 
     def close(self) -> None:
-        from rich.text import Text
 
         with self._lock:
-            final = self._render(Text, final=True)
-        self.live.update(final, refresh=True)
+            self._closing = True
+        self.live.refresh()
         self.live.stop()
         for step in self.trace.order:
             v = step.vertex
