@@ -200,6 +200,31 @@ def frontend_inputs(request: Any) -> tuple[dict[str, str], dict[str, str], dict[
     return opts, local_dirs, oci_layouts
 
 
+def entitlement_names(request: Any) -> tuple[str, ...]:
+    return tuple(e.split("=", 1)[0] for e in request.entitlements)
+
+
+def progress_mode(request: Any) -> str:
+    return "quiet" if request.quiet else request.progress
+
+
+def solve_options(request: Any) -> dict[str, Any]:
+    """The :meth:`Client.solve` arguments a build request implies (whatever the frontend):
+    secrets, ssh sockets, entitlements, progress, outputs and remote caches."""
+    return {
+        "secrets": {s.id: s.read() for s in request.secrets},
+        "ssh": {spec.id: (spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),))[0]
+                for spec in request.ssh},
+        "entitlements": entitlement_names(request),
+        "progress": progress_mode(request),
+        "outputs": list(request.outputs),
+        "request": request,
+        "export_info": export_info(request),
+        "cache_imports": request.cache_from,
+        "cache_exports": request.cache_to,
+    }
+
+
 def export_info(request: Any) -> dict[str, Any]:
     """Facts exporters need from the request: ``SOURCE_DATE_EPOCH`` (build arg, else env)."""
     epoch = request.build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
@@ -283,21 +308,22 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
                          flag="--file") from None
 
     pm = get_plugin_manager()
+    directives = scan_directives(head)
     name = request.frontend or pm.hook.pybk_select_frontend(
-        filename=opts["filename"], directives=scan_directives(head))
+        filename=opts["filename"], directives=directives)
     registry = pm.frontends()
-    from pybk.frontends.gateway import resolve_syntax
-
-    name, opts = resolve_syntax(name, scan_directives(head), opts, registry, config)
     frontend_cls = registry.get(name)
+    forwarded = frontend_cls.forward(directives, opts, registry, config)
+    if forwarded is not None:
+        name, opts = forwarded
+        frontend_cls = registry.get(name)
     if request.call in ("outline", "targets"):
         opts["requestid"] = f"frontend.{request.call}"
     client = Client(root=root, config=config)
     try:
         bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
-                             client=client,
-                             entitlements=(e.split("=", 1)[0] for e in request.entitlements),
-                             progress="quiet" if request.quiet else request.progress)
+                             client=client, entitlements=entitlement_names(request),
+                             progress=progress_mode(request))
         with pm.annotate_errors(registry.owner(name)[0]):
             result = solve_frontend(name, frontend_cls, opts, bridge, root)
         for message in bridge.warnings:
@@ -310,19 +336,11 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
 
             sys.stdout.write(dump_llb(result.definition.to_bytes()))
             return 0
-        secrets = {s.id: s.read() for s in request.secrets}
-        ssh = {spec.id: (spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),))[0]
-               for spec in request.ssh}
         try:
             solved = client.solve(
                 result.definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
-                secrets=secrets, ssh=ssh,
-                entitlements=tuple(e.split("=", 1)[0] for e in request.entitlements),
                 no_cache=request.no_cache and not request.no_cache_filter,
-                progress="quiet" if request.quiet else request.progress,
-                outputs=list(request.outputs), image_config=result.image_config,
-                request=request, export_info=export_info(request),
-                cache_imports=request.cache_from, cache_exports=request.cache_to)
+                image_config=result.image_config, **solve_options(request))
         except BuildError as exc:
             vertex = getattr(exc, "vertex", None)
             where = source_excerpt(result.definition, vertex)
@@ -332,4 +350,33 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
         finish_outputs(request, solved)
     finally:
         client.close()
+    return 0
+
+
+def run_llb_build(data: bytes, request: Any, *, root: str, config_path: str | None) -> int:
+    """``pybk build --llb FILE|-``: solve a marshalled definition. The context (if given) is the
+    local ``context``; ``--build-context`` adds locals and OCI layouts."""
+    from pybk.core.client import Client
+    from pybk.core.config import load_config
+    from pybk.core.llb.definition import Definition
+
+    config, warnings = load_config(config_path)
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    definition = Definition.from_bytes(data, filename=request.llb)
+    local_dirs: dict[str, str] = {}
+    oci_layouts: dict[str, str] = {}
+    if request.context:
+        local_dirs["context"] = request.context
+        local_dirs["dockerfile"] = (os.path.dirname(os.path.abspath(request.file))
+                                    if request.file else request.context)
+    for ctx in request.build_contexts:
+        if ctx.kind == "local":
+            local_dirs[ctx.name] = ctx.value
+        elif ctx.kind == "oci-layout":
+            oci_layouts[ctx.name] = ctx.value.split("@", 1)[0]
+    with Client(root=root, config=config) as client:
+        result = client.solve(definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
+                              no_cache=request.no_cache, **solve_options(request))
+        finish_outputs(request, result)
     return 0

@@ -227,7 +227,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
             print(text, file=sys.stderr if code else sys.stdout)
         return code
     if request.llb:
-        from pybk.core.client import build_llb_command
+        from pybk.core.build import run_llb_build
 
         if request.llb == "-":
             data = sys.stdin.buffer.read()
@@ -237,8 +237,8 @@ def cmd_build(ns: argparse.Namespace) -> int:
                     data = f.read()
             except OSError as exc:
                 raise UsageError(f"cannot read {request.llb}: {exc.strerror}", flag="--llb") from None
-        return build_llb_command(data, request=request, root=ns.root or default_root(),
-                                 config_path=ns.config)
+        return run_llb_build(data, request, root=ns.root or default_root(),
+                             config_path=ns.config)
     from pybk.core.build import run_build
 
     return run_build(request, root=ns.root or default_root(), config_path=ns.config)

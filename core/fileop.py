@@ -32,6 +32,7 @@ _MAX_SYMLINKS = 255
 
 __all__ = [
     "CopyOptions",
+    "LinkPlan",
     "PathFilter",
     "clean_path",
     "copy",
@@ -600,19 +601,82 @@ class CopyOptions:
     required_paths: Sequence[str] = ()
 
 
+class LinkPlan:
+    """Regular files a copy hard-links from its source instead of copying their bytes.
+
+    Only for a source whose files are never changed in place (a synced local context: the sync
+    replaces a changed file by a new one) and only for files whose copy would carry exactly the
+    source's owner, mode and times, so nothing is ever applied through the link. The copy
+    leaves these files out of the destination ``root`` and records them; once the destination
+    is unmounted, :meth:`apply` links them into its layer directory (files cannot be linked
+    across an overlay mount, and the layer of a mounted overlay must not be changed from below).
+    """
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        #: target path relative to ``root`` -> source file, in copy order
+        self.pending: dict[str, str] = {}
+
+    def add(self, src: str, target: str) -> None:
+        self.pending[os.path.relpath(target, self.root)] = src
+
+    def discard(self, target: str) -> None:
+        """``target`` is written by the copy itself: a link planned there is dropped."""
+        if self.pending:
+            self.pending.pop(os.path.relpath(target, self.root), None)
+
+    def ensure_parents(self, layer: str) -> None:
+        """While ``root`` is mounted over ``layer``: make each target's directory exist in it.
+
+        A directory only in a lower layer is copied up by setting its times to what they are.
+        """
+        for rel in {os.path.dirname(r) for r in self.pending}:
+            if os.path.isdir(os.path.join(layer, rel)):
+                continue
+            merged = os.path.join(self.root, rel)
+            st = os.lstat(merged)
+            os.utime(merged, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            if not os.path.isdir(os.path.join(layer, rel)):
+                raise BuildError(f"copy: {rel or '/'} did not appear in the layer directory")
+
+    def apply(self, layer: str) -> int:
+        """Link the planned files into ``layer`` (not mounted); returns how many."""
+        times: dict[str, tuple[int, int]] = {}
+        for rel, src in self.pending.items():
+            target = os.path.join(layer, rel)
+            parent = os.path.dirname(target)
+            if parent not in times:
+                st = os.lstat(parent)
+                times[parent] = (st.st_atime_ns, st.st_mtime_ns)
+            try:
+                st = os.lstat(target)
+            except FileNotFoundError:
+                pass
+            else:  # only a whiteout (a lower file the copy replaced) can be there
+                if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
+                    raise BuildError(f"copy: unexpected entry at {rel} in the layer directory")
+                os.unlink(target)
+            os.link(src, target)
+        for parent, (atime_ns, mtime_ns) in times.items():
+            os.utime(parent, ns=(atime_ns, mtime_ns))
+        return len(self.pending)
+
+
 def copy(src_root: str, src_path: str, dest_root: str, dest_path: str, opts: Any = None, *,
-         owner_root: str | None = None) -> None:
+         owner_root: str | None = None, links: LinkPlan | None = None) -> None:
     """FileActionCopy: copy ``src_path`` of ``src_root`` to ``dest_path`` of ``dest_root``.
 
     ``opts`` is a :class:`CopyOptions` or any object with FileActionCopy's attribute names.
-    Owner names resolve against ``owner_root`` (default: ``dest_root``).
+    Owner names resolve against ``owner_root`` (default: ``dest_root``). With ``links`` (a
+    :class:`LinkPlan` on ``dest_root``), eligible regular files are planned there instead of
+    copied; the caller applies the plan.
     """
     with _user_errors(f"copy {src_path} to {dest_path}", src_root, dest_root):
-        _copy(src_root, src_path, dest_root, dest_path, opts, owner_root)
+        _copy(src_root, src_path, dest_root, dest_path, opts, owner_root, links)
 
 
 def _copy(src_root: str, src_path: str, dest_root: str, dest_path: str, opts: Any,
-          owner_root: str | None) -> None:
+          owner_root: str | None, links: LinkPlan | None = None) -> None:
     o = opts if opts is not None else CopyOptions()
 
     def opt(name: str, default: Any) -> Any:
@@ -631,6 +695,7 @@ def _copy(src_root: str, src_path: str, dest_root: str, dest_path: str, opts: An
         mode_fn=parse_mode_str(mode_str) if mode_str else None,
         path_filter=PathFilter.create(opt("include_patterns", ()), opt("exclude_patterns", ())),
         always_replace=bool(opt("always_replace_existing_dest_paths", False)),
+        links=links,
     )
     follow = bool(opt("follow_symlink", False))
 
@@ -701,13 +766,15 @@ class _Copier:
 
     def __init__(self, *, owner: tuple[int, int] | None, timestamp_ns: int | None,
                  mode: int | None, mode_fn: Callable[[int, bool], int] | None,
-                 path_filter: PathFilter | None, always_replace: bool):
+                 path_filter: PathFilter | None, always_replace: bool,
+                 links: LinkPlan | None = None):
         self.owner = owner
         self.timestamp_ns = timestamp_ns
         self.mode = mode
         self.mode_fn = mode_fn
         self.filter = path_filter
         self.always_replace = always_replace
+        self.links = links
         self.inodes: dict[tuple[int, int], str] = {}
         self.parents: list[list[Any]] = []  # [src, dst, created]
 
@@ -736,6 +803,8 @@ class _Copier:
             if stat.S_ISDIR(target_st.st_mode):
                 raise BuildError(f"cannot replace directory {target} with a file")
             os.unlink(target)
+        if self.links is not None:
+            self.links.discard(target)
         copy_info = include
         restore_times = False
         if is_dir:
@@ -743,6 +812,9 @@ class _Copier:
             if not overwrite_meta:
                 copy_info = created
                 restore_times = not created
+        elif stat.S_ISREG(st.st_mode) and self.links is not None and self._keeps_info(st):
+            self.links.add(src, target)  # every name of one inode: linked together, as in src
+            copy_info = False
         elif stat.S_ISREG(st.st_mode):
             link_to = None
             if st.st_nlink > 1:
@@ -791,6 +863,19 @@ class _Copier:
                 self._copy_info(st, dst)
                 _copy_xattrs(src, dst)
             entry[2] = True
+
+    def _keeps_info(self, st: os.stat_result) -> bool:
+        """Whether a copy of this file would get exactly its owner, mode and times."""
+        if self.owner is not None and self.owner != (st.st_uid, st.st_gid):
+            return False
+        if self.owner is None and os.geteuid() != 0:
+            return False  # the copy would be owned by this user
+        mode = stat.S_IMODE(st.st_mode)
+        if self.mode is not None and (mode & ~0o777) | (self.mode & 0o777) != mode:
+            return False
+        if self.mode_fn is not None and self.mode_fn(mode, False) != mode:
+            return False
+        return self.timestamp_ns is None or self.timestamp_ns == st.st_mtime_ns == st.st_atime_ns
 
     def _copy_info(self, st: os.stat_result, target: str) -> None:
         owner = self.owner if self.owner is not None else (st.st_uid, st.st_gid)

@@ -94,6 +94,13 @@ class FrontendBridge(abc.ABC):
 class Frontend(Plugin, abc.ABC):
     """Turns a human-readable build description into LLB."""
 
+    @classmethod
+    def forward(cls, directives: Mapping[str, str], opts: Mapping[str, str], registry: Any,
+                config: Any) -> tuple[str, dict[str, str]] | None:
+        """Hand the build to another frontend before solving: ``(name, opts)``, or None to
+        build it here. (The Dockerfile frontend follows ``# syntax=`` this way.)"""
+        return None
+
     @abc.abstractmethod
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult: ...
 

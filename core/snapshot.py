@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from pybk.core.store import Store
 
 _FICLONE = 0x40049409
+#: file in a snapshot's directory naming the directories whose files its layer links to
+_LINKED_FROM = "linked-from"
 _OPAQUE_XATTR = "trusted.overlay.opaque"
 _OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
@@ -520,9 +522,9 @@ class _StoreSnapshotter(Snapshotter):
         stack: list[str] = []
         for k in keys:
             stack.extend(self._require(k, "committed").chain)
-        temp, key = self._new_committed(
-            key, layers=stack if len(set(stack)) == len(stack) else (),
-            deps=list(dict.fromkeys(keys)))
+        stackable = len(set(stack)) == len(stack) and not self._links_repeat(stack)
+        temp, key = self._new_committed(key, layers=stack if stackable else (),
+                                        deps=list(dict.fromkeys(keys)))
         try:
             self._fill_merge(temp, stack)
         except BaseException:
@@ -553,6 +555,44 @@ class _StoreSnapshotter(Snapshotter):
             self.remove(temp.key)
             raise
         return self._finish(temp, key)
+
+    # ---- layers holding hard links to outside files ----------------------------------------
+
+    def own_layer(self, key: str) -> str | None:
+        """The directory an active snapshot's own changes live in, where files may be linked in
+        while it is not mounted; None when the snapshotter has no such directory."""
+        return None
+
+    def mark_linked(self, key: str, source: str) -> None:
+        """Record that files of directory ``source`` are hard-linked into ``key``'s layer."""
+        with open(self.dir(self._require(key)) / _LINKED_FROM, "a", encoding="utf-8") as f:
+            f.write(source + "\n")
+
+    def linked_sources(self, chain: Sequence[str]) -> list[set[str]]:
+        """For each layer of ``chain``, the directories whose files are linked into it."""
+        ids = dict(self.store.query(
+            f"SELECT key, id FROM snapshots WHERE snapshotter=? AND key IN"
+            f" ({','.join('?' * len(chain))})", (self.name, *chain))) if chain else {}
+        out: list[set[str]] = []
+        for key in chain:
+            if key not in ids:
+                raise StoreError(f"snapshot {key!r} does not exist")
+            try:
+                with open(self.base / str(ids[key]) / _LINKED_FROM, encoding="utf-8") as f:
+                    out.append(set(f.read().splitlines()))
+            except FileNotFoundError:
+                out.append(set())
+        return out
+
+    def _links_repeat(self, stack: Sequence[str]) -> bool:
+        """Whether two layers of ``stack`` link files of one source directory (stacked, the
+        view would show one file under two names)."""
+        seen: set[str] = set()
+        for sources in self.linked_sources(stack):
+            if seen & sources:
+                return True
+            seen |= sources
+        return False
 
     def _apply_chain(self, chain: Sequence[str], target: str) -> None:
         for k in chain:
@@ -611,6 +651,9 @@ class OverlaySnapshotter(_StoreSnapshotter):
 
     def layer_dir(self, key: str) -> str:
         return str(self.dir(self._require(key)) / "fs")
+
+    def own_layer(self, key: str) -> str | None:
+        return str(self.dir(self._require(key, "active")) / "fs")
 
     def _create_active(self, info: SnapshotInfo, parent: SnapshotInfo | None) -> None:
         directory = self.dir(info)
@@ -680,7 +723,7 @@ class OverlaySnapshotter(_StoreSnapshotter):
 
     def _fill_merge(self, info: SnapshotInfo, stack: Sequence[str]) -> None:
         (self.dir(info) / "fs").mkdir()
-        if not info.layers:  # an input appears twice: overlayfs cannot stack it, copy instead
+        if not info.layers:  # an input appears twice or links repeat: copy instead
             self._apply_chain(stack, str(self.dir(info) / "fs"))
 
     def _fill_stack(self, info: SnapshotInfo, layers: Sequence[str]) -> None:

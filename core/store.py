@@ -44,6 +44,8 @@ SCHEMA_VERSION = 1
 RECORD_TYPES = ("regular", "source.local", "exec.cachemount", "source.git.checkout", "frontend",
                 "internal")
 CACHE_SHARING = ("shared", "private", "locked")
+#: a synced local directory's state file is the directory's path plus this
+LOCAL_SYNC_STATE_SUFFIX = ".syncstate"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(
@@ -638,6 +640,23 @@ class Store:
         """The snapshotter holding a record's snapshot."""
         return self.snapshotter_named(self._snapshotter_of(record))
 
+    def own_layer(self, record: Record) -> str | None:
+        """The layer directory of a mutable record, where files may be hard-linked in while it
+        is not mounted (overlayfs); None when its snapshotter has none."""
+        if record.snapshot is None or not record.mutable:
+            return None
+        return self.record_snapshotter(record).own_layer(record.snapshot)
+
+    def mark_linked(self, record: Record, source: str) -> None:
+        """Note that ``record``'s layer hard-links files of the directory ``source``."""
+        self.record_snapshotter(record).mark_linked(record.snapshot, source)
+
+    def linked_sources(self, record: Record | str) -> set[str]:
+        """Directories whose files are hard-linked into any layer of a committed record."""
+        rec = self._committed(record)
+        sn = self.record_snapshotter(rec)
+        return set().union(*sn.linked_sources(sn.layer_chain(rec.snapshot)))
+
     def _snapshotter_of(self, record: Record) -> str:
         return self.query("SELECT snapshotter FROM records WHERE id=?", (record.id,))[0][0]
 
@@ -831,6 +850,7 @@ class Store:
         held directory).
         """
         ref = f"locals/{name}-{shared_key}"
+        # the sync keeps its state next to it (``DIR`` + LOCAL_SYNC_STATE_SUFFIX)
         record = self._named_dir(ref, f"locals/{_dir_name(f'{name}-{shared_key}')}",
                                  type="source.local", description=f"local source for {name}")
         return self.root / record.path  # type: ignore[operator]
@@ -907,6 +927,9 @@ class Store:
                     sn.remove(snapshot)
                 if path is not None:
                     self.discard_path(self.root / path)
+                    # a synced local directory's state: a later sync must start from scratch
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.root / (path.rstrip("/") + LOCAL_SYNC_STATE_SUFFIX))
             return True
         finally:
             if held is not None:

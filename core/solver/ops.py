@@ -426,6 +426,7 @@ class BuildRunner(OpRunner):
     async def _local(self, vertex: Vertex, src: SourceOp, name: str,
                      vp: VertexProgress) -> tuple[str, VertexOutcome]:
         from pybk.core.localsync import sync_local
+        from pybk.core.store import LOCAL_SYNC_STATE_SUFFIX
 
         client_dir = self.session.local_dirs.get(name)
         if client_dir is None:
@@ -444,7 +445,7 @@ class BuildRunner(OpRunner):
         dest = str(self.store.local_dir(name, shared))
         stats = await asyncio.to_thread(
             sync_local, client_dir, dest, include_patterns=include, exclude_patterns=exclude,
-            follow_paths=follow, state_file=dest.rstrip("/") + ".syncstate")
+            follow_paths=follow, state_file=dest.rstrip("/") + LOCAL_SYNC_STATE_SUFFIX)
         self.local_stats[name] = stats
         vp.status(f"transferring {name}: {stats.copied} files copied, {stats.removed} removed",
                   done=True)
@@ -686,7 +687,15 @@ class BuildRunner(OpRunner):
                         owner_root = readable(named[0].input)
                 if isinstance(body, FileActionCopy):
                     src_root = readable(action.secondary_input)
-                    fileop.copy(src_root, body.src, root, body.dest, body, owner_root=owner_root)
+                    layer = self._link_layer(op, k, inputs, active)
+                    links = fileop.LinkPlan(root) if layer is not None else None
+                    fileop.copy(src_root, body.src, root, body.dest, body, owner_root=owner_root,
+                                links=links)
+                    if links is not None and links.pending:
+                        links.ensure_parents(layer)
+                        active.unmount()  # the layer is linked into only while unmounted
+                        links.apply(layer)
+                        self.store.mark_linked(active.record, src_root)
                 elif isinstance(body, FileActionMkFile):
                     fileop.mkfile(root, body.path, body.mode, body.data, body.owner,
                                   _ts(body.timestamp), owner_root=owner_root)
@@ -702,6 +711,35 @@ class BuildRunner(OpRunner):
             refs = {a.output: results[k].commit() for k, a in enumerate(op.actions)
                     if a.output != SKIP_OUTPUT}
             return VertexOutcome(refs=refs, cached=False)
+
+    def _link_layer(self, op: FileOp, k: int, inputs: list[Ref], active: _Active) -> str | None:
+        """The layer directory action ``k`` (a copy) may hard-link source files into, or None.
+
+        Only files of a local context synced in this build: the sync replaces a changed file
+        by a new one and the directory is locked until the build ends, so a linked file never
+        changes. Only when no later action of ``op`` continues writing in this snapshot (it
+        could write a linked file in place; a later step gets its own overlay layer, where a
+        write copies the file up) and no layer below already links files of that context (one
+        view would show a file under two names, seen as hard links by exports and copies).
+        Not onto scratch: such layers are made to be merged (``COPY --link``), and a merge
+        whose layers link one context is copied into a single directory.
+        """
+        src = op.actions[k].secondary_input
+        if not (0 <= src < len(inputs)) or inputs[src].path not in self._local_sums:
+            return None
+        parent = active._parent
+        if parent.path is not None or parent.snapshot is None:
+            return None
+        n = len(inputs)
+        if any(a.input == n + k for a in op.actions[k + 1:]) and \
+                op.actions[k].output == SKIP_OUTPUT:
+            return None
+        layer = self.store.own_layer(active.record)
+        if layer is None or os.stat(layer).st_dev != os.stat(inputs[src].path).st_dev:
+            return None
+        if inputs[src].path in self.store.linked_sources(parent.snapshot):
+            return None
+        return layer
 
     # merge / diff -----------------------------------------------------------------------
 

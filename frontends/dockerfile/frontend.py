@@ -104,6 +104,16 @@ class DockerfileFrontend(Frontend):
     #: the result depends only on the options, the files read and pinned image configs
     definition_cache = True
 
+    @classmethod
+    def forward(cls, directives: Mapping[str, str], opts: Mapping[str, str], registry: Any,
+                config: Any) -> tuple[str, dict[str, str]] | None:
+        """``# syntax=`` / ``BUILDKIT_SYNTAX``: a frontend plugin of that name, this frontend
+        for ``docker/dockerfile:*``, else the image through ``gateway.v0``."""
+        from pybk.frontends.gateway.frontend import resolve_syntax
+
+        name, forwarded = resolve_syntax(cls.name, directives, opts, registry, config)
+        return None if name == cls.name else (name, forwarded)
+
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
         from pybk.core.llb import Definition
         from pybk.frontends.dockerfile import convert

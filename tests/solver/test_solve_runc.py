@@ -228,14 +228,14 @@ def test_plain_progress_matches_buildkit_shape(client, busybox_ref, registry, ca
     assert lines[-2:] == ["#2 /bin/sh -c echo hello; echo world", "#2 CACHED"]
 
 
-def test_build_llb_command_rawjson(busybox_ref, store_root, tmp_path, capsys, make_client):
-    from pybk.core.client import build_llb_command
-    from pybk.core.config import Config
+def test_build_llb_rawjson(busybox_ref, store_root, tmp_path, capsys, make_client):
+    from pybk.core.cli import main
 
     make_client()  # skips without root/runc
-    definition = llb.image(busybox_ref).run("echo hi > /hi").root().marshal().to_bytes()
-    code = build_llb_command(definition, root=store_root, config=Config(root=store_root),
-                             progress="rawjson", output_local_dest=str(tmp_path / "o"))
+    graph = tmp_path / "graph.json"
+    graph.write_bytes(llb.image(busybox_ref).run("echo hi > /hi").root().marshal().to_bytes())
+    code = main(["--root", store_root, "build", "--llb", str(graph), "--progress", "rawjson",
+                 "-o", f"type=local,dest={tmp_path / 'o'}"])
     assert code == 0
     assert (tmp_path / "o" / "hi").read_text() == "hi\n"
     objs = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
