@@ -259,6 +259,8 @@ class Bench:
                                dockerfile=os.path.join(ctx, "Dockerfile"),
                                base=self.bases[case.base], output_dir=out, export=variant)
         reason = engine.unsupported(request)
+        if f"{engine.name}:{case.name}" in self.args.skip:
+            reason = "left out of this run (--skip)"
         if reason:
             cell.not_applicable = reason
             return
@@ -419,8 +421,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", help="where engines keep state (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--no-install", action="store_true", help="do not run apt-get")
+    parser.add_argument("--skip", default="", metavar="ENGINE:CASE,...",
+                        help="cells not to run (e.g. buildah:many-steps); they read n/a")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = set(args.engines) - set(ENGINE_NAMES)
     names = all_case_names()

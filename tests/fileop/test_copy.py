@@ -488,3 +488,70 @@ def test_dest_subdirectory_symlink_is_not_followed(tmp_path, trees, outside):
     with pytest.raises(BuildError, match="cannot copy to non-directory: /sub"):
         cp(s, "/", d, "/", **DOCKERFILE)
     assert trees.describe(outside) == before
+
+
+# --------------------------------------------------------------------------------------------
+# LinkPlan: files planned for hard-linking instead of copied
+# --------------------------------------------------------------------------------------------
+
+
+def _plan_copy(src: Path, dest: Path, **opts) -> fileop.LinkPlan:
+    plan = fileop.LinkPlan(str(dest))
+    fileop.copy(str(src), "/", str(dest), "/out", CopyOptions(create_dest_path=True, **opts),
+                links=plan)
+    return plan
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a copy keeps the source owner only as root")
+def test_link_plan_takes_files_whose_metadata_the_copy_keeps(tmp_path: Path, trees):
+    src = trees.make(tmp_path / "src", {"a": (b"A", 0o640), "d/b": b"B", "l": ("->", "a")})
+    os.link(src / "a", src / "d" / "twin")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    plan = _plan_copy(src, dest)
+    assert plan.pending == {"out/a": str(src / "a"), "out/d/b": str(src / "d" / "b"),
+                            "out/d/twin": str(src / "d" / "twin")}
+    assert sorted(os.listdir(dest / "out")) == ["d", "l"]  # directories and symlinks: copied
+    d_mtime = os.stat(dest / "out" / "d").st_mtime_ns
+    assert plan.apply(str(dest)) == 3
+    assert os.stat(dest / "out" / "a").st_ino == os.stat(src / "a").st_ino
+    assert os.stat(dest / "out" / "d" / "twin").st_ino == os.stat(src / "a").st_ino
+    assert os.stat(dest / "out" / "d").st_mtime_ns == d_mtime  # linking kept directory times
+
+
+@pytest.mark.parametrize("opts", [dict(owner=(1000, 1000)), dict(mode=0o700),
+                                  dict(timestamp=1_000_000_000), dict(mode_str="u+x")])
+def test_link_plan_copies_when_metadata_would_differ(tmp_path: Path, trees, opts):
+    src = trees.make(tmp_path / "src", {"a": (b"A", 0o644)})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    plan = _plan_copy(src, dest, **opts)
+    assert plan.pending == {}
+    assert (dest / "out" / "a").read_bytes() == b"A"
+    assert os.stat(dest / "out" / "a").st_ino != os.stat(src / "a").st_ino
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a copy keeps the source owner only as root")
+def test_link_plan_same_owner_mode_and_replaced_whiteout(tmp_path: Path, trees):
+    src = trees.make(tmp_path / "src", {"a": (b"A", 0o644)})
+    st = os.stat(src / "a")
+    dest = tmp_path / "dest"
+    (dest / "out").mkdir(parents=True)
+    plan = _plan_copy(src, dest, owner=(st.st_uid, st.st_gid), mode=0o644)
+    assert list(plan.pending) == ["out/a"]
+    os.mknod(dest / "out" / "a", stat.S_IFCHR, 0)  # overlay's mark of a replaced lower file
+    plan.apply(str(dest))
+    assert (dest / "out" / "a").read_bytes() == b"A" and os.stat(dest / "out" / "a").st_nlink == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a copy keeps the source owner only as root")
+def test_link_plan_later_write_to_the_same_target_wins(tmp_path: Path, trees):
+    first = trees.make(tmp_path / "one", {"x": (b"linked", 0o644)})
+    second = trees.make(tmp_path / "two", {"x": (b"copied", 0o644)})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    plan = fileop.LinkPlan(str(dest))
+    fileop.copy(str(first), "/x", str(dest), "/x", CopyOptions(), links=plan)
+    fileop.copy(str(second), "/x", str(dest), "/x", CopyOptions(mode=0o600), links=plan)
+    assert plan.pending == {}
+    assert (dest / "x").read_bytes() == b"copied"

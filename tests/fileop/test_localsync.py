@@ -181,6 +181,22 @@ def test_lost_state_starts_from_a_clean_copy(tmp_path, trees):
     assert sorted(os.listdir(dest)) == ["a"]
 
 
+def test_unchanged_files_keep_their_inode_changed_ones_are_replaced(tmp_path, trees):
+    """Copies may hard-link synced files: a sync never writes into an existing file."""
+    src = trees.make(tmp_path / "src", {"a": b"a", "b": b"b"})
+    dest, sync = _mirror(tmp_path, src)
+    sync()
+    kept = os.open(dest / "b", os.O_RDONLY)
+    try:
+        before = {n: _inode(dest / n) for n in ("a", "b")}
+        (src / "b").write_bytes(b"changed")
+        sync()
+        assert _inode(dest / "a") == before["a"] and _inode(dest / "b") != before["b"]
+        assert os.pread(kept, 100, 0) == b"b"  # the old inode still has the old content
+    finally:
+        os.close(kept)
+
+
 def _inode(path: Path) -> int:
     return os.lstat(path).st_ino
 

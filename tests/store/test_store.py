@@ -470,3 +470,32 @@ def test_snapshotter_from_a_root_path(store_root):
     sn.commit("b", "a")
     assert sn.exists("b") and not sn.exists("a")
     assert sn.store.root == store_root.resolve()
+
+
+def test_pruned_local_directory_forgets_its_sync_state(tmp_path):
+    from pybk.core.localsync import sync_local
+    from pybk.core.store import LOCAL_SYNC_STATE_SUFFIX, Store
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a").write_text("a")
+    store = Store.open(tmp_path / "store")
+    try:
+        def sync():
+            lock = store.local_lock("context", "k")
+            lock.acquire()
+            try:
+                dest = str(store.local_dir("context", "k"))
+                return dest, sync_local(src, dest, state_file=dest + LOCAL_SYNC_STATE_SUFFIX)
+            finally:
+                lock.release()
+
+        sync()
+        pruned = store.prune(["type==source.local"])
+        assert [p.record_type for p in pruned] == ["source.local"]
+        dest, stats = sync()  # the directory is made again, empty: everything is copied
+        assert stats.copied == 1
+        with open(os.path.join(dest, "sub", "a")) as f:
+            assert f.read() == "a"
+    finally:
+        store.close()
