@@ -4,45 +4,20 @@ cache services, and one ``cache_backend`` parameter per backend."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import uuid
 
 import attrs
 import pytest
 from support.cachefixtures import cache_azurite, cache_gha, moto_s3  # noqa: F401
+from support.engine import CountingExecutor, runc_missing
 
 from pybk.core.config import Config
-from pybk.core.interfaces import Executor
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (runc, mount(2))"
-    if not shutil.which("runc"):
-        return "runc is not installed"
-    return None
-
-
-class CountingExecutor(Executor):
-    """The real runc executor, counting its runs."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.calls = 0
-
-    def reap_stale(self):
-        return self.inner.reap_stale()
-
-    async def run(self, process, root, mounts=(), **kw):
-        self.calls += 1
-        return await self.inner.run(process, root, mounts, **kw)
 
 
 @pytest.fixture
 def new_client(tmp_path):
     """``new_client("a")``: a Client on its own fresh store ``tmp_path/a``."""
-    reason = _missing()
+    reason = runc_missing()
     if reason:
         pytest.skip(reason)
     from pybk.core.client import Client

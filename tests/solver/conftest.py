@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from support.engine import runc_missing
+from support.engine import CountingExecutor, runc_missing
 
 from pybk.core.config import Config
-from pybk.core.interfaces import Executor
 from pybk.core.progress import EventRecorder
-
-
-class CountingExecutor(Executor):
-    """Wraps the real runc executor and counts its runs."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.calls = 0
-
-    def reap_stale(self):
-        return self.inner.reap_stale()
-
-    async def run(self, process, root, mounts=(), **kw):
-        self.calls += 1
-        return await self.inner.run(process, root, mounts, **kw)
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from pybk.core.interfaces import Executor
+
 
 def runc_missing() -> str | None:
     """Why runc-based tests cannot run here, or None."""
@@ -22,3 +24,18 @@ def require_runc() -> None:
     reason = runc_missing()
     if reason:
         pytest.skip(reason)
+
+
+class CountingExecutor(Executor):
+    """Wraps a real executor and counts its runs (``calls``)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = 0
+
+    def reap_stale(self):
+        return self.inner.reap_stale()
+
+    async def run(self, process, root, mounts=(), **kw):
+        self.calls += 1
+        return await self.inner.run(process, root, mounts, **kw)
