@@ -221,8 +221,20 @@ def solve_options(request: Any) -> dict[str, Any]:
         "request": request,
         "export_info": export_info(request),
         "cache_imports": request.cache_from,
-        "cache_exports": request.cache_to,
+        "cache_exports": cache_exports(request),
     }
+
+
+def cache_exports(request: Any) -> tuple[Any, ...]:
+    """``--cache-to``, plus an inline cache when the build arg ``BUILDKIT_INLINE_CACHE`` is
+    true (buildx's shorthand for ``--cache-to type=inline``)."""
+    from pybk.core.buildopts import CacheSpec
+
+    exports = tuple(request.cache_to)
+    wanted = request.build_args.get("BUILDKIT_INLINE_CACHE", "").lower() in ("1", "true")
+    if wanted and not any(spec.type == "inline" for spec in exports):
+        exports += (CacheSpec("inline", {}),)
+    return exports
 
 
 def export_info(request: Any) -> dict[str, Any]:

@@ -54,3 +54,20 @@ def test_unreachable_cache_to_fails_unless_ignored(tmp_path, context, busybox_la
                   "--cache-to", f"type=local,dest={dest}") != 0
     assert _build(tmp_path / "A", context, busybox_layout,
                   "--cache-to", f"type=local,dest={dest},ignore-error=true") == 0
+
+
+def test_inline_cache_build_arg(tmp_path, context, busybox_layout, registry, capsys):
+    """--build-arg BUILDKIT_INLINE_CACHE=1 embeds the cache in the pushed image's config;
+    another store imports it with --cache-from type=registry,ref=IMAGE."""
+    require_runc()
+    image = f"{registry.host}/inline-cli:1"
+    assert _build(tmp_path / "A", context, busybox_layout, "--build-arg",
+                  "BUILDKIT_INLINE_CACHE=1", "-o", f"type=image,name={image},push=true") == 0
+    capsys.readouterr()
+    assert _build(tmp_path / "B", context, busybox_layout,
+                  "--cache-from", f"type=registry,ref={image}") == 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+             if line.startswith("{")]
+    vertexes = {v["digest"]: v for line in lines for v in line.get("vertexes") or []}
+    copies = [v for v in vertexes.values() if "COPY f /f" in v["name"]]
+    assert copies and all(v.get("cached") for v in copies)
