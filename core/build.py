@@ -348,14 +348,25 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
 
             sys.stdout.write(dump_llb(result.definition.to_bytes()))
             return 0
+        from pybk.core.multiplatform import platform_graphs
+
+        graphs = platform_graphs(result.metadata)
         try:
-            solved = client.solve(
-                result.definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
-                no_cache=request.no_cache and not request.no_cache_filter,
-                image_config=result.image_config, **solve_options(request))
+            if graphs is None:
+                solved = client.solve(
+                    result.definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
+                    no_cache=request.no_cache and not request.no_cache_filter,
+                    image_config=result.image_config, **solve_options(request))
+            else:
+                solved = client.solve_platforms(
+                    graphs, local_dirs=local_dirs, oci_layouts=oci_layouts,
+                    no_cache=request.no_cache and not request.no_cache_filter,
+                    **solve_options(request))
         except BuildError as exc:
             vertex = getattr(exc, "vertex", None)
-            where = source_excerpt(result.definition, vertex)
+            definitions = [result.definition] if graphs is None else [
+                definition for definition, _ in graphs.values()]
+            where = next(filter(None, (source_excerpt(d, vertex) for d in definitions)), None)
             if where is None:
                 raise
             raise SolveError(f"{exc}\n{where}", vertex=vertex) from None

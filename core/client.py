@@ -260,6 +260,40 @@ class Client:
         hook.pybk_build_finished(request=request, result=result, error=None)
         return result
 
+    def solve_platforms(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]], *,
+                        outputs: Sequence[Any] = (), export_info: Mapping[str, Any] | None = None,
+                        cache_exports: Sequence[Any] = (), **options: Any) -> Any:
+        """Solve one graph per platform (``{platform: (graph, image config)}``, in order) and
+        export them together: a :class:`pybk.core.multiplatform.MultiPlatformResult`. Other
+        options are :meth:`asolve`'s; remote caches are exported from the first platform."""
+        return asyncio.run(self.asolve_platforms(graphs, outputs=outputs,
+                                                 export_info=export_info,
+                                                 cache_exports=cache_exports, **options))
+
+    async def asolve_platforms(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]],
+                               *, outputs: Sequence[Any] = (),
+                               export_info: Mapping[str, Any] | None = None,
+                               cache_exports: Sequence[Any] = (), **options: Any) -> Any:
+        from pybk.core.multiplatform import MultiPlatformResult
+
+        exports = [self._resolve_output(o) for o in outputs]
+        results: dict[str, Any] = {}
+        for number, (platform, (graph, config)) in enumerate(graphs.items()):
+            results[platform] = await self.asolve(
+                graph, image_config=config,
+                cache_exports=cache_exports if number == 0 else (), **options)
+        first = next(iter(results.values()))
+        result = MultiPlatformResult(results, metadata=dict(first.metadata))
+        info = {"root": self.root, "registry_hosts": dict(self.config.registry),
+                **(export_info or {})}
+        responses = []
+        for instance in exports:
+            exported = await asyncio.to_thread(instance.export, result, info)
+            responses.append(dict(exported.response))
+            if exported.finalize is not None:
+                await asyncio.to_thread(exported.finalize)
+        return attrs.evolve(result, metadata={**result.metadata, "exporter.responses": responses})
+
     # -- exporting ---------------------------------------------------------------------
 
     def export_local(self, result: Any, dest_dir: str | os.PathLike[str]) -> int:

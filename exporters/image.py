@@ -296,6 +296,75 @@ def build_image(result: BuildResultView, settings: ImageSettings, info: Mapping[
                       descriptor_annotations=settings.descriptor_annotations, epoch=epoch)
 
 
+@attrs.frozen(eq=False)
+class BuiltIndex:
+    """A multi-platform image: one :class:`BuiltImage` per platform under an OCI index (or a
+    Docker manifest list), all in ``content``. It answers like a BuiltImage whose manifest is
+    the index, so layout and tarball writers treat both alike."""
+
+    content: Any
+    oci: bool
+    images: Mapping[str, BuiltImage]
+    manifest: dict[str, Any]
+    manifest_bytes: bytes
+    manifest_digest: str
+    epoch: int | None
+
+    @property
+    def media_type(self) -> str:
+        return self.manifest["mediaType"]
+
+    def descriptor(self, *, annotations: Mapping[str, str] | None = None,
+                   platform: bool = False) -> dict[str, Any]:
+        desc: dict[str, Any] = {"mediaType": self.media_type, "digest": self.manifest_digest,
+                                "size": len(self.manifest_bytes)}
+        if annotations:
+            desc["annotations"] = dict(annotations)
+        return desc
+
+    def blobs(self) -> list[tuple[str, int]]:
+        """Every platform's manifest and blobs, each once."""
+        seen: dict[str, int] = {}
+        for image in self.images.values():
+            seen.setdefault(image.manifest_digest, len(image.manifest_bytes))
+            for digest, size in image.blobs():
+                seen.setdefault(digest, size)
+        return list(seen.items())
+
+    def response(self, names: Sequence[str]) -> dict[str, Any]:
+        desc = json.dumps(self.descriptor(), separators=(",", ":")).encode()
+        out: dict[str, Any] = {"containerimage.digest": self.manifest_digest,
+                               "containerimage.descriptor": base64.b64encode(desc).decode()}
+        if names:
+            out["image.name"] = ",".join(names)
+        return out
+
+
+def build_images(result: BuildResultView, settings: ImageSettings, info: Mapping[str, Any],
+                 content: Any = None) -> BuiltImage | BuiltIndex:
+    """:func:`build_image`, or for a multi-platform result one image per platform and the
+    index over them (platform fields set; the index annotations go on the index)."""
+    from pybk.core.multiplatform import platform_results
+    from pybk.core.registry import DOCKER_MANIFEST_LIST, OCI_INDEX
+
+    results = platform_results(result)
+    content = content if content is not None else content_store_for(result, info)
+    if results is None:
+        return build_image(result, settings, info, content)
+    images = {platform: build_image(one, settings, info, content)
+              for platform, one in results.items()}
+    index: dict[str, Any] = {
+        "schemaVersion": 2, "mediaType": OCI_INDEX if settings.oci else DOCKER_MANIFEST_LIST,
+        "manifests": [image.descriptor(platform=True) for image in images.values()]}
+    if settings.index_annotations:
+        index["annotations"] = dict(settings.index_annotations)
+    index_bytes = _json_bytes(index)
+    first = next(iter(images.values()))
+    return BuiltIndex(content=content, oci=settings.oci, images=images, manifest=index,
+                      manifest_bytes=index_bytes, manifest_digest=content.put_bytes(index_bytes),
+                      epoch=first.epoch)
+
+
 # --------------------------------------------------------------------------------------------
 # Pushing
 # --------------------------------------------------------------------------------------------
@@ -314,18 +383,19 @@ class _HostSettings:
         return getattr(self._base, name, None)
 
 
-def push_image(image: BuiltImage, names: Sequence[str], *,
+def push_image(image: BuiltImage | BuiltIndex, names: Sequence[str], *,
                hosts: Mapping[str, Any] | None = None, insecure: bool = False,
                by_digest: bool = False) -> None:
-    """Push the image's blobs and manifest to every name (tag, or digest only)."""
+    """Push the image's blobs and manifest to every name (tag, or digest only); for an index,
+    every platform's image by digest, then the index."""
     asyncio.run(_push(image, names, hosts=dict(hosts or {}), insecure=insecure,
                       by_digest=by_digest))
 
 
-async def _push(image: BuiltImage, names: Sequence[str], *, hosts: dict[str, Any],
+async def _push(image: BuiltImage | BuiltIndex, names: Sequence[str], *, hosts: dict[str, Any],
                 insecure: bool, by_digest: bool) -> None:
     from pybk.core.registry import parse_reference
-    from pybk.core.registry.client import Descriptor, RegistryClient
+    from pybk.core.registry.client import RegistryClient
 
     refs = [parse_reference(n) for n in names]
     if insecure:
@@ -333,19 +403,31 @@ async def _push(image: BuiltImage, names: Sequence[str], *, hosts: dict[str, Any
             hosts[ref.domain] = _HostSettings(hosts.get(ref.domain), insecure=True)
     async with RegistryClient(hosts, image.content) as client:
         for ref in refs:
-            async def layer(exported: ExportedLayer, ref: Any = ref) -> None:
-                blob = exported.blob
-                source = parse_reference(blob.source) if blob.source else None
-                await client.push_blob(
-                    ref, Descriptor(blob.media_type(image.oci), blob.digest, blob.size),
-                    mount_from=source if source is not None and source.domain == ref.domain
-                    else None)
+            if isinstance(image, BuiltIndex):
+                for one in image.images.values():
+                    await _push_one(client, one, ref, by_digest=True)
+                await client.push_manifest(ref, image.manifest_bytes, image.media_type,
+                                           by_digest=by_digest)
+            else:
+                await _push_one(client, image, ref, by_digest=by_digest)
 
-            await asyncio.gather(*(layer(e) for e in image.layers))
-            cfg = image.config_descriptor
-            await client.push_blob(ref, Descriptor(cfg["mediaType"], cfg["digest"], cfg["size"]))
-            await client.push_manifest(ref, image.manifest_bytes, image.media_type,
-                                       by_digest=by_digest)
+
+async def _push_one(client: Any, image: BuiltImage, ref: Any, *, by_digest: bool) -> None:
+    from pybk.core.registry import parse_reference
+    from pybk.core.registry.client import Descriptor
+
+    async def layer(exported: ExportedLayer) -> None:
+        blob = exported.blob
+        source = parse_reference(blob.source) if blob.source else None
+        await client.push_blob(
+            ref, Descriptor(blob.media_type(image.oci), blob.digest, blob.size),
+            mount_from=source if source is not None and source.domain == ref.domain
+            else None)
+
+    await asyncio.gather(*(layer(e) for e in image.layers))
+    cfg = image.config_descriptor
+    await client.push_blob(ref, Descriptor(cfg["mediaType"], cfg["digest"], cfg["size"]))
+    await client.push_manifest(ref, image.manifest_bytes, image.media_type, by_digest=by_digest)
 
 
 def register_unpacked(result: BuildResultView, image: BuiltImage) -> None:
@@ -381,7 +463,7 @@ class _ImageInstance(ExporterInstance):
         from pybk.exporters import imagestore
 
         content = content_store_for(result, info)
-        image = build_image(result, self.settings, info, content)
+        image = build_images(result, self.settings, info, content)
         names = list(self.settings.names)
         opts = self.options
         if opts.store:
@@ -390,7 +472,11 @@ class _ImageInstance(ExporterInstance):
             if stored:
                 imagestore.put(content.root, stored, image.descriptor(platform=True))
         if opts.unpack:
-            register_unpacked(result, image)
+            from pybk.core.multiplatform import platform_results
+
+            results = platform_results(result)
+            for platform, one in (results or {"": result}).items():
+                register_unpacked(one, image.images[platform] if results else image)
         if opts.push:
             push_image(image, names, hosts=info.get("registry_hosts"),
                        insecure=opts.registry_insecure, by_digest=opts.push_by_digest)

@@ -79,13 +79,27 @@ def copy_tree(src: str, dest: str) -> int:
     return count
 
 
+def split_results(result: BuildResultView,
+                  platform_split: bool | None) -> list[tuple[str, BuildResultView]]:
+    """``(subdirectory, result)`` pairs to export: for a multi-platform result one per platform
+    (``linux_amd64`` …) unless ``platform-split=false``, which puts them all at the top."""
+    from pybk.core.multiplatform import platform_results, split_name
+
+    results = platform_results(result)
+    if results is None:
+        return [("", result)]
+    split = platform_split is not False
+    return [(split_name(platform) if split else "", one) for platform, one in results.items()]
+
+
 class _LocalInstance(ExporterInstance):
     def __init__(self, options: LocalOptions):
         self.options = options
 
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
-        with result.mount() as root:
-            copy_tree(root, self.options.dest)
+        for subdir, one in split_results(result, self.options.platform_split):
+            with one.mount() as root:
+                copy_tree(root, os.path.join(self.options.dest, subdir))
         return ExportResponse({})
 
 
@@ -113,13 +127,17 @@ class _TarInstance(ExporterInstance):
         dest = self.options.dest
         out = sys.stdout.buffer if dest == "-" else open(dest + ".tmp", "wb")  # noqa: SIM115
         try:
-            with result.mount() as root, tarfile.open(fileobj=out, mode="w|",
-                                                      format=tarfile.PAX_FORMAT) as tar:
-                for dirpath, dirnames, filenames in os.walk(root):
-                    dirnames.sort()
-                    for name in sorted(dirnames) + sorted(filenames):
-                        path = os.path.join(dirpath, name)
-                        tar.add(path, arcname=os.path.relpath(path, root), recursive=False)
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for subdir, one in split_results(result, self.options.platform_split):
+                    with one.mount() as root:
+                        if subdir:
+                            tar.add(root, arcname=subdir, recursive=False)
+                        for dirpath, dirnames, filenames in os.walk(root):
+                            dirnames.sort()
+                            for name in sorted(dirnames) + sorted(filenames):
+                                path = os.path.join(dirpath, name)
+                                arcname = os.path.join(subdir, os.path.relpath(path, root))
+                                tar.add(path, arcname=arcname, recursive=False)
         finally:
             if out is not sys.stdout.buffer:
                 out.close()

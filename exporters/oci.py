@@ -25,9 +25,10 @@ from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, Ex
 from pybk.core.registry import OCI_INDEX
 from pybk.exporters.image import (
     BuiltImage,
+    BuiltIndex,
     CommonImageOptions,
     ImageSettings,
-    build_image,
+    build_images,
     check_common,
 )
 from pybk.exporters.imagestore import NAME_ANNOTATION, REF_NAME_ANNOTATION
@@ -46,7 +47,7 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algorithm}/{hexpart}"
 
 
-def index_entries(image: BuiltImage, names: Sequence[str]) -> list[dict[str, Any]]:
+def index_entries(image: BuiltImage | BuiltIndex, names: Sequence[str]) -> list[dict[str, Any]]:
     """One index.json entry per name (one without names when there are none)."""
     from pybk.core.registry import parse_reference
 
@@ -62,7 +63,7 @@ def index_entries(image: BuiltImage, names: Sequence[str]) -> list[dict[str, Any
     return out
 
 
-def layout_index(image: BuiltImage, names: Sequence[str],
+def layout_index(image: BuiltImage | BuiltIndex, names: Sequence[str],
                  annotations: Mapping[str, str]) -> dict[str, Any]:
     index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX,
                              "manifests": index_entries(image, names)}
@@ -71,15 +72,20 @@ def layout_index(image: BuiltImage, names: Sequence[str],
     return index
 
 
-def docker_manifest(image: BuiltImage, names: Sequence[str]) -> tuple[bytes, bytes]:
-    """``manifest.json`` and ``repositories`` of a ``docker load`` tarball."""
+def docker_manifest(image: BuiltImage | BuiltIndex,
+                    names: Sequence[str]) -> tuple[bytes, bytes]:
+    """``manifest.json`` and ``repositories`` of a ``docker load`` tarball (for an index, one
+    entry per platform, the names on the first)."""
     from pybk.core.registry import parse_reference
 
     refs = [parse_reference(n) for n in names]
     tags = [r.familiar for r in refs if r.tag]
-    manifest = [{"Config": _blob_name(image.config_descriptor["digest"]),
-                 "RepoTags": tags or None,
-                 "Layers": [_blob_name(layer.blob.digest) for layer in image.layers]}]
+    images = list(image.images.values()) if isinstance(image, BuiltIndex) else [image]
+    manifest = [{"Config": _blob_name(one.config_descriptor["digest"]),
+                 "RepoTags": (tags or None) if number == 0 else None,
+                 "Layers": [_blob_name(layer.blob.digest) for layer in one.layers]}
+                for number, one in enumerate(images)]
+    image = images[0]
     repositories: dict[str, dict[str, str]] = {}
     if image.layers:
         top = image.layers[-1].blob.digest.partition(":")[2]
@@ -90,7 +96,7 @@ def docker_manifest(image: BuiltImage, names: Sequence[str]) -> tuple[bytes, byt
             json.dumps(repositories, separators=(",", ":")).encode())
 
 
-def write_archive(image: BuiltImage, names: Sequence[str], out: IO[bytes], *, docker: bool,
+def write_archive(image: BuiltImage | BuiltIndex, names: Sequence[str], out: IO[bytes], *, docker: bool,
                   index_annotations: Mapping[str, str] = {}) -> None:  # noqa: B006
     """Stream the image as a tarball: ``oci-layout``, blobs, ``index.json`` (and for Docker
     ``manifest.json`` and ``repositories``). Entry times are SOURCE_DATE_EPOCH, or 0."""
@@ -123,7 +129,7 @@ def write_archive(image: BuiltImage, names: Sequence[str], out: IO[bytes], *, do
             data("repositories", repositories)
 
 
-def write_layout(image: BuiltImage, names: Sequence[str], dest: str, *,
+def write_layout(image: BuiltImage | BuiltIndex, names: Sequence[str], dest: str, *,
                  index_annotations: Mapping[str, str] = {}) -> None:  # noqa: B006
     """Write (or add to) an OCI layout directory; entries with the same names are replaced."""
     os.makedirs(os.path.join(dest, "blobs", "sha256"), exist_ok=True)
@@ -160,7 +166,7 @@ class _ArchiveInstance(ExporterInstance):
         self.docker = docker
 
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
-        image = build_image(result, self.settings, info)
+        image = build_images(result, self.settings, info)
         names = self.settings.names
         dest = self.options.dest
         annotations = self.settings.index_annotations

@@ -531,6 +531,10 @@ class BuildRunner(OpRunner):
     async def _exec(self, vertex: Vertex, op: ExecOp, inputs: list[Ref],
                     vp: VertexProgress) -> VertexOutcome:
         self._check_entitlements(vertex, op)
+        if vertex.op.platform is not None:
+            from pybk.core.multiplatform import check_executable
+
+            check_executable(vertex.op.platform)
         meta = op.meta
         assert meta is not None
         env = list(meta.env)

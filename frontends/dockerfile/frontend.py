@@ -82,6 +82,30 @@ def named_contexts(opts: Mapping[str, str], bridge: FrontendBridge,
     return contexts
 
 
+def platforms(opts: Mapping[str, str]) -> list[str]:
+    """The ``platform`` opt as a list (empty: the host platform)."""
+    return [p.strip() for p in (opts.get("platform") or "").split(",") if p.strip()]
+
+
+def multi_platform_result(targets: list[str],
+                          convert_one: Any) -> FrontendResult:
+    """A result for several target platforms: ``convert_one(platform)`` gives each platform's
+    ``(definition, image_config)``; the first is the result's own definition and config, and
+    the metadata holds every platform's (BuildKit's keys: ``refs.platforms``,
+    ``containerimage.config/<platform>``, plus ``definition/<platform>``)."""
+    import json
+
+    metadata: dict[str, bytes] = {"refs.platforms": json.dumps(targets).encode()}
+    first: tuple[Any, Any] | None = None
+    for platform in targets:
+        definition, config = convert_one(platform)
+        first = first or (definition, config)
+        metadata[f"definition/{platform}"] = definition.to_bytes()
+        metadata[f"containerimage.config/{platform}"] = json.dumps(config or {}).encode()
+    assert first is not None
+    return FrontendResult(definition=first[0], image_config=first[1], metadata=metadata)
+
+
 def no_cache_stages(opts: Mapping[str, str]) -> list[str] | None:
     """``no-cache``: absent = use the cache; empty = every stage; ``a,b`` = those stages."""
     if "no-cache" not in opts:
@@ -129,20 +153,26 @@ class DockerfileFrontend(Frontend):
                     if requestid == "frontend.outline"
                     else convert.targets(data, filename=filename))
             return FrontendResult(definition=Definition(), metadata={"result.txt": text.encode()})
-        platform = (opts.get("platform") or "").split(",")[0] or None
+        targets = platforms(opts)
         excludes = ignore_patterns(bridge, filename)
         self._lint(data, filename, args, target, excludes, bridge)
         network = opts.get("force-network-mode") or None
-        converted = convert.dockerfile_to_llb(
-            data, filename=filename, target=target, build_args=args,
-            named_contexts=named_contexts(opts, bridge, platform),
-            image_resolver=lambda ref, p: bridge.resolve_image_config(ref, p)[1],
-            target_platform=platform, exclude_patterns=excludes,
-            no_cache_stages=no_cache_stages(opts), extra_hosts=extra_hosts(opts),
-            network_mode=network if network in ("none", "host") else None,
-            labels=labels(opts), warn=bridge.warn)
-        return FrontendResult(definition=converted.state.marshal(platform),
-                              image_config=converted.image_config)
+
+        def convert_one(platform: str | None) -> tuple[Any, Any]:
+            converted = convert.dockerfile_to_llb(
+                data, filename=filename, target=target, build_args=args,
+                named_contexts=named_contexts(opts, bridge, platform),
+                image_resolver=lambda ref, p: bridge.resolve_image_config(ref, p)[1],
+                target_platform=platform, exclude_patterns=excludes,
+                no_cache_stages=no_cache_stages(opts), extra_hosts=extra_hosts(opts),
+                network_mode=network if network in ("none", "host") else None,
+                labels=labels(opts), warn=bridge.warn)
+            return converted.state.marshal(platform), converted.image_config
+
+        if len(targets) > 1:
+            return multi_platform_result(targets, convert_one)
+        definition, config = convert_one(targets[0] if targets else None)
+        return FrontendResult(definition=definition, image_config=config)
 
     @staticmethod
     def _lint(data: bytes, filename: str, args: Mapping[str, str], target: str | None,

@@ -3,6 +3,8 @@ config out. Frontend options, named contexts and ``.dockerignore`` work as for D
 
 from __future__ import annotations
 
+from typing import Any
+
 from pybk.core.interfaces import Frontend, FrontendBridge, FrontendRequest, FrontendResult
 
 
@@ -54,8 +56,9 @@ class YamlFrontend(Frontend):
         data = bridge.read_file("dockerfile", filename)
         args = df.build_args(opts)
         requestid = opts.get("requestid", "")
-        platform = (opts.get("platform") or "").split(",")[0] or None
-        contexts = {} if requestid else df.named_contexts(opts, bridge, platform)
+        targets = df.platforms(opts)
+        first = targets[0] if targets else None
+        contexts = {} if requestid else df.named_contexts(opts, bridge, first)
         known = set(contexts) | {k[len("context:"):].split("::", 1)[0]
                                  for k in opts if k.startswith("context:")}
         loaded = convert.load_pipeline(data, filename, contexts=known)
@@ -65,14 +68,21 @@ class YamlFrontend(Frontend):
                     else targets_text(loaded))
             return FrontendResult(definition=Definition(), metadata={"result.txt": text.encode()})
         network = opts.get("force-network-mode") or None
-        converted = convert_dockerfile(
-            convert.pipeline_to_dockerfile(loaded), data, language=convert.LANGUAGE,
-            target=convert.default_target(loaded, target), build_args=args,
-            named_contexts=contexts,
-            image_resolver=lambda ref, p: bridge.resolve_image_config(ref, p)[1],
-            target_platform=platform, exclude_patterns=df.ignore_patterns(bridge, filename),
-            no_cache_stages=df.no_cache_stages(opts), extra_hosts=df.extra_hosts(opts),
-            network_mode=network if network in ("none", "host") else None,
-            labels=df.labels(opts), warn=bridge.warn)
-        return FrontendResult(definition=converted.state.marshal(platform),
-                              image_config=converted.image_config)
+
+        def convert_one(platform: str | None) -> tuple[Any, Any]:
+            converted = convert_dockerfile(
+                convert.pipeline_to_dockerfile(loaded), data, language=convert.LANGUAGE,
+                target=convert.default_target(loaded, target), build_args=args,
+                named_contexts=contexts if platform == first else df.named_contexts(
+                    opts, bridge, platform),
+                image_resolver=lambda ref, p: bridge.resolve_image_config(ref, p)[1],
+                target_platform=platform, exclude_patterns=df.ignore_patterns(bridge, filename),
+                no_cache_stages=df.no_cache_stages(opts), extra_hosts=df.extra_hosts(opts),
+                network_mode=network if network in ("none", "host") else None,
+                labels=df.labels(opts), warn=bridge.warn)
+            return converted.state.marshal(platform), converted.image_config
+
+        if len(targets) > 1:
+            return df.multi_platform_result(targets, convert_one)
+        definition, config = convert_one(first)
+        return FrontendResult(definition=definition, image_config=config)
