@@ -331,6 +331,8 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
         frontend_cls = registry.get(name)
     if request.call in ("outline", "targets"):
         opts["requestid"] = f"frontend.{request.call}"
+    elif request.call == "check":
+        opts["requestid"] = "frontend.lint"
     client = Client(root=root, config=config)
     try:
         bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
@@ -341,8 +343,10 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
         for message in bridge.warnings:
             print(f"WARNING: {message}", file=sys.stderr)
         if "requestid" in opts:
-            sys.stdout.write(bytes(result.metadata.get("result.txt", b"")).decode())
-            return 0
+            status = int(bytes(result.metadata.get("result.statuscode", b"0")) or 0)
+            text = bytes(result.metadata.get("result.txt", b"")).decode()
+            (sys.stderr if status else sys.stdout).write(text)
+            return status
         if request.print_llb:
             from pybk.core.llb.dump import dump_llb
 

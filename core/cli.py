@@ -218,14 +218,6 @@ def resolve_plugin_options(pm: Any, specs: Sequence[Any], flag: str, registry: A
 
 def cmd_build(ns: argparse.Namespace) -> int:
     request = parse_build_request(ns)
-    if request.call == "check":
-        from pybk.frontends.dockerfile.cli_support import check_command
-
-        path = request.file or os.path.join(request.context, "Dockerfile")
-        text, code = check_command(path, dict(request.build_args), request.target)
-        if text:
-            print(text, file=sys.stderr if code else sys.stdout)
-        return code
     if request.llb:
         from pybk.core.build import run_llb_build
 

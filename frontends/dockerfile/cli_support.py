@@ -44,6 +44,11 @@ def check_command(
     patterns = load_patterns(context, dockerfile_path)
     filename = os.path.basename(dockerfile_path)
     report = run_checks(data, filename, build_args, target, patterns)
+    return format_check_report(data, report)
+
+
+def format_check_report(data: bytes, report) -> tuple[str, int]:
+    """The ``--check`` report like buildx prints it, and the exit code (0 clean, 1 otherwise)."""
     if not report.warnings:
         return "Check complete, no warnings found.\n", 0
     lines = data.decode("utf-8", "replace").split("\n")

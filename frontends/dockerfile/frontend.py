@@ -7,8 +7,16 @@ from typing import Any
 
 from pybk.core.interfaces import Frontend, FrontendBridge, FrontendRequest, FrontendResult
 
-#: ``requestid`` values answered with text instead of a build (``--call``)
-SUBREQUESTS = ("frontend.outline", "frontend.targets")
+#: ``requestid`` values answered with text instead of a build (``--call``, ``--check``)
+SUBREQUESTS = ("frontend.outline", "frontend.targets", "frontend.lint")
+
+
+def text_result(text: str, status: int = 0) -> FrontendResult:
+    """A subrequest's answer: ``result.txt`` to print and ``result.statuscode`` to exit with."""
+    from pybk.core.llb import Definition
+
+    return FrontendResult(definition=Definition(), metadata={
+        "result.txt": text.encode(), "result.statuscode": str(status).encode()})
 
 
 def build_args(opts: Mapping[str, str]) -> dict[str, str]:
@@ -139,7 +147,6 @@ class DockerfileFrontend(Frontend):
         return None if name == cls.name else (name, forwarded)
 
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
-        from pybk.core.llb import Definition
         from pybk.frontends.dockerfile import convert
 
         opts = request.opts
@@ -148,11 +155,16 @@ class DockerfileFrontend(Frontend):
         target = opts.get("target") or None
         args = build_args(opts)
         requestid = opts.get("requestid", "")
+        if requestid == "frontend.lint":
+            from pybk.frontends.dockerfile.checks import run_checks
+            from pybk.frontends.dockerfile.cli_support import format_check_report
+
+            report = run_checks(data, filename, args, target, ignore_patterns(bridge, filename))
+            return text_result(*format_check_report(data, report))
         if requestid in SUBREQUESTS:
-            text = (convert.outline(data, filename=filename, target=target, build_args=args)
-                    if requestid == "frontend.outline"
-                    else convert.targets(data, filename=filename))
-            return FrontendResult(definition=Definition(), metadata={"result.txt": text.encode()})
+            return text_result(
+                convert.outline(data, filename=filename, target=target, build_args=args)
+                if requestid == "frontend.outline" else convert.targets(data, filename=filename))
         targets = platforms(opts)
         excludes = ignore_patterns(bridge, filename)
         self._lint(data, filename, args, target, excludes, bridge)

@@ -46,7 +46,6 @@ class YamlFrontend(Frontend):
     name = "yaml.v0"
 
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
-        from pybk.core.llb import Definition
         from pybk.frontends.dockerfile import frontend as df
         from pybk.frontends.dockerfile.convert import convert_dockerfile
         from pybk.frontends.yaml import convert
@@ -63,10 +62,12 @@ class YamlFrontend(Frontend):
                                  for k in opts if k.startswith("context:")}
         loaded = convert.load_pipeline(data, filename, contexts=known)
         target = opts.get("target") or None
+        if requestid == "frontend.lint":
+            # loading checked the whole pipeline; a problem would have raised a located error
+            return df.text_result("Check complete, no warnings found.\n")
         if requestid in df.SUBREQUESTS:
-            text = (outline_text(loaded, target, args) if requestid == "frontend.outline"
-                    else targets_text(loaded))
-            return FrontendResult(definition=Definition(), metadata={"result.txt": text.encode()})
+            return df.text_result(outline_text(loaded, target, args)
+                                  if requestid == "frontend.outline" else targets_text(loaded))
         network = opts.get("force-network-mode") or None
 
         def convert_one(platform: str | None) -> tuple[Any, Any]:

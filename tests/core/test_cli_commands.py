@@ -87,3 +87,15 @@ def test_debug_yaml_schema_matches_docs(capsys):
     docs = Path(__file__).resolve().parents[2] / "docs" / "yaml-schema.json"
     assert schema == json.loads(docs.read_text())
     assert "stages" in schema["properties"]
+
+
+def test_check_goes_through_the_chosen_frontend(tmp_path, capsys):
+    """--check is the frontend's lint subrequest: a YAML pipeline is checked by yaml.v0."""
+    pipeline = _write(tmp_path, "version: 1\nstages:\n  app:\n    from: scratch\n",
+                      "pipeline.yaml")
+    assert main(["build", "--check", "-f", str(pipeline), str(tmp_path)]) == 0
+    assert "no warnings found" in capsys.readouterr().out
+    _write(tmp_path, "version: 1\nstages:\n  app:\n    form: scratch\n", "pipeline.yaml")
+    assert main(["build", "--check", "-f", str(pipeline), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline.yaml:4:" in err and "form" in err
