@@ -25,7 +25,7 @@ import secrets
 import stat
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -594,6 +594,22 @@ class _StoreSnapshotter(Snapshotter):
             seen |= sources
         return False
 
+    def _build_once(self, info: SnapshotInfo, target: Path,
+                    fill: Callable[[str], None]) -> None:
+        """Fill a fresh directory with ``fill(path)`` and rename it to ``target``; another
+        process that got there first wins (its copy is the same)."""
+        temp = self.store.process_tmp(f"{target.name}-{secrets.token_hex(6)}")
+        temp.mkdir()
+        try:
+            fill(str(temp))
+            os.rename(temp, target)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        finally:
+            remove_path(str(temp))
+        self._forget_size(info)
+
     def _apply_chain(self, chain: Sequence[str], target: str) -> None:
         for k in chain:
             apply_layer(self.layer_dir(k), target)
@@ -683,17 +699,7 @@ class OverlaySnapshotter(_StoreSnapshotter):
         flat = self.dir(info) / "flat"
         if flat.is_dir():
             return str(flat)
-        temp = self.store.process_tmp(f"flat-{secrets.token_hex(6)}")
-        temp.mkdir()
-        try:
-            self._apply_chain(info.chain, str(temp))
-            os.rename(temp, flat)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-        finally:
-            remove_path(str(temp))
-        self._forget_size(info)
+        self._build_once(info, flat, lambda temp: self._apply_chain(info.chain, temp))
         return str(flat)
 
     def _overlay(self, lowers: Sequence[str], *extra: str) -> list[Mount]:
@@ -754,18 +760,9 @@ class NativeSnapshotter(_StoreSnapshotter):
             return str(directory / "fs")
         if info.kind != "committed":
             raise StoreError(f"snapshot {key!r} is not committed: it has no layer yet")
-        temp = self.store.process_tmp(f"layer-{secrets.token_hex(6)}")
-        temp.mkdir()
-        try:
-            tree_diff(str(self.dir(self._require(info.parent)) / "fs"), str(directory / "fs"),
-                      str(temp))
-            os.rename(temp, layer)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-        finally:
-            remove_path(str(temp))
-        self._forget_size(info)
+        parent_fs = str(self.dir(self._require(info.parent)) / "fs")
+        self._build_once(info, layer, lambda temp: tree_diff(parent_fs, str(directory / "fs"),
+                                                             temp))
         return str(layer)
 
     def _create_active(self, info: SnapshotInfo, parent: SnapshotInfo | None) -> None:
