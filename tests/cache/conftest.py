@@ -9,9 +9,7 @@ import uuid
 import attrs
 import pytest
 from support.cachefixtures import cache_azurite, cache_gha, moto_s3  # noqa: F401
-from support.engine import CountingExecutor, runc_missing
-
-from pybk.core.config import Config
+from support.engine import counting_client, runc_missing
 
 
 @pytest.fixture
@@ -20,16 +18,11 @@ def new_client(tmp_path):
     reason = runc_missing()
     if reason:
         pytest.skip(reason)
-    from pybk.core.client import Client
-    from pybk.workers.plugin import OCIWorker
 
     clients = []
 
     def make(name: str):
-        root = str(tmp_path / f"store-{name}")
-        executor = CountingExecutor(OCIWorker(root=root).executor())
-        client = Client(root=root, config=Config(root=root), executor=executor)
-        client.executor = executor
+        client = counting_client(tmp_path / f"store-{name}")
         clients.append(client)
         return client
 

@@ -3,17 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support.engine import runc_missing
-
-
-def open_client(root):
-    from pybk.core.client import Client
-    from pybk.core.config import Config
-    from pybk.workers.plugin import OCIWorker
-
-    root = str(root)
-    return Client(root=root, config=Config(root=root),
-                  executor=OCIWorker(root=root).executor())
+from support.engine import counting_client, runc_missing
 
 
 @pytest.fixture
@@ -24,7 +14,7 @@ def make_client(tmp_path):
     clients = []
 
     def make(name: str = "store"):
-        client = open_client(tmp_path / name)
+        client = counting_client(tmp_path / name)
         clients.append(client)
         return client
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support.engine import CountingExecutor, runc_missing
+from support.engine import counting_client, runc_missing
 
 from pybk.core.config import Config
 from pybk.core.progress import EventRecorder
@@ -19,8 +19,6 @@ def make_client(store_root):
     reason = runc_missing()
     if reason:
         pytest.skip(reason)
-    from pybk.core.client import Client
-    from pybk.workers.plugin import OCIWorker
 
     clients = []
 
@@ -30,9 +28,7 @@ def make_client(store_root):
         base = Config(root=store_root)
         oci = attrs.evolve(base.worker.oci, max_parallelism=max_parallelism)
         config = attrs.evolve(base, worker=attrs.evolve(base.worker, oci=oci))
-        executor = CountingExecutor(OCIWorker(root=store_root).executor())
-        client = Client(root=store_root, config=config, executor=executor)
-        client.executor = executor
+        client = counting_client(store_root, config)
         clients.append(client)
         return client
 

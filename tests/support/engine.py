@@ -39,3 +39,16 @@ class CountingExecutor(Executor):
     async def run(self, process, root, mounts=(), **kw):
         self.calls += 1
         return await self.inner.run(process, root, mounts, **kw)
+
+
+def counting_client(root, config=None):
+    """A Client on the store ``root`` whose runc runs are counted (``client.executor.calls``)."""
+    from pybk.core.client import Client
+    from pybk.core.config import Config
+    from pybk.workers.plugin import OCIWorker
+
+    root = str(root)
+    executor = CountingExecutor(OCIWorker(root=root).executor())
+    client = Client(root=root, config=config or Config(root=root), executor=executor)
+    client.executor = executor
+    return client
