@@ -308,6 +308,10 @@ def test_cancellation_kills_container_and_cleans_up(run, state_dir, tmp_path):
             run.process(f"echo started; exec sleep {marker}", network="none"), run.root,
             mounts, secrets=[secret], stdout=on_out))
         await asyncio.wait_for(started.wait(), 10)
+        # "started" is echoed before the shell execs sleep: wait for the sleep to exist
+        deadline = time.monotonic() + 10
+        while not _processes_with(marker) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         assert _processes_with(marker)
         t0 = time.monotonic()
         task.cancel()
