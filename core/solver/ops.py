@@ -197,6 +197,9 @@ class BuildRunner(OpRunner):
         self._local_sums: dict[str, str] = {}
         self._images: dict[str, Any] = {}
         self._held: list[Any] = []
+        #: per shared key: the filters of the source that synced the shared copy, and a gate
+        self._local_filters: dict[str, bytes] = {}
+        self._local_gates: dict[str, asyncio.Lock] = {}
         #: imported remote caches (:class:`pybk.cachebackends.importer.RemoteCache`), if any
         self.remote: Any = None
 
@@ -204,6 +207,7 @@ class BuildRunner(OpRunner):
         """Let go of the locks this build holds (local directories)."""
         held, self._held = self._held, []
         self._local_sums.clear()
+        self._local_filters.clear()
         for lock in held:
             lock.release()
 
@@ -439,9 +443,18 @@ class BuildRunner(OpRunner):
         shared = attrs_.get("local.sharedkeyhint") or os.path.abspath(client_dir)
         shared = sha256_digest(f"{shared}\0{os.path.abspath(client_dir)}".encode())[7:23]
         vp.start()
-        lock = self.store.local_lock(name, shared)
-        await lock.acquire_async()
-        self._held.append(lock)
+        # one build may read a directory through differently filtered sources: the first syncs
+        # into the shared copy, each other filter into a copy of its own (the shared one is
+        # read, under this build's lock, until the build ends)
+        filters = json.dumps([include, exclude, follow]).encode()
+        async with self._local_gates.setdefault(shared, asyncio.Lock()):
+            claimed = self._local_filters.setdefault(shared, filters)
+            if claimed != filters:
+                shared = f"{shared}-{sha256_digest(filters)[7:15]}"
+            lock = self.store.local_lock(name, shared)
+            if not any(held.path == lock.path for held in self._held):
+                await lock.acquire_async()
+                self._held.append(lock)
         dest = str(self.store.local_dir(name, shared))
         stats = await asyncio.to_thread(
             sync_local, client_dir, dest, include_patterns=include, exclude_patterns=exclude,

@@ -88,6 +88,36 @@ def test_local_context_change_recopies_one_file(make_client, busybox_ref, tmp_pa
     assert (tmp_path / "out2" / "app" / "d3" / "f7.txt").read_text() == "changed\n"
 
 
+def test_one_directory_through_differently_filtered_sources(make_client, tmp_path):
+    # two sources of one local name with other filters: each sees its own files, the build
+    # neither waits on its own lock nor lets one sync clobber the other's view
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("A")
+    (ctx / "b.txt").write_text("B")
+    only_a = llb.local("context", include_patterns=["a.txt"])
+    only_b = llb.local("context", include_patterns=["b.txt"])
+    state = (llb.scratch()
+             .file(llb.copy(only_a, "/", "/a", create_dest_path=True))
+             .file(llb.copy(only_b, "/", "/b", create_dest_path=True)))
+
+    def build(out):
+        rec = EventRecorder()
+        client = make_client()
+        result = asyncio.run(asyncio.wait_for(
+            client.asolve(state, local_dirs={"context": str(ctx)}, progress=rec), 60))
+        client.export_local(result, out)
+        return sorted(s.id for s in rec.statuses() if s.id.startswith("transferring"))
+
+    assert build(tmp_path / "out1") == ["transferring context: 1 files copied, 0 removed"] * 2
+    assert sorted(os.listdir(tmp_path / "out1" / "a")) == ["a.txt"]
+    assert sorted(os.listdir(tmp_path / "out1" / "b")) == ["b.txt"]
+    (ctx / "b.txt").write_text("B2")
+    build(tmp_path / "out2")
+    assert sorted(os.listdir(tmp_path / "out2" / "a")) == ["a.txt"]
+    assert (tmp_path / "out2" / "b" / "b.txt").read_text() == "B2"
+
+
 def test_cache_mount_persists_and_is_not_in_results(client, busybox_ref, tmp_path):
     base = llb.image(busybox_ref)
     cache = llb.cache_mount("/cache", "pkgs")
