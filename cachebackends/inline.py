@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -36,9 +36,11 @@ def inline_config(key: str, layers: Sequence[Any], output: int = 0) -> str | Non
     return base64.b64encode(builder.build().to_json(annotations=False)).decode()
 
 
-def inline_hook(key: str, output: int = 0) -> Callable[[Sequence[Any]], str | None]:
-    """What the client puts in ``info["inline_cache"]`` for the image exporter."""
-    return lambda layers: inline_config(key, layers, output)
+def inline_cache(result: Any, layers: Sequence[Any]) -> str | None:
+    """What the client puts in ``info["inline_cache"]`` for the image exporter: the inline
+    cache of one solved result (a platform's) exported with ``layers``."""
+    key = getattr(result, "cache_key", "")
+    return inline_config(key, layers, getattr(result, "cache_output", 0)) if key else None
 
 
 def read_inline(config_bytes: bytes, layers: Sequence[Mapping[str, Any]], what: str) -> CacheConfig:

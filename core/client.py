@@ -170,73 +170,76 @@ class Client:
             export's.
         :raises pybk.core.errors.BuildError: a step failed (the first failure cancels the rest).
         """
-        from pybk.core.content import ContentStore
-        from pybk.core.registry.client import RegistryClient
-        from pybk.core.solver.ops import Session
-        from pybk.core.solver.results import SolveResult
-        from pybk.core.solver.scheduler import Scheduler
-        from pybk.core.solver.vertex import load_graph
+        return await self._build(
+            {"": (graph, image_config)}, local_dirs=local_dirs, secrets=secrets, ssh=ssh,
+            entitlements=entitlements, no_cache=no_cache, progress=progress, outputs=outputs,
+            oci_layouts=oci_layouts, request=request, export_info=export_info,
+            cache_imports=cache_imports, cache_exports=cache_exports)
 
-        definition = _as_definition(graph)
+    def solve_platforms(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]],
+                        **options: Any) -> Any:
+        """Solve one graph per platform (``{platform: (graph, image config)}``, in order) and
+        export them together: a :class:`pybk.core.multiplatform.MultiPlatformResult`. Options
+        are :meth:`asolve`'s; see :meth:`asolve_platforms`."""
+        return asyncio.run(self.asolve_platforms(graphs, **options))
+
+    async def asolve_platforms(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]],
+                               **options: Any) -> Any:
+        """The platforms are solved concurrently, sharing identical vertices (the build
+        context); a remote cache export holds the records of every platform."""
+        return await self._build(dict(graphs), multi=True, **options)
+
+    async def _build(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]], *,
+                     multi: bool = False, local_dirs: Mapping[str, str] | None = None,
+                     secrets: Mapping[str, bytes] | None = None,
+                     ssh: Mapping[str, str] | None = None, entitlements: Iterable[str] = (),
+                     no_cache: bool = False, progress: ProgressArg = "auto",
+                     outputs: Sequence[Any] = (),
+                     oci_layouts: Mapping[str, str] | None = None, request: Any = None,
+                     export_info: Mapping[str, Any] | None = None,
+                     cache_imports: Sequence[Any] = (),
+                     cache_exports: Sequence[Any] = ()) -> Any:
+        """One build: solve each graph (concurrently), then run the exports and cache exports
+        once over the result (a MultiPlatformResult when ``multi``)."""
+        from pybk.core.solver.ops import Session
+
+        definitions = {platform: (_as_definition(graph), config)
+                       for platform, (graph, config) in graphs.items()}
         hook = self.plugins.hook
         exports = [self._resolve_output(o) for o in outputs]
         importers = [self._resolve_cache(c, "--cache-from") for c in cache_imports]
         cache_to = _check_cache_exports([self._resolve_cache(c, "--cache-to")
                                          for c in cache_exports])
+        modes = {e.mode for e in cache_to if not _is_inline(e)}
         renderers, sinks = _progress_sinks(progress)
         bus = Progress(*sinks, *renderers, lambda status: hook.pybk_progress(event=status))
         hook.pybk_build_started(request=request)
         result: Any = None
-        cache_entries: dict[str, Any] = {}
-        head_index = 0
         try:
-            if not definition.ops:
-                from pybk.core.solver.results import SCRATCH_REF, VertexStats
+            session = Session(local_dirs={k: os.path.abspath(v)
+                                          for k, v in (local_dirs or {}).items()},
+                              secrets=dict(secrets or {}), ssh=dict(ssh or {}),
+                              entitlements=frozenset(entitlements),
+                              oci_layouts={k: os.path.abspath(v)
+                                           for k, v in (oci_layouts or {}).items()})
+            solved = await self._solve_graphs(definitions, session=session, bus=bus,
+                                              no_cache=no_cache, importers=importers,
+                                              cache_modes=modes)
+            results = dict(zip(definitions, (r for r, _ in solved), strict=True))
+            cache_entries = {mode: [entry for _, entries in solved for entry in entries[mode]]
+                             for mode in modes}
+            if multi:
+                from pybk.core.multiplatform import MultiPlatformResult
 
-                result = SolveResult(ref=SCRATCH_REF, store=None,
-                                     image_config=image_config, stats=VertexStats())
+                result = MultiPlatformResult(results)
             else:
-                loaded = load_graph(definition, no_cache=no_cache)
-                head_index = loaded.head.index
-                worker = await asyncio.to_thread(self.worker)
-                session = Session(local_dirs={k: os.path.abspath(v)
-                                              for k, v in (local_dirs or {}).items()},
-                                  secrets=dict(secrets or {}), ssh=dict(ssh or {}),
-                                  entitlements=frozenset(entitlements),
-                                  oci_layouts={k: os.path.abspath(v)
-                                               for k, v in (oci_layouts or {}).items()})
-                registry = RegistryClient(dict(self.config.registry),
-                                          ContentStore(worker.store.root))
-                lease = worker.store.lease()
-                runner = worker.runner(session, registry, lease)
-                cache_info = {"root": self.root, "registry_hosts": dict(self.config.registry)}
-                try:
-                    if importers:
-                        from pybk.cachebackends.importer import import_caches
-
-                        runner.remote = await import_caches(importers, bus, cache_info)
-                    scheduler = Scheduler(
-                        loaded, runner, bus,
-                        max_parallelism=self.config.worker.oci.max_parallelism)
-                    ref, key, outcome = await scheduler.solve()
-                    cache_entries = {e.mode: scheduler.cache_entries(e.mode)
-                                     for e in cache_to if not _is_inline(e)}
-                finally:
-                    runner.release()
-                    lease.release()
-                    await registry.aclose()
-                config = image_config
-                if config is None and loaded.vertices[loaded.head.digest].op.kind == "source":
-                    config = outcome.extra.get("image_config")
-                result = SolveResult(ref=ref, store=worker.store,
-                                     image_config=config, stats=scheduler.stats(),
-                                     cache_key=key)
+                result = results[""]
             info = {"root": self.root, "registry_hosts": dict(self.config.registry),
                     **(export_info or {})}
-            if any(_is_inline(e) for e in cache_to) and result.cache_key:
-                from pybk.cachebackends.inline import inline_hook
+            if any(_is_inline(e) for e in cache_to):
+                from pybk.cachebackends.inline import inline_cache
 
-                info["inline_cache"] = inline_hook(result.cache_key, head_index)
+                info["inline_cache"] = inline_cache
             responses = []
             for instance in exports:
                 exported = await asyncio.to_thread(instance.export, result, info)
@@ -260,39 +263,66 @@ class Client:
         hook.pybk_build_finished(request=request, result=result, error=None)
         return result
 
-    def solve_platforms(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]], *,
-                        outputs: Sequence[Any] = (), export_info: Mapping[str, Any] | None = None,
-                        cache_exports: Sequence[Any] = (), **options: Any) -> Any:
-        """Solve one graph per platform (``{platform: (graph, image config)}``, in order) and
-        export them together: a :class:`pybk.core.multiplatform.MultiPlatformResult`. Other
-        options are :meth:`asolve`'s; remote caches are exported from the first platform."""
-        return asyncio.run(self.asolve_platforms(graphs, outputs=outputs,
-                                                 export_info=export_info,
-                                                 cache_exports=cache_exports, **options))
+    async def _solve_graphs(self, definitions: Mapping[str, tuple[Any, Any]], *, session: Any,
+                            bus: Progress, no_cache: bool, importers: Sequence[Any],
+                            cache_modes: Iterable[str]) -> list[tuple[Any, dict[str, list]]]:
+        """Solve the definitions concurrently with one runner (the build's locks, images and
+        parallelism are shared); for each, its SolveResult and ``{mode: cache entries}``. The
+        first failure cancels the others."""
+        from pybk.core.content import ContentStore
+        from pybk.core.registry.client import RegistryClient
 
-    async def asolve_platforms(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]],
-                               *, outputs: Sequence[Any] = (),
-                               export_info: Mapping[str, Any] | None = None,
-                               cache_exports: Sequence[Any] = (), **options: Any) -> Any:
-        from pybk.core.multiplatform import MultiPlatformResult
+        if not any(definition.ops for definition, _ in definitions.values()):
+            return [self._empty_result(config, cache_modes)
+                    for _, config in definitions.values()]
+        worker = await asyncio.to_thread(self.worker)
+        registry = RegistryClient(dict(self.config.registry), ContentStore(worker.store.root))
+        lease = worker.store.lease()
+        runner = worker.runner(session, registry, lease)
+        limit = self.config.worker.oci.max_parallelism
+        slots = asyncio.Semaphore(limit) if limit and limit > 0 else None
+        try:
+            if importers:
+                from pybk.cachebackends.importer import import_caches
 
-        exports = [self._resolve_output(o) for o in outputs]
-        results: dict[str, Any] = {}
-        for number, (platform, (graph, config)) in enumerate(graphs.items()):
-            results[platform] = await self.asolve(
-                graph, image_config=config,
-                cache_exports=cache_exports if number == 0 else (), **options)
-        first = next(iter(results.values()))
-        result = MultiPlatformResult(results, metadata=dict(first.metadata))
-        info = {"root": self.root, "registry_hosts": dict(self.config.registry),
-                **(export_info or {})}
-        responses = []
-        for instance in exports:
-            exported = await asyncio.to_thread(instance.export, result, info)
-            responses.append(dict(exported.response))
-            if exported.finalize is not None:
-                await asyncio.to_thread(exported.finalize)
-        return attrs.evolve(result, metadata={**result.metadata, "exporter.responses": responses})
+                runner.remote = await import_caches(importers, bus, {
+                    "root": self.root, "registry_hosts": dict(self.config.registry)})
+            return await _all_or_none([
+                self._solve_graph(definition, config, runner=runner, bus=bus, slots=slots,
+                                  no_cache=no_cache, cache_modes=cache_modes)
+                for definition, config in definitions.values()])
+        finally:
+            runner.release()
+            lease.release()
+            await registry.aclose()
+
+    @staticmethod
+    def _empty_result(image_config: Any, cache_modes: Iterable[str]) -> tuple[Any, dict]:
+        from pybk.core.solver.results import SCRATCH_REF, SolveResult, VertexStats
+
+        return (SolveResult(ref=SCRATCH_REF, store=None, image_config=image_config,
+                            stats=VertexStats()), {mode: [] for mode in cache_modes})
+
+    async def _solve_graph(self, definition: Any, image_config: Mapping[str, Any] | None, *,
+                           runner: Any, bus: Progress, slots: asyncio.Semaphore | None,
+                           no_cache: bool, cache_modes: Iterable[str]
+                           ) -> tuple[Any, dict[str, list[Any]]]:
+        from pybk.core.solver.results import SolveResult
+        from pybk.core.solver.scheduler import Scheduler
+        from pybk.core.solver.vertex import load_graph
+
+        if not definition.ops:
+            return self._empty_result(image_config, cache_modes)
+        loaded = load_graph(definition, no_cache=no_cache)
+        scheduler = Scheduler(loaded, runner, bus, slots=slots)
+        ref, key, outcome = await scheduler.solve()
+        entries = {mode: scheduler.cache_entries(mode) for mode in cache_modes}
+        config = image_config
+        if config is None and loaded.vertices[loaded.head.digest].op.kind == "source":
+            config = outcome.extra.get("image_config")
+        return SolveResult(ref=ref, store=runner.store, image_config=config,
+                           stats=scheduler.stats(), cache_key=key,
+                           cache_output=loaded.head.index), entries
 
     # -- exporting ---------------------------------------------------------------------
 
@@ -351,6 +381,24 @@ class Client:
                 hint = " (import an inline cache with type=registry,ref=IMAGE)" if (
                     kind == "inline") else ""
                 raise UsageError(f"{exc}{hint}", flag=flag) from None
+
+
+async def _all_or_none(coros: Sequence[Any]) -> list[Any]:
+    """Await the coroutines concurrently; the first exception cancels the rest and is raised
+    (as is, not in a group)."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return [task.result() for task in tasks]
 
 
 def _is_inline(exporter: Any) -> bool:

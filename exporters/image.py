@@ -273,7 +273,7 @@ def build_image(result: BuildResultView, settings: ImageSettings, info: Mapping[
                           created=created, epoch=epoch)
     inline_cache = info.get("inline_cache")  # set by the client for --cache-to type=inline
     if inline_cache is not None:
-        cache = inline_cache(layers)
+        cache = inline_cache(result, layers)
         if cache:
             config["moby.buildkit.cache.v0"] = cache
     config_bytes = _json_bytes(config)

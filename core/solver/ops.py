@@ -197,9 +197,11 @@ class BuildRunner(OpRunner):
         self._local_sums: dict[str, str] = {}
         self._images: dict[str, Any] = {}
         self._held: list[Any] = []
-        #: per shared key: the filters of the source that synced the shared copy, and a gate
-        self._local_filters: dict[str, bytes] = {}
-        self._local_gates: dict[str, asyncio.Lock] = {}
+        #: per (name, shared key) of a local source: the filters of the source that synced the
+        #: shared copy, a gate, and each filter's sync result
+        self._local_filters: dict[tuple[str, str], bytes] = {}
+        self._local_gates: dict[tuple[str, str], asyncio.Lock] = {}
+        self._local_done: dict[tuple[str, str, bytes], tuple[str, VertexOutcome]] = {}
         #: imported remote caches (:class:`pybk.cachebackends.importer.RemoteCache`), if any
         self.remote: Any = None
 
@@ -208,6 +210,7 @@ class BuildRunner(OpRunner):
         held, self._held = self._held, []
         self._local_sums.clear()
         self._local_filters.clear()
+        self._local_done.clear()
         for lock in held:
             lock.release()
 
@@ -444,28 +447,31 @@ class BuildRunner(OpRunner):
         shared = sha256_digest(f"{shared}\0{os.path.abspath(client_dir)}".encode())[7:23]
         vp.start()
         # one build may read a directory through differently filtered sources: the first syncs
-        # into the shared copy, each other filter into a copy of its own (the shared one is
-        # read, under this build's lock, until the build ends)
+        # into the shared copy, each other filter into a copy of its own (a copy is read, under
+        # this build's lock, until the build ends); a filter seen before is not synced again
         filters = json.dumps([include, exclude, follow]).encode()
-        async with self._local_gates.setdefault(shared, asyncio.Lock()):
-            claimed = self._local_filters.setdefault(shared, filters)
-            if claimed != filters:
-                shared = f"{shared}-{sha256_digest(filters)[7:15]}"
-            lock = self.store.local_lock(name, shared)
-            if not any(held.path == lock.path for held in self._held):
-                await lock.acquire_async()
-                self._held.append(lock)
-        dest = str(self.store.local_dir(name, shared))
-        stats = await asyncio.to_thread(
-            sync_local, client_dir, dest, include_patterns=include, exclude_patterns=exclude,
-            follow_paths=follow, state_file=dest.rstrip("/") + LOCAL_SYNC_STATE_SUFFIX)
-        self.local_stats[name] = stats
-        vp.status(f"transferring {name}: {stats.copied} files copied, {stats.removed} removed",
-                  done=True)
-        checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/")
-        self._local_sums[dest] = checksum
-        key = source_key("local", {"checksum": checksum})
-        return key, VertexOutcome(refs={0: Ref(path=dest)}, cached=False)
+        async with self._local_gates.setdefault((name, shared), asyncio.Lock()):
+            done = self._local_done.get((name, shared, filters))
+            if done is not None:
+                return done
+            claimed = self._local_filters.setdefault((name, shared), filters)
+            copy_key = shared if claimed == filters else f"{shared}-{sha256_digest(filters)[7:15]}"
+            lock = self.store.local_lock(name, copy_key)
+            await lock.acquire_async()
+            self._held.append(lock)
+            dest = str(self.store.local_dir(name, copy_key))
+            stats = await asyncio.to_thread(
+                sync_local, client_dir, dest, include_patterns=include, exclude_patterns=exclude,
+                follow_paths=follow, state_file=dest.rstrip("/") + LOCAL_SYNC_STATE_SUFFIX)
+            self.local_stats[name] = stats
+            vp.status(f"transferring {name}: {stats.copied} files copied, "
+                      f"{stats.removed} removed", done=True)
+            checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/")
+            self._local_sums[dest] = checksum
+            done = self._local_done[(name, shared, filters)] = (
+                source_key("local", {"checksum": checksum}),
+                VertexOutcome(refs={0: Ref(path=dest)}, cached=False))
+            return done
 
     async def _fetched_source(self, vertex: Vertex, src: SourceOp, scheme: str,
                               vp: VertexProgress) -> tuple[str, VertexOutcome | None]:

@@ -58,6 +58,8 @@ class SolveResult(BuildResultView):
     image_config: Mapping[str, Any] | None = None
     stats: VertexStats = VertexStats()
     cache_key: str = ""
+    #: the output of the head vertex that ``ref`` is (its cache record is ``cache_key``'s)
+    cache_output: int = 0
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property

@@ -146,15 +146,19 @@ class OpRunner(abc.ABC):
 
 
 class Scheduler:
-    """Solves one graph for one build."""
+    """Solves one graph for one build.
+
+    ``slots`` (a semaphore) is shared by the schedulers of one build's graphs (its platforms)
+    so ``max_parallelism`` bounds the build, not each graph."""
 
     def __init__(self, graph: Graph, runner: OpRunner, progress: Progress, *,
-                 max_parallelism: int | None = None):
+                 max_parallelism: int | None = None, slots: asyncio.Semaphore | None = None):
         self.graph = graph
         self.runner = runner
         self.progress = progress
-        limit = max_parallelism if max_parallelism and max_parallelism > 0 else None
-        self._slots = asyncio.Semaphore(limit) if limit else None
+        if slots is None and max_parallelism and max_parallelism > 0:
+            slots = asyncio.Semaphore(max_parallelism)
+        self._slots = slots
         self._keys: dict[str, asyncio.Task[str]] = {}
         self._results: dict[str, asyncio.Task[VertexOutcome]] = {}
         self._early: dict[str, VertexOutcome] = {}

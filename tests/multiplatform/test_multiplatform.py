@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 
 import pytest
 from support.busybox import skopeo_inspect
@@ -102,6 +103,24 @@ def test_oci_export_is_an_index(root, context, busybox_layout, tmp_path, capsys)
         assert json.loads(raw)["manifests"] == index["manifests"]
 
 
+def test_inline_cache_in_every_platform_config(root, context, busybox_layout, tmp_path, capsys):
+    import base64
+
+    layout = tmp_path / "layout"
+    build(capsys, root, context, busybox_layout, "--cache-to", "type=inline",
+          "--output", f"type=oci,tar=false,dest={layout}")
+    top = json.loads((layout / "index.json").read_text())
+    index = _blob(layout, top["manifests"][0]["digest"])
+    records = []
+    for entry in index["manifests"]:
+        manifest = _blob(layout, entry["digest"])
+        config = _blob(layout, manifest["config"]["digest"])
+        cache = json.loads(base64.b64decode(config["moby.buildkit.cache.v0"]))
+        assert len(cache["layers"]) == len(manifest["layers"])
+        records.append(cache["records"][-1]["digest"])
+    assert len(set(records)) == 2  # each platform's own result
+
+
 def test_push_writes_a_manifest_list(root, context, busybox_layout, registry, tmp_path, capsys):
     name = f"{registry.host}/multiplatform/app:latest"
     build(capsys, root, context, busybox_layout, "--output",
@@ -137,3 +156,90 @@ def test_run_for_foreign_platform_needs_an_emulator(root, tmp_path, busybox_layo
     assert ("no emulator for linux/arm64: install qemu-user-static and register binfmt_misc"
             in err)
     assert "Traceback" not in err
+
+
+PARALLEL_DOCKERFILE = (
+    "FROM --platform=$BUILDPLATFORM busybox AS build\n"
+    "ARG TARGETARCH\n"
+    "RUN sleep 1 && echo \"$TARGETARCH\" > /arch.txt\n"
+    "FROM scratch\n"
+    "COPY --from=build /arch.txt /\n"
+)
+
+
+def _rawjson_vertexes(err: str) -> dict[str, dict]:
+    vertexes: dict[str, dict] = {}
+    for line in err.splitlines():
+        if line.startswith("{"):
+            for v in json.loads(line).get("vertexes") or []:
+                vertexes.setdefault(v["digest"], {}).update(v)
+    return vertexes
+
+
+def _seconds(stamp: str) -> float:
+    """Seconds since the epoch of an RFC 3339 timestamp with up to nanoseconds."""
+    from datetime import datetime
+
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(whole + "+00:00").timestamp() + float(f"0.{fraction or 0}")
+
+
+def _runs(err: str) -> list[dict]:
+    return [v for v in _rawjson_vertexes(err).values() if "RUN sleep" in v["name"]]
+
+
+def test_platforms_solve_concurrently_and_cache_export_holds_every_platform(
+        tmp_path, busybox_layout, capsys):
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(PARALLEL_DOCKERFILE)
+    cache = tmp_path / "cache"
+
+    def run(root, *args):
+        code = main(["--root", str(tmp_path / root), "build", "--progress", "rawjson",
+                     "--platform", PLATFORMS,
+                     "--build-context", f"busybox=oci-layout://{busybox_layout}", *args,
+                     str(tmp_path / "ctx")])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        return _runs(err)
+
+    runs = run("A", "--cache-to", f"type=local,dest={cache},mode=max",
+               "-o", f"type=local,dest={tmp_path / 'out-a'}")
+    assert len(runs) == 2 and not any(v.get("cached") for v in runs)
+    # both platforms' RUNs were running at once
+    assert max(_seconds(v["started"]) for v in runs) < min(_seconds(v["completed"])
+                                                         for v in runs)
+    for platform, arch in (("linux_amd64", "amd64"), ("linux_arm64", "arm64")):
+        assert (tmp_path / "out-a" / platform / "arch.txt").read_text() == f"{arch}\n"
+
+    # a fresh store importing the cache runs neither platform's RUN
+    runs = run("B", "--cache-from", f"type=local,src={cache}",
+               "-o", f"type=local,dest={tmp_path / 'out-b'}")
+    assert len(runs) == 2 and all(v.get("cached") for v in runs)
+    assert (tmp_path / "out-b" / "linux_arm64" / "arch.txt").read_text() == "arm64\n"
+
+
+def test_one_platform_failing_stops_the_others(root, tmp_path, busybox_layout, capsys):
+    marker = "60.321"  # never reached: the failing platform cancels this sleep
+    (tmp_path / "Dockerfile").write_text(
+        "FROM --platform=$BUILDPLATFORM busybox\n"
+        "ARG TARGETARCH\n"
+        f"RUN if [ \"$TARGETARCH\" = arm64 ]; then sleep 0.5; exit 3; fi; exec sleep {marker}\n")
+    started = time.monotonic()
+    code = main(["--root", root, "build", "--progress", "plain", "--platform", PLATFORMS,
+                 "--build-context", f"busybox=oci-layout://{busybox_layout}", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert time.monotonic() - started < 30
+    assert "exit code: 3" in err and "Traceback" not in err
+    still_running = [pid for pid in filter(str.isdigit, os.listdir("/proc"))
+                     if _cmdline_has(pid, marker)]
+    assert still_running == []
+
+
+def _cmdline_has(pid: str, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return marker.encode() in f.read()
+    except OSError:
+        return False
