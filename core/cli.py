@@ -125,8 +125,10 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
     from pybk.core.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
-    exporter_types = pm.exporters().names()
-    cache_types = pm.cache_backends().names()
+    # the registries (and the plugin modules behind them) only when a flag names one
+    exporter_types = (pm.exporters().names() if ns.output or ns.push or ns.load or ns.tag
+                      else [])
+    cache_types = pm.cache_backends().names() if ns.cache_from or ns.cache_to else []
 
     outputs = [bo.parse_output(v, exporter_types) for v in ns.output]
     if ns.push:
@@ -154,7 +156,8 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         raise UsageError(f"context directory {context!r} not found")
     if ns.file and ns.file != "-" and not os.path.isfile(ns.file):
         raise UsageError(f"build file {ns.file!r} not found", flag="--file")
-    resolve_plugin_options(pm, outputs, "--output", pm.exporters())
+    if outputs:
+        resolve_plugin_options(pm, outputs, "--output", pm.exporters())
     request = bo.BuildRequest(
         context=context or "",
         file=ns.file,
@@ -189,10 +192,12 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         pull=ns.pull,
         quiet=ns.quiet,
     )
-    resolve_plugin_options(pm, request.cache_from, "--cache-from", pm.cache_backends(),
-                           "resolve_importer")
-    resolve_plugin_options(pm, request.cache_to, "--cache-to", pm.cache_backends(),
-                           "resolve_exporter")
+    if request.cache_from:
+        resolve_plugin_options(pm, request.cache_from, "--cache-from", pm.cache_backends(),
+                               "resolve_importer")
+    if request.cache_to:
+        resolve_plugin_options(pm, request.cache_to, "--cache-to", pm.cache_backends(),
+                               "resolve_exporter")
     return request
 
 

@@ -280,36 +280,48 @@ class PybkPluginManager(pluggy.PluginManager):
             raise
 
     def build_registries(self) -> None:
-        for kind, hook_name, base in _KINDS:
-            registry: Registry[Any] = Registry(kind, base)
-            for impl in getattr(self.hook, hook_name).get_hookimpls():
-                with self.annotate_errors(impl.plugin_name):
-                    contributed = impl.function()
-                if contributed is None:
-                    continue
-                classes = contributed if isinstance(contributed, list | tuple) else [contributed]
-                dist, _ = self.distribution(impl.plugin_name)
-                for cls in classes:
-                    registry.add(cls, plugin=impl.plugin_name, distribution=dist)
-            self.registries[kind] = registry
+        """Build every registry now (each is otherwise built on first use)."""
+        for kind, _, _ in _KINDS:
+            self.registry(kind)
+
+    def registry(self, kind: str) -> Registry[Any]:
+        """The registry of ``kind``, built on first use: a build imports only the plugin
+        classes of the kinds it needs (no exporter module for a build without outputs)."""
+        registry = self.registries.get(kind)
+        if registry is not None:
+            return registry
+        hook_name, base = next((h, b) for k, h, b in _KINDS if k == kind)
+        registry = Registry(kind, base)
+        for impl in getattr(self.hook, hook_name).get_hookimpls():
+            with self.annotate_errors(impl.plugin_name):
+                contributed = impl.function()
+            if contributed is None:
+                continue
+            classes = contributed if isinstance(contributed, list | tuple) else [contributed]
+            dist, _ = self.distribution(impl.plugin_name)
+            for cls in classes:
+                registry.add(cls, plugin=impl.plugin_name, distribution=dist)
+        self.registries[kind] = registry
+        return registry
 
     # -- lookups ---------------------------------------------------------------------------
 
     def frontends(self) -> Registry[Frontend]:
-        return self.registries["frontend"]
+        return self.registry("frontend")
 
     def workers(self) -> Registry[Worker]:
-        return self.registries["worker"]
+        return self.registry("worker")
 
     def exporters(self) -> Registry[Exporter]:
-        return self.registries["exporter"]
+        return self.registry("exporter")
 
     def cache_backends(self) -> Registry[CacheBackend]:
-        return self.registries["cache backend"]
+        return self.registry("cache backend")
 
     def describe(self) -> list[PluginInfo]:
         """Every registered class, for ``pybk plugins``."""
         rows = []
+        self.build_registries()
         for kind, registry in self.registries.items():
             for name in registry.names():
                 plugin, dist = registry.owner(name)
@@ -320,7 +332,7 @@ class PybkPluginManager(pluggy.PluginManager):
 
 
 def create_plugin_manager(builtins_path: Path | None = None) -> PybkPluginManager:
-    """Load built-ins, entry points, check hook names, build registries."""
+    """Load built-ins, entry points, check hook names; registries are built on first use."""
     pm = PybkPluginManager()
     blocked = _env_list("PYBK_DISABLED_PLUGINS")
     # essential names are only known after reading plugins.toml; read it first
@@ -336,7 +348,6 @@ def create_plugin_manager(builtins_path: Path | None = None) -> PybkPluginManage
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise pm.validation_error(exc) from exc
-    pm.build_registries()
     return pm
 
 

@@ -213,3 +213,18 @@ def test_hello_exports_a_real_build(hello_venv, tmp_path):
                 "--progress", "quiet", "-o", f"type=hello,dest={out},greeting=hi")
     assert run.returncode == 0, run.stderr
     assert out.read_text() == "hi from pybk-hello: 2 files\n"
+
+
+def test_registries_import_plugin_classes_on_first_use():
+    # a build that names no exporter or cache never imports their modules
+    code = textwrap.dedent("""
+        import sys
+        from pybk.core.plugins import create_plugin_manager
+        pm = create_plugin_manager()
+        before = [m for m in ("pybk.exporters.image", "pybk.cachebackends.s3") if m in sys.modules]
+        assert "image" in pm.exporters() and "s3" in pm.cache_backends()
+        after = [m for m in ("pybk.exporters.image", "pybk.cachebackends.s3") if m in sys.modules]
+        print(before, after)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "[] ['pybk.exporters.image', 'pybk.cachebackends.s3']"
