@@ -103,15 +103,16 @@ class LocalBridge:
 
 
 def _layout_digest(layout: str, ref: str) -> str:
-    """The manifest digest in an OCI layout for ``ref`` (a tag, a digest, or empty = the only
-    or ``latest`` image)."""
-    from pybk.core.sources import read_oci_layout
+    """The digest in an OCI layout's index.json for ``ref`` (a tag, a digest, or empty = the
+    only or ``latest`` image): an image index's own digest, so each platform of the build picks
+    its manifest from it."""
+    from pybk.core.sources import layout_descriptor
 
     try:
         if ref:
-            return read_oci_layout(layout, ref).digest
+            return layout_descriptor(layout, ref)["digest"]
         try:
-            return read_oci_layout(layout, "latest").digest
+            return layout_descriptor(layout, "latest")["digest"]
         except Exception:
             import json
 

@@ -402,11 +402,9 @@ def _parse_platform(value: str | Mapping[str, str] | None) -> dict[str, str]:
     return plat
 
 
-def read_oci_layout(layout_dir: str | os.PathLike[str], ref_or_digest: str, *,
-                    platform: str | Mapping[str, str] | None = None) -> OCILayoutImage:
-    """Find ``ref_or_digest`` (a tag in ``org.opencontainers.image.ref.name``, or a digest) in
-    the layout's index.json; an image index is resolved for ``platform`` (default: this host).
-    """
+def layout_descriptor(layout_dir: str | os.PathLike[str], ref_or_digest: str) -> dict[str, Any]:
+    """The descriptor of ``ref_or_digest`` (a tag in ``org.opencontainers.image.ref.name``, or a
+    digest) in the layout's index.json: an image index stays an index."""
     import orjson
 
     layout = os.fspath(layout_dir)
@@ -437,7 +435,15 @@ def read_oci_layout(layout_dir: str | os.PathLike[str], ref_or_digest: str, *,
         descriptor = found[0]
     if descriptor is None:
         raise BuildError(f"oci layout {layout}: {ref_or_digest} not found")
+    return descriptor
 
+
+def read_oci_layout(layout_dir: str | os.PathLike[str], ref_or_digest: str, *,
+                    platform: str | Mapping[str, str] | None = None) -> OCILayoutImage:
+    """Find ``ref_or_digest`` (see :func:`layout_descriptor`) in the layout; an image index is
+    resolved for ``platform`` (default: this host)."""
+    layout = os.fspath(layout_dir)
+    descriptor = layout_descriptor(layout, ref_or_digest)
     want = _parse_platform(platform)
     for _ in range(8):
         content = _read_json_blob(layout, descriptor)

@@ -7,7 +7,9 @@ uid 1000), ``/tmp`` (1777), ``/root`` and ``/home/tester``. Entries are sorted, 
 (``/home/tester`` by the tester) and share one fixed mtime, so the same busybox binary always gives
 the same digests. The config's architecture is this machine's.
 
-Usage: ``python examples/busybox_layout.py OUTDIR [--tag latest] [--busybox /bin/busybox]``.
+Usage: ``python examples/busybox_layout.py OUTDIR [--tag latest] [--busybox /bin/busybox]
+[--other arm64=ARM64_BUSYBOX]`` (``--other`` makes the tag an image index with one more
+architecture, from Debian's busybox-static of it).
 Push the result with ``skopeo copy oci:OUTDIR:latest docker://HOST/busybox:latest``.
 Only the standard library is used.
 """
@@ -96,8 +98,10 @@ def applet_paths(busybox: str) -> list[str]:
     return sorted({line.strip().lstrip("/") for line in out.splitlines() if line.strip()})
 
 
-def _entries(busybox: str) -> list[tuple[str, tarfile.TarInfo, bytes | str | None]]:
-    """(path, header, content) for every entry, parents before children, sorted."""
+def _entries(busybox: str, applets_from: str | None = None
+             ) -> list[tuple[str, tarfile.TarInfo, bytes | str | None]]:
+    """(path, header, content) for every entry, parents before children, sorted. The applet
+    list comes from ``applets_from`` (default: ``busybox`` itself, which must run here)."""
     items: dict[str, tuple[tarfile.TarInfo, bytes | str | None]] = {}
 
     def directory(path: str, mode: int = 0o755, owner: int = 0) -> None:
@@ -128,7 +132,7 @@ def _entries(busybox: str) -> list[tuple[str, tarfile.TarInfo, bytes | str | Non
     info = tarfile.TarInfo("bin/busybox")
     info.mode = 0o755
     items["bin/busybox"] = (info, busybox)
-    for path in applet_paths(busybox):
+    for path in applet_paths(applets_from or busybox):
         if path in items:
             continue
         parent_dirs(path)
@@ -144,7 +148,8 @@ def _entries(busybox: str) -> list[tuple[str, tarfile.TarInfo, bytes | str | Non
     return result
 
 
-def write_layer(busybox: str, blobs_dir: str) -> tuple[str, int, str]:
+def write_layer(busybox: str, blobs_dir: str,
+                applets_from: str | None = None) -> tuple[str, int, str]:
     """Write the gzip layer into ``blobs_dir``; returns (digest, size, diff_id)."""
     fd, tmp = tempfile.mkstemp(dir=blobs_dir, prefix=".layer-")
     try:
@@ -153,7 +158,7 @@ def write_layer(busybox: str, blobs_dir: str) -> tuple[str, int, str]:
             with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0, compresslevel=9) as gz:
                 uncompressed = _HashingWriter(gz)
                 with tarfile.open(fileobj=uncompressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                    for _path, info, content in _entries(busybox):
+                    for _path, info, content in _entries(busybox, applets_from):
                         if isinstance(content, str):
                             info.size = os.path.getsize(content)
                             with open(content, "rb") as f:
@@ -178,14 +183,9 @@ def _put_blob(blobs_dir: str, data: bytes) -> str:
     return digest
 
 
-def build_layout(outdir: str, tag: str = "latest", busybox: str = "/bin/busybox") -> Built:
-    """Write (or add ``tag`` to) the OCI layout at ``outdir``."""
-    if not os.access(busybox, os.X_OK):
-        raise SystemExit(f"{busybox} is missing: install Debian's busybox-static")
-    blobs_dir = os.path.join(outdir, "blobs", "sha256")
-    os.makedirs(blobs_dir, exist_ok=True)
-    layer_digest, layer_size, diff_id = write_layer(busybox, blobs_dir)
-    plat = host_platform()
+def _write_image(blobs_dir: str, busybox: str, plat: dict,
+                 applets_from: str | None = None) -> Built:
+    layer_digest, layer_size, diff_id = write_layer(busybox, blobs_dir, applets_from)
     config = {
         **plat,
         "created": CREATED,
@@ -203,6 +203,37 @@ def build_layout(outdir: str, tag: str = "latest", busybox: str = "/bin/busybox"
     }
     manifest_bytes = _dumps(manifest)
     manifest_digest = _put_blob(blobs_dir, manifest_bytes)
+    return Built(manifest_digest, len(manifest_bytes), config_digest, layer_digest, layer_size,
+                 diff_id, plat)
+
+
+def build_layout(outdir: str, tag: str = "latest", busybox: str = "/bin/busybox",
+                 others: dict[str, str] | None = None) -> Built:
+    """Write (or add ``tag`` to) the OCI layout at ``outdir``: the image of this machine's
+    ``busybox``, or with ``others`` (``{architecture: busybox binary of it}``) an image index of
+    this machine's image and one per other architecture. Returns the host image's parts (the
+    index's digest as ``manifest_digest`` for an index)."""
+    if not os.access(busybox, os.X_OK):
+        raise SystemExit(f"{busybox} is missing: install Debian's busybox-static")
+    blobs_dir = os.path.join(outdir, "blobs", "sha256")
+    os.makedirs(blobs_dir, exist_ok=True)
+    built = _write_image(blobs_dir, busybox, host_platform())
+    images = [built]
+    for arch, binary in (others or {}).items():
+        if not os.path.isfile(binary):
+            raise SystemExit(f"{binary} (busybox for {arch}) is missing")
+        images.append(_write_image(blobs_dir, binary, {"architecture": arch, "os": "linux"},
+                                   applets_from=busybox))
+    top = {"mediaType": OCI_MANIFEST, "digest": built.manifest_digest,
+           "size": built.manifest_size, "platform": built.platform}
+    if others:
+        index_bytes = _dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": b.manifest_digest, "size": b.manifest_size,
+             "platform": b.platform} for b in images]})
+        built = built._replace(manifest_digest=_put_blob(blobs_dir, index_bytes),
+                               manifest_size=len(index_bytes))
+        top = {"mediaType": OCI_INDEX, "digest": built.manifest_digest,
+               "size": built.manifest_size}
     with open(os.path.join(outdir, "oci-layout"), "w") as f:
         f.write('{"imageLayoutVersion":"1.0.0"}')
     index_path = os.path.join(outdir, "index.json")
@@ -212,14 +243,10 @@ def build_layout(outdir: str, tag: str = "latest", busybox: str = "/bin/busybox"
             index = json.load(f)
     index["manifests"] = [m for m in index.get("manifests", [])
                           if (m.get("annotations") or {}).get(REF_NAME) != tag]
-    index["manifests"].append({
-        "mediaType": OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes),
-        "annotations": {REF_NAME: tag}, "platform": plat,
-    })
+    index["manifests"].append({**top, "annotations": {REF_NAME: tag}})
     with open(index_path, "wb") as f:
         f.write(_dumps(index))
-    return Built(manifest_digest, len(manifest_bytes), config_digest, layer_digest, layer_size,
-                 diff_id, plat)
+    return built
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,8 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("outdir", help="OCI layout directory to write")
     parser.add_argument("--tag", default="latest", help="ref name in index.json (default: latest)")
     parser.add_argument("--busybox", default="/bin/busybox", help="static busybox binary")
+    parser.add_argument("--other", action="append", default=[], metavar="ARCH=BINARY",
+                        help="also an image of another architecture's static busybox (the tag "
+                             "then names an image index), e.g. arm64=/tmp/arm64/busybox")
     args = parser.parse_args(argv)
-    built = build_layout(args.outdir, args.tag, args.busybox)
+    others = dict(item.split("=", 1) for item in args.other)
+    built = build_layout(args.outdir, args.tag, args.busybox, others)
     print(built.manifest_digest)
     return 0
 

@@ -37,6 +37,9 @@ if [ "$extras" = "[test]" ]; then
     npm install --silent --no-audit --no-fund --prefix /tmp/pybk-azurite azurite@3.35 >/dev/null \
       || echo "azurite could not be installed: the Azure and GHA v2 tests skip"
   fi
+  # linux/arm64 RUN steps through qemu: qemu-user-static with Debian's binfmt_misc entry, and
+  # Debian's arm64 busybox-static binary (its .deb fetched with an apt state of its own).
+  scripts/setup-arm64.sh || echo "arm64 emulation could not be set up: the emulated-RUN tests skip"
   d=/tmp/pybk-npm-cache/gha-client-$(sha256sum tests/gha/js/package.json | cut -c1-12)
   if [ ! -f "$d/.installed" ]; then
     echo "installing @actions/cache from npm"

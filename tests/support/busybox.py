@@ -34,9 +34,11 @@ def _load_example() -> Any:
 busybox_layout = _load_example()
 
 
-def build_busybox_layout(outdir: str | Path, tag: str = "latest") -> Path:
-    """Write the busybox OCI layout at ``outdir`` (tag ``tag``) and return its path."""
-    busybox_layout.build_layout(str(outdir), tag)
+def build_busybox_layout(outdir: str | Path, tag: str = "latest",
+                         others: dict[str, str] | None = None) -> Path:
+    """Write the busybox OCI layout at ``outdir`` (tag ``tag``; an image index with ``others``,
+    ``{architecture: busybox binary}``) and return its path."""
+    busybox_layout.build_layout(str(outdir), tag, others=others)
     return Path(outdir)
 
 
