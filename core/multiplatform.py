@@ -92,8 +92,8 @@ BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
 
 
 def can_execute(platform: Any) -> bool:
-    """Whether this host runs binaries of ``platform`` (an llb Platform or ``os/arch``):
-    natively, or through a registered, enabled ``qemu-<arch>`` binfmt_misc handler."""
+    """Whether this host runs binaries of ``platform`` (an llb Platform or ``os/arch``) in a
+    container: natively, or through an enabled ``qemu-<arch>`` binfmt_misc entry with ``F``."""
     from pybk.core.registry.platform import host_platform
 
     text = str(platform)
@@ -107,11 +107,21 @@ def can_execute(platform: Any) -> bool:
     qemu = QEMU_NAMES.get(arch)
     if qemu is None:
         return False
+    return "F" in binfmt_flags(qemu)
+
+
+def binfmt_flags(qemu: str) -> str:
+    """The flags of the enabled binfmt_misc entry ``qemu-<qemu>`` ('' when none). Only an entry
+    with ``F`` (the emulator opened at registration) can run inside a container's rootfs."""
     try:
         with open(os.path.join(BINFMT_DIR, f"qemu-{qemu}")) as f:
-            return f.readline().strip() == "enabled"
+            lines = f.read().splitlines()
     except OSError:
-        return False
+        return ""
+    if not lines or lines[0].strip() != "enabled":
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines
+                 if line.startswith("flags:")), "")
 
 
 def check_executable(platform: Any) -> None:
@@ -119,4 +129,4 @@ def check_executable(platform: Any) -> None:
     if platform is None or can_execute(platform):
         return
     raise BuildError(f"no emulator for {platform}: install qemu-user-static and register "
-                     "binfmt_misc")
+                     "binfmt_misc (with the F flag)")

@@ -19,10 +19,14 @@ fi
 if [ ! -e "$binfmt/register" ]; then
   mount -t binfmt_misc binfmt_misc "$binfmt"
 fi
-if [ ! -e "$binfmt/qemu-aarch64" ]; then
+entry="$binfmt/qemu-aarch64"
+if [ -e "$entry" ] && ! grep -Eq '^flags: .*P.*F|^flags: .*F.*P' "$entry"; then
+  echo -1 > "$entry"  # registered some other way (without P or F): replace it with Debian's
+fi
+if [ ! -e "$entry" ]; then
   cat /usr/lib/binfmt.d/qemu-aarch64.conf > "$binfmt/register"
 fi
-grep -qx enabled "$binfmt/qemu-aarch64"
+grep -qx enabled "$entry"
 
 if [ ! -x "$dir/busybox" ]; then
   echo "fetching Debian's arm64 busybox-static"

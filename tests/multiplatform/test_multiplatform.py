@@ -243,3 +243,23 @@ def _cmdline_has(pid: str, marker: str) -> bool:
             return marker.encode() in f.read()
     except OSError:
         return False
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POF\noffset 0\n",
+     True),
+    ("enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: F\n", True),
+    # without F the emulator is looked up inside the container's rootfs, where it is not
+    ("enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: \n", False),
+    ("disabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: F\n", False),
+    (None, False),
+])
+def test_foreign_platform_needs_an_enabled_fixed_binary_emulator(tmp_path, monkeypatch,
+                                                                 entry, expected):
+    from pybk.core import multiplatform
+
+    monkeypatch.setattr(multiplatform, "BINFMT_DIR", str(tmp_path))
+    if entry is not None:
+        (tmp_path / "qemu-aarch64").write_text(entry)
+    assert multiplatform.can_execute("linux/arm64") is expected
+    assert multiplatform.can_execute("linux/amd64") is True  # this machine's own
