@@ -1,9 +1,10 @@
 """The OCI runtime spec (``config.json``) of one ExecOp, plus its /etc/hosts and resolv.conf.
 
 Defaults follow what BuildKit gets from containerd's default Unix spec: Docker's capability
-set, the usual /proc, /dev, /sys mounts, masked and read-only /proc paths, a device cgroup that
-denies everything runc does not add itself. ``security=insecure`` gives every capability the
-host allows, the host's devices and writable /sys.
+set, a seccomp filter (:mod:`pybk.workers.seccomp`), the usual /proc, /dev, /sys mounts, masked
+and read-only /proc paths, a device cgroup that denies everything runc does not add itself.
+``security=insecure`` gives every capability the host allows, the host's devices and writable
+/sys, and no seccomp filter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from pybk.core.errors import BuildError
 from pybk.core.interfaces import ExecMount, ProcessSpec
+from pybk.workers import seccomp
 from pybk.workers.user import ResolvedUser
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -287,6 +289,8 @@ def generate_spec(
     }
     if insecure:
         linux["devices"] = host_devices()
+    elif seccomp.supported():
+        linux["seccomp"] = seccomp.default_profile()
 
     return {
         "ociVersion": "1.0.2",

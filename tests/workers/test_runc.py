@@ -214,6 +214,16 @@ def test_capabilities(run, security):
         assert effective == 0xA80425FB
 
 
+def test_sandbox_filters_namespace_and_keyring_calls(run):
+    # an unprivileged user namespace would give the step every capability inside it
+    script = ("unshare -U true && echo user-ns-created; unshare -m true || echo denied;"
+              " echo a pipeline | wc -w")
+    sandbox, insecure = run(script), run(script, security="insecure")
+    assert "Operation not permitted" in sandbox.stderr
+    assert sandbox.stdout.split("\n")[:2] == ["denied", "2"]
+    assert insecure.stdout.split("\n")[:2] == ["user-ns-created", "2"]
+
+
 def test_insecure_unmasks_proc_and_passes_host_devices(run):
     from pybk.workers.spec import host_devices
 

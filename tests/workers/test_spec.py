@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pybk.core.errors import BuildError
@@ -66,6 +68,27 @@ def test_insecure_spec():
     assert spec["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
     assert any(d["path"] == "/dev/null" for d in spec["linux"]["devices"])
     assert "rw" in _by_dest(spec)["/sys"]["options"]
+    assert "seccomp" not in spec["linux"]
+
+
+def test_sandbox_seccomp_profile():
+    from pybk.workers import seccomp
+
+    profile = _spec(ProcessSpec(args=("true",)))["linux"]["seccomp"]
+    assert profile == seccomp.default_profile()
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert profile["architectures"][0] == {"x86_64": "SCMP_ARCH_X86_64",
+                                           "aarch64": "SCMP_ARCH_AARCH64"}.get(
+        os.uname().machine, profile["architectures"][0])
+    denied = {name: rule for rule in profile["syscalls"] for name in rule["names"]
+              if "args" not in rule}
+    assert denied["unshare"]["errnoRet"] == 1 and denied["keyctl"]["errnoRet"] == 1
+    assert denied["clone3"]["errnoRet"] == 38  # ENOSYS: libc falls back to clone
+    clone_masks = sorted(rule["args"][0]["value"] for rule in profile["syscalls"]
+                         if rule["names"] == ["clone"])
+    assert 0x10000000 in clone_masks and len(clone_masks) == 8  # CLONE_NEWUSER among them
+    s390 = seccomp.default_profile("s390x")
+    assert {r["args"][0]["index"] for r in s390["syscalls"] if r["names"] == ["clone"]} == {1}
 
 
 def test_host_network_and_netns_path():
