@@ -6,9 +6,10 @@ reuses that layer's original blob (recorded by the solver with
 ``force-compression`` is set; then the original blob is transcoded, which keeps its diffID. Any
 other snapshot's own changes (``layer_dir``, overlay whiteouts) are archived as an OCI layer tar.
 Everything streams: tar → diffID hash → compressor → content store writer (blob digest and
-size); no layer is ever held in memory. Layers are produced in parallel threads (zlib and zstd
-release the GIL) and generated blobs are remembered per (snapshot, compression, level,
-timestamp epoch), so a rebuild does not compress again.
+size); no layer is ever held in memory. Layers are produced in parallel threads, and each
+layer is compressed on every core too (gzip by blocks, :mod:`pybk.exporters.pgzip`; zstd with
+its own threads). Generated blobs are remembered per (snapshot, compression, level, timestamp
+epoch), so a rebuild does not compress again.
 """
 
 from __future__ import annotations
@@ -106,10 +107,9 @@ def write_blob(content: Any, produce: Callable[[IO[bytes]], None], spec: LayerSp
     level = spec.level if spec.level is not None else DEFAULT_LEVELS.get(spec.compression)
     with content.writer() as blob:
         if spec.compression == "gzip":
-            import gzip
+            from pybk.exporters.pgzip import ParallelGzipWriter
 
-            with gzip.GzipFile(filename="", fileobj=blob, mode="wb",  # type: ignore[arg-type]
-                               compresslevel=level, mtime=0) as comp:
+            with ParallelGzipWriter(blob, level) as comp:  # type: ignore[arg-type]
                 tee = _Tee(comp)
                 produce(tee)  # type: ignore[arg-type]
         elif spec.compression == "zstd":

@@ -1,0 +1,108 @@
+"""gzip compression on every core: one gzip member whose deflate stream is made of blocks
+compressed in threads (zlib releases the GIL), as pigz does.
+
+Each 1 MiB block is deflated on its own, primed with the 32 KiB before it (so the ratio stays
+that of one stream) and ended with a sync flush (so the blocks concatenate into one valid
+stream); the last one ends the stream. The output depends only on the data, the level and the
+block size, never on the number of threads, so layer digests stay reproducible. Any gzip reader
+reads it; memory is bounded by a few blocks per thread.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO, Any
+
+BLOCK = 1 << 20
+WINDOW = 1 << 15
+
+
+def _deflate(chunk: bytes, level: int, dictionary: bytes, last: bool) -> bytes:
+    if dictionary:
+        comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=dictionary)
+    else:
+        comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return comp.compress(chunk) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+class ParallelGzipWriter:
+    """A write-only binary stream compressing into ``out``; :meth:`close` finishes the member
+    (it does not close ``out``)."""
+
+    def __init__(self, out: IO[bytes], level: int = 6, *, block: int = BLOCK,
+                 threads: int | None = None):
+        self.out = out
+        self.level = level
+        self.block = block
+        self.threads = threads or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._pending: deque[Future[bytes] | bytes] = deque()
+        self._buffer = bytearray()
+        self._tail = b""
+        self._crc = 0
+        self._size = 0
+        self._closed = False
+        # RFC 1952 header: no name, mtime 0, XFL as gzip writes it, OS unknown
+        xfl = 2 if level == 9 else 4 if level == 1 else 0
+        out.write(b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + bytes((xfl, 255)))
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._crc = zlib.crc32(view, self._crc)
+        self._size += len(view)
+        self._buffer += view
+        while len(self._buffer) >= self.block:
+            chunk = bytes(self._buffer[:self.block])
+            del self._buffer[:self.block]
+            self._submit(chunk, last=False)
+        return len(view)
+
+    def _submit(self, chunk: bytes, *, last: bool) -> None:
+        dictionary, self._tail = self._tail, chunk[-WINDOW:]
+        if self._pool is None:
+            self._pending.append(_deflate(chunk, self.level, dictionary, last))
+        else:
+            self._pending.append(self._pool.submit(_deflate, chunk, self.level, dictionary,
+                                                   last))
+        while len(self._pending) > 2 * self.threads or (self._pending and last):
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        done = self._pending.popleft()
+        self.out.write(done if isinstance(done, bytes) else done.result())
+
+    def flush(self) -> None:
+        """Blocks are written as they complete; nothing to do before :meth:`close`."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._submit(bytes(self._buffer), last=True)
+            self._buffer.clear()
+            self.out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
+        finally:
+            for pending in self._pending:
+                if not isinstance(pending, bytes):
+                    pending.cancel()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> ParallelGzipWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # an aborted layer: stop the threads, write no trailer
+            self._closed = True
+            for pending in self._pending:
+                if not isinstance(pending, bytes):
+                    pending.cancel()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
