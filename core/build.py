@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pybk.core.errors import BuildError, SolveError, UsageError
@@ -209,9 +210,13 @@ def progress_mode(request: Any) -> str:
     return "quiet" if request.quiet else request.progress
 
 
-def solve_options(request: Any) -> dict[str, Any]:
+def solve_options(request: Any, provenance: Any = None) -> dict[str, Any]:
     """The :meth:`Client.solve` arguments a build request implies (whatever the frontend):
-    secrets, ssh sockets, entitlements, progress, outputs and remote caches."""
+    secrets, ssh sockets, entitlements, progress, outputs and remote caches; ``provenance``
+    (a :class:`pybk.core.provenance.Provenance`) goes to the exporters."""
+    info = export_info(request)
+    if provenance is not None:
+        info["provenance"] = provenance
     return {
         "secrets": {s.id: s.read() for s in request.secrets},
         "ssh": {spec.id: (spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),))[0]
@@ -220,7 +225,7 @@ def solve_options(request: Any) -> dict[str, Any]:
         "progress": progress_mode(request),
         "outputs": list(request.outputs),
         "request": request,
-        "export_info": export_info(request),
+        "export_info": info,
         "cache_imports": request.cache_from,
         "cache_exports": cache_exports(request),
     }
@@ -280,6 +285,24 @@ def finish_outputs(request: Any, result: Any) -> None:
             print(done.stdout.strip(), file=sys.stderr)
 
 
+def build_provenance(request: Any, frontend: str, opts: Mapping[str, str],
+                     local_names: Iterable[str], *, started: float | None = None) -> Any:
+    """The build's :class:`pybk.core.provenance.Provenance` when ``--provenance`` asked for
+    one (None otherwise); created before solving, so its start time is the build's."""
+    if request.provenance is None:
+        return None
+    from pybk.core.provenance import Provenance
+    from pybk.core.registry.platform import host_platform
+
+    return Provenance(
+        spec=request.provenance, frontend=frontend,
+        frontend_opts={k: v for k, v in opts.items() if k != "requestid"},
+        locals=tuple(sorted(local_names)), secrets=tuple((s.id, False) for s in request.secrets),
+        ssh=tuple(spec.id for spec in request.ssh), entry_point=opts.get("filename", ""),
+        builder_platform=str(host_platform()), started=started or time.time(),
+        epoch=export_info(request).get("source_date_epoch"))
+
+
 def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: LocalBridge,
                    root: str) -> Any:
     """The frontend's result, from the definition cache (``pybk.core.defcache``) when the
@@ -312,6 +335,7 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     opts, local_dirs, oci_layouts = frontend_inputs(request)
+    started = time.time()
     build_file = os.path.join(local_dirs["dockerfile"], opts["filename"])
     try:
         with open(build_file, "rb") as f:
@@ -356,17 +380,18 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
         from pybk.core.multiplatform import platform_graphs
 
         graphs = platform_graphs(result.metadata)
+        provenance = build_provenance(request, name, opts, local_dirs, started=started)
         try:
             if graphs is None:
                 solved = client.solve(
                     result.definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
-                    image_config=result.image_config, **solve_options(request))
+                    image_config=result.image_config, **solve_options(request, provenance))
             else:
                 solved = client.solve_platforms(
                     graphs, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
-                    **solve_options(request))
+                    **solve_options(request, provenance))
         except BuildError as exc:
             vertex = getattr(exc, "vertex", None)
             definitions = [result.definition] if graphs is None else [
@@ -404,7 +429,8 @@ def run_llb_build(data: bytes, request: Any, *, root: str, config_path: str | No
         elif ctx.kind == "oci-layout":
             oci_layouts[ctx.name] = ctx.value.split("@", 1)[0]
     with Client(root=root, config=config) as client:
+        provenance = build_provenance(request, "", {}, local_dirs)
         result = client.solve(definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
-                              no_cache=request.no_cache, **solve_options(request))
+                              no_cache=request.no_cache, **solve_options(request, provenance))
         finish_outputs(request, result)
     return 0

@@ -362,6 +362,91 @@ def _check_known(typ: str, known: Iterable[str] | None, *, flag: str, what: str)
                          flag=flag)
 
 
+# -- attestations ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ProvenanceSpec:
+    """``--provenance`` / ``--attest type=provenance``: BuildKit's parameters, validated."""
+
+    mode: str = "min"
+    version: str = "v0.2"
+    builder_id: str = ""
+    reproducible: bool = False
+    inline_only: bool = False
+    filename: str = "provenance.json"
+
+
+_PROVENANCE_KEYS = {"mode", "version", "builder-id", "reproducible", "inline-only", "filename",
+                    "disabled"}
+
+
+def _bool(value: str, key: str, flag: str) -> bool:
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise UsageError(f"invalid {key} {value!r}: expected true or false", flag=flag)
+
+
+def parse_attests(attest: Sequence[str], provenance: str | None,
+                  sbom: str | None) -> ProvenanceSpec | None:
+    """The provenance to attach, from ``--attest`` values and the ``--provenance`` /
+    ``--sbom`` shorthands (``true``, ``false``, ``min``, ``max`` or ``KEY=V,…``); None for
+    none. SBOMs need a scanner image BuildKit runs as a frontend, which pybk does not: asking
+    for one is a usage error."""
+    wanted: dict[str, dict[str, str]] = {}
+    for value in attest:
+        kv = parse_kv_csv(value, flag="--attest")
+        typ = kv.pop("type", "")
+        if typ not in ("provenance", "sbom"):
+            raise UsageError(f"{value!r}: type= must be provenance or sbom", flag="--attest")
+        wanted[typ] = kv
+    for typ, value, flag in (("provenance", provenance, "--provenance"),
+                             ("sbom", sbom, "--sbom")):
+        if value is None:
+            continue
+        low = value.strip().lower()
+        if low in ("true", "1", ""):
+            wanted[typ] = {}
+        elif low in ("false", "0"):
+            wanted[typ] = {"disabled": "true"}
+        elif typ == "provenance" and low in ("min", "max"):
+            wanted[typ] = {"mode": low}
+        else:
+            wanted[typ] = parse_kv_csv(value, flag=flag)
+    sbom_spec = wanted.get("sbom")
+    if sbom_spec is not None and not _bool(sbom_spec.get("disabled", "false"), "disabled",
+                                           "--sbom"):
+        raise UsageError("SBOM attestations need a scanner image run as a frontend "
+                         "(docker/buildkit-syft-scanner); pybk does not generate SBOMs "
+                         "(use --sbom=false)", flag="--sbom")
+    spec = wanted.get("provenance")
+    if spec is None:
+        return None
+    flag = "--provenance"
+    unknown = sorted(set(spec) - _PROVENANCE_KEYS)
+    if unknown:
+        raise UsageError(f"unknown provenance parameter {unknown[0]!r} (known: "
+                         f"{', '.join(sorted(_PROVENANCE_KEYS))})", flag=flag)
+    if _bool(spec.get("disabled", "false"), "disabled", flag):
+        return None
+    mode = spec.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise UsageError(f"invalid mode {mode!r}: expected min or max", flag=flag)
+    version = spec.get("version", "v0.2")
+    if version not in ("v0.2", "v1"):
+        raise UsageError(f"invalid version {version!r}: expected v0.2 or v1", flag=flag)
+    filename = spec.get("filename", "provenance.json")
+    if not filename or "/" in filename or filename in (".", ".."):
+        raise UsageError(f"invalid filename {filename!r}: a file name without /", flag=flag)
+    return ProvenanceSpec(
+        mode=mode, version=version, builder_id=spec.get("builder-id", ""),
+        reproducible=_bool(spec.get("reproducible", "false"), "reproducible", flag),
+        inline_only=_bool(spec.get("inline-only", "false"), "inline-only", flag),
+        filename=filename)
+
+
 # -- the whole request -------------------------------------------------------------------------
 
 
@@ -398,3 +483,4 @@ class BuildRequest:
     print_llb: bool = False
     pull: bool = False
     quiet: bool = False
+    provenance: ProvenanceSpec | None = None

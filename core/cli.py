@@ -117,6 +117,11 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     a("--print-llb", action="store_true", help="print the frontend's LLB and exit")
     a("--pull", action="store_true")
     a("-q", "--quiet", action="store_true")
+    a("--attest", action="append", default=[], metavar="type=provenance[,k=v]",
+      help="attestations to attach (provenance; sbom needs a scanner pybk does not run)")
+    a("--provenance", metavar="true|false|mode=min|max[,k=v]",
+      help="shorthand for --attest type=provenance")
+    a("--sbom", metavar="false", help="shorthand for --attest type=sbom (only false works)")
 
 
 def parse_build_request(ns: argparse.Namespace) -> Any:
@@ -191,6 +196,7 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         print_llb=ns.print_llb,
         pull=ns.pull,
         quiet=ns.quiet,
+        provenance=bo.parse_attests(ns.attest, ns.provenance, ns.sbom),
     )
     if request.cache_from:
         resolve_plugin_options(pm, request.cache_from, "--cache-from", pm.cache_backends(),

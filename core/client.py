@@ -322,7 +322,8 @@ class Client:
             config = outcome.extra.get("image_config")
         return SolveResult(ref=ref, store=runner.store, image_config=config,
                            stats=scheduler.stats(), cache_key=key,
-                           cache_output=loaded.head.index), entries
+                           cache_output=loaded.head.index, definition=definition,
+                           resolved=runner.resolved_images(loaded.vertices)), entries
 
     # -- exporting ---------------------------------------------------------------------
 

@@ -309,6 +309,8 @@ class BuiltIndex:
     manifest_bytes: bytes
     manifest_digest: str
     epoch: int | None
+    #: ``{platform: attestation manifest}`` (provenance), listed after the images
+    attestations: Mapping[str, BuiltImage] = attrs.field(factory=dict)
 
     @property
     def media_type(self) -> str:
@@ -323,9 +325,9 @@ class BuiltIndex:
         return desc
 
     def blobs(self) -> list[tuple[str, int]]:
-        """Every platform's manifest and blobs, each once."""
+        """Every platform's manifest and blobs, then the attestations', each once."""
         seen: dict[str, int] = {}
-        for image in self.images.values():
+        for image in [*self.images.values(), *self.attestations.values()]:
             seen.setdefault(image.manifest_digest, len(image.manifest_bytes))
             for digest, size in image.blobs():
                 seen.setdefault(digest, size)
@@ -343,26 +345,83 @@ class BuiltIndex:
 def build_images(result: BuildResultView, settings: ImageSettings, info: Mapping[str, Any],
                  content: Any = None) -> BuiltImage | BuiltIndex:
     """:func:`build_image`, or for a multi-platform result one image per platform and the
-    index over them (platform fields set; the index annotations go on the index)."""
+    index over them (platform fields set; the index annotations go on the index). With a
+    provenance request (``info["provenance"]``) the result is always an index: the images,
+    then one attestation manifest per image."""
     from pybk.core.multiplatform import platform_results
     from pybk.core.registry import DOCKER_MANIFEST_LIST, OCI_INDEX
 
     results = platform_results(result)
     content = content if content is not None else content_store_for(result, info)
-    if results is None:
+    provenance = info.get("provenance")
+    if provenance is not None and not settings.oci:
+        settings = attrs.evolve(settings, oci=True)  # attestation manifests are OCI's
+    if results is None and provenance is None:
         return build_image(result, settings, info, content)
+    results = results or {"": result}
     images = {platform: build_image(one, settings, info, content)
               for platform, one in results.items()}
+    attestations = {platform: build_attestation(
+        content, provenance.statement(results[platform], _subjects(image, settings.names)),
+        image.manifest_digest) for platform, image in images.items()} if provenance else {}
     index: dict[str, Any] = {
         "schemaVersion": 2, "mediaType": OCI_INDEX if settings.oci else DOCKER_MANIFEST_LIST,
-        "manifests": [image.descriptor(platform=True) for image in images.values()]}
+        "manifests": [image.descriptor(platform=True) for image in images.values()]
+        + [att.descriptor(platform=True) for att in attestations.values()]}
     if settings.index_annotations:
         index["annotations"] = dict(settings.index_annotations)
     index_bytes = _json_bytes(index)
     first = next(iter(images.values()))
     return BuiltIndex(content=content, oci=settings.oci, images=images, manifest=index,
                       manifest_bytes=index_bytes, manifest_digest=content.put_bytes(index_bytes),
-                      epoch=first.epoch)
+                      epoch=first.epoch, attestations=attestations)
+
+
+IN_TOTO = "application/vnd.in-toto+json"
+PREDICATE_TYPE_ANNOTATION = "in-toto.io/predicate-type"
+REFERENCE_TYPE_ANNOTATION = "vnd.docker.reference.type"
+REFERENCE_DIGEST_ANNOTATION = "vnd.docker.reference.digest"
+
+
+def _subjects(image: BuiltImage, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The in-toto subjects of an image: one package URL per name (``_`` without names)."""
+    from pybk.core.provenance import image_purl
+
+    digest = dict([image.manifest_digest.split(":", 1)])
+    plat = image.platform
+    platform = "/".join(filter(None, (plat["os"], plat["architecture"], plat.get("variant"))))
+    if not names:
+        return [{"name": "_", "digest": digest}]
+    return [{"name": image_purl(name, platform), "digest": digest} for name in names]
+
+
+def build_attestation(content: Any, statement: Mapping[str, Any], target: str) -> BuiltImage:
+    """An attestation manifest (BuildKit's layout: platform ``unknown/unknown``, one in-toto
+    blob as its layer) for the manifest ``target``."""
+    from pybk.exporters.layers import LayerBlob
+
+    blob = _json_bytes(statement)
+    blob_digest = content.put_bytes(blob)
+    config = {"architecture": "unknown", "os": "unknown", "config": {},
+              "rootfs": {"type": "layers", "diff_ids": [blob_digest]}}
+    config_bytes = _json_bytes(config)
+    config_descriptor = {"mediaType": OCI_CONFIG, "digest": content.put_bytes(config_bytes),
+                         "size": len(config_bytes)}
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_descriptor,
+                "layers": [{"mediaType": IN_TOTO, "digest": blob_digest, "size": len(blob),
+                            "annotations": {PREDICATE_TYPE_ANNOTATION:
+                                            statement["predicateType"]}}]}
+    manifest_bytes = _json_bytes(manifest)
+    layer = ExportedLayer(snapshot=None, blob=LayerBlob(
+        digest=blob_digest, size=len(blob), diff_id=blob_digest, compression="uncompressed",
+        media=IN_TOTO))
+    return BuiltImage(content=content, oci=True, manifest=manifest,
+                      manifest_bytes=manifest_bytes,
+                      manifest_digest=content.put_bytes(manifest_bytes), config=config,
+                      config_descriptor=config_descriptor, layers=[layer],
+                      descriptor_annotations={REFERENCE_TYPE_ANNOTATION: "attestation-manifest",
+                                              REFERENCE_DIGEST_ANNOTATION: target},
+                      epoch=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,7 +463,7 @@ async def _push(image: BuiltImage | BuiltIndex, names: Sequence[str], *, hosts: 
     async with RegistryClient(hosts, image.content) as client:
         for ref in refs:
             if isinstance(image, BuiltIndex):
-                for one in image.images.values():
+                for one in [*image.images.values(), *image.attestations.values()]:
                     await _push_one(client, one, ref, by_digest=True)
                 await client.push_manifest(ref, image.manifest_bytes, image.media_type,
                                            by_digest=by_digest)
@@ -474,9 +533,10 @@ class _ImageInstance(ExporterInstance):
         if opts.unpack:
             from pybk.core.multiplatform import platform_results
 
-            results = platform_results(result)
-            for platform, one in (results or {"": result}).items():
-                register_unpacked(one, image.images[platform] if results else image)
+            results = platform_results(result) or {"": result}
+            for platform, one in results.items():
+                register_unpacked(one, image.images[platform] if isinstance(image, BuiltIndex)
+                                  else image)
         if opts.push:
             push_image(image, names, hosts=info.get("registry_hosts"),
                        insecure=opts.registry_insecure, by_digest=opts.push_by_digest)

@@ -55,9 +55,11 @@ class LayerBlob:
     compression: str  # gzip | zstd | uncompressed
     #: the repository a reused base layer came from (for cross-repository blob mounts)
     source: str = ""
+    #: a media type of its own (an attestation blob), instead of a layer's
+    media: str = ""
 
     def media_type(self, oci: bool) -> str:
-        return _MEDIA_TYPES[(oci, self.compression)]
+        return self.media or _MEDIA_TYPES[(oci, self.compression)]
 
     def descriptor(self, oci: bool) -> dict[str, Any]:
         return {"mediaType": self.media_type(oci), "digest": self.digest, "size": self.size}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import stat
@@ -21,12 +22,47 @@ from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, Ex
 class LocalOptions:
     dest: str
     platform_split: bool | None = setting("platform-split", default=None)
+    attestation_prefix: str = setting("attestation-prefix", default="")
 
 
 @attrs.frozen
 class TarOptions:
     dest: str = "-"
     platform_split: bool | None = setting("platform-split", default=None)
+    attestation_prefix: str = setting("attestation-prefix", default="")
+
+
+def _file_subjects(root: str) -> list[dict[str, Any]]:
+    """In-toto subjects of an exported tree: each regular file, by path and sha256."""
+    import hashlib
+
+    subjects = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            subjects.append({"name": os.path.relpath(path, root),
+                             "digest": {"sha256": digest.hexdigest()}})
+    return subjects
+
+
+def provenance_file(info: Mapping[str, Any], result: BuildResultView, root: str,
+                    prefix: str) -> tuple[str, bytes] | None:
+    """``(file name, statement)`` of the build's provenance about the files under ``root``,
+    when one was asked for and not only for images (``inline-only``)."""
+    import json
+
+    provenance = info.get("provenance")
+    if provenance is None or provenance.inline_only:
+        return None
+    statement = provenance.statement(result, _file_subjects(root))
+    return prefix + provenance.spec.filename, json.dumps(statement, indent=2).encode() + b"\n"
 
 
 def copy_tree(src: str, dest: str) -> int:
@@ -98,8 +134,14 @@ class _LocalInstance(ExporterInstance):
 
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
         for subdir, one in split_results(result, self.options.platform_split):
+            target = os.path.join(self.options.dest, subdir)
             with one.mount() as root:
-                copy_tree(root, os.path.join(self.options.dest, subdir))
+                copy_tree(root, target)
+                attestation = provenance_file(info, one, root, self.options.attestation_prefix)
+            if attestation is not None:
+                name, body = attestation
+                with open(os.path.join(target, name), "wb") as f:
+                    f.write(body)
         return ExportResponse({})
 
 
@@ -138,6 +180,13 @@ class _TarInstance(ExporterInstance):
                                 path = os.path.join(dirpath, name)
                                 arcname = os.path.join(subdir, os.path.relpath(path, root))
                                 tar.add(path, arcname=arcname, recursive=False)
+                        attestation = provenance_file(info, one, root,
+                                                      self.options.attestation_prefix)
+                    if attestation is not None:
+                        name, body = attestation
+                        member = tarfile.TarInfo(os.path.join(subdir, name))
+                        member.size, member.mode = len(body), 0o644
+                        tar.addfile(member, io.BytesIO(body))
         finally:
             if out is not sys.stdout.buffer:
                 out.close()

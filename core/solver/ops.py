@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -239,6 +239,11 @@ class BuildRunner(OpRunner):
     def unpack_blob(self, blob_path: str, media_type: str, parent: str | None) -> str:
         """Apply a layer blob onto ``parent`` (None: empty); returns the new record id."""
         return self._apply_layer(blob_path, media_type, parent)
+
+    def resolved_images(self, digests: Iterable[str]) -> dict[str, str]:
+        """``{vertex digest: manifest digest}`` of the image sources among ``digests`` that
+        this build resolved (for provenance)."""
+        return {d: self._images[d].manifest_digest for d in digests if d in self._images}
 
     def _extra(self, vertex: Vertex) -> dict[str, Any]:
         image = self._images.get(vertex.digest)

@@ -60,6 +60,10 @@ class SolveResult(BuildResultView):
     cache_key: str = ""
     #: the output of the head vertex that ``ref`` is (its cache record is ``cache_key``'s)
     cache_output: int = 0
+    #: the solved :class:`~pybk.core.llb.definition.Definition` (None for an empty one)
+    definition: Any = attrs.field(default=None, repr=False)
+    #: ``{vertex digest: manifest digest}`` of the images this solve resolved
+    resolved: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property

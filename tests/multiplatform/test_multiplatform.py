@@ -263,3 +263,24 @@ def test_foreign_platform_needs_an_enabled_fixed_binary_emulator(tmp_path, monke
         (tmp_path / "qemu-aarch64").write_text(entry)
     assert multiplatform.can_execute("linux/arm64") is expected
     assert multiplatform.can_execute("linux/amd64") is True  # this machine's own
+
+
+def test_provenance_attests_every_platform(root, context, busybox_layout, tmp_path, capsys):
+    layout = tmp_path / "layout"
+    build(capsys, root, context, busybox_layout, "--provenance=true",
+          "--output", f"type=oci,tar=false,dest={layout}")
+    top = json.loads((layout / "index.json").read_text())
+    index = _blob(layout, top["manifests"][0]["digest"])
+    images = index["manifests"][:2]
+    attestations = index["manifests"][2:]
+    assert [m["platform"]["architecture"] for m in images] == ["amd64", "arm64"]
+    assert [a["annotations"]["vnd.docker.reference.digest"] for a in attestations] == [
+        m["digest"] for m in images]
+    for image, attestation in zip(images, attestations, strict=True):
+        layer = _blob(layout, attestation["digest"])["layers"][0]
+        statement = _blob(layout, layer["digest"])
+        assert statement["subject"][0]["digest"]["sha256"] == image["digest"].split(":")[1]
+        # one invocation for the whole build, each platform its own statement
+    invocations = {_blob(layout, _blob(layout, a["digest"])["layers"][0]["digest"])
+                   ["predicate"]["metadata"]["buildInvocationID"] for a in attestations}
+    assert len(invocations) == 1
