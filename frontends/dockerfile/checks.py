@@ -3,7 +3,8 @@
 Configuration comes from the ``# check=skip=A,B;error=true;experimental=C`` directive, or the
 ``BUILDKIT_DOCKERFILE_CHECK`` build arg, which replaces it. Experimental rules run only when
 enabled with ``experimental=``. ``InvalidBaseImagePlatform`` needs the pulled image's platform,
-so :func:`base_image_platform_warning` is offered for the converter instead of a static check.
+so the converter reports it (:func:`base_image_platform_warning`) and the frontend applies the
+report's :class:`CheckConfig` to it.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ class CheckReport:
 
     warnings: list[Warning]
     error: bool
+    #: the check options in force (for the findings only a build sees)
+    config: CheckConfig = attrs.field(factory=lambda: CheckConfig())
 
     @property
     def error_message(self) -> str | None:
@@ -703,4 +706,4 @@ def run_checks(
     matcher = PatternMatcher(ignore_patterns) if ignore_patterns else None
     _lint(dockerfile, lint, build_args, target, matcher)
     warnings = sorted(lint.found, key=lambda w: w.line)
-    return CheckReport(warnings=warnings, error=config.error and bool(warnings))
+    return CheckReport(warnings=warnings, error=config.error and bool(warnings), config=config)

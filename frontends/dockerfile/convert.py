@@ -160,6 +160,24 @@ def _error(message: str, location: ins.Location) -> DockerfileParseError:
     )
 
 
+def _config_platform(config: Mapping[str, Any] | None) -> llb.Platform | None:
+    """The platform an image config declares (None when it declares none)."""
+    if not config or not config.get("architecture") or not config.get("os"):
+        return None
+    return llb.Platform(os=config["os"], architecture=config["architecture"],
+                        variant=config.get("variant") or "")
+
+
+def _same_platform(a: llb.Platform, b: llb.Platform) -> bool:
+    """Platforms equal once arm64's default variant (v8) is normalised away."""
+    def key(p: llb.Platform) -> tuple[str, str, str]:
+        variant = p.variant or ""
+        if p.architecture == "arm64" and variant == "v8":
+            variant = ""
+        return p.os, p.architecture, variant
+    return key(a) == key(b) or (key(a)[:2] == key(b)[:2] and not (a.variant and b.variant))
+
+
 def _base_image(config: Mapping[str, Any] | None, platform: llb.Platform) -> dict:
     """A full image config dict from a resolver's answer (a whole config or its ``config``)."""
     image = copy.deepcopy(dict(config or {}))
@@ -233,8 +251,14 @@ class _Converter:
                  target_platform: llb.Platform, build_platform: llb.Platform,
                  target_stage: str, context: Callable[[], llb.State],
                  no_cache_stages: frozenset[str] | None, extra_hosts: Mapping[str, str],
-                 network_mode: str | None, language: str = "Dockerfile"):
+                 network_mode: str | None, language: str = "Dockerfile",
+                 implicit_platform: bool = False):
         self.df = dockerfile
+        #: no target platform was asked for: a base image of another platform this host can
+        #: run sets its stage's platform (BuildKit's auto-detection)
+        self.implicit_platform = implicit_platform
+        #: build-check findings only the conversion can see (InvalidBaseImagePlatform)
+        self.findings: list[Any] = []
         self.build_args = dict(build_args)
         self.named_contexts = dict(named_contexts)
         for key, value in named_contexts.items():
@@ -300,6 +324,40 @@ class _Converter:
             self.resolved[key] = (self.image_resolver(ref, str(platform) if platform else None)
                                   if self.image_resolver else None)
         return self.resolved[key]
+
+    def _base_kind(self, name: str, before: int) -> str | None:
+        """``image`` when FROM ``name`` names a registry image, ``context`` for a named context
+        that is an image, None for scratch, a stage or a context of another kind."""
+        ctx = self.named_contexts.get(name)
+        if ctx is None:
+            with contextlib.suppress(ValueError, InputError):
+                ctx = self.named_contexts.get(llb.normalize_image_ref(name))
+        if ctx is not None:
+            image = isinstance(ctx, NamedContext) and ctx.stage is None and bool(ctx.image_config)
+            return "context" if image else None
+        if name == "scratch" or self.find_stage(name, before) is not None:
+            return None
+        return "image"
+
+    def _base_platform(self, name: str, config: Mapping[str, Any] | None,
+                       expected: llb.Platform, frm: Any, *,
+                       may_detect: bool) -> llb.Platform | None:
+        """A base image whose config names another platform: with no target platform asked
+        for and an image this host can run, that platform (None otherwise, after recording an
+        InvalidBaseImagePlatform finding)."""
+        from pybk.frontends.dockerfile.checks import base_image_platform_warning
+
+        actual = _config_platform(config)
+        if actual is None or _same_platform(actual, expected):
+            return None
+        if may_detect and self.implicit_platform and not frm.platform:
+            from pybk.core.multiplatform import can_execute
+
+            if can_execute(actual):
+                return actual
+        self.findings.append(base_image_platform_warning(
+            name, str(expected), str(actual), frm.location))
+        return None
 
     def source(self, name: str, before: int, location: ins.Location,
                platform: llb.Platform | None = None,
@@ -372,6 +430,13 @@ class _Converter:
         width = len(str(total))
         name = f"[{label + ' ' if label else ''}{1:>{width}d}/{total}] FROM {base}"
         state, config = self.source(base, stage.index, frm.location, platform, name)
+        kind = self._base_kind(base, stage.index)
+        if kind is not None:
+            detected = self._base_platform(base, config, platform, frm,
+                                           may_detect=kind == "image")
+            if detected is not None:
+                platform = ds.platform = detected
+                state, config = self.source(base, stage.index, frm.location, platform, name)
         ds.state = state.platform(platform) if frm.platform else state
         ds.image = _base_image(config, platform)
         ds.index = 1
@@ -825,7 +890,9 @@ def dockerfile_to_llb(data: bytes, *, filename: str = "Dockerfile", **options: A
     graph, and only the context paths they read are transferred (``exclude_patterns``: the
     ``.dockerignore`` patterns). ``no_cache_stages``: None (use the cache), empty (no stage) or
     stage names whose steps ignore the cache. ``warn`` receives warnings such as unused build
-    args.
+    args, ``lint`` the build-check findings only the conversion sees (InvalidBaseImagePlatform).
+    Without ``target_platform`` a base image of another platform this host can run (natively
+    or emulated) gives its stage that platform, as BuildKit's auto-detection does.
     """
     return convert_dockerfile(ins.parse_dockerfile(data, filename), data, **options)
 
@@ -847,6 +914,7 @@ def convert_dockerfile(
     network_mode: str | None = None,
     labels: Mapping[str, str] = {},  # noqa: B006 - read only
     warn: Callable[[str], None] | None = None,
+    lint: Callable[[Any], None] | None = None,
 ) -> ConvertResult:
     """Convert an already parsed Dockerfile (or any frontend's typed instructions) to LLB.
 
@@ -894,7 +962,7 @@ def convert_dockerfile(
             dockerfile, bytes(data), build_args, named_contexts, resolver, target_p, build_p,
             target or "default", context,
             None if no_cache_stages is None else frozenset(no_cache_stages), extra_hosts,
-            network_mode, language)
+            network_mode, language, implicit_platform=target_platform is None)
         return converter, converter.stage(stage)
 
     converter, built = convert(None)
@@ -910,6 +978,9 @@ def convert_dockerfile(
                         and k.upper() not in PROXY_ARGS and not k.startswith("BUILDKIT_"))
         if unused:
             warn(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed")
+    if lint is not None:
+        for finding in converter.findings:
+            lint(finding)
     return ConvertResult(built.state, image, stage.name or f"stage-{stage.index}", follow)
 
 

@@ -167,8 +167,21 @@ class DockerfileFrontend(Frontend):
                 if requestid == "frontend.outline" else convert.targets(data, filename=filename))
         targets = platforms(opts)
         excludes = ignore_patterns(bridge, filename)
-        self._lint(data, filename, args, target, excludes, bridge)
+        report = self._lint(data, filename, args, target, excludes, bridge)
         network = opts.get("force-network-mode") or None
+
+        def lint(finding: Any) -> None:
+            """A finding only the conversion sees, under the file's check options."""
+            from pybk.frontends.dockerfile.checks import RULES
+            from pybk.frontends.dockerfile.errors import DockerfileParseError
+
+            if not report.config.enabled(RULES[finding.rule]):
+                return
+            bridge.warn(f"{finding.rule}: {finding.message} ({finding.filename}:{finding.line})")
+            if report.config.error:
+                raise DockerfileParseError(
+                    f"lint violation found for rules: {finding.rule}",
+                    filename=finding.filename, line=finding.line)
 
         def convert_one(platform: str | None) -> tuple[Any, Any]:
             converted = convert.dockerfile_to_llb(
@@ -178,7 +191,7 @@ class DockerfileFrontend(Frontend):
                 target_platform=platform, exclude_patterns=excludes,
                 no_cache_stages=no_cache_stages(opts), extra_hosts=extra_hosts(opts),
                 network_mode=network if network in ("none", "host") else None,
-                labels=labels(opts), warn=bridge.warn)
+                labels=labels(opts), warn=bridge.warn, lint=lint)
             return converted.state.marshal(platform), converted.image_config
 
         if len(targets) > 1:
@@ -188,8 +201,9 @@ class DockerfileFrontend(Frontend):
 
     @staticmethod
     def _lint(data: bytes, filename: str, args: Mapping[str, str], target: str | None,
-              excludes: list[str], bridge: FrontendBridge) -> None:
-        """The build checks, as warnings (an error when ``# check=error=true``)."""
+              excludes: list[str], bridge: FrontendBridge) -> Any:
+        """The build checks, as warnings (an error when ``# check=error=true``); the report,
+        whose options also govern the findings of the conversion."""
         from pybk.frontends.dockerfile.checks import run_checks
         from pybk.frontends.dockerfile.errors import DockerfileParseError
 
@@ -200,3 +214,4 @@ class DockerfileFrontend(Frontend):
             first = report.warnings[0]
             raise DockerfileParseError(report.error_message, filename=first.filename,
                                        line=first.line)
+        return report

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.busybox import build_busybox_layout
+from support.busybox import build_busybox_layout, push_oci_layout
 
 from pybk.core.cli import main
 
@@ -99,3 +99,67 @@ def test_multi_platform_build_runs_natively_and_emulated(root, multiarch_layout,
     for platform, machine in (("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")):
         assert (out / platform / "machine").read_text() == f"{machine}\n"
         assert _elf_machine(out / platform / "busybox") == machine
+
+
+def _arm64_only_layout(tmp_path: Path, binary: Path) -> Path:
+    """A layout whose tag names the arm64 manifest alone (no index): an arm64-only image."""
+    layout = build_busybox_layout(tmp_path / "multi", others={"arm64": str(binary)})
+    blobs = layout / "blobs" / "sha256"
+    top = json.loads((layout / "index.json").read_text())["manifests"][0]
+    index = json.loads((blobs / top["digest"].split(":")[1]).read_text())
+    arm = next(m for m in index["manifests"] if m["platform"]["architecture"] == "arm64")
+    arm = {**arm, "annotations": {"org.opencontainers.image.ref.name": "latest"}}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [arm]}))
+    return layout
+
+
+@pytest.fixture
+def arm64_only_image(tmp_path, registry):
+    fake = tmp_path / "arm64-busybox"
+    fake.write_bytes(b"an arm64 busybox stand-in\n")
+    name = f"{registry.host}/arm64only/busybox:latest"
+    push_oci_layout(_arm64_only_layout(tmp_path, fake), name)
+    return name
+
+
+def _platform_build(root, tmp_path, image, capsys, *args):
+    (tmp_path / "Dockerfile").write_text(f"FROM {image}\nCOPY Dockerfile /d\n")
+    code = main(["--root", root, "build", "--progress", "plain", *args,
+                 "--print-llb", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    ops = [json.loads(line)["Op"] for line in captured.out.splitlines()]
+    platforms = {json.dumps(op["platform"], sort_keys=True) for op in ops if op.get("platform")}
+    return platforms, captured.err
+
+
+def test_base_of_another_platform_warns_when_a_platform_was_asked(root, tmp_path,
+                                                                  arm64_only_image, capsys):
+    platforms, err = _platform_build(root, tmp_path, arm64_only_image, capsys,
+                                     "--platform", "linux/amd64")
+    assert ("InvalidBaseImagePlatform: Base image " + arm64_only_image + " was pulled with "
+            'platform "linux/arm64", expected "linux/amd64" for current build (Dockerfile:1)'
+            ) in err
+    assert platforms == {json.dumps({"architecture": "amd64", "os": "linux"}, sort_keys=True)}
+    # the file's check options govern it like any build check
+    (tmp_path / "skip").mkdir()
+    (tmp_path / "skip" / "Dockerfile").write_text(
+        f"# check=skip=InvalidBaseImagePlatform\nFROM {arm64_only_image}\n")
+    assert main(["--root", root, "build", "--platform", "linux/amd64", "--print-llb",
+                 str(tmp_path / "skip")]) == 0
+    assert "InvalidBaseImagePlatform" not in capsys.readouterr().err
+
+
+def test_base_of_a_runnable_platform_is_detected_without_platform(root, tmp_path,
+                                                                 arm64_only_image, capsys,
+                                                                 monkeypatch):
+    from pybk.core import multiplatform
+
+    monkeypatch.setattr(multiplatform, "can_execute", lambda platform: True)
+    platforms, err = _platform_build(root, tmp_path, arm64_only_image, capsys)
+    assert "InvalidBaseImagePlatform" not in err
+    assert platforms == {json.dumps({"architecture": "arm64", "os": "linux"}, sort_keys=True)}
+    # no emulator: the stage keeps the host's platform and the build says why it may fail
+    monkeypatch.setattr(multiplatform, "can_execute", lambda platform: False)
+    platforms, err = _platform_build(root, tmp_path, arm64_only_image, capsys, "--no-cache")
+    assert "InvalidBaseImagePlatform" in err
