@@ -222,3 +222,18 @@ def test_disabled_provenance_and_sbom_change_nothing(tmp_path, context, busybox_
     top = json.loads((layout / "index.json").read_text())["manifests"][0]
     assert top["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert not os.path.exists(layout / "provenance.json")
+
+
+def test_hermetic_when_every_run_has_no_network(tmp_path, busybox_layout, capsys):
+    require_runc()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN --network=none echo sealed > /x\n")
+    out = tmp_path / "out"
+    code = main(["--root", str(tmp_path / "store"), "build", "--progress", "quiet",
+                 "--build-context", f"busybox=oci-layout://{busybox_layout}",
+                 "--provenance=true", "-o", f"type=local,dest={out}", str(ctx)])
+    assert code == 0, capsys.readouterr().err
+    metadata = json.loads((out / "provenance.json").read_text())["predicate"]["metadata"]
+    assert metadata["https://mobyproject.org/buildkit@v1#hermetic"] is True
+    assert metadata["completeness"]["materials"] is True  # nothing read from the context
