@@ -401,6 +401,7 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
                 raise
             raise SolveError(f"{exc}\n{where}", vertex=vertex) from None
         finish_outputs(request, solved)
+        client.collect_garbage()
     finally:
         client.close()
     return 0
@@ -433,4 +434,5 @@ def run_llb_build(data: bytes, request: Any, *, root: str, config_path: str | No
         result = client.solve(definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
                               no_cache=request.no_cache, **solve_options(request, provenance))
         finish_outputs(request, result)
+        client.collect_garbage()
     return 0

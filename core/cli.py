@@ -30,7 +30,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pybk {__version__}")
     parser.add_argument("--root", default=None, help="store directory (default: $PYBK_ROOT or "
                         "/var/lib/pybk for root, $XDG_DATA_HOME/pybk otherwise)")
-    parser.add_argument("--config", default=None, help="buildkitd.toml-format config file")
+    parser.add_argument("--config", default=None,
+                        help="buildkitd.toml-format config file (default: $PYBK_CONFIG)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--addr", default=None, metavar="unix:///PATH",
                         help="run the command in the pybkd daemon at this address "
@@ -356,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command is None:
             parser.print_help()
             return 2
+        if getattr(ns, "config", None) is None:
+            ns.config = os.environ.get("PYBK_CONFIG") or None
         return COMMANDS[ns.command](ns)
     except PybkError as exc:
         if debug:

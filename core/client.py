@@ -263,6 +263,28 @@ class Client:
         hook.pybk_build_finished(request=request, result=result, error=None)
         return result
 
+    def collect_garbage(self, *, force: bool = False) -> list[Any]:
+        """BuildKit's automatic GC: the worker's policies (``gcpolicy``, else the defaults),
+        at most once a minute per store (``force``: now); nothing with ``gc = false``. ``pybk
+        build`` calls it after each build; from Python, call it when a build is done. Returns
+        the deleted records; a failure is logged, never raised."""
+        import logging
+
+        if self._worker is None:
+            return []
+        from pybk.core.config import gc_prune_rules
+
+        store = self._worker.store
+        oci = self.config.worker.oci
+        try:
+            if not oci.gc_enabled or not (force or store.gc_due()):
+                return []
+            disk = os.statvfs(store.root)
+            return store.gc(gc_prune_rules(oci, disk.f_blocks * disk.f_frsize))
+        except Exception:
+            logging.getLogger(__name__).warning("garbage collection failed", exc_info=True)
+            return []
+
     async def _solve_graphs(self, definitions: Mapping[str, tuple[Any, Any]], *, session: Any,
                             bus: Progress, no_cache: bool, importers: Sequence[Any],
                             cache_modes: Iterable[str]) -> list[tuple[Any, dict[str, list]]]:

@@ -990,6 +990,21 @@ class Store:
                         break
         return deleted
 
+    def gc_due(self, interval: float = 60.0) -> bool:
+        """Whether the automatic GC should run now: at most once per ``interval`` seconds per
+        store (BuildKit's throttle), across processes; claims the slot when it is."""
+        stamp = self.root / "gc.stamp"
+        now = time.time()
+        try:
+            if now - stamp.stat().st_mtime < interval:
+                return False
+        except FileNotFoundError:
+            pass
+        with contextlib.suppress(OSError):
+            stamp.touch()
+            os.utime(stamp, (now, now))
+        return True
+
     def gc(self, policies: Sequence[Any]) -> list[UsageInfo]:
         """Run each policy as one prune pass, in order.
 

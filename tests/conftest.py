@@ -8,3 +8,20 @@ if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
 from support.fixtures import *  # noqa: E402,F401,F403
+
+
+def _no_automatic_gc() -> None:
+    """Builds started by the tests keep their cache: the automatic GC's minFreeSpace policy
+    would otherwise prune every store whenever the disk runs low. The GC tests pass a
+    ``--config`` of their own."""
+    import os
+    import tempfile
+
+    if "PYBK_CONFIG" in os.environ:
+        return
+    path = Path(tempfile.mkdtemp(prefix="pybk-tests-")) / "buildkitd.toml"
+    path.write_text("[worker.oci]\ngc = false\n")
+    os.environ["PYBK_CONFIG"] = str(path)
+
+
+_no_automatic_gc()
