@@ -169,19 +169,21 @@ class Provenance:
     ssh: Sequence[str] = ()
     entry_point: str = ""
     started: float = attrs.field(factory=time.time)
-    invocation_id: str = attrs.field(factory=lambda: _secrets.token_hex(13)[:25])
     builder_platform: str = ""
     #: SOURCE_DATE_EPOCH: both timestamps become it and the invocation id is derived from the
     #: request, so a reproducible build stays reproducible with its provenance
     epoch: int | None = None
+    invocation_id: str = attrs.field()
 
-    def __attrs_post_init__(self) -> None:
-        if self.epoch is not None:
-            import hashlib
+    @invocation_id.default
+    def _invocation_id(self) -> str:
+        if self.epoch is None:
+            return _secrets.token_hex(13)[:25]
+        import hashlib
 
-            material = json.dumps([self.frontend, sorted(self.frontend_opts.items()),
-                                   list(self.locals), self.epoch]).encode()
-            object.__setattr__(self, "invocation_id", hashlib.sha256(material).hexdigest()[:25])
+        material = json.dumps([self.frontend, sorted(self.frontend_opts.items()),
+                               list(self.locals), self.epoch]).encode()
+        return hashlib.sha256(material).hexdigest()[:25]
 
     @property
     def predicate_type(self) -> str:
