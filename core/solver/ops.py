@@ -131,9 +131,11 @@ class Worker:
 class _Active:
     """A new mutable record (an active snapshot) on ``parent``; committed or discarded."""
 
-    def __init__(self, runner: BuildRunner, parent: Ref, stack: contextlib.ExitStack):
+    def __init__(self, runner: BuildRunner, parent: Ref, stack: contextlib.ExitStack,
+                 description: str = ""):
         self.store = runner.store
-        self.record = self.store.new_record(parent.snapshot, lease=runner.lease)
+        self.record = self.store.new_record(parent.snapshot, lease=runner.lease,
+                                            description=description)
         self.committed: str | None = None
         self.path: str | None = None
         self._parent = parent
@@ -400,8 +402,10 @@ class BuildRunner(OpRunner):
                 else:
                     path = await self.registry.fetch_blob(image.ref, layer, progress)
                 vp.status(f"extracting {layer.digest}")
+                where = (f"{image.ref}@{layer.digest}" if not isinstance(image, _LayoutImage)
+                         else f"oci-layout {image.ref} {layer.digest}")
                 snap = await asyncio.to_thread(self._apply_layer, str(path), layer.media_type,
-                                               parent)
+                                               parent, f"pulled from {where}")
                 vp.status(f"extracting {layer.digest}", done=True)
                 if isinstance(image, _LayoutImage):
                     await asyncio.to_thread(self._keep_blob, str(path), layer.digest)
@@ -425,11 +429,12 @@ class BuildRunner(OpRunner):
         with open(blob_path, "rb") as src, content.writer(expected_digest=digest) as w:
             w.copy_from(src)
 
-    def _apply_layer(self, blob_path: str, media_type: str, parent: str | None) -> str:
+    def _apply_layer(self, blob_path: str, media_type: str, parent: str | None,
+                     description: str = "") -> str:
         from pybk.core.archive import apply_layer
 
         with contextlib.ExitStack() as stack:
-            active = _Active(self, Ref(snapshot=parent), stack)
+            active = _Active(self, Ref(snapshot=parent), stack, description)
             apply_layer(blob_path, active.mount(), media_type=media_type)
             return active.commit().snapshot  # type: ignore[return-value]
 
@@ -595,8 +600,9 @@ class BuildRunner(OpRunner):
             for m in op.mounts:
                 if m.mount_type == MountType.BIND:
                     src = ref_of(m.input)
+                    described = f"mount {m.dest} from exec {' '.join(meta.args)}"
                     if m.dest == "/":
-                        active = _Active(self, src, stack)
+                        active = _Active(self, src, stack, described)
                         if src.path is not None:
                             await asyncio.to_thread(active.mount)
                             active.unmount()
@@ -607,7 +613,7 @@ class BuildRunner(OpRunner):
                     if m.readonly and m.output == SKIP_OUTPUT:
                         path = stack.enter_context(read_ref(self.store, src))
                     else:
-                        active = _Active(self, src, stack)
+                        active = _Active(self, src, stack, described)
                         path = await asyncio.to_thread(active.mount)
                         if m.output != SKIP_OUTPUT:
                             outputs[m.output] = active
@@ -703,7 +709,7 @@ class BuildRunner(OpRunner):
                 else:
                     parent = (SCRATCH_REF if base == SCRATCH else
                               inputs[base] if base < n else results[base - n].commit())
-                    active = _Active(self, parent, stack)
+                    active = _Active(self, parent, stack, vertex.name)
                 root = active.mount()
                 body = action.action
                 owner_root = root

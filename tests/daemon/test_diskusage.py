@@ -79,3 +79,24 @@ def test_du_then_prune_all_empties_the_cache(built_store, capsys):
 def test_prune_rejects_a_bad_duration(tmp_path, capsys):
     assert main(["--root", str(tmp_path), "prune", "--keep-duration", "2d"]) == 2
     assert "--keep-duration: invalid duration" in capsys.readouterr().err
+
+
+def test_records_are_described_and_prunable_by_description(built_store, capsys):
+    from pybk.core.store import Store
+
+    store = Store.open(built_store)
+    try:
+        described = {u.description for u in store.du()}
+    finally:
+        store.close()
+    assert "mount / from exec /bin/sh -c echo x > /x" in described
+    assert any(d.startswith("pulled from oci-layout busybox@sha256:") for d in described)
+    capsys.readouterr()
+    assert main(["--root", built_store, "prune", "--filter", "description~=from exec"]) == 0
+    store = Store.open(built_store)
+    try:
+        left = {u.description for u in store.du()}
+    finally:
+        store.close()
+    assert "mount / from exec /bin/sh -c echo x > /x" not in left
+    assert any(d.startswith("pulled from") for d in left)
