@@ -87,11 +87,14 @@ class ParallelGzipWriter:
             self._buffer.clear()
             self.out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
         finally:
-            for pending in self._pending:
-                if not isinstance(pending, bytes):
-                    pending.cancel()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._stop_threads()
+
+    def _stop_threads(self) -> None:
+        for pending in self._pending:
+            if not isinstance(pending, bytes):
+                pending.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def __enter__(self) -> ParallelGzipWriter:
         return self
@@ -101,8 +104,4 @@ class ParallelGzipWriter:
             self.close()
         else:  # an aborted layer: stop the threads, write no trailer
             self._closed = True
-            for pending in self._pending:
-                if not isinstance(pending, bytes):
-                    pending.cancel()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._stop_threads()

@@ -19,6 +19,7 @@ Everything denied fails with EPERM, as under Docker's profile.
 
 from __future__ import annotations
 
+import functools
 import platform
 from typing import Any
 
@@ -76,6 +77,7 @@ def default_profile(machine: str | None = None) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def supported() -> bool:
     """Whether this kernel filters system calls (``Seccomp:`` in /proc/self/status)."""
     try:
