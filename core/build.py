@@ -48,7 +48,9 @@ class LocalBridge:
         self.oci_layouts = dict(oci_layouts)
         self.config = config
         self.client = client
-        #: the build's entitlements and ``--progress`` (for frontends run in the worker)
+        #: the build's entitlements (granted by the configuration, see
+        #: :func:`pybk.core.client.check_entitlements`) and ``--progress`` (for frontends run
+        #: in the worker)
         self.entitlements = frozenset(entitlements)
         self.progress = progress
         self.warnings: list[str] = []
@@ -327,13 +329,14 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
 
 def run_build(request: Any, *, root: str, config_path: str | None) -> int:
     """Build ``request`` (a parsed :class:`~pybk.core.buildopts.BuildRequest`); exit code."""
-    from pybk.core.client import Client
+    from pybk.core.client import Client, check_entitlements
     from pybk.core.config import load_config
     from pybk.core.plugins import get_plugin_manager
 
     config, warnings = load_config(config_path)
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
+    entitlements = check_entitlements(request.entitlements, config)
     opts, local_dirs, oci_layouts = frontend_inputs(request)
     started = time.time()
     build_file = os.path.join(local_dirs["dockerfile"], opts["filename"])
@@ -361,7 +364,7 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
     client = Client(root=root, config=config)
     try:
         bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
-                             client=client, entitlements=entitlement_names(request),
+                             client=client, entitlements=entitlements,
                              progress=progress_mode(request))
         with pm.annotate_errors(registry.owner(name)[0]):
             result = solve_frontend(name, frontend_cls, opts, bridge, root)
@@ -410,13 +413,14 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
 def run_llb_build(data: bytes, request: Any, *, root: str, config_path: str | None) -> int:
     """``pybk build --llb FILE|-``: solve a marshalled definition. The context (if given) is the
     local ``context``; ``--build-context`` adds locals and OCI layouts."""
-    from pybk.core.client import Client
+    from pybk.core.client import Client, check_entitlements
     from pybk.core.config import load_config
     from pybk.core.llb.definition import Definition
 
     config, warnings = load_config(config_path)
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
+    check_entitlements(request.entitlements, config)
     definition = Definition.from_bytes(data, filename=request.llb)
     local_dirs: dict[str, str] = {}
     oci_layouts: dict[str, str] = {}

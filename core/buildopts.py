@@ -14,7 +14,6 @@ import attrs
 
 from pybk.core.errors import UsageError
 
-ENTITLEMENTS = ("network.host", "security.insecure", "device")
 PROGRESS_MODES = ("auto", "tty", "plain", "rawjson", "quiet", "none")
 NETWORK_MODES = ("default", "none", "host")
 CALL_MODES = ("build", "check", "outline", "targets")
@@ -291,10 +290,15 @@ def parse_build_arg(value: str) -> tuple[str, str | None]:
 
 
 def parse_allow(value: str) -> str:
-    name = value.split("=", 1)[0]
-    if name not in ENTITLEMENTS:
-        raise UsageError(f"invalid entitlement {value!r}: expected one of {', '.join(ENTITLEMENTS)}",
-                         flag="--allow")
+    """``network.host``, ``security.insecure`` or ``device[=NAME[,alias=X]]``, as in
+    ``insecure-entitlements``; whether the configuration grants it is checked when the build
+    starts (:func:`pybk.core.client.check_entitlements`)."""
+    from pybk.core.config import _check_entitlement
+
+    try:
+        _check_entitlement(value)
+    except ValueError as exc:
+        raise UsageError(str(exc), flag="--allow") from None
     return value
 
 

@@ -31,6 +31,27 @@ from pybk.core.progress import Progress, SolveStatus
 ProgressArg = str | Callable[[SolveStatus], None] | Sequence[Callable[[SolveStatus], None]] | None
 
 
+def check_entitlements(entitlements: Iterable[str], config: Any) -> frozenset[str]:
+    """The names of the requested entitlements (``network.host``, ``security.insecure``,
+    ``device[=NAME…]``), once every one is known to be well formed and granted by ``config``'s
+    ``insecure-entitlements``, as BuildKit's daemon checks a build request; a
+    :class:`~pybk.core.errors.UsageError` otherwise. Nothing is solved before this passes."""
+    from pybk.core.config import _check_entitlement
+
+    requested = list(entitlements)
+    for value in requested:
+        try:
+            _check_entitlement(value)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    granted = {e.partition("=")[0] for e in getattr(config, "insecure_entitlements", ()) or ()}
+    for name in dict.fromkeys(e.partition("=")[0] for e in requested):
+        if name not in granted:
+            raise UsageError(f"granting entitlement {name} is not allowed by build daemon "
+                             "configuration (add it to insecure-entitlements in buildkitd.toml)")
+    return frozenset(e.partition("=")[0] for e in requested)
+
+
 def _as_definition(graph: Any) -> Any:
     from pybk.core.llb.definition import Definition
 
@@ -147,7 +168,8 @@ class Client:
         :param local_dirs: ``{name: directory}`` for ``local://name`` sources.
         :param secrets: ``{id: bytes}`` for secret mounts and secret env; never stored.
         :param ssh: ``{id: agent socket path}`` for SSH mounts.
-        :param entitlements: ``network.host``, ``security.insecure``.
+        :param entitlements: ``network.host``, ``security.insecure``; each must be granted by
+            the config's ``insecure-entitlements`` (a ``UsageError`` before anything runs).
         :param no_cache: run every step even when its result is cached.
         :param progress: a ``--progress`` mode (``auto``, ``tty``, ``plain``, ``rawjson``,
             ``quiet``), a callable receiving each :class:`~pybk.core.progress.SolveStatus`, a
@@ -203,6 +225,7 @@ class Client:
         once over the result (a MultiPlatformResult when ``multi``)."""
         from pybk.core.solver.ops import Session
 
+        entitlements = check_entitlements(entitlements, self.config)
         definitions = {platform: (_as_definition(graph), config)
                        for platform, (graph, config) in graphs.items()}
         hook = self.plugins.hook
@@ -219,7 +242,7 @@ class Client:
             session = Session(local_dirs={k: os.path.abspath(v)
                                           for k, v in (local_dirs or {}).items()},
                               secrets=dict(secrets or {}), ssh=dict(ssh or {}),
-                              entitlements=frozenset(entitlements),
+                              entitlements=entitlements,
                               oci_layouts={k: os.path.abspath(v)
                                            for k, v in (oci_layouts or {}).items()})
             solved = await self._solve_graphs(definitions, session=session, bus=bus,
@@ -336,6 +359,9 @@ class Client:
         if not definition.ops:
             return self._empty_result(image_config, cache_modes)
         loaded = load_graph(definition, no_cache=no_cache)
+        for vertex in loaded.vertices.values():
+            if vertex.op.kind == "exec":  # before any step runs or is found in the cache
+                runner.check_entitlements(vertex, vertex.op.op)
         scheduler = Scheduler(loaded, runner, bus, slots=slots)
         ref, key, outcome = await scheduler.solve()
         entries = {mode: scheduler.cache_entries(mode) for mode in cache_modes}

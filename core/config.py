@@ -114,6 +114,8 @@ def _check_entitlement(value: str) -> None:
                     raise ValueError(f'invalid entitlement "{value}": unknown device option '
                                      f'"{option}" (only alias=NAME)')
         return
+    if eq and name in ENTITLEMENTS:
+        raise ValueError(f'invalid entitlement "{value}": {name} takes no value')
     if value not in ENTITLEMENTS:
         raise ValueError(f'unknown entitlement "{value}"{suggest(value, ENTITLEMENTS)}; '
                          f"allowed: {', '.join(ENTITLEMENTS)}")

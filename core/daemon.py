@@ -43,7 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
     from pybk.core.cli import _Parser
 
     parser = _Parser(prog="pybkd", description="Serve pybk builds on a unix socket.")
-    parser.add_argument("--config", default=None, help="buildkitd.toml-format config file")
+    parser.add_argument("--config", default=None,
+                        help="buildkitd.toml-format config file (default: $PYBK_CONFIG)")
     parser.add_argument("--root", default=None, help="store directory (default: the config's "
                         "root, else $PYBK_ROOT or /var/lib/pybk)")
     parser.add_argument("--addr", default=None, help="listen address, unix:///PATH (default: "
@@ -335,6 +336,8 @@ def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         fds, argv, env = _read_request(conn)
+        # the daemon's configuration (what it grants included), never the client's
+        env.pop(b"PYBK_CONFIG", None)
         _take_over(fds, env)
     except (OSError, ValueError) as exc:
         print(f"pybkd: dropped a connection: {exc}", file=sys.stderr, flush=True)
@@ -387,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pybk.core.paths import default_root
 
         ns = make_parser().parse_args(argv)
+        if ns.config is None:
+            ns.config = os.environ.get("PYBK_CONFIG") or None
         config, warnings = load_config(ns.config)
         for warning in warnings:
             print(f"WARNING: {warning}", file=sys.stderr)

@@ -547,7 +547,10 @@ class BuildRunner(OpRunner):
 
     # exec -------------------------------------------------------------------------------
 
-    def _check_entitlements(self, vertex: Vertex, op: ExecOp) -> None:
+    def check_entitlements(self, vertex: Vertex, op: ExecOp) -> None:
+        """The step's host network or insecure mode was asked for (``--allow``); checked for
+        every exec when the graph is loaded (a cached step too, as BuildKit) and again when
+        it runs."""
         if op.network == NetMode.HOST and "network.host" not in self.session.entitlements:
             raise SolveError(f"{vertex.name}: network mode host requires the 'network.host' "
                              "entitlement (--allow network.host)", vertex=vertex.digest)
@@ -559,7 +562,7 @@ class BuildRunner(OpRunner):
 
     async def _exec(self, vertex: Vertex, op: ExecOp, inputs: list[Ref],
                     vp: VertexProgress) -> VertexOutcome:
-        self._check_entitlements(vertex, op)
+        self.check_entitlements(vertex, op)
         if vertex.op.platform is not None:
             from pybk.core.multiplatform import check_executable
 

@@ -94,6 +94,7 @@ class GatewayFrontend(Frontend):
 
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
         from pybk.core import llb
+        from pybk.core.client import check_entitlements
         from pybk.frontends.gateway.runner import gateway_timeout
 
         opts = dict(request.opts)
@@ -105,6 +106,9 @@ class GatewayFrontend(Frontend):
         if client is None:
             raise GatewayError(f"frontend image {source}: this build has no engine to run it")
         check_allowed(source, getattr(bridge, "config", None))
+        # the engine's configuration grants entitlements, not the bridge that carries them
+        entitlements = check_entitlements(getattr(bridge, "entitlements", ()),
+                                          getattr(client, "config", None))
         timeout = gateway_timeout(opts)
         image_ref = frontend_image(source, opts)
         progress = getattr(bridge, "progress", None)
@@ -116,7 +120,7 @@ class GatewayFrontend(Frontend):
             inputs[name] = state.marshal() if hasattr(state, "marshal") else state
         server = GatewayServer(bridge, inputs, name=source,
                                solve_frontend=lambda n, o: self._nested(n, o, bridge))
-        process = self._process(source, config, opts, getattr(bridge, "entitlements", ()))
+        process = self._process(source, config, opts, entitlements)
         returned = self._run(client, image, process, server, timeout, source, progress)
         return FrontendResult(definition=returned.definition, image_config=returned.image_config,
                               metadata=returned.metadata)
@@ -133,7 +137,8 @@ class GatewayFrontend(Frontend):
             if "network.host" not in set(entitlements):
                 raise GatewayError(f"frontend image {source} asks for the network (label "
                                    f"{NETWORK_NONE_LABEL}=false): allow it with "
-                                   "--allow network.host")
+                                   "--allow network.host (granted by insecure-entitlements "
+                                   "in the configuration)")
             network = "host"
         forwarded = {k: v for k, v in opts.items() if k != "gateway-timeout"}
         return ProcessSpec(args=tuple(cfg.get("Entrypoint") or ("/run",)),

@@ -23,13 +23,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 class Daemon:
-    def __init__(self, root: Path, sock: Path, log: Path):
+    def __init__(self, root: Path, sock: Path, log: Path, config: Path | None = None):
         self.root, self.sock, self.addr = root, sock, f"unix://{sock}"
         self.log = log
+        extra = ["--config", str(config)] if config else []  # else $PYBK_CONFIG (conftest.py)
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pybk.core.daemon", "--root", str(root),
-                 "--addr", self.addr], stdout=out, stderr=subprocess.STDOUT,
+                 "--addr", self.addr, *extra], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=_env())
         deadline = time.monotonic() + 60
         while not sock.exists():
@@ -225,6 +226,52 @@ def test_two_concurrent_builds(daemon, busybox_layout, tmp_path):
         assert results[name].returncode == 0, results[name].stderr.decode()
         assert (tmp_path / name / "out" / "who").read_text() == f"{name}\n"
     assert elapsed < 10
+
+
+REFUSED = (b"error: granting entitlement network.host is not allowed by build daemon "
+           b"configuration (add it to insecure-entitlements in buildkitd.toml)\n")
+HOST_NETWORK = "FROM busybox\nRUN --network=host ls /sys/class/net > /nets\n"
+
+
+def _granting_config(tmp_path: Path) -> Path:
+    path = tmp_path / "grants.toml"
+    path.write_text('insecure-entitlements = ["network.host"]\n\n[worker.oci]\ngc = false\n')
+    return path
+
+
+def test_daemon_config_not_granting_refuses_allow(daemon, busybox_layout, tmp_path):
+    require_runc()
+    ctx = _context(tmp_path, HOST_NETWORK)
+    out = tmp_path / "out"
+    args = _build_args(busybox_layout, ctx, "--allow", "network.host", "-o",
+                       f"type=local,dest={out}")
+    done = daemon.pybk(*args)
+    assert done.returncode == 2, done.stderr.decode()
+    assert done.stderr == REFUSED
+    # the client's $PYBK_CONFIG is not the daemon's configuration
+    done = daemon.pybk(*args, env=_env(PYBK_CONFIG=str(_granting_config(tmp_path))))
+    assert done.returncode == 2, done.stderr.decode()
+    assert done.stderr == REFUSED
+    assert not out.exists()
+
+
+def test_daemon_config_granting_builds_with_allow(busybox_layout, tmp_path):
+    require_runc()
+    d = Daemon(tmp_path / "store", tmp_path / "g.sock", tmp_path / "log",
+               config=_granting_config(tmp_path))
+    try:
+        ctx = _context(tmp_path, HOST_NETWORK)
+        out = tmp_path / "out"
+        done = d.pybk(*_build_args(busybox_layout, ctx, "--allow", "network.host", "-o",
+                                   f"type=local,dest={out}"))
+        assert done.returncode == 0, done.stderr.decode()
+        assert set((out / "nets").read_text().split()) == set(os.listdir("/sys/class/net"))
+        # granted is not asked for: the step still needs --allow
+        done = d.pybk(*_build_args(busybox_layout, ctx))
+        assert done.returncode == 1
+        assert b"network.host" in done.stderr and b"Traceback" not in done.stderr
+    finally:
+        assert d.stop() == 0
 
 
 def _mounts_under(path: Path) -> list[str]:

@@ -33,13 +33,21 @@ def client(tmp_path):
         yield c
 
 
+#: what ``shared_client``'s configuration grants (``insecure-entitlements``), so a test may
+#: ask for them with ``dfbuild(..., entitlements=...)``; the ``client`` fixture grants nothing
+GRANTED = ["network.host", "security.insecure"]
+
+
 @pytest.fixture(scope="module")
 def shared_client(tmp_path_factory):
-    """One store for a module's builds (identical steps are cached across tests)."""
+    """One store for a module's builds (identical steps are cached across tests), under a
+    configuration granting :data:`GRANTED`."""
     require_runc()
     from pybk.core.client import Client
+    from pybk.core.config import Config
 
-    with Client(root=str(tmp_path_factory.mktemp("store"))) as c:
+    root = str(tmp_path_factory.mktemp("store"))
+    with Client(root=root, config=Config(root=root, insecure_entitlements=GRANTED)) as c:
         yield c
 
 

@@ -12,7 +12,7 @@ import tarfile
 import pytest
 
 from pybk.core import llb
-from pybk.core.errors import BuildError, PybkError
+from pybk.core.errors import BuildError, PybkError, UsageError
 from pybk.frontends.dockerfile.errors import DockerfileParseError
 
 HOST = llb.host_platform()
@@ -400,15 +400,23 @@ def test_run_ssh_mount(dfbuild, tmp_path):
         server.close()
 
 
-def test_run_network_and_security(dfbuild):
+def test_run_network_and_security(dfbuild, client):
     b = dfbuild("FROM busybox\nRUN --network=none ls /sys/class/net > /nets\n")
     assert b.text("nets").split() == ["lo"]
+    # granted by the configuration (dfbuild's client) but not asked for by the build
     with pytest.raises(BuildError, match="network.host"):
         dfbuild("FROM busybox\nRUN --network=host true\n")
     with pytest.raises(BuildError, match="security.insecure"):
         dfbuild("FROM busybox\nRUN --security=insecure true\n")
     b = dfbuild("FROM busybox\nRUN --network=host echo ok > /ok\n", entitlements=("network.host",))
     assert b.text("ok") == "ok\n"
+    with pytest.raises(BuildError, match="network.host"):  # the cached step needs it too
+        dfbuild("FROM busybox\nRUN --network=host echo ok > /ok\n")
+    # asked for, but a client with the default configuration grants nothing
+    with pytest.raises(UsageError, match="granting entitlement network.host is not allowed by "
+                                         "build daemon configuration"):
+        dfbuild("FROM busybox\nRUN --network=host true\n", entitlements=("network.host",),
+                client=client)
 
 
 def test_run_history_lists_args(dfbuild):

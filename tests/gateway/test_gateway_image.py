@@ -152,3 +152,71 @@ def test_network_label_needs_the_entitlement(gateway_root, registry, busybox_ref
                           str(_context(tmp_path, ref)))
     assert code == 1
     assert "asks for the network" in err and "--allow network.host" in err
+
+
+def _network_frontend(gateway_root, registry, busybox_ref):
+    """The shell frontend, its image labelled as needing the network."""
+    from pathlib import Path
+
+    from pybk.core import llb
+    from pybk.core.client import Client
+
+    ref = f"{registry.host}/frontends/shell-network:1"
+    script = (Path(__file__).parent / "shell_frontend.sh").read_bytes()
+    state = llb.image(busybox_ref).file(llb.mkfile("/frontend.sh", 0o755, script))
+    config = {"config": {"Entrypoint": ["/frontend.sh"], "Env": ["PATH=/bin:/usr/bin"],
+                         "Labels": {"moby.buildkit.frontend.network.none": "false"}}}
+    with Client(root=gateway_root) as client:
+        client.solve(state, progress=None, image_config=config,
+                     outputs=[{"type": "image", "name": ref, "push": "true"}])
+    return ref
+
+
+def test_network_frontend_needs_the_daemon_to_grant_it(gateway_root, registry, busybox_ref,
+                                                       tmp_path, capsys):
+    """``--allow network.host`` runs a frontend image on the host network only when the
+    configuration's ``insecure-entitlements`` grants it."""
+    ref = _network_frontend(gateway_root, registry, busybox_ref)
+    ctx = _context(tmp_path, ref)
+    code, _, err = _build(capsys, gateway_root, "--progress", "quiet", "--allow",
+                          "network.host", str(ctx))
+    assert code == 2, err
+    assert ("granting entitlement network.host is not allowed by build daemon configuration "
+            "(add it to insecure-entitlements in buildkitd.toml)") in err
+    assert "Traceback" not in err
+    config = tmp_path / "pybkd.toml"
+    config.write_text('insecure-entitlements = ["network.host"]\n[worker.oci]\ngc = false\n')
+    out = tmp_path / "out"
+    code, _, err = _build(capsys, gateway_root, "--progress", "quiet", "--allow",
+                          "network.host", "-o", f"type=local,dest={out}", str(ctx),
+                          config=config)
+    assert code == 0, err
+    assert (out / "greeting.txt").read_text().startswith("hello from a shell frontend\n")
+
+
+def test_bridge_entitlements_are_checked_against_the_engine(gateway_root, registry,
+                                                            busybox_ref, tmp_path):
+    """A bridge carrying ``network.host`` cannot grant it: the client's configuration does."""
+    from pybk.core.build import LocalBridge
+    from pybk.core.client import Client
+    from pybk.core.config import Config
+    from pybk.core.errors import UsageError
+    from pybk.core.interfaces import FrontendRequest
+    from pybk.frontends.gateway.frontend import GatewayFrontend
+
+    ref = _network_frontend(gateway_root, registry, busybox_ref)
+    ctx = _context(tmp_path, ref)
+    locals_ = {"context": str(ctx), "dockerfile": str(ctx)}
+    request = FrontendRequest(opts={"source": ref, "filename": "Dockerfile"})
+    with Client(root=gateway_root) as client:
+        bridge = LocalBridge(local_dirs=locals_, oci_layouts={}, config=client.config,
+                             client=client, entitlements={"network.host"})
+        with pytest.raises(UsageError, match="granting entitlement network.host is not "
+                                             "allowed by build daemon configuration"):
+            GatewayFrontend().solve(request, bridge)
+    config = Config(root=gateway_root, insecure_entitlements=["network.host"])
+    with Client(root=gateway_root, config=config) as client:
+        bridge = LocalBridge(local_dirs=locals_, oci_layouts={}, config=config, client=client,
+                             entitlements={"network.host"})
+        result = GatewayFrontend().solve(request, bridge)
+    assert result.image_config["config"]["Labels"] == {"built.by": "shell-frontend"}

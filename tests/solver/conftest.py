@@ -22,10 +22,10 @@ def make_client(store_root):
 
     clients = []
 
-    def make(*, max_parallelism: int = 8):
+    def make(*, max_parallelism: int = 8, insecure_entitlements=()):
         import attrs
 
-        base = Config(root=store_root)
+        base = Config(root=store_root, insecure_entitlements=list(insecure_entitlements))
         oci = attrs.evolve(base.worker.oci, max_parallelism=max_parallelism)
         config = attrs.evolve(base, worker=attrs.evolve(base.worker, oci=oci))
         client = counting_client(store_root, config)

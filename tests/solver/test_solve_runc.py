@@ -14,7 +14,7 @@ import time
 import pytest
 
 from pybk.core import llb
-from pybk.core.errors import BuildError
+from pybk.core.errors import BuildError, UsageError
 from pybk.core.progress import EventRecorder
 
 
@@ -206,11 +206,24 @@ def test_failing_run_reports_buildkit_message(client, busybox_ref, capsys):
         client.solve(simple, progress=None)
 
 
-def test_network_host_needs_entitlement(client, busybox_ref):
+def test_network_host_needs_entitlement(make_client, busybox_ref):
     st = llb.image(busybox_ref).run("true", network=llb.NetMode.HOST).root()
+    client = make_client()
     with pytest.raises(BuildError, match="network.host"):
         client.solve(st, progress=None)
+    # asked for, but the configuration (Config() defaults) grants nothing: refused up front
+    with pytest.raises(UsageError, match="^granting entitlement network.host is not allowed by "
+                                         "build daemon configuration"):
+        client.solve(st, progress=None, entitlements=("network.host",))
     assert client.executor.calls == 0
+    granted = make_client(insecure_entitlements=["network.host"])
+    with pytest.raises(UsageError, match="granting entitlement security.insecure"):
+        granted.solve(st, progress=None, entitlements=("network.host", "security.insecure"))
+    with pytest.raises(UsageError, match="security.insecure takes no value"):
+        granted.solve(st, progress=None, entitlements=("network.host", "security.insecure=1"))
+    assert granted.executor.calls == 0
+    granted.solve(st, progress=None, entitlements=("network.host",))
+    assert granted.executor.calls == 1
 
 
 def _mask(text: str, host: str) -> list[str]:
