@@ -9,18 +9,25 @@ Only the standard library is used, so the harness measures the engines and not i
 from __future__ import annotations
 
 import abc
+import http.server
 import json
 import os
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 
 BUILD_TIMEOUT = 900
 DOCKER_CLIENT = "/usr/bin/docker"
+IP_FREEBIND = 15  # bind an address before its interface has it (pybk's bridge comes and goes)
+#: where a pybk RUN step on its default (bridge) network reaches this machine: the gateway of
+#: the OCI worker's ``bridgeSubnet`` (10.10.0.0/16 unless a buildkitd.toml says otherwise)
+PYBK_GATEWAY = "10.10.0.1"
 
 
 class EngineFailure(Exception):
@@ -46,6 +53,12 @@ class BuildRequest:
     base: BaseImage
     output_dir: str
     export: str | None = None  # None: the engine's default result; "gzip"/"zstd": an OCI tar
+    network: bool = False  # RUN steps on the engine's default network (else none)
+    build_args: tuple[tuple[str, str], ...] = ()
+
+
+def build_arg_flags(request: BuildRequest) -> list[str]:
+    return [arg for name, value in request.build_args for arg in ("--build-arg", f"{name}={value}")]
 
 
 def free_port() -> int:
@@ -158,6 +171,72 @@ class Registry:
         stop_process(self.proc)
 
 
+class FileServer:
+    """Serves the files of one directory over HTTP on given addresses (one threaded server
+    each, bound with IP_FREEBIND so an address whose bridge does not exist yet works) and one
+    port; counts the files it served."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.servers: dict[str, http.server.HTTPServer] = {}
+        self.port = 0
+        self.lock = threading.Lock()
+        self.served = 0
+        self.clients: dict[str, int] = {}  # client address -> files served to it
+
+    def start(self, addresses: list[str]) -> None:
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=outer.directory, **kwargs)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = os.path.join(outer.directory, self.path.lstrip("/"))
+                super().do_GET()
+                if os.path.isfile(path):
+                    with outer.lock:
+                        outer.served += 1
+                        client = self.client_address[0]
+                        outer.clients[client] = outer.clients.get(client, 0) + 1
+
+            def log_message(self, *args) -> None:
+                pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+            def server_bind(self) -> None:
+                # no HTTPServer.server_bind: it would look the address up (getfqdn)
+                self.socket.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                socketserver.TCPServer.server_bind(self)
+                self.server_name, self.server_port = self.server_address[:2]
+
+        for address in addresses:
+            if address in self.servers:
+                continue
+            server = self._bind(Server, Handler, address)
+            self.servers[address] = server
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def _bind(self, server_class, handler, address: str):
+        """One port for every address: the first one's, picked by the kernel."""
+        if self.port:
+            return server_class((address, self.port), handler)
+        server = server_class((address, 0), handler)
+        self.port = server.server_address[1]
+        return server
+
+    def url(self, address: str) -> str:
+        return f"http://{address}:{self.port}"
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.shutdown()
+            server.server_close()
+        self.servers.clear()
+
+
 class Engine(abc.ABC):
     """One build engine. ``unavailable`` is set when it cannot run on this machine."""
 
@@ -187,6 +266,11 @@ class Engine(abc.ABC):
 
     def version(self) -> str:
         return ""
+
+    def gateway(self) -> str | None:
+        """The address of this machine as a RUN step on the default network sees it (a
+        server the steps fetch from binds it), or None when the engine has no such network."""
+        return None
 
 
 class Pybk(Engine):
@@ -220,7 +304,7 @@ class Pybk(Engine):
         cmd = [self.command, *self.global_flags(), "build", "-f", request.dockerfile,
                "--progress", "quiet",
                "--build-context", f"{request.base.name}=oci-layout://{request.base.layout}",
-               "--build-arg", f"BASE={request.base.name}"]
+               "--build-arg", f"BASE={request.base.name}", *build_arg_flags(request)]
         if request.export:
             cmd += ["-o", f"type=oci,dest={request.output_dir}/image.tar,"
                           f"compression={request.export}"]
@@ -232,6 +316,9 @@ class Pybk(Engine):
             return run_checked([self.command, "--version"], timeout=30).strip()
         except EngineFailure as e:
             return str(e)
+
+    def gateway(self) -> str | None:
+        return PYBK_GATEWAY
 
     def stop(self) -> None:
         if self.root:
@@ -289,12 +376,15 @@ class BuildKit(Engine):
     name = "buildkit"
     label = "BuildKit"
 
-    def __init__(self):
+    def __init__(self, network: bool = False):
         for binary in ("/usr/sbin/dockerd", DOCKER_CLIENT):
             if not os.path.exists(binary):
                 self.unavailable = f"{binary} not installed"
+        self.network = network  # give dockerd its default bridge (docker0) for RUN steps
         self.proc: subprocess.Popen | None = None
         self.env: dict = {}
+        self.bridge = ""  # the bridge interface dockerd made, removed again by stop()
+        self.bridge_address: str | None = None
 
     def start(self, workdir: str, registry: Registry) -> None:
         os.makedirs(workdir, exist_ok=True)
@@ -310,6 +400,11 @@ class BuildKit(Engine):
             "insecure-registries": [registry.host],
             "features": {"buildkit": True},
         }
+        bridges_before = set(os.listdir("/sys/class/net"))
+        if self.network:
+            # the default bridge network: RUN steps get an address on docker0 and reach this
+            # machine at its gateway; no iptables, forwarding or masquerading, so nothing past it
+            del config["bridge"]
         config_path = os.path.join(workdir, "daemon.json")
         with open(config_path, "w") as f:
             json.dump(config, f, indent=1)
@@ -326,9 +421,32 @@ class BuildKit(Engine):
                                     f"see {workdir}/dockerd.log")
             if subprocess.run([DOCKER_CLIENT, "version"], env=self.env,
                               capture_output=True).returncode == 0:
+                if self.network:
+                    self._find_bridge(bridges_before)
                 return
             time.sleep(0.3)
         raise EngineFailure("dockerd did not answer within 60 s")
+
+    def _find_bridge(self, before: set[str]) -> None:
+        """The default bridge network's interface and gateway address (``docker network
+        inspect bridge``; the address from the interface when IPAM names no gateway)."""
+        out = run_checked(self.docker("network", "inspect", "bridge"), env=self.env, timeout=30)
+        network = json.loads(out)[0]
+        name = network.get("Options", {}).get("com.docker.network.bridge.name", "docker0")
+        if name not in before:
+            self.bridge = name
+        gateways = [c.get("Gateway") for c in network.get("IPAM", {}).get("Config") or []]
+        self.bridge_address = next((g for g in gateways if g), None)
+        if not self.bridge_address:
+            out = run_checked(["ip", "-4", "-o", "addr", "show", "dev", name], timeout=30)
+            words = out.split()
+            if "inet" in words:
+                self.bridge_address = words[words.index("inet") + 1].split("/")[0]
+        if not self.bridge_address:
+            raise EngineFailure(f"no IPv4 address on dockerd's bridge {name}")
+
+    def gateway(self) -> str | None:
+        return self.bridge_address
 
     def docker(self, *args: str) -> list[str]:
         return [DOCKER_CLIENT, *args]
@@ -344,8 +462,9 @@ class BuildKit(Engine):
         run_checked(self.docker("image", "prune", "-af"), env=self.env)
 
     def build(self, request: BuildRequest) -> float:
-        cmd = self.docker("build", "--network=none", "-q", "-f", request.dockerfile,
-                          "--build-arg", f"BASE={request.base.ref}")
+        network = [] if request.network else ["--network=none"]
+        cmd = self.docker("build", *network, "-q", "-f", request.dockerfile,
+                          "--build-arg", f"BASE={request.base.ref}", *build_arg_flags(request))
         if request.export:
             cmd += ["-o", f"type=oci,dest={request.output_dir}/image.tar"]
         else:
@@ -363,6 +482,9 @@ class BuildKit(Engine):
 
     def stop(self) -> None:
         stop_process(self.proc, grace=30)
+        if self.bridge:  # dockerd leaves docker0 behind; it was not there before
+            subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+            self.bridge = ""
 
 
 class Buildah(Engine):
@@ -393,6 +515,12 @@ class Buildah(Engine):
                     "CONTAINERS_REGISTRIES_CONF": registries,
                     "TMPDIR": os.path.join(workdir, "tmp")}
         os.makedirs(self.env["TMPDIR"], exist_ok=True)
+
+    def unsupported(self, request: BuildRequest) -> str | None:
+        if request.network:
+            return ("RUN steps with a network need a CNI configuration for buildah, which "
+                    "the harness does not set up (it runs buildah with --network none)")
+        return None
 
     def reset(self) -> None:
         run_checked(["buildah", "rm", "-a"], env=self.env)
@@ -426,7 +554,9 @@ class Buildah(Engine):
             unmount_under(self.workdir)
 
 
-def make_engines(names: list[str], buildah_jobs: int) -> list[Engine]:
-    makers = {"pybk": Pybk, "pybkd": Pybkd, "buildkit": BuildKit,
+def make_engines(names: list[str], buildah_jobs: int, network: bool = False) -> list[Engine]:
+    """The engines called ``names``; ``network``: a case's RUN steps need the default network
+    (dockerd then gets its default bridge)."""
+    makers = {"pybk": Pybk, "pybkd": Pybkd, "buildkit": lambda: BuildKit(network),
               "buildah": lambda: Buildah(buildah_jobs)}
     return [makers[name]() for name in names]

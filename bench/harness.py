@@ -29,6 +29,7 @@ from engines import (
     BuildRequest,
     Engine,
     EngineFailure,
+    FileServer,
     Registry,
     make_engines,
     remove_tree,
@@ -65,6 +66,13 @@ class Case:
     base: str
     exports: tuple
     module: object
+    network: bool = False  # RUN steps use the engine's default network
+    rerun: bool = False  # every build passes a new RUN_ID build arg: its RUN steps always run
+
+    @property
+    def serves(self) -> bool:
+        """The case's steps fetch files the harness serves (``serve(directory)``)."""
+        return hasattr(self.module, "serve")
 
     @property
     def variants(self) -> list[str | None]:
@@ -82,12 +90,13 @@ def load_case(name: str) -> Case:
     spec.loader.exec_module(module)
     return Case(name, folder, module.DESCRIPTION, module.CHANGE_FILE,
                 getattr(module, "BASE", "busybox"), tuple(getattr(module, "EXPORTS", ())),
-                module)
+                module, bool(getattr(module, "NETWORK", False)),
+                bool(getattr(module, "RERUN", False)))
 
 
 def all_case_names() -> list[str]:
     order = ["noop-rebuild", "one-file-change", "big-context", "multistage-parallel",
-             "unused-stage", "many-steps", "pull-unpack", "export"]
+             "unused-stage", "many-steps", "pull-unpack", "export", "run-fetch"]
     present = sorted(d for d in os.listdir(CASES_DIR)
                      if os.path.isfile(os.path.join(CASES_DIR, d, "Dockerfile")))
     return [n for n in order if n in present] + [n for n in present if n not in order]
@@ -145,6 +154,8 @@ class Bench:
         self.started: list[Engine] = []
         self.results: dict[tuple, Cell] = {}
         self.notes: dict[str, str] = {}
+        self.file_server: FileServer | None = None
+        self.fetches: dict[str, int] = {}  # case -> files one build must fetch
 
     # set-up ---------------------------------------------------------------------------------
 
@@ -155,7 +166,8 @@ class Bench:
 
     def set_up(self) -> None:
         failed_packages = {} if self.args.no_install else install_packages()
-        self.engines = make_engines(self.args.engines, self.args.buildah_jobs)
+        self.engines = make_engines(self.args.engines, self.args.buildah_jobs,
+                                    network=any(case.network for case in self.cases))
         for package, reason in failed_packages.items():
             users = {"docker.io": ("buildkit",), "buildah": ("buildah",),
                      "docker-registry": ("buildkit", "buildah"),
@@ -173,6 +185,22 @@ class Bench:
             except EngineFailure as e:
                 engine.unavailable = f"could not start: {e}"
                 log(f"{engine.label}: skipped ({engine.unavailable})")
+        self.start_file_server()
+
+    def start_file_server(self) -> None:
+        """Serve the files of the cases that fetch some, on every started engine's gateway
+        address (the only addresses their steps are given)."""
+        serving = [case for case in self.cases if case.serves]
+        if not serving:
+            return
+        directory = os.path.join(self.workdir, "served")
+        os.makedirs(directory, exist_ok=True)
+        for case in serving:
+            self.fetches[case.name] = case.module.serve(directory)
+        gateways = sorted({g for g in (e.gateway() for e in self.started) if g})
+        self.file_server = FileServer(directory)
+        self.file_server.start(gateways)
+        log(f"serving {directory} on port {self.file_server.port} of {', '.join(gateways)}")
 
     def make_bases(self) -> None:
         layouts = os.path.join(self.workdir, "layouts")
@@ -255,10 +283,18 @@ class Bench:
                 failed: dict[str, str]) -> None:
         cell = self.cell(case, variant, phase, engine)
         out = os.path.join(self.workdir, "out", engine.name, case.name)
+        build_args = []
+        if case.serves and self.file_server and engine.gateway():
+            build_args.append(("FETCH_URL", self.file_server.url(engine.gateway())))
+        if case.rerun:
+            build_args.append(("RUN_ID", f"{rep + 1}-{phase}"))
         request = BuildRequest(case=case.name, context=ctx,
                                dockerfile=os.path.join(ctx, "Dockerfile"),
-                               base=self.bases[case.base], output_dir=out, export=variant)
+                               base=self.bases[case.base], output_dir=out, export=variant,
+                               network=case.network, build_args=tuple(build_args))
         reason = engine.unsupported(request)
+        if not reason and case.network and not engine.gateway():
+            reason = "no default network for RUN steps"
         if f"{engine.name}:{case.name}" in self.args.skip:
             reason = "left out of this run (--skip)"
         if reason:
@@ -272,7 +308,13 @@ class Bench:
                 engine.reset()
             remove_tree(out)
             os.makedirs(out)
+            served = self.file_server.served if self.file_server else 0
             seconds = engine.build(request)
+            if case.name in self.fetches:
+                fetched = self.file_server.served - served
+                if fetched != self.fetches[case.name]:
+                    raise EngineFailure(f"the build fetched {fetched} files, not "
+                                        f"{self.fetches[case.name]}")
         except EngineFailure as e:
             message = re.sub(r"store-\d+", "store", str(e).replace(self.workdir, "WORKDIR"))
             message = f"{phase} build failed: {message}" if phase != "cold" else message
@@ -402,6 +444,10 @@ class Bench:
                 log(f"stopping {engine.label}: {e}")
         if self.registry:
             self.registry.stop()
+        if self.file_server:
+            self.file_server.stop()
+            log("files served, by client address: " + ", ".join(
+                f"{client}: {n}" for client, n in sorted(self.file_server.clients.items())))
         if not self.args.keep:
             remove_tree(self.workdir)
 

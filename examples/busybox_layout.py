@@ -148,17 +148,18 @@ def _entries(busybox: str, applets_from: str | None = None
     return result
 
 
-def write_layer(busybox: str, blobs_dir: str,
-                applets_from: str | None = None) -> tuple[str, int, str]:
-    """Write the gzip layer into ``blobs_dir``; returns (digest, size, diff_id)."""
+def write_entries_layer(entries, blobs_dir: str, compresslevel: int = 9) -> tuple[str, int, str]:
+    """Write a gzip layer of ``entries`` (``(path, TarInfo, content)``, in order; content is
+    bytes, a host file's path or None) into ``blobs_dir``; returns (digest, size, diff_id)."""
     fd, tmp = tempfile.mkstemp(dir=blobs_dir, prefix=".layer-")
     try:
         with os.fdopen(fd, "wb") as raw:
             compressed = _HashingWriter(raw)
-            with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0, compresslevel=9) as gz:
+            with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0,
+                               compresslevel=compresslevel) as gz:
                 uncompressed = _HashingWriter(gz)
                 with tarfile.open(fileobj=uncompressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                    for _path, info, content in _entries(busybox, applets_from):
+                    for _path, info, content in entries:
                         if isinstance(content, str):
                             info.size = os.path.getsize(content)
                             with open(content, "rb") as f:
@@ -176,6 +177,12 @@ def write_layer(busybox: str, blobs_dir: str,
     return digest, compressed.size, "sha256:" + uncompressed.sha.hexdigest()
 
 
+def write_layer(busybox: str, blobs_dir: str,
+                applets_from: str | None = None) -> tuple[str, int, str]:
+    """Write the busybox gzip layer into ``blobs_dir``; returns (digest, size, diff_id)."""
+    return write_entries_layer(_entries(busybox, applets_from), blobs_dir)
+
+
 def _put_blob(blobs_dir: str, data: bytes) -> str:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     with open(os.path.join(blobs_dir, digest.split(":", 1)[1]), "wb") as f:
@@ -183,15 +190,25 @@ def _put_blob(blobs_dir: str, data: bytes) -> str:
     return digest
 
 
-def _write_image(blobs_dir: str, busybox: str, plat: dict,
-                 applets_from: str | None = None) -> Built:
-    layer_digest, layer_size, diff_id = write_layer(busybox, blobs_dir, applets_from)
+class Layer(NamedTuple):
+    """A written layer and the history line that describes it."""
+
+    digest: str
+    size: int
+    diff_id: str
+    created_by: str
+
+
+def write_image(blobs_dir: str, plat: dict, layers: list[Layer],
+                env: tuple[str, ...] = (PATH_ENV,)) -> Built:
+    """Write the config and manifest of an image of ``layers`` (bottom first); returns its
+    parts (the layer fields describe the top layer)."""
     config = {
         **plat,
         "created": CREATED,
-        "config": {"Env": [PATH_ENV], "Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": CREATED, "created_by": "busybox_layout.py: busybox + applet links"}],
+        "config": {"Env": list(env), "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+        "history": [{"created": CREATED, "created_by": layer.created_by} for layer in layers],
     }
     config_bytes = _dumps(config)
     config_digest = _put_blob(blobs_dir, config_bytes)
@@ -199,12 +216,43 @@ def _write_image(blobs_dir: str, busybox: str, plat: dict,
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": layer_size}],
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.size}
+                   for layer in layers],
     }
     manifest_bytes = _dumps(manifest)
     manifest_digest = _put_blob(blobs_dir, manifest_bytes)
-    return Built(manifest_digest, len(manifest_bytes), config_digest, layer_digest, layer_size,
-                 diff_id, plat)
+    top = layers[-1]
+    return Built(manifest_digest, len(manifest_bytes), config_digest, top.digest, top.size,
+                 top.diff_id, plat)
+
+
+def busybox_layer(blobs_dir: str, busybox: str = "/bin/busybox",
+                  applets_from: str | None = None) -> Layer:
+    """Write the busybox layer; returns it with its history line."""
+    return Layer(*write_layer(busybox, blobs_dir, applets_from),
+                 "busybox_layout.py: busybox + applet links")
+
+
+def _write_image(blobs_dir: str, busybox: str, plat: dict,
+                 applets_from: str | None = None) -> Built:
+    return write_image(blobs_dir, plat, [busybox_layer(blobs_dir, busybox, applets_from)])
+
+
+def tag_layout(outdir: str, top: dict, tag: str) -> None:
+    """Write ``oci-layout`` and point ``tag`` in ``index.json`` at the descriptor ``top``
+    (other tags are kept)."""
+    with open(os.path.join(outdir, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion":"1.0.0"}')
+    index_path = os.path.join(outdir, "index.json")
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            index = json.load(f)
+    index["manifests"] = [m for m in index.get("manifests", [])
+                          if (m.get("annotations") or {}).get(REF_NAME) != tag]
+    index["manifests"].append({**top, "annotations": {REF_NAME: tag}})
+    with open(index_path, "wb") as f:
+        f.write(_dumps(index))
 
 
 def build_layout(outdir: str, tag: str = "latest", busybox: str = "/bin/busybox",
@@ -234,18 +282,7 @@ def build_layout(outdir: str, tag: str = "latest", busybox: str = "/bin/busybox"
                                manifest_size=len(index_bytes))
         top = {"mediaType": OCI_INDEX, "digest": built.manifest_digest,
                "size": built.manifest_size}
-    with open(os.path.join(outdir, "oci-layout"), "w") as f:
-        f.write('{"imageLayoutVersion":"1.0.0"}')
-    index_path = os.path.join(outdir, "index.json")
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-    if os.path.exists(index_path):
-        with open(index_path) as f:
-            index = json.load(f)
-    index["manifests"] = [m for m in index.get("manifests", [])
-                          if (m.get("annotations") or {}).get(REF_NAME) != tag]
-    index["manifests"].append({**top, "annotations": {REF_NAME: tag}})
-    with open(index_path, "wb") as f:
-        f.write(_dumps(index))
+    tag_layout(outdir, top, tag)
     return built
 
 

@@ -5,6 +5,8 @@
 - ``registry_factory``: start extra registries (``registry_factory(username=…,
   proxy_remote_url=…)``) that stop when the test ends.
 - ``busybox_layout``: path of the busybox OCI image layout (tag ``latest``).
+- ``python_layout``: path of an OCI layout (tag ``latest``) of busybox + Debian's python3.11 +
+  pip (``support/pythonimage.py``); skips where it cannot be made (fails under ``CI=true``).
 - ``busybox_ref``: ``127.0.0.1:PORT/busybox:latest`` pushed to ``registry`` by pybk's client.
 - ``docker_config``: writes a Docker ``config.json`` and points ``$DOCKER_CONFIG`` at it.
 - ``content_store``: an empty ContentStore under tmp_path.
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 from support.busybox import build_busybox_layout, push_oci_layout, skopeo_inspect
+from support.pythonimage import build_python_layout, require_python_image
 from support.registry import RegistryServer, registry_available
 
 AUTH_USER = "pybk"
@@ -66,6 +69,12 @@ def registry_factory(tmp_path: Path) -> Iterator[Callable[..., RegistryServer]]:
 @pytest.fixture(scope="session")
 def busybox_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_busybox_layout(tmp_path_factory.mktemp("busybox") / "layout")
+
+
+@pytest.fixture(scope="session")
+def python_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_python_image()
+    return build_python_layout(tmp_path_factory.mktemp("python") / "layout")
 
 
 @pytest.fixture(scope="session")
