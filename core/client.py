@@ -86,6 +86,7 @@ class Client:
         self.root = os.path.abspath(os.fspath(root) if root is not None
                                     else (config.root or default_root()))
         self._executor = executor
+        self._oci: Any = None
         self._worker: Any = None
         self._configured = False
 
@@ -114,8 +115,10 @@ class Client:
             if executor is None:
                 from pybk.workers.plugin import OCIWorker
 
-                executor = OCIWorker(OCIWorker.Options(binary=oci.binary or "runc"),
-                                     root=self.root).executor()
+                self._oci = OCIWorker(OCIWorker.Options(
+                    binary=oci.binary or "runc",
+                    network=OCIWorker.network_options(self.config)), root=self.root)
+                executor = self._oci.executor()
             self._worker = Worker(store=store, executor=executor, config=self.config)
         return self._worker
 
@@ -123,6 +126,9 @@ class Client:
         if self._configured:
             self.plugins.hook.pybk_unconfigure(config=self.config)
             self._configured = False
+        if self._oci is not None:
+            self._oci.close()
+            self._oci = None
         if self._worker is not None:
             close = getattr(self._worker.store, "close", None)
             if close is not None:

@@ -367,8 +367,26 @@ class GCPolicy:
 
 OCI_SNAPSHOTTERS = ("auto", "overlayfs", "native", "fuse-overlayfs", "stargz")
 SUPPORTED_SNAPSHOTTERS = ("auto", "overlayfs", "native")
-NETWORK_MODES = ("auto", "host", "cni", "bridge")
-SUPPORTED_NETWORK_MODES = ("auto", "host")
+NETWORK_MODES = ("auto", "host", "cni", "bridge", "none")
+
+
+def _check_subnet(value: str) -> None:
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f'"{value}" is not a subnet (e.g. "10.10.0.0/16")') from None
+    if net.version != 4 or net.prefixlen > 30:
+        raise ValueError(f'"{value}" must be an IPv4 subnet with room for addresses '
+                         "(prefix length at most 30)")
+
+
+def _check_ifname(value: str) -> None:
+    if not value or len(value) > 15 or any(c in value for c in "/: \t\n") or value in (".",
+                                                                                        ".."):
+        raise ValueError(f'"{value}" is not a network interface name (1-15 characters, no '
+                         "'/', ':' or spaces)")
 
 
 @attrs.frozen(kw_only=True)
@@ -394,12 +412,11 @@ class _WorkerBase:
     gc_policy: list[GCPolicy] = setting("gcpolicy", factory=list)
     # network
     network_mode: str = setting("networkMode", default="auto", check=_one_of(*NETWORK_MODES))
-    cni_config_path: str = setting("cniConfigPath", default="", unsupported=_NOT_YET)
-    cni_binary_path: str = setting("cniBinaryPath", default="", unsupported=_NOT_YET)
-    cni_pool_size: int = setting("cniPoolSize", default=0, check=_non_negative,
-                                 unsupported=_NOT_YET)
-    bridge_name: str = setting("bridgeName", default="", unsupported=_NOT_YET)
-    bridge_subnet: str = setting("bridgeSubnet", default="", unsupported=_NOT_YET)
+    cni_config_path: str = setting("cniConfigPath", default="/etc/buildkit/cni.json")
+    cni_binary_path: str = setting("cniBinaryPath", default="")
+    cni_pool_size: int = setting("cniPoolSize", default=16, check=_non_negative)
+    bridge_name: str = setting("bridgeName", default="buildkit0", check=_check_ifname)
+    bridge_subnet: str = setting("bridgeSubnet", default="10.10.0.0/16", check=_check_subnet)
 
     @property
     def gc_enabled(self) -> bool:
@@ -786,11 +803,6 @@ def _review_worker(worker: _WorkerBase, path: KeyPath, warnings: list[Problem]) 
                                 f'"{worker.snapshotter}" is not supported by pybk yet; '
                                 'using "auto"'))
         changes["snapshotter"] = "auto"
-    if worker.network_mode not in SUPPORTED_NETWORK_MODES:
-        warnings.append(Problem((*path, "networkMode"),
-                                f'"{worker.network_mode}" is not supported by pybk yet; '
-                                'using "auto"'))
-        changes["network_mode"] = "auto"
     for i, policy in enumerate(worker.gc_policy):
         for j, text in enumerate(policy.filters):
             for sel in parse_filter(text):

@@ -409,7 +409,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    return Daemon(listener, path, root=root, config_path=config_path).serve()
+    from pybk.core.locks import process_identity
+    from pybk.workers.network import set_pool_owner
+
+    # namespaces the children give back stay pooled for the next builds, until the daemon stops
+    set_pool_owner(process_identity())
+    try:
+        return Daemon(listener, path, root=root, config_path=config_path).serve()
+    finally:
+        _release_networks(root, config)
+
+
+def _release_networks(root: str, config: object) -> None:
+    """Tear down the network namespaces the daemon kept pooled."""
+    from pybk.workers.network import Networks
+    from pybk.workers.plugin import OCIWorker
+
+    try:
+        Networks(os.path.join(root, "executor"), OCIWorker.network_options(config)).close()
+    except Exception as exc:  # the daemon is stopping: say so, never hang
+        print(f"pybkd: releasing network namespaces: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

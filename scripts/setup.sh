@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(runc busybox-static docker-registry skopeo umoci apache2-utils git)
+DEBS=(runc busybox-static docker-registry skopeo umoci apache2-utils git
+      containernetworking-plugins iptables iproute2)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

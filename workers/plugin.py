@@ -14,6 +14,7 @@ from pybk.core.markers import hookimpl
 from pybk.core.paths import default_root
 
 if TYPE_CHECKING:
+    from pybk.workers.network import NetworkOptions
     from pybk.workers.runc import RuncExecutor
 
 _ARCHITECTURES = {
@@ -42,6 +43,8 @@ class OCIWorker(Worker):
         no_process_sandbox: bool = False
         #: platforms this worker builds for; empty means the host's
         platforms: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+        #: networkMode, the CNI keys and [dns] (None: the defaults, ``auto``)
+        network: NetworkOptions | None = None
 
     def __init__(self, options: OCIWorker.Options | None = None, *,
                  root: str | os.PathLike[str] | None = None):
@@ -56,13 +59,31 @@ class OCIWorker(Worker):
     def platforms(self) -> list[str]:
         return list(self.options.platforms) or [host_platform()]
 
+    @staticmethod
+    def network_options(config: object) -> NetworkOptions:
+        """The network settings of a :class:`pybk.core.config.Config`."""
+        from pybk.workers.network import DNSOptions, NetworkOptions
+
+        oci, dns = config.worker.oci, config.dns  # type: ignore[attr-defined]
+        return NetworkOptions(
+            mode=oci.network_mode, cni_config_path=oci.cni_config_path,
+            cni_binary_path=oci.cni_binary_path, pool_size=oci.cni_pool_size,
+            bridge_name=oci.bridge_name, bridge_subnet=oci.bridge_subnet,
+            dns=DNSOptions(dns.nameservers, dns.options, dns.search_domains))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
     def executor(self) -> RuncExecutor:
         """The executor, created on first use (cleaning up after runs of dead processes)."""
         if self._executor is None:
             from pybk.workers.runc import RuncExecutor
 
             executor = RuncExecutor(os.path.join(self.root, "executor"), self.options.binary,
-                                    no_process_sandbox=self.options.no_process_sandbox)
+                                    no_process_sandbox=self.options.no_process_sandbox,
+                                    network=self.options.network)
             executor.reap_stale()
             self._executor = executor
         return self._executor

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import glob
 import os
@@ -23,11 +22,11 @@ import signal
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
+import attrs
 import orjson
 
 from pybk.core.errors import BuildError, NotAvailableError
@@ -42,20 +41,16 @@ from pybk.core.interfaces import (
 )
 from pybk.core.locks import pid_alive
 from pybk.core.mount import (
-    MS_BIND,
     cleanup_stale_mounts,
     find_mounts_under,
-    libc,
     mount,
     mount_all,
-    sys_mount,
-    unmount,
     unmount_all,
 )
 from pybk.workers import spec as ocispec
+from pybk.workers.network import Attachment, NetworkOptions, Networks
 from pybk.workers.user import ResolvedUser, resolve_user, root_path
 
-CLONE_NEWNET = 0x40000000
 _KILL_ATTEMPTS = 200  # x 25 ms
 
 
@@ -160,50 +155,6 @@ def create_cwd(rootfs: str, cwd: str, user: ResolvedUser) -> None:
             os.lchown(path, user.uid, user.gid)
     except OSError as e:
         raise BuildError(f"failed to create working directory {cwd}: {e.strerror}") from e
-
-
-def create_netns(path: str) -> None:
-    """A new network namespace (loopback left down), kept alive by a bind mount at ``path``.
-
-    The namespace is entered on a short-lived thread, so the rest of the process never leaves
-    its own namespace.
-    """
-    with open(path, "x"):
-        pass
-    failure: list[BaseException] = []
-
-    def enter_and_pin() -> None:
-        lib = libc()
-        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if lib.unshare(CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare network namespace: {os.strerror(err)}", path)
-            try:
-                sys_mount("/proc/thread-self/ns/net", path, None, MS_BIND)
-            finally:
-                if lib.setns(original, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, "cannot return to the original network namespace")
-        except BaseException as e:  # re-raised in the caller's thread
-            failure.append(e)
-        finally:
-            os.close(original)
-
-    worker = threading.Thread(target=enter_and_pin, name="pybk-netns")
-    worker.start()
-    worker.join()
-    if failure:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise failure[0]
-
-
-def remove_netns(path: str) -> None:
-    with contextlib.suppress(OSError):
-        unmount(path, lazy=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def write_secrets(directory: str, secrets: Sequence[SecretMount]) -> list[dict[str, Any]]:
@@ -334,7 +285,7 @@ class RuncExecutor(Executor):
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], binary: str = "runc", *,
-                 no_process_sandbox: bool = False):
+                 no_process_sandbox: bool = False, network: NetworkOptions | None = None):
         self.state_dir = os.path.abspath(os.fspath(state_dir))
         self.binary = binary
         self.no_process_sandbox = no_process_sandbox
@@ -342,6 +293,12 @@ class RuncExecutor(Executor):
         self.bundles = os.path.join(self.state_dir, "bundles")
         for path in (self.state_dir, self.runtime_root, self.bundles):
             os.makedirs(path, mode=0o711, exist_ok=True)
+        self.network_options = network or NetworkOptions()
+        self.networks = Networks(self.state_dir, self.network_options)
+
+    def close(self) -> None:
+        """Tear down the pooled network namespaces this process owns."""
+        self.networks.close()
 
     def _runtime(self, *args: str) -> list[str]:
         return [self.binary, "--root", self.runtime_root, *args]
@@ -365,6 +322,7 @@ class RuncExecutor(Executor):
             for scratch in glob.glob(os.path.join(tempfile.gettempdir(),
                                                   f"pybk-ssh-{parts[1]}-*")):
                 shutil.rmtree(scratch, ignore_errors=True)
+        self.networks.recover()
         return removed
 
     async def run(
@@ -402,19 +360,21 @@ class RuncExecutor(Executor):
             user = resolve_user(rootfs, process.user)
             create_cwd(rootfs, process.cwd, user)
             extra = await self._prepare_mounts(bundle, mounts, secrets, ssh, cleanup)
-            netns = None
-            if process.network == "none":
-                netns = os.path.join(bundle, "netns")
-                create_netns(netns)
-                cleanup.callback(remove_netns, netns)
+            attachment = await self.networks.acquire(process.network)
+            cleanup.push_async_callback(self.networks.release, attachment,
+                                        reusable=process.security != "insecure")
+            effective = process if attachment.mode != "host" else attrs.evolve(
+                process, network="host")
 
             hosts = os.path.join(bundle, "hosts")
             resolv = os.path.join(bundle, "resolv.conf")
-            _write_text(hosts, ocispec.hosts_file(process.hostname, process.extra_hosts))
-            _write_text(resolv, ocispec.resolv_conf(process.network))
+            _write_text(hosts, ocispec.hosts_file(
+                process.hostname, _gateway_hosts(process.extra_hosts, attachment)))
+            _write_text(resolv, ocispec.resolv_conf(attachment.mode,
+                                                    dns=self.network_options.dns))
             config = ocispec.generate_spec(
-                process, rootfs=rootfs, user=user, mounts=extra, hosts_path=hosts,
-                resolv_conf_path=resolv, netns_path=netns,
+                effective, rootfs=rootfs, user=user, mounts=extra, hosts_path=hosts,
+                resolv_conf_path=resolv, netns_path=attachment.netns,
                 no_process_sandbox=self.no_process_sandbox)
             with open(os.path.join(bundle, "config.json"), "wb") as f:
                 f.write(orjson.dumps(config))
@@ -541,3 +501,11 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
     os.chmod(path, 0o644)
 
+
+
+def _gateway_hosts(extra_hosts: Sequence[tuple[str, str]],
+                   attachment: Attachment) -> list[tuple[str, str]]:
+    """``--add-host NAME=host-gateway`` names the host as the step sees it: the gateway of
+    its bridge or CNI network, the loopback address on the host's network."""
+    gateway = attachment.gateway or "127.0.0.1"
+    return [(host, gateway if ip == "host-gateway" else ip) for host, ip in extra_hosts]

@@ -117,14 +117,37 @@ def host_resolv_conf() -> str:
     return text
 
 
-def resolv_conf(network: str, host_text: str | None = None) -> str:
-    """resolv.conf for a network mode.
+def _with_dns(text: str, dns: Any) -> str:
+    """``[dns]`` replaces the host's nameservers, search domains and options, each only when
+    the config sets it (as BuildKit does)."""
+    lines = text.splitlines()
 
-    ``host`` keeps the host's file; ``sandbox`` drops loopback nameservers (unreachable from
-    another network namespace) and falls back to public resolvers like BuildKit; ``none`` keeps
-    no nameserver at all.
+    def values(key: str) -> list[str]:
+        return [w for ln in lines if ln.split()[:1] == [key] for w in ln.split()[1:]]
+
+    servers = list(dns.nameservers) or values("nameserver")
+    search = list(dns.search_domains) or values("search") or values("domain")[-1:]
+    options = list(dns.options) or values("options")
+    out = [f"nameserver {s}" for s in servers]
+    if search:
+        out.append("search " + " ".join(search))
+    if options:
+        out.append("options " + " ".join(options))
+    return "\n".join(out) + "\n"
+
+
+def resolv_conf(network: str, host_text: str | None = None, dns: Any = None) -> str:
+    """resolv.conf for the network a step runs in.
+
+    Starts from the host's file, with ``[dns]`` applied (``dns``: nameservers, options,
+    search_domains). ``host`` keeps it as it is; ``bridge``, ``cni`` (and ``sandbox``) drop
+    loopback nameservers (unreachable from another network namespace: systemd-resolved's
+    127.0.0.53, a local dnsmasq) and fall back to public resolvers like BuildKit when none is
+    left; ``none`` keeps no nameserver at all.
     """
     text = host_resolv_conf() if host_text is None else host_text
+    if dns is not None and (dns.nameservers or dns.options or dns.search_domains):
+        text = _with_dns(text, dns)
     if network == "host":
         return text
     kept: list[str] = []
@@ -136,7 +159,7 @@ def resolv_conf(network: str, host_text: str | None = None) -> str:
                 continue
             servers += 1
         kept.append(line)
-    if network == "sandbox" and servers == 0:
+    if network != "none" and servers == 0:
         kept += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
     return "\n".join(kept) + "\n" if kept else ""
 

@@ -80,7 +80,7 @@ def test_seed_example_loads_as_written():
     joined = "\n".join(warnings)
     assert "seed-buildkitd.toml:1: debug: deprecated" in joined
     assert "worker.oci.gckeepstorage: deprecated, use reservedSpace" in joined
-    assert "worker.oci.cniPoolSize: not supported by pybk yet" in joined
+    assert config.worker.oci.cni_pool_size == 16 and "cniPoolSize" not in joined  # honoured
     assert "worker.containerd: pybk has no containerd worker" in joined
     # options pybk honours do not warn
     assert "max-parallelism" not in joined and "registry" not in joined
@@ -110,7 +110,10 @@ def test_every_key_loads_and_unsupported_ones_warn():
     assert config.worker.oci.binary == "crun"
     assert config.worker.oci.reserved_space == DiskSpace(percentage=10)
     assert config.worker.oci.snapshotter == "auto"  # stargz is not supported: normalised
-    assert config.worker.oci.network_mode == "auto"  # cni likewise
+    assert (config.worker.oci.network_mode, config.worker.oci.cni_config_path,
+            config.worker.oci.cni_binary_path, config.worker.oci.cni_pool_size,
+            config.worker.oci.bridge_name, config.worker.oci.bridge_subnet) == (
+        "cni", "/etc/cni.json", "/opt/cni/bin", 8, "pybk0", "10.10.0.0/16")
     assert config.worker.containerd.runtime.options == {"BinaryName": "runc"}
     assert config.dns.nameservers == ["1.1.1.1", "2606:4700:4700::1111"]
     assert config.system.max_registry_concurrency == 4
@@ -123,7 +126,6 @@ def test_every_key_loads_and_unsupported_ones_warn():
         "cdi: not supported", 'worker.oci.snapshotter: "stargz" is not supported',
         "worker.oci.rootless:", "worker.oci.noProcessSandbox:", "worker.oci.selinux:",
         "worker.oci.apparmor-profile:", "worker.oci.stargzSnapshotter:",
-        'worker.oci.networkMode: "cni"', "worker.oci.bridgeSubnet:",
         "worker.containerd: pybk has no containerd worker",
         'registry."docker.io".capabilities:', "system.platformsCacheMaxAge:",
         "cache.gha: not supported", "insecure-entitlements[2]: the device entitlement",
@@ -131,6 +133,10 @@ def test_every_key_loads_and_unsupported_ones_warn():
     ]
     for text in expected:
         assert any(text in w for w in warnings), text
+    for key in ("networkMode", "cniConfigPath", "cniBinaryPath", "cniPoolSize", "bridgeName",
+                "bridgeSubnet", "dns"):  # the network keys are honoured: no warning
+        assert not any(f"worker.oci.{key}" in w or w.split(": ")[1].startswith(key)
+                       for w in warnings), key
     lines = [int(w.split(":")[1]) for w in warnings]
     assert lines == sorted(lines)  # in file order
 

@@ -167,6 +167,8 @@ def _grep_tree(root: str, needle: bytes) -> list[str]:
             path = os.path.join(dirpath, name)
             if os.path.islink(path) or not os.path.isfile(path):
                 continue
+            if os.stat(path).st_dev != os.stat(dirpath).st_dev:
+                continue  # a pooled network namespace (nsfs), not a file
             with open(path, "rb") as f:
                 if needle in f.read():
                     found.append(path)

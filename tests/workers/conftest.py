@@ -85,7 +85,9 @@ def executor(state_dir: Path):
         pytest.skip(reason)
     from pybk.workers.runc import RuncExecutor
 
-    return RuncExecutor(state_dir)
+    executor = RuncExecutor(state_dir)
+    yield executor
+    executor.close()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def test_options_defaults_and_fields():
     opts = plugin.OCIWorker.Options()
     assert (opts.binary, opts.no_process_sandbox, opts.platforms) == ("runc", False, ())
     assert [f.name for f in attrs.fields(plugin.OCIWorker.Options)] == [
-        "binary", "no_process_sandbox", "platforms"]
+        "binary", "no_process_sandbox", "platforms", "network"]
     assert plugin.OCIWorker.Options(platforms=["linux/arm64"]).platforms == ("linux/arm64",)
 
 
@@ -47,7 +47,7 @@ def test_executor_uses_options(tmp_path):
     assert executor is worker.executor()
     assert executor.binary == "crun" and executor.no_process_sandbox
     assert executor.state_dir == str(tmp_path / "executor")
-    assert sorted(os.listdir(tmp_path / "executor")) == ["bundles", "runc"]
+    assert sorted(os.listdir(tmp_path / "executor")) == ["bundles", "net", "runc"]
 
 
 def test_default_store_root(monkeypatch):

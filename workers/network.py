@@ -1,0 +1,463 @@
+"""Network providers of the OCI worker: ``bridge`` and ``cni`` (real CNI plugins), ``host``,
+``none``; and the pool of network namespaces they hand out.
+
+A RUN step asks for ``sandbox`` (the worker's default network), ``host`` or ``none``. The
+worker's ``networkMode`` decides what ``sandbox`` is: ``bridge`` (pybk's own CNI list on
+``bridgeName``/``bridgeSubnet``), ``cni`` (the user's list at ``cniConfigPath``), ``host`` or
+``none``; ``auto`` is ``bridge`` when the CNI plugins are installed, ``host`` otherwise.
+
+Namespaces of the CNI modes are pooled on disk, under the executor's state directory, so
+several processes (the forked children of ``pybkd``, concurrent ``pybk build`` runs) share
+them::
+
+    net/ns/<id>            the namespace, kept alive by a bind mount
+    net/state/<id>.json    network list, CNI result, owner and creator identities
+    net/idle/<key>.<id>    free for the next step (``key``: which network it is attached to)
+    net/busy/<id>@<who>    taken by the process ``who``
+
+A process claims an idle namespace by renaming its marker (exactly one rename wins) and gives
+it back after the step, or tears it down (CNI ``DEL``) when the pool is full or the step ran
+privileged. An idle namespace lives as long as its *owner*: the process itself for an
+embedded build (so nothing is left when ``pybk build`` exits), the daemon for ``pybkd``'s
+children. Namespaces of processes that died (a SIGKILLed build) are torn down the next time
+the store is opened (:meth:`Networks.recover`). The bridge is removed with the last
+namespace on it when no other process is attaching one (a shared ``flock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import fcntl
+import glob
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import attrs
+import orjson
+
+from pybk.core.errors import BuildError
+from pybk.core.locks import is_alive, process_identity
+from pybk.core.mount import MS_BIND, libc, sys_mount, unmount
+from pybk.workers import cni
+
+CLONE_NEWNET = 0x40000000
+WORKER_MODES = ("auto", "host", "cni", "bridge", "none")
+DEFAULT_BRIDGE = "buildkit0"
+DEFAULT_SUBNET = "10.10.0.0/16"
+DEFAULT_CNI_CONFIG = "/etc/buildkit/cni.json"
+DEFAULT_POOL_SIZE = 16
+LOCK_DIR = "/run/pybk"
+
+#: the process whose lifetime bounds idle pooled namespaces (``pybkd`` sets itself)
+_pool_owner: str | None = None
+_auto_warned = False
+#: executor state directories where this process made namespaces: what it owns there is torn
+#: down at exit (a Python API user may never close its client)
+_touched: set[str] = set()
+
+
+@atexit.register
+def _close_all() -> None:
+    for state_dir in sorted(_touched):
+        with contextlib.suppress(Exception):
+            Networks(state_dir).close()
+
+
+def set_pool_owner(identity: str | None) -> None:
+    """Make idle namespaces outlive this process's builds: ``pybkd`` calls it before
+    serving, so the namespaces its children give back stay for the next ones."""
+    global _pool_owner
+    _pool_owner = identity
+
+
+@attrs.frozen
+class DNSOptions:
+    """``[dns]`` of buildkitd.toml."""
+
+    nameservers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    options: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    search_domains: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+
+@attrs.frozen
+class NetworkOptions:
+    """The network keys of ``[worker.oci]``."""
+
+    mode: str = "auto"
+    cni_config_path: str = ""
+    cni_binary_path: str = ""
+    pool_size: int = DEFAULT_POOL_SIZE
+    bridge_name: str = ""
+    bridge_subnet: str = ""
+    dns: DNSOptions = DNSOptions()
+
+
+@attrs.frozen
+class Attachment:
+    """What one step runs in: ``mode`` is ``host``, ``none``, ``bridge`` or ``cni``;
+    ``netns`` the namespace to join (None: the host's for ``host``, a new one for ``none``)."""
+
+    mode: str
+    netns: str | None = None
+    address: str | None = None
+    gateway: str | None = None
+    entry: str | None = None  # the pool entry id
+
+
+# ------------------------------------------------------------------------------------------
+# namespaces
+# ------------------------------------------------------------------------------------------
+
+
+def create_netns(path: str) -> None:
+    """A new network namespace, kept alive by a bind mount at ``path``.
+
+    The namespace is entered on a short-lived thread, so the rest of the process never leaves
+    its own namespace.
+    """
+    with open(path, "x"):
+        pass
+    failure: list[BaseException] = []
+
+    def enter_and_pin() -> None:
+        lib = libc()
+        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if lib.unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare network namespace: {os.strerror(err)}", path)
+            try:
+                sys_mount("/proc/thread-self/ns/net", path, None, MS_BIND)
+            finally:
+                if lib.setns(original, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, "cannot return to the original network namespace")
+        except BaseException as e:  # re-raised in the caller's thread
+            failure.append(e)
+        finally:
+            os.close(original)
+
+    worker = threading.Thread(target=enter_and_pin, name="pybk-netns")
+    worker.start()
+    worker.join()
+    if failure:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise failure[0]
+
+
+def remove_netns(path: str) -> None:
+    with contextlib.suppress(OSError):
+        unmount(path, lazy=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run([cni.which_ip(), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                   check=False)
+
+
+def _bridge_ports(bridge: str) -> list[str]:
+    try:
+        return os.listdir(f"/sys/class/net/{bridge}/brif")
+    except OSError:
+        return []
+
+
+def _bridge_lock(bridge: str) -> int:
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    return os.open(os.path.join(LOCK_DIR, f"net-{bridge}.lock"),
+                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def remove_bridge_if_unused(bridge: str) -> bool:
+    """Delete ``bridge`` when no port is on it and no process is attaching one."""
+    if not os.path.exists(f"/sys/class/net/{bridge}") or _bridge_ports(bridge):
+        return False
+    fd = _bridge_lock(bridge)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if _bridge_ports(bridge):
+            return False
+        _ip("link", "del", bridge)
+        _remove_isolation_rules(bridge)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _remove_isolation_rules(bridge: str) -> None:
+    """The firewall plugin's per-bridge rules (``ingressPolicy: same-bridge``) go with the
+    bridge; the plugin adds them again when the bridge is made again."""
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        return
+    for chain in ("CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"):
+        listed = subprocess.run([iptables, "-w", "-S", chain], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, check=False).stdout
+        for line in listed.splitlines():
+            words = shlex.split(line)
+            if words[:1] == ["-A"] and ("-i" in words and words[words.index("-i") + 1] == bridge
+                                        or "-o" in words
+                                        and words[words.index("-o") + 1] == bridge):
+                subprocess.run([iptables, "-w", "-D", *words[1:]], stdin=subprocess.DEVNULL,
+                               capture_output=True, check=False)
+
+
+# ------------------------------------------------------------------------------------------
+# the providers and their pool
+# ------------------------------------------------------------------------------------------
+
+
+class Networks:
+    """The network providers of one executor (``state_dir`` is the executor's)."""
+
+    def __init__(self, state_dir: str, options: NetworkOptions | None = None):
+        self.options = options or NetworkOptions()
+        if self.options.mode not in WORKER_MODES:
+            raise BuildError(f"unknown network mode {self.options.mode!r} (expected one of "
+                             f"{', '.join(WORKER_MODES)})")
+        self.dir = os.path.join(state_dir, "net")
+        for sub in ("ns", "state", "idle", "busy"):
+            os.makedirs(os.path.join(self.dir, sub), mode=0o700, exist_ok=True)
+        self.bridge = self.options.bridge_name or DEFAULT_BRIDGE
+        self.subnet = self.options.bridge_subnet or DEFAULT_SUBNET
+        self.dirs = cni.binary_dirs(self.options.cni_binary_path)
+        self._default: str | None = None
+        self._network: cni.CNINetwork | None = None
+        self._loopback: cni.CNINetwork | None = None
+        self._key = ""
+        self.state_dir = state_dir
+
+    # -- what "sandbox" is ------------------------------------------------------------
+
+    def default_mode(self) -> str:
+        """The mode of a step's default network, decided once (``auto`` warns once per
+        process when it falls back to the host's network)."""
+        global _auto_warned
+        if self._default is None:
+            mode = self.options.mode
+            if mode == "auto":
+                missing = cni.missing_plugins(cni.BRIDGE_PLUGINS, self.dirs)
+                mode = "host" if missing else "bridge"
+                if missing and not _auto_warned:
+                    _auto_warned = True
+                    print(f"WARNING: networkMode auto: CNI plugins not found "
+                          f"({', '.join(missing)} in {os.pathsep.join(self.dirs)}); RUN steps "
+                          "use the host's network (install containernetworking-plugins for "
+                          "the bridge network)", file=sys.stderr)
+            self._default = mode
+        return self._default
+
+    def network(self) -> cni.CNINetwork:
+        """The CNI list of the default network (``bridge`` or ``cni`` mode)."""
+        if self._network is None:
+            mode = self.default_mode()
+            if mode == "bridge":
+                missing = cni.missing_plugins(cni.BRIDGE_PLUGINS, self.dirs)
+                if missing:
+                    raise cni.CNIError(
+                        f"networkMode bridge needs the CNI plugins {', '.join(missing)}, not "
+                        f"found in {os.pathsep.join(self.dirs)} (install "
+                        "containernetworking-plugins, or set cniBinaryPath)")
+                conflist = cni.bridge_conflist(self.bridge, self.subnet)
+            else:
+                conflist = cni.load_config_file(self.options.cni_config_path
+                                                or DEFAULT_CNI_CONFIG)
+            self._network = cni.CNINetwork(conflist, self.dirs)
+            self._loopback = cni.CNINetwork(
+                {"cniVersion": "1.0.0", "name": "loopback", "plugins": [{"type": "loopback"}]},
+                self.dirs)
+            self._key = hashlib.sha256(orjson.dumps(
+                [conflist, self.dirs], option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+        return self._network
+
+    def effective(self, requested: str) -> str:
+        """``host``, ``none``, ``bridge`` or ``cni`` for a step's ``sandbox|host|none``."""
+        return self.default_mode() if requested == "sandbox" else requested
+
+    # -- acquire / release --------------------------------------------------------------
+
+    async def acquire(self, requested: str) -> Attachment:
+        mode = self.effective(requested)
+        if mode in ("host", "none"):
+            return Attachment(mode)
+        network = self.network()
+        entry = self._claim_idle()
+        if entry is None:
+            entry = await self._create(mode, network)
+        state = self._state(entry)
+        address, gateway = cni.result_address(state.get("result"))
+        return Attachment(mode, os.path.join(self.dir, "ns", entry), address, gateway, entry)
+
+    async def release(self, attachment: Attachment, *, reusable: bool = True) -> None:
+        """Give a namespace back to the pool, or tear it down."""
+        entry = attachment.entry
+        if entry is None:
+            return
+        busy = os.path.join(self.dir, "busy", f"{entry}@{process_identity()}")
+        state = self._state(entry)
+        owner = state.get("owner", "")
+        keep = (reusable and state.get("key") == self._key and is_alive(owner)
+                and len(os.listdir(os.path.join(self.dir, "idle"))) < self.options.pool_size)
+        if keep:
+            with contextlib.suppress(OSError):
+                os.rename(busy, os.path.join(self.dir, "idle", f"{self._key}.{entry}"))
+                return
+        await self._destroy(entry, state)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(busy)
+
+    def _claim_idle(self) -> str | None:
+        idle = os.path.join(self.dir, "idle")
+        me = process_identity()
+        for name in os.listdir(idle):
+            key, _, entry = name.partition(".")
+            if key != self._key:
+                continue
+            try:
+                os.rename(os.path.join(idle, name),
+                          os.path.join(self.dir, "busy", f"{entry}@{me}"))
+            except FileNotFoundError:
+                continue  # another process took it
+            return entry
+        return None
+
+    async def _create(self, mode: str, network: cni.CNINetwork) -> str:
+        entry = os.urandom(8).hex()
+        me = process_identity()
+        state: dict[str, Any] = {
+            "conflist": network.conflist, "dirs": network.dirs, "key": self._key,
+            "owner": _pool_owner or me, "creator": me, "mode": mode, "ifname": "eth0",
+            "bridge": self.bridge if mode == "bridge" else None, "result": None}
+        self._write_state(entry, state)
+        path = os.path.join(self.dir, "ns", entry)
+        lock = _bridge_lock(self.bridge) if mode == "bridge" else None
+        try:
+            if lock is not None:
+                await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_SH)
+            await asyncio.to_thread(create_netns, path)
+            assert self._loopback is not None
+            await self._loopback.add(f"pybk-{entry}", path, "lo")
+            state["result"] = await network.add(f"pybk-{entry}", path, "eth0")
+            if mode == "bridge":  # steps on the bridge do not reach each other
+                for veth in cni.host_veths(state["result"]):
+                    await asyncio.to_thread(_ip, "link", "set", "dev", veth, "type",
+                                            "bridge_slave", "isolated", "on")
+            self._write_state(entry, state)
+        except BaseException:
+            await asyncio.shield(self._destroy(entry, state))
+            raise
+        finally:
+            if lock is not None:
+                os.close(lock)
+        with open(os.path.join(self.dir, "busy", f"{entry}@{me}"), "x"):
+            pass
+        _touched.add(self.state_dir)
+        return entry
+
+    async def _destroy(self, entry: str, state: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._destroy_sync, entry, state)
+
+    def _destroy_sync(self, entry: str, state: dict[str, Any]) -> None:
+        """CNI ``DEL`` (with the ADD's result), then the namespace and the files."""
+        path = os.path.join(self.dir, "ns", entry)
+        failure: Exception | None = None
+        if state.get("conflist"):
+            try:
+                network = cni.CNINetwork(state["conflist"], state.get("dirs") or self.dirs)
+                network.delete(f"pybk-{entry}", path, state.get("ifname", "eth0"),
+                               state.get("result"))
+            except Exception as e:  # still remove the namespace: its veth goes with it
+                failure = e
+        remove_netns(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, "state", f"{entry}.json"))
+        if state.get("bridge"):
+            remove_bridge_if_unused(state["bridge"])
+        if failure is not None:
+            print(f"WARNING: releasing network namespace {entry}: {failure}", file=sys.stderr)
+
+    def _state(self, entry: str) -> dict[str, Any]:
+        try:
+            with open(os.path.join(self.dir, "state", f"{entry}.json"), "rb") as f:
+                return orjson.loads(f.read())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+
+    def _write_state(self, entry: str, state: dict[str, Any]) -> None:
+        path = os.path.join(self.dir, "state", f"{entry}.json")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(state))
+        os.replace(tmp, path)
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Tear down the idle namespaces this process owns (an embedded build's, or the
+        daemon's when it stops)."""
+        me = process_identity()
+        self._sweep(lambda state: state.get("owner") == me)
+
+    def recover(self) -> list[str]:
+        """Tear down what dead processes left: namespaces taken by a process that died,
+        idle ones whose owner died, half-made ones whose creator died."""
+        return self._sweep(lambda state: not is_alive(state.get("owner", "")))
+
+    def _sweep(self, idle_owner_gone: Any) -> list[str]:
+        removed: list[str] = []
+        me = process_identity()
+        entries: list[tuple[str, dict[str, Any]]] = []
+        for name in os.listdir(os.path.join(self.dir, "idle")):
+            entry = name.partition(".")[2]
+            state = self._state(entry)
+            if not idle_owner_gone(state):
+                continue
+            try:  # take it first, so no other process claims it meanwhile
+                os.rename(os.path.join(self.dir, "idle", name),
+                          os.path.join(self.dir, "busy", f"{entry}@{me}"))
+            except FileNotFoundError:
+                continue
+            entries.append((entry, state))
+        for name in os.listdir(os.path.join(self.dir, "busy")):
+            entry, _, who = name.partition("@")
+            if who != me and not is_alive(who):
+                entries.append((entry, self._state(entry)))
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(os.path.join(self.dir, "busy", name),
+                              os.path.join(self.dir, "busy", f"{entry}@{me}"))
+        marked = {n.partition(".")[2] for n in os.listdir(os.path.join(self.dir, "idle"))}
+        marked |= {n.partition("@")[0] for n in os.listdir(os.path.join(self.dir, "busy"))}
+        for path in glob.glob(os.path.join(self.dir, "state", "*.json")):
+            entry = os.path.basename(path)[:-5]
+            state = self._state(entry)
+            if entry not in marked and not is_alive(state.get("creator", "")):
+                entries.append((entry, state))  # died while making it
+        if not entries:
+            return removed
+
+        for entry, state in entries:
+            self._destroy_sync(entry, state)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.dir, "busy", f"{entry}@{me}"))
+            removed.append(entry)
+        for path in glob.glob(os.path.join(self.dir, "ns", "*")):  # pins with no state left
+            if not os.path.exists(os.path.join(self.dir, "state",
+                                               os.path.basename(path) + ".json")):
+                remove_netns(path)
+        return removed
