@@ -20,8 +20,12 @@ it back after the step, or tears it down (CNI ``DEL``) when the pool is full or 
 privileged. An idle namespace lives as long as its *owner*: the process itself for an
 embedded build (so nothing is left when ``pybk build`` exits), the daemon for ``pybkd``'s
 children. Namespaces of processes that died (a SIGKILLed build) are torn down the next time
-the store is opened (:meth:`Networks.recover`). The bridge is removed with the last
-namespace on it when no other process is attaching one (a shared ``flock``).
+the store is opened (:meth:`Networks.recover`).
+
+The ``bridge`` mode's NAT and forwarding are four rules per bridge (:func:`bridge_rules`),
+made once; a namespace then costs a veth and an address (the bridge and host-local plugins,
+about 10 ms). Like BuildKit's ``buildkit0`` the bridge and its rules stay; everything a step
+had (namespace, veth, address) goes.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import fcntl
 import glob
 import hashlib
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -167,54 +170,88 @@ def _ip(*args: str) -> None:
                    check=False)
 
 
-def _bridge_ports(bridge: str) -> list[str]:
-    try:
-        return os.listdir(f"/sys/class/net/{bridge}/brif")
-    except OSError:
-        return []
-
-
 def _bridge_lock(bridge: str) -> int:
     os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
     return os.open(os.path.join(LOCK_DIR, f"net-{bridge}.lock"),
                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-def remove_bridge_if_unused(bridge: str) -> bool:
-    """Delete ``bridge`` when no port is on it and no process is attaching one."""
-    if not os.path.exists(f"/sys/class/net/{bridge}") or _bridge_ports(bridge):
-        return False
-    fd = _bridge_lock(bridge)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        if _bridge_ports(bridge):
-            return False
-        _ip("link", "del", bridge)
-        _remove_isolation_rules(bridge)
-        return True
-    finally:
-        os.close(fd)
+def bridge_rules(bridge: str, subnet: str) -> list[tuple[str, str, list[str]]]:
+    """``(table, chain, rule)`` of a pybk bridge, in order: steps reach out (forwarded and
+    masqueraded), answers come back, nothing else comes in from other interfaces (and, with
+    ``br_netfilter``, nothing passes between two ports of the bridge)."""
+    tag = ["-m", "comment", "--comment", f"pybk bridge {bridge}"]
+    return [
+        ("filter", "FORWARD", ["-i", bridge, "!", "-o", bridge, *tag, "-j", "ACCEPT"]),
+        ("filter", "FORWARD", ["-o", bridge, "-m", "conntrack", "--ctstate",
+                               "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"]),
+        ("filter", "FORWARD", ["-o", bridge, *tag, "-j", "DROP"]),
+        ("nat", "POSTROUTING", ["-s", subnet, "!", "-o", bridge, *tag, "-j", "MASQUERADE"]),
+    ]
 
 
-def _remove_isolation_rules(bridge: str) -> None:
-    """The firewall plugin's per-bridge rules (``ingressPolicy: same-bridge``) go with the
-    bridge; the plugin adds them again when the bridge is made again."""
+def _iptables(*args: str) -> int:
     iptables = shutil.which("iptables")
     if iptables is None:
+        raise cni.CNIError("the bridge network needs iptables (apt-get install iptables)")
+    return subprocess.run([iptables, "-w", *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, check=False).returncode
+
+
+def ensure_bridge_rules(bridge: str, subnet: str) -> None:
+    """Install the bridge's rules at the top of their chains, in order (all again when one
+    is missing)."""
+    rules = bridge_rules(bridge, subnet)
+    if all(_iptables("-t", t, "-C", c, *r) == 0 for t, c, r in rules):
         return
-    for chain in ("CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"):
-        listed = subprocess.run([iptables, "-w", "-S", chain], stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, check=False).stdout
-        for line in listed.splitlines():
-            words = shlex.split(line)
-            if words[:1] == ["-A"] and ("-i" in words and words[words.index("-i") + 1] == bridge
-                                        or "-o" in words
-                                        and words[words.index("-o") + 1] == bridge):
-                subprocess.run([iptables, "-w", "-D", *words[1:]], stdin=subprocess.DEVNULL,
-                               capture_output=True, check=False)
+    for table, chain, rule in rules:
+        while _iptables("-t", table, "-D", chain, *rule) == 0:
+            pass
+    positions = {"FORWARD": 0, "POSTROUTING": 0}
+    for table, chain, rule in rules:
+        positions[chain] += 1
+        if _iptables("-t", table, "-I", chain, str(positions[chain]), *rule) != 0:
+            raise cni.CNIError(f"cannot add the {table} rules of bridge {bridge} "
+                               f"({' '.join(rule)})")
+
+
+def remove_bridge(bridge: str, subnet: str) -> None:
+    """The bridge and its rules (pybk never does this itself: like BuildKit's ``buildkit0``
+    and Docker's ``docker0`` the bridge stays; what each step had goes with the step)."""
+    _ip("link", "del", bridge)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(LOCK_DIR, f"net-{bridge}.ready"))
+    for table, chain, rule in bridge_rules(bridge, subnet):
+        while _iptables("-t", table, "-D", chain, *rule) == 0:
+            pass
+
+
+def prepare_bridge(bridge: str, subnet: str) -> None:
+    """Make sure the bridge's rules are in place, once per bridge and boot: a marker in
+    ``/run`` (a tmpfs, like the rules themselves gone at reboot) names the bridge's
+    interface index and subnet when they were made; concurrent processes take turns."""
+    marker = os.path.join(LOCK_DIR, f"net-{bridge}.ready")
+    try:
+        with open(f"/sys/class/net/{bridge}/ifindex", encoding="ascii") as f:
+            expected = f"{f.read().strip()} {subnet}"
+        with open(marker, encoding="ascii") as f:
+            if f.read() == expected:
+                return
+    except OSError:
+        pass
+    fd = _bridge_lock(bridge)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        ensure_bridge_rules(bridge, subnet)
+        if not os.path.exists(f"/sys/class/net/{bridge}"):
+            return  # the bridge plugin makes it; the marker is written on the next step
+        with open(f"/sys/class/net/{bridge}/ifindex", encoding="ascii") as f:
+            ready = f"{f.read().strip()} {subnet}"
+        with open(marker + ".tmp", "w", encoding="ascii") as f:
+            f.write(ready)
+        os.replace(marker + ".tmp", marker)
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------
@@ -342,13 +379,13 @@ class Networks:
         state: dict[str, Any] = {
             "conflist": network.conflist, "dirs": network.dirs, "key": self._key,
             "owner": _pool_owner or me, "creator": me, "mode": mode, "ifname": "eth0",
-            "bridge": self.bridge if mode == "bridge" else None, "result": None}
+            "bridge": self.bridge if mode == "bridge" else None,
+            "subnet": self.subnet if mode == "bridge" else None, "result": None}
         self._write_state(entry, state)
         path = os.path.join(self.dir, "ns", entry)
-        lock = _bridge_lock(self.bridge) if mode == "bridge" else None
         try:
-            if lock is not None:
-                await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_SH)
+            if mode == "bridge":
+                await asyncio.to_thread(prepare_bridge, self.bridge, self.subnet)
             await asyncio.to_thread(create_netns, path)
             assert self._loopback is not None
             await self._loopback.add(f"pybk-{entry}", path, "lo")
@@ -361,9 +398,6 @@ class Networks:
         except BaseException:
             await asyncio.shield(self._destroy(entry, state))
             raise
-        finally:
-            if lock is not None:
-                os.close(lock)
         with open(os.path.join(self.dir, "busy", f"{entry}@{me}"), "x"):
             pass
         _touched.add(self.state_dir)
@@ -386,8 +420,6 @@ class Networks:
         remove_netns(path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, "state", f"{entry}.json"))
-        if state.get("bridge"):
-            remove_bridge_if_unused(state["bridge"])
         if failure is not None:
             print(f"WARNING: releasing network namespace {entry}: {failure}", file=sys.stderr)
 

@@ -150,7 +150,12 @@ def _net_state(bridge: str, subnet_prefix: str) -> dict[str, object]:
     }
 
 
-NOTHING = {"bridge": False, "ports": [], "leases": [], "rules": []}
+def _nothing_left(state: dict[str, object], bridge: str, subnet: str) -> None:
+    """No port, no address; only the bridge's own rules (made once, like BuildKit's)."""
+    from pybk.workers.network import bridge_rules
+
+    assert state["ports"] == [] and state["leases"] == []
+    assert len(state["rules"]) == len(bridge_rules(bridge, subnet + "0/24"))
 
 
 def _store_clean(root: str) -> bool:
@@ -159,13 +164,28 @@ def _store_clean(root: str) -> bool:
                    for d in ("ns", "state", "idle", "busy"))
 
 
-def _own_bridge(tmp_path: Path, third_octet: int) -> tuple[str, str, str]:
+@pytest.fixture
+def own_bridge(tmp_path: Path) -> Iterator[Callable[[int], tuple[str, str, str]]]:
     """A bridge and subnet of the test's own (a config, the bridge name, the subnet prefix):
-    what is left on the host is then the test's alone."""
-    bridge = f"pybkt{os.getpid() % 10000}{third_octet}"[:15]
-    subnet = f"10.211.{third_octet}."
-    return (_config(tmp_path, worker=f'bridgeName = "{bridge}"\n'
-                                     f'bridgeSubnet = "{subnet}0/24"'), bridge, subnet)
+    what is left on the host is then the test's alone; removed afterwards."""
+    from pybk.workers.network import remove_bridge
+
+    made: list[tuple[str, str]] = []
+
+    def make(third_octet: int) -> tuple[str, str, str]:
+        bridge = f"pybkt{os.getpid() % 10000}x{third_octet}"[:15]
+        subnet = f"10.211.{third_octet}."
+        made.append((bridge, subnet + "0/24"))
+        return (_config(tmp_path, worker=f'bridgeName = "{bridge}"\n'
+                                         f'bridgeSubnet = "{subnet}0/24"'), bridge, subnet)
+
+    yield make
+    for bridge, subnet in made:
+        remove_bridge(bridge, subnet)
+        assert not Path(f"/sys/class/net/{bridge}").exists()
+        assert not [ln for ln in subprocess.run(["iptables-save"], capture_output=True,
+                                                text=True).stdout.splitlines()
+                    if bridge in ln or subnet in ln]
 
 
 @pytest.fixture
@@ -354,8 +374,8 @@ def test_auto_without_plugins_falls_back_to_host_and_says_so_once(tmp_path, busy
 
 @pytest.mark.slow
 def test_a_hundred_steps_reuse_one_namespace_and_leave_nothing(
-        tmp_path, root, busybox_layout, capsys):
-    config, bridge, subnet = _own_bridge(tmp_path, 1)
+        tmp_path, root, busybox_layout, capsys, own_bridge):
+    config, bridge, subnet = own_bridge(1)
     steps = "".join(f"RUN ip -4 -o addr show eth0 >> /addrs # {i}\n" for i in range(100))
     code, err = _build(capsys, root, config, tmp_path / "many", "FROM busybox\n" + steps,
                        busybox_layout, out=tmp_path / "out")
@@ -364,7 +384,8 @@ def test_a_hundred_steps_reuse_one_namespace_and_leave_nothing(
                  .splitlines()}
     assert len(addresses) == 1  # one namespace, set up once, given back after every step
     assert str(addresses.pop()).startswith(subnet)
-    assert _net_state(bridge, subnet) == NOTHING and _store_clean(root)
+    _nothing_left(_net_state(bridge, subnet), bridge, subnet)
+    assert _store_clean(root)
 
 
 def _wait_for(predicate: Callable[[], object], timeout: float = 60) -> None:
@@ -376,8 +397,8 @@ def _wait_for(predicate: Callable[[], object], timeout: float = 60) -> None:
 
 @pytest.mark.slow
 def test_a_killed_build_leaves_nothing_after_the_next_open(tmp_path, root, busybox_layout,
-                                                           capsys):
-    config, bridge, subnet = _own_bridge(tmp_path, 2)
+                                                           capsys, own_bridge):
+    config, bridge, subnet = own_bridge(2)
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN touch /tmp/started; sleep 300\n")
@@ -397,7 +418,8 @@ def test_a_killed_build_leaves_nothing_after_the_next_open(tmp_path, root, busyb
         code, err = _build(capsys, root, config, tmp_path / "next", "FROM busybox\nRUN true\n",
                            busybox_layout)
         assert code == 0, err
-        assert _net_state(bridge, subnet) == NOTHING and _store_clean(root)
+        _nothing_left(_net_state(bridge, subnet), bridge, subnet)
+        assert _store_clean(root)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
