@@ -423,3 +423,58 @@ def test_a_killed_build_leaves_nothing_after_the_next_open(tmp_path, root, busyb
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_build_flag_network_applies_to_every_step(tmp_path, root, busybox_layout, serve, capsys):
+    server = serve()
+    dockerfile = ("FROM busybox\nRUN ip -o link > /links; "
+                  f"if timeout 3 wget -qO- {server.url}/x; then echo reached; "
+                  "else echo unreachable; fi > /result\n")
+    code, err = _build(capsys, root, _config(tmp_path), tmp_path / "ctx", dockerfile,
+                       busybox_layout, "--network", "none", out=tmp_path / "out")
+    assert code == 0, err
+    assert (tmp_path / "out" / "result").read_text() == "unreachable\n"
+    assert re.findall(r"^\d+: (\w+)", (tmp_path / "out" / "links").read_text(), re.M) == ["lo"]
+    code, err = _build(capsys, root, _config(tmp_path), tmp_path / "ctx", dockerfile,
+                       busybox_layout, "--network", "host", "--allow", "network.host")
+    assert code == 2 and "granting entitlement network.host is not allowed" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_pybkd_keeps_its_pool_between_builds_and_releases_it_when_it_stops(
+        tmp_path, busybox_layout, own_bridge):
+    config, bridge, subnet = own_bridge(3)
+    root, sock = tmp_path / "store", tmp_path / "run" / "pybkd.sock"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYBK_HOST", "PYBK_ROOT")}
+    log = open(tmp_path / "pybkd.log", "w")  # noqa: SIM115 - closed below
+    daemon = subprocess.Popen([sys.executable, "-m", "pybk.core.daemon", "--root", str(root),
+                               "--addr", f"unix://{sock}", "--config", config],
+                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env=env)
+    try:
+        _wait_for(sock.exists)
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        addresses = []
+        for n in range(2):
+            out = tmp_path / f"out{n}"
+            (ctx / "Dockerfile").write_text(f"FROM busybox\nRUN ip -4 -o addr show eth0 > /a #{n}\n")
+            done = subprocess.run(
+                [sys.executable, "-m", "pybk.core.entry", "--addr", f"unix://{sock}", "build",
+                 "--progress", "plain", "--build-context",
+                 f"busybox=oci-layout://{busybox_layout}", "-o", f"type=local,dest={out}",
+                 str(ctx)], capture_output=True, text=True, env=env, timeout=120)
+            assert done.returncode == 0, done.stderr
+            addresses.append(_address((out / "a").read_text()))
+            # the build's process is gone; its namespace waits in the daemon's pool
+            state = _net_state(bridge, subnet)
+            assert len(state["ports"]) == 1 and len(state["leases"]) == 1
+            assert len(os.listdir(root / "executor" / "net" / "idle")) == 1
+        assert addresses[0] == addresses[1] and str(addresses[0]).startswith(subnet)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+        log.close()
+    _nothing_left(_net_state(bridge, subnet), bridge, subnet)
+    assert _store_clean(str(root))
