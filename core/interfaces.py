@@ -265,7 +265,7 @@ class ProcessSpec:
     cwd: str = "/"
     user: str = ""  # "", "name", "uid", "uid:gid", "name:group"; resolved against the rootfs
     hostname: str = "pybk"
-    network: str = "sandbox"  # "sandbox" (own netns, loopback only), "host", "none"
+    network: str = "sandbox"  # "sandbox" (the worker's default network), "host", "none"
     security: str = "sandbox"  # "sandbox" or "insecure" (privileged)
     extra_hosts: tuple[tuple[str, str], ...] = ()
     valid_exit_codes: tuple[int, ...] = (0,)

@@ -478,3 +478,37 @@ def test_pybkd_keeps_its_pool_between_builds_and_releases_it_when_it_stops(
         log.close()
     _nothing_left(_net_state(bridge, subnet), bridge, subnet)
     assert _store_clean(str(root))
+
+
+@pytest.mark.parametrize("pool_size", [0, 1, 2])
+def test_cni_pool_size_bounds_the_idle_namespaces(tmp_path, own_bridge, pool_size):
+    """Three steps at once need three namespaces; afterwards ``cniPoolSize`` of them wait for
+    the next step, the rest are torn down; closing tears down the pool."""
+    import asyncio
+
+    from pybk.workers.network import NetworkOptions, Networks
+
+    _, bridge, subnet = own_bridge(4 + pool_size)
+    networks = Networks(str(tmp_path / "executor"), NetworkOptions(
+        mode="bridge", pool_size=pool_size, bridge_name=bridge,
+        bridge_subnet=subnet + "0/24"))
+
+    async def three_steps() -> list:
+        taken = await asyncio.gather(*(networks.acquire("sandbox") for _ in range(3)))
+        assert len({a.address for a in taken}) == 3 and all(a.gateway == subnet + "1"
+                                                             for a in taken)
+        for attachment in taken:
+            await networks.release(attachment)
+        return taken
+
+    asyncio.run(three_steps())
+    idle = os.listdir(tmp_path / "executor" / "net" / "idle")
+    assert len(idle) == pool_size
+    assert len(_net_state(bridge, subnet)["ports"]) == pool_size
+    if pool_size:  # the next step takes a pooled namespace: no new address
+        again = asyncio.run(networks.acquire("sandbox"))
+        assert again.entry in {name.partition(".")[2] for name in idle}
+        asyncio.run(networks.release(again))
+    networks.close()
+    _nothing_left(_net_state(bridge, subnet), bridge, subnet)
+    assert _store_clean(str(tmp_path))
