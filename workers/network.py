@@ -166,8 +166,17 @@ def remove_netns(path: str) -> None:
 
 
 def _ip(*args: str) -> None:
-    subprocess.run([cni.which_ip(), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                   check=False)
+    try:
+        subprocess.run([cni.which_ip(), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                       check=False)
+    except FileNotFoundError:
+        raise cni.CNIError("the bridge network needs iproute2's ip (apt-get install "
+                           "iproute2)") from None
+
+
+def _missing_tools() -> list[str]:
+    """What the bridge network needs besides the CNI plugins."""
+    return [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
 
 
 def _bridge_lock(bridge: str) -> int:
@@ -289,13 +298,16 @@ class Networks:
             mode = self.options.mode
             if mode == "auto":
                 missing = cni.missing_plugins(cni.BRIDGE_PLUGINS, self.dirs)
-                mode = "host" if missing else "bridge"
-                if missing and not _auto_warned:
+                tools = _missing_tools()
+                mode = "host" if missing or tools else "bridge"
+                if mode == "host" and not _auto_warned:
                     _auto_warned = True
-                    print(f"WARNING: networkMode auto: CNI plugins not found "
-                          f"({', '.join(missing)} in {os.pathsep.join(self.dirs)}); RUN steps "
-                          "use the host's network (install containernetworking-plugins for "
-                          "the bridge network)", file=sys.stderr)
+                    what = (f"CNI plugins not found ({', '.join(missing)} in "
+                            f"{os.pathsep.join(self.dirs)})" if missing
+                            else f"{' and '.join(tools)} not found")
+                    print(f"WARNING: networkMode auto: {what}; RUN steps use the host's "
+                          "network (install containernetworking-plugins, iptables and "
+                          "iproute2 for the bridge network)", file=sys.stderr)
             self._default = mode
         return self._default
 
