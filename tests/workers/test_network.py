@@ -8,15 +8,12 @@ with IP_FREEBIND before the bridge exists) or on 127.0.0.1 for host-network step
 from __future__ import annotations
 
 import contextlib
-import http.server
 import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
-import socket
-import socketserver
 import subprocess
 import sys
 import threading
@@ -25,12 +22,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.netserver import StepServer
 
 from pybk.core.cli import main
 
 CNI_DIR = "/usr/lib/cni"
 GATEWAY = "10.10.0.1"
-IP_FREEBIND = 15
 
 
 def _cni_missing() -> str | None:
@@ -57,49 +54,12 @@ def _needs_cni() -> None:
 # -- servers ----------------------------------------------------------------------------------
 
 
-class Server:
-    """A threaded HTTP server; ``handler(request) -> (status, body)`` per GET."""
-
-    def __init__(self, host: str, handler: Callable[[http.server.BaseHTTPRequestHandler],
-                                                    tuple[int, bytes]]):
-        outer = self
-        self.requests: list[tuple[str, str]] = []  # (client address, path)
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                outer.requests.append((self.client_address[0], self.path))
-                status, body = handler(self)
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        class Threaded(http.server.ThreadingHTTPServer):
-            def server_bind(self) -> None:
-                # TCPServer's bind: HTTPServer's would look the address up in DNS (getfqdn)
-                self.socket.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-                socketserver.TCPServer.server_bind(self)
-                self.server_name, self.server_port = self.server_address[:2]
-
-        self.httpd = Threaded((host, 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://{host}:{self.port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def serve() -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
+def serve() -> Iterator[Callable[..., StepServer]]:
+    servers: list[StepServer] = []
 
-    def start(host: str = GATEWAY, handler=None) -> Server:
-        server = Server(host, handler or (lambda req: (200, f"hello {req.path}\n".encode())))
+    def start(host: str = GATEWAY, handler=None) -> StepServer:
+        server = StepServer(host, handler or (lambda req: (200, f"hello {req.path}\n".encode())))
         servers.append(server)
         return server
 
@@ -188,6 +148,17 @@ def own_bridge(tmp_path: Path) -> Iterator[Callable[[int], tuple[str, str, str]]
                     if bridge in ln or subnet in ln]
 
 
+def _fetch_in_subnet(capsys, root, config, tmp_path, busybox_layout, server, path, subnet):
+    """A step fetches ``path`` from ``server`` with an address from ``subnet``."""
+    code, err = _build(capsys, root, config, tmp_path / "ctx",
+                       "FROM busybox\nRUN ip -4 -o addr show eth0 > /addr && "
+                       f"wget -qO /got {server.url}{path}\n", busybox_layout,
+                       out=tmp_path / "out")
+    assert code == 0, err
+    assert _address((tmp_path / "out" / "addr").read_text()) in ipaddress.ip_network(subnet)
+    assert (tmp_path / "out" / "got").read_text() == f"hello {path}\n"
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> str:
     return str(tmp_path / "store")
@@ -199,14 +170,8 @@ def root(tmp_path: Path) -> str:
 def test_default_network_is_a_bridge_with_an_address_and_a_way_out(
         tmp_path, root, busybox_layout, serve, capsys):
     server = serve()
-    code, err = _build(capsys, root, _config(tmp_path), tmp_path / "ctx",
-                       "FROM busybox\n"
-                       f"RUN ip -4 -o addr show eth0 > /addr && wget -qO /got {server.url}/file\n",
-                       busybox_layout, out=tmp_path / "out")
-    assert code == 0, err
-    assert _address((tmp_path / "out" / "addr").read_text()) in ipaddress.ip_network(
-        "10.10.0.0/16")
-    assert (tmp_path / "out" / "got").read_text() == "hello /file\n"
+    _fetch_in_subnet(capsys, root, _config(tmp_path), tmp_path, busybox_layout, server,
+                     "/file", "10.10.0.0/16")
     client, path = server.requests[0]
     assert path == "/file" and ipaddress.IPv4Address(client) in ipaddress.ip_network(
         "10.10.0.0/16")
@@ -333,14 +298,8 @@ def test_user_cni_config_with_its_own_subnet(tmp_path, root, busybox_layout, ser
     config = _config(tmp_path, worker=f'networkMode = "cni"\ncniConfigPath = '
                                       f'"{tmp_path / "cni.json"}"\ncniBinaryPath = "{CNI_DIR}"')
     try:
-        code, err = _build(capsys, root, config, tmp_path / "ctx",
-                           "FROM busybox\nRUN ip -4 -o addr show eth0 > /addr && "
-                           f"wget -qO /got {server.url}/cni\n",
-                           busybox_layout, out=tmp_path / "out")
-        assert code == 0, err
-        assert _address((tmp_path / "out" / "addr").read_text()) in ipaddress.ip_network(
-            "10.99.7.0/24")
-        assert (tmp_path / "out" / "got").read_text() == "hello /cni\n"
+        _fetch_in_subnet(capsys, root, config, tmp_path, busybox_layout, server, "/cni",
+                         "10.99.7.0/24")
         leases = [p.name for p in (tmp_path / "ipam" / "pybk-test-cni").iterdir()
                   if p.name.startswith("10.")]
         assert leases == []  # released after the build

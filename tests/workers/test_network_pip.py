@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import os
 import secrets
 import shutil
-import socket
-import socketserver
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.netserver import StepServer
 
 from pybk.core.cli import main
 
 CNI_BRIDGE = "/usr/lib/cni/bridge"
 GATEWAY = "10.10.0.1"
-IP_FREEBIND = 15
 WHEEL = "pybkdemo-1.0-py3-none-any.whl"
 
 
@@ -81,42 +77,15 @@ class IndexServer:
                                   f'#sha256={sha}">{wheel.name}</a></body></html>').encode(),
             f"/files/{wheel.name}": data,
         }
-        outer = self
-        self.requests: list[tuple[str, str]] = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                outer.requests.append((self.client_address[0], self.path))
-                body = pages.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                body = body if body is not None else b"not found\n"
-                kind = "application/octet-stream" if self.path.endswith(".whl") else "text/html"
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        class Threaded(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-
-            def server_bind(self) -> None:
-                # HTTPServer.server_bind would look the address up (getfqdn): bind only
-                self.socket.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-                socketserver.TCPServer.server_bind(self)
-                self.server_name, self.server_port = self.server_address[:2]
-
-        self.httpd = Threaded((host, 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.index_url = f"http://{host}:{self.port}/simple/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = StepServer(
+            host, lambda req: (200, pages[req.path]) if req.path in pages
+            else (404, b"not found\n"),
+            lambda path: "application/octet-stream" if path.endswith(".whl") else "text/html")
+        self.requests = self.server.requests
+        self.index_url = f"{self.server.url}/simple/"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 @pytest.fixture
