@@ -57,6 +57,13 @@ class BuildRequest:
     build_args: tuple[tuple[str, str], ...] = ()
 
 
+def network_flags(request: BuildRequest) -> list[str]:
+    """The same network for every engine: ``--network none`` unless the case needs one (then
+    no flag: each engine's default network). pybk, ``docker build`` and ``buildah bud`` all
+    take the flag for every RUN step of the build."""
+    return [] if request.network else ["--network", "none"]
+
+
 def build_arg_flags(request: BuildRequest) -> list[str]:
     return [arg for name, value in request.build_args for arg in ("--build-arg", f"{name}={value}")]
 
@@ -304,7 +311,8 @@ class Pybk(Engine):
         cmd = [self.command, *self.global_flags(), "build", "-f", request.dockerfile,
                "--progress", "quiet",
                "--build-context", f"{request.base.name}=oci-layout://{request.base.layout}",
-               "--build-arg", f"BASE={request.base.name}", *build_arg_flags(request)]
+               "--build-arg", f"BASE={request.base.name}", *network_flags(request),
+               *build_arg_flags(request)]
         if request.export:
             cmd += ["-o", f"type=oci,dest={request.output_dir}/image.tar,"
                           f"compression={request.export}"]
@@ -462,8 +470,7 @@ class BuildKit(Engine):
         run_checked(self.docker("image", "prune", "-af"), env=self.env)
 
     def build(self, request: BuildRequest) -> float:
-        network = [] if request.network else ["--network=none"]
-        cmd = self.docker("build", *network, "-q", "-f", request.dockerfile,
+        cmd = self.docker("build", *network_flags(request), "-q", "-f", request.dockerfile,
                           "--build-arg", f"BASE={request.base.ref}", *build_arg_flags(request))
         if request.export:
             cmd += ["-o", f"type=oci,dest={request.output_dir}/image.tar"]
@@ -528,7 +535,7 @@ class Buildah(Engine):
 
     def build(self, request: BuildRequest) -> float:
         tag = f"localhost/bench-{request.case}:latest"
-        cmd = ["buildah", "bud", "--layers", "--isolation", "oci", "--network", "none",
+        cmd = ["buildah", "bud", "--layers", "--isolation", "oci", *network_flags(request),
                "--jobs", str(self.jobs), "-q", "-f", request.dockerfile,
                "--build-arg", f"BASE={request.base.ref}", "-t", tag]
         cmd.append(request.context)
