@@ -24,8 +24,9 @@ the store is opened (:meth:`Networks.recover`).
 
 The ``bridge`` mode's NAT and forwarding are four rules per bridge (:func:`bridge_rules`),
 made once; a namespace then costs a veth and an address (the bridge and host-local plugins,
-about 10 ms). Like BuildKit's ``buildkit0`` the bridge and its rules stay; everything a step
-had (namespace, veth, address) goes.
+10-20 ms). The bridge and its rules stay, like Docker's ``docker0`` (buildkitd removes a
+``buildkit0`` it made when it stops; pybk has no long-lived owner to do so in embedded builds);
+everything a step had (namespace, veth, address) goes.
 """
 
 from __future__ import annotations
@@ -225,8 +226,8 @@ def ensure_bridge_rules(bridge: str, subnet: str) -> None:
 
 
 def remove_bridge(bridge: str, subnet: str) -> None:
-    """The bridge and its rules (pybk never does this itself: like BuildKit's ``buildkit0``
-    and Docker's ``docker0`` the bridge stays; what each step had goes with the step)."""
+    """The bridge and its rules (pybk never does this itself: like Docker's ``docker0`` the
+    bridge stays; what each step had goes with the step)."""
     _ip("link", "del", bridge)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(LOCK_DIR, f"net-{bridge}.ready"))
