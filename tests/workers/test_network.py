@@ -471,3 +471,25 @@ def test_cni_pool_size_bounds_the_idle_namespaces(tmp_path, own_bridge, pool_siz
     networks.close()
     _nothing_left(_net_state(bridge, subnet), bridge, subnet)
     assert _store_clean(str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["none", "host"])
+def test_worker_network_mode_none_and_host(tmp_path, root, busybox_layout, capsys, mode):
+    """``networkMode`` itself (not a step's ``--network``): the default network of every
+    step; ``host`` needs no entitlement, the configuration chose it."""
+    config = _config(tmp_path, worker=f'networkMode = "{mode}"')
+    code, err = _build(capsys, root, config, tmp_path / "ctx",
+                       "FROM busybox\nRUN ip -o link > /links\n", busybox_layout,
+                       out=tmp_path / "out")
+    assert code == 0, err
+    seen = set(re.findall(r"^\d+: ([\w.-]+)", (tmp_path / "out" / "links").read_text(), re.M))
+    host = set(re.findall(r"^\d+: ([\w.-]+)", subprocess.run(
+        ["ip", "-o", "link"], capture_output=True, text=True).stdout, re.M))
+    route = subprocess.run(["ip", "route", "show", "default"], capture_output=True,
+                           text=True).stdout.split()
+    uplink = route[route.index("dev") + 1] if "dev" in route else "lo"
+    if mode == "none":
+        assert seen == {"lo"}
+    else:
+        assert uplink in seen and seen <= host
+    assert _store_clean(root)
