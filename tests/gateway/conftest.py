@@ -70,17 +70,6 @@ def gateway_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shell_frontend_ref(gateway_root, registry, busybox_ref):
-    """``127.0.0.1:PORT/frontends/shell:1``: busybox plus shell_frontend.sh as its entrypoint,
-    built and pushed by pybk itself."""
-    from pybk.core import llb
-    from pybk.core.client import Client
+    from support.gatewayimages import push_shell_frontend
 
-    ref = f"{registry.host}/frontends/shell:1"
-    state = llb.image(busybox_ref).file(
-        llb.mkfile("/frontend.sh", 0o755, SHELL_FRONTEND.read_bytes()))
-    config = {"config": {"Entrypoint": ["/frontend.sh"], "Env": ["PATH=/bin:/usr/bin"],
-                         "Labels": {"moby.buildkit.frontend.network.none": "true"}}}
-    with Client(root=gateway_root) as client:
-        client.solve(state, progress=None, image_config=config,
-                     outputs=[{"type": "image", "name": ref, "push": "true"}])
-    return ref
+    return push_shell_frontend(gateway_root, registry, busybox_ref, "shell")

@@ -156,20 +156,9 @@ def test_network_label_needs_the_entitlement(gateway_root, registry, busybox_ref
 
 def _network_frontend(gateway_root, registry, busybox_ref):
     """The shell frontend, its image labelled as needing the network."""
-    from pathlib import Path
+    from support.gatewayimages import push_shell_frontend
 
-    from pybk.core import llb
-    from pybk.core.client import Client
-
-    ref = f"{registry.host}/frontends/shell-network:1"
-    script = (Path(__file__).parent / "shell_frontend.sh").read_bytes()
-    state = llb.image(busybox_ref).file(llb.mkfile("/frontend.sh", 0o755, script))
-    config = {"config": {"Entrypoint": ["/frontend.sh"], "Env": ["PATH=/bin:/usr/bin"],
-                         "Labels": {"moby.buildkit.frontend.network.none": "false"}}}
-    with Client(root=gateway_root) as client:
-        client.solve(state, progress=None, image_config=config,
-                     outputs=[{"type": "image", "name": ref, "push": "true"}])
-    return ref
+    return push_shell_frontend(gateway_root, registry, busybox_ref, "shell-network", "false")
 
 
 def test_network_frontend_needs_the_daemon_to_grant_it(gateway_root, registry, busybox_ref,
