@@ -49,7 +49,7 @@ class LocalBridge:
         self.config = config
         self.client = client
         #: the build's entitlements (granted by the configuration, see
-        #: :func:`pybk.core.client.check_entitlements`) and ``--progress`` (for frontends run
+        #: :func:`pybk.core.config.check_entitlements`) and ``--progress`` (for frontends run
         #: in the worker)
         self.entitlements = frozenset(entitlements)
         self.progress = progress
@@ -329,8 +329,8 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
 
 def run_build(request: Any, *, root: str, config_path: str | None) -> int:
     """Build ``request`` (a parsed :class:`~pybk.core.buildopts.BuildRequest`); exit code."""
-    from pybk.core.client import Client, check_entitlements
-    from pybk.core.config import load_config
+    from pybk.core.client import Client
+    from pybk.core.config import check_entitlements, load_config
     from pybk.core.plugins import get_plugin_manager
 
     config, warnings = load_config(config_path)
@@ -413,8 +413,8 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
 def run_llb_build(data: bytes, request: Any, *, root: str, config_path: str | None) -> int:
     """``pybk build --llb FILE|-``: solve a marshalled definition. The context (if given) is the
     local ``context``; ``--build-context`` adds locals and OCI layouts."""
-    from pybk.core.client import Client, check_entitlements
-    from pybk.core.config import load_config
+    from pybk.core.client import Client
+    from pybk.core.config import check_entitlements, load_config
     from pybk.core.llb.definition import Definition
 
     config, warnings = load_config(config_path)

@@ -292,11 +292,11 @@ def parse_build_arg(value: str) -> tuple[str, str | None]:
 def parse_allow(value: str) -> str:
     """``network.host``, ``security.insecure`` or ``device[=NAME[,alias=X]]``, as in
     ``insecure-entitlements``; whether the configuration grants it is checked when the build
-    starts (:func:`pybk.core.client.check_entitlements`)."""
-    from pybk.core.config import _check_entitlement
+    starts (:func:`pybk.core.config.check_entitlements`)."""
+    from pybk.core.config import check_entitlement
 
     try:
-        _check_entitlement(value)
+        check_entitlement(value)
     except ValueError as exc:
         raise UsageError(str(exc), flag="--allow") from None
     return value

@@ -31,27 +31,6 @@ from pybk.core.progress import Progress, SolveStatus
 ProgressArg = str | Callable[[SolveStatus], None] | Sequence[Callable[[SolveStatus], None]] | None
 
 
-def check_entitlements(entitlements: Iterable[str], config: Any) -> frozenset[str]:
-    """The names of the requested entitlements (``network.host``, ``security.insecure``,
-    ``device[=NAME…]``), once every one is known to be well formed and granted by ``config``'s
-    ``insecure-entitlements``, as BuildKit's daemon checks a build request; a
-    :class:`~pybk.core.errors.UsageError` otherwise. Nothing is solved before this passes."""
-    from pybk.core.config import _check_entitlement
-
-    requested = list(entitlements)
-    for value in requested:
-        try:
-            _check_entitlement(value)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    granted = {e.partition("=")[0] for e in getattr(config, "insecure_entitlements", ()) or ()}
-    for name in dict.fromkeys(e.partition("=")[0] for e in requested):
-        if name not in granted:
-            raise UsageError(f"granting entitlement {name} is not allowed by build daemon "
-                             "configuration (add it to insecure-entitlements in buildkitd.toml)")
-    return frozenset(e.partition("=")[0] for e in requested)
-
-
 def _as_definition(graph: Any) -> Any:
     from pybk.core.llb.definition import Definition
 
@@ -229,6 +208,7 @@ class Client:
                      cache_exports: Sequence[Any] = ()) -> Any:
         """One build: solve each graph (concurrently), then run the exports and cache exports
         once over the result (a MultiPlatformResult when ``multi``)."""
+        from pybk.core.config import check_entitlements
         from pybk.core.solver.ops import Session
 
         entitlements = check_entitlements(entitlements, self.config)

@@ -34,7 +34,7 @@ from pybk.core.converter import (
     setting,
     suggest,
 )
-from pybk.core.errors import ConfigError
+from pybk.core.errors import ConfigError, UsageError
 from pybk.core.paths import default_root
 from pybk.core.units import DiskSpace, Seconds
 
@@ -101,7 +101,7 @@ def _non_negative(value: int | None) -> None:
 ENTITLEMENTS = ("network.host", "security.insecure", "device")
 
 
-def _check_entitlement(value: str) -> None:
+def check_entitlement(value: str) -> None:
     name, eq, rest = value.partition("=")
     if name == "device":
         if eq:
@@ -131,6 +131,25 @@ def _check_address(value: str) -> None:
     if scheme not in GRPC_SCHEMES:
         raise ValueError(f'invalid address "{value}": unknown scheme "{scheme}"'
                          f"{suggest(scheme, GRPC_SCHEMES)}")
+
+
+def check_entitlements(requested: Iterable[str], config: Any) -> frozenset[str]:
+    """The names of the requested entitlements, once every one is well formed and granted by
+    ``config``'s ``insecure-entitlements`` (as BuildKit's daemon checks a build request); a
+    :class:`~pybk.core.errors.UsageError` otherwise. Nothing is solved before this passes."""
+    values = list(requested)
+    for value in values:
+        try:
+            check_entitlement(value)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    granted = {e.partition("=")[0] for e in getattr(config, "insecure_entitlements", ()) or ()}
+    names = dict.fromkeys(e.partition("=")[0] for e in values)
+    for name in names:
+        if name not in granted:
+            raise UsageError(f"granting entitlement {name} is not allowed by build daemon "
+                             "configuration (add it to insecure-entitlements in buildkitd.toml)")
+    return frozenset(names)
 
 
 def _check_ip(value: str) -> None:
@@ -593,7 +612,7 @@ class Config:
     trace: bool = setting(default=False, deprecated='use [log] level = "trace"')
     root: str = setting(factory=default_root)
     insecure_entitlements: list[str] = setting("insecure-entitlements", factory=list,
-                                               check=each(_check_entitlement))
+                                               check=each(check_entitlement))
     proxy_network: bool = setting("proxyNetwork", default=False, unsupported=_NOT_YET)
     provenance_env_dir: str = setting("provenanceEnvDir", default="", unsupported=_NOT_YET)
     log: LogConfig = setting(factory=LogConfig)

@@ -548,9 +548,9 @@ class BuildRunner(OpRunner):
     # exec -------------------------------------------------------------------------------
 
     def check_entitlements(self, vertex: Vertex, op: ExecOp) -> None:
-        """The step's host network or insecure mode was asked for (``--allow``); checked for
-        every exec when the graph is loaded (a cached step too, as BuildKit) and again when
-        it runs."""
+        """The step's host network or insecure mode was asked for (``--allow``); the client
+        checks every exec of a graph when it is loaded, before any step runs or is found in
+        the cache (as BuildKit)."""
         if op.network == NetMode.HOST and "network.host" not in self.session.entitlements:
             raise SolveError(f"{vertex.name}: network mode host requires the 'network.host' "
                              "entitlement (--allow network.host)", vertex=vertex.digest)
@@ -562,7 +562,6 @@ class BuildRunner(OpRunner):
 
     async def _exec(self, vertex: Vertex, op: ExecOp, inputs: list[Ref],
                     vp: VertexProgress) -> VertexOutcome:
-        self.check_entitlements(vertex, op)
         if vertex.op.platform is not None:
             from pybk.core.multiplatform import check_executable
 

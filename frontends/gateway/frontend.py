@@ -94,7 +94,7 @@ class GatewayFrontend(Frontend):
 
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
         from pybk.core import llb
-        from pybk.core.client import check_entitlements
+        from pybk.core.config import check_entitlements
         from pybk.frontends.gateway.runner import gateway_timeout
 
         opts = dict(request.opts)
