@@ -92,11 +92,12 @@ class Client:
             store = Store.open(self.root, snapshotter=oci.snapshotter)
             executor = self._executor
             if executor is None:
+                from pybk.workers.network import NetworkOptions
                 from pybk.workers.plugin import OCIWorker
 
                 self._oci = OCIWorker(OCIWorker.Options(
                     binary=oci.binary or "runc",
-                    network=OCIWorker.network_options(self.config)), root=self.root)
+                    network=NetworkOptions.from_config(self.config)), root=self.root)
                 executor = self._oci.executor()
             self._worker = Worker(store=store, executor=executor, config=self.config)
         return self._worker

@@ -417,16 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return Daemon(listener, path, root=root, config_path=config_path).serve()
     finally:
-        _release_networks(root, config)
+        _release_networks(root)
 
 
-def _release_networks(root: str, config: object) -> None:
+def _release_networks(root: str) -> None:
     """Tear down the network namespaces the daemon kept pooled."""
     from pybk.workers.network import Networks
-    from pybk.workers.plugin import OCIWorker
 
     try:
-        Networks(os.path.join(root, "executor"), OCIWorker.network_options(config)).close()
+        Networks(os.path.join(root, "executor")).close()
     except Exception as exc:  # the daemon is stopping: say so, never hang
         print(f"pybkd: releasing network namespaces: {exc}", file=sys.stderr, flush=True)
 

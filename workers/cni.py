@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -198,7 +197,3 @@ def host_veths(result: Any) -> list[str]:
     """Host-side interfaces of a result that are not the bridge (no sandbox, not first)."""
     interfaces = (result or {}).get("interfaces", [])
     return [i["name"] for i in interfaces[1:] if not i.get("sandbox") and i.get("name")]
-
-
-def which_ip() -> str:
-    return shutil.which("ip") or "ip"

@@ -43,22 +43,19 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import orjson
 
+from pybk.core.config import NETWORK_MODES, Config, DNSConfig, OCIConfig
 from pybk.core.errors import BuildError
 from pybk.core.locks import is_alive, process_identity
 from pybk.core.mount import MS_BIND, libc, sys_mount, unmount
 from pybk.workers import cni
 
 CLONE_NEWNET = 0x40000000
-WORKER_MODES = ("auto", "host", "cni", "bridge", "none")
-DEFAULT_BRIDGE = "buildkit0"
-DEFAULT_SUBNET = "10.10.0.0/16"
-DEFAULT_CNI_CONFIG = "/etc/buildkit/cni.json"
-DEFAULT_POOL_SIZE = 16
 LOCK_DIR = "/run/pybk"
 
 #: the process whose lifetime bounds idle pooled namespaces (``pybkd`` sets itself)
@@ -83,26 +80,28 @@ def set_pool_owner(identity: str | None) -> None:
     _pool_owner = identity
 
 
-@attrs.frozen
-class DNSOptions:
-    """``[dns]`` of buildkitd.toml."""
-
-    nameservers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    options: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    search_domains: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+def _default(key: str) -> Any:
+    """The buildkitd.toml default of a ``[worker.oci]`` key (one place for each)."""
+    return attrs.fields_dict(OCIConfig)[key].default
 
 
 @attrs.frozen
 class NetworkOptions:
-    """The network keys of ``[worker.oci]``."""
+    """The network keys of ``[worker.oci]`` and ``[dns]``, with the config's defaults."""
 
-    mode: str = "auto"
-    cni_config_path: str = ""
-    cni_binary_path: str = ""
-    pool_size: int = DEFAULT_POOL_SIZE
-    bridge_name: str = ""
-    bridge_subnet: str = ""
-    dns: DNSOptions = DNSOptions()
+    mode: str = _default("network_mode")
+    cni_config_path: str = _default("cni_config_path")
+    cni_binary_path: str = _default("cni_binary_path")
+    pool_size: int = _default("cni_pool_size")
+    bridge_name: str = _default("bridge_name")
+    bridge_subnet: str = _default("bridge_subnet")
+    dns: DNSConfig = attrs.field(factory=DNSConfig)
+
+    @classmethod
+    def from_config(cls, config: Config) -> NetworkOptions:
+        oci = config.worker.oci
+        return cls(oci.network_mode, oci.cni_config_path, oci.cni_binary_path,
+                   oci.cni_pool_size, oci.bridge_name, oci.bridge_subnet, config.dns)
 
 
 @attrs.frozen
@@ -168,8 +167,8 @@ def remove_netns(path: str) -> None:
 
 def _ip(*args: str) -> None:
     try:
-        subprocess.run([cni.which_ip(), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                       check=False)
+        subprocess.run([shutil.which("ip") or "ip", *args], stdin=subprocess.DEVNULL,
+                       capture_output=True, check=False)
     except FileNotFoundError:
         raise cni.CNIError("the bridge network needs iproute2's ip (apt-get install "
                            "iproute2)") from None
@@ -274,14 +273,14 @@ class Networks:
 
     def __init__(self, state_dir: str, options: NetworkOptions | None = None):
         self.options = options or NetworkOptions()
-        if self.options.mode not in WORKER_MODES:
+        if self.options.mode not in NETWORK_MODES:
             raise BuildError(f"unknown network mode {self.options.mode!r} (expected one of "
-                             f"{', '.join(WORKER_MODES)})")
+                             f"{', '.join(NETWORK_MODES)})")
         self.dir = os.path.join(state_dir, "net")
         for sub in ("ns", "state", "idle", "busy"):
             os.makedirs(os.path.join(self.dir, sub), mode=0o700, exist_ok=True)
-        self.bridge = self.options.bridge_name or DEFAULT_BRIDGE
-        self.subnet = self.options.bridge_subnet or DEFAULT_SUBNET
+        self.bridge = self.options.bridge_name
+        self.subnet = self.options.bridge_subnet
         self.dirs = cni.binary_dirs(self.options.cni_binary_path)
         self._default: str | None = None
         self._network: cni.CNINetwork | None = None
@@ -325,8 +324,7 @@ class Networks:
                         "containernetworking-plugins, or set cniBinaryPath)")
                 conflist = cni.bridge_conflist(self.bridge, self.subnet)
             else:
-                conflist = cni.load_config_file(self.options.cni_config_path
-                                                or DEFAULT_CNI_CONFIG)
+                conflist = cni.load_config_file(self.options.cni_config_path)
             self._network = cni.CNINetwork(conflist, self.dirs)
             self._loopback = cni.CNINetwork(
                 {"cniVersion": "1.0.0", "name": "loopback", "plugins": [{"type": "loopback"}]},
@@ -464,7 +462,7 @@ class Networks:
         idle ones whose owner died, half-made ones whose creator died."""
         return self._sweep(lambda state: not is_alive(state.get("owner", "")))
 
-    def _sweep(self, idle_owner_gone: Any) -> list[str]:
+    def _sweep(self, idle_owner_gone: Callable[[dict[str, Any]], bool]) -> list[str]:
         removed: list[str] = []
         me = process_identity()
         entries: list[tuple[str, dict[str, Any]]] = []
@@ -481,11 +479,14 @@ class Networks:
             entries.append((entry, state))
         for name in os.listdir(os.path.join(self.dir, "busy")):
             entry, _, who = name.partition("@")
-            if who != me and not is_alive(who):
-                entries.append((entry, self._state(entry)))
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(os.path.join(self.dir, "busy", name),
-                              os.path.join(self.dir, "busy", f"{entry}@{me}"))
+            if who == me or is_alive(who):
+                continue
+            try:  # taken over: of two processes recovering, one tears it down
+                os.rename(os.path.join(self.dir, "busy", name),
+                          os.path.join(self.dir, "busy", f"{entry}@{me}"))
+            except FileNotFoundError:
+                continue
+            entries.append((entry, self._state(entry)))
         marked = {n.partition(".")[2] for n in os.listdir(os.path.join(self.dir, "idle"))}
         marked |= {n.partition("@")[0] for n in os.listdir(os.path.join(self.dir, "busy"))}
         for path in glob.glob(os.path.join(self.dir, "state", "*.json")):
@@ -493,9 +494,6 @@ class Networks:
             state = self._state(entry)
             if entry not in marked and not is_alive(state.get("creator", "")):
                 entries.append((entry, state))  # died while making it
-        if not entries:
-            return removed
-
         for entry, state in entries:
             self._destroy_sync(entry, state)
             with contextlib.suppress(FileNotFoundError):

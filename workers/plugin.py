@@ -43,7 +43,8 @@ class OCIWorker(Worker):
         no_process_sandbox: bool = False
         #: platforms this worker builds for; empty means the host's
         platforms: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-        #: networkMode, the CNI keys and [dns] (None: the defaults, ``auto``)
+        #: networkMode, the CNI keys and [dns] (None: the defaults, ``auto``); see
+        #: :meth:`pybk.workers.network.NetworkOptions.from_config`
         network: NetworkOptions | None = None
 
     def __init__(self, options: OCIWorker.Options | None = None, *,
@@ -58,18 +59,6 @@ class OCIWorker(Worker):
 
     def platforms(self) -> list[str]:
         return list(self.options.platforms) or [host_platform()]
-
-    @staticmethod
-    def network_options(config: object) -> NetworkOptions:
-        """The network settings of a :class:`pybk.core.config.Config`."""
-        from pybk.workers.network import DNSOptions, NetworkOptions
-
-        oci, dns = config.worker.oci, config.dns  # type: ignore[attr-defined]
-        return NetworkOptions(
-            mode=oci.network_mode, cni_config_path=oci.cni_config_path,
-            cni_binary_path=oci.cni_binary_path, pool_size=oci.cni_pool_size,
-            bridge_name=oci.bridge_name, bridge_subnet=oci.bridge_subnet,
-            dns=DNSOptions(dns.nameservers, dns.options, dns.search_domains))
 
     def close(self) -> None:
         if self._executor is not None:

@@ -502,7 +502,6 @@ def _write_text(path: str, text: str) -> None:
     os.chmod(path, 0o644)
 
 
-
 def _gateway_hosts(extra_hosts: Sequence[tuple[str, str]],
                    attachment: Attachment) -> list[tuple[str, str]]:
     """``--add-host NAME=host-gateway`` names the host as the step sees it: the gateway of

@@ -151,6 +151,21 @@ def test_resolv_conf_per_network_mode():
         "nameserver 8.8.8.8\nnameserver 8.8.4.4\n")
 
 
+def test_dns_config_replaces_only_what_it_sets():
+    from pybk.core.config import DNSConfig
+
+    host = "search example.com\nnameserver 10.0.0.53\noptions ndots:2\n"
+    only_options = DNSConfig(options=["timeout:1"])
+    assert ocispec.resolv_conf("bridge", host, only_options) == (
+        "nameserver 10.0.0.53\nsearch example.com\noptions timeout:1\n")
+    servers = DNSConfig(nameservers=["10.1.1.1", "127.0.0.1"])
+    assert ocispec.resolv_conf("bridge", host, servers) == (  # loopback: unreachable there
+        "nameserver 10.1.1.1\nsearch example.com\noptions ndots:2\n")
+    assert ocispec.resolv_conf("host", host, servers) == (
+        "nameserver 10.1.1.1\nnameserver 127.0.0.1\nsearch example.com\noptions ndots:2\n")
+    assert ocispec.resolv_conf("bridge", host, DNSConfig()) == host  # nothing set: the host's
+
+
 def test_exit_error_message_matches_buildkit():
     err = exit_error(ProcessSpec(args=("/bin/sh", "-c", "echo hi")), 3)
     assert isinstance(err, BuildError) and isinstance(err, ProcessFailedError)
