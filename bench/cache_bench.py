@@ -25,10 +25,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def make_plan(root: Path, size_mb: int, layers: int):
-    from pybk.cachebackends.config import ConfigBuilder
-    from pybk.cachebackends.store import ExportPlan
-    from pybk.core.content import ContentStore
-    from pybk.exporters.layers import LayerBlob
+    from pybk.core.images.layers import LayerBlob
+    from pybk.core.remotecache.config import ConfigBuilder
+    from pybk.core.remotecache.store import ExportPlan
+    from pybk.core.store.content import ContentStore
 
     content = ContentStore(root / "content")
     per = size_mb * (1 << 20) // layers
@@ -109,8 +109,8 @@ def main() -> int:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
 
-    from pybk.core.client import Client
-    from pybk.core.content import ContentStore
+    from pybk.core.engine.client import Client
+    from pybk.core.store.content import ContentStore
 
     with tempfile.TemporaryDirectory(prefix="pybk-cache-bench-") as tmp:
         scratch = Path(tmp)

@@ -10,7 +10,9 @@ from typing import Any
 
 import attrs
 
-from pybk.cachebackends.store import (
+from pybk.core.errors import UsageError
+from pybk.core.interfaces import CacheBackend
+from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
     RemoteCacheExporter,
@@ -19,8 +21,6 @@ from pybk.cachebackends.store import (
     export_settings,
     split_names,
 )
-from pybk.core.errors import UsageError
-from pybk.core.interfaces import CacheBackend
 
 
 @attrs.frozen

@@ -9,7 +9,10 @@ from typing import Any
 
 import attrs
 
-from pybk.cachebackends.store import (
+from pybk.core.converter import setting
+from pybk.core.errors import UsageError
+from pybk.core.interfaces import CacheBackend
+from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
     RemoteCacheExporter,
@@ -17,9 +20,6 @@ from pybk.cachebackends.store import (
     env_or,
     export_settings,
 )
-from pybk.core.converter import setting
-from pybk.core.errors import UsageError
-from pybk.core.interfaces import CacheBackend
 
 
 @attrs.frozen

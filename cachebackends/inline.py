@@ -14,15 +14,15 @@ from typing import Any
 
 import attrs
 
-from pybk.cachebackends.config import (
+from pybk.core.interfaces import CacheBackend, CacheExporter
+from pybk.core.remotecache.config import (
     INLINE_CONFIG_KEY,
     CacheConfig,
     CacheFormatError,
     ConfigBuilder,
     record_digest,
 )
-from pybk.cachebackends.store import CommonCacheOptions, ExportPlan, export_settings
-from pybk.core.interfaces import CacheBackend, CacheExporter
+from pybk.core.remotecache.store import CommonCacheOptions, ExportPlan, export_settings
 
 
 def inline_config(key: str, layers: Sequence[Any], output: int = 0) -> str | None:

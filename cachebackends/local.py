@@ -7,16 +7,16 @@ import re
 
 import attrs
 
-from pybk.cachebackends.store import (
+from pybk.core.converter import setting
+from pybk.core.errors import UsageError
+from pybk.core.interfaces import CacheBackend
+from pybk.core.remotecache.store import (
     CommonCacheOptions,
     LayoutCacheStore,
     RemoteCacheExporter,
     RemoteCacheImporter,
     export_settings,
 )
-from pybk.core.converter import setting
-from pybk.core.errors import UsageError
-from pybk.core.interfaces import CacheBackend
 
 
 @attrs.frozen

@@ -13,8 +13,11 @@ from typing import Any
 
 import attrs
 
-from pybk.cachebackends.config import CACHE_CONFIG_MEDIA_TYPE, CacheConfig, CacheLayer
-from pybk.cachebackends.store import (
+from pybk.core.converter import setting
+from pybk.core.errors import InputError, UsageError
+from pybk.core.interfaces import CacheBackend
+from pybk.core.remotecache.config import CACHE_CONFIG_MEDIA_TYPE, CacheConfig, CacheLayer
+from pybk.core.remotecache.store import (
     CacheStore,
     CommonCacheOptions,
     ExportPlan,
@@ -25,9 +28,6 @@ from pybk.cachebackends.store import (
     unwrap_manifest,
     wrap_config,
 )
-from pybk.core.converter import setting
-from pybk.core.errors import InputError, UsageError
-from pybk.core.interfaces import CacheBackend
 
 
 @attrs.frozen

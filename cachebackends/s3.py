@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 import attrs
 
-from pybk.cachebackends.store import (
+from pybk.core.converter import setting
+from pybk.core.errors import UsageError
+from pybk.core.interfaces import CacheBackend
+from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
     RemoteCacheExporter,
@@ -17,9 +20,6 @@ from pybk.cachebackends.store import (
     export_settings,
     split_names,
 )
-from pybk.core.converter import setting
-from pybk.core.errors import UsageError
-from pybk.core.interfaces import CacheBackend
 
 
 @attrs.frozen

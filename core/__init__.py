@@ -1,7 +1,7 @@
 """pybk.core — the small core: hooks, plugin manager, LLB, solver, store, config, CLI.
 
 What plugin authors import lives here: ``hookimpl``, the plugin interfaces and the errors.
-Attributes are loaded lazily (the hook markers too: importing ``pybk.core.entry`` must not
+Attributes are loaded lazily (the hook markers too: importing ``pybk.core.cli.entry`` must not
 import pluggy) so ``pybk --version`` and the daemon client stay fast.
 """
 

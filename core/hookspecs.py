@@ -34,7 +34,7 @@ def pybk_addhooks(pluginmanager: PybkPluginManager) -> None:
 def pybk_configure(config: Any) -> None:
     """Called once the configuration is loaded, before any build starts.
 
-    :param config: the loaded :class:`pybk.core.config.Config`.
+    :param config: the loaded :class:`pybk.core.config.schema.Config`.
     :returns: nothing.
 
     .. versionadded:: 0.1
@@ -45,7 +45,7 @@ def pybk_configure(config: Any) -> None:
 def pybk_unconfigure(config: Any) -> None:
     """Called at shutdown, in reverse order of registration.
 
-    :param config: the :class:`pybk.core.config.Config` given to ``pybk_configure``.
+    :param config: the :class:`pybk.core.config.schema.Config` given to ``pybk_configure``.
     :returns: nothing.
 
     .. versionadded:: 0.1
@@ -133,7 +133,7 @@ def pybk_select_worker(platform: str, workers: Sequence[Worker]) -> Worker | Non
 def pybk_build_started(request: Any) -> None:
     """A build is about to solve.
 
-    :param request: the :class:`pybk.core.buildopts.BuildRequest` of a ``pybk build``, or None
+    :param request: the :class:`pybk.core.cli.buildopts.BuildRequest` of a ``pybk build``, or None
         for a solve started from the Python API.
     :returns: nothing.
 
@@ -145,7 +145,7 @@ def pybk_build_started(request: Any) -> None:
 def pybk_progress(event: Any) -> None:
     """A progress event (vertex started/cached/completed, status, log) was emitted.
 
-    :param event: a :mod:`pybk.core.progress` event.
+    :param event: a :mod:`pybk.core.progress.events` event.
     :returns: nothing.
 
     .. versionadded:: 0.1
@@ -156,7 +156,7 @@ def pybk_progress(event: Any) -> None:
 def pybk_build_finished(request: Any, result: Any, error: BaseException | None) -> None:
     """A build ended, successfully (``error`` is None) or not.
 
-    :param request: the :class:`pybk.core.buildopts.BuildRequest`, or None (Python API).
+    :param request: the :class:`pybk.core.cli.buildopts.BuildRequest`, or None (Python API).
     :param result: the solve result, or None on failure.
     :param error: the exception that ended the build, or None.
     :returns: nothing.

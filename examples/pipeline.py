@@ -19,7 +19,7 @@ import os
 import sys
 
 from pybk.core import llb
-from pybk.core.client import Client
+from pybk.core.engine.client import Client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

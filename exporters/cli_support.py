@@ -56,7 +56,7 @@ def images_command(argv: list[str], root: str) -> int:
     Unknown images are reported on stderr (exit 1); malformed arguments raise UsageError.
     """
     from pybk.core.errors import StoreError
-    from pybk.exporters import imagestore
+    from pybk.core.images import store as imagestore
 
     args = _parser().parse_args(argv)
     out = sys.stdout

@@ -2,7 +2,7 @@
 the local image store (``store=true``) and/or pushed to a registry (``push=true``).
 
 :func:`build_image` is shared with the ``oci`` and ``docker`` exporters: it produces the layer
-blobs (:mod:`pybk.exporters.layers`), the image config (the result's config completed with
+blobs (:mod:`pybk.core.images.layers`), the image config (the result's config completed with
 ``rootfs.diff_ids``, platform, ``created`` and one history entry per layer) and the manifest,
 all in the store's content store.
 """
@@ -22,9 +22,9 @@ import attrs
 
 from pybk.core.converter import setting
 from pybk.core.errors import InputError, UsageError
+from pybk.core.images.layers import LEVEL_RANGES, ExportedLayer, LayerSpec, export_layers
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
 from pybk.core.registry import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST
-from pybk.exporters.layers import LEVEL_RANGES, ExportedLayer, LayerSpec, export_layers
 
 #: ``created_by`` of history entries pybk adds for layers the config's history does not cover
 HISTORY_CREATED_BY = "pybk"
@@ -249,7 +249,7 @@ def _json_bytes(obj: Any) -> bytes:
 
 def content_store_for(result: BuildResultView, info: Mapping[str, Any]) -> Any:
     """The content store of the result's store (``info["root"]`` for a storeless result)."""
-    from pybk.core.content import ContentStore
+    from pybk.core.store.content import ContentStore
 
     store = getattr(result, "store", None)
     root = info.get("root") or (store.root if store is not None else None)
@@ -348,7 +348,7 @@ def build_images(result: BuildResultView, settings: ImageSettings, info: Mapping
     index over them (platform fields set; the index annotations go on the index). With a
     provenance request (``info["provenance"]``) the result is always an index: the images,
     then one attestation manifest per image."""
-    from pybk.core.multiplatform import platform_results
+    from pybk.core.engine.multiplatform import platform_results
     from pybk.core.registry import DOCKER_MANIFEST_LIST, OCI_INDEX
 
     results = platform_results(result)
@@ -385,7 +385,7 @@ REFERENCE_DIGEST_ANNOTATION = "vnd.docker.reference.digest"
 
 def _subjects(image: BuiltImage, names: Sequence[str]) -> list[dict[str, Any]]:
     """The in-toto subjects of an image: one package URL per name (``_`` without names)."""
-    from pybk.core.provenance import image_purl
+    from pybk.core.engine.provenance import image_purl
 
     digest = dict([image.manifest_digest.split(":", 1)])
     plat = image.platform
@@ -398,7 +398,7 @@ def _subjects(image: BuiltImage, names: Sequence[str]) -> list[dict[str, Any]]:
 def build_attestation(content: Any, statement: Mapping[str, Any], target: str) -> BuiltImage:
     """An attestation manifest (BuildKit's layout: platform ``unknown/unknown``, one in-toto
     blob as its layer) for the manifest ``target``."""
-    from pybk.exporters.layers import LayerBlob
+    from pybk.core.images.layers import LayerBlob
 
     blob = _json_bytes(statement)
     blob_digest = content.put_bytes(blob)
@@ -519,7 +519,7 @@ class _ImageInstance(ExporterInstance):
         self.settings = settings
 
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
-        from pybk.exporters import imagestore
+        from pybk.core.images import store as imagestore
 
         content = content_store_for(result, info)
         image = build_images(result, self.settings, info, content)
@@ -531,7 +531,7 @@ class _ImageInstance(ExporterInstance):
             if stored:
                 imagestore.put(content.root, stored, image.descriptor(platform=True))
         if opts.unpack:
-            from pybk.core.multiplatform import platform_results
+            from pybk.core.engine.multiplatform import platform_results
 
             results = platform_results(result) or {"": result}
             for platform, one in results.items():

@@ -119,7 +119,7 @@ def split_results(result: BuildResultView,
                   platform_split: bool | None) -> list[tuple[str, BuildResultView]]:
     """``(subdirectory, result)`` pairs to export: for a multi-platform result one per platform
     (``linux_amd64`` …) unless ``platform-split=false``, which puts them all at the top."""
-    from pybk.core.multiplatform import platform_results, split_name
+    from pybk.core.engine.multiplatform import platform_results, split_name
 
     results = platform_results(result)
     if results is None:

@@ -21,6 +21,7 @@ from typing import IO, Any
 import attrs
 
 from pybk.core.errors import UsageError
+from pybk.core.images.store import NAME_ANNOTATION, REF_NAME_ANNOTATION
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
 from pybk.core.registry import OCI_INDEX
 from pybk.exporters.image import (
@@ -31,7 +32,6 @@ from pybk.exporters.image import (
     build_images,
     check_common,
 )
-from pybk.exporters.imagestore import NAME_ANNOTATION, REF_NAME_ANNOTATION
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 

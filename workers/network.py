@@ -49,10 +49,10 @@ from typing import Any
 import attrs
 import orjson
 
-from pybk.core.config import NETWORK_MODES, Config, DNSConfig, OCIConfig
+from pybk.core.config.schema import NETWORK_MODES, Config, DNSConfig, OCIConfig
 from pybk.core.errors import BuildError
-from pybk.core.locks import is_alive, process_identity
-from pybk.core.mount import MS_BIND, libc, sys_mount, unmount
+from pybk.core.store.locks import is_alive, process_identity
+from pybk.core.store.mounts import MS_BIND, libc, sys_mount, unmount
 from pybk.workers import cni
 
 CLONE_NEWNET = 0x40000000

@@ -39,8 +39,8 @@ from pybk.core.interfaces import (
     SecretMount,
     SSHMount,
 )
-from pybk.core.locks import pid_alive
-from pybk.core.mount import (
+from pybk.core.store.locks import pid_alive
+from pybk.core.store.mounts import (
     cleanup_stale_mounts,
     find_mounts_under,
     mount,

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from pybk.core.content import ContentStore, DigestMismatchError
 from pybk.core.errors import RegistryError
 from pybk.core.registry import (
     DOCKER_MANIFEST,
@@ -38,6 +37,7 @@ from pybk.core.registry import (
 from pybk.core.registry.auth import Authenticator, Credentials, DockerCredentialStore
 from pybk.core.registry.platform import Platform, host_platform, parse_platform, select_best
 from pybk.core.registry.reference import Reference, parse_reference
+from pybk.core.store.content import ContentStore, DigestMismatchError
 
 if TYPE_CHECKING:
     import httpx

@@ -49,7 +49,7 @@ from pybk.core.llb.ops import (
     SecurityMode,
     SourceOp,
 )
-from pybk.core.progress import STREAM_STDERR, STREAM_STDOUT, StepLogLimiter, VertexProgress
+from pybk.core.progress.events import STREAM_STDERR, STREAM_STDOUT, StepLogLimiter, VertexProgress
 from pybk.core.serialize import sha256_digest
 from pybk.core.solver.cachekey import Selector, source_key
 from pybk.core.solver.results import SCRATCH_REF, Ref
@@ -119,7 +119,7 @@ class Worker:
     @property
     def checksums(self) -> Any:
         if self._checksums is None:
-            from pybk.core.contenthash import ChecksumCache
+            from pybk.core.fs.contenthash import ChecksumCache
 
             self._checksums = ChecksumCache(os.path.join(self.store.root, "contenthash"))
         return self._checksums
@@ -149,7 +149,7 @@ class _Active:
     def mount(self) -> str:
         """Mount the snapshot (read-write) and return the directory."""
         if self.path is None:
-            from pybk.core.mount import mount_all
+            from pybk.core.store.mounts import mount_all
 
             target = self.store.process_tmp(f"mnt-{uuid.uuid4().hex[:12]}")
             target.mkdir()
@@ -157,14 +157,14 @@ class _Active:
             self.path = str(target)
             self._stack.callback(self.unmount)
             if self._parent.path is not None:
-                from pybk.core.snapshot import copy_contents
+                from pybk.core.store.snapshots import copy_contents
 
                 copy_contents(self._parent.path, self.path)
         return self.path
 
     def unmount(self) -> None:
         if self.path is not None:
-            from pybk.core.mount import unmount_all
+            from pybk.core.store.mounts import unmount_all
 
             unmount_all(self.path)
             with contextlib.suppress(OSError):
@@ -204,7 +204,7 @@ class BuildRunner(OpRunner):
         self._local_filters: dict[tuple[str, str], bytes] = {}
         self._local_gates: dict[tuple[str, str], asyncio.Lock] = {}
         self._local_done: dict[tuple[str, str, bytes], tuple[str, VertexOutcome]] = {}
-        #: imported remote caches (:class:`pybk.cachebackends.importer.RemoteCache`), if any
+        #: imported remote caches (:class:`pybk.core.remotecache.importer.RemoteCache`), if any
         self.remote: Any = None
 
     def release(self) -> None:
@@ -329,9 +329,9 @@ class BuildRunner(OpRunner):
         return image
 
     def _stored_image(self, ref: str, platform: str | None) -> Any:
-        """``ref`` from the local image store (``pybk.exporters.imagestore``), or None."""
+        """``ref`` from the local image store (``pybk.core.images.store``), or None."""
+        from pybk.core.images import store as imagestore
         from pybk.core.registry.client import Descriptor
-        from pybk.exporters import imagestore
 
         img = imagestore.lookup(self.store.root, ref, platform=platform)
         if img is None:
@@ -421,7 +421,7 @@ class BuildRunner(OpRunner):
 
     def _keep_blob(self, blob_path: str, digest: str) -> None:
         """Copy a layout's layer blob into the content store so exports can reuse it."""
-        from pybk.core.content import ContentStore
+        from pybk.core.store.content import ContentStore
 
         content = ContentStore(self.store.root)
         if content.has(digest):
@@ -431,7 +431,7 @@ class BuildRunner(OpRunner):
 
     def _apply_layer(self, blob_path: str, media_type: str, parent: str | None,
                      description: str = "") -> str:
-        from pybk.core.archive import apply_layer
+        from pybk.core.fs.archive import apply_layer
 
         with contextlib.ExitStack() as stack:
             active = _Active(self, Ref(snapshot=parent), stack, description)
@@ -442,8 +442,8 @@ class BuildRunner(OpRunner):
 
     async def _local(self, vertex: Vertex, src: SourceOp, name: str,
                      vp: VertexProgress) -> tuple[str, VertexOutcome]:
-        from pybk.core.localsync import sync_local
-        from pybk.core.store import LOCAL_SYNC_STATE_SUFFIX
+        from pybk.core.fs.localsync import sync_local
+        from pybk.core.store.store import LOCAL_SYNC_STATE_SUFFIX
 
         client_dir = self.session.local_dirs.get(name)
         if client_dir is None:
@@ -487,7 +487,7 @@ class BuildRunner(OpRunner):
                               vp: VertexProgress) -> tuple[str, VertexOutcome | None]:
         if scheme == "oci-layout":
             return await self._oci_layout(vertex, src, vp), None
-        from pybk.core import sources
+        from pybk.core.solver import sources
 
         vp.start()
         stack = contextlib.ExitStack()
@@ -524,8 +524,8 @@ class BuildRunner(OpRunner):
         return key, outcome
 
     async def _oci_layout(self, vertex: Vertex, src: SourceOp, vp: VertexProgress) -> str:
-        from pybk.core import sources
         from pybk.core.registry.client import Descriptor
+        from pybk.core.solver import sources
 
         store_id = src.attrs.get("oci.store", "")
         layout = self.session.oci_layouts.get(store_id)
@@ -563,7 +563,7 @@ class BuildRunner(OpRunner):
     async def _exec(self, vertex: Vertex, op: ExecOp, inputs: list[Ref],
                     vp: VertexProgress) -> VertexOutcome:
         if vertex.op.platform is not None:
-            from pybk.core.multiplatform import check_executable
+            from pybk.core.engine.multiplatform import check_executable
 
             check_executable(vertex.op.platform)
         meta = op.meta
@@ -685,7 +685,7 @@ class BuildRunner(OpRunner):
     # file -------------------------------------------------------------------------------
 
     def _file(self, vertex: Vertex, op: FileOp, inputs: list[Ref]) -> VertexOutcome:
-        from pybk.core import fileop
+        from pybk.core.fs import fileop
 
         n = len(inputs)
         uses: dict[int, int] = {}

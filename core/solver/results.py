@@ -11,7 +11,7 @@ import attrs
 from pybk.core.interfaces import BuildResultView
 
 if TYPE_CHECKING:
-    from pybk.core.store import Store
+    from pybk.core.store.store import Store
 
 
 @attrs.frozen
@@ -47,7 +47,7 @@ class VertexStats:
 
 @attrs.frozen(eq=False)
 class SolveResult(BuildResultView):
-    """The result of :meth:`pybk.core.client.Client.solve`.
+    """The result of :meth:`pybk.core.engine.client.Client.solve`.
 
     ``ref`` is the result's snapshot; ``mount()`` (for exporters) yields a read-only directory
     with its filesystem while the context is open.

@@ -29,7 +29,7 @@ import attrs
 
 from pybk.core.errors import BuildError, PybkError, SolveError
 from pybk.core.llb.ops import Input
-from pybk.core.progress import Progress, VertexProgress
+from pybk.core.progress.events import Progress, VertexProgress
 from pybk.core.solver.cachekey import cache_map, compute_key, content_selectors
 from pybk.core.solver.results import Ref, VertexStats
 from pybk.core.solver.vertex import Graph, Vertex

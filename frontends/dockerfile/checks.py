@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from pybk.core.patterns import PatternMatcher, clean_path
+from pybk.core.fs.patterns import PatternMatcher, clean_path
 from pybk.frontends.dockerfile.errors import DockerfileParseError
 from pybk.frontends.dockerfile.instructions import (
     AddInstruction,

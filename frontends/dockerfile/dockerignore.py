@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from pybk.core.patterns import PatternMatcher, clean_path
+from pybk.core.fs.patterns import PatternMatcher, clean_path
 
 
 def read_patterns(data: bytes | str) -> list[str]:

@@ -94,7 +94,7 @@ class GatewayFrontend(Frontend):
 
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
         from pybk.core import llb
-        from pybk.core.config import check_entitlements
+        from pybk.core.config.schema import check_entitlements
         from pybk.frontends.gateway.runner import gateway_timeout
 
         opts = dict(request.opts)
@@ -148,7 +148,7 @@ class GatewayFrontend(Frontend):
     @staticmethod
     def _run(client: Any, image: Any, process: Any, server: GatewayServer, timeout: float,
              source: str, progress: Any) -> Any:
-        from pybk.core.progress import STREAM_STDERR, Progress
+        from pybk.core.progress.events import STREAM_STDERR, Progress
         from pybk.core.serialize import sha256_digest
         from pybk.frontends.gateway.runner import ContainerChannel, converse
 
@@ -195,7 +195,7 @@ def _progress_sinks(progress: Any) -> tuple[list[Any], list[Any]]:
     if progress is None:
         return [], []
     if isinstance(progress, str):
-        from pybk.core.progressui import make_renderer
+        from pybk.core.progress.ui import make_renderer
 
         return [make_renderer("quiet" if progress == "none" else progress, sys.stderr)], []
     return [], [progress] if callable(progress) else list(progress)

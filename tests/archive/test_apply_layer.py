@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pybk.core.archive import apply_layer
 from pybk.core.errors import InputError
+from pybk.core.fs.archive import apply_layer
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (chown, device nodes, trusted xattrs)")

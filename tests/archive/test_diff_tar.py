@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pybk.core.archive import (
+from pybk.core.fs.archive import (
     apply_layer,
     read_layer_members,
     write_diff_tar,

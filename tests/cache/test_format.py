@@ -8,17 +8,17 @@ import json
 
 import pytest
 
-from pybk.cachebackends.config import (
+from pybk.core.errors import UsageError
+from pybk.core.images.layers import LayerBlob
+from pybk.core.remotecache.config import (
     CACHE_CONFIG_MEDIA_TYPE,
     CacheConfig,
     CacheFormatError,
     ConfigBuilder,
     record_digest,
 )
-from pybk.cachebackends.store import ExportPlan
-from pybk.core.content import ContentStore
-from pybk.core.errors import UsageError
-from pybk.exporters.layers import LayerBlob
+from pybk.core.remotecache.store import ExportPlan
+from pybk.core.store.content import ContentStore
 
 KEY = "sha256:" + "ab" * 32
 
@@ -39,7 +39,7 @@ def make_plan(tmp_path, n=2):
 
 
 def resolve(kind, flag, **attrs_):
-    from pybk.core.client import Client
+    from pybk.core.engine.client import Client
 
     return Client(root="/nonexistent")._resolve_cache({"type": kind, **attrs_}, flag)
 
@@ -67,7 +67,7 @@ def test_config_errors_are_format_errors():
 
 
 def test_local_layout(tmp_path):
-    from pybk.cachebackends.store import LayoutCacheStore
+    from pybk.core.remotecache.store import LayoutCacheStore
 
     plan, blobs = make_plan(tmp_path)
     dest = tmp_path / "cache"
@@ -100,7 +100,7 @@ def test_local_layout(tmp_path):
 
 
 def test_local_reset_removes_unreferenced_blobs(tmp_path):
-    from pybk.cachebackends.store import LayoutCacheStore
+    from pybk.core.remotecache.store import LayoutCacheStore
 
     plan, _ = make_plan(tmp_path)
     dest = tmp_path / "cache"
@@ -113,7 +113,7 @@ def test_local_reset_removes_unreferenced_blobs(tmp_path):
 
 
 def test_docker_media_types_without_oci(tmp_path):
-    from pybk.cachebackends.store import wrap_config
+    from pybk.core.remotecache.store import wrap_config
 
     plan, _ = make_plan(tmp_path)
     wrapped = wrap_config(plan.config, image_manifest=False, oci=False)
@@ -179,7 +179,7 @@ def test_gha_keys(tmp_path, cache_gha):
 
 def test_inline_config_names_image_layers(tmp_path):
     from pybk.cachebackends.inline import inline_config, read_inline
-    from pybk.exporters.layers import ExportedLayer
+    from pybk.core.images.layers import ExportedLayer
 
     _, blobs = make_plan(tmp_path)
     encoded = inline_config(KEY, [ExportedLayer(None, b) for b in blobs])
@@ -230,7 +230,7 @@ def test_env_fallbacks(monkeypatch):
 
 
 def test_duplicate_exports_fail(tmp_path):
-    from pybk.core.client import _check_cache_exports
+    from pybk.core.engine.client import _check_cache_exports
 
     a = resolve("local", "--cache-to", dest=str(tmp_path / "x"))
     b = resolve("local", "--cache-to", dest=str(tmp_path / "x"), mode="max")

@@ -14,7 +14,7 @@ import pytest
 
 from pybk.core import llb
 from pybk.core.errors import BuildError
-from pybk.core.progress import EventRecorder
+from pybk.core.progress.events import EventRecorder
 
 SECRET = b"s3cr3t-0f-the-build-7a1c9e"
 
@@ -206,7 +206,7 @@ def test_unreachable_export_fails_unless_ignore_error(new_client, busybox_layout
 
 
 def test_no_cache_vertices_are_not_exported(new_client, busybox_layout, base_digest, tmp_path):
-    from pybk.cachebackends.config import CacheConfig
+    from pybk.core.remotecache.config import CacheConfig
 
     base = llb.oci_layout(f"busybox@{base_digest}", store_id="base")
     state = base.run("echo volatile > /v", ignore_cache=True).root().run("echo x > /x").root()

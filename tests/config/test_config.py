@@ -7,7 +7,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from pybk.core.config import (
+from pybk.core.config.schema import (
     Config,
     GCPolicy,
     OCIConfig,

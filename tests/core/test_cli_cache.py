@@ -6,7 +6,7 @@ import json
 import pytest
 from support.engine import require_runc
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 
 @pytest.fixture

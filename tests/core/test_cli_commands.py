@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "buildkit-dockerfile"
 
@@ -39,7 +39,7 @@ def test_check_is_also_call_check(tmp_path, capsys):
 
 def test_parse_error_is_located_exit_2_no_traceback(tmp_path):
     _write(tmp_path, "FROM busybox\nRUN --mount=type=nope echo hi\n")
-    out = subprocess.run([sys.executable, "-m", "pybk.core.cli", "build", "--check",
+    out = subprocess.run([sys.executable, "-m", "pybk.core.cli.commands", "build", "--check",
                           str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 2
     assert "Dockerfile:2" in out.stderr and 'unsupported mount type "nope"' in out.stderr

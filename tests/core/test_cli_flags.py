@@ -2,8 +2,8 @@
 
 import pytest
 
-from pybk.core import buildopts as bo
-from pybk.core.cli import main
+from pybk.core.cli import buildopts as bo
+from pybk.core.cli.commands import main
 from pybk.core.errors import UsageError
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pybk.core import defcache
-from pybk.core.build import LocalBridge, solve_frontend
+from pybk.core.engine import defcache
+from pybk.core.engine.build import LocalBridge, solve_frontend
 from pybk.core.errors import UsageError
 from pybk.frontends.dockerfile.frontend import DockerfileFrontend
 
@@ -253,7 +253,7 @@ def test_entry_point_scan_matches_importlib(tmp_path, monkeypatch):
 def test_whole_tree_selectors_share_the_local_checksum(tmp_path):
     """A COPY of a whole synced context reuses the source's checksum: every selector spelling
     counted as whole-tree must give exactly that checksum."""
-    from pybk.core.contenthash import ChecksumCache
+    from pybk.core.fs.contenthash import ChecksumCache
     from pybk.core.solver.cachekey import Selector
     from pybk.core.solver.ops import _whole_tree
 

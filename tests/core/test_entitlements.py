@@ -8,8 +8,8 @@ import re
 import pytest
 
 from pybk.core import llb
-from pybk.core.client import Client
-from pybk.core.config import Config, check_entitlements, load_config_text
+from pybk.core.config.schema import Config, check_entitlements, load_config_text
+from pybk.core.engine.client import Client
 from pybk.core.errors import ConfigError, UsageError
 
 REFUSED = ("granting entitlement {} is not allowed by build daemon configuration "

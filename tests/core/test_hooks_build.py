@@ -29,7 +29,7 @@ def recorder_plugin():
 
 
 def _solve(tmp_path, graph, calls, **kw):
-    from pybk.core.client import Client
+    from pybk.core.engine.client import Client
 
     client = Client(root=str(tmp_path / "store"))
     try:
@@ -56,7 +56,7 @@ def test_hook_pybk_unconfigure(tmp_path, recorder_plugin):
 
 
 def test_hook_pybk_build_started(tmp_path, recorder_plugin):
-    from pybk.core.buildopts import BuildRequest
+    from pybk.core.cli.buildopts import BuildRequest
 
     request = BuildRequest(context=str(tmp_path))
     _solve(tmp_path, _graph("a"), recorder_plugin, request=request)

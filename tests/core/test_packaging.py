@@ -66,7 +66,7 @@ def test_every_package_folder_is_listed():
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["build", "--help"]])
 def test_startup_imports_stay_light(args):
-    code = ("import sys\nfrom pybk.core.cli import main\n"
+    code = ("import sys\nfrom pybk.core.cli.commands import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
             "print('HEAVY', heavy)")

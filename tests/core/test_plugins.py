@@ -161,7 +161,7 @@ def _pybk(py, *args, env=None):
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYBK_")}
     full_env.update(env or {})
-    return subprocess.run([str(py), "-m", "pybk.core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([str(py), "-m", "pybk.core.cli.commands", *args], capture_output=True, text=True,
                           env=full_env)
 
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from support.engine import require_runc
 
-from pybk.core.cli import main
-from pybk.core.store import Store
+from pybk.core.cli.commands import main
+from pybk.core.store.store import Store
 
 POLICY = """\
 [worker.oci]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support.engine import require_runc
 
-CLIENT = [sys.executable, "-c", "import sys; from pybk.core.entry import main; sys.exit(main())"]
+CLIENT = [sys.executable, "-c", "import sys; from pybk.core.cli.entry import main; sys.exit(main())"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -29,7 +29,7 @@ class Daemon:
         extra = ["--config", str(config)] if config else []  # else $PYBK_CONFIG (conftest.py)
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pybk.core.daemon", "--root", str(root),
+                [sys.executable, "-m", "pybk.core.cli.daemon", "--root", str(root),
                  "--addr", self.addr, *extra], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=_env())
         deadline = time.monotonic() + 60
@@ -107,10 +107,11 @@ def test_client_imports_almost_nothing(daemon):
     assert done.stdout.strip() == "pybk 0.1.0"
     modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines()
                if line.startswith("import time:") and "|" in line}
-    assert "pybk.core.entry" in modules
-    assert not {"attr", "attrs", "pluggy", "asyncio", "argparse", "pybk.core.cli"} & modules
-    assert {m for m in modules if m.startswith("pybk")} == {"pybk", "pybk.core",
-                                                             "pybk.core.entry"}
+    assert "pybk.core.cli.entry" in modules
+    assert not {"attr", "attrs", "pluggy", "asyncio", "argparse",
+                "pybk.core.cli.commands"} & modules
+    assert {m for m in modules if m.startswith("pybk")} == {"pybk", "pybk.core", "pybk.core.cli",
+                                                             "pybk.core.cli.entry"}
 
 
 def test_addresses_are_checked():
@@ -317,7 +318,7 @@ def test_sigterm_removes_the_socket(tmp_path):
 
 
 def test_second_daemon_on_a_live_socket_is_refused(daemon, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pybk.core.daemon", "--root",
+    done = subprocess.run([sys.executable, "-m", "pybk.core.cli.daemon", "--root",
                            str(tmp_path / "s"), "--addr", daemon.addr], capture_output=True,
                           text=True, env=_env(), timeout=120)
     assert done.returncode == 2
@@ -326,7 +327,7 @@ def test_second_daemon_on_a_live_socket_is_refused(daemon, tmp_path):
 
 
 def test_tcp_listen_address_is_refused(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pybk.core.daemon", "--root",
+    done = subprocess.run([sys.executable, "-m", "pybk.core.cli.daemon", "--root",
                            str(tmp_path / "s"), "--addr", "tcp://127.0.0.1:1234"],
                           capture_output=True, text=True, env=_env(), timeout=60)
     assert done.returncode == 2

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from pybk.core.cli import main
-from pybk.core.diskusage import format_bytes, tabwrite
-from pybk.core.store import UsageInfo
+from pybk.core.cli.commands import main
+from pybk.core.cli.diskusage import format_bytes, tabwrite
+from pybk.core.store.store import UsageInfo
 
 
 def test_format_bytes_like_go_units():
@@ -32,7 +32,7 @@ def _info(record_id: str, size: int, *, in_use=False, mutable=False, shared=Fals
 
 
 def test_du_table_and_summary(capsys):
-    from pybk.core.diskusage import print_du
+    from pybk.core.cli.diskusage import print_du
 
     rows = [_info("a" * 25, 1_500_000, mutable=True), _info("b" * 25, 2000, in_use=True,
                                                             shared=True)]
@@ -82,7 +82,7 @@ def test_prune_rejects_a_bad_duration(tmp_path, capsys):
 
 
 def test_records_are_described_and_prunable_by_description(built_store, capsys):
-    from pybk.core.store import Store
+    from pybk.core.store.store import Store
 
     store = Store.open(built_store)
     try:

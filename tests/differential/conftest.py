@@ -138,8 +138,8 @@ def pybk_build(busybox_layout, tmp_path_factory):
     dockerfile.v0 frontend through ``LocalBridge`` (what ``pybk build`` uses), with busybox
     as the named context ``busybox``."""
     require_runc()
-    from pybk.core.build import LocalBridge
-    from pybk.core.client import Client
+    from pybk.core.engine.build import LocalBridge
+    from pybk.core.engine.client import Client
     from pybk.core.interfaces import FrontendRequest
     from pybk.frontends.dockerfile.frontend import DockerfileFrontend
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pybk.core.patterns import PatternError, PatternMatcher, clean_path
+from pybk.core.fs.patterns import PatternError, PatternMatcher, clean_path
 from pybk.frontends.dockerfile.dockerignore import ignore_file_for, load_patterns, read_patterns
 
 CASES = [

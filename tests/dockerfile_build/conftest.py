@@ -27,7 +27,7 @@ from pybk.frontends.dockerfile.convert import NamedContext
 @pytest.fixture
 def client(tmp_path):
     require_runc()
-    from pybk.core.client import Client
+    from pybk.core.engine.client import Client
 
     with Client(root=str(tmp_path / "store")) as c:
         yield c
@@ -43,8 +43,8 @@ def shared_client(tmp_path_factory):
     """One store for a module's builds (identical steps are cached across tests), under a
     configuration granting :data:`GRANTED`."""
     require_runc()
-    from pybk.core.client import Client
-    from pybk.core.config import Config
+    from pybk.core.config.schema import Config
+    from pybk.core.engine.client import Client
 
     root = str(tmp_path_factory.mktemp("store"))
     with Client(root=root, config=Config(root=root, insecure_entitlements=GRANTED)) as c:
@@ -119,7 +119,7 @@ def write_tree(root: Path, files: dict) -> None:
 @pytest.fixture
 def dfbuild(shared_client, busybox_layout, busybox_digest, tmp_path):
     """Build a Dockerfile through ``DockerfileFrontend`` and ``LocalBridge``; returns Built."""
-    from pybk.core.build import LocalBridge
+    from pybk.core.engine.build import LocalBridge
     from pybk.core.interfaces import FrontendRequest
     from pybk.frontends.dockerfile.frontend import DockerfileFrontend
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 TESTFILES = Path("/work/shared/conformance/buildkit-dockerfile/parser/testfiles")
 _FROM = re.compile(r"^\s*from\s+(?:--\S+\s+)*([^\s$]+)", re.IGNORECASE | re.MULTILINE)
@@ -85,7 +85,7 @@ def test_print_llb_and_warnings(cli_root, tmp_path, capsys):
 
 def test_rebuild_reruns_only_steps_after_changed_copy(client, busybox_context, busybox_layout,
                                                       busybox_digest, tmp_path):
-    from pybk.core.build import LocalBridge
+    from pybk.core.engine.build import LocalBridge
     from pybk.core.interfaces import FrontendRequest
     from pybk.frontends.dockerfile.frontend import DockerfileFrontend
 

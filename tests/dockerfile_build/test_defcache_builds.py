@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 REFUSED = ("granting entitlement {} is not allowed by build daemon configuration "
            "(add it to insecure-entitlements in buildkitd.toml)")

@@ -133,7 +133,7 @@ def test_named_dockerignore_replaces_root_one(dfbuild):
 
 
 def test_only_needed_context_paths_are_transferred(dfbuild, client):
-    from pybk.core.progress import EventRecorder
+    from pybk.core.progress.events import EventRecorder
 
     rec = EventRecorder()
     b = dfbuild("FROM scratch\nCOPY need.txt dir/ /\n",

@@ -125,7 +125,7 @@ def tree(root: Path) -> dict[str, tuple]:
     ({"type": "oci", "dest": "DIR", "push": "true"}, 'unknown attribute "push"'),
 ])
 def test_bad_attrs_fail_before_the_build(tmp_path, output, message):
-    from pybk.core.client import Client
+    from pybk.core.engine.client import Client
 
     (tmp_path / "FILE").write_text("x")
     (tmp_path / "DIR").mkdir()
@@ -213,7 +213,7 @@ def test_every_compression_validates(client, busybox_layout, tmp_path, compressi
 
 def test_base_layers_are_reused_and_layers_cached(client, busybox_layout, tmp_path,
                                                   monkeypatch):
-    from pybk.exporters import layers as layers_mod
+    from pybk.core.images import layers as layers_mod
 
     base_manifest = json.loads(skopeo("inspect", "--raw", f"oci:{busybox_layout}:latest"))
     calls = []
@@ -236,7 +236,7 @@ def test_base_layers_are_reused_and_layers_cached(client, busybox_layout, tmp_pa
 
 def test_same_build_on_fresh_stores_is_bit_identical(make_client, busybox_layout, tmp_path,
                                                      app_config):
-    from pybk.exporters import imagestore
+    from pybk.core.images import store as imagestore
     from pybk.exporters.image import ImageExporter, ImageOptions
 
     digests = []
@@ -259,8 +259,9 @@ def test_same_build_on_fresh_stores_is_bit_identical(make_client, busybox_layout
 
 def test_image_store_and_from_local_image(client, busybox_layout, tmp_path, app_config,
                                           capsys):
-    from pybk.exporters import cli_support, imagestore
-    from pybk.exporters.metadata import write_iidfile, write_metadata_file
+    from pybk.core.images import store as imagestore
+    from pybk.core.images.metadata import write_iidfile, write_metadata_file
+    from pybk.exporters import cli_support
 
     result = solve(client, busybox_layout, image_config=app_config,
                    outputs=[{"type": "image", "name": "app:1,app:latest", "unpack": "true",
@@ -373,7 +374,7 @@ def test_push_by_digest_mounts_base_layers(client, busybox_ref, registry, monkey
                                f"docker://{name}:latest"], capture_output=True, text=True)
     assert untagged.returncode != 0 and "manifest unknown" in untagged.stderr
     # the manifest is there by digest
-    from pybk.core.content import ContentStore
+    from pybk.core.store.content import ContentStore
 
     store = ContentStore(client.root)
     digests = [d for d, _ in store.walk()
@@ -408,7 +409,7 @@ def test_docker_tarball_loads_into_dockerd(client, busybox_layout, tmp_path, app
         assert ran.stdout == "hello\n"
 
         # pybk build --load hands the docker tarball to the running engine
-        from pybk.core.cli import main
+        from pybk.core.cli.commands import main
 
         ctx = tmp_path / "ctx"
         ctx.mkdir()
@@ -425,7 +426,7 @@ def test_docker_tarball_loads_into_dockerd(client, busybox_layout, tmp_path, app
 
 
 def test_load_without_a_docker_engine_is_a_usage_error(tmp_path, monkeypatch, capsys):
-    from pybk.core.cli import main
+    from pybk.core.cli.commands import main
 
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")

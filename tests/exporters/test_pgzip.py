@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from pybk.exporters.pgzip import ParallelGzipWriter
+from pybk.core.images.pgzip import ParallelGzipWriter
 
 BLOCK = 64 * 1024  # small blocks: many of them, quickly
 

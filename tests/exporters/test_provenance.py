@@ -13,7 +13,7 @@ import pytest
 from support.busybox import skopeo_inspect
 from support.engine import require_runc
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 DOCKERFILE = (
     "FROM busybox\n"

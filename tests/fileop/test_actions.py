@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pybk.core import fileop
 from pybk.core.errors import BuildError
+from pybk.core.fs import fileop
 
 TS = 1_650_000_000_123_456_789
 

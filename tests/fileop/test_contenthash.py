@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pybk.core import contenthash
-from pybk.core.contenthash import ChecksumCache
 from pybk.core.errors import BuildError
+from pybk.core.fs import contenthash
+from pybk.core.fs.contenthash import ChecksumCache
 
 OLD = time.time_ns() - 3600 * 10**9  # older than the cache's racy-timestamp window
 

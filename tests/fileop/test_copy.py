@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pybk.core import fileop
 from pybk.core.errors import BuildError
-from pybk.core.fileop import CopyOptions
+from pybk.core.fs import fileop
+from pybk.core.fs.fileop import CopyOptions
 
 #: what the Dockerfile frontend sets for COPY
 DOCKERFILE = dict(create_dest_path=True, allow_wildcard=True, allow_empty_wildcard=True,

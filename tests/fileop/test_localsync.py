@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pybk.core.localsync import SyncStats, sync_local
+from pybk.core.fs.localsync import SyncStats, sync_local
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +256,7 @@ def test_hardlinks_only_among_synced_entries(tmp_path, trees):
 
 
 def test_mtime_only_touch_of_the_context_keeps_its_checksum(tmp_path, trees):
-    from pybk.core.contenthash import ChecksumCache
+    from pybk.core.fs.contenthash import ChecksumCache
 
     src = trees.make(tmp_path / "src", {"Dockerfile": b"FROM scratch\n", "app/main.py": b"1\n",
                                         "link": ("->", "app/main.py")})

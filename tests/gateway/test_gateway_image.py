@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 pytestmark = [pytest.mark.runc, pytest.mark.registry]
 
@@ -140,7 +140,7 @@ def test_allowed_repository_compares_names_without_tags(gateway_root, shell_fron
 def test_network_label_needs_the_entitlement(gateway_root, registry, busybox_ref, tmp_path,
                                              capsys):
     from pybk.core import llb
-    from pybk.core.client import Client
+    from pybk.core.engine.client import Client
 
     ref = f"{registry.host}/frontends/wants-network:1"
     config = {"config": {"Entrypoint": ["/bin/true"],
@@ -186,9 +186,9 @@ def test_network_frontend_needs_the_daemon_to_grant_it(gateway_root, registry, b
 def test_bridge_entitlements_are_checked_against_the_engine(gateway_root, registry,
                                                             busybox_ref, tmp_path):
     """A bridge carrying ``network.host`` cannot grant it: the client's configuration does."""
-    from pybk.core.build import LocalBridge
-    from pybk.core.client import Client
-    from pybk.core.config import Config
+    from pybk.core.config.schema import Config
+    from pybk.core.engine.build import LocalBridge
+    from pybk.core.engine.client import Client
     from pybk.core.errors import UsageError
     from pybk.core.interfaces import FrontendRequest
     from pybk.frontends.gateway.frontend import GatewayFrontend

@@ -29,9 +29,9 @@ def engine(tmp_path):
     """(bridge, client) on a fresh store and a small build context."""
     if os.geteuid() != 0:
         pytest.skip("needs root (snapshot mounts)")
-    from pybk.core.build import LocalBridge
-    from pybk.core.client import Client
-    from pybk.core.config import Config
+    from pybk.core.config.schema import Config
+    from pybk.core.engine.build import LocalBridge
+    from pybk.core.engine.client import Client
 
     ctx = tmp_path / "ctx"
     ctx.mkdir()

@@ -37,7 +37,7 @@ def toy_venv(tmp_path_factory):
 
 def _pybk(py, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYBK_")}
-    return subprocess.run([str(py), "-m", "pybk.core.cli", *args], capture_output=True,
+    return subprocess.run([str(py), "-m", "pybk.core.cli.commands", *args], capture_output=True,
                           text=True, env=env)
 
 
@@ -105,7 +105,7 @@ def test_unknown_syntax_without_plugin_is_a_gateway_image(toy_venv, tmp_path):
     config.write_text('[frontend."gateway.v0"]\nallowedRepositories = ["example.com/fe"]\n')
     env_block = {"PYBK_DISABLED_PLUGINS": "toyfrontend"}
     done = subprocess.run(
-        [str(toy_venv), "-m", "pybk.core.cli", "--root", str(tmp_path / "store"),
+        [str(toy_venv), "-m", "pybk.core.cli.commands", "--root", str(tmp_path / "store"),
          "--config", str(config), "build", "--progress", "quiet", str(ctx)],
         capture_output=True, text=True,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("PYBK_")}, **env_block})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support.busybox import build_busybox_layout, push_oci_layout
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 ARM64_BUSYBOX = Path(os.environ.get("PYBK_ARM64_DIR", "/tmp/pybk-arm64")) / "busybox"
 ELF_MACHINE = {62: "x86_64", 183: "aarch64"}  # e_machine of EM_X86_64, EM_AARCH64
@@ -56,7 +56,7 @@ def test_each_platform_takes_its_own_manifest_of_a_layout_index(root, tmp_path, 
 
 @pytest.fixture(scope="module")
 def multiarch_layout(tmp_path_factory):
-    from pybk.core.multiplatform import can_execute
+    from pybk.core.engine.multiplatform import can_execute
     from pybk.core.registry.platform import host_platform
 
     if host_platform().architecture != "amd64":
@@ -153,7 +153,7 @@ def test_base_of_another_platform_warns_when_a_platform_was_asked(root, tmp_path
 def test_base_of_a_runnable_platform_is_detected_without_platform(root, tmp_path,
                                                                  arm64_only_image, capsys,
                                                                  monkeypatch):
-    from pybk.core import multiplatform
+    from pybk.core.engine import multiplatform
 
     monkeypatch.setattr(multiplatform, "can_execute", lambda platform: True)
     platforms, err = _platform_build(root, tmp_path, arm64_only_image, capsys)

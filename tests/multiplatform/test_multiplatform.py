@@ -13,7 +13,7 @@ import time
 import pytest
 from support.busybox import skopeo_inspect
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 PLATFORMS = "linux/amd64,linux/arm64"
 DOCKERFILE = (
@@ -144,7 +144,7 @@ def test_single_platform_is_unchanged(root, context, busybox_layout, tmp_path, c
 
 def test_run_for_foreign_platform_needs_an_emulator(root, tmp_path, busybox_layout, capsys,
                                                     monkeypatch):
-    from pybk.core import multiplatform
+    from pybk.core.engine import multiplatform
 
     monkeypatch.setattr(multiplatform, "BINFMT_DIR", str(tmp_path / "no-binfmt"))
     (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo never\n")
@@ -256,7 +256,7 @@ def _cmdline_has(pid: str, marker: str) -> bool:
 ])
 def test_foreign_platform_needs_an_enabled_fixed_binary_emulator(tmp_path, monkeypatch,
                                                                  entry, expected):
-    from pybk.core import multiplatform
+    from pybk.core.engine import multiplatform
 
     monkeypatch.setattr(multiplatform, "BINFMT_DIR", str(tmp_path))
     if entry is not None:

@@ -4,7 +4,7 @@ import base64
 import io
 import json
 
-from pybk.core.progress import (
+from pybk.core.progress.events import (
     EventRecorder,
     Progress,
     SolveStatus,
@@ -13,7 +13,7 @@ from pybk.core.progress import (
     VertexLog,
     format_time,
 )
-from pybk.core.progressui import PlainRenderer, RawJSONRenderer, format_bytes, make_renderer
+from pybk.core.progress.ui import PlainRenderer, RawJSONRenderer, format_bytes, make_renderer
 
 
 def _plain():

@@ -33,7 +33,7 @@ def test_auto_progress_on_a_terminal_is_the_live_view(tmp_path, busybox_layout):
     require_runc()
     (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo one\nRUN echo two\n")
     code, screen = _run_in_pty(
-        [sys.executable, "-m", "pybk.core.cli", "--root", str(tmp_path / "store"), "build",
+        [sys.executable, "-m", "pybk.core.cli.commands", "--root", str(tmp_path / "store"), "build",
          "--build-context", f"busybox=oci-layout://{busybox_layout}", "."], tmp_path)
     assert code == 0, screen
     assert "[+] Building" in screen and "FINISHED" in screen

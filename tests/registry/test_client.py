@@ -21,8 +21,7 @@ import pytest
 from support.busybox import layout_manifest, push_oci_layout, skopeo_inspect
 from support.fixtures import AUTH_PASSWORD, AUTH_USER
 
-from pybk.core.config import KeyPair, RegistryConfig
-from pybk.core.content import ContentStore
+from pybk.core.config.schema import KeyPair, RegistryConfig
 from pybk.core.errors import RegistryError
 from pybk.core.registry import (
     DOCKER_CONFIG,
@@ -34,6 +33,7 @@ from pybk.core.registry import (
 from pybk.core.registry.auth import Credentials
 from pybk.core.registry.client import Descriptor, RegistryClient
 from pybk.core.registry.platform import host_platform
+from pybk.core.store.content import ContentStore
 
 pytestmark = pytest.mark.registry
 

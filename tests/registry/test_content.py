@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from pybk.core.content import BlobNotFoundError, ContentStore, DigestMismatchError
 from pybk.core.errors import StoreError
+from pybk.core.store.content import BlobNotFoundError, ContentStore, DigestMismatchError
 
 
 def digest_of(data: bytes) -> str:
@@ -87,7 +87,7 @@ def test_killed_writer_never_leaves_a_partial_blob(tmp_path):
     root = tmp_path / "store"
     script = (
         "import sys, time\n"
-        "from pybk.core.content import ContentStore\n"
+        "from pybk.core.store.content import ContentStore\n"
         f"store = ContentStore({str(root)!r})\n"
         "with store.writer() as w:\n"
         "    w.write(b'x' * 100000)\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from support.engine import counting_client, runc_missing
 
-from pybk.core.config import Config
-from pybk.core.progress import EventRecorder
+from pybk.core.config.schema import Config
+from pybk.core.progress.events import EventRecorder
 
 
 @pytest.fixture

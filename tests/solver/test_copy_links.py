@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pybk.core import llb
-from pybk.core.progress import EventRecorder
+from pybk.core.progress.events import EventRecorder
 
 
 def _context(path, files=20):

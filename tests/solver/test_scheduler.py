@@ -7,7 +7,7 @@ import pytest
 from pybk.core import llb
 from pybk.core.errors import BuildError
 from pybk.core.llb.ops import ExecOp, HostIP, Meta, Mount, Op, ProxyEnv
-from pybk.core.progress import EventRecorder, Progress
+from pybk.core.progress.events import EventRecorder, Progress
 from pybk.core.solver.cachekey import cache_map, compute_key, content_selectors
 from pybk.core.solver.results import Ref
 from pybk.core.solver.scheduler import InFlight, OpRunner, Scheduler, VertexOutcome

@@ -15,7 +15,7 @@ import pytest
 
 from pybk.core import llb
 from pybk.core.errors import BuildError, UsageError
-from pybk.core.progress import EventRecorder
+from pybk.core.progress.events import EventRecorder
 
 
 def _by_name(recorder):
@@ -274,7 +274,7 @@ def test_plain_progress_matches_buildkit_shape(client, busybox_ref, registry, ca
 
 
 def test_build_llb_rawjson(busybox_ref, store_root, tmp_path, capsys, make_client):
-    from pybk.core.cli import main
+    from pybk.core.cli.commands import main
 
     make_client()  # skips without root/runc
     graph = tmp_path / "graph.json"
@@ -293,7 +293,7 @@ def test_build_llb_rawjson(busybox_ref, store_root, tmp_path, capsys, make_clien
 KILLED_BUILD = textwrap.dedent("""
     import sys
     from pybk.core import llb
-    from pybk.core.client import Client
+    from pybk.core.engine.client import Client
     from pybk.core.llb.ops import SecretEnv
 
     root, ref, seconds = sys.argv[1], sys.argv[2], sys.argv[3]

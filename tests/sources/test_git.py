@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pybk.core.errors import BuildError
-from pybk.core.sources import fetch_git
+from pybk.core.solver.sources import fetch_git
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pybk.core.errors import BuildError
-from pybk.core.sources import fetch_http
+from pybk.core.solver.sources import fetch_http
 
 BODY = b"hello from the server\n" * 100
 DIGEST = "sha256:" + hashlib.sha256(BODY).hexdigest()

@@ -7,14 +7,14 @@ import stat
 
 import pytest
 
-from pybk.core.store import Store
+from pybk.core.store.store import Store
 
 
 @pytest.fixture
 def store_root(tmp_path):
     root = tmp_path / "store"
     yield root
-    from pybk.core.mount import cleanup_stale_mounts
+    from pybk.core.store.mounts import cleanup_stale_mounts
 
     cleanup_stale_mounts(str(root))
     shutil.rmtree(root, ignore_errors=True)

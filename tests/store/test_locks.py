@@ -5,7 +5,7 @@ import contextlib
 import subprocess
 import sys
 
-from pybk.core.locks import Locks, is_alive, lock_file_name, process_identity
+from pybk.core.store.locks import Locks, is_alive, lock_file_name, process_identity
 
 
 def test_exclusive_and_shared(tmp_path):
@@ -83,7 +83,7 @@ def test_cancelled_waiter_does_not_keep_the_lock(tmp_path):
 def test_lock_is_exclusive_across_processes(tmp_path):
     script = (
         "import sys, time\n"
-        "from pybk.core.locks import Locks\n"
+        "from pybk.core.store.locks import Locks\n"
         "lock = Locks(sys.argv[1]).lock('x')\n"
         "lock.acquire()\n"
         "print('held', flush=True)\n"
@@ -120,7 +120,7 @@ def test_process_identity_and_liveness():
     me = process_identity()
     assert is_alive(me)
     child = subprocess.run([sys.executable, "-c",
-                            "from pybk.core.locks import process_identity as p; print(p())"],
+                            "from pybk.core.store.locks import process_identity as p; print(p())"],
                            capture_output=True, text=True, check=True)
     dead = child.stdout.strip()
     assert dead != me and not is_alive(dead)

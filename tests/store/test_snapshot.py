@@ -6,8 +6,8 @@ import stat
 import pytest
 
 from pybk.core.errors import StoreError
-from pybk.core.mount import mounted
-from pybk.core.snapshot import (
+from pybk.core.store.mounts import mounted
+from pybk.core.store.snapshots import (
     NativeSnapshotter,
     OverlaySnapshotter,
     apply_layer,

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from pybk.core.config import OCIConfig, PruneRule, gc_prune_rules
+from pybk.core.config.schema import OCIConfig, PruneRule, gc_prune_rules
 from pybk.core.errors import StoreError, UsageError
-from pybk.core.mount import mounted
-from pybk.core.store import Store, parse_filters
+from pybk.core.store.mounts import mounted
+from pybk.core.store.store import Store, parse_filters
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount(2), chown, mknod)")
 
@@ -164,7 +164,7 @@ def test_prune_keep_duration_and_size_target(store):
 
 
 def test_filters():
-    from pybk.core.store import UsageInfo
+    from pybk.core.store.store import UsageInfo
 
     info = UsageInfo("abc", True, False, 1, ("p1",), 0.0, None, 0, "RUN make", "exec.cachemount")
     assert parse_filters(["type==exec.cachemount"])(info)
@@ -310,8 +310,8 @@ def test_local_dir_is_stable_per_name_and_key(store):
 
 _WORKER = r"""
 import os, sys
-from pybk.core.mount import mounted
-from pybk.core.store import Store
+from pybk.core.store.mounts import mounted
+from pybk.core.store.store import Store
 
 store = Store.open(sys.argv[1])
 built = 0
@@ -353,8 +353,8 @@ def test_two_processes_share_one_root(store_root):
 
 _CRASHER = r"""
 import os, sys, time
-from pybk.core import mount
-from pybk.core.store import Store
+from pybk.core.store import mounts as mount
+from pybk.core.store.store import Store
 
 store = Store.open(sys.argv[1])
 base = store.new_record(description="base")
@@ -412,8 +412,8 @@ def test_sigkill_mid_build_then_recovery(store_root):
 
 _HOLDER = r"""
 import sys
-from pybk.core import mount
-from pybk.core.store import Store
+from pybk.core.store import mounts as mount
+from pybk.core.store.store import Store
 
 store = Store.open(sys.argv[1])
 rec = store.new_record(description="in progress elsewhere")
@@ -463,7 +463,7 @@ def test_open_removes_orphaned_snapshot_directories(store_root):
 
 
 def test_snapshotter_from_a_root_path(store_root):
-    from pybk.core.snapshot import NativeSnapshotter
+    from pybk.core.store.snapshots import NativeSnapshotter
 
     sn = NativeSnapshotter(str(store_root))
     sn.prepare("a")
@@ -473,8 +473,8 @@ def test_snapshotter_from_a_root_path(store_root):
 
 
 def test_pruned_local_directory_forgets_its_sync_state(tmp_path):
-    from pybk.core.localsync import sync_local
-    from pybk.core.store import LOCAL_SYNC_STATE_SUFFIX, Store
+    from pybk.core.fs.localsync import sync_local
+    from pybk.core.store.store import LOCAL_SYNC_STATE_SUFFIX, Store
 
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)

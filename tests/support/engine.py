@@ -43,8 +43,8 @@ class CountingExecutor(Executor):
 
 def counting_client(root, config=None):
     """A Client on the store ``root`` whose runc runs are counted (``client.executor.calls``)."""
-    from pybk.core.client import Client
-    from pybk.core.config import Config
+    from pybk.core.config.schema import Config
+    from pybk.core.engine.client import Client
     from pybk.workers.plugin import OCIWorker
 
     root = str(root)

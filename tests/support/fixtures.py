@@ -117,6 +117,6 @@ def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DockerConf
 
 @pytest.fixture
 def content_store(tmp_path: Path) -> Any:
-    from pybk.core.content import ContentStore
+    from pybk.core.store.content import ContentStore
 
     return ContentStore(tmp_path / "store")

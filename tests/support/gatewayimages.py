@@ -12,7 +12,7 @@ def push_shell_frontend(gateway_root, registry, busybox_ref, name: str,
     """``127.0.0.1:PORT/frontends/NAME:1``: busybox plus shell_frontend.sh as its entrypoint,
     labelled ``moby.buildkit.frontend.network.none=network_none``, built and pushed by pybk."""
     from pybk.core import llb
-    from pybk.core.client import Client
+    from pybk.core.engine.client import Client
 
     ref = f"{registry.host}/frontends/{name}:1"
     state = llb.image(busybox_ref).file(

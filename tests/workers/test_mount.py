@@ -1,4 +1,4 @@
-"""pybk.core.mount: mount(2)/umount2(2) helpers and mountinfo scanning (root only)."""
+"""pybk.core.store.mounts: mount(2)/umount2(2) helpers and mountinfo scanning (root only)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pybk.core.interfaces import Mount
-from pybk.core.mount import (
+from pybk.core.store.mounts import (
     MS_BIND,
     MS_NOSUID,
     MS_RDONLY,

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from support.netserver import StepServer
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 CNI_DIR = "/usr/lib/cni"
 GATEWAY = "10.10.0.1"
@@ -315,7 +315,7 @@ def test_auto_without_plugins_falls_back_to_host_and_says_so_once(tmp_path, busy
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN ip -o link > /a\nRUN ip -o link > /b\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pybk.core.entry", "--root", str(tmp_path / "store"),
+        [sys.executable, "-m", "pybk.core.cli.entry", "--root", str(tmp_path / "store"),
          "--config", config, "build", "--progress", "plain", "--build-context",
          f"busybox=oci-layout://{busybox_layout}", "-o", f"type=local,dest={tmp_path / 'out'}",
          str(ctx)], capture_output=True, text=True, timeout=120)
@@ -362,7 +362,7 @@ def test_a_killed_build_leaves_nothing_after_the_next_open(tmp_path, root, busyb
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox\nRUN touch /tmp/started; sleep 300\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pybk.core.entry", "--root", root, "--config", config, "build",
+        [sys.executable, "-m", "pybk.core.cli.entry", "--root", root, "--config", config, "build",
          "--progress", "plain", "--build-context", f"busybox=oci-layout://{busybox_layout}",
          str(ctx)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
@@ -407,7 +407,7 @@ def test_pybkd_keeps_its_pool_between_builds_and_releases_it_when_it_stops(
     root, sock = tmp_path / "store", tmp_path / "run" / "pybkd.sock"
     env = {k: v for k, v in os.environ.items() if k not in ("PYBK_HOST", "PYBK_ROOT")}
     log = open(tmp_path / "pybkd.log", "w")  # noqa: SIM115 - closed below
-    daemon = subprocess.Popen([sys.executable, "-m", "pybk.core.daemon", "--root", str(root),
+    daemon = subprocess.Popen([sys.executable, "-m", "pybk.core.cli.daemon", "--root", str(root),
                                "--addr", f"unix://{sock}", "--config", config],
                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               env=env)
@@ -420,7 +420,7 @@ def test_pybkd_keeps_its_pool_between_builds_and_releases_it_when_it_stops(
             out = tmp_path / f"out{n}"
             (ctx / "Dockerfile").write_text(f"FROM busybox\nRUN ip -4 -o addr show eth0 > /a #{n}\n")
             done = subprocess.run(
-                [sys.executable, "-m", "pybk.core.entry", "--addr", f"unix://{sock}", "build",
+                [sys.executable, "-m", "pybk.core.cli.entry", "--addr", f"unix://{sock}", "build",
                  "--progress", "plain", "--build-context",
                  f"busybox=oci-layout://{busybox_layout}", "-o", f"type=local,dest={out}",
                  str(ctx)], capture_output=True, text=True, env=env, timeout=120)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from support.netserver import StepServer
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 CNI_BRIDGE = "/usr/lib/cni/bridge"
 GATEWAY = "10.10.0.1"

@@ -13,7 +13,7 @@ import pytest
 
 from pybk.core.errors import BuildError
 from pybk.core.interfaces import ExecMount, Mount, SecretMount, SSHMount
-from pybk.core.mount import find_mounts_under, unmount
+from pybk.core.store.mounts import find_mounts_under, unmount
 from pybk.workers.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES, host_capability_mask
 
 pytestmark = pytest.mark.runc
@@ -369,7 +369,7 @@ def test_reap_stale_cleans_dead_process_leftovers(executor, state_dir):
     dead.wait()
     bundle = state_dir / "bundles" / f"pybk-{dead.pid}-0123456789abcdef"
     (bundle / "rootfs").mkdir(parents=True)
-    from pybk.core.mount import mount
+    from pybk.core.store.mounts import mount
 
     mount(Mount("tmpfs", "tmpfs", ("size=1m",)), str(bundle / "rootfs"))
     live = state_dir / "bundles" / f"pybk-{os.getpid()}-fedcba9876543210"

@@ -152,7 +152,7 @@ def test_resolv_conf_per_network_mode():
 
 
 def test_dns_config_replaces_only_what_it_sets():
-    from pybk.core.config import DNSConfig
+    from pybk.core.config.schema import DNSConfig
 
     host = "search example.com\nnameserver 10.0.0.53\noptions ndots:2\n"
     only_options = DNSConfig(options=["timeout:1"])

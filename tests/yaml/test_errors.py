@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 GOOD_STAGE = """\
   build:

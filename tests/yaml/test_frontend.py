@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support.engine import require_runc
 
-from pybk.core.cli import main
+from pybk.core.cli.commands import main
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -374,7 +374,7 @@ def real_client(tmp_path_factory):
         pytest.skip("needs root (runc, mount(2))")
     if not shutil.which("runc"):
         pytest.skip("runc is not installed")
-    from pybk.core.client import Client
+    from pybk.core.engine.client import Client
 
     with Client(root=str(tmp_path_factory.mktemp("store"))) as client:
         yield client

@@ -3,7 +3,7 @@
 With ``--addr unix:///PATH`` (before the command) or ``$PYBK_HOST``, the command runs in the
 daemon: this module sends the arguments, the environment and its stdin, stdout, stderr and
 working directory (as file descriptors, ``SCM_RIGHTS``) over the unix socket, forwards Ctrl-C
-and exits with the daemon's exit code. Otherwise it runs :func:`pybk.core.cli.main` in-process.
+and exits with the daemon's exit code. Otherwise it runs :func:`pybk.core.cli.commands.main` in-process.
 
 Only the standard library's cheapest modules are imported here (os, sys, socket, signal,
 contextlib) so a command answered by the daemon pays for the interpreter and nothing else.
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     except AddressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from pybk.core.cli import main as embedded
+    from pybk.core.cli.commands import main as embedded
 
     return embedded(rest)
 

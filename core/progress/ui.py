@@ -1,6 +1,6 @@
 """Progress renderers: ``plain``, ``tty``, ``rawjson``, ``quiet`` and ``auto``.
 
-Every renderer is a callable taking :class:`pybk.core.progress.SolveStatus` updates, plus
+Every renderer is a callable taking :class:`pybk.core.progress.events.SolveStatus` updates, plus
 ``close()`` which flushes and prints the logs of failed steps. ``plain`` prints BuildKit's
 text format::
 
@@ -26,7 +26,7 @@ from collections import deque
 from typing import IO, Any
 
 from pybk.core.errors import UsageError
-from pybk.core.progress import SolveStatus, Vertex, VertexStatus
+from pybk.core.progress.events import SolveStatus, Vertex, VertexStatus
 
 MODES = ("auto", "tty", "plain", "rawjson", "quiet")
 

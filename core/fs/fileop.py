@@ -258,7 +258,7 @@ def resolve_wildcards(root: str, path: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Include / exclude filtering (BuildKit patternmatcher semantics, from pybk.core.patterns)
+# Include / exclude filtering (BuildKit patternmatcher semantics, from pybk.core.fs.patterns)
 # --------------------------------------------------------------------------------------------
 
 
@@ -271,7 +271,7 @@ class PathFilter:
     """
 
     def __init__(self, include_patterns: Sequence[str] = (), exclude_patterns: Sequence[str] = ()):
-        from pybk.core.patterns import PatternError, PatternMatcher
+        from pybk.core.fs.patterns import PatternError, PatternMatcher
 
         self._matcher_cls = PatternMatcher
         try:

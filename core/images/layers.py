@@ -2,12 +2,12 @@
 
 The result's snapshot chain is walked bottom to top. A snapshot unpacked from a base image layer
 reuses that layer's original blob (recorded by the solver with
-:meth:`pybk.core.store.Store.set_layer_blob`) unless another compression is asked for or
+:meth:`pybk.core.store.store.Store.set_layer_blob`) unless another compression is asked for or
 ``force-compression`` is set; then the original blob is transcoded, which keeps its diffID. Any
 other snapshot's own changes (``layer_dir``, overlay whiteouts) are archived as an OCI layer tar.
 Everything streams: tar → diffID hash → compressor → content store writer (blob digest and
 size); no layer is ever held in memory. Layers are produced in parallel threads, and each
-layer is compressed on every core too (gzip by blocks, :mod:`pybk.exporters.pgzip`; zstd with
+layer is compressed on every core too (gzip by blocks, :mod:`pybk.core.images.pgzip`; zstd with
 its own threads). Generated blobs are remembered per (snapshot, compression, level, timestamp
 epoch), so a rebuild does not compress again.
 """
@@ -109,7 +109,7 @@ def write_blob(content: Any, produce: Callable[[IO[bytes]], None], spec: LayerSp
     level = spec.level if spec.level is not None else DEFAULT_LEVELS.get(spec.compression)
     with content.writer() as blob:
         if spec.compression == "gzip":
-            from pybk.exporters.pgzip import ParallelGzipWriter
+            from pybk.core.images.pgzip import ParallelGzipWriter
 
             with ParallelGzipWriter(blob, level) as comp:  # type: ignore[arg-type]
                 tee = _Tee(comp)
@@ -171,7 +171,7 @@ def _layer_job(store: Any, content: Any, sn: Any, key: str,
         cache_key = f"export-layer:{base.digest}:{spec.compression}:{level}"
 
         def transcode() -> LayerBlob:
-            from pybk.core.archive import decompressed
+            from pybk.core.fs.archive import decompressed
 
             found = _cached(store, content, cache_key)
             if found is not None:
@@ -186,7 +186,7 @@ def _layer_job(store: Any, content: Any, sn: Any, key: str,
     cache_key = f"export-layer:{key}:{spec.compression}:{level}:{spec.epoch}"
 
     def generate() -> LayerBlob | None:
-        from pybk.core.archive import write_overlay_upper_tar
+        from pybk.core.fs.archive import write_overlay_upper_tar
 
         found = _cached(store, content, cache_key)
         if found is not None:
@@ -207,7 +207,7 @@ def export_layers(result: Any, content: Any, spec: LayerSpec, *,
     if ref.is_scratch:
         return []
     if ref.path is not None:
-        from pybk.core.archive import write_diff_tar
+        from pybk.core.fs.archive import write_diff_tar
 
         if not os.listdir(ref.path):
             return []

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from pybk.core.errors import BuildError
-from pybk.core.fileop import (
+from pybk.core.fs.fileop import (
     PathFilter,
     clean_path,
     norm_path,

@@ -103,7 +103,7 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
     Fetches of one URL are serialised by a lock under ``cache_dir/locks`` (across threads and
     processes): git cannot update one shallow repository concurrently.
     """
-    from pybk.core.locks import Locks
+    from pybk.core.store.locks import Locks
 
     checksum = checksum or None
     if checksum is not None and not re.fullmatch(r"[0-9a-fA-F]+", checksum):

@@ -3,7 +3,7 @@
 ::
 
     from pybk.core import llb
-    from pybk.core.client import Client
+    from pybk.core.engine.client import Client
 
     state = llb.image("127.0.0.1:5000/busybox:latest").run("echo hi > /hi").root()
     with Client(root="/tmp/pybk") as client:
@@ -26,7 +26,7 @@ import attrs
 
 from pybk.core.errors import UsageError
 from pybk.core.paths import default_root
-from pybk.core.progress import Progress, SolveStatus
+from pybk.core.progress.events import Progress, SolveStatus
 
 ProgressArg = str | Callable[[SolveStatus], None] | Sequence[Callable[[SolveStatus], None]] | None
 
@@ -50,7 +50,7 @@ class Client:
 
     :param root: the store directory (default: ``config.root``, ``$PYBK_ROOT``,
         ``/var/lib/pybk`` for root).
-    :param config: a :class:`pybk.core.config.Config` (default: all defaults).
+    :param config: a :class:`pybk.core.config.schema.Config` (default: all defaults).
     :param executor: an :class:`~pybk.core.interfaces.Executor` to run ExecOps (default: the
         ``oci`` worker's runc executor).
     """
@@ -58,7 +58,7 @@ class Client:
     def __init__(self, root: str | os.PathLike[str] | None = None, config: Any = None, *,
                  executor: Any = None):
         if config is None:
-            from pybk.core.config import Config
+            from pybk.core.config.schema import Config
 
             config = Config(root=os.fspath(root)) if root is not None else Config()
         self.config = config
@@ -86,7 +86,7 @@ class Client:
         store cleans up after builds that were killed (their mounts, containers, snapshots)."""
         if self._worker is None:
             from pybk.core.solver.ops import Worker
-            from pybk.core.store import Store
+            from pybk.core.store.store import Store
 
             oci = self.config.worker.oci
             store = Store.open(self.root, snapshotter=oci.snapshotter)
@@ -158,18 +158,18 @@ class Client:
             the config's ``insecure-entitlements`` (a ``UsageError`` before anything runs).
         :param no_cache: run every step even when its result is cached.
         :param progress: a ``--progress`` mode (``auto``, ``tty``, ``plain``, ``rawjson``,
-            ``quiet``), a callable receiving each :class:`~pybk.core.progress.SolveStatus`, a
+            ``quiet``), a callable receiving each :class:`~pybk.core.progress.events.SolveStatus`, a
             list of callables, or None for no output.
         :param outputs: exports to run afterwards: ``{"type": "local", "dest": DIR}`` mappings
-            or objects with ``type`` and ``attrs`` (:class:`pybk.core.buildopts.OutputSpec`).
+            or objects with ``type`` and ``attrs`` (:class:`pybk.core.cli.buildopts.OutputSpec`).
         :param image_config: the image config to attach to the result (a frontend's).
         :param oci_layouts: ``{store id: OCI layout directory}`` for ``oci-layout://`` sources
             (their ``oci.store`` attribute).
-        :param request: the :class:`pybk.core.buildopts.BuildRequest` behind this solve, passed
+        :param request: the :class:`pybk.core.cli.buildopts.BuildRequest` behind this solve, passed
             to the ``pybk_build_started`` / ``pybk_build_finished`` hooks (None from Python).
         :param export_info: extra facts for exporters, e.g. ``{"source_date_epoch": 0}``.
         :param cache_imports: remote caches to import (``--cache-from``):
-            :class:`pybk.core.buildopts.CacheSpec` or ``{"type": …, attr: value}`` mappings.
+            :class:`pybk.core.cli.buildopts.CacheSpec` or ``{"type": …, attr: value}`` mappings.
             An unreachable or unreadable cache is a progress warning, never a failure.
         :param cache_exports: remote caches to export to (``--cache-to``), same forms; a failed
             export fails the build unless the spec says ``ignore-error=true``.
@@ -187,7 +187,7 @@ class Client:
     def solve_platforms(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]],
                         **options: Any) -> Any:
         """Solve one graph per platform (``{platform: (graph, image config)}``, in order) and
-        export them together: a :class:`pybk.core.multiplatform.MultiPlatformResult`. Options
+        export them together: a :class:`pybk.core.engine.multiplatform.MultiPlatformResult`. Options
         are :meth:`asolve`'s; see :meth:`asolve_platforms`."""
         return asyncio.run(self.asolve_platforms(graphs, **options))
 
@@ -209,7 +209,7 @@ class Client:
                      cache_exports: Sequence[Any] = ()) -> Any:
         """One build: solve each graph (concurrently), then run the exports and cache exports
         once over the result (a MultiPlatformResult when ``multi``)."""
-        from pybk.core.config import check_entitlements
+        from pybk.core.config.schema import check_entitlements
         from pybk.core.solver.ops import Session
 
         entitlements = check_entitlements(entitlements, self.config)
@@ -239,7 +239,7 @@ class Client:
             cache_entries = {mode: [entry for _, entries in solved for entry in entries[mode]]
                              for mode in modes}
             if multi:
-                from pybk.core.multiplatform import MultiPlatformResult
+                from pybk.core.engine.multiplatform import MultiPlatformResult
 
                 result = MultiPlatformResult(results)
             else:
@@ -258,7 +258,7 @@ class Client:
                     await asyncio.to_thread(exported.finalize)
             metadata = {**result.metadata, "exporter.responses": responses}
             if cache_to and result.store is not None:
-                from pybk.cachebackends.exporter import export_caches
+                from pybk.core.remotecache.exporter import export_caches
 
                 metadata["cache.responses"] = await export_caches(
                     [e for e in cache_to if not _is_inline(e)], cache_entries, result.store,
@@ -282,7 +282,7 @@ class Client:
 
         if self._worker is None:
             return []
-        from pybk.core.config import gc_prune_rules
+        from pybk.core.config.schema import gc_prune_rules
 
         store = self._worker.store
         oci = self.config.worker.oci
@@ -301,8 +301,8 @@ class Client:
         """Solve the definitions concurrently with one runner (the build's locks, images and
         parallelism are shared); for each, its SolveResult and ``{mode: cache entries}``. The
         first failure cancels the others."""
-        from pybk.core.content import ContentStore
         from pybk.core.registry.client import RegistryClient
+        from pybk.core.store.content import ContentStore
 
         if not any(definition.ops for definition, _ in definitions.values()):
             return [self._empty_result(config, cache_modes)
@@ -315,7 +315,7 @@ class Client:
         slots = asyncio.Semaphore(limit) if limit and limit > 0 else None
         try:
             if importers:
-                from pybk.cachebackends.importer import import_caches
+                from pybk.core.remotecache.importer import import_caches
 
                 runner.remote = await import_caches(importers, bus, {
                     "root": self.root, "registry_hosts": dict(self.config.registry)})
@@ -463,7 +463,7 @@ def _progress_sinks(progress: ProgressArg) -> tuple[list[Any], list[Callable]]:
     if progress is None:
         return [], []
     if isinstance(progress, str):
-        from pybk.core.progressui import make_renderer
+        from pybk.core.progress.ui import make_renderer
 
         mode = "quiet" if progress == "none" else progress
         return [make_renderer(mode, sys.stderr)], []

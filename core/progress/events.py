@@ -2,7 +2,7 @@
 
 A build emits a stream of :class:`SolveStatus` updates: vertex state changes (started,
 completed, cached, error, all with timestamps), named statuses with byte counters, step log
-chunks and warnings. Renderers (:mod:`pybk.core.progressui`), the ``pybk_progress`` hook and
+chunks and warnings. Renderers (:mod:`pybk.core.progress.ui`), the ``pybk_progress`` hook and
 the tests all read the same stream.
 
 Timestamps are ``time.time()`` floats; :meth:`SolveStatus.to_json` writes them as RFC 3339

@@ -3,11 +3,11 @@
 Layout under the root::
 
     metadata.db    sqlite (WAL): records, snapshots, cache keys, leases, named refs, history
-    content/       OCI blobs (pybk.core.content)
-    snapshots/     snapshotter directories (pybk.core.snapshot)
+    content/       OCI blobs (pybk.core.store.content)
+    snapshots/     snapshotter directories (pybk.core.store.snapshots)
     cachemounts/   ``RUN --mount=type=cache`` directories
     locals/        incrementally synced copies of client directories
-    locks/         named file locks (pybk.core.locks)
+    locks/         named file locks (pybk.core.store.locks)
     tmp/           one directory per process (scratch space, temporary mountpoints, trash)
 
 Crash safety: files are written elsewhere and renamed into place, metadata changes are sqlite
@@ -34,10 +34,10 @@ from typing import Any
 import attrs
 import orjson
 
-from pybk.core import locks as lockmod
 from pybk.core.errors import StoreError, UsageError
 from pybk.core.interfaces import Mount, Snapshotter
 from pybk.core.paths import default_root
+from pybk.core.store import locks as lockmod
 
 SCHEMA_VERSION = 1
 
@@ -470,7 +470,7 @@ class Store:
 
     def discard_path(self, path: str | os.PathLike[str]) -> None:
         """Delete ``path`` after the current transaction commits (moved to trash, then removed)."""
-        from pybk.core.snapshot import remove_path
+        from pybk.core.store.snapshots import remove_path
 
         def work() -> None:
             trash = self.process_tmp(f"trash-{secrets.token_hex(6)}")
@@ -486,8 +486,8 @@ class Store:
 
     def recover(self) -> None:
         """Clean up after processes that died using this store (run by :meth:`open`)."""
-        from pybk.core import mount as mountlib
-        from pybk.core.snapshot import remove_path
+        from pybk.core.store import mounts as mountlib
+        from pybk.core.store.snapshots import remove_path
 
         with self.locks.lock("recovery"):
             for entry in (self.root / "tmp").iterdir():
@@ -541,7 +541,7 @@ class Store:
     def snapshotter(self) -> Snapshotter:
         """The snapshotter new records use (``auto``: overlayfs when possible, else native)."""
         if self._snapshotter is None:
-            from pybk.core.snapshot import make_snapshotter
+            from pybk.core.store.snapshots import make_snapshotter
 
             self._snapshotter = make_snapshotter(self, self.snapshotter_name)
             self._snapshotters[self._snapshotter.name] = self._snapshotter
@@ -550,7 +550,7 @@ class Store:
     def snapshotter_named(self, name: str) -> Any:
         """The snapshotter called ``name`` (for records another configuration made)."""
         if name not in self._snapshotters:
-            from pybk.core.snapshot import make_snapshotter
+            from pybk.core.store.snapshots import make_snapshotter
 
             if self.snapshotter.name != name:
                 self._snapshotters[name] = make_snapshotter(self, name)
@@ -782,7 +782,7 @@ class Store:
             try:
                 os.rename(temp, path)
             except OSError:  # another process created it first
-                from pybk.core.snapshot import remove_path
+                from pybk.core.store.snapshots import remove_path
 
                 remove_path(str(temp))
         now = time.time()
@@ -822,8 +822,8 @@ class Store:
             await lock.acquire_async()
         try:
             def seed_from(target: Path) -> None:
-                from pybk.core.fileop import resolve_in_root
-                from pybk.core.snapshot import copy_contents
+                from pybk.core.fs.fileop import resolve_in_root
+                from pybk.core.store.snapshots import copy_contents
 
                 with self.contents(seed) as src:  # type: ignore[arg-type]
                     top = resolve_in_root(src, seed_path)
@@ -867,7 +867,7 @@ class Store:
             sn = self.snapshotter_named(self._snapshotter_of(record))
             size = sn.usage(record.snapshot) if sn.exists(record.snapshot) else 0
         else:
-            from pybk.core.snapshot import disk_usage
+            from pybk.core.store.snapshots import disk_usage
 
             size = disk_usage(self.root / record.path)  # type: ignore[operator]
         if not record.mutable:
@@ -1008,7 +1008,7 @@ class Store:
     def gc(self, policies: Sequence[Any]) -> list[UsageInfo]:
         """Run each policy as one prune pass, in order.
 
-        ``policies`` are resolved rules (:func:`pybk.core.config.gc_prune_rules`): sizes in
+        ``policies`` are resolved rules (:func:`pybk.core.config.schema.gc_prune_rules`): sizes in
         bytes, ``keep_duration`` in seconds.
         """
         deleted: list[UsageInfo] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pybk.core.errors import StoreError
-from pybk.core.locks import pid_alive
+from pybk.core.store.locks import pid_alive
 
 _DIGEST = re.compile(r"(sha256|sha512):([0-9a-f]+)")
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}

@@ -127,7 +127,7 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
 
 def parse_build_request(ns: argparse.Namespace) -> Any:
     """Validate every build flag; raises UsageError naming the flag."""
-    from pybk.core import buildopts as bo
+    from pybk.core.cli import buildopts as bo
     from pybk.core.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
@@ -231,7 +231,7 @@ def resolve_plugin_options(pm: Any, specs: Sequence[Any], flag: str, registry: A
 def cmd_build(ns: argparse.Namespace) -> int:
     request = parse_build_request(ns)
     if request.llb:
-        from pybk.core.build import run_llb_build
+        from pybk.core.engine.build import run_llb_build
 
         if request.llb == "-":
             data = sys.stdin.buffer.read()
@@ -243,7 +243,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
                 raise UsageError(f"cannot read {request.llb}: {exc.strerror}", flag="--llb") from None
         return run_llb_build(data, request, root=ns.root or default_root(),
                              config_path=ns.config)
-    from pybk.core.build import run_build
+    from pybk.core.engine.build import run_build
 
     return run_build(request, root=ns.root or default_root(), config_path=ns.config)
 
@@ -263,7 +263,7 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
 def cmd_debug(ns: argparse.Namespace) -> int:
     what = ns.debug_command
     if what == "config":
-        from pybk.core.config import debug_config_command
+        from pybk.core.config.schema import debug_config_command
 
         text, code = debug_config_command(ns.file or ns.config)
         print(text, file=sys.stderr if code else sys.stdout)
@@ -304,15 +304,15 @@ def cmd_images(ns: argparse.Namespace) -> int:
 
 
 def _open_store(ns: argparse.Namespace) -> Any:
-    from pybk.core.config import load_config
-    from pybk.core.store import Store
+    from pybk.core.config.schema import load_config
+    from pybk.core.store.store import Store
 
     config, _ = load_config(ns.config)
     return Store.open(ns.root or default_root(), snapshotter=config.worker.oci.snapshotter)
 
 
 def cmd_du(ns: argparse.Namespace) -> int:
-    from pybk.core.diskusage import print_du
+    from pybk.core.cli.diskusage import print_du
 
     with _open_store(ns) as store:
         rows = store.du(ns.filter)
@@ -321,7 +321,7 @@ def cmd_du(ns: argparse.Namespace) -> int:
 
 
 def cmd_prune(ns: argparse.Namespace) -> int:
-    from pybk.core.diskusage import print_pruned
+    from pybk.core.cli.diskusage import print_pruned
     from pybk.core.units import parse_duration
 
     try:
@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = shared_parser()
         ns = parser.parse_args(argv)
         if ns.addr is not None:
-            from pybk.core.entry import main as client_main
+            from pybk.core.cli.entry import main as client_main
 
             return client_main(argv)
         if ns.command is None:
@@ -375,6 +375,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pybk.core.entry import main as entry_main
+    from pybk.core.cli.entry import main as entry_main
 
     sys.exit(entry_main())

@@ -33,7 +33,7 @@ def scan_directives(data: bytes) -> dict[str, str]:
 def _safe_join(root: str, path: str) -> str:
     """``path`` inside ``root``; ``..`` and absolute paths cannot leave it (symlinks are
     resolved within the root)."""
-    from pybk.core.fileop import resolve_in_root
+    from pybk.core.fs.fileop import resolve_in_root
 
     return resolve_in_root(root, path)
 
@@ -49,7 +49,7 @@ class LocalBridge:
         self.config = config
         self.client = client
         #: the build's entitlements (granted by the configuration, see
-        #: :func:`pybk.core.config.check_entitlements`) and ``--progress`` (for frontends run
+        #: :func:`pybk.core.config.schema.check_entitlements`) and ``--progress`` (for frontends run
         #: in the worker)
         self.entitlements = frozenset(entitlements)
         self.progress = progress
@@ -73,7 +73,7 @@ class LocalBridge:
     def resolve_image_config(self, ref: str, platform: str | None = None) -> tuple[str, dict]:
         """``(manifest digest, image config)`` of a registry image or ``oci-layout://ID@DIGEST``."""
         if ref.startswith("oci-layout://"):
-            from pybk.core.sources import read_oci_layout
+            from pybk.core.solver.sources import read_oci_layout
 
             store_id, _, digest = ref[len("oci-layout://"):].partition("@")
             layout = self.oci_layouts.get(store_id)
@@ -83,8 +83,8 @@ class LocalBridge:
             return image.digest, dict(image.config)
         import asyncio
 
-        from pybk.core.content import ContentStore
         from pybk.core.registry.client import RegistryClient
+        from pybk.core.store.content import ContentStore
 
         async def resolve() -> tuple[str, dict]:
             store_root = self.client.root if self.client is not None else None
@@ -109,7 +109,7 @@ def _layout_digest(layout: str, ref: str) -> str:
     """The digest in an OCI layout's index.json for ``ref`` (a tag, a digest, or empty = the
     only or ``latest`` image): an image index's own digest, so each platform of the build picks
     its manifest from it."""
-    from pybk.core.sources import layout_descriptor
+    from pybk.core.solver.sources import layout_descriptor
 
     try:
         if ref:
@@ -215,7 +215,7 @@ def progress_mode(request: Any) -> str:
 def solve_options(request: Any, provenance: Any = None) -> dict[str, Any]:
     """The :meth:`Client.solve` arguments a build request implies (whatever the frontend):
     secrets, ssh sockets, entitlements, progress, outputs and remote caches; ``provenance``
-    (a :class:`pybk.core.provenance.Provenance`) goes to the exporters."""
+    (a :class:`pybk.core.engine.provenance.Provenance`) goes to the exporters."""
     info = export_info(request)
     if provenance is not None:
         info["provenance"] = provenance
@@ -236,7 +236,7 @@ def solve_options(request: Any, provenance: Any = None) -> dict[str, Any]:
 def cache_exports(request: Any) -> tuple[Any, ...]:
     """``--cache-to``, plus an inline cache when the build arg ``BUILDKIT_INLINE_CACHE`` is
     true (buildx's shorthand for ``--cache-to type=inline``)."""
-    from pybk.core.buildopts import CacheSpec
+    from pybk.core.cli.buildopts import CacheSpec
 
     exports = tuple(request.cache_to)
     wanted = request.build_args.get("BUILDKIT_INLINE_CACHE", "").lower() in ("1", "true")
@@ -263,11 +263,11 @@ def finish_outputs(request: Any, result: Any) -> None:
 
     responses = list(result.metadata.get("exporter.responses", ()))
     if request.metadata_file:
-        from pybk.exporters.metadata import write_metadata_file
+        from pybk.core.images.metadata import write_metadata_file
 
         write_metadata_file(request.metadata_file, responses)
     if request.iidfile:
-        from pybk.exporters.metadata import write_iidfile
+        from pybk.core.images.metadata import write_iidfile
 
         merged: dict[str, Any] = {}
         for response in responses:
@@ -289,11 +289,11 @@ def finish_outputs(request: Any, result: Any) -> None:
 
 def build_provenance(request: Any, frontend: str, opts: Mapping[str, str],
                      local_names: Iterable[str], *, started: float | None = None) -> Any:
-    """The build's :class:`pybk.core.provenance.Provenance` when ``--provenance`` asked for
+    """The build's :class:`pybk.core.engine.provenance.Provenance` when ``--provenance`` asked for
     one (None otherwise); created before solving, so its start time is the build's."""
     if request.provenance is None:
         return None
-    from pybk.core.provenance import Provenance
+    from pybk.core.engine.provenance import Provenance
     from pybk.core.registry.platform import host_platform
 
     return Provenance(
@@ -307,13 +307,13 @@ def build_provenance(request: Any, frontend: str, opts: Mapping[str, str],
 
 def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: LocalBridge,
                    root: str) -> Any:
-    """The frontend's result, from the definition cache (``pybk.core.defcache``) when the
+    """The frontend's result, from the definition cache (``pybk.core.engine.defcache``) when the
     frontend allows it and nothing it read has changed; its warnings reach ``bridge``."""
     from pybk.core.interfaces import FrontendRequest
 
     if not getattr(frontend_cls, "definition_cache", False) or "requestid" in opts:
         return frontend_cls().solve(FrontendRequest(opts=opts), bridge)
-    from pybk.core import defcache
+    from pybk.core.engine import defcache
 
     key = defcache.cache_key(name, frontend_cls, opts, bridge.local_dirs, bridge.oci_layouts)
     hit = defcache.lookup(root, key, bridge)
@@ -328,9 +328,9 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
 
 
 def run_build(request: Any, *, root: str, config_path: str | None) -> int:
-    """Build ``request`` (a parsed :class:`~pybk.core.buildopts.BuildRequest`); exit code."""
-    from pybk.core.client import Client
-    from pybk.core.config import check_entitlements, load_config
+    """Build ``request`` (a parsed :class:`~pybk.core.cli.buildopts.BuildRequest`); exit code."""
+    from pybk.core.config.schema import check_entitlements, load_config
+    from pybk.core.engine.client import Client
     from pybk.core.plugins import get_plugin_manager
 
     config, warnings = load_config(config_path)
@@ -380,7 +380,7 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
 
             sys.stdout.write(dump_llb(result.definition.to_bytes()))
             return 0
-        from pybk.core.multiplatform import platform_graphs
+        from pybk.core.engine.multiplatform import platform_graphs
 
         graphs = platform_graphs(result.metadata)
         provenance = build_provenance(request, name, opts, local_dirs, started=started)
@@ -413,8 +413,8 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
 def run_llb_build(data: bytes, request: Any, *, root: str, config_path: str | None) -> int:
     """``pybk build --llb FILE|-``: solve a marshalled definition. The context (if given) is the
     local ``context``; ``--build-context`` adds locals and OCI layouts."""
-    from pybk.core.client import Client
-    from pybk.core.config import check_entitlements, load_config
+    from pybk.core.config.schema import check_entitlements, load_config
+    from pybk.core.engine.client import Client
     from pybk.core.llb.definition import Definition
 
     config, warnings = load_config(config_path)

@@ -15,8 +15,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pybk.cachebackends.config import CacheLayer, CacheRecord, record_digest
-from pybk.cachebackends.store import LoadedCache
+from pybk.core.remotecache.config import CacheLayer, CacheRecord, record_digest
+from pybk.core.remotecache.store import LoadedCache
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class RemoteCache:
                            vp: Any) -> str:
         """The snapshot of ``chain``: layers already unpacked are reused; the missing blobs
         are fetched (up to four at once) while the layers below them are applied."""
-        from pybk.core.content import ContentStore
         from pybk.core.solver.ops import chain_ids
+        from pybk.core.store.content import ContentStore
 
         store = runner.store
         content = ContentStore(store.root)
@@ -165,7 +165,7 @@ async def import_caches(importers: Sequence[Any], progress: Any,
 
 def warn(vp: Any, message: str) -> None:
     """A warning on the step, also shown as a ``WARNING:`` line of its output."""
-    from pybk.core.progress import STREAM_STDERR
+    from pybk.core.progress.events import STREAM_STDERR
 
     vp.warn(message)
     vp.log(STREAM_STDERR, f"WARNING: {message}\n".encode())

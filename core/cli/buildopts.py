@@ -292,8 +292,8 @@ def parse_build_arg(value: str) -> tuple[str, str | None]:
 def parse_allow(value: str) -> str:
     """``network.host``, ``security.insecure`` or ``device[=NAME[,alias=X]]``, as in
     ``insecure-entitlements``; whether the configuration grants it is checked when the build
-    starts (:func:`pybk.core.config.check_entitlements`)."""
-    from pybk.core.config import check_entitlement
+    starts (:func:`pybk.core.config.schema.check_entitlements`)."""
+    from pybk.core.config.schema import check_entitlement
 
     try:
         check_entitlement(value)

@@ -161,7 +161,7 @@ def source_map(definition: Any) -> dict[str, Any] | None:
 class Provenance:
     """One build's provenance request and the facts known before solving."""
 
-    spec: Any  # pybk.core.buildopts.ProvenanceSpec
+    spec: Any  # pybk.core.cli.buildopts.ProvenanceSpec
     frontend: str = ""
     frontend_opts: Mapping[str, str] = attrs.field(factory=dict)
     locals: Sequence[str] = ()

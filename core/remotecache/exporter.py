@@ -2,7 +2,7 @@
 
 ``mode=min`` exports the result's record only; ``mode=max`` every vertex with a result (source
 ops and ``--no-cache`` vertices never). Layer blobs come from
-:func:`pybk.exporters.layers.export_layers`, so a snapshot already exported (as an image layer
+:func:`pybk.core.images.layers.export_layers`, so a snapshot already exported (as an image layer
 or an earlier cache) is not compressed again, and one unpacked from a base image or an imported
 cache reuses its original blob.
 """
@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pybk.cachebackends.config import CacheConfig, ConfigBuilder, record_digest
+from pybk.core.remotecache.config import CacheConfig, ConfigBuilder, record_digest
 
 
 def build_config(store: Any, content: Any, entries: Sequence[Any], spec: Any) -> CacheConfig:
     """The cache config of ``entries`` (:class:`pybk.core.solver.scheduler.CacheEntry`, inputs
     first); their layer blobs are written into ``content``."""
+    from pybk.core.images.layers import export_layers
     from pybk.core.solver.results import SolveResult
-    from pybk.exporters.layers import export_layers
 
     builder = ConfigBuilder()
     for entry in entries:
@@ -46,10 +46,10 @@ async def export_caches(exporters: Sequence[Any], entries: dict[str, Any], store
     import asyncio
     import logging
 
-    from pybk.cachebackends.importer import describe_error, warn
-    from pybk.cachebackends.store import ExportPlan
-    from pybk.core.content import ContentStore
     from pybk.core.errors import BuildError
+    from pybk.core.remotecache.importer import describe_error, warn
+    from pybk.core.remotecache.store import ExportPlan
+    from pybk.core.store.content import ContentStore
 
     responses: list[dict[str, Any]] = []
     content = ContentStore(store.root)

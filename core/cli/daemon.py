@@ -5,7 +5,7 @@ build needs (plugins and their registries, the Dockerfile grammar, LLB, solver, 
 opens the store once to clean up after dead builds, then waits on a unix socket. Each
 connection gets a forked child that takes over the client's stdin, stdout, stderr and working
 directory (passed as descriptors) and environment, runs the ordinary command line
-(:func:`pybk.core.cli.main`) and sends the exit code back. So every command behaves exactly as
+(:func:`pybk.core.cli.commands.main`) and sends the exit code back. So every command behaves exactly as
 embedded, minus the interpreter start-up and imports. See ``docs/daemon.md``.
 """
 
@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from pybk.core.entry import EXIT, INTERRUPT, PROTOCOL, AddressError, socket_path
+from pybk.core.cli.entry import EXIT, INTERRUPT, PROTOCOL, AddressError, socket_path
 from pybk.core.errors import PybkError, UsageError
 
 DEFAULT_SOCKET = "/run/pybk/pybkd.sock"
@@ -40,7 +40,7 @@ _MAX_REQUEST = 16 << 20
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from pybk.core.cli import _Parser
+    from pybk.core.cli.commands import _Parser
 
     parser = _Parser(prog="pybkd", description="Serve pybk builds on a unix socket.")
     parser.add_argument("--config", default=None,
@@ -78,14 +78,14 @@ def warm_up(root: str, config: object) -> None:
             if not info.ispkg and not info.name.endswith("__main__"):
                 importlib.import_module(info.name)
     get_plugin_manager()
-    from pybk.core.cli import shared_parser
+    from pybk.core.cli.commands import shared_parser
 
     shared_parser()
     from pybk.frontends.dockerfile.parser import parse
 
     parse(b"FROM scratch\nRUN true\n")
     parse(b"# escape=`\nFROM scratch\nRUN true\n")
-    from pybk.core.store import Store
+    from pybk.core.store.store import Store
 
     Store.open(root, snapshotter=config.worker.oci.snapshotter).close()  # type: ignore[attr-defined]
 
@@ -225,7 +225,7 @@ class Daemon:
 
 
 def _read_request(conn: socket.socket) -> tuple[list[int], list[str], dict[bytes, bytes]]:
-    """(descriptors, argv, environment) sent by :func:`pybk.core.entry.run_remote`."""
+    """(descriptors, argv, environment) sent by :func:`pybk.core.cli.entry.run_remote`."""
     data, fds, _, _ = socket.recv_fds(conn, 65536, 8)
     if len(fds) != 4 or len(data) < 4:
         for fd in fds:
@@ -347,7 +347,7 @@ def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None
     sys.argv = ["pybk", *argv]
     code = 1
     try:
-        from pybk.core.cli import main
+        from pybk.core.cli.commands import main
 
         try:
             full = daemon_argv(argv, root=root, config_path=config_path)
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        from pybk.core.config import load_config
+        from pybk.core.config.schema import load_config
         from pybk.core.paths import default_root
 
         ns = make_parser().parse_args(argv)
@@ -409,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    from pybk.core.locks import process_identity
+    from pybk.core.store.locks import process_identity
     from pybk.workers.network import set_pool_owner
 
     # namespaces the children give back stay pooled for the next builds, until the daemon stops

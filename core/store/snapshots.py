@@ -33,11 +33,11 @@ import attrs
 import orjson
 
 from pybk.core.errors import StoreError
-from pybk.core.fileop import remove_path
+from pybk.core.fs.fileop import remove_path
 from pybk.core.interfaces import Mount, Snapshotter
 
 if TYPE_CHECKING:
-    from pybk.core.store import Store
+    from pybk.core.store.store import Store
 
 _FICLONE = 0x40049409
 #: file in a snapshot's directory naming the directories whose files its layer links to
@@ -317,7 +317,7 @@ def _info(row: Sequence) -> SnapshotInfo:
 
 
 def _as_store(store_or_root: Store | str | os.PathLike[str]) -> Store:
-    from pybk.core.store import Store
+    from pybk.core.store.store import Store
 
     return store_or_root if isinstance(store_or_root, Store) else Store.open(store_or_root)
 
@@ -486,7 +486,7 @@ class _StoreSnapshotter(Snapshotter):
         if len(mounts) == 1 and mounts[0].type == "bind":
             yield mounts[0].source
             return
-        from pybk.core import mount as mountlib
+        from pybk.core.store import mounts as mountlib
 
         target = self.store.process_tmp(f"view-{secrets.token_hex(6)}")
         target.mkdir()
@@ -834,7 +834,7 @@ def probe_overlay(store: Store) -> OverlayProbe:
 
 
 def _run_overlay_probe(store: Store, kernel: str) -> OverlayProbe:
-    from pybk.core import mount as mountlib
+    from pybk.core.store import mounts as mountlib
 
     if any(c in str(store.root) for c in ",:"):
         return OverlayProbe(False, (), kernel, "store path contains ',' or ':'")

@@ -194,7 +194,7 @@ def remove(root: str | os.PathLike[str], name: str) -> bool:
 
 
 def _blob_json(root: str | os.PathLike[str], digest: str) -> dict[str, Any]:
-    from pybk.core.content import ContentStore
+    from pybk.core.store.content import ContentStore
 
     return json.loads(ContentStore(root).read_bytes(digest))
 
@@ -212,10 +212,10 @@ def inspect(root: str | os.PathLike[str], name: str) -> dict[str, Any]:
 
 
 def lookup(root: str | os.PathLike[str], ref: str, *, platform: str | None = None) -> Any:
-    """``ref`` as an :class:`pybk.core.sources.OCILayoutImage` read from the store, or None."""
+    """``ref`` as an :class:`pybk.core.solver.sources.OCILayoutImage` read from the store, or None."""
     found = get(root, ref)
     if found is None:
         return None
-    from pybk.core.sources import read_oci_layout
+    from pybk.core.solver.sources import read_oci_layout
 
     return read_oci_layout(images_dir(root), found.digest, platform=platform)

@@ -23,15 +23,15 @@ from typing import Any, Literal
 
 import attrs
 
-from pybk.cachebackends.config import (
+from pybk.core.converter import setting
+from pybk.core.errors import PybkError, UsageError
+from pybk.core.interfaces import CacheExporter, CacheImporter
+from pybk.core.remotecache.config import (
     CACHE_CONFIG_MEDIA_TYPE,
     CacheConfig,
     CacheFormatError,
     CacheLayer,
 )
-from pybk.core.converter import setting
-from pybk.core.errors import PybkError, UsageError
-from pybk.core.interfaces import CacheExporter, CacheImporter
 
 OCI_LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -70,11 +70,11 @@ class ExportSettings:
 
     mode: str
     ignore_error: bool
-    spec: Any  # pybk.exporters.layers.LayerSpec
+    spec: Any  # pybk.core.images.layers.LayerSpec
 
 
 def export_settings(options: CommonCacheOptions, flag: str = "--cache-to") -> ExportSettings:
-    from pybk.exporters.layers import LEVEL_RANGES, LayerSpec
+    from pybk.core.images.layers import LEVEL_RANGES, LayerSpec
 
     level = options.compression_level
     if level is not None and options.compression in LEVEL_RANGES:
@@ -112,7 +112,7 @@ class ExportPlan:
     """What to write: the config and where its blobs are (the local content store)."""
 
     config: CacheConfig
-    content: Any  # pybk.core.content.ContentStore
+    content: Any  # pybk.core.store.content.ContentStore
     info: Mapping[str, Any] = attrs.field(factory=dict)
 
     def blobs(self) -> list[CacheLayer]:
