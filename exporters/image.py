@@ -216,7 +216,7 @@ def image_config(base: Mapping[str, Any] | None, diff_ids: Sequence[str], *,
                  created: str, epoch: int | None) -> dict[str, Any]:
     """The image config for ``diff_ids``: ``base`` (a frontend's or the base image's, may be
     None) with rootfs, platform and ``created`` set and history matched to the layers."""
-    from pybk.core.registry.platform import host_platform
+    from pybk.core.platform import host_platform
 
     img = copy.deepcopy(dict(base or {}))
     host = host_platform()

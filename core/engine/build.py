@@ -294,7 +294,7 @@ def build_provenance(request: Any, frontend: str, opts: Mapping[str, str],
     if request.provenance is None:
         return None
     from pybk.core.engine.provenance import Provenance
-    from pybk.core.registry.platform import host_platform
+    from pybk.core.platform import host_platform
 
     return Provenance(
         spec=request.provenance, frontend=frontend,

@@ -94,7 +94,7 @@ BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
 def can_execute(platform: Any) -> bool:
     """Whether this host runs binaries of ``platform`` (an llb Platform or ``os/arch``) in a
     container: natively, or through an enabled ``qemu-<arch>`` binfmt_misc entry with ``F``."""
-    from pybk.core.registry.platform import host_platform
+    from pybk.core.platform import host_platform
 
     text = str(platform)
     parts = text.split("/")

@@ -49,9 +49,9 @@ def layer_compression(media_type: str) -> str:
 _LAZY = {
     "Reference": "pybk.core.registry.reference",
     "parse_reference": "pybk.core.registry.reference",
-    "Platform": "pybk.core.registry.platform",
-    "parse_platform": "pybk.core.registry.platform",
-    "host_platform": "pybk.core.registry.platform",
+    "Platform": "pybk.core.platform",
+    "parse_platform": "pybk.core.platform",
+    "host_platform": "pybk.core.platform",
     "Credentials": "pybk.core.registry.auth",
     "DockerCredentialStore": "pybk.core.registry.auth",
     "Descriptor": "pybk.core.registry.client",

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from pybk.core.errors import RegistryError
+from pybk.core.platform import Platform, host_platform, parse_platform, select_best
 from pybk.core.registry import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -35,7 +36,6 @@ from pybk.core.registry import (
     OCI_MANIFEST,
 )
 from pybk.core.registry.auth import Authenticator, Credentials, DockerCredentialStore
-from pybk.core.registry.platform import Platform, host_platform, parse_platform, select_best
 from pybk.core.registry.reference import Reference, parse_reference
 from pybk.core.store.content import ContentStore, DigestMismatchError
 

@@ -57,7 +57,7 @@ def test_each_platform_takes_its_own_manifest_of_a_layout_index(root, tmp_path, 
 @pytest.fixture(scope="module")
 def multiarch_layout(tmp_path_factory):
     from pybk.core.engine.multiplatform import can_execute
-    from pybk.core.registry.platform import host_platform
+    from pybk.core.platform import host_platform
 
     if host_platform().architecture != "amd64":
         pytest.skip("the emulation tests run on amd64 hosts")

@@ -23,6 +23,7 @@ from support.fixtures import AUTH_PASSWORD, AUTH_USER
 
 from pybk.core.config.schema import KeyPair, RegistryConfig
 from pybk.core.errors import RegistryError
+from pybk.core.platform import host_platform
 from pybk.core.registry import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -32,7 +33,6 @@ from pybk.core.registry import (
 )
 from pybk.core.registry.auth import Credentials
 from pybk.core.registry.client import Descriptor, RegistryClient
-from pybk.core.registry.platform import host_platform
 from pybk.core.store.content import ContentStore
 
 pytestmark = pytest.mark.registry

@@ -8,18 +8,18 @@ import stat
 import pytest
 
 from pybk.core.errors import ConfigError, InputError
-from pybk.core.registry import layer_compression
-from pybk.core.registry.auth import (
-    DockerCredentialStore,
-    normalize_auth_key,
-    parse_www_authenticate,
-)
-from pybk.core.registry.platform import (
+from pybk.core.platform import (
     Platform,
     host_platform,
     normalize,
     parse_platform,
     select_best,
+)
+from pybk.core.registry import layer_compression
+from pybk.core.registry.auth import (
+    DockerCredentialStore,
+    normalize_auth_key,
+    parse_www_authenticate,
 )
 from pybk.core.registry.reference import parse_reference
 
