@@ -6,6 +6,9 @@ with code 2; a build that ran and failed exits with 1.
 
 from __future__ import annotations
 
+import unicodedata
+from typing import Any
+
 
 class PybkError(Exception):
     """Base of every error pybk raises on purpose."""
@@ -122,3 +125,64 @@ class NotAvailableError(PybkError):
     """A capability is not available in this build of pybk or on this machine."""
 
     exit_code = 1
+
+
+# -- message text ------------------------------------------------------------------------------
+
+_SIMPLE_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+    '"': '\\"',
+}
+
+
+def _go_printable(ch: str) -> bool:
+    if ch == " ":
+        return True
+    return unicodedata.category(ch)[0] in "LMNPS"
+
+
+def go_quote(text: str) -> str:
+    """Go ``strconv.Quote``. Undecodable bytes (surrogate escapes) are written as ``\\xHH``."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return '"' + text + '"'
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        simple = _SIMPLE_ESCAPES.get(ch)
+        if simple is not None:
+            out.append(simple)
+        elif 0xDC80 <= code <= 0xDCFF:  # a raw byte kept by the surrogateescape decoding
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif _go_printable(ch):
+            out.append(ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+class ProcessFailedError(BuildError):
+    """A build process exited with a status it was not allowed to."""
+
+    def __init__(self, command: str, status: int):
+        self.command = command
+        self.status = status
+        super().__init__(
+            f"process {go_quote(command)} did not complete successfully: exit code: {status}")
+
+
+def exit_error(process: Any, code: int) -> ProcessFailedError:
+    """BuildKit's error for a failed process: ``process "/bin/sh -c …" did not complete …``."""
+    args = getattr(process, "args", process)
+    return ProcessFailedError(" ".join(args), code)

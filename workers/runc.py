@@ -54,43 +54,6 @@ from pybk.workers.user import ResolvedUser, resolve_user, root_path
 _KILL_ATTEMPTS = 200  # x 25 ms
 
 
-class ProcessFailedError(BuildError):
-    """A build process exited with a status it was not allowed to."""
-
-    def __init__(self, command: str, status: int):
-        self.command = command
-        self.status = status
-        super().__init__(
-            f"process {go_quote(command)} did not complete successfully: exit code: {status}")
-
-
-def go_quote(text: str) -> str:
-    """Quote like Go's ``%q`` (``strconv.Quote``), as BuildKit's messages do."""
-    escapes = {"\a": r"\a", "\b": r"\b", "\f": r"\f", "\n": r"\n", "\r": r"\r", "\t": r"\t",
-               "\v": r"\v", "\\": "\\\\", '"': '\\"'}
-    out = []
-    for ch in text:
-        if ch in escapes:
-            out.append(escapes[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x80:
-            out.append(f"\\x{ord(ch):02x}")
-        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # an undecodable byte kept by surrogateescape
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    return '"' + "".join(out) + '"'
-
-
-def exit_error(process: ProcessSpec | Sequence[str], code: int) -> ProcessFailedError:
-    """BuildKit's error for a failed process: ``process "/bin/sh -c …" did not complete …``."""
-    args = process.args if isinstance(process, ProcessSpec) else process
-    return ProcessFailedError(" ".join(args), code)
-
-
 # ------------------------------------------------------------------------------------------
 # rootfs preparation
 # ------------------------------------------------------------------------------------------

@@ -659,7 +659,7 @@ class BuildRunner(OpRunner):
             code = await self.w.executor.run(process, root, mounts, secrets=secrets, ssh=agents,
                                              stdout=out.write, stderr=err.write)
             if code not in process.valid_exit_codes:
-                from pybk.workers.runc import exit_error
+                from pybk.core.errors import exit_error
 
                 raise exit_error(process, code)
             refs = {i: await asyncio.to_thread(a.commit) for i, a in sorted(outputs.items())}

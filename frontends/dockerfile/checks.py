@@ -277,7 +277,7 @@ def base_image_platform_warning(
 
 
 def _title_quote(text: str) -> str:
-    from pybk.frontends.dockerfile.dump import go_quote
+    from pybk.core.errors import go_quote
 
     return go_quote(text)
 

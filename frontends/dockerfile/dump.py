@@ -6,52 +6,9 @@ One line per instruction: ``(keyword ["--flag" …] "arg" …)``; ONBUILD's trig
 
 from __future__ import annotations
 
-import unicodedata
-
+from pybk.core.errors import go_quote
 from pybk.frontends.dockerfile.parser import Node, parse
 from pybk.frontends.dockerfile.shell import go_trim_space
-
-_SIMPLE_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-    "\\": "\\\\",
-    '"': '\\"',
-}
-
-
-def _go_printable(ch: str) -> bool:
-    if ch == " ":
-        return True
-    return unicodedata.category(ch)[0] in "LMNPS"
-
-
-def go_quote(text: str) -> str:
-    """Go ``strconv.Quote``. Undecodable bytes (surrogate escapes) are written as ``\\xHH``."""
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return '"' + text + '"'
-    out = ['"']
-    for ch in text:
-        code = ord(ch)
-        simple = _SIMPLE_ESCAPES.get(ch)
-        if simple is not None:
-            out.append(simple)
-        elif 0xDC80 <= code <= 0xDCFF:  # a raw byte kept by the surrogateescape decoding
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif _go_printable(ch):
-            out.append(ch)
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
 
 
 def dump_node(node: Node) -> str:

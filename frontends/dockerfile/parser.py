@@ -325,7 +325,7 @@ def _name_vals(rest: str, escape: str, command: str) -> list[str]:
     out: list[str] = []
     for word in words:
         if "=" not in word:
-            from pybk.frontends.dockerfile.dump import go_quote
+            from pybk.core.errors import go_quote
 
             raise _ArgError(
                 f"Syntax error - can't find = in {go_quote(word)}. Must be of the form: name=value"

@@ -478,7 +478,7 @@ class Lexer:
 
 def go_quote_simple(text: str) -> str:
     """Double-quote ``text`` the way Go's ``%q`` does (see :func:`dump.go_quote`)."""
-    from pybk.frontends.dockerfile.dump import go_quote
+    from pybk.core.errors import go_quote
 
     return go_quote(text)
 

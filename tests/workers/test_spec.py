@@ -6,10 +6,9 @@ import os
 
 import pytest
 
-from pybk.core.errors import BuildError
+from pybk.core.errors import BuildError, ProcessFailedError, exit_error, go_quote
 from pybk.core.interfaces import ExecMount, Mount, ProcessSpec
 from pybk.workers import spec as ocispec
-from pybk.workers.runc import ProcessFailedError, exit_error, go_quote
 from pybk.workers.user import ResolvedUser
 
 
