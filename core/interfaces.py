@@ -69,8 +69,51 @@ class FrontendResult:
     metadata: Mapping[str, bytes] = attrs.field(factory=dict)
 
 
+class FrontendContainer(abc.ABC):
+    """A container on an image's filesystem in which a frontend runs one process (BuildKit's
+    gateway ``NewContainer`` and ``StartProcess``); made by :meth:`FrontendBridge.new_container`.
+
+    The process gets a writable layer on the image (discarded afterwards) and nothing else
+    mounted. Its stdout, stderr and exit reach the callbacks given to :meth:`start`, called on a
+    thread of the engine's; its stderr also goes to the build's progress.
+    """
+
+    #: the image's config (``config.Entrypoint``, ``config.Env``, ``config.Labels`` …)
+    image_config: Mapping[str, Any]
+
+    @abc.abstractmethod
+    def start(self, process: ProcessSpec, *, stdout: OutputCallback, stderr: OutputCallback,
+              exited: Callable[[int | None, BaseException | None], None]) -> None:
+        """Run ``process`` (once per container), returning as soon as it runs.
+
+        ``exited(code, None)`` follows its exit, ``exited(None, error)`` a failure to run it,
+        ``exited(None, None)`` a :meth:`kill`. A process on the ``host`` network or in
+        ``insecure`` security mode needs the bridge's ``network.host`` / ``security.insecure``
+        entitlement.
+        """
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the process's stdin (dropped once it exited)."""
+
+    @abc.abstractmethod
+    def close_stdin(self) -> None:
+        """End the process's stdin."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Stop the process if it still runs; returns once it is gone."""
+
+
 class FrontendBridge(abc.ABC):
-    """What a frontend may ask of the engine; the only way it reads inputs."""
+    """What a frontend may ask of the engine; the only way it reads inputs or runs anything."""
+
+    #: the entitlements the build was granted (``network.host`` …); the engine's configuration
+    #: grants them, so a bridge carries only granted ones
+    entitlements: frozenset[str] = frozenset()
+    #: the engine's configuration, where a frontend finds its own settings (e.g.
+    #: ``[frontend."gateway.v0"]``); None without one
+    config: Any = None
 
     @abc.abstractmethod
     def read_file(self, input_name: str, path: str, *, offset: int = 0,
@@ -89,6 +132,19 @@ class FrontendBridge(abc.ABC):
 
     @abc.abstractmethod
     def warn(self, message: str, *, location: Any = None) -> None: ...
+
+    def new_container(self, image: Any, *,
+                      name: str) -> contextlib.AbstractContextManager[FrontendContainer]:
+        """A container on the filesystem of ``image`` (an LLB state or definition of an image,
+        solved with the build's progress), for a frontend that is itself a program; the
+        progress shows its process as ``[frontend] <name>``.
+
+        Leaving the ``with`` block stops the process and releases the container; an exception
+        leaving it marks the progress line failed with its first line.
+
+        :raises UnsupportedOperation: the bridge cannot run containers (no engine behind it).
+        """
+        raise UnsupportedOperation("this bridge cannot run containers")
 
 
 class Frontend(Plugin, abc.ABC):

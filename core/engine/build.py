@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pybk.core.errors import BuildError, SolveError, UsageError
+from pybk.core.interfaces import FrontendBridge, UnsupportedOperation
 
 _DIRECTIVE = re.compile(rb"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 
@@ -38,20 +39,23 @@ def _safe_join(root: str, path: str) -> str:
     return resolve_in_root(root, path)
 
 
-class LocalBridge:
+class LocalBridge(FrontendBridge):
     """The frontend's view of a build running in this process."""
 
     def __init__(self, *, local_dirs: Mapping[str, str], oci_layouts: Mapping[str, str],
                  config: Any, client: Any = None, entitlements: Any = (),
                  progress: Any = None):
+        from pybk.core.config.schema import check_entitlements
+
         self.local_dirs = dict(local_dirs)
         self.oci_layouts = dict(oci_layouts)
         self.config = config
         self.client = client
-        #: the build's entitlements (granted by the configuration, see
-        #: :func:`pybk.core.config.schema.check_entitlements`) and ``--progress`` (for frontends run
-        #: in the worker)
-        self.entitlements = frozenset(entitlements)
+        #: the build's entitlements, granted by the engine's configuration (see
+        #: :func:`pybk.core.config.schema.check_entitlements`), and ``--progress`` (for the
+        #: containers of frontends)
+        self.entitlements = check_entitlements(
+            entitlements, client.config if client is not None else config)
         self.progress = progress
         self.warnings: list[str] = []
 
@@ -103,6 +107,14 @@ class LocalBridge:
 
     def warn(self, message: str, *, location: Any = None) -> None:
         self.warnings.append(message)
+
+    def new_container(self, image: Any, *, name: str) -> Any:
+        if self.client is None:
+            raise UnsupportedOperation("this bridge has no engine to run containers")
+        from pybk.core.engine.frontendrun import open_container
+
+        return open_container(self.client, image, name=name, progress=self.progress,
+                              entitlements=self.entitlements)
 
 
 def _layout_digest(layout: str, ref: str) -> str:

@@ -3,18 +3,25 @@
 ``# syntax=<ref>`` (or the build arg ``BUILDKIT_SYNTAX``, which wins) names the frontend of a
 Dockerfile: a pip-installed frontend plugin registered under that name, the built-in
 ``dockerfile.v0`` for ``docker/dockerfile:*``, or else a frontend image, which
-:class:`GatewayFrontend` pulls and runs in the worker, speaking the protocol of
+:class:`GatewayFrontend` runs in a container the bridge makes
+(:meth:`~pybk.core.interfaces.FrontendBridge.new_container`), speaking the protocol of
 :mod:`pybk.frontends.gateway.protocol` over its stdin/stdout.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from pybk.core.errors import UsageError
-from pybk.core.interfaces import Frontend, FrontendBridge, FrontendRequest, FrontendResult
+from pybk.core.interfaces import (
+    Frontend,
+    FrontendBridge,
+    FrontendRequest,
+    FrontendResult,
+    ProcessSpec,
+    UnsupportedOperation,
+)
 from pybk.frontends.gateway.protocol import GatewayError, GatewayServer, frontend_env
 
 NAME = "gateway.v0"
@@ -94,42 +101,37 @@ class GatewayFrontend(Frontend):
 
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
         from pybk.core import llb
-        from pybk.core.config.schema import check_entitlements
-        from pybk.frontends.gateway.runner import gateway_timeout
+        from pybk.frontends.gateway.runner import ContainerChannel, converse, gateway_timeout
 
         opts = dict(request.opts)
         source = opts.get("source")
         if not source:
             raise UsageError("the gateway.v0 frontend needs the frontend image: --opt source=REF",
                              flag="--frontend")
-        client = getattr(bridge, "client", None)
-        if client is None:
-            raise GatewayError(f"frontend image {source}: this build has no engine to run it")
-        check_allowed(source, getattr(bridge, "config", None))
-        # the engine's configuration grants entitlements, not the bridge that carries them
-        entitlements = check_entitlements(getattr(bridge, "entitlements", ()),
-                                          getattr(client, "config", None))
+        check_allowed(source, bridge.config)
         timeout = gateway_timeout(opts)
         image_ref = frontend_image(source, opts)
-        progress = getattr(bridge, "progress", None)
-        image = client.solve(llb.image(image_ref), progress=progress)
-        config = dict(image.image_config or {})
         inputs = {name: llb.local(name).marshal()
                   for name in sorted(getattr(bridge, "local_dirs", {}))}
         for name, state in request.inputs.items():
             inputs[name] = state.marshal() if hasattr(state, "marshal") else state
         server = GatewayServer(bridge, inputs, name=source,
                                solve_frontend=lambda n, o: self._nested(n, o, bridge))
-        process = self._process(source, config, opts, entitlements)
-        returned = self._run(client, image, process, server, timeout, source, progress)
+        try:
+            container = bridge.new_container(llb.image(image_ref), name=source)
+        except UnsupportedOperation:
+            raise GatewayError(f"frontend image {source}: this build has no engine to run "
+                               "it") from None
+        with container as running:
+            process = self._process(source, running.image_config, opts, bridge.entitlements)
+            returned = converse(server, ContainerChannel(running, process).start(),
+                                timeout=timeout, name=source)
         return FrontendResult(definition=returned.definition, image_config=returned.image_config,
                               metadata=returned.metadata)
 
     @staticmethod
     def _process(source: str, image_config: Mapping[str, Any], opts: Mapping[str, str],
-                 entitlements: Any) -> Any:
-        from pybk.core.interfaces import ProcessSpec
-
+                 entitlements: Any) -> ProcessSpec:
         cfg = image_config.get("config") or {}
         labels = cfg.get("Labels") or {}
         network = "none"
@@ -146,37 +148,6 @@ class GatewayFrontend(Frontend):
                            cwd=cfg.get("WorkingDir") or "/", network=network)
 
     @staticmethod
-    def _run(client: Any, image: Any, process: Any, server: GatewayServer, timeout: float,
-             source: str, progress: Any) -> Any:
-        from pybk.core.progress.events import STREAM_STDERR, Progress
-        from pybk.core.serialize import sha256_digest
-        from pybk.frontends.gateway.runner import ContainerChannel, converse
-
-        renderers, sinks = _progress_sinks(progress)
-        vertex = Progress(*sinks, *renderers).vertex(
-            sha256_digest(f"gateway:{source}".encode()), f"[frontend] {source}")
-        worker = client.worker()
-        store = worker.store
-        lease = store.lease()
-        record = store.new_record(image.ref.snapshot, lease=lease,
-                                  description=f"frontend {source}")
-        try:
-            vertex.start()
-            channel = ContainerChannel(worker.executor, process, store.mounts(record),
-                                       on_stderr=lambda data: vertex.log(STREAM_STDERR, data))
-            returned = converse(server, channel.start(), timeout=timeout, name=source)
-            vertex.done()
-            return returned
-        except BaseException as exc:
-            vertex.error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise
-        finally:
-            store.discard(record)
-            lease.release()
-            for renderer in renderers:
-                renderer.close()
-
-    @staticmethod
     def _nested(name: str, opts: Mapping[str, str], bridge: FrontendBridge) -> Any:
         """``solve`` with ``frontend``: run a registered in-process frontend on this bridge."""
         from pybk.core.plugins import get_plugin_manager
@@ -189,13 +160,3 @@ class GatewayFrontend(Frontend):
         with pm.annotate_errors(registry.owner(name)[0]):
             return frontend_cls().solve(FrontendRequest(opts=opts), bridge).definition
 
-
-def _progress_sinks(progress: Any) -> tuple[list[Any], list[Any]]:
-    """(renderers to close, callables) for a ``--progress`` mode, a callable, a list or None."""
-    if progress is None:
-        return [], []
-    if isinstance(progress, str):
-        from pybk.core.progress.ui import make_renderer
-
-        return [make_renderer("quiet" if progress == "none" else progress, sys.stderr)], []
-    return [], [progress] if callable(progress) else list(progress)

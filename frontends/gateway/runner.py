@@ -4,22 +4,21 @@
 :class:`~pybk.frontends.gateway.protocol.GatewayServer`, enforcing the protocol's limits: a
 frontend that sends nothing for ``timeout`` seconds, crashes, writes garbage, returns twice or
 exits without returning fails the build with a message naming what happened (plus the tail of
-its stderr). :class:`ContainerChannel` is the channel of a frontend image run in the worker.
+its stderr). :class:`ContainerChannel` is the channel of a frontend image run in a container
+of the bridge's.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import collections
-import contextlib
 import os
 import queue
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from pybk.core.errors import UsageError
+from pybk.core.interfaces import FrontendContainer, ProcessSpec
 from pybk.frontends.gateway.protocol import (
     MAX_LINE,
     GatewayError,
@@ -204,66 +203,28 @@ class QueueChannel(Channel):
 
 
 class ContainerChannel(QueueChannel):
-    """A frontend process in a container, run by the worker's executor on its own thread
-    (with its own event loop), so the conversation and nested solves stay on the caller's."""
+    """A frontend process in a container the bridge made
+    (:meth:`~pybk.core.interfaces.FrontendBridge.new_container`)."""
 
-    def __init__(self, executor: Any, process: Any, root: Sequence[Any], *,
-                 on_stderr: Callable[[bytes], None] | None = None):
-        super().__init__(on_stderr)
-        self._executor = executor
+    def __init__(self, container: FrontendContainer, process: ProcessSpec):
+        super().__init__()
+        self._container = container
         self._process = process
-        self._root = list(root)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
-        self._stdin: asyncio.Queue[bytes | None] | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._thread_main, name="pybk-gateway",
-                                        daemon=True)
 
     def start(self) -> ContainerChannel:
-        self._thread.start()
-        self._ready.wait()
+        self._container.start(self._process, stdout=self._stdout, stderr=self._stderr,
+                              exited=self._exited)
         return self
 
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported to the conversation through the queue
-            if not isinstance(exc, asyncio.CancelledError):
-                self._finished(None, GatewayError(f"cannot run the frontend: {exc}"))
-            else:
-                self._finished(None)
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self._stdin = asyncio.Queue()
-        self._ready.set()
-        code = await self._executor.run(self._process, self._root, (), stdout=self._stdout,
-                                        stderr=self._stderr, stdin=self._stdin_chunks())
-        self._finished(code)
-
-    async def _stdin_chunks(self) -> AsyncIterator[bytes]:
-        assert self._stdin is not None
-        while (chunk := await self._stdin.get()) is not None:
-            yield chunk
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: the process ended
-                self._loop.call_soon_threadsafe(fn, *args)
+    def _exited(self, code: int | None, failure: BaseException | None) -> None:
+        self._finished(code, None if failure is None
+                       else GatewayError(f"cannot run the frontend: {failure}"))
 
     def send(self, line: bytes) -> None:
-        if self._stdin is not None:
-            self._call(self._stdin.put_nowait, line)
+        self._container.write(line)
 
     def close_input(self) -> None:
-        if self._stdin is not None:
-            self._call(self._stdin.put_nowait, None)
+        self._container.close_stdin()
 
     def stop(self) -> None:
-        if self._task is not None and self._thread.is_alive():
-            self._call(self._task.cancel)
-        self._thread.join()
+        self._container.kill()
