@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from pybk.core.didyoumean import did_you_mean
 from pybk.core.errors import UsageError
 from pybk.core.units import DiskSpace, Seconds, format_duration, parse_duration
 
@@ -104,18 +105,8 @@ def field_meta(a: attrs.Attribute, name: str) -> Any:
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean "x"?)`` for the closest candidate, or ``""``."""
-    import difflib
-
-    candidates = list(candidates)
-    lowered = {c.lower(): c for c in candidates}
-    if word.lower() in lowered:
-        return f' (did you mean "{lowered[word.lower()]}"?)'
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    if not close:
-        close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-        close = [lowered[c] for c in close]
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    """`` (did you mean "x"?)`` for the closest candidate (case ignored), or ``""``."""
+    return did_you_mean(word, candidates, case_sensitive=False, quote='"')
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -13,17 +13,19 @@ from typing import TYPE_CHECKING, Any
 from pybk.core.markers import hookspec
 
 if TYPE_CHECKING:
+    from pluggy import PluginManager
+
     from pybk.core.interfaces import CacheBackend, Exporter, Frontend, Worker
-    from pybk.core.plugins import PybkPluginManager
 
 # -- initialisation ----------------------------------------------------------------------------
 
 
 @hookspec(historic=True)
-def pybk_addhooks(pluginmanager: PybkPluginManager) -> None:
+def pybk_addhooks(pluginmanager: PluginManager) -> None:
     """Add new hookspecs to the plugin manager.
 
-    :param pluginmanager: the manager; call ``pluginmanager.add_hookspecs(module)``.
+    :param pluginmanager: the :class:`pybk.core.plugins.PybkPluginManager`; call
+        ``pluginmanager.add_hookspecs(module)``.
     :returns: nothing.
 
     .. versionadded:: 0.1
@@ -95,6 +97,43 @@ def pybk_register_cache_backends() -> type[CacheBackend] | Sequence[type[CacheBa
     """
 
 
+# -- command line ------------------------------------------------------------------------------
+
+
+@hookspec
+def pybk_add_commands(commands: Any) -> None:
+    """Add commands to the ``pybk`` command line.
+
+    Called, in plugin load order, only when the command line may involve a plugin's command
+    (one the core does not have, or a help listing every command), never for ``pybk build``.
+    Keep it cheap: add names and arguments here, import what a command needs in its ``run``.
+
+    :param commands: the command table; ``commands.add(name, run, help=…, arguments=None,
+        parent=None)`` adds ``pybk NAME`` (``parent="debug"``: ``pybk debug NAME``). ``run``
+        is called with the parsed :class:`argparse.Namespace` (global options included:
+        ``root``, None for the default store, ``config``, ``debug``) and returns the exit code;
+        ``arguments``, if given, is called with the command's
+        :class:`argparse.ArgumentParser` to add its arguments.
+    :returns: nothing.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def pybk_warm_up(config: Any) -> None:
+    """Prepare what every command would otherwise build again (parsers, tables).
+
+    Called once in a process that serves many commands (``pybkd``), before it serves any; the
+    processes it forks for each command inherit what was built.
+
+    :param config: the loaded :class:`pybk.core.config.schema.Config`.
+    :returns: nothing.
+
+    .. versionadded:: 0.1
+    """
+
+
 # -- decisions ---------------------------------------------------------------------------------
 
 
@@ -133,8 +172,8 @@ def pybk_select_worker(platform: str, workers: Sequence[Worker]) -> Worker | Non
 def pybk_build_started(request: Any) -> None:
     """A build is about to solve.
 
-    :param request: the :class:`pybk.core.cli.buildopts.BuildRequest` of a ``pybk build``, or None
-        for a solve started from the Python API.
+    :param request: the :class:`pybk.core.engine.request.BuildRequest` of a ``pybk build``, or
+        None for a solve started from the Python API.
     :returns: nothing.
 
     .. versionadded:: 0.1
@@ -156,7 +195,7 @@ def pybk_progress(event: Any) -> None:
 def pybk_build_finished(request: Any, result: Any, error: BaseException | None) -> None:
     """A build ended, successfully (``error`` is None) or not.
 
-    :param request: the :class:`pybk.core.cli.buildopts.BuildRequest`, or None (Python API).
+    :param request: the :class:`pybk.core.engine.request.BuildRequest`, or None (Python API).
     :param result: the solve result, or None on failure.
     :param error: the exception that ended the build, or None.
     :returns: nothing.

@@ -10,7 +10,6 @@ Environment:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import re
 import sys
@@ -24,6 +23,7 @@ import attrs
 import pluggy
 
 from pybk.core import hookspecs
+from pybk.core.didyoumean import did_you_mean
 from pybk.core.errors import (
     DuplicatePluginError,
     PluginLoadError,
@@ -171,8 +171,7 @@ class Registry(Generic[T]):
             return self._classes[name]
         except KeyError:
             choices = sorted(self._classes)
-            close = difflib.get_close_matches(name, choices, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else " (is the plugin installed?)"
+            hint = did_you_mean(name, choices, quote="'") or " (is the plugin installed?)"
             raise UnknownPluginError(
                 f"unknown {self.kind} {name!r}{hint}; available: {', '.join(choices) or 'none'}"
             ) from None

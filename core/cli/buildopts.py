@@ -1,4 +1,5 @@
-"""Parsing of ``pybk build``'s buildx-compatible flags into typed options.
+"""Parsing of ``pybk build``'s buildx-compatible flags into the typed options of
+:mod:`pybk.core.engine.request`.
 
 Every parser raises :class:`~pybk.core.errors.UsageError` naming the flag, so the CLI can exit 2
 with one clear line before any build work starts.
@@ -8,74 +9,23 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
-import attrs
-
+from pybk.core.didyoumean import did_you_mean
+from pybk.core.engine.request import (
+    CacheSpec,
+    ContextSpec,
+    OutputSpec,
+    ProvenanceSpec,
+    SecretSpec,
+    SSHSpec,
+)
 from pybk.core.errors import UsageError
+from pybk.core.platform import host_platform
 
 PROGRESS_MODES = ("auto", "tty", "plain", "rawjson", "quiet", "none")
 NETWORK_MODES = ("default", "none", "host")
 CALL_MODES = ("build", "check", "outline", "targets")
-
-
-@attrs.frozen
-class OutputSpec:
-    """One ``--output``: exporter type and its attributes (BuildKit spellings)."""
-
-    type: str
-    attrs: Mapping[str, str] = attrs.field(factory=dict)
-    #: hand the written tarball to ``docker load`` afterwards (``--load``)
-    load: bool = False
-
-
-@attrs.frozen
-class CacheSpec:
-    """One ``--cache-from`` / ``--cache-to`` entry."""
-
-    type: str
-    attrs: Mapping[str, str] = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class SecretSpec:
-    """One ``--secret``: where the secret's bytes come from (a file or an environment variable)."""
-
-    id: str
-    type: str  # "file" or "env"
-    source: str  # a path for "file", a variable name for "env"
-
-    def read(self) -> bytes:
-        if self.type == "env":
-            value = os.environ.get(self.source)
-            if value is None:
-                raise UsageError(f"secret {self.id!r}: environment variable {self.source} is not set",
-                                 flag="--secret")
-            return value.encode()
-        try:
-            with open(self.source, "rb") as f:
-                return f.read()
-        except OSError as exc:
-            raise UsageError(f"secret {self.id!r}: cannot read {self.source}: {exc.strerror}",
-                             flag="--secret") from None
-
-
-@attrs.frozen
-class SSHSpec:
-    """One ``--ssh``: an id and agent sockets or key files (empty = ``$SSH_AUTH_SOCK``)."""
-
-    id: str
-    paths: tuple[str, ...] = ()
-
-
-@attrs.frozen
-class ContextSpec:
-    """One ``--build-context name=value``; ``kind`` is local, docker-image, oci-layout, git,
-    http or target."""
-
-    name: str
-    kind: str
-    value: str
 
 
 # -- CSV ---------------------------------------------------------------------------------------
@@ -311,20 +261,12 @@ def parse_platforms(values: Sequence[str]) -> tuple[str, ...]:
         for item in value.split(","):
             item = item.strip().lower()
             if item == "local":
-                item = _host_platform()
+                item = str(host_platform())
             if not _PLATFORM.match(item):
                 raise UsageError(f"invalid platform {item!r}: expected os/arch[/variant]",
                                  flag="--platform")
             result.append(item)
     return tuple(result)
-
-
-def _host_platform() -> str:
-    import platform
-
-    arch = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7"}.get(arch, arch)
-    return f"linux/{arch}"
 
 
 def parse_choice(value: str, choices: Sequence[str], *, flag: str) -> str:
@@ -358,27 +300,12 @@ def _check_known(typ: str, known: Iterable[str] | None, *, flag: str, what: str)
         return
     known = list(known)
     if typ not in known:
-        import difflib
-
-        close = difflib.get_close_matches(typ, known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(typ, known, quote="'")
         raise UsageError(f"unknown {what} {typ!r}{hint}; available: {', '.join(sorted(known)) or 'none'}",
                          flag=flag)
 
 
 # -- attestations ------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class ProvenanceSpec:
-    """``--provenance`` / ``--attest type=provenance``: BuildKit's parameters, validated."""
-
-    mode: str = "min"
-    version: str = "v0.2"
-    builder_id: str = ""
-    reproducible: bool = False
-    inline_only: bool = False
-    filename: str = "provenance.json"
 
 
 _PROVENANCE_KEYS = {"mode", "version", "builder-id", "reproducible", "inline-only", "filename",
@@ -449,42 +376,3 @@ def parse_attests(attest: Sequence[str], provenance: str | None,
         reproducible=_bool(spec.get("reproducible", "false"), "reproducible", flag),
         inline_only=_bool(spec.get("inline-only", "false"), "inline-only", flag),
         filename=filename)
-
-
-# -- the whole request -------------------------------------------------------------------------
-
-
-@attrs.frozen
-class BuildRequest:
-    """Everything ``pybk build`` was asked to do, validated."""
-
-    context: str
-    file: str | None = None
-    frontend: str | None = None
-    frontend_opts: Mapping[str, str] = attrs.field(factory=dict)
-    tags: tuple[str, ...] = ()
-    target: str | None = None
-    build_args: Mapping[str, str] = attrs.field(factory=dict)
-    build_contexts: tuple[ContextSpec, ...] = ()
-    secrets: tuple[SecretSpec, ...] = ()
-    ssh: tuple[SSHSpec, ...] = ()
-    outputs: tuple[OutputSpec, ...] = ()
-    cache_from: tuple[CacheSpec, ...] = ()
-    cache_to: tuple[CacheSpec, ...] = ()
-    platforms: tuple[str, ...] = ()
-    progress: str = "auto"
-    no_cache: bool = False
-    no_cache_filter: tuple[str, ...] = ()
-    entitlements: tuple[str, ...] = ()
-    network: str = "default"
-    add_hosts: tuple[tuple[str, str], ...] = ()
-    labels: Mapping[str, str] = attrs.field(factory=dict)
-    annotations: Mapping[str, str] = attrs.field(factory=dict)
-    metadata_file: str | None = None
-    iidfile: str | None = None
-    call: str = "build"
-    llb: str | None = None
-    print_llb: bool = False
-    pull: bool = False
-    quiet: bool = False
-    provenance: ProvenanceSpec | None = None

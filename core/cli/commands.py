@@ -1,6 +1,8 @@
 """The ``pybk`` command line.
 
-Kept light: only argparse and pybk's own small modules are imported until a command needs more.
+Kept light: only argparse and pybk's own small modules are imported until a command needs more,
+and the plugins' commands (``pybk_add_commands``) are asked for only when the command line may
+involve one: a command no core table lists, or a help that lists them all.
 Exit codes: 0 ok, 1 build failed, 2 usage or configuration error.
 """
 
@@ -10,11 +12,12 @@ import argparse
 import functools
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from pybk.core import __version__
-from pybk.core.errors import PybkError, UsageError
+from pybk.core.cli.errors import run_reported
+from pybk.core.errors import PluginValidationError, UsageError
 from pybk.core.paths import default_root
 
 
@@ -25,7 +28,83 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def make_parser() -> argparse.ArgumentParser:
+class Command(NamedTuple):
+    """One ``pybk NAME`` or ``pybk debug NAME``."""
+
+    name: str
+    help: str
+    #: called with the parsed arguments, returns the exit code; a ``"module:function"`` string
+    #: is imported when the command runs
+    run: Callable[[argparse.Namespace], int] | str
+    #: adds the command's arguments to its parser (called whenever the parser is built: cheap)
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    #: the plugin that added the command (named on its errors), None for the core's
+    plugin: str | None = None
+
+    def __call__(self, ns: argparse.Namespace) -> int:
+        run = self.run
+        if isinstance(run, str):
+            from importlib import import_module
+
+            module, _, function = run.partition(":")
+            run = getattr(import_module(module), function)
+        if self.plugin is None:
+            return run(ns)
+        from pybk.core.plugins import get_plugin_manager
+
+        with get_plugin_manager().annotate_errors(self.plugin):
+            return run(ns)
+
+
+class _PluginCommands:
+    """Where the plugins' commands go in a command table."""
+
+
+#: marks the place of the plugins' commands in :data:`COMMANDS` and :data:`DEBUG_COMMANDS`
+PLUGIN_COMMANDS = _PluginCommands()
+
+
+class CommandTable:
+    """What ``pybk_add_commands`` implementations add their commands to."""
+
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self.commands: dict[str | None, list[Command]] = {None: [], "debug": []}
+        self._taken = set(taken)
+        #: the plugin whose hook is being called
+        self.plugin = "?"
+
+    def add(self, name: str, run: Callable[[argparse.Namespace], int] | str, *, help: str,
+            arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+            parent: str | None = None) -> None:
+        """Add ``pybk NAME`` (``parent="debug"``: ``pybk debug NAME``); see
+        :func:`pybk.core.hookspecs.pybk_add_commands`."""
+        if parent not in self.commands:
+            raise PluginValidationError(f"plugin {self.plugin!r} adds {name!r} under an "
+                                        f"unknown command {parent!r} (known: debug)")
+        path = f"{parent} {name}" if parent else name
+        if path in self._taken:
+            raise PluginValidationError(f"plugin {self.plugin!r} adds the command "
+                                        f"'pybk {path}', which already exists")
+        self._taken.add(path)
+        self.commands[parent].append(Command(name, help, run, arguments, self.plugin))
+
+
+def plugin_commands() -> CommandTable:
+    """The plugins' commands, in plugin load order (built-ins first)."""
+    from pybk.core.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    table = CommandTable([c.name for c in COMMANDS if isinstance(c, Command)]
+                         + [f"debug {c.name}" for c in DEBUG_COMMANDS if isinstance(c, Command)])
+    for impl in pm.hook.pybk_add_commands.get_hookimpls():
+        table.plugin = impl.plugin_name
+        with pm.annotate_errors(impl.plugin_name):
+            impl.function(*[{"commands": table}[arg] for arg in impl.argnames])
+    return table
+
+
+def make_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
+    """The ``pybk`` parser; with ``plugins=False`` it has only the core's commands."""
     parser = _Parser(prog="pybk", description="Build container images, BuildKit-style.")
     parser.add_argument("--version", action="version", version=f"pybk {__version__}")
     parser.add_argument("--root", default=None, help="store directory (default: $PYBK_ROOT or "
@@ -37,53 +116,66 @@ def make_parser() -> argparse.ArgumentParser:
                         help="run the command in the pybkd daemon at this address "
                         "(default: $PYBK_HOST; unset: in this process)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    build = sub.add_parser("build", help="build from a Dockerfile, a pipeline or LLB")
-    _add_build_flags(build)
-
-    sub.add_parser("plugins", help="list the installed plugins")
-
-    images = sub.add_parser("images", help="the local image store: ls, tag, rm, inspect")
-    images.add_argument("args", nargs=argparse.REMAINDER)
-
-    prune = sub.add_parser("prune", help="remove build cache records")
-    prune.add_argument("--all", action="store_true", help="include internal/frontend records")
-    prune.add_argument("--keep-duration", default="0", metavar="DURATION",
-                       help="keep records used within this duration (e.g. 48h)")
-    prune.add_argument("--keep-storage", type=float, default=0.0, metavar="MB",
-                       help="keep data below this size")
-    prune.add_argument("--keep-storage-min", type=float, default=0.0, metavar="MB",
-                       help="always allow data above this size")
-    prune.add_argument("--free-storage", type=float, default=0.0, metavar="MB",
-                       help="keep this much disk space free")
-    prune.add_argument("-f", "--filter", action="append", default=[], help="filter records")
-    prune.add_argument("-v", "--verbose", action="store_true")
-
-    du = sub.add_parser("du", help="disk usage of the build cache")
-    du.add_argument("-f", "--filter", action="append", default=[], help="filter records")
-    du.add_argument("-v", "--verbose", action="store_true")
-
-    debug = sub.add_parser("debug", help="inspect configuration, LLB and Dockerfiles")
+    added = plugin_commands() if plugins else CommandTable()
+    _add_commands(sub, _expand(COMMANDS, added.commands[None]))
+    debug = sub.choices["debug"]
     dsub = debug.add_subparsers(dest="debug_command", metavar="WHAT", parser_class=_Parser)
-    cfg = dsub.add_parser("config", help="print a config file normalised as JSON")
-    cfg.add_argument("file", nargs="?", default=None)
-    llb = dsub.add_parser("dump-llb", help="print an LLB definition, one op per line")
-    llb.add_argument("file", nargs="?", default="-")
-    ast = dsub.add_parser("dump-ast", help="print a Dockerfile's parse in BuildKit's format")
-    ast.add_argument("file", nargs="?", default="Dockerfile")
-    dsub.add_parser("yaml-schema", help="print the JSON Schema of yaml.v0 pipelines")
+    debug_commands = list(_expand(DEBUG_COMMANDS, added.commands["debug"]))
+    _add_commands(dsub, debug_commands)
+    debug.set_defaults(pybk_debug_commands=tuple(c.name for c in debug_commands))
     return parser
 
 
-@functools.lru_cache(maxsize=1)
-def shared_parser() -> argparse.ArgumentParser:
-    """The parser :func:`main` uses, built once per process (the daemon builds it before
+def _expand(table: Sequence[Command | _PluginCommands],
+            plugins: Sequence[Command]) -> Iterator[Command]:
+    for command in table:
+        if isinstance(command, Command):
+            yield command
+        else:
+            yield from plugins
+
+
+def _add_commands(sub: Any, commands: Iterable[Command]) -> None:
+    for command in commands:
+        parser = sub.add_parser(command.name, help=command.help)
+        parser.set_defaults(pybk_run=command)
+        if command.arguments is not None:
+            command.arguments(parser)
+
+
+@functools.lru_cache(maxsize=2)
+def shared_parser(plugins: bool = True) -> argparse.ArgumentParser:
+    """The parser :func:`main` uses, built once per process (the daemon builds both before
     forking); it holds no per-run state, defaults that depend on the environment are resolved
     after parsing."""
-    return make_parser()
+    return make_parser(plugins=plugins)
 
 
-def _add_build_flags(p: argparse.ArgumentParser) -> None:
+def needs_plugins(argv: Sequence[str]) -> bool:
+    """Whether parsing ``argv`` may involve the plugins' commands: False only when the command
+    is surely one of the core's (or ``--version`` comes first); anything unusual says True."""
+    valued = ("--root", "--config", "--addr")
+    core = {c.name for c in COMMANDS if isinstance(c, Command)} - {"debug"}
+    core_debug = {c.name for c in DEBUG_COMMANDS if isinstance(c, Command)}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--version":
+            return False
+        if arg == "--debug" or arg.partition("=")[0] in valued and "=" in arg:
+            i += 1
+        elif arg in valued and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            i += 2
+        elif arg.startswith("-"):
+            return True
+        elif arg == "debug":
+            return not (i + 1 < len(argv) and argv[i + 1] in core_debug)
+        else:
+            return arg not in core
+    return True
+
+
+def add_build_flags(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("context", nargs="?", default=None, help="build context directory")
     a("-f", "--file", help="build file (default: CONTEXT/Dockerfile)")
@@ -126,8 +218,12 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parse_build_request(ns: argparse.Namespace) -> Any:
-    """Validate every build flag; raises UsageError naming the flag."""
+    """Validate every build flag into a :class:`pybk.core.engine.request.BuildRequest`; the
+    plugins named by ``--output`` and the caches check their attributes. Raises UsageError
+    naming the flag."""
     from pybk.core.cli import buildopts as bo
+    from pybk.core.engine.request import BuildRequest, OutputSpec
+    from pybk.core.engine.resolve import resolve
     from pybk.core.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
@@ -145,11 +241,11 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         outputs.append(bo.load_output(exporter_types))
     if ns.tag:
         names = ",".join(ns.tag)
-        outputs = [bo.OutputSpec(o.type, {**o.attrs, "name": names}, load=o.load)
+        outputs = [OutputSpec(o.type, {**o.attrs, "name": names}, load=o.load)
                    if o.type in ("image", "oci", "docker") and "name" not in o.attrs else o
                    for o in outputs]
         if not outputs:
-            outputs.append(bo.OutputSpec("image", {"name": names}))
+            outputs.append(OutputSpec("image", {"name": names}))
     build_args = {}
     for value in ns.build_arg:
         key, val = bo.parse_build_arg(value)
@@ -162,9 +258,9 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         raise UsageError(f"context directory {context!r} not found")
     if ns.file and ns.file != "-" and not os.path.isfile(ns.file):
         raise UsageError(f"build file {ns.file!r} not found", flag="--file")
-    if outputs:
-        resolve_plugin_options(pm, outputs, "--output", pm.exporters())
-    request = bo.BuildRequest(
+    for output in outputs:
+        resolve("exporter", output, where="--output", pm=pm)
+    request = BuildRequest(
         context=context or "",
         file=ns.file,
         frontend=ns.frontend,
@@ -199,30 +295,11 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         quiet=ns.quiet,
         provenance=bo.parse_attests(ns.attest, ns.provenance, ns.sbom),
     )
-    if request.cache_from:
-        resolve_plugin_options(pm, request.cache_from, "--cache-from", pm.cache_backends(),
-                               "resolve_importer")
-    if request.cache_to:
-        resolve_plugin_options(pm, request.cache_to, "--cache-to", pm.cache_backends(),
-                               "resolve_exporter")
+    for spec in request.cache_from:
+        resolve("cache importer", spec, where="--cache-from", pm=pm)
+    for spec in request.cache_to:
+        resolve("cache exporter", spec, where="--cache-to", pm=pm)
     return request
-
-
-def resolve_plugin_options(pm: Any, specs: Sequence[Any], flag: str, registry: Any,
-                           method: str = "resolve") -> list[Any]:
-    """Structure each spec's attrs into its plugin's Options and let the plugin validate them
-    (``resolve`` for exporters, ``resolve_importer``/``resolve_exporter`` for caches), so bad
-    values fail before any build work starts."""
-    from pybk.core.converter import structure_options
-
-    instances = []
-    for spec in specs:
-        cls = registry.get(spec.type)
-        options = structure_options(cls.Options, spec.attrs, where=flag)
-        plugin_name, _ = registry.owner(spec.type)
-        with pm.annotate_errors(plugin_name):
-            instances.append(getattr(cls(), method)(options))
-    return instances
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -261,30 +338,24 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
 
 
 def cmd_debug(ns: argparse.Namespace) -> int:
-    what = ns.debug_command
-    if what == "config":
-        from pybk.core.config.schema import debug_config_command
+    """``pybk debug`` without WHAT."""
+    raise UsageError(f"pybk debug: choose one of {', '.join(ns.pybk_debug_commands)}")
 
-        text, code = debug_config_command(ns.file or ns.config)
-        print(text, file=sys.stderr if code else sys.stdout)
-        return code
-    if what == "dump-llb":
-        from pybk.core.llb.dump import dump_llb
 
-        data = _read_input(ns.file)
-        sys.stdout.write(dump_llb(data))
-        return 0
-    if what == "dump-ast":
-        from pybk.frontends.dockerfile.cli_support import dump_ast_command
+def debug_config(ns: argparse.Namespace) -> int:
+    from pybk.core.config.schema import debug_config_command
 
-        sys.stdout.write(dump_ast_command(ns.file))
-        return 0
-    if what == "yaml-schema":
-        from pybk.frontends.yaml.cli_support import yaml_schema_command
+    text, code = debug_config_command(ns.file or ns.config)
+    print(text, file=sys.stderr if code else sys.stdout)
+    return code
 
-        sys.stdout.write(yaml_schema_command())
-        return 0
-    raise UsageError("pybk debug: choose one of config, dump-llb, dump-ast, yaml-schema")
+
+def debug_dump_llb(ns: argparse.Namespace) -> int:
+    from pybk.core.llb.dump import dump_llb
+
+    data = _read_input(ns.file)
+    sys.stdout.write(dump_llb(data))
+    return 0
 
 
 def _read_input(path: str) -> bytes:
@@ -295,12 +366,6 @@ def _read_input(path: str) -> bytes:
             return f.read()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def cmd_images(ns: argparse.Namespace) -> int:
-    from pybk.exporters.cli_support import images_command
-
-    return images_command(list(ns.args), ns.root or default_root())
 
 
 def _open_store(ns: argparse.Namespace) -> Any:
@@ -340,41 +405,77 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "plugins": cmd_plugins, "debug": cmd_debug,
-            "images": cmd_images, "prune": cmd_prune, "du": cmd_du}
+def _prune_arguments(prune: argparse.ArgumentParser) -> None:
+    prune.add_argument("--all", action="store_true", help="include internal/frontend records")
+    prune.add_argument("--keep-duration", default="0", metavar="DURATION",
+                       help="keep records used within this duration (e.g. 48h)")
+    prune.add_argument("--keep-storage", type=float, default=0.0, metavar="MB",
+                       help="keep data below this size")
+    prune.add_argument("--keep-storage-min", type=float, default=0.0, metavar="MB",
+                       help="always allow data above this size")
+    prune.add_argument("--free-storage", type=float, default=0.0, metavar="MB",
+                       help="keep this much disk space free")
+    prune.add_argument("-f", "--filter", action="append", default=[], help="filter records")
+    prune.add_argument("-v", "--verbose", action="store_true")
+
+
+def _du_arguments(du: argparse.ArgumentParser) -> None:
+    du.add_argument("-f", "--filter", action="append", default=[], help="filter records")
+    du.add_argument("-v", "--verbose", action="store_true")
+
+
+def _file_argument(default: str | None) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("file", nargs="?", default=default)
+
+    return add
+
+
+#: ``pybk COMMAND``, in help order
+COMMANDS: tuple[Command | _PluginCommands, ...] = (
+    Command("build", "build from a Dockerfile, a pipeline or LLB", cmd_build, add_build_flags),
+    Command("plugins", "list the installed plugins", cmd_plugins),
+    PLUGIN_COMMANDS,
+    Command("prune", "remove build cache records", cmd_prune, _prune_arguments),
+    Command("du", "disk usage of the build cache", cmd_du, _du_arguments),
+    Command("debug", "inspect configuration, LLB and Dockerfiles", cmd_debug),
+)
+
+#: ``pybk debug WHAT``, in help order: the core's (a command whose code lives in a module of
+#: its own names it as ``"pybk.core.cli.MODULE:function"``), then the plugins'
+DEBUG_COMMANDS: tuple[Command | _PluginCommands, ...] = (
+    Command("config", "print a config file normalised as JSON", debug_config,
+            _file_argument(None)),
+    Command("dump-llb", "print an LLB definition, one op per line", debug_dump_llb,
+            _file_argument("-")),
+    PLUGIN_COMMANDS,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    try:
-        parser = shared_parser()
-        ns = parser.parse_args(argv)
-        if ns.addr is not None:
-            from pybk.core.cli.entry import main as client_main
+    return run_reported(functools.partial(_run, argv), debug="--debug" in argv)
 
-            return client_main(argv)
-        if ns.command is None:
-            parser.print_help()
-            return 2
-        if getattr(ns, "config", None) is None:
-            ns.config = os.environ.get("PYBK_CONFIG") or None
-        return COMMANDS[ns.command](ns)
-    except PybkError as exc:
-        if debug:
-            import traceback
 
-            traceback.print_exc()
-        print(f"error: {exc.render()}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 1
+def _run(argv: list[str]) -> int:
+    parser = shared_parser(needs_plugins(argv))
+    ns = parser.parse_args(argv)
+    if ns.addr is not None:
+        from pybk.core.cli.remote import run_if_remote
+
+        code, _ = run_if_remote(argv)
+        if code is not None:
+            return code
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    if getattr(ns, "config", None) is None:
+        ns.config = os.environ.get("PYBK_CONFIG") or None
+    return ns.pybk_run(ns)
 
 
 if __name__ == "__main__":
-    from pybk.core.cli.entry import main as entry_main
+    from pybk.core.cli.remote import run_if_remote
 
-    sys.exit(entry_main())
+    code, rest = run_if_remote(sys.argv[1:])
+    sys.exit(main(rest) if code is None else code)

@@ -1,18 +1,21 @@
 """``pybkd``: the engine as a daemon, answering ``pybk --addr unix:///…`` commands.
 
 The daemon is a pre-fork "zygote": it loads the configuration, imports and warms everything a
-build needs (plugins and their registries, the Dockerfile grammar, LLB, solver, exporters),
-opens the store once to clean up after dead builds, then waits on a unix socket. Each
-connection gets a forked child that takes over the client's stdin, stdout, stderr and working
-directory (passed as descriptors) and environment, runs the ordinary command line
-(:func:`pybk.core.cli.commands.main`) and sends the exit code back. So every command behaves exactly as
-embedded, minus the interpreter start-up and imports. See ``docs/daemon.md``.
+build needs (the core's and the built-in plugins' modules, the plugins, the command-line
+parsers, what plugins prepare in ``pybk_warm_up`` such as the Dockerfile grammar), opens the
+store once to clean up after dead builds, then waits on a unix socket. Each connection gets a
+forked child that takes over the client's stdin, stdout, stderr and working directory (passed
+as descriptors) and environment, runs the ordinary command line
+(:func:`pybk.core.cli.commands.main`) and sends the exit code back. So every command behaves
+exactly as embedded, minus the interpreter start-up and imports. The wire protocol and the
+client are :mod:`pybk.core.cli.remote`; see ``docs/daemon.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import importlib
 import io
@@ -25,18 +28,15 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from pybk.core.cli.entry import EXIT, INTERRUPT, PROTOCOL, AddressError, socket_path
-from pybk.core.errors import PybkError, UsageError
+from pybk.core.cli.errors import interrupted, report, run_reported
+from pybk.core.cli.remote import EXIT, INTERRUPT, AddressError, read_request, socket_path
+from pybk.core.errors import UsageError
 
 DEFAULT_SOCKET = "/run/pybk/pybkd.sock"
-#: packages whose modules are imported before serving (children inherit them)
-WARM_PACKAGES = ("pybk.core", "pybk.core.llb", "pybk.core.solver", "pybk.core.registry",
-                 "pybk.frontends.dockerfile", "pybk.frontends.gateway", "pybk.frontends.yaml",
-                 "pybk.exporters", "pybk.cachebackends", "pybk.workers")
 #: a command's children get this long to finish their cancellation when the daemon stops
 STOP_GRACE = 30.0
-_MAX_REQUEST = 16 << 20
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -67,27 +67,46 @@ def listen_path(addr: str | None, config_addresses: Sequence[str]) -> str:
 # -- warming up ---------------------------------------------------------------------------------
 
 
-def warm_up(root: str, config: object) -> None:
-    """Import what builds use, build the Dockerfile parsers, load the plugins, recover the
-    store; everything done here is shared by every child."""
+def warm_packages() -> list[str]:
+    """The packages whose modules are imported before serving (children inherit them): the
+    core's and those of the built-in plugins."""
+    from pybk.core.plugins import read_builtin_plugins
+
+    packages = ["pybk.core"]
+    for entry in read_builtin_plugins():
+        package = entry.module.rpartition(".")[0]
+        if package not in packages:
+            packages.append(package)
+    return packages
+
+
+def _import_all(package: str) -> None:
+    """Import every module of ``package`` and of its subpackages."""
+    module = importlib.import_module(package)
+    for info in pkgutil.iter_modules(module.__path__, package + "."):
+        if info.ispkg:
+            _import_all(info.name)
+        elif not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+
+
+def warm_up(root: str, config: Any) -> None:
+    """Import what builds use, build both command-line parsers, load the plugins and let them
+    prepare (``pybk_warm_up``), recover the store; everything done here is shared by every
+    child."""
     from pybk.core.plugins import get_plugin_manager
 
-    for package in WARM_PACKAGES:
-        module = importlib.import_module(package)
-        for info in pkgutil.iter_modules(module.__path__, package + "."):
-            if not info.ispkg and not info.name.endswith("__main__"):
-                importlib.import_module(info.name)
-    get_plugin_manager()
+    for package in warm_packages():
+        _import_all(package)
+    pm = get_plugin_manager()
     from pybk.core.cli.commands import shared_parser
 
-    shared_parser()
-    from pybk.frontends.dockerfile.parser import parse
-
-    parse(b"FROM scratch\nRUN true\n")
-    parse(b"# escape=`\nFROM scratch\nRUN true\n")
+    shared_parser(True)
+    shared_parser(False)
+    pm.hook.pybk_warm_up(config=config)
     from pybk.core.store.store import Store
 
-    Store.open(root, snapshotter=config.worker.oci.snapshotter).close()  # type: ignore[attr-defined]
+    Store.open(root, snapshotter=config.worker.oci.snapshotter).close()
 
 
 # -- serving ------------------------------------------------------------------------------------
@@ -224,31 +243,6 @@ class Daemon:
 # -- one connection (in the forked child) -------------------------------------------------------
 
 
-def _read_request(conn: socket.socket) -> tuple[list[int], list[str], dict[bytes, bytes]]:
-    """(descriptors, argv, environment) sent by :func:`pybk.core.cli.entry.run_remote`."""
-    data, fds, _, _ = socket.recv_fds(conn, 65536, 8)
-    if len(fds) != 4 or len(data) < 4:
-        for fd in fds:
-            os.close(fd)
-        raise ConnectionError("not a pybk client")
-    size = int.from_bytes(data[:4], "big")
-    if size > _MAX_REQUEST:
-        raise ConnectionError("request too large")
-    body = bytearray(data[4:])
-    while len(body) < size:
-        chunk = conn.recv(min(1 << 20, size - len(body)))
-        if not chunk:
-            raise ConnectionError("client went away")
-        body += chunk
-    fields = bytes(body).split(b"\0")
-    if fields[0] != PROTOCOL:
-        raise ConnectionError(f"unknown protocol {fields[0][:16]!r}")
-    argc = int(fields[1])
-    argv = [os.fsdecode(a) for a in fields[2:2 + argc]]
-    env = dict(entry.partition(b"=")[::2] for entry in fields[2 + argc:] if entry)
-    return fds, argv, env
-
-
 def _take_over(fds: list[int], env: dict[bytes, bytes]) -> None:
     """Become the client: its stdio on 0/1/2, its working directory and environment."""
     stdin, stdout, stderr, cwd = fds
@@ -335,7 +329,7 @@ def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        fds, argv, env = _read_request(conn)
+        fds, argv, env = read_request(conn)
         # the daemon's configuration (what it grants included), never the client's
         env.pop(b"PYBK_CONFIG", None)
         _take_over(fds, env)
@@ -352,8 +346,7 @@ def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None
         try:
             full = daemon_argv(argv, root=root, config_path=config_path)
         except UsageError as exc:
-            print(f"error: {exc.render()}", file=sys.stderr)
-            code = exc.exit_code
+            code = report(exc)
         else:
             code = main(full)
     except SystemExit as exc:
@@ -361,8 +354,7 @@ def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
+        code = interrupted()
     except BaseException:
         import traceback
 
@@ -384,31 +376,26 @@ def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    try:
-        from pybk.core.config.schema import load_config
-        from pybk.core.paths import default_root
+    return run_reported(functools.partial(_start, argv), debug="--debug" in argv,
+                        quiet_interrupt=True)
 
-        ns = make_parser().parse_args(argv)
-        if ns.config is None:
-            ns.config = os.environ.get("PYBK_CONFIG") or None
-        config, warnings = load_config(ns.config)
-        for warning in warnings:
-            print(f"WARNING: {warning}", file=sys.stderr)
-        root = os.path.abspath(ns.root or config.root or default_root())
-        config_path = os.path.abspath(ns.config) if ns.config else None
-        path = os.path.abspath(listen_path(ns.addr, config.grpc.address))
-        warm_up(root, config)
-        listener = _bind(path)
-    except PybkError as exc:
-        if debug:
-            import traceback
 
-            traceback.print_exc()
-        print(f"error: {exc.render()}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+def _start(argv: list[str]) -> int:
+    """Load the configuration, warm up, listen and serve until stopped."""
+    from pybk.core.config.schema import load_config
+    from pybk.core.paths import default_root
+
+    ns = make_parser().parse_args(argv)
+    if ns.config is None:
+        ns.config = os.environ.get("PYBK_CONFIG") or None
+    config, warnings = load_config(ns.config)
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    root = os.path.abspath(ns.root or config.root or default_root())
+    config_path = os.path.abspath(ns.config) if ns.config else None
+    path = os.path.abspath(listen_path(ns.addr, config.grpc.address))
+    warm_up(root, config)
+    listener = _bind(path)
     from pybk.core.store.locks import process_identity
     from pybk.workers.network import set_pool_owner
 

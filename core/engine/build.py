@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pybk.core.engine.request import BuildRequest, CacheSpec
+from pybk.core.engine.resolve import plugin_class, plugin_errors
 from pybk.core.errors import BuildError, SolveError, UsageError
 from pybk.core.interfaces import FrontendBridge, UnsupportedOperation
 
@@ -164,7 +166,7 @@ def source_excerpt(definition: Any, vertex: str | None, context: int = 2) -> str
     return None
 
 
-def frontend_inputs(request: Any) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+def frontend_inputs(request: BuildRequest) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """(frontend opts, local dirs, OCI layouts) for a build request, BuildKit-style."""
     context = os.path.abspath(request.context)
     dockerfile = os.path.abspath(request.file) if request.file else os.path.join(context,
@@ -216,15 +218,15 @@ def frontend_inputs(request: Any) -> tuple[dict[str, str], dict[str, str], dict[
     return opts, local_dirs, oci_layouts
 
 
-def entitlement_names(request: Any) -> tuple[str, ...]:
+def entitlement_names(request: BuildRequest) -> tuple[str, ...]:
     return tuple(e.split("=", 1)[0] for e in request.entitlements)
 
 
-def progress_mode(request: Any) -> str:
+def progress_mode(request: BuildRequest) -> str:
     return "quiet" if request.quiet else request.progress
 
 
-def solve_options(request: Any, provenance: Any = None) -> dict[str, Any]:
+def solve_options(request: BuildRequest, provenance: Any = None) -> dict[str, Any]:
     """The :meth:`Client.solve` arguments a build request implies (whatever the frontend):
     secrets, ssh sockets, entitlements, progress, outputs and remote caches; ``provenance``
     (a :class:`pybk.core.engine.provenance.Provenance`) goes to the exporters."""
@@ -245,11 +247,9 @@ def solve_options(request: Any, provenance: Any = None) -> dict[str, Any]:
     }
 
 
-def cache_exports(request: Any) -> tuple[Any, ...]:
+def cache_exports(request: BuildRequest) -> tuple[Any, ...]:
     """``--cache-to``, plus an inline cache when the build arg ``BUILDKIT_INLINE_CACHE`` is
     true (buildx's shorthand for ``--cache-to type=inline``)."""
-    from pybk.core.cli.buildopts import CacheSpec
-
     exports = tuple(request.cache_to)
     wanted = request.build_args.get("BUILDKIT_INLINE_CACHE", "").lower() in ("1", "true")
     if wanted and not any(spec.type == "inline" for spec in exports):
@@ -257,7 +257,7 @@ def cache_exports(request: Any) -> tuple[Any, ...]:
     return exports
 
 
-def export_info(request: Any) -> dict[str, Any]:
+def export_info(request: BuildRequest) -> dict[str, Any]:
     """Facts exporters need from the request: ``SOURCE_DATE_EPOCH`` (build arg, else env)."""
     epoch = request.build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
     if not epoch:
@@ -269,7 +269,7 @@ def export_info(request: Any) -> dict[str, Any]:
                          flag="--build-arg") from None
 
 
-def finish_outputs(request: Any, result: Any) -> None:
+def finish_outputs(request: BuildRequest, result: Any) -> None:
     """After the exports: ``--metadata-file``, ``--iidfile`` and ``--load``."""
     import subprocess
 
@@ -299,7 +299,7 @@ def finish_outputs(request: Any, result: Any) -> None:
             print(done.stdout.strip(), file=sys.stderr)
 
 
-def build_provenance(request: Any, frontend: str, opts: Mapping[str, str],
+def build_provenance(request: BuildRequest, frontend: str, opts: Mapping[str, str],
                      local_names: Iterable[str], *, started: float | None = None) -> Any:
     """The build's :class:`pybk.core.engine.provenance.Provenance` when ``--provenance`` asked for
     one (None otherwise); created before solving, so its start time is the build's."""
@@ -339,8 +339,8 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
     return result
 
 
-def run_build(request: Any, *, root: str, config_path: str | None) -> int:
-    """Build ``request`` (a parsed :class:`~pybk.core.cli.buildopts.BuildRequest`); exit code."""
+def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> int:
+    """Build ``request``; exit code."""
     from pybk.core.config.schema import check_entitlements, load_config
     from pybk.core.engine.client import Client
     from pybk.core.plugins import get_plugin_manager
@@ -363,12 +363,11 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
     directives = scan_directives(head)
     name = request.frontend or pm.hook.pybk_select_frontend(
         filename=opts["filename"], directives=directives)
-    registry = pm.frontends()
-    frontend_cls = registry.get(name)
-    forwarded = frontend_cls.forward(directives, opts, registry, config)
+    frontend_cls = plugin_class("frontend", name, pm=pm)
+    forwarded = frontend_cls.forward(directives, opts, pm.frontends(), config)
     if forwarded is not None:
         name, opts = forwarded
-        frontend_cls = registry.get(name)
+        frontend_cls = plugin_class("frontend", name, pm=pm)
     if request.call in ("outline", "targets"):
         opts["requestid"] = f"frontend.{request.call}"
     elif request.call == "check":
@@ -378,7 +377,7 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
         bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
                              client=client, entitlements=entitlements,
                              progress=progress_mode(request))
-        with pm.annotate_errors(registry.owner(name)[0]):
+        with plugin_errors("frontend", name, pm=pm):
             result = solve_frontend(name, frontend_cls, opts, bridge, root)
         for message in bridge.warnings:
             print(f"WARNING: {message}", file=sys.stderr)
@@ -422,7 +421,7 @@ def run_build(request: Any, *, root: str, config_path: str | None) -> int:
     return 0
 
 
-def run_llb_build(data: bytes, request: Any, *, root: str, config_path: str | None) -> int:
+def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path: str | None) -> int:
     """``pybk build --llb FILE|-``: solve a marshalled definition. The context (if given) is the
     local ``context``; ``--build-context`` adds locals and OCI layouts."""
     from pybk.core.config.schema import check_entitlements, load_config

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import IO, Any
 
 from pybk.core.errors import UsageError
@@ -416,3 +417,17 @@ def make_renderer(mode: str = "auto", out: IO[str] | None = None) -> Renderer:
         if mode == "tty":
             raise UsageError("output is not a terminal", flag="--progress=tty")
     return PlainRenderer(out)
+
+
+def progress_sinks(progress: Any) -> tuple[list[Renderer], list[Callable[[SolveStatus], None]]]:
+    """``(renderers to close at the end, plain callables)`` for a ``progress`` argument: a
+    ``--progress`` mode (``none`` is ``quiet``; the renderer writes to stderr), a callable
+    receiving each :class:`~pybk.core.progress.events.SolveStatus`, a list of callables, or None
+    for no output."""
+    if progress is None:
+        return [], []
+    if isinstance(progress, str):
+        return [make_renderer("quiet" if progress == "none" else progress, sys.stderr)], []
+    if callable(progress):
+        return [], [progress]
+    return [], list(progress)

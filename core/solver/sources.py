@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from pybk.core.errors import BuildError
+from pybk.core.platform import host_platform
 
 __all__ = ["OCILayoutImage", "fetch_git", "fetch_http", "read_oci_layout"]
 
@@ -379,15 +380,7 @@ def _read_json_blob(layout_dir: str, descriptor: Mapping[str, Any]) -> dict[str,
 
 
 def _host_platform() -> dict[str, str]:
-    import platform as _platform
-
-    machine = _platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        machine, machine)
-    plat = {"os": "linux", "architecture": arch}
-    if arch == "arm":
-        plat["variant"] = "v7"
-    return plat
+    return host_platform().to_dict()
 
 
 def _parse_platform(value: str | Mapping[str, str] | None) -> dict[str, str]:

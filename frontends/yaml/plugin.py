@@ -1,7 +1,9 @@
-"""Registers the YAML pipeline frontend (``yaml.v0``) and claims ``*.yaml``/``*.yml`` files."""
+"""Registers the YAML pipeline frontend (``yaml.v0``), claims ``*.yaml``/``*.yml`` files and adds
+``pybk debug yaml-schema``."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 from pybk.core.markers import hookimpl
@@ -24,3 +26,16 @@ def pybk_select_frontend(filename: str, directives: Mapping[str, str]) -> str | 
     if filename.lower().endswith((".yaml", ".yml")):
         return NAME
     return None
+
+
+@hookimpl
+def pybk_add_commands(commands):
+    commands.add("yaml-schema", _yaml_schema, help="print the JSON Schema of yaml.v0 pipelines",
+                 parent="debug")
+
+
+def _yaml_schema(ns) -> int:
+    from pybk.frontends.yaml.cli_support import yaml_schema_command
+
+    sys.stdout.write(yaml_schema_command())
+    return 0

@@ -4,6 +4,7 @@ import pytest
 
 from pybk.core.cli import buildopts as bo
 from pybk.core.cli.commands import main
+from pybk.core.engine.request import CacheSpec, OutputSpec, SecretSpec
 from pybk.core.errors import UsageError
 
 
@@ -46,7 +47,7 @@ BAD = [
     (["--build-context", "base=/no/such/dir"], "--build-context", "not found"),
     (["--build-context", "base=ftp://x/y"], "--build-context", "unsupported scheme"),
     (["--allow", "network.everything"], "--allow",
-     'unknown entitlement "network.everything" (did you mean "network.host"?)'),
+     'unknown entitlement "network.everything"; allowed: network.host'),
     (["--allow", "security.insecure=yes"], "--allow",
      'invalid entitlement "security.insecure=yes": security.insecure takes no value'),
     (["--allow", "network.host=1"], "--allow", "network.host takes no value"),
@@ -82,11 +83,11 @@ def test_unknown_flag_and_missing_context(capsys):
 
 def test_csv_quoted_values_stay_whole():
     spec = bo.parse_output('type=local,dest="out,dir"', ["local"])
-    assert spec == bo.OutputSpec("local", {"dest": "out,dir"})
+    assert spec == OutputSpec("local", {"dest": "out,dir"})
     assert bo.split_csv('type=image,"name=a,b",push=true', flag="-o") == [
         "type=image", "name=a,b", "push=true"]
-    assert bo.parse_output("-", ["tar"]) == bo.OutputSpec("tar", {"dest": "-"})
-    assert bo.parse_output("outdir", ["local"]) == bo.OutputSpec("local", {"dest": "outdir"})
+    assert bo.parse_output("-", ["tar"]) == OutputSpec("tar", {"dest": "-"})
+    assert bo.parse_output("outdir", ["local"]) == OutputSpec("local", {"dest": "outdir"})
     assert bo.parse_output("type=registry,name=x", ["image"]).attrs["push"] == "true"
 
 
@@ -97,7 +98,7 @@ def test_secret_sources(tmp_path, monkeypatch):
     assert (spec.type, spec.read()) == ("file", b"s3cr3t")
     monkeypatch.setenv("MYTOKEN", "from-env")
     assert bo.parse_secret("id=MYTOKEN").read() == b"from-env"
-    assert bo.parse_secret("id=x,env=MYTOKEN") == bo.SecretSpec("x", "env", "MYTOKEN")
+    assert bo.parse_secret("id=x,env=MYTOKEN") == SecretSpec("x", "env", "MYTOKEN")
 
 
 def test_build_context_kinds(tmp_path):
@@ -110,7 +111,7 @@ def test_build_context_kinds(tmp_path):
 
 
 def test_cache_legacy_form_and_modes():
-    assert bo.parse_cache("registry.local/cache", flag="--cache-from") == bo.CacheSpec(
+    assert bo.parse_cache("registry.local/cache", flag="--cache-from") == CacheSpec(
         "registry", {"ref": "registry.local/cache"})
     with pytest.raises(UsageError, match="invalid mode"):
         bo.parse_cache("type=local,dest=x,mode=medium", flag="--cache-to")

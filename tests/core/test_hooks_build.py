@@ -56,7 +56,7 @@ def test_hook_pybk_unconfigure(tmp_path, recorder_plugin):
 
 
 def test_hook_pybk_build_started(tmp_path, recorder_plugin):
-    from pybk.core.cli.buildopts import BuildRequest
+    from pybk.core.engine.request import BuildRequest
 
     request = BuildRequest(context=str(tmp_path))
     _solve(tmp_path, _graph("a"), recorder_plugin, request=request)

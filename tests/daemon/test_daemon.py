@@ -111,7 +111,8 @@ def test_client_imports_almost_nothing(daemon):
     assert not {"attr", "attrs", "pluggy", "asyncio", "argparse",
                 "pybk.core.cli.commands"} & modules
     assert {m for m in modules if m.startswith("pybk")} == {"pybk", "pybk.core", "pybk.core.cli",
-                                                             "pybk.core.cli.entry"}
+                                                             "pybk.core.cli.entry",
+                                                             "pybk.core.cli.remote"}
 
 
 def test_addresses_are_checked():

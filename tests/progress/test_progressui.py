@@ -13,7 +13,14 @@ from pybk.core.progress.events import (
     VertexLog,
     format_time,
 )
-from pybk.core.progress.ui import PlainRenderer, RawJSONRenderer, format_bytes, make_renderer
+from pybk.core.progress.ui import (
+    PlainRenderer,
+    QuietRenderer,
+    RawJSONRenderer,
+    format_bytes,
+    make_renderer,
+    progress_sinks,
+)
 
 
 def _plain():
@@ -196,3 +203,14 @@ def test_log_timestamps_relative_to_step_start():
     r(SolveStatus(logs=(VertexLog("sha256:a", 1, b"late\n", 112.5),)))
     r.close()
     assert "#1 12.50 late" in out.getvalue()
+
+
+def test_progress_sinks_for_every_form():
+    assert progress_sinks(None) == ([], [])
+    renderers, sinks = progress_sinks("none")
+    assert [type(r) for r in renderers] == [QuietRenderer] and sinks == []
+    renderers, _ = progress_sinks("plain")
+    assert [type(r) for r in renderers] == [PlainRenderer]
+    one, two = print, repr
+    assert progress_sinks(one) == ([], [one])
+    assert progress_sinks((one, two)) == ([], [one, two])

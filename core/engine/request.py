@@ -1,0 +1,122 @@
+"""What a build is asked to do: the typed request the engine runs.
+
+``pybk build`` fills a :class:`BuildRequest` from its flags, checking each one
+(:mod:`pybk.core.cli.buildopts`); the specs are also what :meth:`pybk.core.engine.client.Client.solve`
+takes for outputs and remote caches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+
+from pybk.core.errors import UsageError
+
+
+@attrs.frozen
+class OutputSpec:
+    """One ``--output``: exporter type and its attributes (BuildKit spellings)."""
+
+    type: str
+    attrs: Mapping[str, str] = attrs.field(factory=dict)
+    #: hand the written tarball to ``docker load`` afterwards (``--load``)
+    load: bool = False
+
+
+@attrs.frozen
+class CacheSpec:
+    """One ``--cache-from`` / ``--cache-to`` entry."""
+
+    type: str
+    attrs: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SecretSpec:
+    """One ``--secret``: where the secret's bytes come from (a file or an environment variable)."""
+
+    id: str
+    type: str  # "file" or "env"
+    source: str  # a path for "file", a variable name for "env"
+
+    def read(self) -> bytes:
+        if self.type == "env":
+            value = os.environ.get(self.source)
+            if value is None:
+                raise UsageError(f"secret {self.id!r}: environment variable {self.source} is not set",
+                                 flag="--secret")
+            return value.encode()
+        try:
+            with open(self.source, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise UsageError(f"secret {self.id!r}: cannot read {self.source}: {exc.strerror}",
+                             flag="--secret") from None
+
+
+@attrs.frozen
+class SSHSpec:
+    """One ``--ssh``: an id and agent sockets or key files (empty = ``$SSH_AUTH_SOCK``)."""
+
+    id: str
+    paths: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ContextSpec:
+    """One ``--build-context name=value``; ``kind`` is local, docker-image, oci-layout, git,
+    http or target."""
+
+    name: str
+    kind: str
+    value: str
+
+
+@attrs.frozen
+class ProvenanceSpec:
+    """``--provenance`` / ``--attest type=provenance``: BuildKit's parameters, validated."""
+
+    mode: str = "min"
+    version: str = "v0.2"
+    builder_id: str = ""
+    reproducible: bool = False
+    inline_only: bool = False
+    filename: str = "provenance.json"
+
+
+@attrs.frozen
+class BuildRequest:
+    """Everything ``pybk build`` was asked to do, validated."""
+
+    context: str
+    file: str | None = None
+    frontend: str | None = None
+    frontend_opts: Mapping[str, str] = attrs.field(factory=dict)
+    tags: tuple[str, ...] = ()
+    target: str | None = None
+    build_args: Mapping[str, str] = attrs.field(factory=dict)
+    build_contexts: tuple[ContextSpec, ...] = ()
+    secrets: tuple[SecretSpec, ...] = ()
+    ssh: tuple[SSHSpec, ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()
+    cache_from: tuple[CacheSpec, ...] = ()
+    cache_to: tuple[CacheSpec, ...] = ()
+    platforms: tuple[str, ...] = ()
+    progress: str = "auto"
+    no_cache: bool = False
+    no_cache_filter: tuple[str, ...] = ()
+    entitlements: tuple[str, ...] = ()
+    network: str = "default"
+    add_hosts: tuple[tuple[str, str], ...] = ()
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    annotations: Mapping[str, str] = attrs.field(factory=dict)
+    metadata_file: str | None = None
+    iidfile: str | None = None
+    call: str = "build"
+    llb: str | None = None
+    print_llb: bool = False
+    pull: bool = False
+    quiet: bool = False
+    provenance: ProvenanceSpec | None = None
