@@ -106,7 +106,7 @@ def field_meta(a: attrs.Attribute, name: str) -> Any:
 
 def suggest(word: str, candidates: Iterable[str]) -> str:
     """`` (did you mean "x"?)`` for the closest candidate (case ignored), or ``""``."""
-    return did_you_mean(word, candidates, case_sensitive=False, quote='"')
+    return did_you_mean(word, candidates, case_sensitive=False, loose=True, quote='"')
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -23,8 +23,26 @@ def levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
-def closest(word: str, candidates: Iterable[str], *, case_sensitive: bool = True) -> str | None:
-    """The candidate ``word`` was most likely a typo of, or None."""
+def closest(word: str, candidates: Iterable[str], *, case_sensitive: bool = True,
+            loose: bool = False) -> str | None:
+    """The candidate ``word`` was most likely a typo of, or None.
+
+    ``loose`` also accepts what BuildKit's rule finds too far for a short word (``rnu`` for
+    ``run``, ``maximum`` for ``max``): the closest candidate by similarity ratio (difflib's,
+    at least 0.6). Messages that must match BuildKit's byte for byte leave it off.
+    """
+    candidates = list(candidates)
+    match = _levenshtein_rule(word, candidates, case_sensitive)
+    if match is None and loose:
+        import difflib
+
+        lowered = {c.lower(): c for c in candidates}
+        close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+        match = lowered[close[0]] if close else None
+    return match
+
+
+def _levenshtein_rule(word: str, candidates: list[str], case_sensitive: bool) -> str | None:
     best, best_distance = None, None
     probe = word if case_sensitive else word.lower()
     for option in candidates:
@@ -41,7 +59,7 @@ def closest(word: str, candidates: Iterable[str], *, case_sensitive: bool = True
 
 
 def did_you_mean(word: str, candidates: Iterable[str], *, case_sensitive: bool = True,
-                 quote: str = "") -> str:
+                 loose: bool = False, quote: str = "") -> str:
     """`` (did you mean X?)`` for the closest candidate (wrapped in ``quote``), or ``""``."""
-    match = closest(word, candidates, case_sensitive=case_sensitive)
+    match = closest(word, candidates, case_sensitive=case_sensitive, loose=loose)
     return f" (did you mean {quote}{match}{quote}?)" if match else ""

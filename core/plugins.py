@@ -171,7 +171,7 @@ class Registry(Generic[T]):
             return self._classes[name]
         except KeyError:
             choices = sorted(self._classes)
-            hint = did_you_mean(name, choices, quote="'") or " (is the plugin installed?)"
+            hint = did_you_mean(name, choices, loose=True, quote="'") or " (is the plugin installed?)"
             raise UnknownPluginError(
                 f"unknown {self.kind} {name!r}{hint}; available: {', '.join(choices) or 'none'}"
             ) from None

@@ -300,7 +300,7 @@ def _check_known(typ: str, known: Iterable[str] | None, *, flag: str, what: str)
         return
     known = list(known)
     if typ not in known:
-        hint = did_you_mean(typ, known, quote="'")
+        hint = did_you_mean(typ, known, loose=True, quote="'")
         raise UsageError(f"unknown {what} {typ!r}{hint}; available: {', '.join(sorted(known)) or 'none'}",
                          flag=flag)
 

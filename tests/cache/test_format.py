@@ -203,7 +203,7 @@ def test_inline_config_names_image_layers(tmp_path):
     ("local", "--cache-to", {"dest": "d", "oci-mediatypes": "false", "image-manifest": "true"},
      "needs oci-mediatypes"),
     ("local", "--cache-from", {"src": "d", "digest": "sha256:zz"}, "expected sha256"),
-    ("local", "--cache-from", {"source": "d"}, r'unknown attribute "source" \(known: '),
+    ("local", "--cache-from", {"source": "d"}, 'did you mean "src"'),
     ("registry", "--cache-to", {}, "needs ref"),
     ("registry", "--cache-to", {"ref": "x", "compression": "gzip",
                                 "compression-level": "12"}, "gzip takes 0-9"),

@@ -138,7 +138,7 @@ def test_every_bad_value_is_reported_at_once():
     assert message == (
         '--cache-to: attribute "upload_parallelism": expected an integer, got "many"; '
         'attribute "use_path_style": expected true or false, got "yes"; '
-        'attribute "mode": "maximum" is not one of min, max; '
+        'attribute "mode": "maximum" is not one of min, max (did you mean "max"?); '
         'attribute "compression-level": expected an integer, got "1.5"; '
         'attribute "touch_refresh": invalid duration "1d" (Go durations have no days or '
         'weeks; write hours, e.g. "1440h" for 60 days)')

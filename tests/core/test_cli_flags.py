@@ -47,7 +47,7 @@ BAD = [
     (["--build-context", "base=/no/such/dir"], "--build-context", "not found"),
     (["--build-context", "base=ftp://x/y"], "--build-context", "unsupported scheme"),
     (["--allow", "network.everything"], "--allow",
-     'unknown entitlement "network.everything"; allowed: network.host'),
+     'unknown entitlement "network.everything" (did you mean "network.host"?)'),
     (["--allow", "security.insecure=yes"], "--allow",
      'invalid entitlement "security.insecure=yes": security.insecure takes no value'),
     (["--allow", "network.host=1"], "--allow", "network.host takes no value"),

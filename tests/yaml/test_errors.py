@@ -85,7 +85,7 @@ CASES = {
             from: scratch
             steps:
               - rnu: make
-        """, ['6:9: stages.build.steps[0].rnu: unknown key']),
+        """, ['6:9: stages.build.steps[0].rnu: unknown key (did you mean "run"?)']),
     "bad-mount-type": ("""\
         version: 1
         stages:
