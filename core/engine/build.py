@@ -33,7 +33,7 @@ def scan_directives(data: bytes) -> dict[str, str]:
 def _safe_join(root: str, path: str) -> str:
     """``path`` inside ``root``; ``..`` and absolute paths cannot leave it (symlinks are
     resolved within the root)."""
-    from pybk.core.fs.fileop import resolve_in_root
+    from pybk.core.fs.rootpath import resolve_in_root
 
     return resolve_in_root(root, path)
 
