@@ -8,7 +8,6 @@ rather than the directory itself, owners named by name are looked up in the ``/e
 ``/etc/group`` of the destination root, and so on. Failures raise :class:`BuildError`.
 """
 
-
 from __future__ import annotations
 
 import os
