@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        from pybk.core.config.schema import load_config
+        from pybk.core.config.loader import load_config
         from pybk.core.paths import default_root
 
         ns = make_parser().parse_args(argv)
