@@ -92,6 +92,8 @@ class _Inputs:
 
 @attrs.frozen
 class StateMeta:
+    """The values a State applies to later ``run`` calls (environment, directory, user, …)."""
+
     env: tuple[tuple[str, str], ...] = ()
     dir: str = "/"
     user: str = ""
