@@ -343,7 +343,7 @@ def cmd_debug(ns: argparse.Namespace) -> int:
 
 
 def debug_config(ns: argparse.Namespace) -> int:
-    from pybk.core.config.schema import debug_config_command
+    from pybk.core.cli.configcmd import debug_config_command
 
     text, code = debug_config_command(ns.file or ns.config)
     print(text, file=sys.stderr if code else sys.stdout)
@@ -369,7 +369,7 @@ def _read_input(path: str) -> bytes:
 
 
 def _open_store(ns: argparse.Namespace) -> Any:
-    from pybk.core.config.schema import load_config
+    from pybk.core.config.loader import load_config
     from pybk.core.store.store import Store
 
     config, _ = load_config(ns.config)

@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _start(argv: list[str]) -> int:
     """Load the configuration, warm up, listen and serve until stopped."""
-    from pybk.core.config.schema import load_config
+    from pybk.core.config.loader import load_config
     from pybk.core.paths import default_root
 
     ns = make_parser().parse_args(argv)

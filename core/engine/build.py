@@ -341,7 +341,8 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
 
 def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> int:
     """Build ``request``; exit code."""
-    from pybk.core.config.schema import check_entitlements, load_config
+    from pybk.core.config.loader import load_config
+    from pybk.core.config.schema import check_entitlements
     from pybk.core.engine.client import Client
     from pybk.core.plugins import get_plugin_manager
 
@@ -424,7 +425,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> i
 def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path: str | None) -> int:
     """``pybk build --llb FILE|-``: solve a marshalled definition. The context (if given) is the
     local ``context``; ``--build-context`` adds locals and OCI layouts."""
-    from pybk.core.config.schema import check_entitlements, load_config
+    from pybk.core.config.loader import load_config
+    from pybk.core.config.schema import check_entitlements
     from pybk.core.engine.client import Client
     from pybk.core.llb.definition import Definition
 

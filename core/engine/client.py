@@ -282,7 +282,7 @@ class Client:
 
         if self._worker is None:
             return []
-        from pybk.core.config.schema import gc_prune_rules
+        from pybk.core.config.gc import gc_prune_rules
 
         store = self._worker.store
         oci = self.config.worker.oci

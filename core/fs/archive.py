@@ -71,10 +71,19 @@ class _Prefixed:
         return self._stream.read(size)
 
 
+def layer_compression(media_type: str) -> str:
+    """``gzip``, ``zstd`` or ``none`` for a layer media type; ValueError for anything else."""
+    if media_type.endswith(("+gzip", ".tar.gzip")):
+        return "gzip"
+    if media_type.endswith(("+zstd", ".tar.zstd")):
+        return "zstd"
+    if media_type.endswith((".tar", "/tar")) or media_type == "application/x-tar":
+        return "none"
+    raise ValueError(f"not a layer media type: {media_type!r}")
+
+
 def _compression(media_type: str | None, stream: IO[bytes]) -> tuple[str, IO[bytes]]:
     if media_type:
-        from pybk.core.registry import layer_compression
-
         try:
             return layer_compression(media_type), stream
         except ValueError:

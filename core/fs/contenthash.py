@@ -18,13 +18,8 @@ import time
 from collections.abc import Sequence
 
 from pybk.core.errors import BuildError
-from pybk.core.fs.fileop import (
-    PathFilter,
-    clean_path,
-    norm_path,
-    resolve_in_root,
-    resolve_wildcards,
-)
+from pybk.core.fs.pathfilter import PathFilter
+from pybk.core.fs.rootpath import clean_path, norm_path, resolve_in_root, resolve_wildcards
 
 __all__ = ["ChecksumCache"]
 

@@ -24,7 +24,9 @@ from collections.abc import Sequence
 import attrs
 
 from pybk.core.errors import BuildError
-from pybk.core.fs.fileop import PathFilter, copy_file_data, resolve_in_root
+from pybk.core.fs.files import copy_file_data
+from pybk.core.fs.pathfilter import PathFilter
+from pybk.core.fs.rootpath import resolve_in_root
 
 __all__ = ["SyncStats", "sync_local"]
 

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import attrs
 
+from pybk.core.fs.archive import layer_compression
 from pybk.core.registry import (
     DOCKER_LAYER,
     DOCKER_LAYER_GZIP,
@@ -30,7 +31,6 @@ from pybk.core.registry import (
     OCI_LAYER,
     OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD,
-    layer_compression,
 )
 
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")

@@ -4,6 +4,18 @@
 via :class:`State`), the op messages (``llb.ExecOp``…) and :class:`Definition`.
 """
 
+from pybk.core.llb.actions import (
+    cache_mount,
+    copy,
+    mkdir,
+    mkfile,
+    mount,
+    rm,
+    secret,
+    ssh,
+    symlink,
+    tmpfs,
+)
 from pybk.core.llb.definition import (
     Definition,
     Location,
@@ -13,6 +25,7 @@ from pybk.core.llb.definition import (
     Source,
     SourceInfo,
 )
+from pybk.core.llb.graph import CUSTOM_NAME_KEY, SourceLocation
 from pybk.core.llb.ops import (
     LLB_BUILDER,
     LLB_DEFINITION_FILENAME,
@@ -64,33 +77,23 @@ from pybk.core.llb.ops import (
     WorkerConstraints,
     host_platform,
 )
-from pybk.core.llb.state import (
-    CUSTOM_NAME_KEY,
-    DEFAULT_PATH,
-    ExecState,
-    FileChain,
-    MountSpec,
-    SourceLocation,
-    State,
-    cache_mount,
-    copy,
-    diff,
+from pybk.core.llb.sources import (
     git,
     http,
     image,
     local,
-    merge,
-    mkdir,
-    mkfile,
-    mount,
     normalize_image_ref,
     oci_layout,
-    rm,
     scratch,
-    secret,
-    ssh,
-    symlink,
-    tmpfs,
+)
+from pybk.core.llb.state import (
+    DEFAULT_PATH,
+    ExecState,
+    FileChain,
+    MountSpec,
+    State,
+    diff,
+    merge,
 )
 
 __all__ = [

@@ -196,7 +196,8 @@ class Definition:
         return loaded
 
 
-def _check_op(name: str, op: Op, loaded: dict[str, Op]) -> None:
+def _check_inputs(name: str, op: Op, loaded: dict[str, Op]) -> None:
+    """Each input names an op of the definition and one of its outputs."""
     for n, inp in enumerate(op.inputs):
         parent = loaded.get(inp.digest)
         if parent is None:
@@ -209,6 +210,10 @@ def _check_op(name: str, op: Op, loaded: dict[str, Op]) -> None:
                 f"{name}: input {n} asks for output {inp.index} of {inp.digest}, "
                 f"which has outputs {valid}"
             )
+
+
+def _check_op(name: str, op: Op, loaded: dict[str, Op]) -> None:
+    _check_inputs(name, op, loaded)
     n_inputs = len(op.inputs)
     body = op.op
 
@@ -227,23 +232,11 @@ def _check_op(name: str, op: Op, loaded: dict[str, Op]) -> None:
         if not body.identifier:
             raise InputError(f"{name}: source op has an empty identifier")
     elif isinstance(body, ExecOp):
-        if body.meta is None or not body.meta.args:
-            raise InputError(f"{name}: exec op has no args")
-        outputs: set[int] = set()
-        for k, m in enumerate(body.mounts):
-            check_index(f"mount {k} ({m.dest!r})", m.input)
-            if m.output != SKIP_OUTPUT:
-                if m.output < 0 or m.output in outputs:
-                    raise InputError(
-                        f"{name}: mount {k} ({m.dest!r}) has invalid output {m.output}"
-                    )
-                outputs.add(m.output)
-        if not any(m.dest == "/" for m in body.mounts):
-            raise InputError(f"{name}: exec op has no root mount ('/')")
+        _check_exec(name, body, check_index)
     elif isinstance(body, FileOp):
         if not body.actions:
             raise InputError(f"{name}: file op has no actions")
-        outputs = set()
+        outputs: set[int] = set()
         for k, action in enumerate(body.actions):
             _check_file_action(name, k, action, n_inputs, check_index)
             if action.output != SKIP_OUTPUT:
@@ -263,6 +256,20 @@ def _check_op(name: str, op: Op, loaded: dict[str, Op]) -> None:
     elif isinstance(body, BuildOp):
         for key, bi in body.inputs.items():
             check_index(f"build input {key!r}", bi.input, scratch=False)
+
+
+def _check_exec(name: str, body: ExecOp, check_index: Any) -> None:
+    if body.meta is None or not body.meta.args:
+        raise InputError(f"{name}: exec op has no args")
+    outputs: set[int] = set()
+    for k, m in enumerate(body.mounts):
+        check_index(f"mount {k} ({m.dest!r})", m.input)
+        if m.output != SKIP_OUTPUT:
+            if m.output < 0 or m.output in outputs:
+                raise InputError(f"{name}: mount {k} ({m.dest!r}) has invalid output {m.output}")
+            outputs.add(m.output)
+    if not any(m.dest == "/" for m in body.mounts):
+        raise InputError(f"{name}: exec op has no root mount ('/')")
 
 
 def _check_file_action(

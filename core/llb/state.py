@@ -14,28 +14,26 @@ security mode. Every method returns a new State; nothing is mutated::
 Image config metadata (ENV, CMD… of a base image) is not part of State; frontends carry it.
 """
 
+
 from __future__ import annotations
 
 import datetime
 import posixpath
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 
-from pybk.core.errors import InputError
-from pybk.core.llb.definition import Definition, Location, Locations, Range, Source, SourceInfo
+from pybk.core.llb.definition import Definition
+from pybk.core.llb.graph import CUSTOM_NAME_KEY, Marshaller, Output, new_vertex
 from pybk.core.llb.ops import (
     SCRATCH,
     SKIP_OUTPUT,
     CacheOpt,
-    CacheSharingOpt,
     CDIDevice,
     ChownOpt,
     DiffOp,
     ExecOp,
-    ExportCache,
     FileAction,
     FileActionCopy,
     FileActionMkDir,
@@ -45,7 +43,6 @@ from pybk.core.llb.ops import (
     FileOp,
     FrozenDict,
     HostIP,
-    Input,
     LowerDiffInput,
     MergeInput,
     MergeOp,
@@ -55,111 +52,31 @@ from pybk.core.llb.ops import (
     MountType,
     NamedUserOpt,
     NetMode,
-    Op,
-    OpBody,
-    OpMetadata,
     Platform,
-    ProgressGroup,
     ProxyEnv,
     SecretEnv,
     SecretOpt,
     SecurityMode,
-    SourceOp,
     SSHOpt,
     TmpfsOpt,
     Ulimit,
     UpperDiffInput,
     UserOpt,
-    WorkerConstraints,
     host_platform,
 )
-from pybk.core.serialize import canonical_dumps, sha256_digest
+
+__all__ = ["DEFAULT_PATH", "ExecState", "FileChain", "MountSpec", "Owner", "State", "StateMeta",
+           "Timestamp", "as_platform", "diff", "merge"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """PATH given to ``run`` when the State's environment has none (as BuildKit does)."""
-
-CUSTOM_NAME_KEY = "llb.customname"
-
-
-# ------------------------------------------------------------------------------ graph nodes
-
-
-@attrs.frozen
-class SourceLocation:
-    """Where an op comes from in a source file (e.g. a Dockerfile), for error display."""
-
-    info: SourceInfo
-    ranges: tuple[Range, ...] = attrs.field(converter=tuple, factory=tuple)
-
-
-@attrs.frozen(eq=False)
-class _Vertex:
-    """An op whose inputs are outputs of other vertices; compared by identity."""
-
-    body: OpBody
-    inputs: tuple[_Output, ...]
-    platform: Platform | None  # None: the platform given to marshal()
-    platform_specific: bool
-    constraints: WorkerConstraints | None
-    metadata: OpMetadata
-    locations: tuple[SourceLocation, ...]
-
-
-@attrs.frozen
-class _Output:
-    vertex: _Vertex
-    index: int
-
-
-@attrs.frozen
-class _VertexOptions:
-    """Per-op options every builder accepts as keywords."""
-
-    custom_name: str | None = None
-    description: Mapping[str, str] | None = None
-    ignore_cache: bool = False
-    progress_group: ProgressGroup | None = None
-    export_cache: bool | None = None
-    location: SourceLocation | None = None
-    constraints: WorkerConstraints | None = None
-
-    def metadata(self) -> OpMetadata:
-        description = dict(self.description or {})
-        if self.custom_name is not None:
-            description[CUSTOM_NAME_KEY] = self.custom_name
-        return OpMetadata(
-            ignore_cache=self.ignore_cache,
-            description=description,
-            export_cache=None if self.export_cache is None else ExportCache(self.export_cache),
-            progress_group=self.progress_group,
-        )
-
-
-def _vertex(
-    body: OpBody,
-    inputs: Sequence[_Output],
-    options: dict[str, Any],
-    *,
-    platform: Platform | None,
-    platform_specific: bool = True,
-) -> _Vertex:
-    opts = _VertexOptions(**options)
-    return _Vertex(
-        body=body,
-        inputs=tuple(inputs),
-        platform=platform,
-        platform_specific=platform_specific,
-        constraints=opts.constraints,
-        metadata=opts.metadata(),
-        locations=(opts.location,) if opts.location else (),
-    )
 
 
 class _Inputs:
     """Collects distinct op inputs and answers their indices."""
 
     def __init__(self) -> None:
-        self.outputs: list[_Output] = []
+        self.outputs: list[Output] = []
 
     def index(self, state: State | None) -> int:
         if state is None or state._output is None:
@@ -174,7 +91,9 @@ class _Inputs:
 
 
 @attrs.frozen
-class _StateMeta:
+class StateMeta:
+    """The values a State applies to later ``run`` calls (environment, directory, user, …)."""
+
     env: tuple[tuple[str, str], ...] = ()
     dir: str = "/"
     user: str = ""
@@ -191,8 +110,8 @@ class _StateMeta:
 class State:
     """One output of an LLB op (or scratch) plus the values applied to later ``run`` calls."""
 
-    _output: _Output | None = None
-    _meta: _StateMeta = _StateMeta()
+    _output: Output | None = None
+    _meta: StateMeta = StateMeta()
 
     # ------------------------------------------------------------------------ state values
 
@@ -254,7 +173,7 @@ class State:
 
     def platform(self, platform: Platform | str) -> State:
         """The platform of ops created from this State (default: the one given to marshal)."""
-        return self._with(platform=_platform(platform))
+        return self._with(platform=as_platform(platform))
 
     def get_platform(self) -> Platform | None:
         return self._meta.platform
@@ -289,7 +208,7 @@ class State:
         renamed = attrs.evolve(
             vertex, metadata=attrs.evolve(vertex.metadata, description=description)
         )
-        return State(_Output(renamed, self._output.index), self._meta)
+        return State(Output(renamed, self._output.index), self._meta)
 
     # -------------------------------------------------------------------------------- ops
 
@@ -351,8 +270,8 @@ class State:
             secretenv=tuple(secret_env),
             cdi_devices=tuple(cdi_devices),
         )
-        vertex = _vertex(body, inputs.outputs, options, platform=self._meta.platform)
-        return ExecState(_Output(vertex, 0), self._meta, outputs=FrozenDict(outputs))
+        vertex = new_vertex(body, inputs.outputs, options, platform=self._meta.platform)
+        return ExecState(Output(vertex, 0), self._meta, outputs=FrozenDict(outputs))
 
     def file(self, chain: FileChain, **options: Any) -> State:
         """Apply a chain of file actions (``copy(...).mkdir(...)``) to this State."""
@@ -373,8 +292,8 @@ class State:
             actions.append(
                 FileAction(input=current, secondary_input=secondary, output=output, action=action)
             )
-        vertex = _vertex(FileOp(actions), inputs.outputs, options, platform=self._meta.platform)
-        return State(_Output(vertex, 0), self._meta)
+        vertex = new_vertex(FileOp(actions), inputs.outputs, options, platform=self._meta.platform)
+        return State(Output(vertex, 0), self._meta)
 
     # ---------------------------------------------------------------------------- marshal
 
@@ -387,7 +306,7 @@ class State:
         """
         if self._output is None:
             return Definition()
-        return _Marshaller(_platform(platform) if platform else host_platform()).run(self._output)
+        return Marshaller(as_platform(platform) if platform else host_platform()).run(self._output)
 
 
 @attrs.frozen
@@ -405,208 +324,13 @@ class ExecState(State):
             have = ", ".join(sorted(d for d in self.outputs if d != "/")) or "none"
             raise ValueError(f"no writable mount at {dest!r} (writable mounts: {have})")
         assert self._output is not None
-        return State(_Output(self._output.vertex, self.outputs[dest]), self._meta)
+        return State(Output(self._output.vertex, self.outputs[dest]), self._meta)
 
 
-def _platform(value: Platform | str | None) -> Platform | None:
+def as_platform(value: Platform | str | None) -> Platform | None:
     if value is None or isinstance(value, Platform):
         return value
     return Platform.parse(value)
-
-
-# ---------------------------------------------------------------------------------- sources
-
-
-def scratch() -> State:
-    """An empty filesystem."""
-    return State()
-
-
-def _source(
-    identifier: str,
-    attrs_: Mapping[str, str],
-    options: dict[str, Any],
-    *,
-    platform: Platform | None = None,
-    platform_specific: bool = False,
-) -> State:
-    body = SourceOp(identifier, {k: v for k, v in attrs_.items() if v is not None})
-    vertex = _vertex(body, (), options, platform=platform, platform_specific=platform_specific)
-    return State(_Output(vertex, 0), _StateMeta(platform=platform))
-
-
-_DOMAIN_RE = re.compile(r"^(localhost|[^/]*[.:][^/]*)$")
-_REF_RE = re.compile(
-    r"^(?P<name>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}))?$"
-)
-
-
-def normalize_image_ref(ref: str) -> str:
-    """Docker's normal form: ``alpine`` → ``docker.io/library/alpine:latest``."""
-    domain, _, rest = ref.partition("/")
-    if not rest or not _DOMAIN_RE.match(domain):
-        domain, rest = "docker.io", ref
-    if domain == "index.docker.io":
-        domain = "docker.io"
-    if domain == "docker.io" and "/" not in rest:
-        rest = "library/" + rest
-    match = _REF_RE.match(rest)
-    if not match:
-        raise InputError(f"invalid image reference {ref!r}")
-    if not match.group("tag") and not match.group("digest"):
-        rest = match.group("name") + ":latest"
-    return f"{domain}/{rest}"
-
-
-def image(
-    ref: str,
-    platform: Platform | str | None = None,
-    resolve_mode: str | None = None,
-    *,
-    layer_limit: int | None = None,
-    checksum: str | None = None,
-    record_type: str | None = None,
-    **options: Any,
-) -> State:
-    """``docker-image://`` source. ``resolve_mode``: ``default``, ``pull`` or ``local``."""
-    if resolve_mode not in (None, "default", "pull", "local"):
-        raise ValueError(f"invalid resolve mode {resolve_mode!r} (default, pull, local)")
-    attrs_ = {
-        "image.resolvemode": resolve_mode if resolve_mode not in (None, "default") else None,
-        "image.layerlimit": str(layer_limit) if layer_limit is not None else None,
-        "image.checksum": checksum,
-        "image.recordtype": record_type,
-    }
-    return _source(
-        "docker-image://" + normalize_image_ref(ref),
-        attrs_,
-        options,
-        platform=_platform(platform),
-        platform_specific=True,
-    )
-
-
-def oci_layout(
-    ref: str,
-    *,
-    store_id: str | None = None,
-    session_id: str | None = None,
-    layer_limit: int | None = None,
-    platform: Platform | str | None = None,
-    **options: Any,
-) -> State:
-    """``oci-layout://<ref>@<digest>`` source from a client-side OCI layout store."""
-    attrs_ = {
-        "oci.store": store_id,
-        "oci.session": session_id,
-        "oci.layerlimit": str(layer_limit) if layer_limit is not None else None,
-    }
-    return _source(
-        "oci-layout://" + ref, attrs_, options, platform=_platform(platform), platform_specific=True
-    )
-
-
-def _json_list(values: Iterable[str] | None) -> str | None:
-    values = list(values or ())
-    return canonical_dumps(values).decode() if values else None
-
-
-def local(
-    name: str,
-    *,
-    include_patterns: Iterable[str] | None = None,
-    exclude_patterns: Iterable[str] | None = None,
-    follow_paths: Iterable[str] | None = None,
-    shared_key_hint: str | None = None,
-    session_id: str | None = None,
-    differ: str | None = None,
-    **options: Any,
-) -> State:
-    """``local://<name>``: a directory sent by the client (the build context, a named local)."""
-    attrs_ = {
-        "local.includepattern": _json_list(include_patterns),
-        "local.excludepatterns": _json_list(exclude_patterns),
-        "local.followpaths": _json_list(follow_paths),
-        "local.sharedkeyhint": shared_key_hint,
-        "local.session": session_id,
-        "local.differ": differ,
-    }
-    return _source("local://" + name, attrs_, options)
-
-
-_SCP_RE = re.compile(r"^(?:[\w.-]+@)?(?P<host>[\w.-]+):(?P<path>[^/].*)$")
-
-
-def git(
-    url: str,
-    ref: str | None = None,
-    keep_git_dir: bool = False,
-    *,
-    subdir: str | None = None,
-    checksum: str | None = None,
-    auth_header_secret: str | None = None,
-    auth_token_secret: str | None = None,
-    known_ssh_hosts: str | None = None,
-    mount_ssh_sock: str | None = None,
-    skip_submodules: bool = False,
-    **options: Any,
-) -> State:
-    """``git://<host>/<path>[#ref[:subdir]]``; ``git.fullurl`` keeps the URL's transport."""
-    full_url = None
-    remote = url
-    scheme, sep, rest = url.partition("://")
-    is_http = False
-    if sep:
-        full_url = url
-        remote = rest.split("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
-        is_http = scheme in ("http", "https")
-    elif m := _SCP_RE.match(url):
-        full_url = url
-        remote = f"{m.group('host')}/{m.group('path')}"
-    identifier = "git://" + remote
-    if ref or subdir:
-        identifier += "#" + (ref or "")
-        if subdir:
-            identifier += ":" + subdir
-    attrs_: dict[str, str | None] = {
-        "git.fullurl": full_url,
-        "git.keepgitdir": "true" if keep_git_dir else None,
-        "git.checksum": checksum,
-        "git.knownsshhosts": known_ssh_hosts,
-        "git.mountsshsock": mount_ssh_sock,
-        "git.skipsubmodules": "true" if skip_submodules else None,
-    }
-    if is_http:
-        attrs_["git.authheadersecret"] = auth_header_secret or "GIT_AUTH_HEADER"
-        attrs_["git.authtokensecret"] = auth_token_secret or "GIT_AUTH_TOKEN"
-    return _source(identifier, attrs_, options)
-
-
-def http(
-    url: str,
-    checksum: str | None = None,
-    filename: str | None = None,
-    perm: int | None = None,
-    *,
-    uid: int | None = None,
-    gid: int | None = None,
-    auth_header_secret: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    **options: Any,
-) -> State:
-    """``http(s)://`` source: one file (``filename``, mode ``perm``) in an otherwise empty tree."""
-    attrs_: dict[str, str | None] = {
-        "http.checksum": checksum,
-        "http.filename": filename,
-        "http.perm": str(perm) if perm is not None else None,
-        "http.uid": str(uid) if uid is not None else None,
-        "http.gid": str(gid) if gid is not None else None,
-        "http.authheadersecret": auth_header_secret,
-    }
-    for key, value in (headers or {}).items():
-        attrs_[f"http.header.{key}"] = value
-    return _source(url, attrs_, options)
 
 
 def merge(states: Iterable[State], **options: Any) -> State:
@@ -615,13 +339,13 @@ def merge(states: Iterable[State], **options: Any) -> State:
     states = list(states)
     real = [s for s in states if not s.is_scratch]
     if not real:
-        return State(None, states[0]._meta if states else _StateMeta())
+        return State(None, states[0]._meta if states else StateMeta())
     if len(real) == 1:
         return real[0]
     inputs = _Inputs()
     body = MergeOp(tuple(MergeInput(inputs.index(s)) for s in real))
-    vertex = _vertex(body, inputs.outputs, options, platform=real[0]._meta.platform)
-    return State(_Output(vertex, 0), real[0]._meta)
+    vertex = new_vertex(body, inputs.outputs, options, platform=real[0]._meta.platform)
+    return State(Output(vertex, 0), real[0]._meta)
 
 
 def diff(lower: State, upper: State, **options: Any) -> State:
@@ -630,8 +354,8 @@ def diff(lower: State, upper: State, **options: Any) -> State:
         return upper
     inputs = _Inputs()
     body = DiffOp(LowerDiffInput(inputs.index(lower)), UpperDiffInput(inputs.index(upper)))
-    vertex = _vertex(body, inputs.outputs, options, platform=upper._meta.platform)
-    return State(_Output(vertex, 0), upper._meta)
+    vertex = new_vertex(body, inputs.outputs, options, platform=upper._meta.platform)
+    return State(Output(vertex, 0), upper._meta)
 
 
 # ------------------------------------------------------------------------------ run mounts
@@ -666,75 +390,6 @@ class MountSpec:
             ssh_opt=self.ssh_opt,
             content_cache=self.content_cache,
         )
-
-
-def _check_dest(dest: str) -> str:
-    if not posixpath.isabs(dest):
-        raise ValueError(f"mount destination must be absolute: {dest!r}")
-    return dest
-
-
-def mount(
-    dest: str,
-    state: State,
-    *,
-    selector: str = "",
-    readonly: bool = False,
-    content_cache: MountContentCache = MountContentCache.DEFAULT,
-) -> MountSpec:
-    """Bind ``state`` (or its ``selector`` sub-path) at ``dest``; writable mounts are outputs."""
-    return MountSpec(
-        _check_dest(dest), state, MountType.BIND, selector, readonly, content_cache=content_cache
-    )
-
-
-def cache_mount(
-    dest: str,
-    id: str,
-    *,
-    sharing: CacheSharingOpt = CacheSharingOpt.SHARED,
-    source: State | None = None,
-    selector: str = "",
-) -> MountSpec:
-    """A persistent cache directory shared across builds by ``id``; ``source`` seeds it."""
-    return MountSpec(
-        _check_dest(dest),
-        source,
-        MountType.CACHE,
-        selector,
-        cache_opt=CacheOpt(id, CacheSharingOpt(sharing)),
-    )
-
-
-def tmpfs(dest: str, *, size: int = 0) -> MountSpec:
-    """An in-memory filesystem (``size`` bytes, 0 = default)."""
-    return MountSpec(_check_dest(dest), None, MountType.TMPFS, tmpfs_opt=TmpfsOpt(size))
-
-
-def secret(
-    dest: str, id: str, uid: int = 0, gid: int = 0, mode: int = 0o400, optional: bool = False
-) -> MountSpec:
-    """Secret ``id`` as a read-only file at ``dest``."""
-    return MountSpec(
-        _check_dest(dest),
-        None,
-        MountType.SECRET,
-        secret_opt=SecretOpt(id, uid, gid, mode, optional),
-    )
-
-
-def ssh(
-    dest: str = "/run/buildkit/ssh_agent.0",
-    id: str = "default",
-    uid: int = 0,
-    gid: int = 0,
-    mode: int = 0o600,
-    optional: bool = False,
-) -> MountSpec:
-    """The SSH agent socket ``id`` at ``dest``."""
-    return MountSpec(
-        _check_dest(dest), None, MountType.SSH, ssh_opt=SSHOpt(id, uid, gid, mode, optional)
-    )
 
 
 # ------------------------------------------------------------------------------ file actions
@@ -838,40 +493,6 @@ def _mkfile(
     return _PendingAction(FileActionMkFile(path, mode, raw, timestamp=_ns(timestamp)), owner)
 
 
-def copy(src_state: State, src: str, dest: str, **info: Any) -> FileChain:
-    """Copy ``src`` of ``src_state`` to ``dest``. ``info``: the :class:`FileActionCopy` fields
-    (``owner``, ``mode``, ``follow_symlink``, ``dir_copy_contents``, ``create_dest_path``,
-    ``allow_wildcard``, ``include_patterns``, …; ``timestamp`` also takes a datetime)."""
-    return FileChain().copy(src_state, src, dest, **info)
-
-
-def mkdir(
-    path: str,
-    mode: int,
-    make_parents: bool = False,
-    *,
-    owner: Owner = None,
-    timestamp: Timestamp = None,
-) -> FileChain:
-    return FileChain().mkdir(path, mode, make_parents, owner=owner, timestamp=timestamp)
-
-
-def mkfile(
-    path: str, mode: int, data: bytes | str, *, owner: Owner = None, timestamp: Timestamp = None
-) -> FileChain:
-    return FileChain().mkfile(path, mode, data, owner=owner, timestamp=timestamp)
-
-
-def rm(path: str, *, allow_not_found: bool = False, allow_wildcard: bool = False) -> FileChain:
-    return FileChain().rm(path, allow_not_found=allow_not_found, allow_wildcard=allow_wildcard)
-
-
-def symlink(
-    oldpath: str, newpath: str, *, owner: Owner = None, timestamp: Timestamp = None
-) -> FileChain:
-    return FileChain().symlink(oldpath, newpath, owner=owner, timestamp=timestamp)
-
-
 def _user_opt(value: str | int, input_index: int) -> UserOpt:
     if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
         return UserOpt(int(value))
@@ -922,140 +543,3 @@ def _resolve_action(pending: _PendingAction, input_index: int, base: State) -> A
     if isinstance(action, FileActionRm):
         return attrs.evolve(action, path=_abs(action.path, base))
     return attrs.evolve(action, path=_abs(action.path, base), owner=owner)
-
-
-# -------------------------------------------------------------------------------- marshalling
-
-
-_SOURCE_CAPS = {
-    "docker-image": "source.image",
-    "local": "source.local",
-    "git": "source.git",
-    "http": "source.http",
-    "https": "source.http",
-    "oci-layout": "source.ocilayout",
-}
-
-_MOUNT_CAPS = {
-    MountType.BIND: "exec.mount.bind",
-    MountType.CACHE: "exec.mount.cache",
-    MountType.TMPFS: "exec.mount.tmpfs",
-    MountType.SECRET: "exec.mount.secret",
-    MountType.SSH: "exec.mount.ssh",
-}
-
-
-def _caps(op: Op, md: OpMetadata) -> set[str]:
-    """LLB capability IDs an op needs (BuildKit's ``solver/pb/caps.go`` names)."""
-    caps: set[str] = set()
-    body = op.op
-    if isinstance(body, SourceOp):
-        scheme = body.identifier.split("://", 1)[0]
-        if scheme in _SOURCE_CAPS:
-            caps.add(_SOURCE_CAPS[scheme])
-    elif isinstance(body, ExecOp):
-        caps.add("exec.meta.base")
-        caps.update(_MOUNT_CAPS[m.mount_type] for m in body.mounts)
-        if any(
-            m.mount_type == MountType.CACHE and m.cache_opt and m.cache_opt.sharing
-            for m in body.mounts
-        ):
-            caps.add("exec.mount.cache.sharing")
-        if body.network != NetMode.UNSET:
-            caps.add("exec.meta.network")
-        if body.security != SecurityMode.SANDBOX:
-            caps.add("exec.meta.security")
-        if body.secretenv:
-            caps.add("exec.secretenv")
-        if body.meta and body.meta.valid_exit_codes:
-            caps.add("exec.validexitcode")
-    elif isinstance(body, FileOp):
-        caps.add("file.base")
-    elif isinstance(body, MergeOp):
-        caps.add("mergeop")
-    elif isinstance(body, DiffOp):
-        caps.add("diffop")
-    if op.platform is not None:
-        caps.add("platform")
-    if op.constraints is not None:
-        caps.add("constraints")
-    if md.ignore_cache:
-        caps.add("meta.ignorecache")
-    if md.description:
-        caps.add("meta.description")
-    if md.export_cache is not None:
-        caps.add("meta.exportcache")
-    return caps
-
-
-def _merge_metadata(old: OpMetadata, new: OpMetadata) -> OpMetadata:
-    return OpMetadata(
-        ignore_cache=old.ignore_cache or new.ignore_cache,
-        description={**new.description, **old.description},
-        export_cache=old.export_cache or new.export_cache,
-        caps={**old.caps, **new.caps},
-        progress_group=old.progress_group or new.progress_group,
-    )
-
-
-class _Marshaller:
-    def __init__(self, default_platform: Platform):
-        self.default_platform = default_platform
-        self.ops: dict[str, bytes] = {}
-        self.metadata: dict[str, OpMetadata] = {}
-        self.locations: dict[str, list[Location]] = {}
-        self.infos: list[SourceInfo] = []
-        self.caps: set[str] = set()
-        self.digest_of: dict[int, str] = {}
-
-    def run(self, head: _Output) -> Definition:
-        # Iterative post-order walk: long Dockerfiles make deep graphs.
-        stack: list[tuple[_Vertex, bool]] = [(head.vertex, False)]
-        while stack:
-            vertex, expanded = stack.pop()
-            if id(vertex) in self.digest_of:
-                continue
-            if expanded:
-                self._emit(vertex)
-                continue
-            stack.append((vertex, True))
-            for out in reversed(vertex.inputs):
-                if id(out.vertex) not in self.digest_of:
-                    stack.append((out.vertex, False))
-        terminal = Op(inputs=(Input(self.digest_of[id(head.vertex)], head.index),))
-        terminal_bytes = terminal.marshal()
-        terminal_digest = sha256_digest(terminal_bytes)
-        self.ops.setdefault(terminal_digest, terminal_bytes)
-        self.metadata[terminal_digest] = OpMetadata(caps={c: True for c in sorted(self.caps)})
-        source = None
-        if self.infos:
-            source = Source(
-                {d: Locations(tuple(locs)) for d, locs in self.locations.items()}, tuple(self.infos)
-            )
-        return Definition(tuple(self.ops.values()), self.metadata, source)
-
-    def _emit(self, vertex: _Vertex) -> None:
-        platform = vertex.platform or self.default_platform if vertex.platform_specific else None
-        op = Op(
-            inputs=tuple(Input(self.digest_of[id(o.vertex)], o.index) for o in vertex.inputs),
-            op=vertex.body,
-            platform=platform,
-            constraints=vertex.constraints,
-        )
-        data = op.marshal()
-        digest = sha256_digest(data)
-        self.digest_of[id(vertex)] = digest
-        self.ops.setdefault(digest, data)
-        self.caps |= _caps(op, vertex.metadata)
-        if vertex.metadata != OpMetadata():
-            old = self.metadata.get(digest)
-            self.metadata[digest] = (
-                vertex.metadata if old is None else _merge_metadata(old, vertex.metadata)
-            )
-        for loc in vertex.locations:
-            if loc.info not in self.infos:
-                self.infos.append(loc.info)
-            location = Location(self.infos.index(loc.info), loc.ranges)
-            entries = self.locations.setdefault(digest, [])
-            if location not in entries:
-                entries.append(location)

@@ -1,4 +1,4 @@
-"""pybk.core.registry — references, platforms, auth and the OCI distribution client.
+"""pybk.core.registry — references, auth and the OCI distribution client.
 
 Media types live here so exporters can use them without loading the HTTP client; the client
 classes are loaded on first use.
@@ -35,23 +35,9 @@ LAYER_TYPES = frozenset({
 })
 
 
-def layer_compression(media_type: str) -> str:
-    """``gzip``, ``zstd`` or ``none`` for a layer media type; ValueError for anything else."""
-    if media_type.endswith(("+gzip", ".tar.gzip")):
-        return "gzip"
-    if media_type.endswith(("+zstd", ".tar.zstd")):
-        return "zstd"
-    if media_type.endswith((".tar", "/tar")) or media_type == "application/x-tar":
-        return "none"
-    raise ValueError(f"not a layer media type: {media_type!r}")
-
-
 _LAZY = {
     "Reference": "pybk.core.registry.reference",
     "parse_reference": "pybk.core.registry.reference",
-    "Platform": "pybk.core.platform",
-    "parse_platform": "pybk.core.platform",
-    "host_platform": "pybk.core.platform",
     "Credentials": "pybk.core.registry.auth",
     "DockerCredentialStore": "pybk.core.registry.auth",
     "Descriptor": "pybk.core.registry.client",
@@ -60,7 +46,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "layer_compression", "MANIFEST_TYPES", "INDEX_TYPES", "LAYER_TYPES", *_LAZY,
+    "MANIFEST_TYPES", "INDEX_TYPES", "LAYER_TYPES", *_LAZY,
 ]
 
 

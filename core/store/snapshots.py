@@ -33,7 +33,7 @@ import attrs
 import orjson
 
 from pybk.core.errors import StoreError
-from pybk.core.fs.fileop import remove_path
+from pybk.core.fs.files import remove_path
 from pybk.core.interfaces import Mount, Snapshotter
 
 if TYPE_CHECKING:

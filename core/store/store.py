@@ -822,7 +822,7 @@ class Store:
             await lock.acquire_async()
         try:
             def seed_from(target: Path) -> None:
-                from pybk.core.fs.fileop import resolve_in_root
+                from pybk.core.fs.rootpath import resolve_in_root
                 from pybk.core.store.snapshots import copy_contents
 
                 with self.contents(seed) as src:  # type: ignore[arg-type]

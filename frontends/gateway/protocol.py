@@ -341,7 +341,7 @@ def _int(params: Mapping[str, Any], key: str, default: int) -> int:
 
 
 def _inside(root: str, path: str, *, follow_final: bool = True) -> str:
-    from pybk.core.fs.fileop import resolve_in_root
+    from pybk.core.fs.rootpath import resolve_in_root
 
     return resolve_in_root(root, path, follow_final=follow_final)
 

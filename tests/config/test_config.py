@@ -7,21 +7,11 @@ from pathlib import Path
 import attrs
 import pytest
 
-from pybk.core.config.schema import (
-    Config,
-    GCPolicy,
-    OCIConfig,
-    PruneRule,
-    RegistryConfig,
-    Selector,
-    config_to_json,
-    debug_config_command,
-    default_gc_policies,
-    gc_prune_rules,
-    load_config,
-    load_config_text,
-    parse_filter,
-)
+from pybk.core.cli.configcmd import debug_config_command
+from pybk.core.config.filters import Selector, parse_filter
+from pybk.core.config.gc import PruneRule, default_gc_policies, gc_prune_rules
+from pybk.core.config.loader import config_to_json, load_config, load_config_text
+from pybk.core.config.schema import Config, GCPolicy, OCIConfig, RegistryConfig
 from pybk.core.converter import external_key, get_converter
 from pybk.core.errors import ConfigError
 from pybk.core.units import DiskSpace, Seconds

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from pybk.core import llb
-from pybk.core.config.schema import Config, check_entitlements, load_config_text
+from pybk.core.config.loader import load_config_text
+from pybk.core.config.schema import Config, check_entitlements
 from pybk.core.engine.client import Client
 from pybk.core.errors import ConfigError, UsageError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pybk.core.errors import BuildError
-from pybk.core.fs import fileop
+from pybk.core.fs import fileop, rootpath
 
 TS = 1_650_000_000_123_456_789
 
@@ -117,7 +117,7 @@ def test_resolve_in_root():
         os.symlink("usr/lib", os.path.join(d, "lib"))
         os.symlink("/usr", os.path.join(d, "abs"))
         os.symlink("../../../../usr", os.path.join(d, "usr/lib/up"))
-        r = fileop.resolve_in_root
+        r = rootpath.resolve_in_root
         assert r(d, "/lib/x") == os.path.join(d, "usr/lib/x")
         assert r(d, "/abs/lib") == os.path.join(d, "usr/lib")
         assert r(d, "/usr/lib/up/lib") == os.path.join(d, "usr/lib")

@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from pybk.core.errors import ConfigError, InputError
+from pybk.core.fs.archive import layer_compression
 from pybk.core.platform import (
     Platform,
     host_platform,
@@ -15,7 +16,6 @@ from pybk.core.platform import (
     parse_platform,
     select_best,
 )
-from pybk.core.registry import layer_compression
 from pybk.core.registry.auth import (
     DockerCredentialStore,
     normalize_auth_key,

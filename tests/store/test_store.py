@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from pybk.core.config.schema import OCIConfig, PruneRule, gc_prune_rules
+from pybk.core.config.gc import PruneRule, gc_prune_rules
+from pybk.core.config.schema import OCIConfig
 from pybk.core.errors import StoreError, UsageError
 from pybk.core.store.mounts import mounted
 from pybk.core.store.store import Store, parse_filters
