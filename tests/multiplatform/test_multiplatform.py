@@ -144,9 +144,9 @@ def test_single_platform_is_unchanged(root, context, busybox_layout, tmp_path, c
 
 def test_run_for_foreign_platform_needs_an_emulator(root, tmp_path, busybox_layout, capsys,
                                                     monkeypatch):
-    from pybk.core.engine import multiplatform
+    from pybk.core import platform
 
-    monkeypatch.setattr(multiplatform, "BINFMT_DIR", str(tmp_path / "no-binfmt"))
+    monkeypatch.setattr(platform, "BINFMT_DIR", str(tmp_path / "no-binfmt"))
     (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo never\n")
     code = main(["--root", root, "build", "--progress", "quiet",
                  "--platform", "linux/amd64,linux/arm64",
