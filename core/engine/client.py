@@ -101,7 +101,7 @@ class Client:
                     network=NetworkOptions.from_config(self.config)), root=self.root)
                 executor = self._oci.executor()
             self._worker = Solver(store=store, executor=executor, config=self.config,
-                                  images=LocalImages(self.root))
+                                  images=LocalImages(store.root))
         return self._worker
 
     def close(self) -> None:
