@@ -110,6 +110,7 @@ def main() -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
 
     from pybk.core.engine.client import Client
+    from pybk.core.remotecache.store import load_cache
     from pybk.core.store.content import ContentStore
 
     with tempfile.TemporaryDirectory(prefix="pybk-cache-bench-") as tmp:
@@ -128,11 +129,11 @@ def main() -> int:
                     exporter = client._resolve_cache({"type": name, **to}, "--cache-to")
                     importer = client._resolve_cache({"type": name, **from_}, "--cache-from")
                     t0 = time.perf_counter()
-                    exporter.export(plan)
+                    exporter.open(plan.info).export(plan)
                     t1 = time.perf_counter()
-                    exporter.export(plan)  # every blob is already there
+                    exporter.open(plan.info).export(plan)  # every blob is already there
                     t2 = time.perf_counter()
-                    [loaded] = importer.load(plan.info)
+                    [loaded] = load_cache(importer, plan.info)
                     target = ContentStore(scratch / f"import-{uuid.uuid4().hex[:8]}")
                     for layer in loaded.config.layers:
                         loaded.store.fetch_blob(layer, target)

@@ -1,5 +1,5 @@
 """``type=azblob``: blobs at ``<prefix>/<blobs_prefix>/sha256:<hex>``, the cache config at
-``<prefix>/<manifests_prefix>/<name>``, in one container (created if missing), through adlfs."""
+``<prefix>/<manifests_prefix>/<name>``, in one container (created if missing): ``abfs://<container>`` through fsspec's adlfs."""
 
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ from typing import Any
 import attrs
 
 from pybk.core.errors import UsageError
-from pybk.core.interfaces import CacheBackend
+from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
 from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
-    RemoteCacheExporter,
-    RemoteCacheImporter,
+    cache_exporter,
     env_or,
-    export_settings,
     split_names,
 )
 
@@ -42,33 +40,34 @@ class _Azure:
     container: str
     options: AzblobCacheOptions
 
-    def filesystem(self) -> Any:
-        import adlfs
-
+    def storage_options(self) -> dict[str, Any]:
+        """The adlfs filesystem's options: a connection string with the key, else the
+        account's default credentials."""
         key = self.options.secret_access_key
         if key:
             scheme = urllib.parse.urlsplit(self.account_url).scheme or "https"
             conn = (f"DefaultEndpointsProtocol={scheme};AccountName={self.account_name};"
                     f"AccountKey={key};BlobEndpoint={self.account_url};")
-            return adlfs.AzureBlobFileSystem(connection_string=conn, skip_instance_cache=True)
+            return {"connection_string": conn, "skip_instance_cache": True}
         host = urllib.parse.urlsplit(self.account_url).netloc
-        return adlfs.AzureBlobFileSystem(account_name=self.account_name, account_host=host,
-                                         anon=False, skip_instance_cache=True)
-
-    def path(self, *parts: str) -> str:
-        return f"{self.container}/" + posixpath.join(*(p for p in parts if p))
+        return {"account_name": self.account_name, "account_host": host, "anon": False,
+                "skip_instance_cache": True}
 
     def store(self, info: Mapping[str, Any]) -> FsspecCacheStore:
         o = self.options
-        fs = self.filesystem()
+        container = self.container
 
-        def create_container() -> None:
-            if not fs.exists(self.container):
-                fs.mkdir(self.container)
+        def name(*parts: str) -> str:
+            return posixpath.join(*(p for p in parts if p))
 
-        return FsspecCacheStore(
-            fs, blob_path=lambda digest: self.path(o.prefix, o.blobs_prefix, digest),
-            manifests=[self.path(o.prefix, o.manifests_prefix, n) for n in split_names(o.name)],
+        def create_container(fs: Any) -> None:
+            if not fs.exists(container):
+                fs.mkdir(container)
+
+        return FsspecCacheStore.open(
+            f"abfs://{container}", self.storage_options(),
+            blob_name=lambda digest: name(o.prefix, o.blobs_prefix, digest),
+            manifests=[name(o.prefix, o.manifests_prefix, n) for n in split_names(o.name)],
             prepare=create_container)
 
 
@@ -95,11 +94,10 @@ class AzblobCache(CacheBackend):
             raise UsageError("type=azblob needs a name", flag=flag)
         return _Azure(url.rstrip("/"), name, container, attrs.evolve(options, prefix=prefix))
 
-    def resolve_exporter(self, options: AzblobCacheOptions) -> RemoteCacheExporter:
+    def resolve_exporter(self, options: AzblobCacheOptions) -> CacheExporter:
         az = self._settings(options, "--cache-to")
-        return RemoteCacheExporter(self.name, export_settings(options), az.store,
-                                   where=f"azblob://{az.container}")
+        return cache_exporter(self.name, options, az.store, where=f"azblob://{az.container}")
 
-    def resolve_importer(self, options: AzblobCacheOptions) -> RemoteCacheImporter:
+    def resolve_importer(self, options: AzblobCacheOptions) -> CacheImporter:
         az = self._settings(options, "--cache-from")
-        return RemoteCacheImporter(self.name, az.store, where=f"azblob://{az.container}")
+        return CacheImporter(self.name, f"azblob://{az.container}", az.store)

@@ -1,4 +1,4 @@
-"""``type=gha``: the GitHub Actions cache through the ``gha`` fsspec filesystem
+"""``type=gha``: the GitHub Actions cache through the ``gha://`` fsspec filesystem
 (:mod:`pybk.cachebackends.gha`): blobs ``blobs/sha256:<hex>``, the config as the ``index``
 entry of ``scope``; imports read the index of every scope the token can read."""
 
@@ -11,14 +11,12 @@ import attrs
 
 from pybk.core.converter import setting
 from pybk.core.errors import UsageError
-from pybk.core.interfaces import CacheBackend
+from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
 from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
-    RemoteCacheExporter,
-    RemoteCacheImporter,
+    cache_exporter,
     env_or,
-    export_settings,
 )
 
 
@@ -42,14 +40,15 @@ class _GHA:
     url_v2: str
 
     def store(self, info: Mapping[str, Any]) -> FsspecCacheStore:
-        from pybk.cachebackends.gha import GHACacheFileSystem
+        import pybk.cachebackends.gha  # noqa: F401  (registers the gha:// filesystem)
 
         o = self.options
-        fs = GHACacheFileSystem(url=self.url or None, url_v2=self.url_v2 or None,
-                                token=self.token, scope=o.scope, version=o.version or None,
-                                timeout=o.timeout, skip_instance_cache=True)
-        return FsspecCacheStore(fs, blob_path=lambda digest: f"blobs/{digest}",
-                                manifests=["index"], imports=fs.index_paths)
+        return FsspecCacheStore.open(
+            "gha://", {"url": self.url or None, "url_v2": self.url_v2 or None,
+                       "token": self.token, "scope": o.scope, "version": o.version or None,
+                       "timeout": o.timeout, "skip_instance_cache": True},
+            blob_name=lambda digest: f"blobs/{digest}", manifests=["index"],
+            imports=lambda fs: fs.index_paths())
 
 
 class GHACache(CacheBackend):
@@ -78,11 +77,10 @@ class GHACache(CacheBackend):
             raise UsageError(f"type=gha: {exc}", flag=flag) from None
         return _GHA(options, token, url, url_v2)
 
-    def resolve_exporter(self, options: GHACacheOptions) -> RemoteCacheExporter:
+    def resolve_exporter(self, options: GHACacheOptions) -> CacheExporter:
         gha = self._settings(options, "--cache-to")
-        return RemoteCacheExporter(self.name, export_settings(options), gha.store,
-                                   where=f"gha:{options.scope}")
+        return cache_exporter(self.name, options, gha.store, where=f"gha:{options.scope}")
 
-    def resolve_importer(self, options: GHACacheOptions) -> RemoteCacheImporter:
+    def resolve_importer(self, options: GHACacheOptions) -> CacheImporter:
         gha = self._settings(options, "--cache-from")
-        return RemoteCacheImporter(self.name, gha.store, where=f"gha:{options.scope}")
+        return CacheImporter(self.name, f"gha:{options.scope}", gha.store)

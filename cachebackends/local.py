@@ -9,14 +9,8 @@ import attrs
 
 from pybk.core.converter import setting
 from pybk.core.errors import UsageError
-from pybk.core.interfaces import CacheBackend
-from pybk.core.remotecache.store import (
-    CommonCacheOptions,
-    LayoutCacheStore,
-    RemoteCacheExporter,
-    RemoteCacheImporter,
-    export_settings,
-)
+from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
+from pybk.core.remotecache.store import CommonCacheOptions, LayoutCacheStore, cache_exporter
 
 
 @attrs.frozen
@@ -36,7 +30,7 @@ class LocalCache(CacheBackend):
     name = "local"
     Options = LocalCacheOptions
 
-    def resolve_exporter(self, options: LocalCacheOptions) -> RemoteCacheExporter:
+    def resolve_exporter(self, options: LocalCacheOptions) -> CacheExporter:
         if not options.dest:
             raise UsageError("type=local needs dest=DIR", flag="--cache-to")
         image_manifest = (options.oci_mediatypes if options.image_manifest is None
@@ -44,19 +38,19 @@ class LocalCache(CacheBackend):
         if image_manifest and not options.oci_mediatypes:
             raise UsageError("image-manifest=true needs oci-mediatypes=true", flag="--cache-to")
         dest = os.path.abspath(options.dest)
-        return RemoteCacheExporter(
-            self.name, export_settings(options),
+        return cache_exporter(
+            self.name, options,
             lambda info: LayoutCacheStore(dest, tag=options.tag, image_manifest=image_manifest,
                                           oci=options.oci_mediatypes, reset=options.reset),
             where=f"local:{dest}")
 
-    def resolve_importer(self, options: LocalCacheOptions) -> RemoteCacheImporter:
+    def resolve_importer(self, options: LocalCacheOptions) -> CacheImporter:
         if not options.src:
             raise UsageError("type=local needs src=DIR", flag="--cache-from")
         if options.digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", options.digest):
             raise UsageError(f"digest={options.digest}: expected sha256:<64 hex>",
                              flag="--cache-from")
         src = os.path.abspath(options.src)
-        return RemoteCacheImporter(
-            self.name, lambda info: LayoutCacheStore(src, tag=options.tag, digest=options.digest),
-            where=f"local:{src}")
+        return CacheImporter(
+            self.name, f"local:{src}",
+            lambda info: LayoutCacheStore(src, tag=options.tag, digest=options.digest))

@@ -1,5 +1,6 @@
 """``type=s3``: blobs at ``<prefix><blobs_prefix>sha256:<hex>``, the cache config at
-``<prefix><manifests_prefix><name>`` for each name, in one bucket (through s3fs)."""
+``<prefix><manifests_prefix><name>`` for each name, in one bucket (``s3://<bucket>`` through
+fsspec's s3fs)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,12 @@ import attrs
 
 from pybk.core.converter import setting
 from pybk.core.errors import UsageError
-from pybk.core.interfaces import CacheBackend
+from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
 from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
-    RemoteCacheExporter,
-    RemoteCacheImporter,
+    cache_exporter,
     env_or,
-    export_settings,
     split_names,
 )
 
@@ -54,9 +53,8 @@ class _S3:
     options: S3CacheOptions
     region: str
 
-    def filesystem(self) -> Any:
-        import s3fs
-
+    def storage_options(self) -> dict[str, Any]:
+        """The s3fs filesystem's options."""
         config: dict[str, Any] = {}
         if self.options.use_path_style:
             config["s3"] = {"addressing_style": "path"}
@@ -68,18 +66,17 @@ class _S3:
                 retries["max_attempts"] = self.options.retry_max_attempts
             config["retries"] = retries
         o = self.options
-        return s3fs.S3FileSystem(
-            key=o.access_key_id or None, secret=o.secret_access_key or None,
-            token=o.session_token or None, endpoint_url=o.endpoint_url or None,
-            client_kwargs={"region_name": self.region} if self.region else {},
-            config_kwargs=config, skip_instance_cache=True)
+        return {"key": o.access_key_id or None, "secret": o.secret_access_key or None,
+                "token": o.session_token or None, "endpoint_url": o.endpoint_url or None,
+                "client_kwargs": {"region_name": self.region} if self.region else {},
+                "config_kwargs": config, "skip_instance_cache": True}
 
     def store(self, info: Mapping[str, Any]) -> FsspecCacheStore:
         o = self.options
-        base = f"{self.bucket}/{o.prefix}"
-        return FsspecCacheStore(
-            self.filesystem(), blob_path=lambda digest: f"{base}{o.blobs_prefix}{digest}",
-            manifests=[f"{base}{o.manifests_prefix}{n}" for n in split_names(o.name)],
+        return FsspecCacheStore.open(
+            f"s3://{self.bucket}", self.storage_options(),
+            blob_name=lambda digest: f"{o.prefix}{o.blobs_prefix}{digest}",
+            manifests=[f"{o.prefix}{o.manifests_prefix}{n}" for n in split_names(o.name)],
             parallelism=o.upload_parallelism)
 
 
@@ -100,11 +97,11 @@ class S3Cache(CacheBackend):
             raise UsageError("type=s3 needs a name", flag=flag)
         return _S3(bucket, options, region)
 
-    def resolve_exporter(self, options: S3CacheOptions) -> RemoteCacheExporter:
+    def resolve_exporter(self, options: S3CacheOptions) -> CacheExporter:
         s3 = self._settings(options, "--cache-to")
-        return RemoteCacheExporter(self.name, export_settings(options), s3.store,
-                                   where=f"s3://{s3.bucket}/{options.prefix}")
+        return cache_exporter(self.name, options, s3.store,
+                              where=f"s3://{s3.bucket}/{options.prefix}")
 
-    def resolve_importer(self, options: S3CacheOptions) -> RemoteCacheImporter:
+    def resolve_importer(self, options: S3CacheOptions) -> CacheImporter:
         s3 = self._settings(options, "--cache-from")
-        return RemoteCacheImporter(self.name, s3.store, where=f"s3://{s3.bucket}/{options.prefix}")
+        return CacheImporter(self.name, f"s3://{s3.bucket}/{options.prefix}", s3.store)

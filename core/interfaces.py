@@ -183,6 +183,11 @@ class BuildResultView(abc.ABC):
     def mount(self) -> contextlib.AbstractContextManager[str]:
         """A context manager yielding a read-only directory holding the result's filesystem."""
 
+    def platform_results(self) -> Mapping[str, BuildResultView] | None:
+        """``{platform: result}`` of a multi-platform result (in the requested order); None
+        for a single one."""
+        return None
+
 
 class ExporterInstance(abc.ABC):
     """An exporter with validated options; ``export`` does the slow work."""
@@ -210,24 +215,142 @@ class UnsupportedOperation(Exception):
     """A backend does not offer this direction (e.g. ``inline`` has no importer)."""
 
 
-class CacheExporter(abc.ABC):
+class CacheStore(abc.ABC):
+    """One remote cache location: where a backend's bytes go.
+
+    The engine exports a build's cache as layer blobs plus a cache config (BuildKit's
+    ``application/vnd.buildkit.cacheconfig.v0``) and imports by reading the configs back,
+    fetching a blob only when a record is used. ``layer`` arguments are
+    :class:`pybk.core.remotecache.config.CacheLayer`; ``plan`` is a
+    :class:`pybk.core.remotecache.store.ExportPlan` (the config, the content store holding the
+    blobs, the build's facts).
+    """
+
+    #: blobs uploaded at once
+    parallelism: int = 4
+
     @abc.abstractmethod
-    def export(self, cache_config: Any) -> Mapping[str, Any]: ...
+    def has_blob(self, digest: str) -> bool: ...
+
+    @abc.abstractmethod
+    def put_blob(self, layer: Any, path: str) -> None: ...
+
+    @abc.abstractmethod
+    def fetch_blob(self, layer: Any, content: Any) -> None:
+        """Copy the blob into ``content`` (the digest is verified on the way)."""
+
+    @abc.abstractmethod
+    def write_config(self, plan: Any) -> dict[str, Any]:
+        """Write the config (after the blobs); returns exporter response keys."""
+
+    @abc.abstractmethod
+    def read_configs(self) -> list[Any]:
+        """Every config this location holds (one per name or scope); [] when there is none."""
+
+    def export(self, plan: Any) -> dict[str, Any]:
+        """Upload the blobs the store lacks (in parallel), then the config."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def upload(layer: Any) -> int:
+            if self.has_blob(layer.blob):
+                return 0
+            self.put_blob(layer, str(plan.content.path(layer.blob)))
+            return 1
+
+        blobs = plan.blobs()
+        if blobs:
+            with ThreadPoolExecutor(max_workers=max(1, min(self.parallelism, len(blobs)))) as pool:
+                uploaded = sum(pool.map(upload, blobs))
+        else:
+            uploaded = 0
+        response = self.write_config(plan)
+        return {**response, "cache.blobs.uploaded": uploaded, "cache.blobs.total": len(blobs)}
 
 
-class CacheImporter(abc.ABC):
-    @abc.abstractmethod
-    def load(self) -> Any: ...
+#: makes the store of a cache from the build's facts (``registry_hosts`` …)
+OpenStore = Callable[[Mapping[str, Any]], CacheStore]
+
+
+@attrs.frozen
+class CacheExporter:
+    """A ``--cache-to`` as its backend resolved it: where the cache goes and how it is written.
+
+    ``open`` is None for a cache written by the image exporter itself (``inline``).
+    """
+
+    backend: str
+    where: str
+    open: OpenStore | None
+    mode: str = "min"
+    ignore_error: bool = False
+    #: how layer blobs are compressed (:class:`pybk.core.images.layers.LayerSpec`)
+    layers: Any = None
+
+
+@attrs.frozen
+class CacheImporter:
+    """A ``--cache-from`` as its backend resolved it: where the cache is read from."""
+
+    backend: str
+    where: str
+    open: OpenStore
 
 
 class CacheBackend(Plugin):
-    """A remote build cache in BuildKit's format."""
+    """A remote build cache in BuildKit's format: turns its options into where the cache's
+    bytes go (a :class:`CacheStore` maker); the engine does the exporting and importing."""
 
     def resolve_exporter(self, options: Any) -> CacheExporter:
         raise UnsupportedOperation(f"cache backend {self.name!r} cannot export")
 
     def resolve_importer(self, options: Any) -> CacheImporter:
         raise UnsupportedOperation(f"cache backend {self.name!r} cannot import")
+
+
+# --------------------------------------------------------------------------------------------
+# What the solver is given: the local image store and the imported remote caches
+# --------------------------------------------------------------------------------------------
+
+
+class ImageLookup(abc.ABC):
+    """The local image store as the solver reads it (``FROM`` an image built here)."""
+
+    @abc.abstractmethod
+    def lookup(self, ref: str, platform: str | None = None) -> Any:
+        """``ref`` as an :class:`pybk.core.images.layout.OCILayoutImage`, or None."""
+
+
+class LayerUnpacker(abc.ABC):
+    """What an imported remote cache asks of the solver: layer snapshots, each unpacked once.
+
+    A layer is known by the chain id of its stack (OCI's ``chain(n)``); its snapshot is shared
+    by every image and cache that has the same stack.
+    """
+
+    #: the content store blobs are fetched into (:class:`pybk.core.store.content.ContentStore`)
+    content: Any
+
+    @abc.abstractmethod
+    def has_layer(self, chain_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def unpack_layer(self, chain_id: str, parent: str | None, *,
+                           descriptor: Mapping[str, Any],
+                           fetch: Callable[[], Awaitable[str]], description: str = "",
+                           progress: Any = None) -> str:
+        """The snapshot (record id) of the layer ``chain_id`` on ``parent``: found, or
+        ``fetch()`` (the blob's path) applied, its ``descriptor`` (media type, digest, size,
+        ``diffID``, ``source``) recorded."""
+
+
+class RemoteCacheLookup(abc.ABC):
+    """The imported remote caches of one build, as the solver sees them."""
+
+    @abc.abstractmethod
+    async def load(self, key: str, outputs: Sequence[int], layers: LayerUnpacker,
+                   progress: Any) -> dict[int, str] | None:
+        """The snapshot (record id) of each output of the vertex with cache key ``key``, its
+        layers unpacked through ``layers``; None when a cache lacks any of them."""
 
 
 # --------------------------------------------------------------------------------------------

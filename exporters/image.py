@@ -22,7 +22,13 @@ import attrs
 
 from pybk.core.converter import setting
 from pybk.core.errors import InputError, UsageError
-from pybk.core.images.layers import LEVEL_RANGES, ExportedLayer, LayerSpec, export_layers
+from pybk.core.images.layers import (
+    ExportedLayer,
+    LayerSpec,
+    chain_ids,
+    check_level,
+    export_layers,
+)
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
 from pybk.core.registry import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST
 
@@ -89,11 +95,7 @@ def check_common(options: CommonImageOptions, flag: str = "--output", *,
         except InputError as exc:
             raise UsageError(f"name={name}: {exc}", flag=flag) from None
     level = options.compression_level
-    if level is not None and options.compression in LEVEL_RANGES:
-        low, high = LEVEL_RANGES[options.compression]
-        if not low <= level <= high:
-            raise UsageError(f"compression-level={level}: {options.compression} takes "
-                             f"{low}-{high}", flag=flag)
+    check_level(options.compression, level, flag)
     manifest_annotations = {**options.annotation, **options.annotation_manifest}
     oci = options.oci_mediatypes if options.oci_mediatypes is not None else (
         default_oci or None)
@@ -348,10 +350,9 @@ def build_images(result: BuildResultView, settings: ImageSettings, info: Mapping
     index over them (platform fields set; the index annotations go on the index). With a
     provenance request (``info["provenance"]``) the result is always an index: the images,
     then one attestation manifest per image."""
-    from pybk.core.engine.multiplatform import platform_results
     from pybk.core.registry import DOCKER_MANIFEST_LIST, OCI_INDEX
 
-    results = platform_results(result)
+    results = result.platform_results()
     content = content if content is not None else content_store_for(result, info)
     provenance = info.get("provenance")
     if provenance is not None and not settings.oci:
@@ -385,7 +386,7 @@ REFERENCE_DIGEST_ANNOTATION = "vnd.docker.reference.digest"
 
 def _subjects(image: BuiltImage, names: Sequence[str]) -> list[dict[str, Any]]:
     """The in-toto subjects of an image: one package URL per name (``_`` without names)."""
-    from pybk.core.engine.provenance import image_purl
+    from pybk.core.images.purl import image_purl
 
     digest = dict([image.manifest_digest.split(":", 1)])
     plat = image.platform
@@ -492,8 +493,6 @@ async def _push_one(client: Any, image: BuiltImage, ref: Any, *, by_digest: bool
 def register_unpacked(result: BuildResultView, image: BuiltImage) -> None:
     """Record the result's snapshots as the unpacked layers of the image, so building ``FROM``
     it reuses them instead of extracting its blobs again."""
-    from pybk.core.solver.ops import chain_ids
-
     store = getattr(result, "store", None)
     if store is None:
         return
@@ -531,9 +530,7 @@ class _ImageInstance(ExporterInstance):
             if stored:
                 imagestore.put(content.root, stored, image.descriptor(platform=True))
         if opts.unpack:
-            from pybk.core.engine.multiplatform import platform_results
-
-            results = platform_results(result) or {"": result}
+            results = result.platform_results() or {"": result}
             for platform, one in results.items():
                 register_unpacked(one, image.images[platform] if isinstance(image, BuiltIndex)
                                   else image)

@@ -79,7 +79,7 @@ class LocalBridge(FrontendBridge):
     def resolve_image_config(self, ref: str, platform: str | None = None) -> tuple[str, dict]:
         """``(manifest digest, image config)`` of a registry image or ``oci-layout://ID@DIGEST``."""
         if ref.startswith("oci-layout://"):
-            from pybk.core.solver.sources import read_oci_layout
+            from pybk.core.images.layout import read_oci_layout
 
             store_id, _, digest = ref[len("oci-layout://"):].partition("@")
             layout = self.oci_layouts.get(store_id)
@@ -123,7 +123,7 @@ def _layout_digest(layout: str, ref: str) -> str:
     """The digest in an OCI layout's index.json for ``ref`` (a tag, a digest, or empty = the
     only or ``latest`` image): an image index's own digest, so each platform of the build picks
     its manifest from it."""
-    from pybk.core.solver.sources import layout_descriptor
+    from pybk.core.images.layout import layout_descriptor
 
     try:
         if ref:

@@ -82,10 +82,11 @@ class Client:
     # -- lifecycle ---------------------------------------------------------------------
 
     def worker(self) -> Any:
-        """The shared :class:`pybk.core.solver.ops.Worker`, created on first use; opening the
+        """The shared :class:`pybk.core.solver.ops.Solver`, created on first use; opening the
         store cleans up after builds that were killed (their mounts, containers, snapshots)."""
         if self._worker is None:
-            from pybk.core.solver.ops import Worker
+            from pybk.core.images.store import LocalImages
+            from pybk.core.solver.ops import Solver
             from pybk.core.store.store import Store
 
             oci = self.config.worker.oci
@@ -99,7 +100,8 @@ class Client:
                     binary=oci.binary or "runc",
                     network=NetworkOptions.from_config(self.config)), root=self.root)
                 executor = self._oci.executor()
-            self._worker = Worker(store=store, executor=executor, config=self.config)
+            self._worker = Solver(store=store, executor=executor, config=self.config,
+                                  images=LocalImages(store.root))
         return self._worker
 
     def close(self) -> None:
@@ -247,7 +249,7 @@ class Client:
             info = {"root": self.root, "registry_hosts": dict(self.config.registry),
                     **(export_info or {})}
             if any(_is_inline(e) for e in cache_to):
-                from pybk.cachebackends.inline import inline_cache
+                from pybk.core.remotecache.inline import inline_cache
 
                 info["inline_cache"] = inline_cache
             responses = []
@@ -307,24 +309,27 @@ class Client:
         if not any(definition.ops for definition, _ in definitions.values()):
             return [self._empty_result(config, cache_modes)
                     for _, config in definitions.values()]
-        worker = await asyncio.to_thread(self.worker)
-        registry = RegistryClient(dict(self.config.registry), ContentStore(worker.store.root))
-        lease = worker.store.lease()
-        runner = worker.runner(session, registry, lease)
+        solver = await asyncio.to_thread(self.worker)
+        registry = RegistryClient(dict(self.config.registry), ContentStore(solver.store.root))
+        lease = solver.store.lease()
         limit = self.config.worker.oci.max_parallelism
         slots = asyncio.Semaphore(limit) if limit and limit > 0 else None
+        runner = None
         try:
+            remote = None
             if importers:
                 from pybk.core.remotecache.importer import import_caches
 
-                runner.remote = await import_caches(importers, bus, {
+                remote = await import_caches(importers, bus, {
                     "root": self.root, "registry_hosts": dict(self.config.registry)})
+            runner = solver.runner(session, registry, lease, remote)
             return await _all_or_none([
                 self._solve_graph(definition, config, runner=runner, bus=bus, slots=slots,
                                   no_cache=no_cache, cache_modes=cache_modes)
                 for definition, config in definitions.values()])
         finally:
-            runner.release()
+            if runner is not None:
+                runner.release()
             lease.release()
             await registry.aclose()
 
@@ -364,7 +369,7 @@ class Client:
 
     def export_local(self, result: Any, dest_dir: str | os.PathLike[str]) -> int:
         """Copy the result's filesystem into ``dest_dir``; returns the entries written."""
-        from pybk.exporters.local import copy_tree
+        from pybk.core.fs.copytree import copy_tree
 
         with result.mount() as root:
             return copy_tree(root, os.fspath(dest_dir))

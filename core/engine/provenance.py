@@ -15,11 +15,12 @@ import datetime
 import json
 import secrets as _secrets
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+
+from pybk.core.images.purl import image_purl
 
 STATEMENT_V01 = "https://in-toto.io/Statement/v0.1"
 STATEMENT_V1 = "https://in-toto.io/Statement/v1"
@@ -35,22 +36,6 @@ _ARG_PREFIXES = ("build-arg:",)
 
 def _rfc3339(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def image_purl(ref: str, platform: str | None) -> str:
-    """The package URL of an image reference (``pkg:docker/alpine@3.17?platform=linux%2Famd64``)."""
-    from pybk.core.registry import parse_reference
-
-    parsed = parse_reference(ref.split("@", 1)[0])
-    path = parsed.path
-    if parsed.domain != "docker.io":
-        path = f"{parsed.domain}/{path}"
-    elif path.startswith("library/"):
-        path = path[len("library/"):]
-    purl = f"pkg:docker/{path}@{parsed.tag or 'latest'}"
-    if platform:
-        purl += "?platform=" + urllib.parse.quote(platform, safe="")
-    return purl
 
 
 def _digest_map(digest: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import attrs
 
+from pybk.core.errors import UsageError
 from pybk.core.fs.archive import layer_compression
 from pybk.core.registry import (
     DOCKER_LAYER,
@@ -32,6 +33,7 @@ from pybk.core.registry import (
     OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD,
 )
+from pybk.core.serialize import sha256_digest
 
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
@@ -43,6 +45,23 @@ _MEDIA_TYPES = {
     (True, "uncompressed"): OCI_LAYER,
 }
 _CHUNK = 1 << 20
+
+
+def check_level(compression: str, level: int | None, flag: str) -> None:
+    """UsageError (naming ``flag``) when ``level`` is outside what ``compression`` takes."""
+    if level is not None and compression in LEVEL_RANGES:
+        low, high = LEVEL_RANGES[compression]
+        if not low <= level <= high:
+            raise UsageError(f"compression-level={level}: {compression} takes {low}-{high}",
+                             flag=flag)
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """OCI chain ids of a layer stack: ``chain(n) = sha256(chain(n-1) + " " + diff(n))``."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
+    return out
 
 
 @attrs.frozen
@@ -203,7 +222,13 @@ def _layer_job(store: Any, content: Any, sn: Any, key: str,
 def export_layers(result: Any, content: Any, spec: LayerSpec, *,
                   max_workers: int = 4) -> list[ExportedLayer]:
     """The layers of ``result`` (a SolveResult) bottom to top, their blobs in ``content``."""
-    ref = result.ref
+    return snapshot_layers(result.store, result.ref, content, spec, max_workers=max_workers)
+
+
+def snapshot_layers(store: Any, ref: Any, content: Any, spec: LayerSpec, *,
+                    max_workers: int = 4) -> list[ExportedLayer]:
+    """The layers of ``ref`` (a solver Ref in ``store``) bottom to top, their blobs in
+    ``content``."""
     if ref.is_scratch:
         return []
     if ref.path is not None:
@@ -214,7 +239,6 @@ def export_layers(result: Any, content: Any, spec: LayerSpec, *,
         blob = write_blob(content, lambda out: write_diff_tar(
             None, ref.path, out, source_date_epoch=spec.epoch), spec)
         return [ExportedLayer(None, blob)]
-    store = result.store
     record = store.get_record(ref.snapshot)
     sn = store.record_snapshotter(record)
     chain = sn.layer_chain(record.snapshot)

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from pybk.core.errors import InputError, StoreError
+from pybk.core.interfaces import ImageLookup
 from pybk.core.registry import OCI_INDEX
 
 IMAGES_DIR = "images"
@@ -212,10 +213,20 @@ def inspect(root: str | os.PathLike[str], name: str) -> dict[str, Any]:
 
 
 def lookup(root: str | os.PathLike[str], ref: str, *, platform: str | None = None) -> Any:
-    """``ref`` as an :class:`pybk.core.solver.sources.OCILayoutImage` read from the store, or None."""
+    """``ref`` as an :class:`pybk.core.images.layout.OCILayoutImage` read from the store, or None."""
     found = get(root, ref)
     if found is None:
         return None
-    from pybk.core.solver.sources import read_oci_layout
+    from pybk.core.images.layout import read_oci_layout
 
     return read_oci_layout(images_dir(root), found.digest, platform=platform)
+
+
+class LocalImages(ImageLookup):
+    """The image store of ``root`` as the solver reads it."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = root
+
+    def lookup(self, ref: str, platform: str | None = None) -> Any:
+        return lookup(self.root, ref, platform=platform)

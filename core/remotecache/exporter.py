@@ -12,21 +12,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pybk.core.interfaces import CacheExporter
 from pybk.core.remotecache.config import CacheConfig, ConfigBuilder, record_digest
 
 
 def build_config(store: Any, content: Any, entries: Sequence[Any], spec: Any) -> CacheConfig:
     """The cache config of ``entries`` (:class:`pybk.core.solver.scheduler.CacheEntry`, inputs
     first); their layer blobs are written into ``content``."""
-    from pybk.core.images.layers import export_layers
-    from pybk.core.solver.results import SolveResult
+    from pybk.core.images.layers import snapshot_layers
 
     builder = ConfigBuilder()
     for entry in entries:
         for index, ref in sorted(entry.refs.items()):
             if ref.snapshot is None:
                 continue
-            layers = export_layers(SolveResult(ref=ref, store=store), content, spec)
+            layers = snapshot_layers(store, ref, content, spec)
             if not layers:
                 continue
             top = builder.add_chain(layer.blob for layer in layers)
@@ -38,7 +38,7 @@ def build_config(store: Any, content: Any, entries: Sequence[Any], spec: Any) ->
     return builder.build()
 
 
-async def export_caches(exporters: Sequence[Any], entries: dict[str, Any], store: Any,
+async def export_caches(exporters: Sequence[CacheExporter], entries: dict[str, Any], store: Any,
                         progress: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
     """Run each cache export (``exporting cache to …`` on the progress stream); returns their
     responses. A failure raises BuildError unless the export says ``ignore-error=true``, which
@@ -61,9 +61,11 @@ async def export_caches(exporters: Sequence[Any], entries: dict[str, Any], store
         try:
             config = await asyncio.to_thread(build_config, store, content,
                                              entries.get(exporter.mode, []),
-                                             exporter.settings.spec)
+                                             exporter.layers)
             plan = ExportPlan(config=config, content=content, info=info)
-            response = dict(await asyncio.to_thread(exporter.export, plan))
+            assert exporter.open is not None
+            cache = exporter.open(info)
+            response = dict(await asyncio.to_thread(cache.export, plan))
         except Exception as exc:
             logging.getLogger(__name__).debug("cache export failed", exc_info=True)
             message = f"failed to export cache to {exporter.where}: {describe_error(exc)}"

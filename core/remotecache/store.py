@@ -1,31 +1,30 @@
-"""Where a remote cache lives, and the exporter/importer every backend shares.
+"""Where a remote cache lives: the stores, and the options every backend shares.
 
-A :class:`CacheStore` answers four questions: does a blob exist, put a blob, fetch a blob into
-the local content store, and read/write the cache config. :class:`FsspecCacheStore` serves s3,
-azblob and gha (blobs and the bare cache config as objects on an fsspec filesystem);
-:class:`LayoutCacheStore` serves ``local`` (an OCI layout directory whose index.json tags a
-manifest wrapping the cache config). The registry store lives in :mod:`.registry`.
+A :class:`~pybk.core.interfaces.CacheStore` answers four questions: does a blob exist, put a
+blob, fetch a blob into the local content store, and read/write the cache config.
+:class:`FsspecCacheStore` serves s3, azblob and gha (blobs and the bare cache config as objects
+on an fsspec filesystem, opened from a URL); :class:`LayoutCacheStore` serves ``local`` (an OCI
+layout directory whose index.json tags a manifest wrapping the cache config). The registry store
+lives in :mod:`.registry`.
 
-Backends differ only in how their options become a store: each ``resolve_exporter`` /
-``resolve_importer`` returns a :class:`RemoteCacheExporter` / :class:`RemoteCacheImporter` with
-a function making that store.
+Backends differ only in where the bytes go: each ``resolve_exporter`` / ``resolve_importer``
+returns a :class:`~pybk.core.interfaces.CacheExporter` / :class:`~pybk.core.interfaces.CacheImporter`
+with a function opening that store (:func:`cache_exporter` validates the shared export options).
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import attrs
 
 from pybk.core.converter import setting
-from pybk.core.errors import PybkError, UsageError
-from pybk.core.interfaces import CacheExporter, CacheImporter
+from pybk.core.errors import PybkError
+from pybk.core.interfaces import CacheExporter, CacheImporter, CacheStore, OpenStore
 from pybk.core.remotecache.config import (
     CACHE_CONFIG_MEDIA_TYPE,
     CacheConfig,
@@ -64,27 +63,17 @@ class CommonCacheOptions:
     force_compression: bool = setting("force-compression", default=False)
 
 
-@attrs.frozen
-class ExportSettings:
-    """Validated export options: mode, ignore-error and how layers are compressed."""
+def cache_exporter(backend: str, options: CommonCacheOptions, open_store: OpenStore | None,
+                   where: str, flag: str = "--cache-to") -> CacheExporter:
+    """The export of ``backend`` to ``where``, its shared options validated."""
+    from pybk.core.images.layers import LayerSpec, check_level
 
-    mode: str
-    ignore_error: bool
-    spec: Any  # pybk.core.images.layers.LayerSpec
-
-
-def export_settings(options: CommonCacheOptions, flag: str = "--cache-to") -> ExportSettings:
-    from pybk.core.images.layers import LEVEL_RANGES, LayerSpec
-
-    level = options.compression_level
-    if level is not None and options.compression in LEVEL_RANGES:
-        low, high = LEVEL_RANGES[options.compression]
-        if not low <= level <= high:
-            raise UsageError(f"compression-level={level}: {options.compression} takes "
-                             f"{low}-{high}", flag=flag)
-    return ExportSettings(mode=options.mode, ignore_error=options.ignore_error,
-                          spec=LayerSpec(compression=options.compression, level=level,
-                                         force=options.force_compression))
+    check_level(options.compression, options.compression_level, flag)
+    return CacheExporter(backend=backend, where=where, open=open_store, mode=options.mode,
+                         ignore_error=options.ignore_error,
+                         layers=LayerSpec(compression=options.compression,
+                                          level=options.compression_level,
+                                          force=options.force_compression))
 
 
 def env_or(value: str, *names: str, default: str = "") -> str:
@@ -122,48 +111,6 @@ class ExportPlan:
         return list(seen.values())
 
 
-class CacheStore(abc.ABC):
-    """One remote cache location."""
-
-    #: blobs uploaded at once
-    parallelism: int = 4
-
-    @abc.abstractmethod
-    def has_blob(self, digest: str) -> bool: ...
-
-    @abc.abstractmethod
-    def put_blob(self, layer: CacheLayer, path: str) -> None: ...
-
-    @abc.abstractmethod
-    def fetch_blob(self, layer: CacheLayer, content: Any) -> None:
-        """Copy the blob into ``content`` (the digest is verified on the way)."""
-
-    @abc.abstractmethod
-    def write_config(self, plan: ExportPlan) -> dict[str, Any]:
-        """Write the config (after the blobs); returns exporter response keys."""
-
-    @abc.abstractmethod
-    def read_configs(self) -> list[CacheConfig]:
-        """Every config this location holds (one per name or scope); [] when there is none."""
-
-    def export(self, plan: ExportPlan) -> dict[str, Any]:
-        """Upload the blobs the store lacks (in parallel), then the config."""
-        def upload(layer: CacheLayer) -> int:
-            if self.has_blob(layer.blob):
-                return 0
-            self.put_blob(layer, str(plan.content.path(layer.blob)))
-            return 1
-
-        blobs = plan.blobs()
-        if blobs:
-            with ThreadPoolExecutor(max_workers=max(1, min(self.parallelism, len(blobs)))) as pool:
-                uploaded = sum(pool.map(upload, blobs))
-        else:
-            uploaded = 0
-        response = self.write_config(plan)
-        return {**response, "cache.blobs.uploaded": uploaded, "cache.blobs.total": len(blobs)}
-
-
 def copy_into_content(src: Any, content: Any, digest: str) -> None:
     """Stream the file object ``src`` into ``content`` as ``digest`` (verified)."""
     with content.writer(expected_digest=digest) as w:
@@ -171,17 +118,43 @@ def copy_into_content(src: Any, content: Any, digest: str) -> None:
 
 
 class FsspecCacheStore(CacheStore):
-    """Blobs and bare cache configs as objects on an fsspec filesystem (s3, azblob, gha)."""
+    """Blobs and bare cache configs as objects on an fsspec filesystem (s3, azblob, gha).
+
+    ``blob_path`` and ``manifests`` name objects on ``fs``; ``imports`` (given the filesystem)
+    lists the configs an import reads when they are not ``manifests``; ``prepare`` runs before
+    an export (e.g. creating the container).
+    """
 
     def __init__(self, fs: Any, *, blob_path: Callable[[str], str], manifests: Sequence[str],
-                 imports: Callable[[], Sequence[str]] | None = None, parallelism: int = 4,
-                 prepare: Callable[[], None] | None = None):
+                 imports: Callable[[Any], Sequence[str]] | None = None, parallelism: int = 4,
+                 prepare: Callable[[Any], None] | None = None):
         self.fs = fs
         self.blob_path = blob_path
         self.manifests = list(manifests)
         self._imports = imports
         self.parallelism = parallelism
         self._prepare = prepare
+
+    @classmethod
+    def open(cls, url: str, storage_options: Mapping[str, Any], *,
+             blob_name: Callable[[str], str], manifests: Sequence[str],
+             imports: Callable[[Any], Sequence[str]] | None = None, parallelism: int = 4,
+             prepare: Callable[[Any], None] | None = None) -> FsspecCacheStore:
+        """The store at ``url`` (``s3://bucket``, ``abfs://container``, ``gha://``): object
+        names (``blob_name(digest)``, ``manifests``) are relative to the URL's path."""
+        import fsspec
+        from fsspec.core import split_protocol
+
+        # as fsspec.core.url_to_fs, but the options may hold a ``url`` of their own (gha)
+        fs = fsspec.filesystem(split_protocol(url)[0], **storage_options)
+        root = fs._strip_protocol(url).rstrip("/")
+
+        def path(name: str) -> str:
+            return f"{root}/{name}" if root else name
+
+        return cls(fs, blob_path=lambda digest: path(blob_name(digest)),
+                   manifests=[path(n) for n in manifests], imports=imports,
+                   parallelism=parallelism, prepare=prepare)
 
     def has_blob(self, digest: str) -> bool:
         return bool(self.fs.exists(self.blob_path(digest)))
@@ -195,7 +168,7 @@ class FsspecCacheStore(CacheStore):
 
     def export(self, plan: ExportPlan) -> dict[str, Any]:
         if self._prepare is not None:
-            self._prepare()
+            self._prepare(self.fs)
         return super().export(plan)
 
     def write_config(self, plan: ExportPlan) -> dict[str, Any]:
@@ -205,7 +178,7 @@ class FsspecCacheStore(CacheStore):
         return {"cache.manifests": ",".join(self.manifests)}
 
     def read_configs(self) -> list[CacheConfig]:
-        paths = list(self._imports()) if self._imports is not None else self.manifests
+        paths = list(self._imports(self.fs)) if self._imports is not None else self.manifests
         found = []
         for path in paths:
             if not self.fs.exists(path):
@@ -299,7 +272,7 @@ def unwrap_manifest(body: bytes, read_blob: Callable[[Mapping[str, Any]], bytes]
     layers = list(manifest.get("layers") or [])
     if config_desc.get("mediaType") == CACHE_CONFIG_MEDIA_TYPE:
         return CacheConfig.from_json(read_blob(config_desc), what=what).with_descriptors(layers)
-    from pybk.cachebackends.inline import read_inline
+    from pybk.core.remotecache.inline import read_inline
 
     return read_inline(read_blob(config_desc), layers, what)
 
@@ -440,31 +413,8 @@ class LayoutCacheStore(CacheStore):
 
 
 # --------------------------------------------------------------------------------------------
-# Exporter and importer
+# Importing
 # --------------------------------------------------------------------------------------------
-
-
-class RemoteCacheExporter(CacheExporter):
-    """Exports a build's cache to the store ``make_store(info)`` returns."""
-
-    def __init__(self, backend: str, settings: ExportSettings,
-                 make_store: Callable[[Mapping[str, Any]], CacheStore], where: str):
-        self.backend = backend
-        self.settings = settings
-        self.make_store = make_store
-        self.where = where
-
-    @property
-    def mode(self) -> str:
-        return self.settings.mode
-
-    @property
-    def ignore_error(self) -> bool:
-        return self.settings.ignore_error
-
-    def export(self, cache_config: Any) -> Mapping[str, Any]:
-        """Write ``cache_config`` (an :class:`ExportPlan`) to the store."""
-        return self.make_store(cache_config.info).export(cache_config)
 
 
 @attrs.frozen(eq=False)
@@ -476,15 +426,8 @@ class LoadedCache:
     where: str
 
 
-class RemoteCacheImporter(CacheImporter):
-    """Reads the cache configs of the store ``make_store(info)`` returns (blobs stay remote)."""
-
-    def __init__(self, backend: str, make_store: Callable[[Mapping[str, Any]], CacheStore],
-                 where: str):
-        self.backend = backend
-        self.make_store = make_store
-        self.where = where
-
-    def load(self, info: Mapping[str, Any] | None = None) -> list[LoadedCache]:
-        store = self.make_store(info or {})
-        return [LoadedCache(config, store, self.where) for config in store.read_configs()]
+def load_cache(importer: CacheImporter, info: Mapping[str, Any] | None = None
+               ) -> list[LoadedCache]:
+    """Read the cache configs of ``importer``'s store (blobs stay remote)."""
+    store = importer.open(info or {})
+    return [LoadedCache(config, store, importer.where) for config in store.read_configs()]

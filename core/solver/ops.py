@@ -1,12 +1,13 @@
 """Running each kind of op on real snapshots: sources, exec, file, merge and diff.
 
-:class:`Worker` holds what every build shares (store, snapshotter, executor, checksum cache);
-:class:`BuildRunner` is one build's view of it (its session: local dirs, secrets, ssh sockets,
-entitlements) and implements what the scheduler asks: keys of sources, content checksums,
-cache lookups, execution and saving results.
+:class:`Solver` holds what every build shares (store, executor, local image store, checksum
+cache); :class:`BuildRunner` is one build's view of it (its session: local dirs, secrets, ssh
+sockets, entitlements; the remote caches it imported) and implements what the scheduler asks:
+keys of sources, content checksums, cache lookups, execution and saving results. Execs run in
+:mod:`.execop`.
 
 Mount points live under ``<root>/mounts/<pid>-…`` so mounts left by a killed build are found
-and taken down by the next one (:meth:`Worker.recover`).
+and taken down by the next one.
 """
 
 from __future__ import annotations
@@ -17,24 +18,17 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from pybk.core.errors import BuildError, InputError, SolveError
-from pybk.core.interfaces import (
-    ExecMount,
-    Executor,
-    Mount,
-    ProcessSpec,
-    SecretMount,
-    SSHMount,
-)
+from pybk.core.images.layers import chain_ids
+from pybk.core.interfaces import Executor, ImageLookup, LayerUnpacker, RemoteCacheLookup
 from pybk.core.llb.ops import (
     SCRATCH,
     SKIP_OUTPUT,
-    CacheSharingOpt,
     DiffOp,
     ExecOp,
     FileActionCopy,
@@ -44,20 +38,17 @@ from pybk.core.llb.ops import (
     FileActionSymlink,
     FileOp,
     MergeOp,
-    MountType,
     NetMode,
     SecurityMode,
     SourceOp,
 )
-from pybk.core.progress.events import STREAM_STDERR, STREAM_STDOUT, StepLogLimiter, VertexProgress
+from pybk.core.progress.events import VertexProgress
 from pybk.core.serialize import sha256_digest
+from pybk.core.solver.active import ActiveSnapshot
 from pybk.core.solver.cachekey import Selector, source_key
-from pybk.core.solver.results import SCRATCH_REF, Ref
+from pybk.core.solver.results import SCRATCH_REF, Ref, read_ref
 from pybk.core.solver.scheduler import InFlight, OpRunner, VertexOutcome
 from pybk.core.solver.vertex import Vertex
-
-DEFAULT_SSH_DEST = "/run/buildkit/ssh_agent.0"
-NETWORK_MODES = {NetMode.UNSET: "sandbox", NetMode.HOST: "host", NetMode.NONE: "none"}
 
 
 @attrs.frozen
@@ -71,49 +62,20 @@ class Session:
     oci_layouts: Mapping[str, str] = attrs.field(factory=dict)
 
 
-# ------------------------------------------------------------------------------------ refs
+# ------------------------------------------------------------------------------------ solver
 
 
-@contextlib.contextmanager
-def read_ref(store: Any, ref: Ref) -> Iterator[str]:
-    """A read-only directory with ``ref``'s filesystem while the context is open."""
-    if ref.path is not None:
-        yield ref.path
-        return
-    if ref.snapshot is None or store is None:
-        import tempfile
+class Solver:
+    """The parts of the engine shared by every build of one store: the store, the executor
+    running ExecOps, the local image store (``FROM`` an image built here) and the checksum
+    cache."""
 
-        empty = tempfile.mkdtemp(prefix="pybk-scratch-")
-        try:
-            yield empty
-        finally:
-            shutil.rmtree(empty, ignore_errors=True)
-        return
-    record = store.get_record(ref.snapshot)
-    if record is None:
-        raise SolveError(f"result {ref.snapshot} is no longer in the store")
-    with store.contents(record) as path:
-        yield path
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """OCI chain ids of a layer stack: ``chain(n) = sha256(chain(n-1) + " " + diff(n))``."""
-    out: list[str] = []
-    for diff_id in diff_ids:
-        out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
-    return out
-
-
-# ------------------------------------------------------------------------------------ worker
-
-
-class Worker:
-    """The parts of the engine shared by every build of one store."""
-
-    def __init__(self, *, store: Any, executor: Executor, config: Any = None):
+    def __init__(self, *, store: Any, executor: Executor, config: Any = None,
+                 images: ImageLookup | None = None):
         self.store = store
         self.executor = executor
         self.config = config
+        self.images = images
         self._checksums: Any = None
 
     @property
@@ -124,75 +86,24 @@ class Worker:
             self._checksums = ChecksumCache(os.path.join(self.store.root, "contenthash"))
         return self._checksums
 
-    def runner(self, session: Session, registry: Any, lease: Any) -> BuildRunner:
-        return BuildRunner(self, session, registry, lease)
+    def runner(self, session: Session, registry: Any, lease: Any,
+               remote: RemoteCacheLookup | None = None) -> BuildRunner:
+        """One build's runner; ``remote``: the caches it imported (``--cache-from``)."""
+        return BuildRunner(self, session, registry, lease, remote)
 
 
-class _Active:
-    """A new mutable record (an active snapshot) on ``parent``; committed or discarded."""
+class BuildRunner(OpRunner, LayerUnpacker):
+    """One build's access to the solver; unpacks layers for the remote caches it imports."""
 
-    def __init__(self, runner: BuildRunner, parent: Ref, stack: contextlib.ExitStack,
-                 description: str = ""):
-        self.store = runner.store
-        self.record = self.store.new_record(parent.snapshot, lease=runner.lease,
-                                            description=description)
-        self.committed: str | None = None
-        self.path: str | None = None
-        self._parent = parent
-        self._stack = stack
-        stack.callback(self._discard)
-
-    @property
-    def mounts(self) -> list[Mount]:
-        return self.store.mounts(self.record)
-
-    def mount(self) -> str:
-        """Mount the snapshot (read-write) and return the directory."""
-        if self.path is None:
-            from pybk.core.store.mounts import mount_all
-
-            target = self.store.process_tmp(f"mnt-{uuid.uuid4().hex[:12]}")
-            target.mkdir()
-            mount_all(self.mounts, str(target))
-            self.path = str(target)
-            self._stack.callback(self.unmount)
-            if self._parent.path is not None:
-                from pybk.core.store.snapshots import copy_contents
-
-                copy_contents(self._parent.path, self.path)
-        return self.path
-
-    def unmount(self) -> None:
-        if self.path is not None:
-            from pybk.core.store.mounts import unmount_all
-
-            unmount_all(self.path)
-            with contextlib.suppress(OSError):
-                os.rmdir(self.path)
-            self.path = None
-
-    def commit(self) -> Ref:
-        if self.committed is None:
-            self.unmount()
-            self.committed = self.store.commit(self.record).id
-        return Ref(snapshot=self.committed)
-
-    def _discard(self) -> None:
-        if self.committed is None:
-            self.unmount()
-            with contextlib.suppress(Exception):
-                self.store.discard(self.record)
-
-
-class BuildRunner(OpRunner):
-    """One build's access to the worker."""
-
-    def __init__(self, worker: Worker, session: Session, registry: Any, lease: Any):
-        self.w = worker
+    def __init__(self, solver: Solver, session: Session, registry: Any, lease: Any,
+                 remote: RemoteCacheLookup | None = None):
+        self.w = solver
         self.session = session
         self.registry = registry
         self.lease = lease
-        self.store = worker.store
+        self.store = solver.store
+        self.remote = remote
+        self._content: Any = None
         self.local_stats: dict[str, Any] = {}
         #: checksum of each synced local directory's whole tree (the directory cannot change
         #: during the build: its lock is held until :meth:`release`)
@@ -204,8 +115,6 @@ class BuildRunner(OpRunner):
         self._local_filters: dict[tuple[str, str], bytes] = {}
         self._local_gates: dict[tuple[str, str], asyncio.Lock] = {}
         self._local_done: dict[tuple[str, str, bytes], tuple[str, VertexOutcome]] = {}
-        #: imported remote caches (:class:`pybk.core.remotecache.importer.RemoteCache`), if any
-        self.remote: Any = None
 
     def release(self) -> None:
         """Let go of the locks this build holds (local directories)."""
@@ -232,15 +141,67 @@ class BuildRunner(OpRunner):
                           vp: VertexProgress) -> VertexOutcome | None:
         if self.remote is None:
             return None
-        outcome = await self.remote.load(self, key, vertex, vp)
-        if outcome is not None:
-            for ref in outcome.refs.values():
-                self.lease.add(ref.snapshot)
-        return outcome
+        snapshots = await self.remote.load(key, sorted(vertex.op.output_indices()), self, vp)
+        if snapshots is None:
+            return None
+        for index, snap in snapshots.items():
+            self.store.put_cache(key, snap, index)
+            self.lease.add(snap)
+        return VertexOutcome(refs={i: Ref(snapshot=s) for i, s in snapshots.items()},
+                             cached=True)
 
-    def unpack_blob(self, blob_path: str, media_type: str, parent: str | None) -> str:
-        """Apply a layer blob onto ``parent`` (None: empty); returns the new record id."""
-        return self._apply_layer(blob_path, media_type, parent)
+    # -- layers --------------------------------------------------------------------------
+
+    @property
+    def content(self) -> Any:
+        if self._content is None:
+            from pybk.core.store.content import ContentStore
+
+            self._content = ContentStore(self.store.root)
+        return self._content
+
+    def has_layer(self, chain_id: str) -> bool:
+        return self.store.get_cache("layer:" + chain_id) is not None
+
+    async def unpack_layer(self, chain_id: str, parent: str | None, *,
+                           descriptor: Mapping[str, Any],
+                           fetch: Callable[[], Awaitable[str]], description: str = "",
+                           progress: VertexProgress | None = None) -> str:
+        """The layer's snapshot, unpacked once (under the store's build lock, shared with
+        concurrent builds) and recorded as ``layer:<chain id>``."""
+        record_key = "layer:" + chain_id
+
+        def existing() -> str | None:
+            record = self.store.get_cache(record_key)
+            if record is None:
+                return None
+            self.lease.add(record)
+            return record.id
+
+        found = existing()
+        if found is not None:
+            return found
+
+        async def unpack() -> str:
+            async with self.store.build_lock(record_key):
+                again = existing()
+                if again is not None:
+                    return again
+                path = await fetch()
+                digest = descriptor["digest"]
+                if progress is not None:
+                    progress.status(f"extracting {digest}")
+                snap = await asyncio.to_thread(self._apply_layer, path,
+                                               descriptor["mediaType"], parent, description)
+                if progress is not None:
+                    progress.status(f"extracting {digest}", done=True)
+                self.store.set_layer_blob(snap, dict(descriptor))
+                self.store.put_cache(record_key, snap)
+                return snap
+
+        snap, _ = await InFlight.run(record_key, unpack)
+        self.lease.add(snap)
+        return snap
 
     def resolved_images(self, digests: Iterable[str]) -> dict[str, str]:
         """``{vertex digest: manifest digest}`` of the image sources among ``digests`` that
@@ -329,11 +290,10 @@ class BuildRunner(OpRunner):
         return image
 
     def _stored_image(self, ref: str, platform: str | None) -> Any:
-        """``ref`` from the local image store (``pybk.core.images.store``), or None."""
-        from pybk.core.images import store as imagestore
+        """``ref`` from the local image store, or None."""
         from pybk.core.registry.client import Descriptor
 
-        img = imagestore.lookup(self.store.root, ref, platform=platform)
+        img = self.w.images.lookup(ref, platform) if self.w.images is not None else None
         if img is None:
             return None
         return _LayoutImage(ref=ref, manifest_digest=img.digest, config=img.config,
@@ -368,62 +328,39 @@ class BuildRunner(OpRunner):
                              f"manifest {len(layers)}")
         parent: str | None = None
         for layer, diff_id, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
-            parent = await self._unpack_layer(image, layer, chain, parent, vp, diff_id)
+            parent = await self._pull_layer(image, layer, chain, parent, vp, diff_id)
         return VertexOutcome(refs={0: Ref(snapshot=parent)}, cached=False,
                              extra={"image_config": image.config,
                                     "manifest_digest": image.manifest_digest})
 
-    async def _unpack_layer(self, image: Any, layer: Any, chain: str, parent: str | None,
-                            vp: VertexProgress, diff_id: str = "") -> str:
-        record_key = "layer:" + chain
+    async def _pull_layer(self, image: Any, layer: Any, chain: str, parent: str | None,
+                          vp: VertexProgress, diff_id: str = "") -> str:
+        """One layer of an image source: its blob fetched from the registry, or read from
+        the OCI layout (and kept in the content store), then unpacked."""
+        layout = isinstance(image, _LayoutImage)
 
-        def existing() -> str | None:
-            record = self.store.get_cache(record_key)
-            if record is None:
-                return None
-            self.lease.add(record)
-            return record.id
+        async def fetch() -> str:
+            if layout:
+                path = image.layout.blob_path(layer.digest)
+                await asyncio.to_thread(self._keep_blob, str(path), layer.digest)
+                return str(path)
 
-        found = existing()
-        if found is not None:
-            return found
+            def progress(cur: int, total: int) -> None:
+                vp.status(layer.digest, current=cur, total=total, done=cur >= total)
 
-        async def unpack() -> str:
-            async with self.store.build_lock(record_key):
-                again = existing()
-                if again is not None:
-                    return again
+            return str(await self.registry.fetch_blob(image.ref, layer, progress))
 
-                def progress(cur: int, total: int) -> None:
-                    vp.status(layer.digest, current=cur, total=total, done=cur >= total)
-
-                if isinstance(image, _LayoutImage):
-                    path = image.layout.blob_path(layer.digest)
-                else:
-                    path = await self.registry.fetch_blob(image.ref, layer, progress)
-                vp.status(f"extracting {layer.digest}")
-                where = (f"{image.ref}@{layer.digest}" if not isinstance(image, _LayoutImage)
-                         else f"oci-layout {image.ref} {layer.digest}")
-                snap = await asyncio.to_thread(self._apply_layer, str(path), layer.media_type,
-                                               parent, f"pulled from {where}")
-                vp.status(f"extracting {layer.digest}", done=True)
-                if isinstance(image, _LayoutImage):
-                    await asyncio.to_thread(self._keep_blob, str(path), layer.digest)
-                self.store.set_layer_blob(snap, {
-                    "mediaType": layer.media_type, "digest": layer.digest, "size": layer.size,
-                    "diffID": diff_id,
-                    "source": "" if isinstance(image, _LayoutImage) else image.ref.repository})
-                self.store.put_cache(record_key, snap)
-                return snap
-
-        snap, _ = await InFlight.run(record_key, unpack)
-        return snap
+        where = (f"oci-layout {image.ref} {layer.digest}" if layout
+                 else f"{image.ref}@{layer.digest}")
+        return await self.unpack_layer(
+            chain, parent, fetch=fetch, description=f"pulled from {where}", progress=vp,
+            descriptor={"mediaType": layer.media_type, "digest": layer.digest,
+                        "size": layer.size, "diffID": diff_id,
+                        "source": "" if layout else image.ref.repository})
 
     def _keep_blob(self, blob_path: str, digest: str) -> None:
         """Copy a layout's layer blob into the content store so exports can reuse it."""
-        from pybk.core.store.content import ContentStore
-
-        content = ContentStore(self.store.root)
+        content = self.content
         if content.has(digest):
             return
         with open(blob_path, "rb") as src, content.writer(expected_digest=digest) as w:
@@ -434,7 +371,7 @@ class BuildRunner(OpRunner):
         from pybk.core.fs.archive import apply_layer
 
         with contextlib.ExitStack() as stack:
-            active = _Active(self, Ref(snapshot=parent), stack, description)
+            active = ActiveSnapshot(self, Ref(snapshot=parent), stack, description)
             apply_layer(blob_path, active.mount(), media_type=media_type)
             return active.commit().snapshot  # type: ignore[return-value]
 
@@ -524,8 +461,8 @@ class BuildRunner(OpRunner):
         return key, outcome
 
     async def _oci_layout(self, vertex: Vertex, src: SourceOp, vp: VertexProgress) -> str:
+        from pybk.core.images.layout import read_oci_layout
         from pybk.core.registry.client import Descriptor
-        from pybk.core.solver import sources
 
         store_id = src.attrs.get("oci.store", "")
         layout = self.session.oci_layouts.get(store_id)
@@ -535,14 +472,14 @@ class BuildRunner(OpRunner):
         ref = src.identifier[len("oci-layout://"):]
         wanted = ref.rsplit("@", 1)[1] if "@" in ref else ref.rsplit(":", 1)[-1]
         plat = str(vertex.op.platform) if vertex.op.platform is not None else None
-        img = await asyncio.to_thread(sources.read_oci_layout, layout, wanted, platform=plat)
+        img = await asyncio.to_thread(read_oci_layout, layout, wanted, platform=plat)
         self._images[vertex.digest] = _LayoutImage(
             ref=ref, manifest_digest=img.digest, config=img.config,
             layers=[Descriptor.from_dict(d) for d in img.layers], layout=img)
         return self._image_key_of(src, img.config)
 
     def _snapshot_dir(self, path: str) -> VertexOutcome:
-        return VertexOutcome(refs={0: Ref(snapshot=self._materialize(Ref(path=path)))},
+        return VertexOutcome(refs={0: Ref(snapshot=self.materialize(Ref(path=path)))},
                              cached=False)
 
     # exec -------------------------------------------------------------------------------
@@ -562,125 +499,9 @@ class BuildRunner(OpRunner):
 
     async def _exec(self, vertex: Vertex, op: ExecOp, inputs: list[Ref],
                     vp: VertexProgress) -> VertexOutcome:
-        if vertex.op.platform is not None:
-            from pybk.core.engine.multiplatform import check_executable
+        from pybk.core.solver.execop import run_exec
 
-            check_executable(vertex.op.platform)
-        meta = op.meta
-        assert meta is not None
-        env = list(meta.env)
-        if meta.proxy_env is not None:
-            # like BuildKit: both spellings, and never part of the cache key
-            for name in ("http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"):
-                value = getattr(meta.proxy_env, name)
-                if value:
-                    env += [f"{name.upper()}={value}", f"{name}={value}"]
-        for se in op.secretenv:
-            data = self.session.secrets.get(se.id)
-            if data is None:
-                if se.optional:
-                    continue
-                raise SolveError(f"secret {se.id} not found", vertex=vertex.digest)
-            env.append(f"{se.name or se.id}={data.decode('utf-8', 'replace')}")
-        process = ProcessSpec(
-            args=tuple(meta.args), env=tuple(env), cwd=meta.cwd or "/", user=meta.user,
-            hostname=meta.hostname or "pybk", network=NETWORK_MODES[op.network],
-            security="insecure" if op.security == SecurityMode.INSECURE else "sandbox",
-            extra_hosts=tuple((h.host, h.ip) for h in meta.extra_hosts),
-            valid_exit_codes=tuple(meta.valid_exit_codes) or (0,))
-
-        def ref_of(index: int) -> Ref:
-            return SCRATCH_REF if index == SCRATCH else inputs[index]
-
-        async with contextlib.AsyncExitStack() as astack:
-            stack = astack.enter_context(contextlib.ExitStack())
-            root: list[Mount] | None = None
-            outputs: dict[int, _Active] = {}
-            mounts: list[ExecMount] = []
-            secrets: list[SecretMount] = []
-            agents: list[SSHMount] = []
-            for m in op.mounts:
-                if m.mount_type == MountType.BIND:
-                    src = ref_of(m.input)
-                    described = f"mount {m.dest} from exec {' '.join(meta.args)}"
-                    if m.dest == "/":
-                        active = _Active(self, src, stack, described)
-                        if src.path is not None:
-                            await asyncio.to_thread(active.mount)
-                            active.unmount()
-                        root = active.mounts
-                        if m.output != SKIP_OUTPUT:
-                            outputs[m.output] = active
-                        continue
-                    if m.readonly and m.output == SKIP_OUTPUT:
-                        path = stack.enter_context(read_ref(self.store, src))
-                    else:
-                        active = _Active(self, src, stack, described)
-                        path = await asyncio.to_thread(active.mount)
-                        if m.output != SKIP_OUTPUT:
-                            outputs[m.output] = active
-                    source = os.path.join(path, m.selector.lstrip("/")) if m.selector else path
-                    opts = ("rbind", "ro") if m.readonly else ("rbind", "rw")
-                    mounts.append(ExecMount(m.dest, (Mount("bind", source, opts),), m.readonly))
-                elif m.mount_type == MountType.CACHE:
-                    mounts.append(await self._cache_mount(vertex, m, ref_of(m.input), astack))
-                elif m.mount_type == MountType.TMPFS:
-                    opts = ("nosuid", "nodev", "mode=1777")
-                    if m.tmpfs_opt is not None and m.tmpfs_opt.size:
-                        opts += (f"size={m.tmpfs_opt.size}",)
-                    mounts.append(ExecMount(m.dest, (Mount("tmpfs", "tmpfs", opts),)))
-                elif m.mount_type == MountType.SECRET:
-                    so = m.secret_opt
-                    sid = so.id if so is not None else ""
-                    data = self.session.secrets.get(sid)
-                    if data is None:
-                        if so is not None and so.optional:
-                            continue
-                        raise SolveError(f"secret {sid} not found", vertex=vertex.digest)
-                    secrets.append(SecretMount(m.dest, data, uid=so.uid if so else 0,
-                                               gid=so.gid if so else 0,
-                                               mode=(so.mode if so and so.mode else 0o400)))
-                elif m.mount_type == MountType.SSH:
-                    so = m.ssh_opt
-                    sid = (so.id if so is not None else "") or "default"
-                    sock = self.session.ssh.get(sid)
-                    if sock is None:
-                        if so is not None and so.optional:
-                            continue
-                        raise SolveError(f"no SSH key {sid!r} forwarded from the client "
-                                         "(--ssh)", vertex=vertex.digest)
-                    agents.append(SSHMount(m.dest or DEFAULT_SSH_DEST, sock,
-                                           uid=so.uid if so else 0, gid=so.gid if so else 0,
-                                           mode=(so.mode if so and so.mode else 0o600)))
-            if root is None:
-                raise SolveError(f"{vertex.name}: no root mount", vertex=vertex.digest)
-            out = StepLogLimiter(vp, STREAM_STDOUT)
-            err = StepLogLimiter(vp, STREAM_STDERR)
-            code = await self.w.executor.run(process, root, mounts, secrets=secrets, ssh=agents,
-                                             stdout=out.write, stderr=err.write)
-            if code not in process.valid_exit_codes:
-                from pybk.core.errors import exit_error
-
-                raise exit_error(process, code)
-            refs = {i: await asyncio.to_thread(a.commit) for i, a in sorted(outputs.items())}
-            return VertexOutcome(refs=refs, cached=False)
-
-    async def _cache_mount(self, vertex: Vertex, m: Any, seed: Ref,
-                           stack: contextlib.AsyncExitStack) -> ExecMount:
-        co = m.cache_opt
-        cid = (co.id if co is not None and co.id else m.dest)
-        sharing = {CacheSharingOpt.SHARED: "shared", CacheSharingOpt.PRIVATE: "private",
-                   CacheSharingOpt.LOCKED: "locked"}[co.sharing if co else CacheSharingOpt.SHARED]
-        seed_record = None
-        if not seed.is_scratch:
-            seed_record = self.store.get_record(self._materialize(seed))
-        mounts, release = await self.store.cache_mount(cid, sharing, seed=seed_record,
-                                                       seed_path=m.selector or "/")
-        stack.callback(release)
-        if m.readonly:
-            mounts = [attrs.evolve(x, options=tuple(o for o in x.options if o != "rw") + ("ro",))
-                      for x in mounts]
-        return ExecMount(m.dest, tuple(mounts), m.readonly)
+        return await run_exec(self, vertex, op, inputs, vp)
 
     # file -------------------------------------------------------------------------------
 
@@ -693,7 +514,7 @@ class BuildRunner(OpRunner):
             for idx in (a.input, a.secondary_input):
                 uses[idx] = uses.get(idx, 0) + 1
         with contextlib.ExitStack() as stack:
-            results: dict[int, _Active] = {}
+            results: dict[int, ActiveSnapshot] = {}
             reads: dict[int, str] = {}
 
             def readable(index: int) -> str:
@@ -711,7 +532,7 @@ class BuildRunner(OpRunner):
                 else:
                     parent = (SCRATCH_REF if base == SCRATCH else
                               inputs[base] if base < n else results[base - n].commit())
-                    active = _Active(self, parent, stack, vertex.name)
+                    active = ActiveSnapshot(self, parent, stack, vertex.name)
                 root = active.mount()
                 body = action.action
                 owner_root = root
@@ -748,7 +569,7 @@ class BuildRunner(OpRunner):
                     if a.output != SKIP_OUTPUT}
             return VertexOutcome(refs=refs, cached=False)
 
-    def _link_layer(self, op: FileOp, k: int, inputs: list[Ref], active: _Active) -> str | None:
+    def _link_layer(self, op: FileOp, k: int, inputs: list[Ref], active: ActiveSnapshot) -> str | None:
         """The layer directory action ``k`` (a copy) may hard-link source files into, or None.
 
         Only files of a local context synced in this build: the sync replaces a changed file
@@ -779,17 +600,17 @@ class BuildRunner(OpRunner):
 
     # merge / diff -----------------------------------------------------------------------
 
-    def _materialize(self, ref: Ref) -> str | None:
+    def materialize(self, ref: Ref) -> str | None:
         """The record of ``ref``; a plain directory is copied into a new one first."""
         if ref.path is None:
             return ref.snapshot
         with contextlib.ExitStack() as stack:
-            active = _Active(self, ref, stack)
+            active = ActiveSnapshot(self, ref, stack)
             active.mount()
             return active.commit().snapshot
 
     def _merge(self, op: MergeOp, inputs: list[Ref]) -> VertexOutcome:
-        keys = [self._materialize(inputs[mi.input]) for mi in op.inputs]
+        keys = [self.materialize(inputs[mi.input]) for mi in op.inputs]
         keys = [k for k in keys if k is not None]
         if not keys:
             return VertexOutcome(refs={0: SCRATCH_REF}, cached=False)
@@ -800,7 +621,7 @@ class BuildRunner(OpRunner):
         def side(d: Any) -> str | None:
             if d is None or d.input == SCRATCH:
                 return None
-            return self._materialize(inputs[d.input])
+            return self.materialize(inputs[d.input])
 
         lower, upper = side(op.lower), side(op.upper)
         if upper is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from pybk.core.errors import SolveError
 from pybk.core.interfaces import BuildResultView
 
 if TYPE_CHECKING:
@@ -33,6 +35,28 @@ class Ref:
 
 
 SCRATCH_REF = Ref()
+
+
+@contextlib.contextmanager
+def read_ref(store: Any, ref: Ref) -> Iterator[str]:
+    """A read-only directory with ``ref``'s filesystem while the context is open."""
+    if ref.path is not None:
+        yield ref.path
+        return
+    if ref.snapshot is None or store is None:
+        import tempfile
+
+        empty = tempfile.mkdtemp(prefix="pybk-scratch-")
+        try:
+            yield empty
+        finally:
+            shutil.rmtree(empty, ignore_errors=True)
+        return
+    record = store.get_record(ref.snapshot)
+    if record is None:
+        raise SolveError(f"result {ref.snapshot} is no longer in the store")
+    with store.contents(record) as path:
+        yield path
 
 
 @attrs.frozen
@@ -72,7 +96,5 @@ class SolveResult(BuildResultView):
 
     @contextlib.contextmanager
     def mount(self) -> Iterator[str]:
-        from pybk.core.solver.ops import read_ref
-
         with read_ref(self.store, self.ref) as path:
             yield path

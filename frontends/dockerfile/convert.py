@@ -351,7 +351,7 @@ class _Converter:
         if actual is None or _same_platform(actual, expected):
             return None
         if may_detect and self.implicit_platform and not frm.platform:
-            from pybk.core.engine.multiplatform import can_execute
+            from pybk.core.platform import can_execute
 
             if can_execute(actual):
                 return actual

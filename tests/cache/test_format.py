@@ -17,7 +17,7 @@ from pybk.core.remotecache.config import (
     ConfigBuilder,
     record_digest,
 )
-from pybk.core.remotecache.store import ExportPlan
+from pybk.core.remotecache.store import ExportPlan, load_cache
 from pybk.core.store.content import ContentStore
 
 KEY = "sha256:" + "ab" * 32
@@ -126,7 +126,7 @@ def test_docker_media_types_without_oci(tmp_path):
 def test_s3_object_names(tmp_path, moto_s3):
     exporter = resolve("s3", "--cache-to", **moto_s3.attrs(prefix="p/", name="one;two"))
     plan, blobs = make_plan(tmp_path)
-    exporter.export(plan)
+    exporter.open(plan.info).export(plan)
     fs = moto_s3.filesystem()
     keys = sorted(p[len(moto_s3.bucket) + 1:] for p in fs.find(f"{moto_s3.bucket}/p/"))
     assert keys == sorted([f"p/blobs/{b.digest}" for b in blobs]
@@ -134,7 +134,7 @@ def test_s3_object_names(tmp_path, moto_s3):
     stored = CacheConfig.from_json(fs.cat_file(f"{moto_s3.bucket}/p/manifests/two"))
     assert stored == plan.config  # the bare config, annotations included
     importer = resolve("s3", "--cache-from", **moto_s3.attrs(prefix="p/", name="two"))
-    [loaded] = importer.load({})
+    [loaded] = load_cache(importer, {})
     content = ContentStore(tmp_path / "other")
     loaded.store.fetch_blob(loaded.config.layers[0], content)
     assert content.read_bytes(blobs[0].digest) == b"layer 0" * 100
@@ -148,13 +148,13 @@ def test_azblob_object_names_and_container_creation(tmp_path, cache_azurite):
               "secret_access_key": ACCOUNT_KEY, "container": "fresh-container",
               "prefix": "pre"}
     plan, blobs = make_plan(tmp_path)
-    resolve("azblob", "--cache-to", **attrs_).export(plan)
+    resolve("azblob", "--cache-to", **attrs_).open(plan.info).export(plan)
     fs = adlfs.AzureBlobFileSystem(connection_string=cache_azurite.connection_string,
                                    skip_instance_cache=True)
     names = sorted(fs.find("fresh-container"))
     assert names == sorted([f"fresh-container/pre/blobs/{b.digest}" for b in blobs]
                            + ["fresh-container/pre/manifests/buildkit"])
-    [loaded] = resolve("azblob", "--cache-from", **attrs_).load({})
+    [loaded] = load_cache(resolve("azblob", "--cache-from", **attrs_), {})
     assert loaded.config == plan.config
 
 
@@ -162,7 +162,8 @@ def test_gha_keys(tmp_path, cache_gha):
     cache_gha.reset()
     token = cache_gha.mint_token()
     plan, blobs = make_plan(tmp_path)
-    resolve("gha", "--cache-to", url=cache_gha.url, token=token, scope="app").export(plan)
+    resolve("gha", "--cache-to", url=cache_gha.url, token=token,
+            scope="app").open(plan.info).export(plan)
     from pybk.cachebackends.gha import GHACacheFileSystem
 
     fs = GHACacheFileSystem(url=cache_gha.url, token=token, scope="app",
@@ -172,14 +173,14 @@ def test_gha_keys(tmp_path, cache_gha):
         assert fs.exists(f"blobs/{b.digest}")
     assert fs.index_key().startswith("index-app-1-")
     assert CacheConfig.from_json(fs.cat_file("index")) == plan.config
-    [loaded] = resolve("gha", "--cache-from", url=cache_gha.url, token=token,
-                       scope="app").load({})
+    [loaded] = load_cache(resolve("gha", "--cache-from", url=cache_gha.url, token=token,
+                                  scope="app"), {})
     assert loaded.config == plan.config
 
 
 def test_inline_config_names_image_layers(tmp_path):
-    from pybk.cachebackends.inline import inline_config, read_inline
     from pybk.core.images.layers import ExportedLayer
+    from pybk.core.remotecache.inline import inline_config, read_inline
 
     _, blobs = make_plan(tmp_path)
     encoded = inline_config(KEY, [ExportedLayer(None, b) for b in blobs])

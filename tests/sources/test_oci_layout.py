@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pybk.core.errors import BuildError
-from pybk.core.solver.sources import read_oci_layout
+from pybk.core.images.layout import read_oci_layout
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"

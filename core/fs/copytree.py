@@ -1,0 +1,57 @@
+"""Copying a result's filesystem into a directory (``--output type=local``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+
+
+def copy_tree(src: str, dest: str) -> int:
+    """Copy a result tree keeping modes, owners (when root), symlinks and hardlinks; returns
+    the number of entries written."""
+    count = 0
+    seen_inodes: dict[tuple[int, int], str] = {}
+    as_root = os.geteuid() == 0
+    os.makedirs(dest, exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, src)
+        target_dir = dest if rel == "." else os.path.join(dest, rel)
+        for name in sorted(dirnames) + sorted(filenames):
+            s = os.path.join(dirpath, name)
+            d = os.path.join(target_dir, name)
+            st = os.lstat(s)
+            if os.path.lexists(d) and not (os.path.isdir(d) and not os.path.islink(d)):
+                os.unlink(d)
+            if os.path.islink(s):
+                os.symlink(os.readlink(s), d)
+            elif os.path.isdir(s):
+                os.makedirs(d, exist_ok=True)
+            elif stat.S_ISFIFO(st.st_mode):
+                os.mkfifo(d, st.st_mode & 0o7777)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                if not as_root:
+                    continue  # device nodes need root; skipped like an unprivileged tar
+                os.mknod(d, st.st_mode, st.st_rdev)
+            elif stat.S_ISSOCK(st.st_mode):
+                continue  # sockets cannot be exported (BuildKit skips them too)
+            elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in seen_inodes:
+                os.link(seen_inodes[(st.st_dev, st.st_ino)], d)
+                count += 1
+                continue
+            else:
+                shutil.copy2(s, d, follow_symlinks=False)
+                if st.st_nlink > 1:
+                    seen_inodes[(st.st_dev, st.st_ino)] = d
+            if as_root:
+                os.lchown(d, st.st_uid, st.st_gid)
+            if not os.path.islink(s):
+                os.chmod(d, st.st_mode & 0o7777)
+            count += 1
+    for dirpath, _dirnames, _ in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        if rel != ".":
+            st = os.lstat(dirpath)
+            os.utime(os.path.join(dest, rel), ns=(st.st_atime_ns, st.st_mtime_ns))
+    return count
