@@ -157,7 +157,7 @@ class _Active:
             self.path = str(target)
             self._stack.callback(self.unmount)
             if self._parent.path is not None:
-                from pybk.core.store.snapshots import copy_contents
+                from pybk.core.store.trees import copy_contents
 
                 copy_contents(self._parent.path, self.path)
         return self.path
@@ -443,7 +443,7 @@ class BuildRunner(OpRunner):
     async def _local(self, vertex: Vertex, src: SourceOp, name: str,
                      vp: VertexProgress) -> tuple[str, VertexOutcome]:
         from pybk.core.fs.localsync import sync_local
-        from pybk.core.store.store import LOCAL_SYNC_STATE_SUFFIX
+        from pybk.core.store.localdirs import LOCAL_SYNC_STATE_SUFFIX
 
         client_dir = self.session.local_dirs.get(name)
         if client_dir is None:

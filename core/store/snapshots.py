@@ -19,15 +19,13 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
-import fcntl
 import os
 import secrets
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import orjson
@@ -35,251 +33,18 @@ import orjson
 from pybk.core.errors import StoreError
 from pybk.core.fs.fileop import remove_path
 from pybk.core.interfaces import Mount, Snapshotter
+from pybk.core.store import mounts as mountlib
+from pybk.core.store.db import StoreDB
+from pybk.core.store.trees import (
+    apply_layer,
+    copy_contents,
+    disk_usage,
+    make_whiteout,
+    tree_diff,
+)
 
-if TYPE_CHECKING:
-    from pybk.core.store.store import Store
-
-_FICLONE = 0x40049409
 #: file in a snapshot's directory naming the directories whose files its layer links to
 _LINKED_FROM = "linked-from"
-_OPAQUE_XATTR = "trusted.overlay.opaque"
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
-
-# --------------------------------------------------------------------------------------------
-# File-tree helpers (layers, whiteouts, copies, diffs, usage)
-# --------------------------------------------------------------------------------------------
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    """An overlay whiteout: a character device with device number 0:0."""
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def make_whiteout(path: str) -> None:
-    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-
-
-def is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, _OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
-def _xattrs(path: str) -> dict[str, bytes]:
-    """Extended attributes of ``path`` (not following symlinks), overlay's own left out."""
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EPERM):
-            return {}
-        raise
-    out = {}
-    for name in names:
-        if name.startswith(_OVERLAY_XATTR_PREFIXES):
-            continue
-        with contextlib.suppress(OSError):
-            out[name] = os.getxattr(path, name, follow_symlinks=False)
-    return out
-
-
-def _copy_metadata(src: str, st: os.stat_result, dst: str) -> None:
-    """Owner, mode, xattrs and times of ``src`` onto ``dst`` (in the order that keeps them)."""
-    link = stat.S_ISLNK(st.st_mode)
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not link:
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
-    for name, value in _xattrs(src).items():
-        with contextlib.suppress(OSError):
-            os.setxattr(dst, name, value, follow_symlinks=False)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _copy_file_data(src: str, dst: str) -> None:
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            return
-        except OSError:
-            pass
-        size = os.fstat(fin.fileno()).st_size
-        offset = 0
-        while offset < size:
-            sent = os.sendfile(fout.fileno(), fin.fileno(), offset, size - offset)
-            if sent == 0:
-                break
-            offset += sent
-
-
-def _copy_node(src: str, st: os.stat_result, dst: str, links: dict[tuple[int, int], str]) -> None:
-    """Copy one non-directory entry (file, symlink, device, fifo, socket) with its metadata.
-
-    Files hard-linked together in the source stay hard-linked together in the copy.
-    """
-    mode = st.st_mode
-    if stat.S_ISREG(mode) and st.st_nlink > 1:
-        first = links.get((st.st_dev, st.st_ino))
-        if first is not None:
-            os.link(first, dst)
-            return
-        links[(st.st_dev, st.st_ino)] = dst
-    if stat.S_ISREG(mode):
-        _copy_file_data(src, dst)
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(src), dst)
-    else:
-        os.mknod(dst, mode, st.st_rdev)
-    _copy_metadata(src, st, dst)
-
-
-
-
-def _clear_dir(path: str) -> None:
-    with os.scandir(path) as it:
-        for entry in it:
-            remove_path(entry.path)
-
-
-def apply_layer(layer: str, target: str) -> None:
-    """Apply ``layer`` (overlay-style whiteouts and opaque dirs) onto the tree at ``target``.
-
-    This is what overlayfs shows when ``layer`` is stacked on ``target``, done with copies.
-    """
-    links: dict[tuple[int, int], str] = {}
-
-    def walk(src_dir: str, dst_dir: str) -> None:
-        with os.scandir(src_dir) as it:
-            entries = list(it)
-        for entry in entries:
-            src = entry.path
-            dst = os.path.join(dst_dir, entry.name)
-            st = entry.stat(follow_symlinks=False)
-            if is_whiteout(st):
-                remove_path(dst)
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                try:
-                    dst_st = os.lstat(dst)
-                except FileNotFoundError:
-                    dst_st = None
-                if dst_st is not None and not stat.S_ISDIR(dst_st.st_mode):
-                    os.unlink(dst)
-                    dst_st = None
-                if dst_st is None:
-                    os.mkdir(dst, 0o700)
-                elif is_opaque(src):
-                    _clear_dir(dst)
-                walk(src, dst)
-                _copy_metadata(src, st, dst)
-            else:
-                remove_path(dst)
-                _copy_node(src, st, dst, links)
-
-    walk(layer, target)
-    _copy_metadata(layer, os.lstat(layer), target)
-
-
-def _same_entry(a_path: str, a: os.stat_result, b_path: str, b: os.stat_result) -> bool:
-    """Whether two entries look identical (type, mode, owner, size, mtime, target, xattrs)."""
-    if (a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns) != (b.st_mode, b.st_uid, b.st_gid,
-                                                          b.st_mtime_ns):
-        return False
-    if stat.S_ISREG(a.st_mode) and a.st_size != b.st_size:
-        return False
-    if stat.S_ISLNK(a.st_mode) and os.readlink(a_path) != os.readlink(b_path):
-        return False
-    if (stat.S_ISCHR(a.st_mode) or stat.S_ISBLK(a.st_mode)) and a.st_rdev != b.st_rdev:
-        return False
-    return _xattrs(a_path) == _xattrs(b_path)
-
-
-def tree_diff(lower: str | None, upper: str, out: str) -> None:
-    """Write into the empty directory ``out`` the changes from ``lower`` to ``upper``.
-
-    Added and changed entries are copied, deleted ones become whiteouts, so applying ``out``
-    on ``lower`` (overlayfs or :func:`apply_layer`) reproduces ``upper``.
-    """
-    links: dict[tuple[int, int], str] = {}
-
-    def copy_subtree(src: str, st: os.stat_result, dst: str) -> None:
-        if not stat.S_ISDIR(st.st_mode):
-            _copy_node(src, st, dst, links)
-            return
-        os.mkdir(dst, 0o700)
-        with os.scandir(src) as it:
-            for entry in it:
-                copy_subtree(entry.path, entry.stat(follow_symlinks=False),
-                             os.path.join(dst, entry.name))
-        _copy_metadata(src, st, dst)
-
-    def listing(path: str | None) -> dict[str, os.stat_result]:
-        if path is None:
-            return {}
-        with os.scandir(path) as it:
-            return {e.name: e.stat(follow_symlinks=False) for e in it}
-
-    def walk(low: str | None, up: str, dst: str) -> bool:
-        """Fill ``dst`` with the changes below ``up``; True when anything was written."""
-        lows, ups = listing(low), listing(up)
-        changed = False
-        for name in sorted(lows.keys() - ups.keys()):
-            make_whiteout(os.path.join(dst, name))
-            changed = True
-        for name, ust in sorted(ups.items()):
-            u_path, d_path = os.path.join(up, name), os.path.join(dst, name)
-            lst = lows.get(name)
-            if lst is None:
-                copy_subtree(u_path, ust, d_path)
-                changed = True
-                continue
-            l_path = os.path.join(low, name)  # type: ignore[arg-type]
-            if stat.S_ISDIR(ust.st_mode) and stat.S_ISDIR(lst.st_mode):
-                os.mkdir(d_path, 0o700)
-                inner = walk(l_path, u_path, d_path)
-                if inner or not _same_entry(l_path, lst, u_path, ust):
-                    _copy_metadata(u_path, ust, d_path)
-                    changed = True
-                else:
-                    os.rmdir(d_path)
-            elif not _same_entry(l_path, lst, u_path, ust):
-                copy_subtree(u_path, ust, d_path)
-                changed = True
-        return changed
-
-    walk(lower, upper, out)
-    _copy_metadata(upper, os.lstat(upper), out)
-
-
-def disk_usage(path: str | os.PathLike[str]) -> int:
-    """Bytes allocated under ``path`` (each inode once, directories included)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    stack = [os.fspath(path)]
-    while stack:
-        current = stack.pop()
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        total += st.st_blocks * 512
-        if stat.S_ISDIR(st.st_mode):
-            with contextlib.suppress(FileNotFoundError), os.scandir(current) as it:
-                stack.extend(e.path for e in it)
-    return total
-
-
-def copy_contents(src: str, dst: str) -> None:
-    """Copy the tree ``src`` into the existing directory ``dst`` (reflinks where possible)."""
-    proc = subprocess.run(
-        ["cp", "-a", "--reflink=auto", "--", f"{src}/.", f"{dst}/"],
-        capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        raise StoreError(f"copying {src} to {dst} failed: {proc.stderr.strip()}")
-
 
 # --------------------------------------------------------------------------------------------
 # Snapshot metadata
@@ -316,26 +81,25 @@ def _info(row: Sequence) -> SnapshotInfo:
                         owner, created, size)
 
 
-def _as_store(store_or_root: Store | str | os.PathLike[str]) -> Store:
-    from pybk.core.store.store import Store
-
-    return store_or_root if isinstance(store_or_root, Store) else Store.open(store_or_root)
+def _as_db(db_or_root: StoreDB | str | os.PathLike[str]) -> StoreDB:
+    return db_or_root if isinstance(db_or_root, StoreDB) else StoreDB(db_or_root)
 
 
-class _StoreSnapshotter(Snapshotter):
-    """What both snapshotters share: metadata in the store, layer chains, merge and diff."""
+class StoreSnapshotter(Snapshotter):
+    """What both snapshotters share: metadata in the store's database, layer chains, merge and
+    diff. Made with the store's :class:`StoreDB` (or a store root, whose database it opens)."""
 
     name: ClassVar[str]
 
-    def __init__(self, store: Store | str | os.PathLike[str]):
-        self.store = _as_store(store)
-        self.base = self.store.root / "snapshots" / self.name
+    def __init__(self, db: StoreDB | str | os.PathLike[str]):
+        self.db = _as_db(db)
+        self.base = self.db.root / "snapshots" / self.name
         self.base.mkdir(parents=True, exist_ok=True)
 
     # ---- metadata ---------------------------------------------------------------------------
 
     def info(self, key: str) -> SnapshotInfo | None:
-        rows = self.store.query(
+        rows = self.db.query(
             f"SELECT {_COLUMNS} FROM snapshots WHERE snapshotter=? AND key=?", (self.name, key))
         return _info(rows[0]) if rows else None
 
@@ -351,13 +115,13 @@ class _StoreSnapshotter(Snapshotter):
         return self.info(key) is not None
 
     def list(self) -> list[SnapshotInfo]:
-        rows = self.store.query(
+        rows = self.db.query(
             f"SELECT {_COLUMNS} FROM snapshots WHERE snapshotter=? ORDER BY id", (self.name,))
         return [_info(r) for r in rows]
 
     def dependents(self, key: str) -> list[str]:
         """Snapshots that need ``key`` (children, views, merges and diffs made from it)."""
-        rows = self.store.query(
+        rows = self.db.query(
             "SELECT key FROM snapshot_deps WHERE snapshotter=? AND dep=?", (self.name, key))
         return [r[0] for r in rows]
 
@@ -368,8 +132,8 @@ class _StoreSnapshotter(Snapshotter):
                 layers: Sequence[str] = (), deps: Sequence[str] = (),
                 whiteouts: bool = False) -> SnapshotInfo:
         """Add a row (and its dependencies) and create the snapshot's directory."""
-        owner = None if kind == "committed" else self.store.identity
-        with self.store.transaction() as db:
+        owner = None if kind == "committed" else self.db.identity
+        with self.db.transaction() as db:
             if db.execute("SELECT 1 FROM snapshots WHERE snapshotter=? AND key=?",
                           (self.name, key)).fetchone():
                 raise StoreError(f"snapshot {key!r} already exists")
@@ -425,7 +189,7 @@ class _StoreSnapshotter(Snapshotter):
         return self._readonly_mounts(info)
 
     def commit(self, name: str, key: str) -> None:
-        with self.store.transaction() as db:
+        with self.db.transaction() as db:
             row = db.execute("SELECT kind FROM snapshots WHERE snapshotter=? AND key=?",
                              (self.name, key)).fetchone()
             if row is None or row[0] != "active":
@@ -438,11 +202,11 @@ class _StoreSnapshotter(Snapshotter):
             db.execute("UPDATE snapshot_deps SET key=? WHERE snapshotter=? AND key=?",
                        (name, self.name, key))
             info = self._require(name)
-            self.store.after_commit(lambda: self._after_commit(info))
+            self.db.after_commit(lambda: self._after_commit(info))
 
     def remove(self, key: str) -> None:
         """Remove a snapshot; refused while other snapshots depend on it."""
-        with self.store.transaction() as db:
+        with self.db.transaction() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM snapshots WHERE snapshotter=? AND key=?",
                              (self.name, key)).fetchone()
             if row is None:
@@ -454,7 +218,7 @@ class _StoreSnapshotter(Snapshotter):
                 raise StoreError(f"snapshot {key!r} is still needed by {', '.join(children)}")
             db.execute("DELETE FROM snapshot_deps WHERE snapshotter=? AND key=?", (self.name, key))
             db.execute("DELETE FROM snapshots WHERE snapshotter=? AND key=?", (self.name, key))
-        self.store.discard_path(self.dir(info))
+        self.db.discard_path(self.dir(info))
 
     def usage(self, key: str) -> int:
         info = self._require(key)
@@ -462,13 +226,13 @@ class _StoreSnapshotter(Snapshotter):
             return info.size
         size = disk_usage(self.dir(info))
         if info.kind == "committed":
-            with self.store.transaction() as db:
+            with self.db.transaction() as db:
                 db.execute("UPDATE snapshots SET size=? WHERE snapshotter=? AND key=?",
                            (size, self.name, key))
         return size
 
     def _forget_size(self, info: SnapshotInfo) -> None:
-        with self.store.transaction() as db:
+        with self.db.transaction() as db:
             db.execute("UPDATE snapshots SET size=NULL WHERE snapshotter=? AND key=?",
                        (self.name, info.key))
 
@@ -486,9 +250,7 @@ class _StoreSnapshotter(Snapshotter):
         if len(mounts) == 1 and mounts[0].type == "bind":
             yield mounts[0].source
             return
-        from pybk.core.store import mounts as mountlib
-
-        target = self.store.process_tmp(f"view-{secrets.token_hex(6)}")
+        target = self.db.process_tmp(f"view-{secrets.token_hex(6)}")
         target.mkdir()
         mountlib.mount_all(mounts, str(target))
         try:
@@ -570,7 +332,7 @@ class _StoreSnapshotter(Snapshotter):
 
     def linked_sources(self, chain: Sequence[str]) -> list[set[str]]:
         """For each layer of ``chain``, the directories whose files are linked into it."""
-        ids = dict(self.store.query(
+        ids = dict(self.db.query(
             f"SELECT key, id FROM snapshots WHERE snapshotter=? AND key IN"
             f" ({','.join('?' * len(chain))})", (self.name, *chain))) if chain else {}
         out: list[set[str]] = []
@@ -598,7 +360,7 @@ class _StoreSnapshotter(Snapshotter):
                     fill: Callable[[str], None]) -> None:
         """Fill a fresh directory with ``fill(path)`` and rename it to ``target``; another
         process that got there first wins (its copy is the same)."""
-        temp = self.store.process_tmp(f"{target.name}-{secrets.token_hex(6)}")
+        temp = self.db.process_tmp(f"{target.name}-{secrets.token_hex(6)}")
         temp.mkdir()
         try:
             fill(str(temp))
@@ -648,18 +410,18 @@ class _StoreSnapshotter(Snapshotter):
         ...
 
 
-class OverlaySnapshotter(_StoreSnapshotter):
+class OverlaySnapshotter(StoreSnapshotter):
     """overlayfs: each snapshot's directory ``fs`` is its layer; mounts stack the chain."""
 
     name = "overlayfs"
     #: deepest lowerdir stack mounted as is; a deeper chain is flattened into one directory
     max_depth: ClassVar[int] = 100
 
-    def __init__(self, store: Store | str | os.PathLike[str], *,
+    def __init__(self, db: StoreDB | str | os.PathLike[str], *,
                  options: Sequence[str] | None = None):
-        super().__init__(store)
+        super().__init__(db)
         if options is None:
-            probe = probe_overlay(self.store)
+            probe = probe_overlay(self.db)
             options = probe.options if probe.supported else DEFAULT_OVERLAY_OPTIONS
         self.options = tuple(options)
         self.empty = self.base / "empty"
@@ -744,7 +506,7 @@ class OverlaySnapshotter(_StoreSnapshotter):
             tree_diff(low, up, str(out))
 
 
-class NativeSnapshotter(_StoreSnapshotter):
+class NativeSnapshotter(StoreSnapshotter):
     """native: each snapshot's ``fs`` is a full copy of its contents; mounts are binds."""
 
     name = "native"
@@ -818,27 +580,25 @@ class OverlayProbe:
     reason: str = ""
 
 
-def probe_overlay(store: Store) -> OverlayProbe:
+def probe_overlay(db: StoreDB) -> OverlayProbe:
     """Mount a tiny overlay (two lowers with a whiteout, an upper) in the store's tmp, once.
 
     The answer is kept in the store and asked again only after a kernel change.
     """
     kernel = os.uname().release
-    cached = store.get_meta("overlayfs.probe")
+    cached = db.get_meta("overlayfs.probe")
     if cached and cached.get("kernel") == kernel:
         return OverlayProbe(cached["supported"], tuple(cached["options"]), kernel,
                             cached.get("reason", ""))
-    result = _run_overlay_probe(store, kernel)
-    store.set_meta("overlayfs.probe", attrs.asdict(result))
+    result = _run_overlay_probe(db, kernel)
+    db.set_meta("overlayfs.probe", attrs.asdict(result))
     return result
 
 
-def _run_overlay_probe(store: Store, kernel: str) -> OverlayProbe:
-    from pybk.core.store import mounts as mountlib
-
-    if any(c in str(store.root) for c in ",:"):
+def _run_overlay_probe(db: StoreDB, kernel: str) -> OverlayProbe:
+    if any(c in str(db.root) for c in ",:"):
         return OverlayProbe(False, (), kernel, "store path contains ',' or ':'")
-    base = store.process_tmp(f"overlay-probe-{secrets.token_hex(4)}")
+    base = db.process_tmp(f"overlay-probe-{secrets.token_hex(4)}")
     reason = ""
     try:
         for options in (DEFAULT_OVERLAY_OPTIONS, ()):
@@ -869,27 +629,51 @@ def _run_overlay_probe(store: Store, kernel: str) -> OverlayProbe:
         remove_path(str(base))
 
 
-def auto_snapshotter(store: Store | str | os.PathLike[str]) -> Snapshotter:
+def auto_snapshotter(db: StoreDB | str | os.PathLike[str]) -> Snapshotter:
     """overlayfs when the kernel allows it for this store, else native."""
-    store = _as_store(store)
-    probe = probe_overlay(store)
+    db = _as_db(db)
+    probe = probe_overlay(db)
     if probe.supported:
-        return OverlaySnapshotter(store, options=probe.options)
-    return NativeSnapshotter(store)
+        return OverlaySnapshotter(db, options=probe.options)
+    return NativeSnapshotter(db)
 
 
-SNAPSHOTTERS: dict[str, type[_StoreSnapshotter]] = {
+SNAPSHOTTERS: dict[str, type[StoreSnapshotter]] = {
     OverlaySnapshotter.name: OverlaySnapshotter,
     NativeSnapshotter.name: NativeSnapshotter,
 }
 
 
-def make_snapshotter(store: Store, name: str = "auto") -> Snapshotter:
+def make_snapshotter(db: StoreDB, name: str = "auto") -> Snapshotter:
     """The snapshotter called ``name`` (``auto``, ``overlayfs`` or ``native``)."""
     if name == "auto":
-        return auto_snapshotter(store)
+        return auto_snapshotter(db)
     try:
-        return SNAPSHOTTERS[name](store)
+        return SNAPSHOTTERS[name](db)
     except KeyError:
         raise StoreError(f"unknown snapshotter {name!r} (choose auto, "
                          f"{', '.join(SNAPSHOTTERS)})") from None
+
+
+class SnapshotterSet:
+    """The snapshotters of one store: the default one new records use, made on first use by
+    ``make_default``, and the built-in ones by name for records another configuration made."""
+
+    def __init__(self, db: StoreDB, make_default: Callable[[], Snapshotter]):
+        self.db = db
+        self._make_default = make_default
+        self._default: Snapshotter | None = None
+        self._named: dict[str, Snapshotter] = {}
+
+    @property
+    def default(self) -> Snapshotter:
+        if self._default is None:
+            self._default = self._make_default()
+            self._named[self._default.name] = self._default
+        return self._default
+
+    def named(self, name: str) -> Any:
+        """The snapshotter called ``name``: the default one, or a built-in one."""
+        if name not in self._named and self.default.name != name:
+            self._named[name] = make_snapshotter(self.db, name)
+        return self._named[name]
