@@ -27,7 +27,7 @@ from pybk.core.fs.fileop import remove_path
 from pybk.core.interfaces import Mount
 from pybk.core.store import locks as lockmod
 from pybk.core.store.db import StoreDB, new_id
-from pybk.core.store.snapshots import SnapshotterSet
+from pybk.core.store.snapshotters import SnapshotterSet
 
 RECORD_TYPES = ("regular", "source.local", "exec.cachemount", "source.git.checkout", "frontend",
                 "internal")

@@ -9,7 +9,7 @@ from pybk.core.fs.fileop import remove_path
 from pybk.core.store import locks as lockmod
 from pybk.core.store import mounts as mountlib
 from pybk.core.store.db import StoreDB
-from pybk.core.store.snapshots import SnapshotterSet
+from pybk.core.store.snapshotters import SnapshotterSet
 
 
 def recover(db: StoreDB, snapshotters: SnapshotterSet) -> None:

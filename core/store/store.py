@@ -4,7 +4,7 @@ Layout under the root::
 
     metadata.db    sqlite (WAL): records, snapshots, cache keys, leases, named refs, history
     content/       OCI blobs (pybk.core.store.content)
-    snapshots/     snapshotter directories (pybk.core.store.snapshots)
+    snapshots/     snapshotter directories (pybk.core.store.snapshotters)
     cachemounts/   ``RUN --mount=type=cache`` directories (pybk.core.store.cachemounts)
     locals/        incrementally synced copies of client directories (pybk.core.store.localdirs)
     locks/         named file locks (pybk.core.store.locks)
@@ -18,7 +18,7 @@ under ``tmp/``) carries its identity (boot id, pid, start time) and is cleaned u
 
 :class:`Store` is the one object the rest of pybk uses; it puts together the parts, each in its
 own module: the root and its database (:mod:`~pybk.core.store.db`), the snapshotters
-(:mod:`~pybk.core.store.snapshots`), records and cache keys (:mod:`~pybk.core.store.records`),
+(:mod:`~pybk.core.store.snapshotters`), records and cache keys (:mod:`~pybk.core.store.records`),
 leases (:mod:`~pybk.core.store.leases`), cache mounts and context copies
 (:mod:`~pybk.core.store.cachemounts`, :mod:`~pybk.core.store.localdirs`), usage and pruning
 (:mod:`~pybk.core.store.gc`), recovery (:mod:`~pybk.core.store.recovery`) and the build history
@@ -44,7 +44,7 @@ from pybk.core.store.gc import Collector, UsageInfo
 from pybk.core.store.history import History, HistoryEntry
 from pybk.core.store.leases import Lease
 from pybk.core.store.records import Record, Records
-from pybk.core.store.snapshots import SnapshotterSet, make_snapshotter
+from pybk.core.store.snapshotters import SnapshotterSet, make_snapshotter
 
 #: how a store gets its default snapshotter: a name (``auto``, ``overlayfs``, ``native``) or a
 #: callable building it from the store, called once, on first use

@@ -7,7 +7,7 @@ import pytest
 
 from pybk.core.errors import StoreError
 from pybk.core.store.mounts import mounted
-from pybk.core.store.snapshots import (
+from pybk.core.store.snapshotters import (
     NativeSnapshotter,
     OverlaySnapshotter,
     auto_snapshotter,

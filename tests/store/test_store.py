@@ -98,7 +98,7 @@ def test_native_store(store_root):
 
 
 def test_snapshotter_from_a_factory(store_root):
-    from pybk.core.store.snapshots import NativeSnapshotter
+    from pybk.core.store.snapshotters import NativeSnapshotter
 
     calls = []
 
@@ -492,7 +492,7 @@ def test_open_removes_orphaned_snapshot_directories(store_root):
 
 
 def test_snapshotter_from_a_root_path(store_root):
-    from pybk.core.store.snapshots import NativeSnapshotter
+    from pybk.core.store.snapshotters import NativeSnapshotter
 
     sn = NativeSnapshotter(str(store_root))
     sn.prepare("a")
