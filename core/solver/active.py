@@ -40,7 +40,7 @@ class ActiveSnapshot:
             self.path = str(target)
             self._stack.callback(self.unmount)
             if self._parent.path is not None:
-                from pybk.core.store.snapshots import copy_contents
+                from pybk.core.store.trees import copy_contents
 
                 copy_contents(self._parent.path, self.path)
         return self.path

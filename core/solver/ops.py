@@ -380,7 +380,7 @@ class BuildRunner(OpRunner, LayerUnpacker):
     async def _local(self, vertex: Vertex, src: SourceOp, name: str,
                      vp: VertexProgress) -> tuple[str, VertexOutcome]:
         from pybk.core.fs.localsync import sync_local
-        from pybk.core.store.store import LOCAL_SYNC_STATE_SUFFIX
+        from pybk.core.store.localdirs import LOCAL_SYNC_STATE_SUFFIX
 
         client_dir = self.session.local_dirs.get(name)
         if client_dir is None:

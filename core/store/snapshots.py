@@ -1,6 +1,6 @@
-"""Snapshotters: ``overlayfs`` (one layer directory per snapshot) and ``native`` (full copies).
+"""Snapshots: what every snapshotter of the store shares (:class:`StoreSnapshotter`).
 
-Both keep their metadata in the store's ``metadata.db`` (table ``snapshots``) and their files
+The snapshotters (``overlayfs`` and ``native``, in :mod:`pybk.core.store.snapshotters`) keep their metadata in the store's ``metadata.db`` (table ``snapshots``) and their files
 under ``<store>/snapshots/<name>/<id>/``. Every snapshot has
 
 - *contents*: what its mounts show;
@@ -19,15 +19,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
-import fcntl
 import os
 import secrets
-import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import attrs
 import orjson
@@ -35,251 +32,15 @@ import orjson
 from pybk.core.errors import StoreError
 from pybk.core.fs.files import remove_path
 from pybk.core.interfaces import Mount, Snapshotter
+from pybk.core.store import mounts as mountlib
+from pybk.core.store.db import StoreDB
+from pybk.core.store.trees import (
+    apply_layer,
+    disk_usage,
+)
 
-if TYPE_CHECKING:
-    from pybk.core.store.store import Store
-
-_FICLONE = 0x40049409
 #: file in a snapshot's directory naming the directories whose files its layer links to
 _LINKED_FROM = "linked-from"
-_OPAQUE_XATTR = "trusted.overlay.opaque"
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
-
-# --------------------------------------------------------------------------------------------
-# File-tree helpers (layers, whiteouts, copies, diffs, usage)
-# --------------------------------------------------------------------------------------------
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    """An overlay whiteout: a character device with device number 0:0."""
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def make_whiteout(path: str) -> None:
-    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-
-
-def is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, _OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
-def _xattrs(path: str) -> dict[str, bytes]:
-    """Extended attributes of ``path`` (not following symlinks), overlay's own left out."""
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EPERM):
-            return {}
-        raise
-    out = {}
-    for name in names:
-        if name.startswith(_OVERLAY_XATTR_PREFIXES):
-            continue
-        with contextlib.suppress(OSError):
-            out[name] = os.getxattr(path, name, follow_symlinks=False)
-    return out
-
-
-def _copy_metadata(src: str, st: os.stat_result, dst: str) -> None:
-    """Owner, mode, xattrs and times of ``src`` onto ``dst`` (in the order that keeps them)."""
-    link = stat.S_ISLNK(st.st_mode)
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not link:
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
-    for name, value in _xattrs(src).items():
-        with contextlib.suppress(OSError):
-            os.setxattr(dst, name, value, follow_symlinks=False)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _copy_file_data(src: str, dst: str) -> None:
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            return
-        except OSError:
-            pass
-        size = os.fstat(fin.fileno()).st_size
-        offset = 0
-        while offset < size:
-            sent = os.sendfile(fout.fileno(), fin.fileno(), offset, size - offset)
-            if sent == 0:
-                break
-            offset += sent
-
-
-def _copy_node(src: str, st: os.stat_result, dst: str, links: dict[tuple[int, int], str]) -> None:
-    """Copy one non-directory entry (file, symlink, device, fifo, socket) with its metadata.
-
-    Files hard-linked together in the source stay hard-linked together in the copy.
-    """
-    mode = st.st_mode
-    if stat.S_ISREG(mode) and st.st_nlink > 1:
-        first = links.get((st.st_dev, st.st_ino))
-        if first is not None:
-            os.link(first, dst)
-            return
-        links[(st.st_dev, st.st_ino)] = dst
-    if stat.S_ISREG(mode):
-        _copy_file_data(src, dst)
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(src), dst)
-    else:
-        os.mknod(dst, mode, st.st_rdev)
-    _copy_metadata(src, st, dst)
-
-
-
-
-def _clear_dir(path: str) -> None:
-    with os.scandir(path) as it:
-        for entry in it:
-            remove_path(entry.path)
-
-
-def apply_layer(layer: str, target: str) -> None:
-    """Apply ``layer`` (overlay-style whiteouts and opaque dirs) onto the tree at ``target``.
-
-    This is what overlayfs shows when ``layer`` is stacked on ``target``, done with copies.
-    """
-    links: dict[tuple[int, int], str] = {}
-
-    def walk(src_dir: str, dst_dir: str) -> None:
-        with os.scandir(src_dir) as it:
-            entries = list(it)
-        for entry in entries:
-            src = entry.path
-            dst = os.path.join(dst_dir, entry.name)
-            st = entry.stat(follow_symlinks=False)
-            if is_whiteout(st):
-                remove_path(dst)
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                try:
-                    dst_st = os.lstat(dst)
-                except FileNotFoundError:
-                    dst_st = None
-                if dst_st is not None and not stat.S_ISDIR(dst_st.st_mode):
-                    os.unlink(dst)
-                    dst_st = None
-                if dst_st is None:
-                    os.mkdir(dst, 0o700)
-                elif is_opaque(src):
-                    _clear_dir(dst)
-                walk(src, dst)
-                _copy_metadata(src, st, dst)
-            else:
-                remove_path(dst)
-                _copy_node(src, st, dst, links)
-
-    walk(layer, target)
-    _copy_metadata(layer, os.lstat(layer), target)
-
-
-def _same_entry(a_path: str, a: os.stat_result, b_path: str, b: os.stat_result) -> bool:
-    """Whether two entries look identical (type, mode, owner, size, mtime, target, xattrs)."""
-    if (a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns) != (b.st_mode, b.st_uid, b.st_gid,
-                                                          b.st_mtime_ns):
-        return False
-    if stat.S_ISREG(a.st_mode) and a.st_size != b.st_size:
-        return False
-    if stat.S_ISLNK(a.st_mode) and os.readlink(a_path) != os.readlink(b_path):
-        return False
-    if (stat.S_ISCHR(a.st_mode) or stat.S_ISBLK(a.st_mode)) and a.st_rdev != b.st_rdev:
-        return False
-    return _xattrs(a_path) == _xattrs(b_path)
-
-
-def tree_diff(lower: str | None, upper: str, out: str) -> None:
-    """Write into the empty directory ``out`` the changes from ``lower`` to ``upper``.
-
-    Added and changed entries are copied, deleted ones become whiteouts, so applying ``out``
-    on ``lower`` (overlayfs or :func:`apply_layer`) reproduces ``upper``.
-    """
-    links: dict[tuple[int, int], str] = {}
-
-    def copy_subtree(src: str, st: os.stat_result, dst: str) -> None:
-        if not stat.S_ISDIR(st.st_mode):
-            _copy_node(src, st, dst, links)
-            return
-        os.mkdir(dst, 0o700)
-        with os.scandir(src) as it:
-            for entry in it:
-                copy_subtree(entry.path, entry.stat(follow_symlinks=False),
-                             os.path.join(dst, entry.name))
-        _copy_metadata(src, st, dst)
-
-    def listing(path: str | None) -> dict[str, os.stat_result]:
-        if path is None:
-            return {}
-        with os.scandir(path) as it:
-            return {e.name: e.stat(follow_symlinks=False) for e in it}
-
-    def walk(low: str | None, up: str, dst: str) -> bool:
-        """Fill ``dst`` with the changes below ``up``; True when anything was written."""
-        lows, ups = listing(low), listing(up)
-        changed = False
-        for name in sorted(lows.keys() - ups.keys()):
-            make_whiteout(os.path.join(dst, name))
-            changed = True
-        for name, ust in sorted(ups.items()):
-            u_path, d_path = os.path.join(up, name), os.path.join(dst, name)
-            lst = lows.get(name)
-            if lst is None:
-                copy_subtree(u_path, ust, d_path)
-                changed = True
-                continue
-            l_path = os.path.join(low, name)  # type: ignore[arg-type]
-            if stat.S_ISDIR(ust.st_mode) and stat.S_ISDIR(lst.st_mode):
-                os.mkdir(d_path, 0o700)
-                inner = walk(l_path, u_path, d_path)
-                if inner or not _same_entry(l_path, lst, u_path, ust):
-                    _copy_metadata(u_path, ust, d_path)
-                    changed = True
-                else:
-                    os.rmdir(d_path)
-            elif not _same_entry(l_path, lst, u_path, ust):
-                copy_subtree(u_path, ust, d_path)
-                changed = True
-        return changed
-
-    walk(lower, upper, out)
-    _copy_metadata(upper, os.lstat(upper), out)
-
-
-def disk_usage(path: str | os.PathLike[str]) -> int:
-    """Bytes allocated under ``path`` (each inode once, directories included)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    stack = [os.fspath(path)]
-    while stack:
-        current = stack.pop()
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        total += st.st_blocks * 512
-        if stat.S_ISDIR(st.st_mode):
-            with contextlib.suppress(FileNotFoundError), os.scandir(current) as it:
-                stack.extend(e.path for e in it)
-    return total
-
-
-def copy_contents(src: str, dst: str) -> None:
-    """Copy the tree ``src`` into the existing directory ``dst`` (reflinks where possible)."""
-    proc = subprocess.run(
-        ["cp", "-a", "--reflink=auto", "--", f"{src}/.", f"{dst}/"],
-        capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        raise StoreError(f"copying {src} to {dst} failed: {proc.stderr.strip()}")
-
 
 # --------------------------------------------------------------------------------------------
 # Snapshot metadata
@@ -316,26 +77,25 @@ def _info(row: Sequence) -> SnapshotInfo:
                         owner, created, size)
 
 
-def _as_store(store_or_root: Store | str | os.PathLike[str]) -> Store:
-    from pybk.core.store.store import Store
-
-    return store_or_root if isinstance(store_or_root, Store) else Store.open(store_or_root)
+def as_db(db_or_root: StoreDB | str | os.PathLike[str]) -> StoreDB:
+    return db_or_root if isinstance(db_or_root, StoreDB) else StoreDB(db_or_root)
 
 
-class _StoreSnapshotter(Snapshotter):
-    """What both snapshotters share: metadata in the store, layer chains, merge and diff."""
+class StoreSnapshotter(Snapshotter):
+    """What both snapshotters share: metadata in the store's database, layer chains, merge and
+    diff. Made with the store's :class:`StoreDB` (or a store root, whose database it opens)."""
 
     name: ClassVar[str]
 
-    def __init__(self, store: Store | str | os.PathLike[str]):
-        self.store = _as_store(store)
-        self.base = self.store.root / "snapshots" / self.name
+    def __init__(self, db: StoreDB | str | os.PathLike[str]):
+        self.db = as_db(db)
+        self.base = self.db.root / "snapshots" / self.name
         self.base.mkdir(parents=True, exist_ok=True)
 
     # ---- metadata ---------------------------------------------------------------------------
 
     def info(self, key: str) -> SnapshotInfo | None:
-        rows = self.store.query(
+        rows = self.db.query(
             f"SELECT {_COLUMNS} FROM snapshots WHERE snapshotter=? AND key=?", (self.name, key))
         return _info(rows[0]) if rows else None
 
@@ -351,13 +111,13 @@ class _StoreSnapshotter(Snapshotter):
         return self.info(key) is not None
 
     def list(self) -> list[SnapshotInfo]:
-        rows = self.store.query(
+        rows = self.db.query(
             f"SELECT {_COLUMNS} FROM snapshots WHERE snapshotter=? ORDER BY id", (self.name,))
         return [_info(r) for r in rows]
 
     def dependents(self, key: str) -> list[str]:
         """Snapshots that need ``key`` (children, views, merges and diffs made from it)."""
-        rows = self.store.query(
+        rows = self.db.query(
             "SELECT key FROM snapshot_deps WHERE snapshotter=? AND dep=?", (self.name, key))
         return [r[0] for r in rows]
 
@@ -368,8 +128,8 @@ class _StoreSnapshotter(Snapshotter):
                 layers: Sequence[str] = (), deps: Sequence[str] = (),
                 whiteouts: bool = False) -> SnapshotInfo:
         """Add a row (and its dependencies) and create the snapshot's directory."""
-        owner = None if kind == "committed" else self.store.identity
-        with self.store.transaction() as db:
+        owner = None if kind == "committed" else self.db.identity
+        with self.db.transaction() as db:
             if db.execute("SELECT 1 FROM snapshots WHERE snapshotter=? AND key=?",
                           (self.name, key)).fetchone():
                 raise StoreError(f"snapshot {key!r} already exists")
@@ -425,7 +185,7 @@ class _StoreSnapshotter(Snapshotter):
         return self._readonly_mounts(info)
 
     def commit(self, name: str, key: str) -> None:
-        with self.store.transaction() as db:
+        with self.db.transaction() as db:
             row = db.execute("SELECT kind FROM snapshots WHERE snapshotter=? AND key=?",
                              (self.name, key)).fetchone()
             if row is None or row[0] != "active":
@@ -438,11 +198,11 @@ class _StoreSnapshotter(Snapshotter):
             db.execute("UPDATE snapshot_deps SET key=? WHERE snapshotter=? AND key=?",
                        (name, self.name, key))
             info = self._require(name)
-            self.store.after_commit(lambda: self._after_commit(info))
+            self.db.after_commit(lambda: self._after_commit(info))
 
     def remove(self, key: str) -> None:
         """Remove a snapshot; refused while other snapshots depend on it."""
-        with self.store.transaction() as db:
+        with self.db.transaction() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM snapshots WHERE snapshotter=? AND key=?",
                              (self.name, key)).fetchone()
             if row is None:
@@ -454,7 +214,7 @@ class _StoreSnapshotter(Snapshotter):
                 raise StoreError(f"snapshot {key!r} is still needed by {', '.join(children)}")
             db.execute("DELETE FROM snapshot_deps WHERE snapshotter=? AND key=?", (self.name, key))
             db.execute("DELETE FROM snapshots WHERE snapshotter=? AND key=?", (self.name, key))
-        self.store.discard_path(self.dir(info))
+        self.db.discard_path(self.dir(info))
 
     def usage(self, key: str) -> int:
         info = self._require(key)
@@ -462,13 +222,13 @@ class _StoreSnapshotter(Snapshotter):
             return info.size
         size = disk_usage(self.dir(info))
         if info.kind == "committed":
-            with self.store.transaction() as db:
+            with self.db.transaction() as db:
                 db.execute("UPDATE snapshots SET size=? WHERE snapshotter=? AND key=?",
                            (size, self.name, key))
         return size
 
     def _forget_size(self, info: SnapshotInfo) -> None:
-        with self.store.transaction() as db:
+        with self.db.transaction() as db:
             db.execute("UPDATE snapshots SET size=NULL WHERE snapshotter=? AND key=?",
                        (self.name, info.key))
 
@@ -486,9 +246,7 @@ class _StoreSnapshotter(Snapshotter):
         if len(mounts) == 1 and mounts[0].type == "bind":
             yield mounts[0].source
             return
-        from pybk.core.store import mounts as mountlib
-
-        target = self.store.process_tmp(f"view-{secrets.token_hex(6)}")
+        target = self.db.process_tmp(f"view-{secrets.token_hex(6)}")
         target.mkdir()
         mountlib.mount_all(mounts, str(target))
         try:
@@ -570,7 +328,7 @@ class _StoreSnapshotter(Snapshotter):
 
     def linked_sources(self, chain: Sequence[str]) -> list[set[str]]:
         """For each layer of ``chain``, the directories whose files are linked into it."""
-        ids = dict(self.store.query(
+        ids = dict(self.db.query(
             f"SELECT key, id FROM snapshots WHERE snapshotter=? AND key IN"
             f" ({','.join('?' * len(chain))})", (self.name, *chain))) if chain else {}
         out: list[set[str]] = []
@@ -598,7 +356,7 @@ class _StoreSnapshotter(Snapshotter):
                     fill: Callable[[str], None]) -> None:
         """Fill a fresh directory with ``fill(path)`` and rename it to ``target``; another
         process that got there first wins (its copy is the same)."""
-        temp = self.store.process_tmp(f"{target.name}-{secrets.token_hex(6)}")
+        temp = self.db.process_tmp(f"{target.name}-{secrets.token_hex(6)}")
         temp.mkdir()
         try:
             fill(str(temp))
@@ -646,250 +404,3 @@ class _StoreSnapshotter(Snapshotter):
     @abc.abstractmethod
     def _fill_tree_diff(self, info: SnapshotInfo, lower: str | None, upper: str) -> None:
         ...
-
-
-class OverlaySnapshotter(_StoreSnapshotter):
-    """overlayfs: each snapshot's directory ``fs`` is its layer; mounts stack the chain."""
-
-    name = "overlayfs"
-    #: deepest lowerdir stack mounted as is; a deeper chain is flattened into one directory
-    max_depth: ClassVar[int] = 100
-
-    def __init__(self, store: Store | str | os.PathLike[str], *,
-                 options: Sequence[str] | None = None):
-        super().__init__(store)
-        if options is None:
-            probe = probe_overlay(self.store)
-            options = probe.options if probe.supported else DEFAULT_OVERLAY_OPTIONS
-        self.options = tuple(options)
-        self.empty = self.base / "empty"
-        self.empty.mkdir(exist_ok=True)
-
-    def layer_dir(self, key: str) -> str:
-        return str(self.dir(self._require(key)) / "fs")
-
-    def own_layer(self, key: str) -> str | None:
-        return str(self.dir(self._require(key, "active")) / "fs")
-
-    def _create_active(self, info: SnapshotInfo, parent: SnapshotInfo | None) -> None:
-        directory = self.dir(info)
-        (directory / "fs").mkdir()
-        (directory / "work").mkdir()
-        if parent is not None:
-            st = os.stat(self.dir(parent) / "fs")
-            os.chown(directory / "fs", st.st_uid, st.st_gid)
-            os.chmod(directory / "fs", stat.S_IMODE(st.st_mode))
-
-    def _lowers(self, info: SnapshotInfo) -> list[str]:
-        """Layer directories of a committed snapshot, top first, flattened when too deep."""
-        dirs: list[str] = []
-        for key in reversed(info.chain):
-            k_info = info if key == info.key else self._require(key)
-            flat = self.dir(k_info) / "flat"
-            if flat.is_dir():
-                dirs.append(str(flat))
-                break
-            dirs.append(str(self.dir(k_info) / "fs"))
-        if len(dirs) > self.max_depth:
-            return [self._flatten(info)]
-        return dirs
-
-    def _flatten(self, info: SnapshotInfo) -> str:
-        """Materialise the contents of ``info`` into its ``flat`` directory (once)."""
-        flat = self.dir(info) / "flat"
-        if flat.is_dir():
-            return str(flat)
-        self._build_once(info, flat, lambda temp: self._apply_chain(info.chain, temp))
-        return str(flat)
-
-    def _overlay(self, lowers: Sequence[str], *extra: str) -> list[Mount]:
-        return [Mount("overlay", "overlay",
-                      ("lowerdir=" + ":".join(lowers), *extra, *self.options))]
-
-    def _readonly_mounts(self, info: SnapshotInfo) -> list[Mount]:
-        lowers = self._lowers(info)
-        if len(lowers) > 1:
-            return self._overlay(lowers)
-        top = lowers[0]
-        if top.endswith("/fs") and info.whiteouts:
-            return self._overlay([top, str(self.empty)])
-        return [Mount("bind", top, ("rbind", "ro"))]
-
-    def _active_mounts(self, info: SnapshotInfo) -> list[Mount]:
-        directory = self.dir(info)
-        if info.parent is None:
-            return self._bind(info, ro=False)
-        lowers = self._lowers(self._require(info.parent))
-        if len(lowers) == 1 and self._require(info.parent).whiteouts and lowers[0].endswith("/fs"):
-            lowers.append(str(self.empty))
-        return self._overlay(lowers, f"upperdir={directory / 'fs'}", f"workdir={directory / 'work'}")
-
-    def _after_commit(self, info: SnapshotInfo) -> None:
-        remove_path(str(self.dir(info) / "work"))
-
-    def _fill_merge(self, info: SnapshotInfo, stack: Sequence[str]) -> None:
-        (self.dir(info) / "fs").mkdir()
-        if not info.layers:  # an input appears twice or links repeat: copy instead
-            self._apply_chain(stack, str(self.dir(info) / "fs"))
-
-    def _fill_stack(self, info: SnapshotInfo, layers: Sequence[str]) -> None:
-        (self.dir(info) / "fs").mkdir()
-
-    def _fill_tree_diff(self, info: SnapshotInfo, lower: str | None, upper: str) -> None:
-        out = self.dir(info) / "fs"
-        out.mkdir()
-        with contextlib.ExitStack() as stack:
-            low = stack.enter_context(self.contents(lower)) if lower else None
-            up = stack.enter_context(self.contents(upper))
-            tree_diff(low, up, str(out))
-
-
-class NativeSnapshotter(_StoreSnapshotter):
-    """native: each snapshot's ``fs`` is a full copy of its contents; mounts are binds."""
-
-    name = "native"
-
-    def layer_dir(self, key: str) -> str:
-        """The own layer; for a child it is computed once (a tree diff against its parent)."""
-        info = self._require(key)
-        directory = self.dir(info)
-        layer = directory / "layer"
-        if layer.is_dir():
-            return str(layer)
-        if info.parent is None and not info.layers:
-            return str(directory / "fs")
-        if info.kind != "committed":
-            raise StoreError(f"snapshot {key!r} is not committed: it has no layer yet")
-        parent_fs = str(self.dir(self._require(info.parent)) / "fs")
-        self._build_once(info, layer, lambda temp: tree_diff(parent_fs, str(directory / "fs"),
-                                                             temp))
-        return str(layer)
-
-    def _create_active(self, info: SnapshotInfo, parent: SnapshotInfo | None) -> None:
-        fs = self.dir(info) / "fs"
-        fs.mkdir()
-        if parent is not None:
-            copy_contents(str(self.dir(parent) / "fs"), str(fs))
-
-    def _active_mounts(self, info: SnapshotInfo) -> list[Mount]:
-        return self._bind(info, ro=False)
-
-    def _readonly_mounts(self, info: SnapshotInfo) -> list[Mount]:
-        return self._bind(info, ro=True)
-
-    def _fill_merge(self, info: SnapshotInfo, stack: Sequence[str]) -> None:
-        directory = self.dir(info)
-        (directory / "fs").mkdir()
-        self._apply_chain(stack, str(directory / "fs"))
-        if info.layers:
-            (directory / "layer").mkdir()
-
-    def _fill_stack(self, info: SnapshotInfo, layers: Sequence[str]) -> None:
-        directory = self.dir(info)
-        (directory / "fs").mkdir()
-        self._apply_chain(layers, str(directory / "fs"))
-        (directory / "layer").mkdir()
-
-    def _fill_tree_diff(self, info: SnapshotInfo, lower: str | None, upper: str) -> None:
-        directory = self.dir(info)
-        (directory / "layer").mkdir()
-        (directory / "fs").mkdir()
-        with contextlib.ExitStack() as stack:
-            low = stack.enter_context(self.contents(lower)) if lower else None
-            up = stack.enter_context(self.contents(upper))
-            tree_diff(low, up, str(directory / "layer"))
-        apply_layer(str(directory / "layer"), str(directory / "fs"))
-
-
-# --------------------------------------------------------------------------------------------
-# Choosing a snapshotter
-# --------------------------------------------------------------------------------------------
-
-DEFAULT_OVERLAY_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
-
-
-@attrs.frozen
-class OverlayProbe:
-    """Whether overlayfs works for this store on this kernel, and with which extra options."""
-
-    supported: bool
-    options: tuple[str, ...] = ()
-    kernel: str = ""
-    reason: str = ""
-
-
-def probe_overlay(store: Store) -> OverlayProbe:
-    """Mount a tiny overlay (two lowers with a whiteout, an upper) in the store's tmp, once.
-
-    The answer is kept in the store and asked again only after a kernel change.
-    """
-    kernel = os.uname().release
-    cached = store.get_meta("overlayfs.probe")
-    if cached and cached.get("kernel") == kernel:
-        return OverlayProbe(cached["supported"], tuple(cached["options"]), kernel,
-                            cached.get("reason", ""))
-    result = _run_overlay_probe(store, kernel)
-    store.set_meta("overlayfs.probe", attrs.asdict(result))
-    return result
-
-
-def _run_overlay_probe(store: Store, kernel: str) -> OverlayProbe:
-    from pybk.core.store import mounts as mountlib
-
-    if any(c in str(store.root) for c in ",:"):
-        return OverlayProbe(False, (), kernel, "store path contains ',' or ':'")
-    base = store.process_tmp(f"overlay-probe-{secrets.token_hex(4)}")
-    reason = ""
-    try:
-        for options in (DEFAULT_OVERLAY_OPTIONS, ()):
-            remove_path(str(base))
-            for d in ("l1", "l2", "upper", "work", "merged"):
-                (base / d).mkdir(parents=True)
-            (base / "l1" / "gone").write_text("x")
-            (base / "l2" / "kept").write_text("y")
-            try:
-                make_whiteout(str(base / "l2" / "gone"))
-                lowers = f"lowerdir={base / 'l2'}:{base / 'l1'}"
-                mountlib.mount_all([Mount("overlay", "overlay", (
-                    lowers, f"upperdir={base / 'upper'}", f"workdir={base / 'work'}", *options,
-                ))], str(base / "merged"))
-            except OSError as e:
-                reason = str(e)
-                continue
-            try:
-                (base / "merged" / "new").write_text("z")
-                seen = sorted(os.listdir(base / "merged"))
-            finally:
-                mountlib.unmount_all(str(base / "merged"))
-            if seen == ["kept", "new"] and (base / "upper" / "new").exists():
-                return OverlayProbe(True, tuple(options), kernel)
-            reason = f"unexpected overlay contents {seen}"
-        return OverlayProbe(False, (), kernel, reason)
-    finally:
-        remove_path(str(base))
-
-
-def auto_snapshotter(store: Store | str | os.PathLike[str]) -> Snapshotter:
-    """overlayfs when the kernel allows it for this store, else native."""
-    store = _as_store(store)
-    probe = probe_overlay(store)
-    if probe.supported:
-        return OverlaySnapshotter(store, options=probe.options)
-    return NativeSnapshotter(store)
-
-
-SNAPSHOTTERS: dict[str, type[_StoreSnapshotter]] = {
-    OverlaySnapshotter.name: OverlaySnapshotter,
-    NativeSnapshotter.name: NativeSnapshotter,
-}
-
-
-def make_snapshotter(store: Store, name: str = "auto") -> Snapshotter:
-    """The snapshotter called ``name`` (``auto``, ``overlayfs`` or ``native``)."""
-    if name == "auto":
-        return auto_snapshotter(store)
-    try:
-        return SNAPSHOTTERS[name](store)
-    except KeyError:
-        raise StoreError(f"unknown snapshotter {name!r} (choose auto, "
-                         f"{', '.join(SNAPSHOTTERS)})") from None

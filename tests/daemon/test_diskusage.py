@@ -10,7 +10,7 @@ import pytest
 
 from pybk.core.cli.commands import main
 from pybk.core.cli.diskusage import format_bytes, tabwrite
-from pybk.core.store.store import UsageInfo
+from pybk.core.store.gc import UsageInfo
 
 
 def test_format_bytes_like_go_units():

@@ -7,14 +7,13 @@ import pytest
 
 from pybk.core.errors import StoreError
 from pybk.core.store.mounts import mounted
-from pybk.core.store.snapshots import (
+from pybk.core.store.snapshotters import (
     NativeSnapshotter,
     OverlaySnapshotter,
-    apply_layer,
     auto_snapshotter,
-    is_opaque,
     probe_overlay,
 )
+from pybk.core.store.trees import apply_layer, is_opaque
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount(2), chown, mknod)")
 
@@ -22,10 +21,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount(2),
 @pytest.fixture(params=["overlayfs", "native"])
 def sn(request, store):
     if request.param == "overlayfs":
-        if not probe_overlay(store).supported:
-            pytest.skip(f"overlayfs not usable here: {probe_overlay(store).reason}")
-        return OverlaySnapshotter(store)
-    return NativeSnapshotter(store)
+        if not probe_overlay(store.db).supported:
+            pytest.skip(f"overlayfs not usable here: {probe_overlay(store.db).reason}")
+        return OverlaySnapshotter(store.db)
+    return NativeSnapshotter(store.db)
 
 
 def build(sn, key, parent, change):
@@ -85,9 +84,9 @@ def test_chain_of_three_with_deletes(sn, tree, write):
 
 
 def test_overlay_layer_dir_holds_whiteouts(store, tree, write):
-    if not probe_overlay(store).supported:
+    if not probe_overlay(store.db).supported:
         pytest.skip("overlayfs not usable here")
-    sn = OverlaySnapshotter(store)
+    sn = OverlaySnapshotter(store.db)
     build(sn, "a", None, lambda r: (write(r, "f", b"1"), write(r, "d/g", b"2")))
 
     def change(r):
@@ -227,7 +226,7 @@ def test_diff_of_parent_and_child_reuses_layers(sn, tree, write):
 
 
 def test_native_layer_dir_is_a_tree_diff(store, tree, write):
-    sn = NativeSnapshotter(store)
+    sn = NativeSnapshotter(store.db)
     build(sn, "a", None, lambda r: (write(r, "x", b"1"), write(r, "y", b"2")))
     build(sn, "b", "a", lambda r: (os.unlink(os.path.join(r, "x")), write(r, "z", b"3")))
     assert tree(sn.layer_dir("a")) == {"x": ("file", 0o644, 0, 0, b"1"),
@@ -237,9 +236,9 @@ def test_native_layer_dir_is_a_tree_diff(store, tree, write):
 
 
 def test_overlay_flattens_deep_chains(store, tree, write, monkeypatch):
-    if not probe_overlay(store).supported:
+    if not probe_overlay(store.db).supported:
         pytest.skip("overlayfs not usable here")
-    sn = OverlaySnapshotter(store)
+    sn = OverlaySnapshotter(store.db)
     monkeypatch.setattr(OverlaySnapshotter, "max_depth", 3)
     parent = None
     for i in range(6):
@@ -265,10 +264,10 @@ def test_usage_counts_own_files(sn, write):
 
 
 def test_auto_picks_overlay_here(store):
-    probe = probe_overlay(store)
+    probe = probe_overlay(store.db)
     if not probe.supported:
         pytest.skip(f"overlayfs not usable on this kernel: {probe.reason}")
-    assert auto_snapshotter(store).name == "overlayfs"
+    assert auto_snapshotter(store.db).name == "overlayfs"
     assert store.snapshotter.name == "overlayfs"
     assert store.get_meta("overlayfs.probe")["supported"] is True
 

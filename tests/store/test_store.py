@@ -14,8 +14,9 @@ import pytest
 from pybk.core.config.gc import PruneRule, gc_prune_rules
 from pybk.core.config.schema import OCIConfig
 from pybk.core.errors import StoreError, UsageError
+from pybk.core.store.gc import parse_filters
 from pybk.core.store.mounts import mounted
-from pybk.core.store.store import Store, parse_filters
+from pybk.core.store.store import Store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount(2), chown, mknod)")
 
@@ -97,6 +98,34 @@ def test_native_store(store_root):
         _ = Store.open(store_root, snapshotter="zfs").snapshotter
 
 
+def test_snapshotter_from_a_factory(store_root):
+    from pybk.core.store.snapshotters import NativeSnapshotter
+
+    calls = []
+
+    class Counting(NativeSnapshotter):
+        def prepare(self, key, parent=None):
+            calls.append(key)
+            return super().prepare(key, parent)
+
+    def factory(store):
+        calls.append(store)
+        return Counting(store.db)
+
+    with Store.open(store_root, snapshotter=factory) as store:
+        assert calls == []  # built on first use
+        a = make(store, files={"x": b"a"})
+        b = make(store, a, files={"y": b"b"})
+        assert calls[0] is store and len(calls) == 3  # called once, then used for both records
+        assert store.snapshotter is store.snapshotter_named("native")
+        assert isinstance(store.record_snapshotter(b), Counting)
+        with store.contents(b) as root:
+            assert sorted(os.listdir(root)) == ["x", "y"]
+        assert store.get_cache("k") is None
+        store.put_cache("k", b)
+        assert store.get_cache("k").id == b.id
+
+
 def test_lease_protects_from_prune_and_counts_use(store):
     kept = make(store, files={"a": b"1"})
     dropped = make(store, files={"b": b"2"})
@@ -165,7 +194,7 @@ def test_prune_keep_duration_and_size_target(store):
 
 
 def test_filters():
-    from pybk.core.store.store import UsageInfo
+    from pybk.core.store.gc import UsageInfo
 
     info = UsageInfo("abc", True, False, 1, ("p1",), 0.0, None, 0, "RUN make", "exec.cachemount")
     assert parse_filters(["type==exec.cachemount"])(info)
@@ -464,18 +493,19 @@ def test_open_removes_orphaned_snapshot_directories(store_root):
 
 
 def test_snapshotter_from_a_root_path(store_root):
-    from pybk.core.store.snapshots import NativeSnapshotter
+    from pybk.core.store.snapshotters import NativeSnapshotter
 
     sn = NativeSnapshotter(str(store_root))
     sn.prepare("a")
     sn.commit("b", "a")
     assert sn.exists("b") and not sn.exists("a")
-    assert sn.store.root == store_root.resolve()
+    assert sn.db.root == store_root.resolve()
 
 
 def test_pruned_local_directory_forgets_its_sync_state(tmp_path):
     from pybk.core.fs.localsync import sync_local
-    from pybk.core.store.store import LOCAL_SYNC_STATE_SUFFIX, Store
+    from pybk.core.store.localdirs import LOCAL_SYNC_STATE_SUFFIX
+    from pybk.core.store.store import Store
 
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)

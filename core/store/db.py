@@ -1,0 +1,268 @@
+"""The store root: its directories, its metadata database (sqlite, WAL) and per-process scratch.
+
+Everything else in the store (records, leases, named directories, history, usage, and the
+snapshotters) keeps its metadata in the one database opened here and shares its transactions:
+a nested :meth:`StoreDB.transaction` joins the outer one, and work registered with
+:meth:`StoreDB.after_commit` (deleting files) runs only once the outermost one commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pybk.core.errors import StoreError
+from pybk.core.fs.files import remove_path
+from pybk.core.store import locks as lockmod
+
+SCHEMA_VERSION = 1
+
+#: directories under the root
+LAYOUT = ("content", "snapshots", "cachemounts", "locals", "locks", "tmp")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    snapshotter TEXT NOT NULL,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')),
+    parent TEXT,
+    layers TEXT NOT NULL DEFAULT '[]',
+    whiteouts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    created REAL NOT NULL,
+    size INTEGER,
+    UNIQUE (snapshotter, key)
+);
+CREATE TABLE IF NOT EXISTS snapshot_deps(
+    snapshotter TEXT NOT NULL,
+    key TEXT NOT NULL,
+    dep TEXT NOT NULL,
+    PRIMARY KEY (snapshotter, key, dep)
+);
+CREATE INDEX IF NOT EXISTS snapshot_deps_dep ON snapshot_deps(snapshotter, dep);
+CREATE TABLE IF NOT EXISTS records(
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    snapshotter TEXT,
+    snapshot TEXT,
+    path TEXT,
+    description TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    last_used REAL,
+    usage_count INTEGER NOT NULL DEFAULT 0,
+    size INTEGER,
+    mutable INTEGER NOT NULL,
+    owner TEXT
+);
+CREATE TABLE IF NOT EXISTS record_parents(
+    record_id TEXT NOT NULL REFERENCES records(id) ON DELETE CASCADE,
+    parent_id TEXT NOT NULL REFERENCES records(id),
+    PRIMARY KEY (record_id, parent_id)
+);
+CREATE INDEX IF NOT EXISTS record_parents_parent ON record_parents(parent_id);
+CREATE TABLE IF NOT EXISTS cache_keys(
+    cache_key TEXT NOT NULL,
+    output INTEGER NOT NULL,
+    record_id TEXT NOT NULL REFERENCES records(id) ON DELETE CASCADE,
+    created REAL NOT NULL,
+    PRIMARY KEY (cache_key, output)
+);
+CREATE INDEX IF NOT EXISTS cache_keys_record ON cache_keys(record_id);
+CREATE TABLE IF NOT EXISTS leases(
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lease_refs(
+    lease_id TEXT NOT NULL REFERENCES leases(id) ON DELETE CASCADE,
+    record_id TEXT NOT NULL REFERENCES records(id) ON DELETE CASCADE,
+    PRIMARY KEY (lease_id, record_id)
+);
+CREATE INDEX IF NOT EXISTS lease_refs_record ON lease_refs(record_id);
+CREATE TABLE IF NOT EXISTS refs(
+    name TEXT PRIMARY KEY,
+    record_id TEXT NOT NULL REFERENCES records(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS refs_record ON refs(record_id);
+CREATE TABLE IF NOT EXISTS history(
+    ref TEXT PRIMARY KEY,
+    frontend TEXT NOT NULL DEFAULT '',
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL,
+    error TEXT,
+    num_total INTEGER NOT NULL DEFAULT 0,
+    num_cached INTEGER NOT NULL DEFAULT 0,
+    num_completed INTEGER NOT NULL DEFAULT 0,
+    num_warnings INTEGER NOT NULL DEFAULT 0,
+    pinned INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+def new_id() -> str:
+    """A random id (25 lowercase base-36 characters, like BuildKit's record ids)."""
+    n = int.from_bytes(secrets.token_bytes(16), "big")
+    digits = []
+    for _ in range(25):
+        n, d = divmod(n, 36)
+        digits.append("0123456789abcdefghijklmnopqrstuvwxyz"[d])
+    return "".join(digits)
+
+
+class StoreDB:
+    """A store root with its metadata database open. One object per process (not shared across
+    fork): a forked child opens its own connection on first use."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(os.path.realpath(root))
+        for sub in LAYOUT:
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.locks = lockmod.Locks(self.root / "locks")
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        self._db_pid = 0
+        self._tx_depth = 0
+        self._after_tx: list[Callable[[], None]] = []
+        with self._lock:
+            db = self._connection()
+            try:
+                db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)",
+                           (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"store {self.root} was written by a newer pybk "
+                                 f"(schema {row[0]} > {SCHEMA_VERSION})")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    @property
+    def identity(self) -> str:
+        """This process's identity (boot id, pid, start time), the owner of what it holds."""
+        return lockmod.process_identity()
+
+    # ---- database ---------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None or self._db_pid != os.getpid():
+            db = sqlite3.connect(self.root / "metadata.db", timeout=60, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=60000")
+            for _ in range(100):  # switching to WAL needs a moment without other writers
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError:
+                    time.sleep(0.05)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._db, self._db_pid = db, os.getpid()
+            self._tx_depth = 0
+        return self._db
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for several reads in a row (no transaction)."""
+        with self._lock:
+            yield self._connection()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); nested calls join the outer one.
+
+        Work registered with :meth:`after_commit` runs once the outermost one commits.
+        """
+        with self._lock:
+            db = self._connection()
+            if self._tx_depth:
+                self._tx_depth += 1
+                try:
+                    yield db
+                finally:
+                    self._tx_depth -= 1
+                return
+            db.execute("BEGIN IMMEDIATE")
+            self._tx_depth = 1
+            try:
+                yield db
+            except BaseException:
+                self._tx_depth = 0
+                self._after_tx.clear()
+                db.execute("ROLLBACK")
+                raise
+            self._tx_depth = 0
+            db.execute("COMMIT")
+            pending, self._after_tx = self._after_tx, []
+        for work in pending:
+            work()
+
+    def after_commit(self, work: Callable[[], None]) -> None:
+        """Run ``work`` after the current transaction commits (now when there is none)."""
+        with self._lock:
+            if self._tx_depth:
+                self._after_tx.append(work)
+                return
+        work()
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._connection().execute(sql, args).fetchall()
+
+    def get_meta(self, key: str) -> Any:
+        rows = self.query("SELECT value FROM meta WHERE key=?", (key,))
+        return orjson.loads(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)",
+                       (key, orjson.dumps(value).decode()))
+
+    # ---- files ------------------------------------------------------------------------------
+
+    def proc_dir(self, identity: str) -> Path:
+        """The scratch directory of the process ``identity``."""
+        return self.root / "tmp" / ("proc_" + identity.replace(":", "_"))
+
+    def process_tmp(self, name: str | None = None) -> Path:
+        """This process's scratch directory (or a path in it); put temporary mountpoints here."""
+        directory = self.proc_dir(self.identity)
+        directory.mkdir(exist_ok=True)
+        return directory / name if name else directory
+
+    def discard_path(self, path: str | os.PathLike[str]) -> None:
+        """Delete ``path`` after the current transaction commits (moved to trash, then removed)."""
+        def work() -> None:
+            trash = self.process_tmp(f"trash-{secrets.token_hex(6)}")
+            try:
+                os.rename(path, trash)
+            except FileNotFoundError:
+                return
+            remove_path(str(trash))
+
+        self.after_commit(work)

@@ -1,0 +1,281 @@
+"""Disk usage and garbage collection of a store's records: ``du``, ``prune`` with BuildKit's
+filters and size targets, and the automatic GC's policies and throttle."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import orjson
+
+from pybk.core.errors import UsageError
+from pybk.core.store import locks as lockmod
+from pybk.core.store.localdirs import LOCAL_SYNC_STATE_SUFFIX
+from pybk.core.store.records import Record, Records
+from pybk.core.store.recovery import release_dead_owners
+from pybk.core.store.trees import disk_usage
+
+
+@attrs.frozen
+class UsageInfo:
+    """A ``du`` row (BuildKit's UsageInfo)."""
+
+    id: str
+    mutable: bool
+    in_use: bool
+    size: int
+    parents: tuple[str, ...]
+    created_at: float
+    last_used_at: float | None
+    usage_count: int
+    description: str
+    record_type: str
+    shared: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Filters (containerd syntax, the fields BuildKit's prune/du understand)
+# --------------------------------------------------------------------------------------------
+
+_FILTER_CLAUSE = re.compile(r'\s*([A-Za-z_.]+)\s*(?:(==|!=|~=)\s*("(?:[^"\\]|\\.)*"|[^,]*))?\s*')
+_FILTER_FIELDS = ("id", "parents", "description", "inuse", "mutable", "immutable", "type",
+                  "shared", "private")
+
+
+def _filter_values(info: UsageInfo) -> dict[str, list[str]]:
+    def flag(value: bool) -> list[str]:
+        return ["true"] if value else []
+
+    return {
+        "id": [info.id], "parents": list(info.parents), "description": [info.description],
+        "inuse": flag(info.in_use), "mutable": flag(info.mutable),
+        "immutable": flag(not info.mutable), "type": [info.record_type],
+        "shared": flag(info.shared), "private": flag(not info.shared),
+    }
+
+
+def parse_filters(filters: Sequence[str]) -> Callable[[UsageInfo], bool]:
+    """A predicate for ``--filter`` strings: clauses joined by ``,`` must all match; any one of
+    several filter strings matching is enough. Operators ``==``, ``!=``, ``~=`` (regex); a bare
+    field matches when it is set (``inuse``, ``mutable`` …)."""
+    alternatives = []
+    for text in filters:
+        clauses = []
+        pos = 0
+        while pos < len(text):
+            m = _FILTER_CLAUSE.match(text, pos)
+            if not m or not m.group(0).strip():
+                raise UsageError(f"invalid filter {text!r}", flag="--filter")
+            field, op, value = m.groups()
+            if field not in _FILTER_FIELDS:
+                raise UsageError(f"unknown filter field {field!r} in {text!r} (known: "
+                                 f"{', '.join(_FILTER_FIELDS)})", flag="--filter")
+            if value and value.startswith('"'):
+                value = orjson.loads(value)
+            if op == "~=":
+                try:
+                    value = re.compile(value or "")
+                except re.error as e:
+                    raise UsageError(f"invalid regular expression in {text!r}: {e}",
+                                     flag="--filter") from None
+            clauses.append((field, op, value))
+            pos = m.end()
+            if pos < len(text):
+                if text[pos] != ",":
+                    raise UsageError(f"invalid filter {text!r}", flag="--filter")
+                pos += 1
+        alternatives.append(clauses)
+
+    def match_clause(values: dict[str, list[str]], field: str, op: str | None, value: Any) -> bool:
+        present = values[field]
+        if op is None:
+            return bool(present)
+        if op == "==":
+            return value in present
+        if op == "!=":
+            return value not in present
+        return any(value.search(v) for v in present)
+
+    def predicate(info: UsageInfo) -> bool:
+        if not alternatives:
+            return True
+        values = _filter_values(info)
+        return any(all(match_clause(values, *c) for c in clauses) for clauses in alternatives)
+
+    return predicate
+
+
+# --------------------------------------------------------------------------------------------
+# Usage and pruning
+# --------------------------------------------------------------------------------------------
+
+
+class Collector:
+    """Sizes, use and deletion of the records of a store."""
+
+    def __init__(self, records: Records):
+        self.records = records
+        self.db = records.db
+
+    def _record_size(self, record: Record) -> int:
+        if record.size is not None and not record.mutable:
+            return record.size
+        if record.snapshot is not None:
+            sn = self.records.snapshotter_of(record)
+            size = sn.usage(record.snapshot) if sn.exists(record.snapshot) else 0
+        else:
+            size = disk_usage(self.db.root / record.path)  # type: ignore[operator]
+        if not record.mutable:
+            with self.db.transaction() as db:
+                db.execute("UPDATE records SET size=? WHERE id=?", (size, record.id))
+        return size
+
+    def _in_use(self) -> set[str]:
+        """Ids of records some live process holds (lease, uncommitted snapshot, named dir)."""
+        used = {r for (r,) in self.db.query(
+            "SELECT record_id FROM lease_refs JOIN leases ON leases.id = lease_refs.lease_id")}
+        used |= {r for (r, owner) in self.db.query(
+            "SELECT id, owner FROM records WHERE owner IS NOT NULL") if lockmod.is_alive(owner)}
+        for name, record_id in self.db.query("SELECT name, record_id FROM refs"):
+            probe = self.db.locks.try_lock(name)
+            if probe is None:
+                used.add(record_id)
+            else:
+                probe.release()
+        return used
+
+    def du(self, filters: Sequence[str] = ()) -> list[UsageInfo]:
+        """Every record with its size, most recently used last."""
+        release_dead_owners(self.db, self.records.snapshotters)
+        match = parse_filters(filters)
+        used = self._in_use()
+        rows = []
+        for record in self.records.all():
+            info = UsageInfo(record.id, record.mutable, record.id in used,
+                             self._record_size(record), record.parents, record.created,
+                             record.last_used, record.usage_count, record.description,
+                             record.type)
+            if match(info):
+                rows.append(info)
+        return sorted(rows, key=lambda i: (i.last_used_at or 0, i.created_at))
+
+    def _delete_record(self, record_id: str, path_lock: str | None) -> bool:
+        """Forget a record and delete its files; False when it is (now) held or needed."""
+        held = self.db.locks.try_lock(path_lock) if path_lock else None
+        if path_lock and held is None:
+            return False
+        try:
+            with self.db.transaction() as db:
+                row = db.execute("SELECT snapshotter, snapshot, path FROM records WHERE id=? AND"
+                                 " owner IS NULL", (record_id,)).fetchone()
+                if row is None or db.execute(
+                        "SELECT 1 FROM record_parents WHERE parent_id=? UNION ALL SELECT 1 FROM"
+                        " lease_refs WHERE record_id=?", (record_id, record_id)).fetchone():
+                    return False
+                snapshotter, snapshot, path = row
+                if snapshot is not None:
+                    sn = self.records.snapshotters.named(snapshotter)
+                    if sn.exists(snapshot) and sn.dependents(snapshot):
+                        return False
+                db.execute("DELETE FROM records WHERE id=?", (record_id,))
+                if snapshot is not None and sn.exists(snapshot):
+                    sn.remove(snapshot)
+                if path is not None:
+                    self.db.discard_path(self.db.root / path)
+                    # a synced local directory's state: a later sync must start from scratch
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.db.root / (path.rstrip("/") + LOCAL_SYNC_STATE_SUFFIX))
+            return True
+        finally:
+            if held is not None:
+                held.release()
+
+    def prune(self, filters: Sequence[str] = (), *, all: bool = False,
+              keep_duration: float = 0.0, keep_bytes: int = 0, reserved_space: int = 0,
+              max_used_space: int = 0, min_free_space: int = 0) -> list[UsageInfo]:
+        """One BuildKit prune pass; returns the deleted records.
+
+        Records in use are never deleted, ``internal``/``frontend`` ones only with ``all``,
+        ones used within ``keep_duration`` seconds not at all. Without size targets every
+        matching record goes; with them, records go one at a time (least recently and least
+        often used first) until the total is below the target. ``keep_bytes`` is the old name
+        of ``reserved_space``.
+        """
+        reserved_space = reserved_space or keep_bytes
+        usage = self.du()
+        match = parse_filters(filters)
+        now = time.time()
+        total = sum(i.size for i in usage if not i.shared)
+        candidates = [
+            i for i in usage
+            if not i.in_use and not i.shared
+            and (all or i.record_type not in ("internal", "frontend"))
+            and not (keep_duration and (i.last_used_at or i.created_at) > now - keep_duration)
+            and match(i)
+        ]
+        sized = bool(reserved_space or max_used_space or min_free_space)
+        keep = 0
+        if sized:
+            keep = max_used_space
+            if min_free_space:
+                disk = os.statvfs(self.db.root)
+                free = disk.f_bavail * disk.f_frsize
+                if min_free_space > free:
+                    keep = min(keep or total, total - (min_free_space - free))
+                elif not max_used_space:
+                    keep = total
+            keep = max(keep, reserved_space)
+            by_lru = sorted(candidates, key=lambda i: i.last_used_at or i.created_at)
+            by_count = sorted(candidates, key=lambda i: i.usage_count)
+            n = max(len(candidates), 1)
+            score = {i.id: by_lru.index(i) / n + by_count.index(i) / n for i in candidates}
+            candidates.sort(key=lambda i: score[i.id])
+        ref_names = dict((r, n) for n, r in self.db.query("SELECT name, record_id FROM refs"))
+        deleted: list[UsageInfo] = []
+        progress = True
+        while candidates and progress and not (sized and total <= keep):
+            progress = False
+            for info in list(candidates):
+                if self._delete_record(info.id, ref_names.get(info.id)):
+                    candidates.remove(info)
+                    deleted.append(info)
+                    total -= info.size
+                    progress = True
+                    if sized:
+                        break
+        return deleted
+
+    def gc_due(self, interval: float = 60.0) -> bool:
+        """Whether the automatic GC should run now: at most once per ``interval`` seconds per
+        store (BuildKit's throttle), across processes; claims the slot when it is."""
+        stamp = self.db.root / "gc.stamp"
+        now = time.time()
+        try:
+            if now - stamp.stat().st_mtime < interval:
+                return False
+        except FileNotFoundError:
+            pass
+        with contextlib.suppress(OSError):
+            stamp.touch()
+            os.utime(stamp, (now, now))
+        return True
+
+    def gc(self, policies: Sequence[Any]) -> list[UsageInfo]:
+        """Run each policy as one prune pass, in order.
+
+        ``policies`` are resolved rules (:func:`pybk.core.config.schema.gc_prune_rules`): sizes in
+        bytes, ``keep_duration`` in seconds.
+        """
+        deleted: list[UsageInfo] = []
+        for policy in policies:
+            deleted += self.prune(policy.filters, all=policy.all,
+                                  keep_duration=policy.keep_duration,
+                                  reserved_space=policy.reserved_space,
+                                  max_used_space=policy.max_used_space,
+                                  min_free_space=policy.min_free_space)
+        return deleted
