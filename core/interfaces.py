@@ -146,6 +146,15 @@ class FrontendBridge(abc.ABC):
         """
         raise UnsupportedOperation("this bridge cannot run containers")
 
+    def solve_frontend(self, name: str, opts: Mapping[str, str]) -> FrontendResult:
+        """Run the registered frontend ``name`` (e.g. ``dockerfile.v0``) with ``opts`` on this
+        bridge and return its result: how a frontend hands part of its work to another.
+
+        :raises UnknownPluginError: no frontend is registered as ``name``.
+        :raises UnsupportedOperation: the bridge has no plugin registry behind it.
+        """
+        raise UnsupportedOperation("this bridge cannot run other frontends")
+
 
 class Frontend(Plugin, abc.ABC):
     """Turns a human-readable build description into LLB."""

@@ -17,7 +17,12 @@ from typing import Any
 from pybk.core.engine.request import BuildRequest, CacheSpec
 from pybk.core.engine.resolve import plugin_class, plugin_errors
 from pybk.core.errors import BuildError, SolveError, UsageError
-from pybk.core.interfaces import FrontendBridge, UnsupportedOperation
+from pybk.core.interfaces import (
+    FrontendBridge,
+    FrontendRequest,
+    FrontendResult,
+    UnsupportedOperation,
+)
 
 _DIRECTIVE = re.compile(rb"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 
@@ -36,7 +41,7 @@ def scan_directives(data: bytes) -> dict[str, str]:
 def _safe_join(root: str, path: str) -> str:
     """``path`` inside ``root``; ``..`` and absolute paths cannot leave it (symlinks are
     resolved within the root)."""
-    from pybk.core.fs.fileop import resolve_in_root
+    from pybk.core.fs.rootpath import resolve_in_root
 
     return resolve_in_root(root, path)
 
@@ -117,6 +122,13 @@ class LocalBridge(FrontendBridge):
 
         return open_container(self.client, image, name=name, progress=self.progress,
                               entitlements=self.entitlements)
+
+    def solve_frontend(self, name: str, opts: Mapping[str, str]) -> FrontendResult:
+        from pybk.core.engine.resolve import plugin_class, plugin_errors
+
+        frontend_cls = plugin_class("frontend", name)
+        with plugin_errors("frontend", name):
+            return frontend_cls().solve(FrontendRequest(opts=dict(opts)), self)
 
 
 def _layout_digest(layout: str, ref: str) -> str:

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from pybk.core.engine.resolve import resolve
 from pybk.core.errors import UsageError
 from pybk.core.paths import default_root
 from pybk.core.progress.events import Progress, SolveStatus
+from pybk.core.progress.ui import progress_sinks
 
 ProgressArg = str | Callable[[SolveStatus], None] | Sequence[Callable[[SolveStatus], None]] | None
 
@@ -218,12 +219,14 @@ class Client:
         definitions = {platform: (_as_definition(graph), config)
                        for platform, (graph, config) in graphs.items()}
         hook = self.plugins.hook
-        exports = [self._resolve_output(o) for o in outputs]
-        importers = [self._resolve_cache(c, "--cache-from") for c in cache_imports]
-        cache_to = _check_cache_exports([self._resolve_cache(c, "--cache-to")
+        pm = self.plugins
+        exports = [resolve("exporter", o, where="--output", pm=pm) for o in outputs]
+        importers = [resolve("cache importer", c, where="--cache-from", pm=pm)
+                     for c in cache_imports]
+        cache_to = _check_cache_exports([resolve("cache exporter", c, where="--cache-to", pm=pm)
                                          for c in cache_exports])
         modes = {e.mode for e in cache_to if not _is_inline(e)}
-        renderers, sinks = _progress_sinks(progress)
+        renderers, sinks = progress_sinks(progress)
         bus = Progress(*sinks, *renderers, lambda status: hook.pybk_progress(event=status))
         hook.pybk_build_started(request=request)
         result: Any = None
@@ -374,55 +377,6 @@ class Client:
         with result.mount() as root:
             return copy_tree(root, os.fspath(dest_dir))
 
-    def _resolve_output(self, output: Any) -> Any:
-        """An exporter instance for ``output`` (a mapping with ``type`` or an OutputSpec),
-        its options structured and validated by the exporter plugin."""
-        from pybk.core.converter import structure_options
-
-        if isinstance(output, Mapping):
-            attrs_in = {str(k): str(v) for k, v in output.items()}
-            kind = attrs_in.pop("type", "")
-        else:
-            kind, attrs_in = output.type, dict(output.attrs)
-        if not kind:
-            raise UsageError("an output needs a type (e.g. type=local,dest=DIR)", flag="--output")
-        pm = self.plugins
-        registry = pm.exporters()
-        exporter_cls = registry.get(kind)
-        options = structure_options(exporter_cls.Options, attrs_in, where="--output")
-        with pm.annotate_errors(registry.owner(kind)[0]):
-            return exporter_cls().resolve(options)
-
-
-    def _resolve_cache(self, spec: Any, flag: str) -> Any:
-        """The cache importer (``--cache-from``) or exporter (``--cache-to``) of ``spec`` (a
-        mapping with ``type`` or a CacheSpec), its options validated by the backend."""
-        from pybk.core.converter import structure_options
-        from pybk.core.interfaces import UnsupportedOperation
-
-        if isinstance(spec, Mapping):
-            attrs_in = {str(k): str(v) for k, v in spec.items()}
-            kind = attrs_in.pop("type", "")
-        else:
-            kind, attrs_in = spec.type, dict(spec.attrs)
-        pm = self.plugins
-        registry = pm.cache_backends()
-        if kind not in registry:
-            known = ", ".join(registry.names())
-            raise UsageError(f"unknown cache type {kind!r} (known: {known})", flag=flag)
-        backend_cls = registry.get(kind)
-        options = structure_options(backend_cls.Options, attrs_in, where=flag)
-        with pm.annotate_errors(registry.owner(kind)[0]):
-            backend = backend_cls()
-            try:
-                if flag == "--cache-from":
-                    return backend.resolve_importer(options)
-                return backend.resolve_exporter(options)
-            except UnsupportedOperation as exc:
-                hint = " (import an inline cache with type=registry,ref=IMAGE)" if (
-                    kind == "inline") else ""
-                raise UsageError(f"{exc}{hint}", flag=flag) from None
-
 
 async def _all_or_none(coros: Sequence[Any]) -> list[Any]:
     """Await the coroutines concurrently; the first exception cancels the rest and is raised
@@ -461,17 +415,3 @@ def _check_cache_exports(exporters: list[Any]) -> list[Any]:
         seen.add(ident)
         out.append(exporter)
     return out
-
-
-def _progress_sinks(progress: ProgressArg) -> tuple[list[Any], list[Callable]]:
-    """(renderers to close at the end, plain callables)."""
-    if progress is None:
-        return [], []
-    if isinstance(progress, str):
-        from pybk.core.progress.ui import make_renderer
-
-        mode = "quiet" if progress == "none" else progress
-        return [make_renderer(mode, sys.stderr)], []
-    if callable(progress):
-        return [], [progress]
-    return [], list(progress)

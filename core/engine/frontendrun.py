@@ -15,10 +15,10 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from pybk.core.engine.client import _progress_sinks
 from pybk.core.errors import BuildError
 from pybk.core.interfaces import FrontendContainer, OutputCallback, ProcessSpec
 from pybk.core.progress.events import STREAM_STDERR, Progress
+from pybk.core.progress.ui import progress_sinks
 from pybk.core.serialize import sha256_digest
 
 Exited = Callable[[int | None, BaseException | None], None]
@@ -73,7 +73,7 @@ class EngineContainer(FrontendContainer):
         if self._thread is not None:
             raise BuildError(f"[frontend] {self._name}: its container already runs a process")
         self._check(process)
-        self._renderers, sinks = _progress_sinks(self._progress)
+        self._renderers, sinks = progress_sinks(self._progress)
         vertex = Progress(*sinks, *self._renderers).vertex(
             sha256_digest(f"gateway:{self._name}".encode()), f"[frontend] {self._name}")
         store = self._worker.store

@@ -149,14 +149,8 @@ class GatewayFrontend(Frontend):
 
     @staticmethod
     def _nested(name: str, opts: Mapping[str, str], bridge: FrontendBridge) -> Any:
-        """``solve`` with ``frontend``: run a registered in-process frontend on this bridge."""
-        from pybk.core.plugins import get_plugin_manager
-
+        """``solve`` with ``frontend``: a registered frontend run through the bridge."""
         if name == NAME:
             raise UsageError("a gateway frontend cannot solve with gateway.v0 itself")
-        pm = get_plugin_manager()
-        registry = pm.frontends()
-        frontend_cls = registry.get(name)
-        with pm.annotate_errors(registry.owner(name)[0]):
-            return frontend_cls().solve(FrontendRequest(opts=opts), bridge).definition
+        return bridge.solve_frontend(name, opts).definition
 
