@@ -63,7 +63,7 @@ def make_parser() -> argparse.ArgumentParser:
     du.add_argument("-f", "--filter", action="append", default=[], help="filter records")
     du.add_argument("-v", "--verbose", action="store_true")
 
-    debug = sub.add_parser("debug", help="inspect configuration, LLB and Dockerfiles")
+    debug = sub.add_parser("debug", help="inspect configuration, LLB, Dockerfiles and workers")
     dsub = debug.add_subparsers(dest="debug_command", metavar="WHAT", parser_class=_Parser)
     cfg = dsub.add_parser("config", help="print a config file normalised as JSON")
     cfg.add_argument("file", nargs="?", default=None)
@@ -72,6 +72,9 @@ def make_parser() -> argparse.ArgumentParser:
     ast = dsub.add_parser("dump-ast", help="print a Dockerfile's parse in BuildKit's format")
     ast.add_argument("file", nargs="?", default="Dockerfile")
     dsub.add_parser("yaml-schema", help="print the JSON Schema of yaml.v0 pipelines")
+    from pybk.core.cli.workers import add_workers_parser
+
+    add_workers_parser(dsub)
     return parser
 
 
@@ -284,7 +287,12 @@ def cmd_debug(ns: argparse.Namespace) -> int:
 
         sys.stdout.write(yaml_schema_command())
         return 0
-    raise UsageError("pybk debug: choose one of config, dump-llb, dump-ast, yaml-schema")
+    if what == "workers":
+        from pybk.core.cli.workers import debug_workers_command
+
+        return debug_workers_command(ns)
+    raise UsageError("pybk debug: choose one of config, dump-llb, dump-ast, yaml-schema, "
+                     "workers")
 
 
 def _read_input(path: str) -> bytes:

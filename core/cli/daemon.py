@@ -67,9 +67,9 @@ def listen_path(addr: str | None, config_addresses: Sequence[str]) -> str:
 # -- warming up ---------------------------------------------------------------------------------
 
 
-def warm_up(root: str, config: object) -> None:
+def warm_up(root: str, config: object, worker: object = None) -> None:
     """Import what builds use, build the Dockerfile parsers, load the plugins, recover the
-    store; everything done here is shared by every child."""
+    store (with ``worker``'s snapshotter); everything done here is shared by every child."""
     from pybk.core.plugins import get_plugin_manager
 
     for package in WARM_PACKAGES:
@@ -87,7 +87,9 @@ def warm_up(root: str, config: object) -> None:
     parse(b"# escape=`\nFROM scratch\nRUN true\n")
     from pybk.core.store.store import Store
 
-    Store.open(root, snapshotter=config.worker.oci.snapshotter).close()  # type: ignore[attr-defined]
+    snapshotter = (worker.snapshotter if worker is not None  # type: ignore[attr-defined]
+                   else config.worker.oci.snapshotter)  # type: ignore[attr-defined]
+    Store.open(root, snapshotter=snapshotter).close()
 
 
 # -- serving ------------------------------------------------------------------------------------
@@ -398,7 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = os.path.abspath(ns.root or config.root or default_root())
         config_path = os.path.abspath(ns.config) if ns.config else None
         path = os.path.abspath(listen_path(ns.addr, config.grpc.address))
-        warm_up(root, config)
+        from pybk.core.engine.workers import load_workers, select_worker
+
+        workers = load_workers(config, root)
+        warm_up(root, config, select_worker(workers))
         listener = _bind(path)
     except PybkError as exc:
         if debug:
@@ -409,25 +414,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    from pybk.core.store.locks import process_identity
-    from pybk.workers.network import set_pool_owner
-
-    # namespaces the children give back stay pooled for the next builds, until the daemon stops
-    set_pool_owner(process_identity())
+    for worker in workers:  # what the children give back stays for the next builds
+        worker.serve()
     try:
         return Daemon(listener, path, root=root, config_path=config_path).serve()
     finally:
-        _release_networks(root)
+        _shutdown_workers(workers)
 
 
-def _release_networks(root: str) -> None:
-    """Tear down the network namespaces the daemon kept pooled."""
-    from pybk.workers.network import Networks
-
-    try:
-        Networks(os.path.join(root, "executor")).close()
-    except Exception as exc:  # the daemon is stopping: say so, never hang
-        print(f"pybkd: releasing network namespaces: {exc}", file=sys.stderr, flush=True)
+def _shutdown_workers(workers: Sequence[object]) -> None:
+    """Let each worker release what the daemon kept between builds (pooled network
+    namespaces …)."""
+    for worker in workers:
+        try:
+            worker.shutdown()  # type: ignore[attr-defined]
+        except Exception as exc:  # the daemon is stopping: say so, never hang
+            name = getattr(worker, "name", "?")
+            print(f"pybkd: shutting down worker {name}: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -320,8 +320,10 @@ class Lease:
 class Store:
     """An open store root; use :meth:`open`. One object per process (not shared across fork)."""
 
-    def __init__(self, root: str | os.PathLike[str], *, snapshotter: str = "auto"):
+    def __init__(self, root: str | os.PathLike[str], *,
+                 snapshotter: str | Callable[[Store], Snapshotter] = "auto"):
         self.root = Path(os.path.realpath(root))
+        #: a snapshotter name, or a factory called once to make the default snapshotter
         self.snapshotter_name = snapshotter
         for sub in ("content", "snapshots", "cachemounts", "locals", "locks", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -352,7 +354,7 @@ class Store:
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None = None, *,
-             snapshotter: str = "auto") -> Store:
+             snapshotter: str | Callable[[Store], Snapshotter] = "auto") -> Store:
         """Open (creating if needed) the store at ``root`` and clean up after dead processes."""
         try:
             store = cls(root if root is not None else Path(default_root()), snapshotter=snapshotter)
@@ -543,7 +545,9 @@ class Store:
         if self._snapshotter is None:
             from pybk.core.store.snapshots import make_snapshotter
 
-            self._snapshotter = make_snapshotter(self, self.snapshotter_name)
+            name = self.snapshotter_name
+            self._snapshotter = (name(self) if callable(name)
+                                 else make_snapshotter(self, name))
             self._snapshotters[self._snapshotter.name] = self._snapshotter
         return self._snapshotter
 
