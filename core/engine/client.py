@@ -121,16 +121,18 @@ class Client:
         if self._configured:
             self.plugins.hook.pybk_unconfigure(config=self.config)
             self._configured = False
-        if self._workers is not None:
-            from pybk.core.engine.workers import close_workers
+        try:
+            if self._workers is not None:
+                from pybk.core.engine.workers import close_workers
 
-            workers, self._workers, self._selected = self._workers, None, None
-            close_workers(workers)
-        if self._worker is not None:
-            close = getattr(self._worker.store, "close", None)
-            if close is not None:
-                close()
-            self._worker = None
+                workers, self._workers, self._selected = self._workers, None, None
+                close_workers(workers)
+        finally:
+            if self._worker is not None:
+                close = getattr(self._worker.store, "close", None)
+                if close is not None:
+                    close()
+                self._worker = None
 
     def __enter__(self) -> Client:
         return self
