@@ -71,6 +71,10 @@ def pybk_register_frontends() -> type[Frontend] | Sequence[type[Frontend]]:
 def pybk_register_workers() -> type[Worker] | Sequence[type[Worker]]:
     """Contribute worker classes (``name`` like ``oci``).
 
+    The engine makes one instance of each with ``from_config(config, root=...)`` (None: the
+    configuration disables it) and builds on the one ``pybk_select_worker`` chooses; see
+    :class:`pybk.core.interfaces.Worker`.
+
     :returns: a class or a list of classes.
 
     .. versionadded:: 0.1
@@ -155,10 +159,13 @@ def pybk_select_frontend(filename: str, directives: Mapping[str, str]) -> str | 
 def pybk_select_worker(platform: str, workers: Sequence[Worker]) -> Worker | None:
     """Choose the worker that runs a build for ``platform``.
 
-    Stops at first non-None result; return None to let other plugins decide.
+    Stops at first non-None result; return None to let other plugins decide. The built-in
+    answer is the first worker listing the platform; when nobody answers, the first worker
+    builds. The engine asks once per client, for the host's platform (the platforms of a
+    multi-platform build run on that worker, emulated when needed).
 
     :param platform: the target platform, e.g. ``linux/amd64``.
-    :param workers: the available worker instances.
+    :param workers: the enabled worker instances, in registration order (built-ins first).
     :returns: one of ``workers``, or None.
 
     .. versionadded:: 0.1

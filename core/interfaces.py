@@ -479,11 +479,125 @@ class Executor(abc.ABC):
     ) -> Awaitable[int]: ...
 
 
+#: the prefix of BuildKit's worker label keys (``org.mobyproject.buildkit.worker.executor`` …)
+WORKER_LABEL_PREFIX = "org.mobyproject.buildkit.worker."
+
+
+def new_worker_id() -> str:
+    """A random worker id as BuildKit makes them: 25 lowercase base-36 characters."""
+    import secrets
+
+    entropy = bytearray(secrets.token_bytes(17))
+    entropy[0] |= 0x80  # a fixed leading digit, so the id needs no padding
+    value, digits = int.from_bytes(entropy, "big"), []
+    while value:
+        value, digit = divmod(value, 36)
+        digits.append("0123456789abcdefghijklmnopqrstuvwxyz"[digit])
+    return "".join(reversed(digits))[1:26]
+
+
 class Worker(Plugin):
-    """Owns the snapshotter and executor for a set of platforms."""
+    """Where build steps run: an executor and a snapshotter for a set of platforms.
+
+    BuildKit's worker, as a plugin class. The engine makes one instance of each registered
+    class with :meth:`from_config` (a class answers None when the configuration disables it),
+    asks the ``pybk_select_worker`` hook which one builds for the target platform, opens the
+    store with :meth:`snapshotter` as its snapshotter factory and runs ExecOps on
+    :meth:`executor`. Every enabled worker is listed by ``pybk debug workers`` with its
+    :attr:`id`, :meth:`platforms`, :meth:`labels` and :meth:`gc_policy`.
+
+    Lifetime: :meth:`close` when the client that made the worker closes (what one build
+    process holds); :meth:`serve` before ``pybkd`` starts serving and :meth:`shutdown` when it
+    stops (what the daemon keeps between builds, e.g. pooled network namespaces).
+
+    :param options: an instance of the class's ``Options`` (default: ``Options()``).
+    :param root: the store directory this worker builds in (default: the default store).
+    """
+
+    def __init__(self, options: Any = None, *, root: Any = None):
+        import os
+
+        from pybk.core.paths import default_root
+
+        self.options = options if options is not None else type(self).Options()
+        self.root = os.fspath(root) if root is not None else default_root()
+        self._id: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, *, root: str) -> Worker | None:
+        """The worker the configuration (a :class:`pybk.core.config.schema.Config`) asks for
+        on the store ``root``, or None when it disables this worker. The default: one with
+        default options."""
+        return cls(root=root)
+
+    @property
+    def id(self) -> str:
+        """Stable per store and worker name: made once, kept in ``ROOT/workers/NAME/workerid``
+        (BuildKit keeps its worker id in the worker's state directory the same way)."""
+        if self._id is None:
+            import os
+
+            directory = os.path.join(self.root, "workers", self.name)
+            path = os.path.join(directory, "workerid")
+            try:
+                with open(path, encoding="ascii") as f:
+                    self._id = f.read().strip()
+            except FileNotFoundError:
+                os.makedirs(directory, exist_ok=True)
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w", encoding="ascii") as f:
+                    f.write(new_worker_id())
+                os.chmod(tmp, 0o400)
+                try:
+                    os.link(tmp, path)  # the first writer wins; every reader sees its id
+                except FileExistsError:
+                    pass
+                finally:
+                    os.unlink(tmp)
+                with open(path, encoding="ascii") as f:
+                    self._id = f.read().strip()
+        return self._id
 
     def platforms(self) -> list[str]:
+        """The platforms this worker builds for, ``os/arch[/variant]``, preferred first (the
+        default: the host's)."""
+        from pybk.core.platform import host_platform
+
+        return [str(host_platform())]
+
+    def labels(self) -> dict[str, str]:
+        """BuildKit's worker labels: ``org.mobyproject.buildkit.worker.executor`` (the class
+        name) and ``.hostname`` by default; subclasses add theirs (``.snapshotter``,
+        ``.network`` …) and the configuration's ``labels``."""
+        import socket
+
+        return {WORKER_LABEL_PREFIX + "executor": self.name,
+                WORKER_LABEL_PREFIX + "hostname": socket.gethostname()}
+
+    def gc_policy(self, disk_total: int | None) -> list[Any]:
+        """The garbage collector's passes for this worker's records, in order (each a
+        :class:`pybk.core.config.schema.PruneRule`); ``disk_total`` is the size of the disk
+        holding the store. The default: none (no automatic GC)."""
         return []
 
+    def executor(self) -> Executor:
+        """The executor of this worker's ExecOps (made on first use, kept until
+        :meth:`close`)."""
+        raise NotImplementedError(f"worker {self.name!r} has no executor")
+
+    def snapshotter(self, store: Any) -> Snapshotter:
+        """The snapshotter new records of ``store`` (a :class:`pybk.core.store.store.Store`)
+        use; the engine passes this method to ``Store.open(snapshotter=...)``, which calls it
+        once."""
+        raise NotImplementedError(f"worker {self.name!r} has no snapshotter")
+
     def close(self) -> None:
-        """Release resources."""
+        """Release what this process holds (the executor and its resources)."""
+
+    def serve(self) -> None:
+        """``pybkd`` is about to serve builds: keep what they give back (pooled resources) for
+        the next ones, until :meth:`shutdown`."""
+
+    def shutdown(self) -> None:
+        """``pybkd`` stops: release what it kept between builds (the default: :meth:`close`)."""
+        self.close()

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(runc busybox-static docker-registry skopeo umoci apache2-utils git
+DEBS=(runc crun busybox-static docker-registry skopeo umoci apache2-utils git
       containernetworking-plugins iptables iproute2)
 missing=()
 for pkg in "${DEBS[@]}"; do

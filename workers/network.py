@@ -174,6 +174,17 @@ def _ip(*args: str) -> None:
                            "iproute2)") from None
 
 
+def resolve_mode(options: NetworkOptions) -> str:
+    """The mode of a step's default network: ``auto`` is ``bridge`` when its CNI plugins and
+    ``ip``/``iptables`` are found, else ``host``; the other modes are themselves."""
+    if options.mode != "auto":
+        return options.mode
+    dirs = cni.binary_dirs(options.cni_binary_path)
+    if cni.missing_plugins(cni.BRIDGE_PLUGINS, dirs) or _missing_tools():
+        return "host"
+    return "bridge"
+
+
 def _missing_tools() -> list[str]:
     """What the bridge network needs besides the CNI plugins."""
     return [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
@@ -295,19 +306,17 @@ class Networks:
         process when it falls back to the host's network)."""
         global _auto_warned
         if self._default is None:
-            mode = self.options.mode
-            if mode == "auto":
+            mode = resolve_mode(self.options)
+            if self.options.mode == "auto" and mode == "host" and not _auto_warned:
+                _auto_warned = True
                 missing = cni.missing_plugins(cni.BRIDGE_PLUGINS, self.dirs)
                 tools = _missing_tools()
-                mode = "host" if missing or tools else "bridge"
-                if mode == "host" and not _auto_warned:
-                    _auto_warned = True
-                    what = (f"CNI plugins not found ({', '.join(missing)} in "
-                            f"{os.pathsep.join(self.dirs)})" if missing
-                            else f"{' and '.join(tools)} not found")
-                    print(f"WARNING: networkMode auto: {what}; RUN steps use the host's "
-                          "network (install containernetworking-plugins, iptables and "
-                          "iproute2 for the bridge network)", file=sys.stderr)
+                what = (f"CNI plugins not found ({', '.join(missing)} in "
+                        f"{os.pathsep.join(self.dirs)})" if missing
+                        else f"{' and '.join(tools)} not found")
+                print(f"WARNING: networkMode auto: {what}; RUN steps use the host's "
+                      "network (install containernetworking-plugins, iptables and "
+                      "iproute2 for the bridge network)", file=sys.stderr)
             self._default = mode
         return self._default
 

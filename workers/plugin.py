@@ -3,37 +3,28 @@
 from __future__ import annotations
 
 import os
-import platform
 import shutil
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from pybk.core.interfaces import Worker
+from pybk.core.interfaces import WORKER_LABEL_PREFIX, Worker
 from pybk.core.markers import hookimpl
-from pybk.core.paths import default_root
+from pybk.core.platform import host_platform
 
 if TYPE_CHECKING:
+    from pybk.core.interfaces import Snapshotter
     from pybk.workers.network import NetworkOptions
     from pybk.workers.runc import RuncExecutor
-
-_ARCHITECTURES = {
-    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-    "armv7l": "arm/v7", "armv6l": "arm/v6", "i386": "386", "i686": "386",
-    "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
-}
-
-
-def host_platform() -> str:
-    """``os/arch[/variant]`` of this machine, in OCI spelling (``linux/amd64``)."""
-    machine = platform.machine().lower()
-    return f"linux/{_ARCHITECTURES.get(machine, machine)}"
 
 
 class OCIWorker(Worker):
     """Runs build steps in an OCI runtime (runc or crun) on snapshot mounts."""
 
     name = "oci"
+    #: the executor's state directory under the store root (runtime state, bundles, network)
+    state_dir_name = "executor"
 
     @attrs.frozen
     class Options:
@@ -46,19 +37,78 @@ class OCIWorker(Worker):
         #: networkMode, the CNI keys and [dns] (None: the defaults, ``auto``); see
         #: :meth:`pybk.workers.network.NetworkOptions.from_config`
         network: NetworkOptions | None = None
+        #: the snapshotter of new records: ``auto``, ``overlayfs`` or ``native``
+        snapshotter: str = "auto"
+        #: labels added to (and overriding) the worker's own (buildkitd.toml ``labels``)
+        labels: Mapping[str, str] = attrs.field(factory=dict, converter=dict, hash=False)
+        #: the configuration section whose GC keys make the GC policy (a
+        #: :class:`pybk.core.config.schema.OCIConfig`; None: no automatic GC)
+        gc: Any = attrs.field(default=None, hash=False)
 
     def __init__(self, options: OCIWorker.Options | None = None, *,
                  root: str | os.PathLike[str] | None = None):
-        self.options = options or OCIWorker.Options()
-        self.root = os.fspath(root) if root is not None else default_root()
+        super().__init__(options, root=root)
         self._executor: RuncExecutor | None = None
+        #: the snapshotter's name once made (``auto`` resolves to ``overlayfs`` or ``native``)
+        self._snapshotter_name = self.options.snapshotter
+
+    @classmethod
+    def from_config(cls, config: Any, *, root: str) -> OCIWorker | None:
+        """``[worker.oci]``: None with ``enabled = false``."""
+        oci = config.worker.oci
+        if oci.enabled is False:
+            return None
+        return cls(cls.options_from_config(config), root=root)
+
+    @classmethod
+    def options_from_config(cls, config: Any, **changes: Any) -> OCIWorker.Options:
+        """Options from ``[worker.oci]`` and ``[dns]`` (``changes`` replace some)."""
+        from pybk.workers.network import NetworkOptions
+
+        oci = config.worker.oci
+        options = cls.Options(binary=oci.binary or "runc", platforms=oci.platforms,
+                              network=NetworkOptions.from_config(config),
+                              snapshotter=oci.snapshotter, labels=oci.labels, gc=oci)
+        return attrs.evolve(options, **changes) if changes else options
 
     @classmethod
     def is_available(cls) -> bool:
         return os.geteuid() == 0 and any(shutil.which(b) for b in ("runc", "crun"))
 
     def platforms(self) -> list[str]:
-        return list(self.options.platforms) or [host_platform()]
+        return list(self.options.platforms) or [str(host_platform())]
+
+    def labels(self) -> dict[str, str]:
+        """BuildKit's OCI worker labels (executor ``oci``, the hostname, the snapshotter as
+        made once :meth:`snapshotter` was called, the default network's mode as resolved,
+        the process mode), then the configured ``labels``."""
+        from pybk.workers.network import NetworkOptions, resolve_mode
+
+        mode = resolve_mode(self.options.network or NetworkOptions())
+        labels = {
+            **super().labels(),
+            WORKER_LABEL_PREFIX + "executor": "oci",
+            WORKER_LABEL_PREFIX + "snapshotter": self._snapshotter_name,
+            WORKER_LABEL_PREFIX + "network": mode,
+            WORKER_LABEL_PREFIX + "oci.process-mode":
+                "no-sandbox" if self.options.no_process_sandbox else "sandbox",
+        }
+        labels.update(self.options.labels)
+        return labels
+
+    def gc_policy(self, disk_total: int | None) -> list[Any]:
+        if self.options.gc is None:
+            return []
+        from pybk.core.config.gc import gc_prune_rules
+
+        return gc_prune_rules(self.options.gc, disk_total)
+
+    def snapshotter(self, store: Any) -> Snapshotter:
+        from pybk.core.store.snapshotters import make_snapshotter
+
+        snapshotter = make_snapshotter(store.db, self.options.snapshotter)
+        self._snapshotter_name = snapshotter.name
+        return snapshotter
 
     def close(self) -> None:
         if self._executor is not None:
@@ -70,12 +120,27 @@ class OCIWorker(Worker):
         if self._executor is None:
             from pybk.workers.runc import RuncExecutor
 
-            executor = RuncExecutor(os.path.join(self.root, "executor"), self.options.binary,
+            executor = RuncExecutor(os.path.join(self.root, self.state_dir_name),
+                                    self.options.binary,
                                     no_process_sandbox=self.options.no_process_sandbox,
                                     network=self.options.network)
             executor.reap_stale()
             self._executor = executor
         return self._executor
+
+    def serve(self) -> None:
+        """Namespaces the daemon's children give back stay pooled for the next builds."""
+        from pybk.core.store.locks import process_identity
+        from pybk.workers.network import set_pool_owner
+
+        set_pool_owner(process_identity())
+
+    def shutdown(self) -> None:
+        """Tear down the network namespaces the daemon kept pooled."""
+        from pybk.workers.network import Networks
+
+        self.close()
+        Networks(os.path.join(self.root, self.state_dir_name)).close()
 
 
 @hookimpl

@@ -431,6 +431,10 @@ def _file_argument(default: str | None) -> Callable[[argparse.ArgumentParser], N
     return add
 
 
+def _workers_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="verbose output")
+
+
 #: ``pybk COMMAND``, in help order
 COMMANDS: tuple[Command | _PluginCommands, ...] = (
     Command("build", "build from a Dockerfile, a pipeline or LLB", cmd_build, add_build_flags),
@@ -438,7 +442,7 @@ COMMANDS: tuple[Command | _PluginCommands, ...] = (
     PLUGIN_COMMANDS,
     Command("prune", "remove build cache records", cmd_prune, _prune_arguments),
     Command("du", "disk usage of the build cache", cmd_du, _du_arguments),
-    Command("debug", "inspect configuration, LLB and Dockerfiles", cmd_debug),
+    Command("debug", "inspect configuration, LLB, Dockerfiles and workers", cmd_debug),
 )
 
 #: ``pybk debug WHAT``, in help order: the core's (a command whose code lives in a module of
@@ -448,6 +452,8 @@ DEBUG_COMMANDS: tuple[Command | _PluginCommands, ...] = (
             _file_argument(None)),
     Command("dump-llb", "print an LLB definition, one op per line", debug_dump_llb,
             _file_argument("-")),
+    Command("workers", "list the workers (ID, platforms; -v: labels and GC policy)",
+            "pybk.core.cli.workers:debug_workers_command", _workers_arguments),
     PLUGIN_COMMANDS,
 )
 

@@ -90,10 +90,10 @@ def _import_all(package: str) -> None:
             importlib.import_module(info.name)
 
 
-def warm_up(root: str, config: Any) -> None:
+def warm_up(root: str, config: Any, worker: Any = None) -> None:
     """Import what builds use, build both command-line parsers, load the plugins and let them
     prepare (``pybk_warm_up``), recover the store; everything done here is shared by every
-    child."""
+    child. ``worker``: the selected worker, whose snapshotter recovers the store."""
     from pybk.core.plugins import get_plugin_manager
 
     for package in warm_packages():
@@ -106,7 +106,9 @@ def warm_up(root: str, config: Any) -> None:
     pm.hook.pybk_warm_up(config=config)
     from pybk.core.store.store import Store
 
-    Store.open(root, snapshotter=config.worker.oci.snapshotter).close()
+    snapshotter = (worker.snapshotter if worker is not None  # type: ignore[attr-defined]
+                   else config.worker.oci.snapshotter)  # type: ignore[attr-defined]
+    Store.open(root, snapshotter=snapshotter).close()
 
 
 # -- serving ------------------------------------------------------------------------------------
@@ -381,8 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _start(argv: list[str]) -> int:
-    """Load the configuration, warm up, listen and serve until stopped."""
+    """Load the configuration and the workers, warm up, listen and serve until stopped."""
     from pybk.core.config.loader import load_config
+    from pybk.core.engine.workers import load_workers, select_worker
     from pybk.core.paths import default_root
 
     ns = make_parser().parse_args(argv)
@@ -394,27 +397,26 @@ def _start(argv: list[str]) -> int:
     root = os.path.abspath(ns.root or config.root or default_root())
     config_path = os.path.abspath(ns.config) if ns.config else None
     path = os.path.abspath(listen_path(ns.addr, config.grpc.address))
-    warm_up(root, config)
+    workers = load_workers(config, root)
+    warm_up(root, config, select_worker(workers))
     listener = _bind(path)
-    from pybk.core.store.locks import process_identity
-    from pybk.workers.network import set_pool_owner
-
-    # namespaces the children give back stay pooled for the next builds, until the daemon stops
-    set_pool_owner(process_identity())
+    for worker in workers:  # what the children give back stays for the next builds
+        worker.serve()
     try:
         return Daemon(listener, path, root=root, config_path=config_path).serve()
     finally:
-        _release_networks(root)
+        _shutdown_workers(workers)
 
 
-def _release_networks(root: str) -> None:
-    """Tear down the network namespaces the daemon kept pooled."""
-    from pybk.workers.network import Networks
-
-    try:
-        Networks(os.path.join(root, "executor")).close()
-    except Exception as exc:  # the daemon is stopping: say so, never hang
-        print(f"pybkd: releasing network namespaces: {exc}", file=sys.stderr, flush=True)
+def _shutdown_workers(workers: Sequence[Any]) -> None:
+    """Let each worker release what the daemon kept between builds (pooled network
+    namespaces …)."""
+    for worker in workers:
+        try:
+            worker.shutdown()
+        except Exception as exc:  # the daemon is stopping: say so, never hang
+            name = getattr(worker, "name", "?")
+            print(f"pybkd: shutting down worker {name}: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

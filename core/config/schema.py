@@ -255,13 +255,24 @@ def _check_ifname(value: str) -> None:
                          "'/', ':' or spaces)")
 
 
+def _check_platform(value: str) -> None:
+    from pybk.core.errors import InputError
+    from pybk.core.platform import parse_platform
+
+    try:
+        parse_platform(value)
+    except InputError:
+        raise ValueError(f'"{value}" is not a platform (os/arch[/variant], e.g. '
+                         '"linux/amd64")') from None
+
+
 @attrs.frozen(kw_only=True)
 class WorkerBase:
     """Keys shared by ``[worker.oci]`` and ``[worker.containerd]``."""
 
     enabled: bool | None = None
     labels: dict[str, str] = setting(factory=dict)
-    platforms: list[str] = setting(factory=list)
+    platforms: list[str] = setting(factory=list, check=each(_check_platform))
     rootless: bool = setting(default=False, unsupported=_NOT_YET)
     apparmor_profile: str = setting("apparmor-profile", default="", unsupported=_NOT_YET)
     selinux: bool = setting(default=False, unsupported=_NOT_YET)

@@ -53,7 +53,11 @@ class Client:
         ``/var/lib/pybk`` for root).
     :param config: a :class:`pybk.core.config.schema.Config` (default: all defaults).
     :param executor: an :class:`~pybk.core.interfaces.Executor` to run ExecOps (default: the
-        ``oci`` worker's runc executor).
+        selected worker's).
+
+    The workers come from the plugin registry (each class's ``from_config``); the one the
+    ``pybk_select_worker`` hook picks for the host's platform gives the store its snapshotter,
+    runs the ExecOps and decides the GC policy (see :mod:`pybk.core.engine.workers`).
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None, config: Any = None, *,
@@ -66,7 +70,8 @@ class Client:
         self.root = os.path.abspath(os.fspath(root) if root is not None
                                     else (config.root or default_root()))
         self._executor = executor
-        self._oci: Any = None
+        self._workers: list[Any] | None = None
+        self._selected: Any = None
         self._worker: Any = None
         self._configured = False
 
@@ -82,6 +87,24 @@ class Client:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def workers(self) -> list[Any]:
+        """The enabled workers (:class:`pybk.core.interfaces.Worker` instances), made on first
+        use; a :class:`~pybk.core.errors.UsageError` when every one is disabled."""
+        if self._workers is None:
+            from pybk.core.engine.workers import load_workers
+
+            self._workers = load_workers(self.config, self.root, self.plugins)
+        return self._workers
+
+    def selected_worker(self) -> Any:
+        """The worker builds run on: the ``pybk_select_worker`` hook's choice for the host's
+        platform (emulated platforms run on it too), else the first."""
+        if self._selected is None:
+            from pybk.core.engine.workers import select_worker
+
+            self._selected = select_worker(self.workers(), pm=self.plugins)
+        return self._selected
+
     def worker(self) -> Any:
         """The shared :class:`pybk.core.solver.ops.Solver`, created on first use; opening the
         store cleans up after builds that were killed (their mounts, containers, snapshots)."""
@@ -90,17 +113,9 @@ class Client:
             from pybk.core.solver.ops import Solver
             from pybk.core.store.store import Store
 
-            oci = self.config.worker.oci
-            store = Store.open(self.root, snapshotter=oci.snapshotter)
-            executor = self._executor
-            if executor is None:
-                from pybk.workers.network import NetworkOptions
-                from pybk.workers.plugin import OCIWorker
-
-                self._oci = OCIWorker(OCIWorker.Options(
-                    binary=oci.binary or "runc",
-                    network=NetworkOptions.from_config(self.config)), root=self.root)
-                executor = self._oci.executor()
+            selected = self.selected_worker()
+            store = Store.open(self.root, snapshotter=selected.snapshotter)
+            executor = self._executor if self._executor is not None else selected.executor()
             self._worker = Solver(store=store, executor=executor, config=self.config,
                                   images=LocalImages(store.root))
         return self._worker
@@ -109,14 +124,18 @@ class Client:
         if self._configured:
             self.plugins.hook.pybk_unconfigure(config=self.config)
             self._configured = False
-        if self._oci is not None:
-            self._oci.close()
-            self._oci = None
-        if self._worker is not None:
-            close = getattr(self._worker.store, "close", None)
-            if close is not None:
-                close()
-            self._worker = None
+        try:
+            if self._workers is not None:
+                from pybk.core.engine.workers import close_workers
+
+                workers, self._workers, self._selected = self._workers, None, None
+                close_workers(workers)
+        finally:
+            if self._worker is not None:
+                close = getattr(self._worker.store, "close", None)
+                if close is not None:
+                    close()
+                self._worker = None
 
     def __enter__(self) -> Client:
         return self
@@ -287,15 +306,13 @@ class Client:
 
         if self._worker is None:
             return []
-        from pybk.core.config.gc import gc_prune_rules
-
         store = self._worker.store
-        oci = self.config.worker.oci
         try:
-            if not oci.gc_enabled or not (force or store.gc_due()):
-                return []
             disk = os.statvfs(store.root)
-            return store.gc(gc_prune_rules(oci, disk.f_blocks * disk.f_frsize))
+            rules = self.selected_worker().gc_policy(disk.f_blocks * disk.f_frsize)
+            if not rules or not (force or store.gc_due()):
+                return []
+            return store.gc(rules)
         except Exception:
             logging.getLogger(__name__).warning("garbage collection failed", exc_info=True)
             return []

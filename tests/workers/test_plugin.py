@@ -27,12 +27,14 @@ def test_options_defaults_and_fields():
     opts = plugin.OCIWorker.Options()
     assert (opts.binary, opts.no_process_sandbox, opts.platforms) == ("runc", False, ())
     assert [f.name for f in attrs.fields(plugin.OCIWorker.Options)] == [
-        "binary", "no_process_sandbox", "platforms", "network"]
+        "binary", "no_process_sandbox", "platforms", "network", "snapshotter", "labels", "gc"]
     assert plugin.OCIWorker.Options(platforms=["linux/arm64"]).platforms == ("linux/arm64",)
 
 
 def test_platforms(monkeypatch):
-    monkeypatch.setattr(plugin.platform, "machine", lambda: "aarch64")
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     assert plugin.OCIWorker().platforms() == ["linux/arm64"]
     worker = plugin.OCIWorker(plugin.OCIWorker.Options(platforms=("linux/amd64",)))
     assert worker.platforms() == ["linux/amd64"]

@@ -1,0 +1,1 @@
+"""pybk-crunworker: an example third-party pybk worker (build steps run in crun)."""
