@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh "[test]"
 python3 -m ruff check .
+scripts/lint-imports
 exec python3 -m pytest "$@"
