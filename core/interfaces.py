@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -515,8 +516,6 @@ class Worker(Plugin):
     """
 
     def __init__(self, options: Any = None, *, root: Any = None):
-        import os
-
         from pybk.core.paths import default_root
 
         self.options = options if options is not None else type(self).Options()
@@ -535,8 +534,6 @@ class Worker(Plugin):
         """Stable per store and worker name: made once, kept in ``ROOT/workers/NAME/workerid``
         (BuildKit keeps its worker id in the worker's state directory the same way)."""
         if self._id is None:
-            import os
-
             directory = os.path.join(self.root, "workers", self.name)
             path = os.path.join(directory, "workerid")
             try:

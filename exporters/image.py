@@ -15,6 +15,7 @@ import copy
 import datetime
 import json
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -263,8 +264,6 @@ def content_store_for(result: BuildResultView, info: Mapping[str, Any]) -> Any:
 def build_image(result: BuildResultView, settings: ImageSettings, info: Mapping[str, Any],
                 content: Any = None) -> BuiltImage:
     """Write the result's layers, config and manifest into the content store."""
-    import time
-
     content = content if content is not None else content_store_for(result, info)
     epoch = resolve_epoch(settings, info)
     spec = attrs.evolve(settings.spec,

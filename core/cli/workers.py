@@ -10,6 +10,7 @@ like Go's ``tabwriter`` with tab padding.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -59,8 +60,6 @@ def verbose_lines(rows: Sequence[Any]) -> list[str]:
 def describe_workers(workers: Sequence[Any], root: str) -> list[dict[str, Any]]:
     """What is shown of each worker: id, platforms (normalised), version, labels, GC rules.
     The store at ``root`` is opened (as a build would) so each worker makes its snapshotter."""
-    import os
-
     from pybk.core import __version__
     from pybk.core.errors import InputError
     from pybk.core.platform import parse_platform
@@ -92,8 +91,6 @@ def print_workers(rows: Sequence[Any], out: TextIO, *, verbose: bool) -> None:
 
 def debug_workers_command(ns: argparse.Namespace) -> int:
     """``pybk debug workers [-v]`` on the store ``--root`` with ``--config``."""
-    import os
-
     from pybk.core.config.loader import load_config
     from pybk.core.engine.workers import close_workers, load_workers
     from pybk.core.paths import default_root
