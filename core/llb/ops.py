@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import platform as _platform
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 import attrs
 
 from pybk.core.errors import InputError
+from pybk.core.platform import host_platform as oci_host_platform
 from pybk.core.serialize import canonical_dumps, loads, sha256_digest
 
 SKIP_OUTPUT = -1
@@ -130,6 +130,9 @@ class Input:
 
 @attrs.frozen
 class Platform:
+    """BuildKit's ``pb.Platform`` message: the platform as it is written into LLB (and hashed).
+    Parsing, normalising and matching platforms is :mod:`pybk.core.platform`'s."""
+
     architecture: str = ""
     os: str = ""
     variant: str = ""
@@ -149,22 +152,10 @@ class Platform:
 
 
 def host_platform() -> Platform:
-    """The platform of this machine, in OCI spelling."""
-    machine = _platform.machine().lower()
-    arch, variant = {
-        "x86_64": ("amd64", ""),
-        "amd64": ("amd64", ""),
-        "aarch64": ("arm64", ""),
-        "arm64": ("arm64", ""),
-        "armv7l": ("arm", "v7"),
-        "armv6l": ("arm", "v6"),
-        "i386": ("386", ""),
-        "i686": ("386", ""),
-        "ppc64le": ("ppc64le", ""),
-        "s390x": ("s390x", ""),
-        "riscv64": ("riscv64", ""),
-    }.get(machine, (machine, ""))
-    return Platform(architecture=arch, os="linux", variant=variant)
+    """The platform of this machine (:func:`pybk.core.platform.host_platform`) as an LLB
+    message."""
+    host = oci_host_platform()
+    return Platform(architecture=host.architecture, os=host.os, variant=host.variant or "")
 
 
 @attrs.frozen
