@@ -119,10 +119,6 @@ def parse_platform(text: str) -> Platform:
     return normalize(Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None))
 
 
-def format_platform(p: Platform) -> str:
-    return str(p)
-
-
 def host_platform() -> Platform:
     """The platform of this machine (Linux only in practice)."""
     machine = _host.machine().lower() or "amd64"

@@ -21,7 +21,7 @@ import stat
 import tarfile
 import zlib
 from collections import deque
-from typing import IO, Any, BinaryIO
+from typing import IO, BinaryIO
 
 from pybk.core.errors import InputError, NotAvailableError
 
@@ -607,11 +607,3 @@ def _is_opaque(path: str) -> bool:
         except OSError:
             continue
     return False
-
-
-def read_layer_members(source: str | os.PathLike[str] | BinaryIO, *, media_type: str | None = None) -> list[tarfile.TarInfo]:
-    """The entries of a layer tar (names and metadata only), in archive order."""
-    with contextlib.ExitStack() as stack:
-        raw: Any = stack.enter_context(open(source, "rb")) if isinstance(source, (str, os.PathLike)) else source
-        with tarfile.open(fileobj=decompressed(raw, media_type), mode="r|") as tar:  # type: ignore[call-overload]
-            return list(tar)

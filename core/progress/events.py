@@ -179,10 +179,6 @@ class Progress:
         self._sinks: list[Sink] = list(sinks)
         self._lock = threading.Lock()
 
-    def subscribe(self, sink: Sink) -> None:
-        with self._lock:
-            self._sinks.append(sink)
-
     def emit(self, status: SolveStatus) -> None:
         with self._lock:
             for sink in self._sinks:
@@ -325,7 +321,7 @@ class StepLogLimiter:
 
 
 class EventRecorder:
-    """A sink that keeps every update; handy for tests and for history records."""
+    """A sink that keeps every update (for a caller that reads the build's progress afterwards)."""
 
     def __init__(self) -> None:
         self.updates: list[SolveStatus] = []

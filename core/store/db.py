@@ -1,6 +1,6 @@
 """The store root: its directories, its metadata database (sqlite, WAL) and per-process scratch.
 
-Everything else in the store (records, leases, named directories, history, usage, and the
+Everything else in the store (records, leases, named directories, usage, and the
 snapshotters) keeps its metadata in the one database opened here and shares its transactions:
 a nested :meth:`StoreDB.transaction` joins the outer one, and work registered with
 :meth:`StoreDB.after_commit` (deleting files) runs only once the outermost one commits.
@@ -98,20 +98,6 @@ CREATE TABLE IF NOT EXISTS refs(
     record_id TEXT NOT NULL REFERENCES records(id) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS refs_record ON refs(record_id);
-CREATE TABLE IF NOT EXISTS history(
-    ref TEXT PRIMARY KEY,
-    frontend TEXT NOT NULL DEFAULT '',
-    started REAL NOT NULL,
-    finished REAL,
-    status TEXT NOT NULL,
-    error TEXT,
-    num_total INTEGER NOT NULL DEFAULT 0,
-    num_cached INTEGER NOT NULL DEFAULT 0,
-    num_completed INTEGER NOT NULL DEFAULT 0,
-    num_warnings INTEGER NOT NULL DEFAULT 0,
-    pinned INTEGER NOT NULL DEFAULT 0,
-    data TEXT NOT NULL DEFAULT '{}'
-);
 """
 
 

@@ -1,8 +1,8 @@
-"""The local store: build results, cache keys, leases, cache mounts, context copies, history.
+"""The local store: build results, cache keys, leases, cache mounts, context copies.
 
 Layout under the root::
 
-    metadata.db    sqlite (WAL): records, snapshots, cache keys, leases, named refs, history
+    metadata.db    sqlite (WAL): records, snapshots, cache keys, leases, named refs
     content/       OCI blobs (pybk.core.store.content)
     snapshots/     snapshotter directories (pybk.core.store.snapshotters)
     cachemounts/   ``RUN --mount=type=cache`` directories (pybk.core.store.cachemounts)
@@ -41,7 +41,6 @@ from pybk.core.store import cachemounts, localdirs, recovery
 from pybk.core.store import locks as lockmod
 from pybk.core.store.db import StoreDB
 from pybk.core.store.gc import Collector, UsageInfo
-from pybk.core.store.history import History, HistoryEntry
 from pybk.core.store.leases import Lease
 from pybk.core.store.records import Record, Records
 from pybk.core.store.snapshotters import SnapshotterSet, make_snapshotter
@@ -66,7 +65,6 @@ class Store:
             self.snapshotters = SnapshotterSet(self.db, lambda: make_snapshotter(self.db, name))
         self._records = Records(self.db, self.snapshotters)
         self._collector = Collector(self._records)
-        self._history = History(self.db)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None = None, *,
@@ -270,29 +268,3 @@ class Store:
     def gc(self, policies: Sequence[Any]) -> list[UsageInfo]:
         """Run each policy as one prune pass, in order."""
         return self._collector.gc(policies)
-
-    # ---- history (pybk.core.store.history) --------------------------------------------------
-
-    def history_start(self, ref: str, *, frontend: str = "",
-                      data: Mapping[str, Any] | None = None) -> None:
-        self._history.start(ref, frontend=frontend, data=data)
-
-    def history_finish(self, ref: str, *, status: str, error: str | None = None,
-                       num_total: int = 0, num_cached: int = 0, num_completed: int = 0,
-                       num_warnings: int = 0, data: Mapping[str, Any] | None = None) -> None:
-        self._history.finish(ref, status=status, error=error, num_total=num_total,
-                             num_cached=num_cached, num_completed=num_completed,
-                             num_warnings=num_warnings, data=data)
-
-    def history(self, ref: str | None = None) -> list[HistoryEntry]:
-        """History entries, newest first (or the one named ``ref``)."""
-        return self._history.entries(ref)
-
-    def history_update(self, ref: str, *, pinned: bool | None = None,
-                       delete: bool = False) -> None:
-        self._history.update(ref, pinned=pinned, delete=delete)
-
-    def history_cleanup(self, *, max_age: float = 48 * 3600, max_entries: int = 50) -> list[str]:
-        """BuildKit's rule: only beyond ``max_entries`` unpinned entries, delete those past the
-        newest ``max_entries`` that are also older than ``max_age`` seconds."""
-        return self._history.cleanup(max_age=max_age, max_entries=max_entries)

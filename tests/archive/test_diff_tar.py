@@ -13,12 +13,18 @@ import pytest
 
 from pybk.core.fs.archive import (
     apply_layer,
-    read_layer_members,
+    decompressed,
     write_diff_tar,
     write_overlay_upper_tar,
 )
 
 ROOT = os.geteuid() == 0
+
+
+def read_layer_members(source, *, media_type=None) -> list[tarfile.TarInfo]:
+    """The entries of a layer tar (names and metadata only), in archive order."""
+    with tarfile.open(fileobj=decompressed(source, media_type), mode="r|") as tar:
+        return list(tar)
 T0 = 1_700_000_000
 
 

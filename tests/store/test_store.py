@@ -48,7 +48,7 @@ def test_layout_and_database(store, store_root):
     db = sqlite3.connect(store_root / "metadata.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"records", "snapshots", "cache_keys", "leases", "refs", "history"} <= tables
+    assert {"records", "snapshots", "cache_keys", "leases", "refs"} <= tables
 
 
 def test_record_lifecycle_and_cache_keys(store):
@@ -217,20 +217,6 @@ def test_gc_default_policies(store):
     deleted = store.gc([PruneRule(keep_duration=3600),
                         PruneRule(filters=("type==source.local",))])
     assert [u.record_type for u in deleted] == ["source.local"]
-
-
-def test_history(store):
-    store.history_start("b1", frontend="dockerfile.v0")
-    store.history_finish("b1", status="completed", num_total=5, num_cached=3, num_completed=5)
-    store.history_start("b2")
-    (b2, b1) = store.history()
-    assert b1.status == "completed" and b1.num_cached == 3 and b1.finished >= b1.started
-    assert b2.status == "running" and b2.finished is None
-    store.history_update("b1", pinned=True)
-    assert store.history("b1")[0].pinned
-    assert store.history_cleanup(max_age=0, max_entries=0) == []  # pinned or running
-    store.history_update("b1", pinned=False)
-    assert store.history_cleanup(max_age=0, max_entries=0) == ["b1"]
 
 
 # --------------------------------------------------------------------------------------------
