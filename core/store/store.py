@@ -21,8 +21,7 @@ own module: the root and its database (:mod:`~pybk.core.store.db`), the snapshot
 (:mod:`~pybk.core.store.snapshotters`), records and cache keys (:mod:`~pybk.core.store.records`),
 leases (:mod:`~pybk.core.store.leases`), cache mounts and context copies
 (:mod:`~pybk.core.store.cachemounts`, :mod:`~pybk.core.store.localdirs`), usage and pruning
-(:mod:`~pybk.core.store.gc`), recovery (:mod:`~pybk.core.store.recovery`) and the build history
-(:mod:`~pybk.core.store.history`).
+(:mod:`~pybk.core.store.gc`) and recovery (:mod:`~pybk.core.store.recovery`).
 """
 
 from __future__ import annotations
