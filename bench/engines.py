@@ -561,9 +561,29 @@ class Buildah(Engine):
             unmount_under(self.workdir)
 
 
-def make_engines(names: list[str], buildah_jobs: int, network: bool = False) -> list[Engine]:
+def baseline(engine: Pybk, directory: str) -> Pybk:
+    """``engine`` run with the ``pybk``/``pybkd`` executables of another pybk in ``directory``
+    (e.g. the previous release), as an engine of its own: ``pybk-base``, ``pybkd-base``."""
+    engine.command = os.path.join(directory, "pybk")
+    if isinstance(engine, Pybkd):
+        engine.daemon = os.path.join(directory, "pybkd")
+    missing = [c for c in (engine.command, getattr(engine, "daemon", engine.command))
+               if not os.access(c, os.X_OK)]
+    engine.unavailable = f"{missing[0]} is not executable" if missing else None
+    engine.name = f"{engine.name}-base"
+    engine.label = f"{engine.label} (baseline)"
+    return engine
+
+
+def make_engines(names: list[str], buildah_jobs: int, network: bool = False,
+                 baseline_dir: str | None = None) -> list[Engine]:
     """The engines called ``names``; ``network``: a case's RUN steps need the default network
-    (dockerd then gets its default bridge)."""
+    (dockerd then gets its default bridge); ``baseline_dir``: also run the pybk engines with
+    the executables found there (``pybk-base``, ``pybkd-base``)."""
     makers = {"pybk": Pybk, "pybkd": Pybkd, "buildkit": lambda: BuildKit(network),
               "buildah": lambda: Buildah(buildah_jobs)}
-    return [makers[name]() for name in names]
+    engines = [makers[name]() for name in names]
+    if baseline_dir:
+        engines += [baseline(makers[name](), baseline_dir) for name in names
+                    if name in ("pybk", "pybkd")]
+    return engines

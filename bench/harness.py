@@ -167,12 +167,13 @@ class Bench:
     def set_up(self) -> None:
         failed_packages = {} if self.args.no_install else install_packages()
         self.engines = make_engines(self.args.engines, self.args.buildah_jobs,
-                                    network=any(case.network for case in self.cases))
+                                    network=any(case.network for case in self.cases),
+                                    baseline_dir=self.args.baseline)
         for package, reason in failed_packages.items():
             users = {"docker.io": ("buildkit",), "buildah": ("buildah",),
                      "docker-registry": ("buildkit", "buildah"),
                      "skopeo": ("buildkit", "buildah"),
-                     "busybox-static": ENGINE_NAMES}[package]
+                     "busybox-static": tuple(e.name for e in self.engines)}[package]
             self.mark_unavailable(users, f"apt-get install {package} failed: {reason}")
         self.make_bases()
         for engine in self.engines:
@@ -356,7 +357,8 @@ class Bench:
         footnotes: dict[str, int] = {}
         labels = [e.label for e in self.engines]
         names = {e.name for e in self.engines}
-        ratios = [n for n in ("pybk", "pybkd") if n in names] if "buildkit" in names else []
+        ratios = [n for n in ("pybk", "pybkd", "pybk-base", "pybkd-base")
+                  if n in names] if "buildkit" in names else []
         header = ["case", "run", *labels] + [f"{n} / BuildKit" for n in ratios]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for case, variant, phase in self.rows():
@@ -470,6 +472,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip", default="", metavar="ENGINE:CASE,...",
                         help="cells not to run (e.g. buildah:many-steps); they read n/a")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run pybk and pybkd with the pybk/pybkd executables in DIR "
+                             "(another pybk, e.g. the previous release) in the same rotation")
     args = parser.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
