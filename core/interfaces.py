@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -463,8 +463,16 @@ class ProcessSpec:
 OutputCallback = Callable[[bytes], None]
 
 
+#: what a process reads on stdin: bytes, or an async iterable of chunks written as they come
+StdinSource = bytes | AsyncIterable[bytes]
+
+
 class Executor(abc.ABC):
-    """Runs one process in a container on the given root and mounts; returns its exit code."""
+    """Runs one process in a container on the given root and mounts; returns its exit code.
+
+    ``stdin`` is None for build steps (their stdin is empty); a gateway frontend's process is
+    given its conversation with the engine there.
+    """
 
     @abc.abstractmethod
     def run(
@@ -477,6 +485,7 @@ class Executor(abc.ABC):
         ssh: Sequence[SSHMount] = (),
         stdout: OutputCallback | None = None,
         stderr: OutputCallback | None = None,
+        stdin: StdinSource | None = None,
     ) -> Awaitable[int]: ...
 
 
@@ -573,7 +582,7 @@ class Worker(Plugin):
 
     def gc_policy(self, disk_total: int | None) -> list[Any]:
         """The garbage collector's passes for this worker's records, in order (each a
-        :class:`pybk.core.config.schema.PruneRule`); ``disk_total`` is the size of the disk
+        :class:`pybk.core.config.gc.PruneRule`); ``disk_total`` is the size of the disk
         holding the store. The default: none (no automatic GC)."""
         return []
 

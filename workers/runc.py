@@ -23,7 +23,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -38,6 +38,7 @@ from pybk.core.interfaces import (
     ProcessSpec,
     SecretMount,
     SSHMount,
+    StdinSource,
 )
 from pybk.core.store.locks import pid_alive
 from pybk.core.store.mounts import (
@@ -203,8 +204,6 @@ async def _pump(stream: asyncio.StreamReader, callback: OutputCallback | None) -
         if callback is not None:
             callback(chunk)
 
-
-StdinSource = bytes | AsyncIterable[bytes]
 
 
 async def _feed(pipe: asyncio.StreamWriter, source: StdinSource) -> None:

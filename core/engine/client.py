@@ -183,15 +183,15 @@ class Client:
             ``quiet``), a callable receiving each :class:`~pybk.core.progress.events.SolveStatus`, a
             list of callables, or None for no output.
         :param outputs: exports to run afterwards: ``{"type": "local", "dest": DIR}`` mappings
-            or objects with ``type`` and ``attrs`` (:class:`pybk.core.cli.buildopts.OutputSpec`).
+            or objects with ``type`` and ``attrs`` (:class:`pybk.core.engine.request.OutputSpec`).
         :param image_config: the image config to attach to the result (a frontend's).
         :param oci_layouts: ``{store id: OCI layout directory}`` for ``oci-layout://`` sources
             (their ``oci.store`` attribute).
-        :param request: the :class:`pybk.core.cli.buildopts.BuildRequest` behind this solve, passed
+        :param request: the :class:`pybk.core.engine.request.BuildRequest` behind this solve, passed
             to the ``pybk_build_started`` / ``pybk_build_finished`` hooks (None from Python).
         :param export_info: extra facts for exporters, e.g. ``{"source_date_epoch": 0}``.
         :param cache_imports: remote caches to import (``--cache-from``):
-            :class:`pybk.core.cli.buildopts.CacheSpec` or ``{"type": …, attr: value}`` mappings.
+            :class:`pybk.core.engine.request.CacheSpec` or ``{"type": …, attr: value}`` mappings.
             An unreachable or unreadable cache is a progress warning, never a failure.
         :param cache_exports: remote caches to export to (``--cache-to``), same forms; a failed
             export fails the build unless the spec says ``ignore-error=true``.

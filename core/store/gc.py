@@ -268,7 +268,7 @@ class Collector:
     def gc(self, policies: Sequence[Any]) -> list[UsageInfo]:
         """Run each policy as one prune pass, in order.
 
-        ``policies`` are resolved rules (:func:`pybk.core.config.schema.gc_prune_rules`): sizes in
+        ``policies`` are resolved rules (:func:`pybk.core.config.gc.gc_prune_rules`): sizes in
         bytes, ``keep_duration`` in seconds.
         """
         deleted: list[UsageInfo] = []
