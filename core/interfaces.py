@@ -36,11 +36,6 @@ class Plugin:
     Options: ClassVar[type] = NoOptions
 
     @classmethod
-    def is_available(cls) -> bool:
-        """Whether this plugin can work on this machine (e.g. its binary exists)."""
-        return True
-
-    @classmethod
     def describe(cls) -> str:
         """One line for ``pybk plugins``: the first line of the docstring."""
         doc = (cls.__doc__ or "").strip()

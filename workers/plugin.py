@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -70,10 +69,6 @@ class OCIWorker(Worker):
                               network=NetworkOptions.from_config(config),
                               snapshotter=oci.snapshotter, labels=oci.labels, gc=oci)
         return attrs.evolve(options, **changes) if changes else options
-
-    @classmethod
-    def is_available(cls) -> bool:
-        return os.geteuid() == 0 and any(shutil.which(b) for b in ("runc", "crun"))
 
     def platforms(self) -> list[str]:
         return list(self.options.platforms) or [str(host_platform())]
