@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from pybk.core.converter import KeyPath, problems_from_exception, render_path
+from pybk.core.didyoumean import did_you_mean
 from pybk.core.errors import InputError
 from pybk.frontends.dockerfile import instructions as ins
 from pybk.frontends.yaml.loader import Document, Mark, YamlSyntaxError, load_document
@@ -171,8 +172,7 @@ def _version_problem(version: int, problems: _Problems) -> None:
 
 
 def _suggest_stage(name: str, stages: Iterable[str]) -> str:
-    match = ins.suggest(name, sorted(stages))
-    return f" (did you mean '{match}'?)" if match else ""
+    return did_you_mean(name, sorted(stages), quote="'")
 
 
 def _check(pipeline: Pipeline, problems: _Problems, contexts: frozenset[str],
@@ -664,7 +664,7 @@ class _Builder:
 
 def pipeline_to_dockerfile(loaded: LoadedPipeline) -> ins.Dockerfile:
     """The pipeline as the typed instructions the Dockerfile parser would produce."""
-    from pybk.frontends.dockerfile.directives import Directives
+    from pybk.core.directives import Directives
     from pybk.frontends.dockerfile.parser import ParseResult
 
     builder = _Builder(loaded)
