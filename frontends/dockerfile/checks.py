@@ -17,8 +17,7 @@ import attrs
 from pybk.core.didyoumean import closest, did_you_mean
 from pybk.core.fs.patterns import PatternMatcher, clean_path
 from pybk.core.platform import host_platform
-from pybk.frontends.dockerfile.errors import DockerfileParseError
-from pybk.frontends.dockerfile.instructions import (
+from pybk.frontends.dockerfile.commands import (
     AddInstruction,
     ArgInstruction,
     CmdInstruction,
@@ -26,7 +25,6 @@ from pybk.frontends.dockerfile.instructions import (
     Dockerfile,
     EntrypointInstruction,
     EnvInstruction,
-    Expander,
     ExposeInstruction,
     FromInstruction,
     HealthcheckInstruction,
@@ -41,8 +39,9 @@ from pybk.frontends.dockerfile.instructions import (
     UserInstruction,
     VolumeInstruction,
     WorkdirInstruction,
-    parse_dockerfile,
 )
+from pybk.frontends.dockerfile.errors import DockerfileParseError
+from pybk.frontends.dockerfile.instructions import Expander, parse_dockerfile
 from pybk.frontends.dockerfile.shell import Lexer, ShellExpansionError
 
 CHECK_BUILD_ARG = "BUILDKIT_DOCKERFILE_CHECK"

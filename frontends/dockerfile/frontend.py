@@ -51,7 +51,8 @@ def named_contexts(opts: Mapping[str, str], bridge: FrontendBridge,
     """``context:NAME=VALUE`` options as named contexts (a State plus an image config)."""
     from pybk.core import llb
     from pybk.core.errors import UsageError
-    from pybk.frontends.dockerfile.convert import NamedContext, parse_git_ref
+    from pybk.frontends.dockerfile.convert_copy import parse_git_ref
+    from pybk.frontends.dockerfile.stages import NamedContext
 
     contexts: dict[str, Any] = {}
     for key, value in opts.items():

@@ -20,7 +20,10 @@ import attrs
 from pybk.core.converter import KeyPath, problems_from_exception, render_path
 from pybk.core.didyoumean import did_you_mean
 from pybk.core.errors import InputError
-from pybk.frontends.dockerfile import instructions as ins
+from pybk.frontends.dockerfile import commands as ins
+from pybk.frontends.dockerfile.errors import InstructionError
+from pybk.frontends.dockerfile.mounts import parse_mount
+from pybk.frontends.dockerfile.values import go_parse_duration, parse_chmod, parse_signal
 from pybk.frontends.yaml.loader import Document, Mark, YamlSyntaxError, load_document
 from pybk.frontends.yaml.schema import (
     SCHEMA_VERSION,
@@ -252,7 +255,7 @@ def _check_stage(name: str, stage: Stage, stages: Mapping[str, Stage], contexts:
                 _check_step(step, (*base, "steps", i), ref, problems)
     if stage.stopsignal is not None and "$" not in stage.stopsignal:
         try:
-            ins.parse_signal(stage.stopsignal)
+            parse_signal(stage.stopsignal)
         except ValueError as err:
             problems.add((*base, "stopsignal"), str(err))
     for i, volume in enumerate(stage.volumes):
@@ -321,8 +324,8 @@ def _check_run(run: Run, path: KeyPath, ref: Callable[..., None], problems: _Pro
         if "$" in spec:
             continue
         try:
-            ins.parse_mount(spec, lambda value: value)
-        except ins.InstructionError as err:
+            parse_mount(spec, lambda value: value)
+        except InstructionError as err:
             problems.add(_mount_key(mount, where, str(err)), str(err))
             continue
         if mount.type in ("bind", "cache", "tmpfs") and not mount.target:
@@ -352,7 +355,7 @@ def _check_copy(copy: Copy | Add, path: KeyPath, ref: Callable[..., None],
                      "directory and end with a /")
     if copy.chmod is not None and "$" not in copy.chmod:
         try:
-            ins.parse_chmod(copy.chmod)
+            parse_chmod(copy.chmod)
         except ValueError as err:
             problems.add((*path, "chmod"), str(err))
     for i, src in enumerate(copy.src):
@@ -384,7 +387,7 @@ def _check_healthcheck(check: Healthcheck, path: KeyPath, problems: _Problems) -
 
 def duration_ns(value: str) -> int:
     """A health check duration (``30s``) in nanoseconds; at least 1ms unless 0."""
-    duration = ins.go_parse_duration(value)
+    duration = go_parse_duration(value)
     if 0 < duration < 1_000_000 or duration < 0:
         raise ValueError("must be at least 1ms")
     return duration

@@ -11,8 +11,8 @@ from pybk.frontends.dockerfile.checks import (
     run_checks,
 )
 from pybk.frontends.dockerfile.cli_support import check_command, dump_ast_command
+from pybk.frontends.dockerfile.commands import Location
 from pybk.frontends.dockerfile.errors import DockerfileParseError
-from pybk.frontends.dockerfile.instructions import Location
 
 EXPERIMENTAL = "# check=experimental=all\n"
 

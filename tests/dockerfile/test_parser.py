@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pybk.core.errors import go_quote
 from pybk.core.directives import detect_syntax, parse_directives
+from pybk.core.errors import go_quote
 from pybk.frontends.dockerfile.dump import dump_ast
 from pybk.frontends.dockerfile.errors import DockerfileParseError
 from pybk.frontends.dockerfile.parser import parse
