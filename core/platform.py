@@ -8,6 +8,7 @@ variant that is the same or older (``arm/v7`` runs ``arm/v6``; ``amd64/v3`` runs
 
 from __future__ import annotations
 
+import os
 import platform as _host
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -129,6 +130,43 @@ def host_platform() -> Platform:
     if machine.startswith("armv"):
         variant, machine = machine[3:5], "arm"
     return normalize(Platform(_host.system().lower() or "linux", machine, variant))
+
+
+#: the qemu name of each architecture's emulator (its binfmt_misc entry is ``qemu-<name>``)
+QEMU_NAMES = {"amd64": "x86_64", "386": "i386", "arm64": "aarch64", "arm": "arm",
+              "riscv64": "riscv64", "ppc64le": "ppc64le", "s390x": "s390x"}
+BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
+
+
+def can_execute(platform: Any) -> bool:
+    """Whether this host runs binaries of ``platform`` (an llb Platform or ``os/arch``) in a
+    container: natively, or through an enabled ``qemu-<arch>`` binfmt_misc entry with ``F``."""
+    text = str(platform)
+    parts = text.split("/")
+    arch = parts[1] if len(parts) > 1 else ""
+    host = host_platform()
+    if parts[0] != host.os:
+        return False
+    if arch == host.architecture or (host.architecture == "amd64" and arch == "386"):
+        return True
+    qemu = QEMU_NAMES.get(arch)
+    if qemu is None:
+        return False
+    return "F" in binfmt_flags(qemu)
+
+
+def binfmt_flags(qemu: str) -> str:
+    """The flags of the enabled binfmt_misc entry ``qemu-<qemu>`` ('' when none). Only an entry
+    with ``F`` (the emulator opened at registration) can run inside a container's rootfs."""
+    try:
+        with open(os.path.join(BINFMT_DIR, f"qemu-{qemu}")) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    if not lines or lines[0].strip() != "enabled":
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines
+                 if line.startswith("flags:")), "")
 
 
 def select_best(wanted: Platform, candidates: Iterable[tuple[Platform | None, Any]]) -> Any | None:

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from pybk.core import llb
+from pybk.core import platform as core_platform
 from pybk.core.errors import InputError, PybkError
 from pybk.frontends.dockerfile import commands as ins
 from pybk.frontends.dockerfile.errors import DockerfileParseError
@@ -173,11 +174,9 @@ class StageConverter:
         actual = config_platform(config)
         if actual is None or same_platform(actual, expected):
             return None
-        if may_detect and self.implicit_platform and not frm.platform:
-            from pybk.core.engine.multiplatform import can_execute
-
-            if can_execute(actual):
-                return actual
+        if (may_detect and self.implicit_platform and not frm.platform
+                and core_platform.can_execute(actual)):
+            return actual
         self.findings.append(base_image_platform_warning(
             name, str(expected), str(actual), frm.location))
         return None

@@ -56,8 +56,7 @@ def test_each_platform_takes_its_own_manifest_of_a_layout_index(root, tmp_path, 
 
 @pytest.fixture(scope="module")
 def multiarch_layout(tmp_path_factory):
-    from pybk.core.engine.multiplatform import can_execute
-    from pybk.core.platform import host_platform
+    from pybk.core.platform import can_execute, host_platform
 
     if host_platform().architecture != "amd64":
         pytest.skip("the emulation tests run on amd64 hosts")
@@ -153,13 +152,13 @@ def test_base_of_another_platform_warns_when_a_platform_was_asked(root, tmp_path
 def test_base_of_a_runnable_platform_is_detected_without_platform(root, tmp_path,
                                                                  arm64_only_image, capsys,
                                                                  monkeypatch):
-    from pybk.core.engine import multiplatform
+    from pybk.core import platform as core_platform
 
-    monkeypatch.setattr(multiplatform, "can_execute", lambda platform: True)
+    monkeypatch.setattr(core_platform, "can_execute", lambda platform: True)
     platforms, err = _platform_build(root, tmp_path, arm64_only_image, capsys)
     assert "InvalidBaseImagePlatform" not in err
     assert platforms == {json.dumps({"architecture": "arm64", "os": "linux"}, sort_keys=True)}
     # no emulator: the stage keeps the host's platform and the build says why it may fail
-    monkeypatch.setattr(multiplatform, "can_execute", lambda platform: False)
+    monkeypatch.setattr(core_platform, "can_execute", lambda platform: False)
     platforms, err = _platform_build(root, tmp_path, arm64_only_image, capsys, "--no-cache")
     assert "InvalidBaseImagePlatform" in err
