@@ -173,8 +173,8 @@ class DockerfileFrontend(Frontend):
 
         def lint(finding: Any) -> None:
             """A finding only the conversion sees, under the file's check options."""
-            from pybk.frontends.dockerfile.checks import RULES
             from pybk.frontends.dockerfile.errors import DockerfileParseError
+            from pybk.frontends.dockerfile.lintrules import RULES
 
             if not report.config.enabled(RULES[finding.rule]):
                 return

@@ -25,6 +25,7 @@ from pybk.frontends.dockerfile.imageconfig import (
     same_platform,
 )
 from pybk.frontends.dockerfile.instructions import Expander, parse_dockerfile
+from pybk.frontends.dockerfile.lintrules import base_image_platform_warning
 from pybk.frontends.dockerfile.shell import ShellExpansionError
 
 COMMAND_DESCRIPTION = "com.docker.dockerfile.v1.command"
@@ -169,8 +170,6 @@ class StageConverter:
         """A base image whose config names another platform: with no target platform asked
         for and an image this host can run, that platform (None otherwise, after recording an
         InvalidBaseImagePlatform finding)."""
-        from pybk.frontends.dockerfile.checks import base_image_platform_warning
-
         actual = config_platform(config)
         if actual is None or same_platform(actual, expected):
             return None
