@@ -8,12 +8,12 @@ image configs, nested solves) and BuildKit's frontend options (``filename``, ``t
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pybk.core.directives import scan_directives
 from pybk.core.engine.request import BuildRequest, CacheSpec
 from pybk.core.engine.resolve import plugin_class, plugin_errors
 from pybk.core.errors import BuildError, SolveError, UsageError
@@ -23,19 +23,6 @@ from pybk.core.interfaces import (
     FrontendResult,
     UnsupportedOperation,
 )
-
-_DIRECTIVE = re.compile(rb"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
-
-
-def scan_directives(data: bytes) -> dict[str, str]:
-    """The leading ``# key=value`` lines of a build file (for choosing a frontend)."""
-    found: dict[str, str] = {}
-    for raw in data.removeprefix(b"\xef\xbb\xbf").splitlines():
-        match = _DIRECTIVE.match(raw.strip())
-        if not match:
-            break
-        found.setdefault(match.group(1).decode().lower(), match.group(2).decode(errors="replace"))
-    return found
 
 
 def _safe_join(root: str, path: str) -> str:

@@ -1,23 +1,20 @@
 """Build checks: BuildKit's 22 Dockerfile lint rules, run statically over a parsed file.
 
-Configuration comes from the ``# check=skip=A,B;error=true;experimental=C`` directive, or the
-``BUILDKIT_DOCKERFILE_CHECK`` build arg, which replaces it. Experimental rules run only when
-enabled with ``experimental=``. ``InvalidBaseImagePlatform`` needs the pulled image's platform,
-so the converter reports it (:func:`base_image_platform_warning`) and the frontend applies the
-report's :class:`CheckConfig` to it.
+The rules, their configuration (``# check=`` or ``BUILDKIT_DOCKERFILE_CHECK``) and the
+findings are in :mod:`~pybk.frontends.dockerfile.lintrules`.
 """
 
 from __future__ import annotations
 
-import platform as _platform
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
+from pybk.core.didyoumean import closest, did_you_mean
 from pybk.core.fs.patterns import PatternMatcher, clean_path
-from pybk.frontends.dockerfile.errors import DockerfileParseError
-from pybk.frontends.dockerfile.instructions import (
+from pybk.core.platform import host_platform
+from pybk.frontends.dockerfile.commands import (
     AddInstruction,
     ArgInstruction,
     CmdInstruction,
@@ -25,12 +22,11 @@ from pybk.frontends.dockerfile.instructions import (
     Dockerfile,
     EntrypointInstruction,
     EnvInstruction,
-    Expander,
     ExposeInstruction,
+    FromInstruction,
     HealthcheckInstruction,
     Instruction,
     LabelInstruction,
-    Location,
     MaintainerInstruction,
     RunInstruction,
     ShellInstruction,
@@ -39,186 +35,18 @@ from pybk.frontends.dockerfile.instructions import (
     UserInstruction,
     VolumeInstruction,
     WorkdirInstruction,
-    parse_dockerfile,
-    suggest,
+)
+from pybk.frontends.dockerfile.errors import DockerfileParseError
+from pybk.frontends.dockerfile.instructions import Expander, parse_dockerfile
+from pybk.frontends.dockerfile.lintrules import (
+    CHECK_BUILD_ARG,
+    RULES,
+    CheckConfig,
+    CheckReport,
+    Warning,  # noqa: A004 - BuildKit's name for a lint finding
+    parse_check_options,
 )
 from pybk.frontends.dockerfile.shell import Lexer, ShellExpansionError
-
-CHECK_BUILD_ARG = "BUILDKIT_DOCKERFILE_CHECK"
-_URL = "https://docs.docker.com/go/dockerfile/rule/{}/"
-
-
-@attrs.frozen
-class Rule:
-    """A lint rule: BuildKit's name, description and documentation URL."""
-
-    name: str
-    description: str
-    experimental: bool = False
-
-    @property
-    def url(self) -> str:
-        kebab = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", self.name)
-        return _URL.format(kebab.lower())
-
-
-RULES: dict[str, Rule] = {
-    rule.name: rule
-    for rule in (
-        Rule("StageNameCasing", "Stage names should be lowercase"),
-        Rule("FromAsCasing", "The 'as' keyword should match the case of the 'from' keyword"),
-        Rule(
-            "NoEmptyContinuation", "Empty continuation lines will become errors in a future release"
-        ),
-        Rule(
-            "ConsistentInstructionCasing",
-            "All commands within the Dockerfile should use the same casing (either upper or lower)",
-        ),
-        Rule("DuplicateStageName", "Stage names should be unique"),
-        Rule("ReservedStageName", "Reserved words should not be used as stage names"),
-        Rule(
-            "JSONArgsRecommended",
-            "JSON arguments recommended for ENTRYPOINT/CMD to prevent unintended behavior "
-            "related to OS signals",
-        ),
-        Rule(
-            "MaintainerDeprecated",
-            "The MAINTAINER instruction is deprecated, use a label instead to define an image author",
-        ),
-        Rule("UndefinedArgInFrom", "FROM command must use declared ARGs"),
-        Rule(
-            "WorkdirRelativePath",
-            "Relative workdir without an absolute workdir declared within the build can have "
-            "unexpected results if the base image changes",
-        ),
-        Rule("UndefinedVar", "Variables should be defined before their use"),
-        Rule(
-            "MultipleInstructionsDisallowed",
-            "Multiple instructions of the same type should not be used in the same stage",
-        ),
-        Rule(
-            "LegacyKeyValueFormat",
-            "Legacy key/value format with whitespace separator should not be used",
-        ),
-        Rule(
-            "InvalidBaseImagePlatform",
-            "Base image platform does not match expected target platform",
-        ),
-        Rule(
-            "RedundantTargetPlatform",
-            "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the "
-            "default behavior",
-        ),
-        Rule(
-            "SecretsUsedInArgOrEnv", "Sensitive data should not be used in the ARG or ENV commands"
-        ),
-        Rule(
-            "InvalidDefaultArgInFrom",
-            "Default value for global ARG results in an empty or invalid base image name",
-        ),
-        Rule(
-            "FromPlatformFlagConstDisallowed",
-            "FROM --platform flag should not use a constant value",
-        ),
-        Rule("CopyIgnoredFile", "Attempting to Copy file that is excluded by .dockerignore"),
-        Rule(
-            "InvalidDefinitionDescription",
-            "Comment for build stage or argument should follow the format: `# <arg/stage name> "
-            "<description>`. If this is not intended to be a description comment, add an empty "
-            "line or comment between the instruction and the comment.",
-            experimental=True,
-        ),
-        Rule("ExposeProtoCasing", "Protocol in EXPOSE instruction should be lowercase"),
-        Rule(
-            "ExposeInvalidFormat",
-            "IP address and host-port mapping should not be used in EXPOSE instruction. This "
-            "will become an error in a future release",
-        ),
-    )
-}
-
-
-@attrs.frozen
-class Warning:  # noqa: A001 - BuildKit's name for a lint finding
-    """One finding: rule name, message, file and 1-based line."""
-
-    rule: str
-    message: str
-    filename: str
-    line: int
-
-    @property
-    def description(self) -> str:
-        return RULES[self.rule].description
-
-    @property
-    def url(self) -> str:
-        return RULES[self.rule].url
-
-
-@attrs.frozen
-class CheckReport:
-    """All findings; ``error`` is True when ``error=true`` was set and something was found."""
-
-    warnings: list[Warning]
-    error: bool
-    #: the check options in force (for the findings only a build sees)
-    config: CheckConfig = attrs.field(factory=lambda: CheckConfig())
-
-    @property
-    def error_message(self) -> str | None:
-        if not self.error:
-            return None
-        rules = list(dict.fromkeys(w.rule for w in self.warnings))
-        return "lint violation found for rules: " + ", ".join(rules)
-
-
-@attrs.frozen
-class CheckConfig:
-    """Parsed ``check=`` options."""
-
-    skip: frozenset[str] = frozenset()
-    skip_all: bool = False
-    error: bool = False
-    experimental: frozenset[str] = frozenset()
-    experimental_all: bool = False
-
-    def enabled(self, rule: Rule) -> bool:
-        if self.skip_all or rule.name in self.skip:
-            return False
-        if rule.experimental:
-            return self.experimental_all or rule.name in self.experimental
-        return True
-
-
-def parse_check_options(text: str) -> CheckConfig:
-    """Parse ``skip=…;error=…;experimental=…`` (BuildKit ``ParseLintOptions``)."""
-    text = text.strip()
-    if not text:
-        return CheckConfig()
-    options: dict[str, object] = {}
-    for part in text.split(";"):
-        key, has_value, value = part.partition("=")
-        if not has_value:
-            raise ValueError(f'invalid check option "{part}"')
-        key, value = key.strip(), value.strip()
-        if key in ("skip", "experimental"):
-            names = frozenset(v.strip() for v in value.split(","))
-            if value == "all":
-                options[f"{key}_all"] = True
-            else:
-                options[key] = names
-        elif key == "error":
-            lowered = {"1": "true", "t": "true", "0": "false", "f": "false"}.get(
-                value, value.lower()
-            )
-            if lowered not in ("true", "false"):
-                raise ValueError(f'failed to parse check option "{part}": invalid syntax')
-            options["error"] = lowered == "true"
-        else:
-            raise ValueError(f'invalid check option "{key}"')
-    return CheckConfig(**options)  # type: ignore[arg-type]
-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -228,10 +56,6 @@ _SECRET = re.compile(
     r"(?i)(?:_|^)(?:apikey|auth|credential|credentials|key|password|pword|passwd|secret|token)(?:_|$)"
 )
 _SECRET_ALLOWED = re.compile(r"(?i)(?:_|^)(?:public)(?:_|$)")
-_PLATFORM_ARGS = (
-    "BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT", "BUILDOSVERSION",
-    "TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT", "TARGETOSVERSION",
-)  # fmt: skip
 _RESERVED_STAGE_NAMES = ("context", "scratch")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:localhost|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)+|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
@@ -242,16 +66,13 @@ _REFERENCE = re.compile(
 
 
 def _host_platform_args() -> dict[str, str]:
-    machine = _platform.machine().lower()
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        machine, machine
-    )
+    host = host_platform()
     values = {
-        "OS": "linux",
-        "ARCH": arch,
-        "VARIANT": "",
+        "OS": host.os,
+        "ARCH": host.architecture,
+        "VARIANT": host.variant or "",
         "OSVERSION": "",
-        "PLATFORM": f"linux/{arch}",
+        "PLATFORM": str(host),
     }
     args = {}
     for prefix in ("BUILD", "TARGET"):
@@ -263,17 +84,6 @@ def _host_platform_args() -> dict[str, str]:
 def is_valid_reference(ref: str) -> bool:
     """Whether ``ref`` is a syntactically valid image reference (docker ``reference``)."""
     return bool(ref) and _REFERENCE.fullmatch(ref) is not None
-
-
-def base_image_platform_warning(
-    image: str, expected: str, actual: str, location: Location
-) -> Warning:
-    """The InvalidBaseImagePlatform finding, for use once the base image's platform is known."""
-    message = (
-        f'Base image {image} was pulled with platform "{actual}", expected "{expected}" for '
-        "current build"
-    )
-    return Warning("InvalidBaseImagePlatform", message, location.filename, location.start_line)
 
 
 def _title_quote(text: str) -> str:
@@ -423,6 +233,315 @@ def _check_secret(lint: _Linter, instruction: str, key: str, line: int) -> None:
         )
 
 
+@attrs.define
+class _GlobalScope:
+    """The global ARGs (before the first FROM): values with build-arg overrides, values from
+    the defaults alone, the names declared, and the host's platform ARGs."""
+
+    platform_args: dict[str, str]
+    env: dict[str, str]
+    defaults: dict[str, str]
+    declared: set[str] = attrs.field(factory=set)
+
+
+def _lint_meta_args(
+    dockerfile: Dockerfile, lint: _Linter, build_args: Mapping[str, str]
+) -> _GlobalScope:
+    platform_args = _host_platform_args()
+    scope = _GlobalScope(platform_args, dict(platform_args), dict(platform_args))
+    escape = dockerfile.escape
+    for meta in dockerfile.meta_args:
+        line = meta.location.start_line
+        keys = [spec.key for spec in meta.args]
+        _check_definition_description(lint, "ARG", keys, meta.comments, line)
+        for spec in meta.args:
+            _check_secret(lint, "ARG", spec.key, line)
+            expander = Expander(scope.env, escape, meta.location)
+            default = expander.word(spec.default) if spec.default is not None else None
+            scope.declared.add(spec.key)
+            if spec.key in build_args:
+                scope.env[spec.key] = build_args[spec.key]
+            elif default is not None:
+                scope.env[spec.key] = default
+            if spec.default is not None:
+                scope.defaults[spec.key] = Expander(scope.defaults, escape).word(spec.default)
+    return scope
+
+
+def _lint_stage_name(lint: _Linter, first: FromInstruction, stage_names: Mapping[str, int]):
+    line = first.location.start_line
+    written = first.stage_name_as_written or ""
+    if written != written.lower():
+        lint.run("StageNameCasing", line, f"Stage name '{written}' should be lowercase")
+    keyword, as_word = first.keyword, first.as_keyword or ""
+    if (keyword == keyword.upper() and as_word != as_word.upper()) or (
+        keyword == keyword.lower() and as_word != as_word.lower()
+    ):
+        lint.run(
+            "FromAsCasing",
+            line,
+            f"'{as_word}' and '{keyword}' keywords' casing do not match",
+        )
+    if first.stage_name in _RESERVED_STAGE_NAMES:
+        lint.run(
+            "ReservedStageName",
+            line,
+            f"Stage name should not use the same name as reserved stage {_title_quote(first.stage_name)}",
+        )
+    if first.stage_name in stage_names:
+        lint.run(
+            "DuplicateStageName",
+            line,
+            f"Duplicate stage name {_title_quote(first.stage_name)}, stage names should be unique",
+        )
+    _check_definition_description(lint, "FROM", [first.stage_name], first.comments, line)
+
+
+def _lint_from_platform(lint: _Linter, first: FromInstruction) -> None:
+    platform = first.platform
+    line = first.location.start_line
+    if platform is None:
+        return
+    if platform in ("$TARGETPLATFORM", "${TARGETPLATFORM}"):
+        lint.run(
+            "RedundantTargetPlatform",
+            line,
+            f"Setting platform to predefined {platform} in FROM is redundant as this is "
+            "the default behavior",
+        )
+    elif "$" not in platform and not _stage_name_mentions_platform(first.stage_name, platform):
+        lint.run(
+            "FromPlatformFlagConstDisallowed",
+            line,
+            f"FROM --platform flag should not use constant value {_title_quote(platform)}",
+        )
+
+
+def _lint_from_args(lint: _Linter, first: FromInstruction, scope: _GlobalScope, lexer: Lexer,
+                    stage_names: Mapping[str, int]) -> None:
+    line = first.location.start_line
+    for word in (first.base_name, first.platform or ""):
+        if "$" not in word:
+            continue
+        try:
+            result = lexer.process(word, scope.env)
+        except ShellExpansionError as err:
+            raise DockerfileParseError(err.message, filename=lint.filename, line=line) from None
+        for name in sorted(result.unmatched):
+            if name in scope.declared:
+                continue
+            hint = did_you_mean(name, sorted(scope.declared | set(scope.platform_args)))
+            lint.run("UndefinedArgInFrom", line, f"FROM argument '{name}' is not declared{hint}")
+    if "$" in first.base_name:
+        try:
+            default_name = lexer.process(first.base_name, scope.defaults).result
+        except ShellExpansionError:
+            default_name = ""
+        if not default_name or not (
+            is_valid_reference(default_name) or default_name.lower() in stage_names
+        ):
+            lint.run(
+                "InvalidDefaultArgInFrom",
+                line,
+                f"Default value for ARG {first.base_name} results in empty or invalid base image name",
+            )
+
+
+def _lint_froms(
+    dockerfile: Dockerfile, lint: _Linter, scope: _GlobalScope, lexer: Lexer
+) -> dict[str, int]:
+    """The FROM rules; returns the stage names with their indexes."""
+    stage_names: dict[str, int] = {}
+    for stage in dockerfile.stages:
+        first = stage.from_instruction
+        if first.stage_name is not None:
+            _lint_stage_name(lint, first, stage_names)
+        _lint_from_platform(lint, first)
+        _lint_from_args(lint, first, scope, lexer, stage_names)
+        if first.stage_name is not None:
+            stage_names.setdefault(first.stage_name, stage.index)
+    return stage_names
+
+
+class _StageLinter:
+    """The instruction rules of one stage, tracking its ARG/ENV scope as the build would.
+
+    ``check_vars``: the stage is part of the target's build (UndefinedVar and
+    WorkdirRelativePath are only reported there).
+    """
+
+    def __init__(self, lint: _Linter, scope: _GlobalScope, build_args: Mapping[str, str],
+                 escape: str, ignore: PatternMatcher | None, *, env: dict[str, str],
+                 workdir_set: bool, check_vars: bool):
+        self.lint = lint
+        self.scope = scope
+        self.build_args = build_args
+        self.escape = escape
+        self.ignore = ignore
+        self.env = env
+        self.workdir_set = workdir_set
+        self.check_vars = check_vars
+        self.args: dict[str, str] = {}
+        self.declared: set[str] = set()
+        self.counts: dict[str, list[int]] = {}
+        self.shell_set = False
+        self.line = 0
+        self.expander = Expander({}, escape)
+
+    def instruction(self, instruction: Instruction) -> None:
+        self.line = instruction.location.start_line
+        self.expander = Expander({**self.args, **self.env}, self.escape, instruction.location)
+        for kinds, rule in _INSTRUCTION_RULES:
+            if kinds is None or isinstance(instruction, kinds):
+                rule(self, instruction)
+
+    def finish(self) -> None:
+        for name, lines in self.counts.items():
+            for line in lines[:-1]:
+                self.lint.run(
+                    "MultipleInstructionsDisallowed",
+                    line,
+                    f"Multiple {name} instructions should not be used in the same stage because "
+                    "only the last one will be used",
+                )
+
+    # ------------------------------------------------------------------ rules
+
+    def undefined_vars(self, instruction: Instruction) -> None:
+        if not self.check_vars:
+            return
+        scope = set(self.expander.env)
+        for word in _expanded_words(instruction):
+            self.expander.word(word)
+        for name in sorted(self.expander.undefined - self.declared - scope):
+            hint = closest(name, sorted(scope | self.declared))
+            message = f"Usage of undefined variable '${name}'"
+            if hint:
+                message += f" (did you mean ${hint}?)"
+            self.lint.run("UndefinedVar", self.line, message)
+
+    def maintainer(self, instruction: MaintainerInstruction) -> None:
+        self.lint.run(
+            "MaintainerDeprecated",
+            self.line,
+            "Maintainer instruction is deprecated in favor of using label",
+        )
+
+    def shell(self, instruction: ShellInstruction) -> None:
+        self.shell_set = True
+
+    def json_args(self, instruction: CmdInstruction | EntrypointInstruction) -> None:
+        if instruction.prepend_shell and instruction.command and not self.shell_set:
+            self.lint.run(
+                "JSONArgsRecommended",
+                self.line,
+                f"JSON arguments recommended for {instruction.keyword} to prevent "
+                "unintended behavior related to OS signals",
+            )
+
+    def count(self, instruction: Instruction) -> None:
+        self.counts.setdefault(instruction.name, []).append(self.line)
+
+    def legacy_key_value(self, instruction: EnvInstruction | LabelInstruction) -> None:
+        if any(pair.no_delim for pair in instruction.pairs):
+            self.lint.run(
+                "LegacyKeyValueFormat",
+                self.line,
+                f'"{instruction.keyword} key=value" should be used instead of legacy '
+                f'"{instruction.keyword} key value" format',
+            )
+
+    def env_instruction(self, instruction: EnvInstruction) -> None:
+        new = {}
+        for pair in instruction.pairs:
+            _check_secret(self.lint, "ENV", pair.key, self.line)
+            new[self.expander.word(pair.key)] = self.expander.word(pair.value)
+        self.env.update(new)
+
+    def arg_instruction(self, instruction: ArgInstruction) -> None:
+        keys = [spec.key for spec in instruction.args]
+        _check_definition_description(self.lint, "ARG", keys, instruction.comments, self.line)
+        for spec in instruction.args:
+            _check_secret(self.lint, "ARG", spec.key, self.line)
+            self.declared.add(spec.key)
+            if spec.key in self.build_args:
+                self.args[spec.key] = self.build_args[spec.key]
+            elif spec.default is not None:
+                self.args[spec.key] = Expander(
+                    {**self.args, **self.env}, self.escape, instruction.location
+                ).word(spec.default)
+            elif spec.key in self.scope.env and spec.key in self.scope.declared | set(
+                self.scope.platform_args
+            ):
+                self.args[spec.key] = self.scope.env[spec.key]
+
+    def expose(self, instruction: ExposeInstruction) -> None:
+        for raw in instruction.ports:
+            for port in self.expander.words(raw):
+                if ":" in port:
+                    self.lint.run(
+                        "ExposeInvalidFormat",
+                        self.line,
+                        "EXPOSE instruction should not define an IP address or host-port "
+                        f"mapping, found '{port}'",
+                    )
+                _, has_proto, proto = port.partition("/")
+                if has_proto and proto != proto.lower():
+                    self.lint.run(
+                        "ExposeProtoCasing",
+                        self.line,
+                        f"Defined protocol '{port}' in EXPOSE instruction should be lowercase",
+                    )
+
+    def workdir(self, instruction: WorkdirInstruction) -> None:
+        if not self.check_vars:
+            return
+        path = self.expander.word(instruction.path)
+        if path.startswith("/"):
+            self.workdir_set = True
+        elif not self.workdir_set:
+            self.lint.run(
+                "WorkdirRelativePath",
+                self.line,
+                f"Relative workdir {_title_quote(path)} can have unexpected results if the "
+                "base image changes",
+            )
+
+    def ignored_sources(self, instruction: CopyInstruction | AddInstruction) -> None:
+        if self.ignore is None:
+            return
+        if isinstance(instruction, CopyInstruction) and instruction.from_:
+            return
+        verb = "Copy" if isinstance(instruction, CopyInstruction) else "Add"
+        for source in instruction.sources:
+            value = self.expander.word(source)
+            if "://" in value or value.startswith("git@"):
+                continue
+            relative = clean_path(value).lstrip("/") or "."
+            if relative != "." and self.ignore.matches(relative):
+                self.lint.run(
+                    "CopyIgnoredFile",
+                    self.line,
+                    f"Attempting to {verb} file {_title_quote(value)} that is excluded by .dockerignore",
+                )
+
+
+#: the instruction rules in the order they report: (instruction types or None for all, rule)
+_INSTRUCTION_RULES: tuple[tuple[type | tuple[type, ...] | None, Callable[..., None]], ...] = (
+    (None, _StageLinter.undefined_vars),
+    (MaintainerInstruction, _StageLinter.maintainer),
+    (ShellInstruction, _StageLinter.shell),
+    ((CmdInstruction, EntrypointInstruction), _StageLinter.json_args),
+    ((CmdInstruction, EntrypointInstruction, HealthcheckInstruction), _StageLinter.count),
+    ((EnvInstruction, LabelInstruction), _StageLinter.legacy_key_value),
+    (EnvInstruction, _StageLinter.env_instruction),
+    (ArgInstruction, _StageLinter.arg_instruction),
+    (ExposeInstruction, _StageLinter.expose),
+    (WorkdirInstruction, _StageLinter.workdir),
+    ((CopyInstruction, AddInstruction), _StageLinter.ignored_sources),
+)
+
+
 def _lint(
     dockerfile: Dockerfile,
     lint: _Linter,
@@ -430,246 +549,28 @@ def _lint(
     target: str | None,
     ignore: PatternMatcher | None,
 ) -> None:
-    escape = dockerfile.escape
-    lexer = Lexer(escape=escape)
-
     for warning in dockerfile.warnings:
         lint.run("NoEmptyContinuation", warning.line)
     _check_casing(lint, dockerfile)
-
-    # Global scope: declared ARGs (with build-arg overrides) and the platform ARGs.
-    platform_args = _host_platform_args()
-    global_env: dict[str, str] = dict(platform_args)
-    defaults_env: dict[str, str] = dict(platform_args)
-    declared_global: set[str] = set()
-    for meta in dockerfile.meta_args:
-        line = meta.location.start_line
-        keys = [spec.key for spec in meta.args]
-        _check_definition_description(lint, "ARG", keys, meta.comments, line)
-        for spec in meta.args:
-            _check_secret(lint, "ARG", spec.key, line)
-            expander = Expander(global_env, escape, meta.location)
-            default = expander.word(spec.default) if spec.default is not None else None
-            declared_global.add(spec.key)
-            if spec.key in build_args:
-                global_env[spec.key] = build_args[spec.key]
-            elif default is not None:
-                global_env[spec.key] = default
-            if spec.default is not None:
-                defaults_env[spec.key] = Expander(defaults_env, escape).word(spec.default)
-
-    stage_names: dict[str, int] = {}
-    for stage in dockerfile.stages:
-        first = stage.from_instruction
-        line = first.location.start_line
-        if first.stage_name is not None:
-            written = first.stage_name_as_written or ""
-            if written != written.lower():
-                lint.run("StageNameCasing", line, f"Stage name '{written}' should be lowercase")
-            keyword, as_word = first.keyword, first.as_keyword or ""
-            if (keyword == keyword.upper() and as_word != as_word.upper()) or (
-                keyword == keyword.lower() and as_word != as_word.lower()
-            ):
-                lint.run(
-                    "FromAsCasing",
-                    line,
-                    f"'{as_word}' and '{keyword}' keywords' casing do not match",
-                )
-            if first.stage_name in _RESERVED_STAGE_NAMES:
-                lint.run(
-                    "ReservedStageName",
-                    line,
-                    f"Stage name should not use the same name as reserved stage {_title_quote(first.stage_name)}",
-                )
-            if first.stage_name in stage_names:
-                lint.run(
-                    "DuplicateStageName",
-                    line,
-                    f"Duplicate stage name {_title_quote(first.stage_name)}, stage names should be unique",
-                )
-            _check_definition_description(lint, "FROM", [first.stage_name], first.comments, line)
-        platform = first.platform
-        if platform is not None:
-            if platform in ("$TARGETPLATFORM", "${TARGETPLATFORM}"):
-                lint.run(
-                    "RedundantTargetPlatform",
-                    line,
-                    f"Setting platform to predefined {platform} in FROM is redundant as this is "
-                    "the default behavior",
-                )
-            elif "$" not in platform and not _stage_name_mentions_platform(
-                first.stage_name, platform
-            ):
-                lint.run(
-                    "FromPlatformFlagConstDisallowed",
-                    line,
-                    f"FROM --platform flag should not use constant value {_title_quote(platform)}",
-                )
-        for word in (first.base_name, platform or ""):
-            if "$" not in word:
-                continue
-            try:
-                result = lexer.process(word, global_env)
-            except ShellExpansionError as err:
-                raise DockerfileParseError(err.message, filename=lint.filename, line=line) from None
-            for name in sorted(result.unmatched):
-                if name in declared_global:
-                    continue
-                hint = suggest(name, sorted(declared_global | set(platform_args)))
-                message = f"FROM argument '{name}' is not declared"
-                if hint:
-                    message += f" (did you mean {hint}?)"
-                lint.run("UndefinedArgInFrom", line, message)
-        if "$" in first.base_name:
-            try:
-                default_name = lexer.process(first.base_name, defaults_env).result
-            except ShellExpansionError:
-                default_name = ""
-            if not default_name or not (
-                is_valid_reference(default_name) or default_name.lower() in stage_names
-            ):
-                lint.run(
-                    "InvalidDefaultArgInFrom",
-                    line,
-                    f"Default value for ARG {first.base_name} results in empty or invalid base image name",
-                )
-        if first.stage_name is not None:
-            stage_names.setdefault(first.stage_name, stage.index)
+    scope = _lint_meta_args(dockerfile, lint, build_args)
+    stage_names = _lint_froms(dockerfile, lint, scope, Lexer(escape=dockerfile.escape))
 
     reachable = _reachable(dockerfile, target)
     stage_env: dict[int, dict[str, str]] = {}
     stage_workdir: dict[int, bool] = {}
     for stage in dockerfile.stages:
         parent = stage_names.get(stage.base_name.lower())
-        env = dict(stage_env.get(parent, {"PATH": ""})) if parent is not None else {"PATH": ""}
-        workdir_set = stage_workdir.get(parent, False) if parent is not None else False
-        args: dict[str, str] = {}
-        declared: set[str] = set()
-        counts: dict[str, list[int]] = {}
-        shell_set = False
-        check_vars = stage.index in reachable
+        stage_lint = _StageLinter(
+            lint, scope, build_args, dockerfile.escape, ignore,
+            env=dict(stage_env.get(parent, {"PATH": ""})) if parent is not None else {"PATH": ""},
+            workdir_set=stage_workdir.get(parent, False) if parent is not None else False,
+            check_vars=stage.index in reachable,
+        )
         for instruction in stage.instructions:
-            line = instruction.location.start_line
-            scope = {**args, **env}
-            expander = Expander(scope, escape, instruction.location)
-            words = _expanded_words(instruction)
-            if check_vars:
-                for word in words:
-                    expander.word(word)
-                for name in sorted(expander.undefined - declared - set(scope)):
-                    hint = suggest(name, sorted(set(scope) | declared))
-                    message = f"Usage of undefined variable '${name}'"
-                    if hint:
-                        message += f" (did you mean ${hint}?)"
-                    lint.run("UndefinedVar", line, message)
-            if isinstance(instruction, MaintainerInstruction):
-                lint.run(
-                    "MaintainerDeprecated",
-                    line,
-                    "Maintainer instruction is deprecated in favor of using label",
-                )
-            elif isinstance(instruction, ShellInstruction):
-                shell_set = True
-            elif (
-                isinstance(instruction, (CmdInstruction, EntrypointInstruction))
-                and instruction.prepend_shell
-                and instruction.command
-                and not shell_set
-            ):
-                lint.run(
-                    "JSONArgsRecommended",
-                    line,
-                    f"JSON arguments recommended for {instruction.keyword} to prevent "
-                    "unintended behavior related to OS signals",
-                )
-            if isinstance(
-                instruction, (CmdInstruction, EntrypointInstruction, HealthcheckInstruction)
-            ):
-                counts.setdefault(instruction.name, []).append(line)
-            if isinstance(instruction, (EnvInstruction, LabelInstruction)) and any(
-                pair.no_delim for pair in instruction.pairs
-            ):
-                lint.run(
-                    "LegacyKeyValueFormat",
-                    line,
-                    f'"{instruction.keyword} key=value" should be used instead of legacy '
-                    f'"{instruction.keyword} key value" format',
-                )
-            if isinstance(instruction, EnvInstruction):
-                new = {}
-                for pair in instruction.pairs:
-                    _check_secret(lint, "ENV", pair.key, line)
-                    new[expander.word(pair.key)] = expander.word(pair.value)
-                env.update(new)
-            elif isinstance(instruction, ArgInstruction):
-                keys = [spec.key for spec in instruction.args]
-                _check_definition_description(lint, "ARG", keys, instruction.comments, line)
-                for spec in instruction.args:
-                    _check_secret(lint, "ARG", spec.key, line)
-                    declared.add(spec.key)
-                    if spec.key in build_args:
-                        args[spec.key] = build_args[spec.key]
-                    elif spec.default is not None:
-                        args[spec.key] = Expander(
-                            {**args, **env}, escape, instruction.location
-                        ).word(spec.default)
-                    elif spec.key in global_env and spec.key in declared_global | set(
-                        platform_args
-                    ):
-                        args[spec.key] = global_env[spec.key]
-            elif isinstance(instruction, ExposeInstruction):
-                for raw in instruction.ports:
-                    for port in expander.words(raw):
-                        if ":" in port:
-                            lint.run(
-                                "ExposeInvalidFormat",
-                                line,
-                                "EXPOSE instruction should not define an IP address or host-port "
-                                f"mapping, found '{port}'",
-                            )
-                        _, has_proto, proto = port.partition("/")
-                        if has_proto and proto != proto.lower():
-                            lint.run(
-                                "ExposeProtoCasing",
-                                line,
-                                f"Defined protocol '{port}' in EXPOSE instruction should be lowercase",
-                            )
-            elif isinstance(instruction, WorkdirInstruction) and check_vars:
-                path = expander.word(instruction.path)
-                if path.startswith("/"):
-                    workdir_set = True
-                elif not workdir_set:
-                    lint.run(
-                        "WorkdirRelativePath",
-                        line,
-                        f"Relative workdir {_title_quote(path)} can have unexpected results if the "
-                        "base image changes",
-                    )
-            elif isinstance(instruction, (CopyInstruction, AddInstruction)) and ignore is not None:
-                if isinstance(instruction, CopyInstruction) and instruction.from_:
-                    continue
-                verb = "Copy" if isinstance(instruction, CopyInstruction) else "Add"
-                for source in instruction.sources:
-                    value = expander.word(source)
-                    if "://" in value or value.startswith("git@"):
-                        continue
-                    relative = clean_path(value).lstrip("/") or "."
-                    if relative != "." and ignore.matches(relative):
-                        lint.run(
-                            "CopyIgnoredFile",
-                            line,
-                            f"Attempting to {verb} file {_title_quote(value)} that is excluded by .dockerignore",
-                        )
-        for name, lines in counts.items():
-            for line in lines[:-1]:
-                lint.run(
-                    "MultipleInstructionsDisallowed",
-                    line,
-                    f"Multiple {name} instructions should not be used in the same stage because "
-                    "only the last one will be used",
-                )
-        stage_env[stage.index] = env
-        stage_workdir[stage.index] = workdir_set
+            stage_lint.instruction(instruction)
+        stage_lint.finish()
+        stage_env[stage.index] = stage_lint.env
+        stage_workdir[stage.index] = stage_lint.workdir_set
 
 
 def _stage_name_mentions_platform(stage_name: str | None, platform: str) -> bool:

@@ -27,3 +27,8 @@ class DockerfileParseError(InputError):
         super().__init__(
             message, filename=filename, line=line, column=column, source_line=source_line
         )
+
+
+class InstructionError(Exception):
+    """An instruction (or one of its values) is invalid; the parser locates it as a
+    :class:`DockerfileParseError`."""

@@ -51,7 +51,8 @@ def named_contexts(opts: Mapping[str, str], bridge: FrontendBridge,
     """``context:NAME=VALUE`` options as named contexts (a State plus an image config)."""
     from pybk.core import llb
     from pybk.core.errors import UsageError
-    from pybk.frontends.dockerfile.convert import NamedContext, parse_git_ref
+    from pybk.frontends.dockerfile.convert_copy import parse_git_ref
+    from pybk.frontends.dockerfile.stages import NamedContext
 
     contexts: dict[str, Any] = {}
     for key, value in opts.items():
@@ -172,8 +173,8 @@ class DockerfileFrontend(Frontend):
 
         def lint(finding: Any) -> None:
             """A finding only the conversion sees, under the file's check options."""
-            from pybk.frontends.dockerfile.checks import RULES
             from pybk.frontends.dockerfile.errors import DockerfileParseError
+            from pybk.frontends.dockerfile.lintrules import RULES
 
             if not report.config.enabled(RULES[finding.rule]):
                 return

@@ -1,8 +1,9 @@
-"""Typed Dockerfile instructions with their flags, validated as BuildKit's ``instructions``
-package does, and grouped into build stages.
+"""Dockerfile nodes → typed instructions, validated as BuildKit's ``instructions`` package does
+(``instructions/parse.go``), and :class:`Expander` for expanding their words later.
 
-Words are kept raw (unexpanded); expansion with ARG/ENV values happens during conversion,
-through :class:`Expander`. Every instruction carries its :class:`Location` and original text.
+The instruction types are in :mod:`~pybk.frontends.dockerfile.commands`, flags in
+:mod:`~pybk.frontends.dockerfile.flags`, ``--mount`` values in
+:mod:`~pybk.frontends.dockerfile.mounts`.
 """
 
 from __future__ import annotations
@@ -12,431 +13,40 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
-from pybk.frontends.dockerfile.errors import DockerfileParseError
-from pybk.frontends.dockerfile.parser import Heredoc, Node, ParseResult, parse, parse_heredoc_word
-from pybk.frontends.dockerfile.shell import (
-    Lexer,
-    ShellExpansionError,
-    WordResult,
+from pybk.core.didyoumean import did_you_mean
+from pybk.frontends.dockerfile.commands import (
+    AddInstruction,
+    ArgInstruction,
+    ArgSpec,
+    CmdInstruction,
+    CopyInstruction,
+    Dockerfile,
+    EntrypointInstruction,
+    EnvInstruction,
+    ExposeInstruction,
+    FromInstruction,
+    HealthcheckInstruction,
+    Instruction,
+    KeyValue,
+    LabelInstruction,
+    Location,
+    MaintainerInstruction,
+    OnbuildInstruction,
+    RunInstruction,
+    ShellInstruction,
+    SourceContent,
+    Stage,
+    StopsignalInstruction,
+    UserInstruction,
+    VolumeInstruction,
+    WorkdirInstruction,
 )
-
-# ---------------------------------------------------------------------------------------------
-# Common data
-# ---------------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Location:
-    """Where an instruction is: file name and 1-based first/last physical line."""
-
-    filename: str
-    start_line: int
-    end_line: int
-
-    def __str__(self) -> str:
-        if self.end_line != self.start_line:
-            return f"{self.filename}:{self.start_line}-{self.end_line}"
-        return f"{self.filename}:{self.start_line}"
-
-
-@attrs.frozen
-class KeyValue:
-    """One ``key=value`` of ENV or LABEL; ``no_delim`` marks the legacy ``KEY value`` form."""
-
-    key: str
-    value: str
-    no_delim: bool = False
-
-
-@attrs.frozen
-class ArgSpec:
-    """One name of an ARG instruction; ``default`` is None when no ``=`` was given."""
-
-    key: str
-    default: str | None = None
-
-
-@attrs.frozen
-class SourceContent:
-    """A heredoc used as an ADD/COPY source: file name, body and whether to expand it."""
-
-    path: str
-    data: str
-    expand: bool
-
-
-@attrs.frozen
-class Mount:
-    """One ``RUN --mount`` (BuildKit ``instructions.Mount``)."""
-
-    type: str = "bind"
-    from_: str = ""
-    source: str = ""
-    target: str = ""
-    read_only: bool = True
-    required: bool = False
-    size_limit: int = 0
-    cache_id: str = ""
-    sharing: str = ""
-    mode: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-    env: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Instructions
-# ---------------------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class Instruction:
-    """Fields every instruction has. ``keyword`` is as written; ``flags`` the raw flag words."""
-
-    keyword: str
-    location: Location
-    original: str
-    flags: tuple[str, ...] = ()
-    heredocs: tuple[Heredoc, ...] = ()
-    comments: tuple[str, ...] = ()
-
-    @property
-    def name(self) -> str:
-        """The upper-case instruction name (``RUN``)."""
-        return self.keyword.upper()
-
-
-@attrs.frozen(kw_only=True)
-class FromInstruction(Instruction):
-    base_name: str
-    stage_name: str | None = None
-    stage_name_as_written: str | None = None
-    as_keyword: str | None = None
-    platform: str | None = None
-
-
-@attrs.frozen(kw_only=True)
-class RunInstruction(Instruction):
-    """``command`` is one shell string (``prepend_shell``) or the exec-form argv."""
-
-    command: tuple[str, ...]
-    prepend_shell: bool
-    mount_specs: tuple[str, ...] = ()
-    mounts: tuple[Mount, ...] | None = None
-    network: str | None = None
-    security: str | None = None
-
-    def expanded_mounts(self, expand: Callable[[str], str]) -> tuple[Mount, ...]:
-        """The mounts with their values expanded (``from`` is never expanded)."""
-        return tuple(parse_mount(spec, expand) for spec in self.mount_specs)
-
-
-@attrs.frozen(kw_only=True)
-class CmdInstruction(Instruction):
-    command: tuple[str, ...]
-    prepend_shell: bool
-
-
-@attrs.frozen(kw_only=True)
-class EntrypointInstruction(Instruction):
-    command: tuple[str, ...]
-    prepend_shell: bool
-
-
-@attrs.frozen(kw_only=True)
-class ShellInstruction(Instruction):
-    shell: tuple[str, ...]
-
-
-@attrs.frozen(kw_only=True)
-class EnvInstruction(Instruction):
-    pairs: tuple[KeyValue, ...]
-
-
-@attrs.frozen(kw_only=True)
-class LabelInstruction(Instruction):
-    pairs: tuple[KeyValue, ...]
-
-
-@attrs.frozen(kw_only=True)
-class MaintainerInstruction(Instruction):
-    maintainer: str
-
-
-@attrs.frozen(kw_only=True)
-class ExposeInstruction(Instruction):
-    ports: tuple[str, ...]
-
-
-@attrs.frozen(kw_only=True)
-class AddInstruction(Instruction):
-    sources: tuple[str, ...]
-    dest: str
-    source_contents: tuple[SourceContent, ...] = ()
-    chown: str = ""
-    chmod: str = ""
-    link: bool = False
-    keep_git_dir: bool | None = None
-    checksum: str = ""
-    unpack: bool | None = None
-    excludes: tuple[str, ...] = ()
-
-
-@attrs.frozen(kw_only=True)
-class CopyInstruction(Instruction):
-    sources: tuple[str, ...]
-    dest: str
-    source_contents: tuple[SourceContent, ...] = ()
-    from_: str = ""
-    chown: str = ""
-    chmod: str = ""
-    link: bool = False
-    parents: bool = False
-    excludes: tuple[str, ...] = ()
-
-
-@attrs.frozen(kw_only=True)
-class VolumeInstruction(Instruction):
-    volumes: tuple[str, ...]
-
-
-@attrs.frozen(kw_only=True)
-class UserInstruction(Instruction):
-    user: str
-
-
-@attrs.frozen(kw_only=True)
-class WorkdirInstruction(Instruction):
-    path: str
-
-
-@attrs.frozen(kw_only=True)
-class ArgInstruction(Instruction):
-    args: tuple[ArgSpec, ...]
-
-
-@attrs.frozen(kw_only=True)
-class OnbuildInstruction(Instruction):
-    """``expression`` is the trigger text (heredoc bodies re-attached) run in child builds."""
-
-    trigger_keyword: str
-    expression: str
-    trigger: Node
-
-
-@attrs.frozen(kw_only=True)
-class StopsignalInstruction(Instruction):
-    signal: str
-
-
-@attrs.frozen(kw_only=True)
-class HealthcheckInstruction(Instruction):
-    """``test`` is ``("NONE",)``, ``("CMD", argv…)`` or ``("CMD-SHELL", cmd)``; durations are
-    nanoseconds (0 = unset), as in Docker's HealthConfig."""
-
-    test: tuple[str, ...]
-    interval: int = 0
-    timeout: int = 0
-    start_period: int = 0
-    start_interval: int = 0
-    retries: int = 0
-
-
-@attrs.frozen
-class Stage:
-    """One build stage: its FROM and the instructions after it."""
-
-    index: int
-    from_instruction: FromInstruction
-    instructions: tuple[Instruction, ...]
-
-    @property
-    def name(self) -> str | None:
-        return self.from_instruction.stage_name
-
-    @property
-    def base_name(self) -> str:
-        return self.from_instruction.base_name
-
-    @property
-    def platform(self) -> str | None:
-        return self.from_instruction.platform
-
-    @property
-    def location(self) -> Location:
-        return self.from_instruction.location
-
-
-@attrs.frozen
-class Dockerfile:
-    """A parsed Dockerfile: global ARGs (before the first FROM), stages, directives."""
-
-    filename: str
-    meta_args: tuple[ArgInstruction, ...]
-    stages: tuple[Stage, ...]
-    ast: ParseResult
-
-    @property
-    def escape(self) -> str:
-        return self.ast.escape
-
-    @property
-    def directives(self):
-        return self.ast.directives
-
-    @property
-    def warnings(self):
-        return self.ast.warnings
-
-    def stage(self, name_or_index: str | int) -> Stage:
-        """A stage by (case-insensitive) name or by index; KeyError when absent."""
-        if isinstance(name_or_index, int) or name_or_index.isdigit():
-            index = int(name_or_index)
-            if 0 <= index < len(self.stages):
-                return self.stages[index]
-        else:
-            wanted = name_or_index.lower()
-            for stage in self.stages:
-                if stage.name == wanted:
-                    return stage
-        raise KeyError(name_or_index)
-
-
-# ---------------------------------------------------------------------------------------------
-# Flags (BuildKit ``bflag.go``)
-# ---------------------------------------------------------------------------------------------
-
-
-class InstructionError(Exception):
-    """Internal: an instruction is invalid; located by :func:`parse_instruction`."""
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance between two strings."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
-def suggest(value: str, options: Sequence[str], case_sensitive: bool = True) -> str | None:
-    """The closest option when it is close enough to be a likely typo."""
-    best, best_distance = None, None
-    probe = value if case_sensitive else value.lower()
-    for option in options:
-        distance = levenshtein(probe, option if case_sensitive else option.lower())
-        if best_distance is None or distance < best_distance:
-            best, best_distance = option, distance
-    if best is None or best_distance is None:
-        return None
-    if best_distance == 0 and not case_sensitive and best != value:
-        return best
-    if 0 < best_distance <= max(2, len(value) // 3) and best_distance < len(value) - 1:
-        return best
-    return None
-
-
-def with_suggestion(message: str, value: str, options: Sequence[str], case_sensitive=True) -> str:
-    match = suggest(value, options, case_sensitive)
-    return f"{message} (did you mean {match}?)" if match else message
-
-
-_BOOL, _STRING, _STRINGS = "bool", "string", "strings"
-_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-
-
-def go_parse_bool(value: str) -> bool:
-    """Go ``strconv.ParseBool``; raises ValueError."""
-    if value in _GO_TRUE:
-        return True
-    if value in _GO_FALSE:
-        return False
-    raise ValueError(f'strconv.ParseBool: parsing "{value}": invalid syntax')
-
-
-def _parse_flags(words: Sequence[str], spec: Mapping[str, str]) -> dict[str, object]:
-    """Apply BuildKit's flag rules; returns name → bool / str / list[str] for given flags."""
-    values: dict[str, object] = {}
-    for word in words:
-        if not word.startswith("--"):
-            raise InstructionError(f"arg should start with -- : {word}")
-        if word == "--":
-            break
-        name, has_value, value = word[2:].partition("=")
-        kind = spec.get(name)
-        if kind is None:
-            raise InstructionError(with_suggestion(f"unknown flag: {name}", name, sorted(spec)))
-        if name in values and kind != _STRINGS:
-            raise InstructionError(f"duplicate flag specified: {name}")
-        if kind == _BOOL:
-            if not has_value:
-                values[name] = True
-                continue
-            lowered = value.lower()
-            if lowered not in ("true", "false"):
-                raise InstructionError(f"expecting boolean value for flag {name}, not: {value}")
-            values[name] = lowered == "true"
-        elif not has_value:
-            raise InstructionError(f"missing a value on flag: {name}")
-        elif kind == _STRING:
-            values[name] = value
-        else:
-            values.setdefault(name, []).append(value)  # type: ignore[union-attr]
-    return values
-
-
-# ---------------------------------------------------------------------------------------------
-# Values: durations, signals, chmod, mounts
-# ---------------------------------------------------------------------------------------------
-
-_DURATION_UNITS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "μs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-_DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
-
-
-def go_parse_duration(text: str) -> int:
-    """Go ``time.ParseDuration`` → nanoseconds; raises ValueError with Go's message."""
-    original = text
-    quoted = '"' + original + '"'
-    sign = 1
-    if text[:1] in ("-", "+"):
-        sign = -1 if text[0] == "-" else 1
-        text = text[1:]
-    if text == "0":
-        return 0
-    if not text:
-        raise ValueError(f"time: invalid duration {quoted}")
-    total = 0.0
-    pos = 0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        whole, frac, unit = match.group(1), match.group(2), match.group(3)
-        if not whole and not frac:
-            raise ValueError(f"time: invalid duration {quoted}")
-        if not unit:
-            raise ValueError(f"time: missing unit in duration {quoted}")
-        scale = _DURATION_UNITS.get(unit)
-        if scale is None:
-            raise ValueError(f'time: unknown unit "{unit}" in duration {quoted}')
-        total += int(whole or "0") * scale
-        if frac:
-            total += int(frac) * scale / (10 ** len(frac))
-        pos = match.end()
-    if total > 2**63 - 1:
-        raise ValueError(f"time: invalid duration {quoted}")
-    return sign * int(total)
+from pybk.frontends.dockerfile.errors import DockerfileParseError, InstructionError
+from pybk.frontends.dockerfile.flags import BOOL, STRING, STRINGS, parse_flags
+from pybk.frontends.dockerfile.mounts import parse_mount
+from pybk.frontends.dockerfile.parser import Node, parse, parse_heredoc_word
+from pybk.frontends.dockerfile.shell import Lexer, ShellExpansionError, WordResult
+from pybk.frontends.dockerfile.values import go_parse_duration, parse_chmod, parse_signal
 
 
 def _interval(flags: Mapping[str, object], name: str) -> int:
@@ -454,239 +64,6 @@ def _interval(flags: Mapping[str, object], name: str) -> int:
     return duration
 
 
-_SIGNALS = {
-    "ABRT": 6, "ALRM": 14, "BUS": 7, "CHLD": 17, "CLD": 17, "CONT": 18, "FPE": 8, "HUP": 1,
-    "ILL": 4, "INT": 2, "IO": 29, "IOT": 6, "KILL": 9, "PIPE": 13, "POLL": 29, "PROF": 27,
-    "PWR": 30, "QUIT": 3, "SEGV": 11, "STKFLT": 16, "STOP": 19, "SYS": 31, "TERM": 15,
-    "TRAP": 5, "TSTP": 20, "TTIN": 21, "TTOU": 22, "URG": 23, "USR1": 10, "USR2": 12,
-    "VTALRM": 26, "WINCH": 28, "XCPU": 24, "XFSZ": 25, "RTMIN": 34, "RTMAX": 64,
-}  # fmt: skip
-_SIGNALS.update({f"RTMIN+{i}": 34 + i for i in range(1, 16)})
-_SIGNALS.update({f"RTMAX-{i}": 64 - i for i in range(1, 15)})
-
-
-def parse_signal(value: str) -> int:
-    """moby ``signal.ParseSignal``: a number or a name with or without ``SIG``."""
-    if re.fullmatch(r"[+-]?[0-9]+", value):
-        number = int(value)
-        if number == 0:
-            raise ValueError(f"invalid signal: {value}")
-        return number
-    upper = value.upper()
-    number = _SIGNALS.get(upper[3:] if upper.startswith("SIG") else upper)
-    if number is None:
-        raise ValueError(f"invalid signal: {value}")
-    return number
-
-
-_SYMBOLIC_CLAUSE = re.compile(r"[ugoa]*(?:[-+=](?:[rwxXst]*|[ugo]))+")
-
-
-def parse_chmod(value: str) -> int | str:
-    """An octal mode (``755``) as int, or a validated symbolic mode (``u+x,go=rX``) as str."""
-    if re.fullmatch(r"[0-7]+", value):
-        mode = int(value, 8)
-        if mode <= 0o7777:
-            return mode
-    elif value and all(_SYMBOLIC_CLAUSE.fullmatch(part) for part in value.split(",")):
-        return value
-    raise ValueError(f"invalid chmod parameter: {value!r}")
-
-
-_RAM_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)*) ?([kKmMgGtTpP])?[iI]?[bB]?")
-
-
-def ram_in_bytes(value: str) -> int:
-    """go-units ``RAMInBytes`` (binary multipliers): ``64m`` → 67108864."""
-    match = _RAM_SIZE.fullmatch(value)
-    if match is None:
-        raise ValueError(f"invalid size: '{value}'")
-    number = float(match.group(1))
-    power = " kmgtp".index((match.group(2) or " ").lower())
-    return int(number * 1024**power)
-
-
-def _go_csv_record(text: str) -> list[str]:
-    """One record of Go's ``encoding/csv`` reader (comma separator, strict quotes)."""
-    if text == "":
-        raise ValueError("EOF")
-    fields: list[str] = []
-    i, n = 0, len(text)
-    while True:
-        if i < n and text[i] == '"':
-            i += 1
-            field: list[str] = []
-            while True:
-                quote = text.find('"', i)
-                if quote == -1:
-                    raise ValueError(
-                        f'parse error on line 1, column {n + 1}: extraneous or missing " in quoted-field'
-                    )
-                field.append(text[i:quote])
-                i = quote + 1
-                if i < n and text[i] == '"':
-                    field.append('"')
-                    i += 1
-                    continue
-                if i < n and text[i] != ",":
-                    raise ValueError(
-                        f'parse error on line 1, column {i + 1}: extraneous or missing " in quoted-field'
-                    )
-                break
-            fields.append("".join(field))
-        else:
-            comma = text.find(",", i)
-            end = n if comma == -1 else comma
-            field_text = text[i:end]
-            if '"' in field_text:
-                column = i + field_text.index('"') + 1
-                raise ValueError(
-                    f'parse error on line 1, column {column}: bare " in non-quoted-field'
-                )
-            fields.append(field_text)
-            i = end
-        if i >= n:
-            return fields
-        i += 1  # the comma
-        if i == n:
-            fields.append("")
-            return fields
-
-
-MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
-_SHARING_MODES = ("shared", "private", "locked")
-_MOUNT_KEYS = (
-    "type", "from", "source", "target", "readonly", "id", "sharing", "required", "size", "mode",
-    "uid", "gid", "src", "dst", "destination", "ro", "rw", "readwrite", "env",
-)  # fmt: skip
-
-
-def _parse_uint(value: str, base: int, what: str) -> int:
-    digits = "01234567" if base == 8 else "0123456789"
-    if not value or any(ch not in digits for ch in value) or int(value, base) > 0xFFFFFFFF:
-        raise InstructionError(f"invalid value {value} for {what}")
-    return int(value, base)
-
-
-def parse_mount(spec: str, expand: Callable[[str], str] | None) -> Mount | None:
-    """Parse one ``--mount`` value (BuildKit ``parseMount``).
-
-    With ``expand=None`` only what can be checked before expansion is checked (CSV syntax,
-    ``from`` without variables) and None is returned; with an expander every key and value is
-    validated and the :class:`Mount` is returned.
-    """
-    try:
-        fields = _go_csv_record(spec)
-    except ValueError as err:
-        raise InstructionError(f"failed to parse csv mounts: {err}") from None
-    values: dict[str, object] = {"type": "bind"}
-    ro_auto = True
-    for field in fields:
-        key, has_value, value = field.partition("=")
-        key = key.lower()
-        mount_type = values["type"]
-        if not has_value:
-            if expand is None:
-                continue
-            if key in ("readonly", "ro"):
-                values["read_only"], ro_auto = True, False
-            elif key in ("readwrite", "rw"):
-                values["read_only"], ro_auto = False, False
-            elif key == "required":
-                if mount_type not in ("secret", "ssh"):
-                    raise InstructionError(f"unexpected key '{key}' for mount type '{mount_type}'")
-                values["required"] = True
-            else:
-                raise InstructionError(f"invalid field '{field}' must be a key=value pair")
-            continue
-        if expand is None:
-            if key == "from":
-                dollar = value.find("$")
-                if dollar != -1 and dollar != len(value) - 1:
-                    raise InstructionError(
-                        f"'{key}' doesn't support variable expansion, define alias stage instead"
-                    )
-            continue
-        if key != "from":
-            value = expand(value)
-        if key == "type":
-            if value.lower() not in MOUNT_TYPES:
-                raise InstructionError(
-                    with_suggestion(f'unsupported mount type "{value}"', value, MOUNT_TYPES)
-                )
-            values["type"] = value.lower()
-        elif key == "from":
-            values["from_"] = value
-        elif key in ("source", "src"):
-            values["source"] = value
-        elif key in ("target", "dst", "destination"):
-            values["target"] = value
-        elif key in ("readonly", "ro", "readwrite", "rw"):
-            try:
-                flag = go_parse_bool(value)
-            except ValueError:
-                raise InstructionError(f"invalid value for {key}: {value}") from None
-            values["read_only"] = flag if key in ("readonly", "ro") else not flag
-            ro_auto = False
-        elif key == "required":
-            if mount_type not in ("secret", "ssh"):
-                raise InstructionError(f"unexpected key '{key}' for mount type '{mount_type}'")
-            try:
-                values["required"] = go_parse_bool(value)
-            except ValueError:
-                raise InstructionError(f"invalid value for {key}: {value}") from None
-        elif key == "size":
-            if mount_type != "tmpfs":
-                raise InstructionError(f"unexpected key '{key}' for mount type '{mount_type}'")
-            try:
-                values["size_limit"] = ram_in_bytes(value)
-            except ValueError:
-                raise InstructionError(f"invalid value for {key}: {value}") from None
-        elif key == "id":
-            values["cache_id"] = value
-        elif key == "sharing":
-            if mount_type != "cache":
-                raise InstructionError(f"unexpected key '{key}' for mount type '{mount_type}'")
-            if value.lower() not in _SHARING_MODES:
-                raise InstructionError(f'unsupported sharing value "{value}"')
-            values["sharing"] = value.lower()
-        elif key == "mode":
-            values["mode"] = _parse_uint(value, 8, "mode")
-        elif key in ("uid", "gid"):
-            values[key] = _parse_uint(value, 10, key)
-        elif key == "env":
-            values["env"] = value
-        else:
-            raise InstructionError(
-                with_suggestion(f"unexpected key '{key}' in '{field}'", key, _MOUNT_KEYS)
-            )
-    if expand is None:
-        return None
-    mount_type = values["type"]
-    if mount_type not in ("secret", "ssh", "cache"):
-        for key in ("mode", "uid", "gid"):
-            if values.get(key) is not None:
-                raise InstructionError(f'{key} not allowed for "{mount_type}" type mounts')
-    if ro_auto:
-        values["read_only"] = mount_type not in ("cache", "tmpfs")
-    if values.get("sharing") and mount_type != "cache":
-        raise InstructionError(f"invalid cache sharing set for {mount_type} mount")
-    if mount_type == "secret":
-        if values.get("from_"):
-            raise InstructionError("secret mount should not have a from")
-        if not any(values.get(key) for key in ("source", "target", "cache_id")) and (
-            values.get("env") is None
-        ):
-            raise InstructionError("one of source, target required")
-        if values.get("source") and values.get("cache_id"):
-            raise InstructionError("both source and id can't be set")
-    return Mount(**values)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-instruction parsing
-# ---------------------------------------------------------------------------------------------
-
 INSTRUCTION_NAMES = (
     "add", "arg", "cmd", "copy", "entrypoint", "env", "expose", "from", "healthcheck",
     "label", "maintainer", "onbuild", "run", "shell", "stopsignal", "user", "volume", "workdir",
@@ -702,7 +79,7 @@ class _Request:
     args: tuple[str, ...]
 
     def flags(self, spec: Mapping[str, str]) -> dict[str, object]:
-        return _parse_flags(self.node.flags, spec)
+        return parse_flags(self.node.flags, spec)
 
 
 def _key_values(args: Sequence[str], command: str) -> tuple[KeyValue, ...]:
@@ -765,7 +142,7 @@ def _parse_from(req: _Request) -> FromInstruction:
             )
     elif len(args) != 1:
         raise InstructionError("FROM requires either one or three arguments")
-    flags = req.flags({"platform": _STRING})
+    flags = req.flags({"platform": STRING})
     return FromInstruction(
         **req.common,
         base_name=args[0],
@@ -777,7 +154,7 @@ def _parse_from(req: _Request) -> FromInstruction:
 
 
 def _parse_run(req: _Request) -> RunInstruction:
-    flags = req.flags({"mount": _STRINGS, "network": _STRING, "security": _STRING})
+    flags = req.flags({"mount": STRINGS, "network": STRING, "security": STRING})
     network = flags.get("network")
     if network is not None and network not in ("default", "none", "host"):
         raise InstructionError(f'unsupported network mode "{network}"')
@@ -862,13 +239,13 @@ def _parse_add(req: _Request) -> AddInstruction:
         )
     flags = req.flags(
         {
-            "chown": _STRING,
-            "chmod": _STRING,
-            "link": _BOOL,
-            "keep-git-dir": _BOOL,
-            "checksum": _STRING,
-            "exclude": _STRINGS,
-            "unpack": _BOOL,
+            "chown": STRING,
+            "chmod": STRING,
+            "link": BOOL,
+            "keep-git-dir": BOOL,
+            "checksum": STRING,
+            "exclude": STRINGS,
+            "unpack": BOOL,
         }
     )
     sources, dest, contents = _sources_and_dest(req, "ADD")
@@ -895,12 +272,12 @@ def _parse_copy(req: _Request) -> CopyInstruction:
         )
     flags = req.flags(
         {
-            "from": _STRING,
-            "chown": _STRING,
-            "chmod": _STRING,
-            "link": _BOOL,
-            "parents": _BOOL,
-            "exclude": _STRINGS,
+            "from": STRING,
+            "chown": STRING,
+            "chmod": STRING,
+            "link": BOOL,
+            "parents": BOOL,
+            "exclude": STRINGS,
         }
     )
     from_ = str(flags.get("from", ""))
@@ -996,11 +373,11 @@ def _parse_healthcheck(req: _Request) -> HealthcheckInstruction:
         return HealthcheckInstruction(**req.common, test=("NONE",))
     flags = req.flags(
         {
-            "interval": _STRING,
-            "timeout": _STRING,
-            "start-period": _STRING,
-            "start-interval": _STRING,
-            "retries": _STRING,
+            "interval": STRING,
+            "timeout": STRING,
+            "start-period": STRING,
+            "start-interval": STRING,
+            "retries": STRING,
         }
     )
     if kind != "CMD":
@@ -1070,11 +447,8 @@ def parse_instruction(
     """Turn one parser node into its typed instruction, validating flags and arguments."""
     parser = _PARSERS.get(node.command)
     if parser is None:
-        message = with_suggestion(
-            f"unknown instruction: {node.keyword}",
-            node.keyword,
-            [name.upper() for name in INSTRUCTION_NAMES],
-            case_sensitive=False,
+        message = f"unknown instruction: {node.keyword}" + did_you_mean(
+            node.keyword, [name.upper() for name in INSTRUCTION_NAMES], case_sensitive=False
         )
         raise _error_at(message, node, filename, lines)
     common = {

@@ -2,7 +2,7 @@
 
 Three stages:
 
-1. a pre-pass over physical lines: parser directives (``directives.py``), comments, line
+1. a pre-pass over physical lines: parser directives (:mod:`pybk.core.directives`), comments, line
    continuations with the escape token, and heredoc bodies (``<<EOF`` … ``EOF``);
 2. the Lark LALR grammar ``grammar/dockerfile.lark`` frames each logical line into keyword,
    ``--flag`` words and argument text (exec form candidate or shell form);
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import attrs
 
-from pybk.frontends.dockerfile.directives import Directives, DirectiveScanner
+from pybk.core.directives import Directives, DirectiveScanner
 from pybk.frontends.dockerfile.errors import DockerfileParseError
 from pybk.frontends.dockerfile.shell import (
     GO_SPACES,

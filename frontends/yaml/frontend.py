@@ -49,6 +49,7 @@ class YamlFrontend(Frontend):
         from pybk.frontends.dockerfile import frontend as df
         from pybk.frontends.dockerfile.convert import convert_dockerfile
         from pybk.frontends.yaml import convert
+        from pybk.frontends.yaml.pipeline import load_pipeline
 
         opts = request.opts
         filename = opts.get("filename", "pipeline.yaml")
@@ -60,7 +61,7 @@ class YamlFrontend(Frontend):
         contexts = {} if requestid else df.named_contexts(opts, bridge, first)
         known = set(contexts) | {k[len("context:"):].split("::", 1)[0]
                                  for k in opts if k.startswith("context:")}
-        loaded = convert.load_pipeline(data, filename, contexts=known)
+        loaded = load_pipeline(data, filename, contexts=known)
         target = opts.get("target") or None
         if requestid == "frontend.lint":
             # loading checked the whole pipeline; a problem would have raised a located error

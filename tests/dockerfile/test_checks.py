@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pybk.frontends.dockerfile.checks import (
+from pybk.frontends.dockerfile.checks import run_checks
+from pybk.frontends.dockerfile.cli_support import check_command, dump_ast_command
+from pybk.frontends.dockerfile.commands import Location
+from pybk.frontends.dockerfile.errors import DockerfileParseError
+from pybk.frontends.dockerfile.lintrules import (
     RULES,
     base_image_platform_warning,
     parse_check_options,
-    run_checks,
 )
-from pybk.frontends.dockerfile.cli_support import check_command, dump_ast_command
-from pybk.frontends.dockerfile.errors import DockerfileParseError
-from pybk.frontends.dockerfile.instructions import Location
 
 EXPERIMENTAL = "# check=experimental=all\n"
 

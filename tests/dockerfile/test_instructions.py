@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pybk.frontends.dockerfile.errors import DockerfileParseError
-from pybk.frontends.dockerfile.instructions import (
-    Expander,
-    Mount,
-    go_parse_duration,
-    parse_chmod,
-    parse_dockerfile,
-    parse_mount,
-    parse_signal,
-)
+from pybk.frontends.dockerfile.instructions import Expander, parse_dockerfile
+from pybk.frontends.dockerfile.mounts import Mount, parse_mount
+from pybk.frontends.dockerfile.values import go_parse_duration, parse_chmod, parse_signal
 
 
 def first(text: str):
@@ -284,3 +278,11 @@ def test_expander_tracks_names_and_locates_errors():
     with pytest.raises(DockerfileParseError) as info:
         expander.word(workdir.path)
     assert info.value.line == 2 and "X: need X" in str(info.value)
+
+
+def test_stopsignal_expanding_to_an_invalid_signal_is_a_located_error():
+    from pybk.frontends.dockerfile.convert import dockerfile_to_llb
+
+    with pytest.raises(DockerfileParseError) as info:
+        dockerfile_to_llb(b"FROM scratch\nARG S=bogus\nSTOPSIGNAL $S\n")
+    assert info.value.line == 3 and "invalid signal: bogus" in str(info.value)

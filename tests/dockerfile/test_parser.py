@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pybk.core.directives import detect_syntax, parse_directives, scan_directives
 from pybk.core.errors import go_quote
-from pybk.frontends.dockerfile.directives import detect_syntax, parse_directives
 from pybk.frontends.dockerfile.dump import dump_ast
 from pybk.frontends.dockerfile.errors import DockerfileParseError
 from pybk.frontends.dockerfile.parser import parse
@@ -108,6 +108,20 @@ def test_detect_syntax_forms():
     assert detect_syntax(b"// syntax = other\n").cmdline == "other"
     assert detect_syntax(b'{"syntax": "json/frontend"}').ref == "json/frontend"
     assert detect_syntax(b"FROM a\n") is None
+    # BuildKit's order: "#" lines, then "//" lines, then a JSON object of strings
+    assert detect_syntax(b"# escape=x\n# syntax=a\n").line == 2
+    assert detect_syntax(b"# syntax=a\n# syntax=b\n").ref == "a"
+    assert detect_syntax(b"# foo=bar\n# syntax=a\n") is None
+    assert detect_syntax(b'{"syntax": "json/frontend", "n": 1}') is None
+
+
+def test_scan_directives_for_choosing_a_frontend():
+    assert scan_directives(b"\xef\xbb\xbf# syntax=yaml.v0\n# check=error=true\nFROM a\n") == {
+        "syntax": "yaml.v0", "check": "error=true"}
+    assert scan_directives(b"#!/bin/sh\n// syntax=toy --x\n") == {"syntax": "toy --x"}
+    assert scan_directives(b"# escape=`\n# escape=\\\n# syntax=a\n") == {"escape": "`"}
+    assert scan_directives(b"# unknown=1\n# syntax=a\n") == {}
+    assert scan_directives(b"FROM a\n") == {}
 
 
 def test_flags_quotes_escapes_and_terminator():

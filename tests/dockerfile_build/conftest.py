@@ -21,7 +21,7 @@ from support.busybox import layout_manifest
 from support.engine import require_runc
 
 from pybk.core import llb
-from pybk.frontends.dockerfile.convert import NamedContext
+from pybk.frontends.dockerfile.stages import NamedContext
 
 
 @pytest.fixture

@@ -152,13 +152,13 @@ def test_base_of_another_platform_warns_when_a_platform_was_asked(root, tmp_path
 def test_base_of_a_runnable_platform_is_detected_without_platform(root, tmp_path,
                                                                  arm64_only_image, capsys,
                                                                  monkeypatch):
-    from pybk.core import platform as host
+    from pybk.core import platform as core_platform
 
-    monkeypatch.setattr(host, "can_execute", lambda platform: True)
+    monkeypatch.setattr(core_platform, "can_execute", lambda platform: True)
     platforms, err = _platform_build(root, tmp_path, arm64_only_image, capsys)
     assert "InvalidBaseImagePlatform" not in err
     assert platforms == {json.dumps({"architecture": "arm64", "os": "linux"}, sort_keys=True)}
     # no emulator: the stage keeps the host's platform and the build says why it may fail
-    monkeypatch.setattr(host, "can_execute", lambda platform: False)
+    monkeypatch.setattr(core_platform, "can_execute", lambda platform: False)
     platforms, err = _platform_build(root, tmp_path, arm64_only_image, capsys, "--no-cache")
     assert "InvalidBaseImagePlatform" in err

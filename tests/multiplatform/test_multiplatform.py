@@ -144,9 +144,9 @@ def test_single_platform_is_unchanged(root, context, busybox_layout, tmp_path, c
 
 def test_run_for_foreign_platform_needs_an_emulator(root, tmp_path, busybox_layout, capsys,
                                                     monkeypatch):
-    from pybk.core import platform
+    from pybk.core import platform as core_platform
 
-    monkeypatch.setattr(platform, "BINFMT_DIR", str(tmp_path / "no-binfmt"))
+    monkeypatch.setattr(core_platform, "BINFMT_DIR", str(tmp_path / "no-binfmt"))
     (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo never\n")
     code = main(["--root", root, "build", "--progress", "quiet",
                  "--platform", "linux/amd64,linux/arm64",
@@ -256,13 +256,13 @@ def _cmdline_has(pid: str, marker: str) -> bool:
 ])
 def test_foreign_platform_needs_an_enabled_fixed_binary_emulator(tmp_path, monkeypatch,
                                                                  entry, expected):
-    from pybk.core import platform
+    from pybk.core import platform as core_platform
 
-    monkeypatch.setattr(platform, "BINFMT_DIR", str(tmp_path))
+    monkeypatch.setattr(core_platform, "BINFMT_DIR", str(tmp_path))
     if entry is not None:
         (tmp_path / "qemu-aarch64").write_text(entry)
-    assert platform.can_execute("linux/arm64") is expected
-    assert platform.can_execute("linux/amd64") is True  # this machine's own
+    assert core_platform.can_execute("linux/arm64") is expected
+    assert core_platform.can_execute("linux/amd64") is True  # this machine's own
 
 
 def test_provenance_attests_every_platform(root, context, busybox_layout, tmp_path, capsys):

@@ -13,7 +13,8 @@ import textwrap
 import pytest
 
 from pybk.core import llb
-from pybk.frontends.dockerfile.convert import NamedContext, dockerfile_to_llb
+from pybk.frontends.dockerfile.convert import dockerfile_to_llb
+from pybk.frontends.dockerfile.stages import NamedContext
 from pybk.frontends.yaml.convert import yaml_to_llb
 
 BUSYBOX_CONFIG = {"architecture": "amd64", "os": "linux",

@@ -1,0 +1,137 @@
+"""The image config a Dockerfile stage builds: the base image's config made complete, the
+state of a stage being converted, and the history entries BuildKit writes for each instruction."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from pybk.core import llb
+
+DEFAULT_SHELL = ("/bin/sh", "-c")
+HISTORY_COMMENT = "buildkit.dockerfile.v0"
+
+
+def go_quote_list(values: Iterable[str]) -> str:
+    """A string list as Go's ``%q`` prints it: ``["a" "b"]``."""
+    return "[" + " ".join(json.dumps(v, ensure_ascii=False) for v in values) + "]"
+
+
+def go_duration(ns: int) -> str:
+    """Go's ``time.Duration.String`` for the whole-millisecond values HEALTHCHECK allows."""
+    if ns == 0:
+        return "0s"
+    seconds, rest = divmod(ns, 1_000_000_000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    if not hours and not minutes and not seconds:
+        return f"{rest / 1_000_000:g}ms"
+    frac = f"{rest / 1e9:.9f}"[1:].rstrip("0").rstrip(".")
+    out = f"{hours}h" if hours else ""
+    out += f"{minutes}m" if hours or minutes else ""
+    return out + f"{seconds}{frac}s"
+
+
+@attrs.define
+class StageState:
+    """What a stage has built so far."""
+
+    state: llb.State
+    image: dict
+    args: dict[str, str]
+    shell: list[str]
+    label: str
+    total: int
+    platform: llb.Platform
+    ignore_cache: bool = False
+    declared: list[str] = attrs.field(factory=list)
+    index: int = 0
+    cmd_set: bool = False
+
+    @property
+    def config(self) -> dict:
+        return self.image["config"]
+
+    def prefix(self, text: str) -> str:
+        self.index += 1
+        width = len(str(self.total))
+        name = f"{self.label} " if self.label else ""
+        return f"[{name}{self.index:>{width}d}/{self.total}] {text}"
+
+    def env(self) -> dict[str, str]:
+        """The expansion environment: ARGs, overridden by ENV (which includes the image's)."""
+        values = dict(self.args)
+        values.update(env_dict(self.config.get("Env") or []))
+        return values
+
+    def history(self, created_by: str, empty_layer: bool, created: str | None = None) -> None:
+        entry: dict[str, Any] = {"created_by": created_by, "comment": HISTORY_COMMENT}
+        if created:
+            entry["created"] = created
+        if empty_layer:
+            entry["empty_layer"] = True
+        self.image.setdefault("history", []).append(entry)
+
+
+def env_dict(env: list[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+
+
+def set_env(config: dict, key: str, value: str) -> None:
+    env = list(config.get("Env") or [])
+    for i, item in enumerate(env):
+        if item.split("=", 1)[0] == key:
+            env[i] = f"{key}={value}"
+            break
+    else:
+        env.append(f"{key}={value}")
+    config["Env"] = env
+
+
+def config_platform(config: Mapping[str, Any] | None) -> llb.Platform | None:
+    """The platform an image config declares (None when it declares none)."""
+    if not config or not config.get("architecture") or not config.get("os"):
+        return None
+    return llb.Platform(os=config["os"], architecture=config["architecture"],
+                        variant=config.get("variant") or "")
+
+
+def same_platform(a: llb.Platform, b: llb.Platform) -> bool:
+    """Platforms equal once arm64's default variant (v8) is normalised away."""
+    def key(p: llb.Platform) -> tuple[str, str, str]:
+        variant = p.variant or ""
+        if p.architecture == "arm64" and variant == "v8":
+            variant = ""
+        return p.os, p.architecture, variant
+    return key(a) == key(b) or (key(a)[:2] == key(b)[:2] and not (a.variant and b.variant))
+
+
+def base_image(config: Mapping[str, Any] | None, platform: llb.Platform) -> dict:
+    """A full image config dict from a resolver's answer (a whole config or its ``config``)."""
+    image = copy.deepcopy(dict(config or {}))
+    if "config" not in image:
+        image = {"config": image}
+    image["config"] = dict(image.get("config") or {})
+    image["history"] = list(image.get("history") or [])
+    image.setdefault("architecture", platform.architecture)
+    image.setdefault("os", platform.os)
+    if platform.variant and image["architecture"] == platform.architecture:
+        image.setdefault("variant", platform.variant)
+    image.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+    if "PATH" not in env_dict(image["config"].get("Env") or []):
+        set_env(image["config"], "PATH", llb.DEFAULT_PATH)
+    return image
+
+
+def apply_config(state: llb.State, config: dict) -> llb.State:
+    for key, value in env_dict(config.get("Env") or []).items():
+        state = state.env(key, value)
+    if config.get("WorkingDir"):
+        state = state.dir(config["WorkingDir"])
+    if config.get("User"):
+        state = state.user(config["User"])
+    return state
