@@ -56,8 +56,8 @@ def select_worker(workers: Sequence[Any], platform: str | None = None, pm: Any =
     if chosen is None:
         return workers[0]
     if not any(chosen is worker for worker in workers):
-        raise PluginValidationError(f"pybk_select_worker answered a worker that is not one of those "
-                         f"offered: {chosen!r}")
+        raise PluginValidationError("pybk_select_worker answered a worker that is not one of "
+                                    f"those offered: {chosen!r}")
     return chosen
 
 

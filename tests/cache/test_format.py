@@ -39,9 +39,10 @@ def make_plan(tmp_path, n=2):
 
 
 def resolve(kind, flag, **attrs_):
-    from pybk.core.engine.client import Client
+    from pybk.core.engine.resolve import resolve as resolve_plugin
 
-    return Client(root="/nonexistent")._resolve_cache({"type": kind, **attrs_}, flag)
+    use = "cache importer" if flag == "--cache-from" else "cache exporter"
+    return resolve_plugin(use, {"type": kind, **attrs_}, where=flag)
 
 
 def test_config_json_shape_and_roundtrip(tmp_path):
