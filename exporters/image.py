@@ -23,10 +23,10 @@ import attrs
 
 from pybk.core.converter import setting
 from pybk.core.errors import InputError, UsageError
+from pybk.core.images.ids import chain_ids
 from pybk.core.images.layers import (
     ExportedLayer,
     LayerSpec,
-    chain_ids,
     check_level,
     export_layers,
 )

@@ -33,7 +33,6 @@ from pybk.core.registry import (
     OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD,
 )
-from pybk.core.serialize import sha256_digest
 
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
@@ -54,14 +53,6 @@ def check_level(compression: str, level: int | None, flag: str) -> None:
         if not low <= level <= high:
             raise UsageError(f"compression-level={level}: {compression} takes {low}-{high}",
                              flag=flag)
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """OCI chain ids of a layer stack: ``chain(n) = sha256(chain(n-1) + " " + diff(n))``."""
-    out: list[str] = []
-    for diff_id in diff_ids:
-        out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
-    return out
 
 
 @attrs.frozen

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pybk.core.images.layers import chain_ids
+from pybk.core.images.ids import chain_ids
 from pybk.core.interfaces import CacheImporter, LayerUnpacker, RemoteCacheLookup
 from pybk.core.remotecache.config import CacheLayer, CacheRecord, record_digest
 from pybk.core.remotecache.store import LoadedCache, load_cache

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from pybk.core.errors import BuildError, InputError, SolveError
-from pybk.core.images.layers import chain_ids
+from pybk.core.images.ids import chain_ids
 from pybk.core.interfaces import Executor, ImageLookup, LayerUnpacker, RemoteCacheLookup
 from pybk.core.llb.ops import (
     SCRATCH,
