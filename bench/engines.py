@@ -370,7 +370,10 @@ class Pybkd(Pybk):
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 stop_process(self.proc)
-                raise EngineFailure(f"pybkd did not start; see {self.workdir}/pybkd.log")
+                with open(os.path.join(self.workdir, "pybkd.log")) as log:
+                    last = [line.strip() for line in log.read().splitlines() if line.strip()]
+                raise EngineFailure("pybkd did not start: "
+                                    + (last[-1] if last else "(nothing in its log)"))
             time.sleep(0.05)
 
     def stop(self) -> None:
