@@ -99,9 +99,14 @@ class NetworkOptions:
 
     @classmethod
     def from_config(cls, config: Config) -> NetworkOptions:
-        oci = config.worker.oci
+        return cls.from_sections(config.worker.oci, config.dns)
+
+    @classmethod
+    def from_sections(cls, oci: OCIConfig, dns: DNSConfig | None) -> NetworkOptions:
+        """From ``[worker.oci]`` and ``[dns]`` (None: the defaults)."""
         return cls(oci.network_mode, oci.cni_config_path, oci.cni_binary_path,
-                   oci.cni_pool_size, oci.bridge_name, oci.bridge_subnet, config.dns)
+                   oci.cni_pool_size, oci.bridge_name, oci.bridge_subnet,
+                   dns if dns is not None else DNSConfig())
 
 
 @attrs.frozen

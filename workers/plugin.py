@@ -41,8 +41,11 @@ class OCIWorker(Worker):
         #: labels added to (and overriding) the worker's own (buildkitd.toml ``labels``)
         labels: Mapping[str, str] = attrs.field(factory=dict, converter=dict, hash=False)
         #: the configuration section whose GC keys make the GC policy (a
-        #: :class:`pybk.core.config.schema.OCIConfig`; None: no automatic GC)
+        #: :class:`pybk.core.config.schema.OCIConfig`; None: no automatic GC) and whose
+        #: network keys make the default network when ``network`` is None
         gc: Any = attrs.field(default=None, hash=False)
+        #: ``[dns]`` (a :class:`pybk.core.config.schema.DNSConfig`), with ``gc``'s network keys
+        dns: Any = attrs.field(default=None, hash=False)
 
     def __init__(self, options: OCIWorker.Options | None = None, *,
                  root: str | os.PathLike[str] | None = None):
@@ -61,14 +64,26 @@ class OCIWorker(Worker):
 
     @classmethod
     def options_from_config(cls, config: Any, **changes: Any) -> OCIWorker.Options:
-        """Options from ``[worker.oci]`` and ``[dns]`` (``changes`` replace some)."""
-        from pybk.workers.network import NetworkOptions
-
+        """Options from ``[worker.oci]`` and ``[dns]`` (``changes`` replace some). The
+        network keys are read when the executor is made (:meth:`network_options`), so a build
+        that runs no step never loads the network code."""
         oci = config.worker.oci
         options = cls.Options(binary=oci.binary or "runc", platforms=oci.platforms,
-                              network=NetworkOptions.from_config(config),
-                              snapshotter=oci.snapshotter, labels=oci.labels, gc=oci)
+                              snapshotter=oci.snapshotter, labels=oci.labels, gc=oci,
+                              dns=config.dns)
         return attrs.evolve(options, **changes) if changes else options
+
+    def network_options(self) -> NetworkOptions:
+        """``network``, else the network keys of the ``gc`` section (``[worker.oci]``) and
+        ``dns``, else the defaults."""
+        from pybk.workers.network import NetworkOptions
+
+        if self.options.network is not None:
+            return self.options.network
+        oci = self.options.gc
+        if oci is None:
+            return NetworkOptions()
+        return NetworkOptions.from_sections(oci, self.options.dns)
 
     def platforms(self) -> list[str]:
         return list(self.options.platforms) or [str(host_platform())]
@@ -77,9 +92,9 @@ class OCIWorker(Worker):
         """BuildKit's OCI worker labels (executor ``oci``, the hostname, the snapshotter as
         made once :meth:`snapshotter` was called, the default network's mode as resolved,
         the process mode), then the configured ``labels``."""
-        from pybk.workers.network import NetworkOptions, resolve_mode
+        from pybk.workers.network import resolve_mode
 
-        mode = resolve_mode(self.options.network or NetworkOptions())
+        mode = resolve_mode(self.network_options())
         labels = {
             **super().labels(),
             WORKER_LABEL_PREFIX + "executor": "oci",
@@ -118,7 +133,7 @@ class OCIWorker(Worker):
             executor = RuncExecutor(os.path.join(self.root, self.state_dir_name),
                                     self.options.binary,
                                     no_process_sandbox=self.options.no_process_sandbox,
-                                    network=self.options.network)
+                                    network=self.network_options())
             executor.reap_stale()
             self._executor = executor
         return self._executor

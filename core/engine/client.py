@@ -23,8 +23,8 @@ from typing import Any
 
 import attrs
 
-from pybk.core.engine.resolve import resolve
 from pybk.core.errors import UsageError
+from pybk.core.interfaces import Executor
 from pybk.core.paths import default_root
 from pybk.core.progress.events import Progress, SolveStatus
 from pybk.core.progress.ui import progress_sinks
@@ -44,6 +44,20 @@ def _as_definition(graph: Any) -> Any:
         raise TypeError(f"cannot solve {type(graph).__name__}: expected a State, a Definition "
                         "or its bytes")
     return marshal()
+
+
+class OnFirstRun(Executor):
+    """The worker's executor, asked for when the first process runs: a build whose steps are
+    all cached never loads the runtime's modules or touches its state."""
+
+    def __init__(self, make: Callable[[], Executor]):
+        self._make = make
+        self._executor: Executor | None = None
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if self._executor is None:
+            self._executor = self._make()
+        return self._executor.run(*args, **kwargs)
 
 
 class Client:
@@ -115,7 +129,8 @@ class Client:
 
             selected = self.selected_worker()
             store = Store.open(self.root, snapshotter=selected.snapshotter)
-            executor = self._executor if self._executor is not None else selected.executor()
+            executor = (self._executor if self._executor is not None
+                        else OnFirstRun(selected.executor))
             self._worker = Solver(store=store, executor=executor, config=self.config,
                                   images=LocalImages(store.root))
         return self._worker
@@ -238,6 +253,8 @@ class Client:
         definitions = {platform: (_as_definition(graph), config)
                        for platform, (graph, config) in graphs.items()}
         hook = self.plugins.hook
+        from pybk.core.engine.resolve import resolve
+
         pm = self.plugins
         exports = [resolve("exporter", o, where="--output", pm=pm) for o in outputs]
         importers = [resolve("cache importer", c, where="--cache-from", pm=pm)

@@ -142,6 +142,8 @@ class DockerfileFrontend(Frontend):
                 config: Any) -> tuple[str, dict[str, str]] | None:
         """``# syntax=`` / ``BUILDKIT_SYNTAX``: a frontend plugin of that name, this frontend
         for ``docker/dockerfile:*``, else the image through ``gateway.v0``."""
+        if not (opts.get("build-arg:BUILDKIT_SYNTAX") or directives.get("syntax")):
+            return None  # nothing to follow: the gateway's code is not even loaded
         from pybk.frontends.gateway.frontend import resolve_syntax
 
         name, forwarded = resolve_syntax(cls.name, directives, opts, registry, config)

@@ -27,8 +27,25 @@ def test_options_defaults_and_fields():
     opts = plugin.OCIWorker.Options()
     assert (opts.binary, opts.no_process_sandbox, opts.platforms) == ("runc", False, ())
     assert [f.name for f in attrs.fields(plugin.OCIWorker.Options)] == [
-        "binary", "no_process_sandbox", "platforms", "network", "snapshotter", "labels", "gc"]
+        "binary", "no_process_sandbox", "platforms", "network", "snapshotter", "labels", "gc",
+        "dns"]
     assert plugin.OCIWorker.Options(platforms=["linux/arm64"]).platforms == ("linux/arm64",)
+
+
+def test_network_options_come_from_the_config(tmp_path):
+    from pybk.core.config.loader import load_config_text
+    from pybk.workers.network import NetworkOptions
+
+    config, _ = load_config_text('[worker.oci]\nnetworkMode = "host"\ncniPoolSize = 3\n'
+                                 '[dns]\nnameservers = ["10.0.0.1"]\n')
+    worker = plugin.OCIWorker.from_config(config, root=tmp_path)
+    options = worker.network_options()
+    assert (options.mode, options.pool_size, options.dns.nameservers) == ("host", 3, ["10.0.0.1"])
+    assert options == NetworkOptions.from_config(config)
+    # given ones win; with no config section at all, the defaults
+    given = NetworkOptions(mode="none")
+    assert plugin.OCIWorker(plugin.OCIWorker.Options(network=given)).network_options() is given
+    assert plugin.OCIWorker().network_options() == NetworkOptions()
 
 
 def test_platforms(monkeypatch):

@@ -3,6 +3,7 @@ labels), the ``pybk_select_worker`` choice, and what the engine takes from the c
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import types
@@ -11,10 +12,10 @@ import pytest
 
 from pybk.core import hookimpl, plugins
 from pybk.core.config.loader import load_config_text
-from pybk.core.engine.client import Client
+from pybk.core.engine.client import Client, OnFirstRun
 from pybk.core.engine.workers import load_workers, select_worker
 from pybk.core.errors import PluginValidationError, UsageError
-from pybk.core.interfaces import WORKER_LABEL_PREFIX, Executor, Worker
+from pybk.core.interfaces import WORKER_LABEL_PREFIX, Executor, ProcessSpec, Worker
 from pybk.core.platform import host_platform
 from pybk.workers.plugin import OCIWorker
 
@@ -22,7 +23,10 @@ HOST = str(host_platform())
 
 
 class FakeExecutor(Executor):
+    runs = 0
+
     async def run(self, process, root, mounts=(), **kw):
+        type(self).runs += 1
         return 0
 
 
@@ -177,7 +181,10 @@ def test_client_builds_on_the_selected_worker(pm, tmp_path):
         assert [type(w) for w in client.workers()] == [OCIWorker, Toy]
         engine = client.worker()
         assert isinstance(client.selected_worker(), Toy)
-        assert engine.executor is client.selected_worker().executor()
+        # the worker's executor runs the steps, asked for when the first one runs
+        before = FakeExecutor.runs
+        assert asyncio.run(engine.executor.run(ProcessSpec(args=("true",)), [])) == 0
+        assert FakeExecutor.runs == before + 1
         assert engine.store.snapshotter.name == "native"  # the worker's, not [worker.oci]'s
         assert client.collect_garbage(force=True) == []  # the worker's policy ran: empty store
     finally:
@@ -195,6 +202,20 @@ def test_an_injected_executor_still_runs_the_steps(pm, tmp_path):
         assert client.worker().store.snapshotter.name == "native"
     finally:
         client.close()
+
+
+def test_the_executor_is_made_when_the_first_step_runs(tmp_path):
+    made = []
+
+    def make():
+        made.append(FakeExecutor())
+        return made[-1]
+
+    lazy = OnFirstRun(make)
+    assert made == []
+    assert asyncio.run(lazy.run(ProcessSpec(args=("true",)), [])) == 0
+    assert asyncio.run(lazy.run(ProcessSpec(args=("true",)), [])) == 0
+    assert len(made) == 1
 
 
 def test_no_oci_executor_is_made_until_a_step_needs_it(tmp_path):
