@@ -46,11 +46,6 @@ class CacheUnavailable(PybkError):
 # --------------------------------------------------------------------------------------------
 
 
-def _level_check(value: int | None) -> None:
-    if value is not None and not 0 <= value <= 22:
-        raise ValueError("must be 0-22")
-
-
 @attrs.frozen
 class CommonCacheOptions:
     """Export attributes every backend takes (imports ignore them)."""
@@ -58,8 +53,8 @@ class CommonCacheOptions:
     mode: Literal["min", "max"] = "min"
     ignore_error: bool = setting("ignore-error", default=False)
     compression: Literal["gzip", "zstd", "uncompressed"] = "gzip"
-    compression_level: int | None = setting("compression-level", default=None,
-                                            check=_level_check)
+    #: checked against the compression's range by :func:`pybk.core.images.layers.check_level`
+    compression_level: int | None = setting("compression-level", default=None)
     force_compression: bool = setting("force-compression", default=False)
 
 
