@@ -209,6 +209,8 @@ def test_inline_config_names_image_layers(tmp_path):
     ("registry", "--cache-to", {}, "needs ref"),
     ("registry", "--cache-to", {"ref": "x", "compression": "gzip",
                                 "compression-level": "12"}, "gzip takes 0-9"),
+    ("local", "--cache-to", {"dest": "d", "compression": "zstd", "compression-level": "23"},
+     "zstd takes 0-22"),
     ("azblob", "--cache-from", {}, "needs account_url"),
     ("gha", "--cache-from", {"url": "http://127.0.0.1:1/"}, "needs token"),
     ("inline", "--cache-from", {}, "type=registry,ref=IMAGE"),
