@@ -342,10 +342,12 @@ class LayerUnpacker(abc.ABC):
     async def unpack_layer(self, chain_id: str, parent: str | None, *,
                            descriptor: Mapping[str, Any],
                            fetch: Callable[[], Awaitable[str]], description: str = "",
-                           progress: Any = None) -> str:
+                           progress: Any = None,
+                           check: Callable[[str], Awaitable[None]] | None = None) -> str:
         """The snapshot (record id) of the layer ``chain_id`` on ``parent``: found, or
         ``fetch()`` (the blob's path) applied, its ``descriptor`` (media type, digest, size,
-        ``diffID``, ``source``) recorded."""
+        ``diffID``, ``source``) recorded. ``check(path)`` runs while the layer is applied;
+        nothing is recorded unless it passes."""
 
 
 class RemoteCacheLookup(abc.ABC):

@@ -166,9 +166,11 @@ class BuildRunner(OpRunner, LayerUnpacker):
     async def unpack_layer(self, chain_id: str, parent: str | None, *,
                            descriptor: Mapping[str, Any],
                            fetch: Callable[[], Awaitable[str]], description: str = "",
-                           progress: VertexProgress | None = None) -> str:
+                           progress: VertexProgress | None = None,
+                           check: Callable[[str], Awaitable[None]] | None = None) -> str:
         """The layer's snapshot, unpacked once (under the store's build lock, shared with
-        concurrent builds) and recorded as ``layer:<chain id>``."""
+        concurrent builds) and recorded as ``layer:<chain id>``. ``check`` (given the blob's
+        path) runs while the layer is unpacked; nothing is recorded unless it passes."""
         record_key = "layer:" + chain_id
 
         def existing() -> str | None:
@@ -191,8 +193,12 @@ class BuildRunner(OpRunner, LayerUnpacker):
                 digest = descriptor["digest"]
                 if progress is not None:
                     progress.status(f"extracting {digest}")
-                snap = await asyncio.to_thread(self._apply_layer, path,
-                                               descriptor["mediaType"], parent, description)
+                applying = asyncio.to_thread(self._apply_layer, path,
+                                             descriptor["mediaType"], parent, description)
+                if check is None:
+                    snap = await applying
+                else:
+                    snap, _ = await asyncio.gather(applying, check(path))
                 if progress is not None:
                     progress.status(f"extracting {digest}", done=True)
                 self.store.set_layer_blob(snap, dict(descriptor))
@@ -341,19 +347,21 @@ class BuildRunner(OpRunner, LayerUnpacker):
 
         async def fetch() -> str:
             if layout:
-                path = image.layout.blob_path(layer.digest)
-                await asyncio.to_thread(self._keep_blob, str(path), layer.digest)
-                return str(path)
+                return str(image.layout.blob_path(layer.digest))
 
             def progress(cur: int, total: int) -> None:
                 vp.status(layer.digest, current=cur, total=total, done=cur >= total)
 
             return str(await self.registry.fetch_blob(image.ref, layer, progress))
 
+        async def keep(path: str) -> None:
+            await asyncio.to_thread(self._keep_blob, path, layer.digest)
+
         where = (f"oci-layout {image.ref} {layer.digest}" if layout
                  else f"{image.ref}@{layer.digest}")
         return await self.unpack_layer(
-            chain, parent, fetch=fetch, description=f"pulled from {where}", progress=vp,
+            chain, parent, fetch=fetch, check=keep if layout else None,
+            description=f"pulled from {where}", progress=vp,
             descriptor={"mediaType": layer.media_type, "digest": layer.digest,
                         "size": layer.size, "diffID": diff_id,
                         "source": "" if layout else image.ref.repository})

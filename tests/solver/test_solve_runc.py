@@ -387,6 +387,38 @@ def test_oci_layout_source(client, busybox_layout, tmp_path):
     assert (tmp_path / "out" / "bin" / "busybox").exists()
 
 
+def test_oci_layout_layer_that_does_not_match_its_digest(client, busybox_layout, tmp_path):
+    """The layer is unpacked while its blob is copied into the content store; the copy checks
+    the digest, and a layer that fails it is not recorded for later builds."""
+    import json as _json
+    import shutil as _shutil
+
+    from pybk.core.errors import PybkError
+
+    bad = tmp_path / "bad"
+    _shutil.copytree(busybox_layout, bad)
+    index = _json.loads((bad / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    manifest = _json.loads((bad / "blobs" / "sha256" / digest.split(":")[1]).read_bytes())
+    layer = bad / "blobs" / "sha256" / manifest["layers"][0]["digest"].split(":")[1]
+    data = bytearray(layer.read_bytes())
+    data[-1] ^= 0xFF  # the gzip trailer: the tar still unpacks, the digest does not match
+    layer.write_bytes(bytes(data))
+    st = llb.oci_layout(f"busybox@{digest}", store_id="base").run("echo ok > /ok").root()
+    with pytest.raises(PybkError, match="digest"):
+        client.solve(st, oci_layouts={"base": str(bad)}, progress=None)
+    store = client.worker().store
+    assert not any(key.startswith("layer:") for key in _cache_keys(store))
+    result = client.solve(st, oci_layouts={"base": str(busybox_layout)}, progress=None)
+    client.export_local(result, tmp_path / "out")
+    assert (tmp_path / "out" / "ok").read_text() == "ok\n"
+    assert any(key.startswith("layer:") for key in _cache_keys(store))  # the good one is
+
+
+def _cache_keys(store):
+    return [row[0] for row in store.query("SELECT cache_key FROM cache_keys")]
+
+
 def test_git_source(client, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
