@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.pybk:
         parser.error("no pybk on $PATH; give --pybk")
     with open(args.pybk, "rb") as f:
-        if f.read(2) != b"#!":
-            parser.error(f"{args.pybk} is not a script the interpreter can run")
+        if b"python" not in f.readline():
+            parser.error(f"{args.pybk} is not a Python script (a wrapper such as a pyenv shim? "
+                         "give the installed script with --pybk)")
     modules, totals = measure(args.pybk, args.runs)
     by_group: collections.Counter[str] = collections.Counter()
     for name, (own, _) in modules.items():
