@@ -36,7 +36,8 @@ class EngineFailure(Exception):
 
 @dataclass(frozen=True)
 class BaseImage:
-    """One base image, both as an OCI layout (for pybk) and a registry reference."""
+    """One base image, both as an OCI layout (pybk's ``--pybk-base layout`` variant) and a
+    reference in the local registry (every engine by default)."""
 
     name: str
     layout: str
@@ -250,6 +251,8 @@ class Engine(abc.ABC):
     name = ""
     label = ""
     unavailable: str | None = None
+    #: it pulls ``FROM`` from the local registry (needs it, and skopeo to fill it)
+    uses_registry = True
 
     @abc.abstractmethod
     def start(self, workdir: str, registry: Registry) -> None:
@@ -280,16 +283,28 @@ class Engine(abc.ABC):
         return None
 
 
+#: how pybk gets its base image: ``registry`` (the default, like BuildKit and buildah: ``FROM``
+#: resolved and pulled from the local registry, the result tagged ``bench-CASE`` in its store)
+#: or ``layout`` (the old command line: the base as a named oci-layout context, no tag)
+PYBK_BASES = ("registry", "layout")
+
+
 class Pybk(Engine):
-    """``pybk build -f Dockerfile`` with the base image as a named oci-layout context."""
+    """``pybk build -f Dockerfile -t bench-CASE`` pulling ``FROM`` from the local registry
+    (plain HTTP: pybk's client speaks HTTP to loopback registries unless configured otherwise);
+    with ``base="layout"`` the old way: the base as a named oci-layout context, no tag."""
 
     name = "pybk"
     label = "pybk"
 
-    def __init__(self, command: str | None = None):
+    def __init__(self, command: str | None = None, base: str = "registry"):
         self.command = command or shutil.which("pybk") or ""
         if not self.command:
             self.unavailable = "pybk command not found"
+        self.base = base
+        self.uses_registry = base == "registry"
+        if base == "layout":
+            self.label = f"{self.label} [layout]"
         self.root = ""
         self.generation = 0
 
@@ -308,14 +323,19 @@ class Pybk(Engine):
         return ["--root", self.root]
 
     def build(self, request: BuildRequest) -> float:
+        if self.base == "layout":
+            base = ["--build-context", f"{request.base.name}=oci-layout://{request.base.layout}",
+                    "--build-arg", f"BASE={request.base.name}"]
+        else:
+            base = ["--build-arg", f"BASE={request.base.ref}"]
         cmd = [self.command, *self.global_flags(), "build", "-f", request.dockerfile,
-               "--progress", "quiet",
-               "--build-context", f"{request.base.name}=oci-layout://{request.base.layout}",
-               "--build-arg", f"BASE={request.base.name}", *network_flags(request),
+               "--progress", "quiet", *base, *network_flags(request),
                *build_arg_flags(request)]
         if request.export:
             cmd += ["-o", f"type=oci,dest={request.output_dir}/image.tar,"
                           f"compression={request.export}"]
+        elif self.base != "layout":
+            cmd += ["-t", f"bench-{request.case}"]  # the image exporter into pybk's store
         cmd.append(request.context)
         return timed([cmd])
 
@@ -342,8 +362,9 @@ class Pybkd(Pybk):
     name = "pybkd"
     label = "pybkd"
 
-    def __init__(self, command: str | None = None, daemon: str | None = None):
-        super().__init__(command)
+    def __init__(self, command: str | None = None, daemon: str | None = None,
+                 base: str = "registry"):
+        super().__init__(command, base=base)
         self.daemon = daemon or shutil.which("pybkd") or ""
         if not self.daemon:
             self.unavailable = "pybkd command not found"
@@ -579,11 +600,13 @@ def baseline(engine: Pybk, directory: str) -> Pybk:
 
 
 def make_engines(names: list[str], buildah_jobs: int, network: bool = False,
-                 baseline_dir: str | None = None) -> list[Engine]:
+                 baseline_dir: str | None = None, pybk_base: str = "registry") -> list[Engine]:
     """The engines called ``names``; ``network``: a case's RUN steps need the default network
     (dockerd then gets its default bridge); ``baseline_dir``: also run the pybk engines with
-    the executables found there (``pybk-base``, ``pybkd-base``)."""
-    makers = {"pybk": Pybk, "pybkd": Pybkd, "buildkit": lambda: BuildKit(network),
+    the executables found there (``pybk-base``, ``pybkd-base``); ``pybk_base``: where the pybk
+    engines get their base image (see PYBK_BASES)."""
+    makers = {"pybk": lambda: Pybk(base=pybk_base), "pybkd": lambda: Pybkd(base=pybk_base),
+              "buildkit": lambda: BuildKit(network),
               "buildah": lambda: Buildah(buildah_jobs)}
     engines = [makers[name]() for name in names]
     if baseline_dir:

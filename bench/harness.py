@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from engines import (
+    PYBK_BASES,
     BaseImage,
     BuildRequest,
     Engine,
@@ -164,15 +165,20 @@ class Bench:
             if engine.name in engine_names and not engine.unavailable:
                 engine.unavailable = reason
 
+    def registry_users(self) -> tuple[str, ...]:
+        """The engines that pull ``FROM`` from the local registry."""
+        return tuple(e.name for e in self.engines if e.uses_registry)
+
     def set_up(self) -> None:
         failed_packages = {} if self.args.no_install else install_packages()
         self.engines = make_engines(self.args.engines, self.args.buildah_jobs,
                                     network=any(case.network for case in self.cases),
-                                    baseline_dir=self.args.baseline)
+                                    baseline_dir=self.args.baseline,
+                                    pybk_base=self.args.pybk_base)
         for package, reason in failed_packages.items():
             users = {"docker.io": ("buildkit",), "buildah": ("buildah",),
-                     "docker-registry": ("buildkit", "buildah"),
-                     "skopeo": ("buildkit", "buildah"),
+                     "docker-registry": self.registry_users(),
+                     "skopeo": self.registry_users(),
                      "busybox-static": tuple(e.name for e in self.engines)}[package]
             self.mark_unavailable(users, f"apt-get install {package} failed: {reason}")
         self.make_bases()
@@ -224,8 +230,7 @@ class Bench:
             module.build(big, busybox)
             layouts_by_name["bigbase"] = big
         refs = {name: "" for name in layouts_by_name}
-        needs_registry = any(e.name in ("buildkit", "buildah") and not e.unavailable
-                             for e in self.engines)
+        needs_registry = any(e.uses_registry and not e.unavailable for e in self.engines)
         if needs_registry:
             try:
                 self.registry = Registry(os.path.join(self.workdir, "registry"))
@@ -233,7 +238,7 @@ class Bench:
                 for name, layout in layouts_by_name.items():
                     refs[name] = self.registry.push_layout(layout, name)
             except EngineFailure as e:
-                self.mark_unavailable(("buildkit", "buildah"), f"local registry: {e}")
+                self.mark_unavailable(self.registry_users(), f"local registry: {e}")
         self.bases = {name: BaseImage(name, layout, refs[name])
                       for name, layout in layouts_by_name.items()}
 
@@ -356,10 +361,10 @@ class Bench:
     def table(self) -> str:
         footnotes: dict[str, int] = {}
         labels = [e.label for e in self.engines]
-        names = {e.name for e in self.engines}
+        by_name = {e.name: e for e in self.engines}
         ratios = [n for n in ("pybk", "pybkd", "pybk-base", "pybkd-base")
-                  if n in names] if "buildkit" in names else []
-        header = ["case", "run", *labels] + [f"{n} / BuildKit" for n in ratios]
+                  if n in by_name] if "buildkit" in by_name else []
+        header = ["case", "run", *labels] + [f"{by_name[n].label} / BuildKit" for n in ratios]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for case, variant, phase in self.rows():
             row_name = case.row_name(variant)
@@ -398,7 +403,8 @@ class Bench:
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": {"cores": os.cpu_count(), "kernel": platform.release(),
                         "python": platform.python_version()},
-            "reps": self.args.reps, "versions": self.versions(), "cells": cells,
+            "reps": self.args.reps, "pybk_base": self.args.pybk_base,
+            "versions": self.versions(), "cells": cells,
         }
 
     def plot(self, path: str) -> None:
@@ -475,6 +481,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline", metavar="DIR",
                         help="also run pybk and pybkd with the pybk/pybkd executables in DIR "
                              "(another pybk, e.g. the previous release) in the same rotation")
+    parser.add_argument("--pybk-base", choices=PYBK_BASES, default="registry",
+                        help="where pybk/pybkd get FROM: 'registry' (default: the local "
+                             "registry, like BuildKit and buildah, result tagged bench-CASE) "
+                             "or 'layout' (the old command line: an OCI-layout named context, "
+                             "nothing tagged; columns labelled [layout])")
     args = parser.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
