@@ -5,9 +5,10 @@ options, the files it reads through the bridge, and image configs it resolves. T
 is the sha256 of pybk's version, a fingerprint of the frontend's and the LLB model's source
 files, the frontend name, its options, the local and OCI-layout directories and the machine.
 The entry records every file and directory listing the frontend read, with a digest of what it
-saw (or that it was missing); a lookup re-reads them and uses the entry only if all still match.
-Results that used a nested solve, or resolved an image reference not pinned by digest (a tag may
-move), are never stored. Entries live in ``<root>/defcache/`` as JSON, written atomically.
+saw (or that it was missing), and every image reference not pinned by digest that it resolved,
+with the digest it resolved to; a lookup re-reads the files and re-resolves the references (a tag
+may move: as BuildKit does on every build) and uses the entry only if all still match. Results
+that used a nested solve are never stored. Entries live in ``<root>/defcache/`` as JSON, written atomically.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class RecordingBridge:
         self._bridge = bridge
         self.files: list[list[Any]] = []  # [input, path, sha256 hex or None when missing]
         self.dirs: list[list[Any]] = []
+        self.images: list[list[Any]] = []  # [ref, platform, digest it resolved to]
         self.warnings: list[str] = []
         self.cacheable = True
 
@@ -71,9 +73,10 @@ class RecordingBridge:
         return names
 
     def resolve_image_config(self, ref: str, platform: str | None = None) -> tuple[str, dict]:
+        digest, config = self._bridge.resolve_image_config(ref, platform)
         if not ref.startswith("oci-layout://") and "@sha256:" not in ref:
-            self.cacheable = False
-        return self._bridge.resolve_image_config(ref, platform)
+            self.images.append([ref, platform, digest])
+        return digest, config
 
     def solve(self, definition: Any) -> Any:
         self.cacheable = False
@@ -156,11 +159,19 @@ def _still_valid(entry: Mapping[str, Any], bridge: Any) -> bool:
             return False
         if seen != digest:
             return False
+    for ref, wanted, digest in entry.get("images", []):
+        try:
+            seen, _ = bridge.resolve_image_config(ref, wanted)
+        except Exception:
+            return False  # the frontend will resolve it again and report what is wrong
+        if seen != digest:
+            return False
     return True
 
 
 def lookup(root: str | os.PathLike[str], key: str, bridge: Any) -> CachedFrontendResult | None:
-    """The stored result for ``key`` if every file the frontend read is unchanged, else None."""
+    """The stored result for ``key`` if every file the frontend read is unchanged and every
+    image tag it resolved still resolves to the same digest, else None."""
     import orjson
 
     from pybk.core.errors import PybkError
@@ -195,6 +206,7 @@ def store(root: str | os.PathLike[str], key: str, result: FrontendResult,
         "format": _FORMAT,
         "files": recorder.files,
         "dirs": recorder.dirs,
+        "images": recorder.images,
         "warnings": recorder.warnings,
         "definition": result.definition.to_bytes().decode(),
         "image_config": dict(result.image_config) if result.image_config is not None else None,

@@ -28,11 +28,12 @@ class FakeBridge(LocalBridge):
         super().__init__(local_dirs={"context": str(context), "dockerfile": str(context)},
                          oci_layouts={"base": str(context / "layout")}, config=None)
         self.configs = configs or {}
+        self.digests: dict[str, str] = {}
         self.resolved: list[str] = []
 
     def resolve_image_config(self, ref, platform=None):
         self.resolved.append(ref)
-        return "sha256:" + "2" * 64, self.configs.get(ref, BASE_CONFIG)
+        return self.digests.get(ref, "sha256:" + "2" * 64), self.configs.get(ref, BASE_CONFIG)
 
 
 @pytest.fixture
@@ -146,13 +147,30 @@ def test_context_file_change_reuses_the_definition(tmp_path, counting):
     assert len(counting) == 1 and second.definition == first.definition
 
 
-def test_unpinned_registry_images_are_not_cached(tmp_path, counting):
+def test_tags_are_cached_while_they_resolve_to_the_same_digest(tmp_path, counting):
+    ref = "alpine:3.19"  # as the frontend asks the bridge
     _context(tmp_path, "FROM alpine:3.19\nRUN true\n")
-    for _ in range(2):
-        _, bridge = _solve(tmp_path, {"filename": "Dockerfile"})
-        assert bridge.resolved == ["docker.io/library/alpine:3.19"] or bridge.resolved
-    assert len(counting) == 2
-    assert not (tmp_path / "store" / "defcache").exists()
+    first, bridge = _solve(tmp_path, {"filename": "Dockerfile"})
+    assert bridge.resolved == [ref] and len(counting) == 1
+    # the rebuild re-resolves the tag (as BuildKit does) and reuses the entry
+    second, bridge = _solve(tmp_path, {"filename": "Dockerfile"})
+    assert bridge.resolved == [ref] and len(counting) == 1
+    assert second.definition == first.definition
+    # the tag moved (to an image with another config): the frontend runs again
+    moved = FakeBridge(tmp_path / "ctx", {ref: {**BASE_CONFIG, "config": {"Env": ["A=moved"]}}})
+    moved.digests[ref] = DIGEST_B
+    third, _ = _solve(tmp_path, {"filename": "Dockerfile"}, moved)
+    assert len(counting) == 2 and third.image_config != first.image_config
+    assert "A=moved" in third.image_config["config"]["Env"]
+    # a tag that no longer resolves is a miss: the frontend reports the error itself
+    class Gone(FakeBridge):
+        def resolve_image_config(self, ref, platform=None):
+            self.resolved.append(ref)
+            raise UsageError(f"{ref}: not found")
+
+    with pytest.raises(Exception, match="failed to resolve source metadata for alpine:3.19"):
+        _solve(tmp_path, {"filename": "Dockerfile"}, Gone(tmp_path / "ctx"))
+    assert len(counting) == 3
 
 
 def test_digest_pinned_images_are_cached(tmp_path, counting):
