@@ -92,8 +92,8 @@ def _import_all(package: str) -> None:
 
 def warm_up(root: str, config: Any, worker: Any = None) -> None:
     """Import what builds use, build both command-line parsers, load the plugins and let them
-    prepare (``pybk_warm_up``), recover the store; everything done here is shared by every
-    child. ``worker``: the selected worker, whose snapshotter recovers the store."""
+    prepare (``pybk_warm_up``), load the registry client's HTTP and TLS parts, recover the store; everything done
+    here is shared by every child. ``worker``: the selected worker, whose snapshotter recovers the store."""
     from pybk.core.plugins import get_plugin_manager
 
     for package in warm_packages():
@@ -104,6 +104,9 @@ def warm_up(root: str, config: Any, worker: Any = None) -> None:
     shared_parser(True)
     shared_parser(False)
     pm.hook.pybk_warm_up(config=config)
+    from pybk.core.registry.client import warm_up as warm_up_registry
+
+    warm_up_registry()  # httpx's modules and the CA bundle, loaded once for every build
     from pybk.core.store.store import Store
 
     snapshotter = (worker.snapshotter if worker is not None  # type: ignore[attr-defined]
