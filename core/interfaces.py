@@ -503,7 +503,7 @@ def new_worker_id() -> str:
     return "".join(reversed(digits))[1:26]
 
 
-class Worker(Plugin):
+class Worker(Plugin, abc.ABC):
     """Where build steps run: an executor and a snapshotter for a set of platforms.
 
     BuildKit's worker, as a plugin class. The engine makes one instance of each registered
@@ -583,16 +583,16 @@ class Worker(Plugin):
         holding the store. The default: none (no automatic GC)."""
         return []
 
+    @abc.abstractmethod
     def executor(self) -> Executor:
         """The executor of this worker's ExecOps (made on first use, kept until
         :meth:`close`)."""
-        raise NotImplementedError(f"worker {self.name!r} has no executor")
 
+    @abc.abstractmethod
     def snapshotter(self, store: Any) -> Snapshotter:
         """The snapshotter new records of ``store`` (a :class:`pybk.core.store.store.Store`)
         use; the engine passes this method to ``Store.open(snapshotter=...)``, which calls it
         once."""
-        raise NotImplementedError(f"worker {self.name!r} has no snapshotter")
 
     def close(self) -> None:
         """Release what this process holds (the executor and its resources)."""

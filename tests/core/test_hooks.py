@@ -103,6 +103,12 @@ def test_hook_pybk_select_worker(monkeypatch):
         def platforms(self):
             return self._plats
 
+        def executor(self):
+            raise AssertionError("not used in selection")
+
+        def snapshotter(self, store):
+            raise AssertionError("not used in selection")
+
     arm, amd = W(["linux/arm64"]), W(["linux/amd64"])
     pm = create_plugin_manager()
     assert pm.hook.pybk_select_worker(platform="linux/amd64", workers=[arm, amd]) is amd

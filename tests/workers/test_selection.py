@@ -225,3 +225,14 @@ def test_no_oci_executor_is_made_until_a_step_needs_it(tmp_path):
         assert not os.path.exists(tmp_path / "executor")
     finally:
         client.close()
+
+
+def test_a_worker_must_give_its_executor_and_snapshotter():
+    class Half(Worker):
+        name = "half"
+
+        def executor(self):
+            return FakeExecutor()
+
+    with pytest.raises(TypeError, match="snapshotter"):
+        Half()

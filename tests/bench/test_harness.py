@@ -1,0 +1,81 @@
+"""The benchmark harness's command lines: every engine gets the same base and ends with a
+tagged image; ``--pybk-base layout`` and ``--baseline DIR`` change only what they say."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def engines(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    module = importlib.import_module("engines")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(module, "timed", lambda cmds, env=None: ran.extend(cmds) or 1.0)
+    module.ran = ran
+    yield module
+    sys.modules.pop("engines", None)
+
+
+def _request(engines, **changes):
+    base = engines.BaseImage(name="busybox", layout="/L", ref="127.0.0.1:5000/busybox:latest")
+    values = {"case": "noop", "context": "/ctx", "dockerfile": "/ctx/Dockerfile", "base": base,
+              "output_dir": "/out", **changes}
+    return engines.BuildRequest(**values)
+
+
+def _pybk(engines, tmp_path, **kw):
+    (engine,) = engines.make_engines(["pybk"], 3, **kw)
+    engine.root = str(tmp_path / "store")
+    return engine
+
+
+def test_pybk_pulls_from_the_registry_and_tags_like_the_others(engines, tmp_path):
+    _pybk(engines, tmp_path).build(_request(engines))
+    (cmd,) = engines.ran
+    assert cmd[cmd.index("--build-arg") + 1] == "BASE=127.0.0.1:5000/busybox:latest"
+    assert cmd[cmd.index("-t") + 1] == "bench-noop"
+    assert "--build-context" not in cmd and cmd[-1] == "/ctx"
+    assert cmd[cmd.index("--network") + 1] == "none"
+
+
+def test_export_cases_write_their_output_instead_of_a_tag(engines, tmp_path):
+    _pybk(engines, tmp_path).build(_request(engines, export="zstd"))
+    (cmd,) = engines.ran
+    assert "-t" not in cmd
+    assert cmd[cmd.index("-o") + 1] == "type=oci,dest=/out/image.tar,compression=zstd"
+
+
+def test_layout_base_is_the_old_command_line(engines, tmp_path):
+    _pybk(engines, tmp_path, pybk_base="layout").build(_request(engines))
+    (cmd,) = engines.ran
+    assert cmd[cmd.index("--build-context") + 1] == "busybox=oci-layout:///L"
+    assert "BASE=busybox" in cmd and "-t" not in cmd
+
+
+def test_baseline_runs_the_other_executables_with_the_same_command(engines, tmp_path):
+    directory = tmp_path / "old"
+    directory.mkdir()
+    for name in ("pybk", "pybkd"):
+        script = directory / name
+        script.write_text("#!/bin/sh\n")
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    made = engines.make_engines(["pybk", "pybkd"], 3, baseline_dir=str(directory))
+    assert [e.name for e in made] == ["pybk", "pybkd", "pybk-base", "pybkd-base"]
+    base = made[2]
+    assert base.command == os.path.join(directory, "pybk") and not base.unavailable
+    assert made[3].daemon == os.path.join(directory, "pybkd")
+    base.root = str(tmp_path / "store")
+    base.build(_request(engines))
+    (cmd,) = engines.ran
+    assert cmd[0] == str(directory / "pybk") and cmd[cmd.index("-t") + 1] == "bench-noop"
+    missing = engines.make_engines(["pybk"], 3, baseline_dir=str(tmp_path / "nowhere"))
+    assert "is not executable" in missing[1].unavailable

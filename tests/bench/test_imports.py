@@ -1,0 +1,43 @@
+"""bench/imports.py: what a cached build imports, measured for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "imports.py"
+
+
+def _pybk() -> str:
+    beside = os.path.join(os.path.dirname(sys.executable), "pybk")
+    return beside if os.path.exists(beside) else shutil.which("pybk") or "pybk"
+
+
+def test_reports_a_cached_build_by_package(tmp_path):
+    out = tmp_path / "imports.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--pybk", _pybk(), "--runs", "1",
+                           "--modules", "--json", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("cached rebuild: ") and " of pybk), imports " in first
+    report = json.loads(out.read_text())
+    assert "pybk.core.cli.entry" in report["modules"]
+    assert "pybk.core.engine.client" in report["modules"]
+    # a fully cached build never loads the frontend's parser or the OCI runtime's code
+    assert not {"lark", "pybk.workers.runc"} & set(report["modules"])
+    assert report["groups_us"]["pybk.core.llb"] > 0 and report["totals_us"][0] > 0
+    assert "| pybk.core.llb |" in done.stdout
+
+
+def test_refuses_an_executable_that_is_not_a_python_script(tmp_path):
+    shim = tmp_path / "pybk"
+    shim.write_text("#!/bin/sh\nexec true\n")
+    shim.chmod(0o755)
+    done = subprocess.run([sys.executable, str(SCRIPT), "--pybk", str(shim)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "is not a Python script" in done.stderr
