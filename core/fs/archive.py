@@ -24,6 +24,7 @@ from collections import deque
 from typing import IO, BinaryIO
 
 from pybk.core.errors import InputError, NotAvailableError
+from pybk.core.fs.tarwriter import LayerWriter, read_xattrs
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -393,94 +394,6 @@ def _utime(path: str, atime_ns: int, mtime_ns: int) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _xattrs(path: str) -> dict[str, bytes]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    values = {}
-    for name in names:
-        with contextlib.suppress(OSError):
-            values[name] = os.getxattr(path, name, follow_symlinks=False)
-    return values
-
-
-class _LayerWriter:
-    """Writes PAX tar entries for files of one tree, keeping hard links as links."""
-
-    def __init__(self, out: IO[bytes], source_date_epoch: int | None):
-        self.tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
-        self.epoch = source_date_epoch
-        self.links: dict[tuple[int, int], str] = {}
-        self.emitted_dirs: set[str] = set()
-
-    def _mtime(self, seconds: int) -> int:
-        return min(seconds, self.epoch) if self.epoch is not None else seconds
-
-    def add(self, path: str, rel: str, st: os.stat_result) -> None:
-        mode = st.st_mode
-        info = tarfile.TarInfo(rel + "/" if stat.S_ISDIR(mode) else rel)
-        info.mode = stat.S_IMODE(mode)
-        info.uid, info.gid = st.st_uid, st.st_gid
-        info.uname = info.gname = ""
-        info.mtime = self._mtime(st.st_mtime_ns // 1_000_000_000)
-        xattrs = {k: v for k, v in _xattrs(path).items() if not k.startswith(_OVERLAY_XATTR_PREFIXES)}
-        info.pax_headers = {
-            _XATTR_PAX + k: xattrs[k].decode("utf-8", "surrogateescape") for k in sorted(xattrs)
-        }
-        content = False
-        if stat.S_ISREG(mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in self.links:
-                info.type, info.linkname = tarfile.LNKTYPE, self.links[key]
-            else:
-                if st.st_nlink > 1:
-                    self.links[key] = rel
-                info.type, info.size, content = tarfile.REGTYPE, st.st_size, True
-        elif stat.S_ISDIR(mode):
-            info.type = tarfile.DIRTYPE
-            self.emitted_dirs.add(rel)
-        elif stat.S_ISLNK(mode):
-            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        elif stat.S_ISFIFO(mode):
-            info.type = tarfile.FIFOTYPE
-        else:
-            return  # sockets are not archived
-        if not content:
-            self.tar.addfile(info)
-            return
-        with open(path, "rb") as body:
-            self.tar.addfile(info, _Exact(body, st.st_size, path))
-
-    def whiteout(self, parent_rel: str, name: str, mtime: int) -> None:
-        info = tarfile.TarInfo(f"{parent_rel}/{name}" if parent_rel else name)
-        info.mode, info.uid, info.gid, info.size = 0, 0, 0, 0
-        info.uname = info.gname = ""
-        info.mtime = self._mtime(mtime)
-        self.tar.addfile(info)
-
-    def close(self) -> None:
-        self.tar.close()
-
-
-class _Exact:
-    """Reads exactly ``size`` bytes of a file; a file that shrank while archived is an error."""
-
-    def __init__(self, f: BinaryIO, size: int, path: str):
-        self._f, self._left, self._path = f, size, path
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._left if n < 0 else min(n, self._left)
-        data = self._f.read(n)
-        if len(data) < n:
-            raise InputError(f"{self._path} changed size while it was archived")
-        self._left -= len(data)
-        return data
-
-
 def _sorted_names(path: str) -> list[str]:
     return sorted(os.listdir(path), key=os.fsencode)
 
@@ -501,7 +414,7 @@ def write_diff_tar(
     """
     upper = os.fspath(upper_dir)
     lower = os.fspath(lower_dir) if lower_dir is not None else None
-    writer = _LayerWriter(out_stream, source_date_epoch)
+    writer = LayerWriter(out_stream, source_date_epoch)
     whiteout_mtime = source_date_epoch if source_date_epoch is not None else 0
 
     def ensure_parents(rel: str) -> None:
@@ -554,14 +467,14 @@ def _same(upper: str, ust: os.stat_result, lower: str | None, lst: os.stat_resul
         return False
     mode = ust.st_mode
     if stat.S_ISLNK(mode):
-        return os.readlink(upper) == os.readlink(lower) and _xattrs(upper) == _xattrs(lower)
+        return os.readlink(upper) == os.readlink(lower) and read_xattrs(upper) == read_xattrs(lower)
     if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and ust.st_rdev != lst.st_rdev:
         return False
     if stat.S_ISREG(mode) and ust.st_size != lst.st_size:
         return False
     if ust.st_mtime_ns != lst.st_mtime_ns:
         return False
-    return _xattrs(upper) == _xattrs(lower)
+    return read_xattrs(upper) == read_xattrs(lower)
 
 
 def write_overlay_upper_tar(
@@ -576,7 +489,7 @@ def write_overlay_upper_tar(
     (``trusted.overlay.opaque=y``) get a ``.wh..wh..opq`` entry; overlay xattrs are dropped.
     """
     upper = os.fspath(upper_dir)
-    writer = _LayerWriter(out_stream, source_date_epoch)
+    writer = LayerWriter(out_stream, source_date_epoch)
 
     def walk(rel: str) -> None:
         path = os.path.join(upper, rel) if rel else upper

@@ -9,7 +9,11 @@ Everything streams: tar → diffID hash → compressor → content store writer 
 size); no layer is ever held in memory. Layers are produced in parallel threads, and each
 layer is compressed on every core too (gzip by blocks, :mod:`pybk.core.images.pgzip`; zstd with
 its own threads). Generated blobs are remembered per (snapshot, compression, level, timestamp
-epoch), so a rebuild does not compress again.
+epoch), so a rebuild does not compress again; and the gzip blocks of every generated blob are
+indexed by content (:class:`GzipBlockIndex`), so a new layer that shares most of its tar stream
+with an earlier one (one file of a large context changed) copies the unchanged blocks' deflated
+bytes from the earlier blob instead of compressing them again — with the same bytes as a
+compression from scratch.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
@@ -114,16 +119,58 @@ class _Tee:
         return "sha256:" + self.hash.hexdigest()
 
 
-def write_blob(content: Any, produce: Callable[[IO[bytes]], None], spec: LayerSpec) -> LayerBlob:
-    """Stream the tar that ``produce`` writes through ``spec``'s compression into ``content``."""
+class GzipBlockIndex:
+    """Where the deflated bytes of gzip blocks (:mod:`pybk.core.images.pgzip`) of the content
+    store's blobs are: ``gzip-block:<key>`` → ``[blob digest, offset, length, crc32]`` in the
+    store's metadata. A block is used only if its blob is still there and the bytes read have
+    the recorded length and CRC; anything else is a miss (the block is compressed again)."""
+
+    def __init__(self, store: Any, content: Any):
+        self.store = store
+        self.content = content
+
+    def find(self, key: bytes) -> bytes | None:
+        found = self.store.get_meta("gzip-block:" + key.hex())
+        if not found:
+            return None
+        digest, offset, length, crc = found
+        try:
+            fd = os.open(self.content.path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, length, offset)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(data) != length or zlib.crc32(data) != crc:
+            return None
+        return data
+
+    def record(self, digest: str, blocks: list[tuple[bytes, int, int, int]]) -> None:
+        """Remember the blocks of the stored blob ``digest`` (the newest blob wins a key)."""
+        if not blocks:
+            return
+        with self.store.transaction():
+            for key, offset, length, crc in blocks:
+                self.store.set_meta("gzip-block:" + key.hex(), [digest, offset, length, crc])
+
+
+def write_blob(content: Any, produce: Callable[[IO[bytes]], None], spec: LayerSpec, *,
+               blocks: GzipBlockIndex | None = None) -> LayerBlob:
+    """Stream the tar that ``produce`` writes through ``spec``'s compression into ``content``;
+    gzip reuses and records blocks in ``blocks`` when given."""
     level = spec.level if spec.level is not None else DEFAULT_LEVELS.get(spec.compression)
     with content.writer() as blob:
         if spec.compression == "gzip":
             from pybk.core.images.pgzip import ParallelGzipWriter
 
-            with ParallelGzipWriter(blob, level) as comp:  # type: ignore[arg-type]
+            with ParallelGzipWriter(blob, level, reuse=blocks) as comp:  # type: ignore[arg-type]
                 tee = _Tee(comp)
                 produce(tee)  # type: ignore[arg-type]
+            if blocks is not None:
+                written = comp.blocks
         elif spec.compression == "zstd":
             import zstandard
 
@@ -134,6 +181,8 @@ def write_blob(content: Any, produce: Callable[[IO[bytes]], None], spec: LayerSp
         else:
             tee = _Tee(blob)
             produce(tee)  # type: ignore[arg-type]
+    if spec.compression == "gzip" and blocks is not None:
+        blocks.record(blob.current_digest, written)
     return LayerBlob(digest=blob.current_digest, size=blob.size, diff_id=tee.digest,
                      compression=spec.compression)
 
@@ -189,7 +238,7 @@ def _layer_job(store: Any, content: Any, sn: Any, key: str,
             recorded = store.layer_blob(key)
             with content.open(base.digest) as raw:
                 blob = write_blob(content, _copy_stream(decompressed(raw, recorded["mediaType"])),
-                                  spec)
+                                  spec, blocks=GzipBlockIndex(store, content))
             return _remember(store, cache_key, attrs.evolve(blob, source=""))
         return transcode
 
@@ -205,7 +254,7 @@ def _layer_job(store: Any, content: Any, sn: Any, key: str,
         if not os.listdir(layer):
             return None
         blob = write_blob(content, lambda out: write_overlay_upper_tar(
-            layer, out, source_date_epoch=spec.epoch), spec)
+            layer, out, source_date_epoch=spec.epoch), spec, blocks=GzipBlockIndex(store, content))
         return _remember(store, cache_key, blob)
     return generate
 

@@ -6,19 +6,46 @@ that of one stream) and ended with a sync flush (so the blocks concatenate into 
 stream); the last one ends the stream. The output depends only on the data, the level and the
 block size, never on the number of threads, so layer digests stay reproducible. Any gzip reader
 reads it; memory is bounded by a few blocks per thread.
+
+Because a block's output is a function of the block, the 32 KiB before it, the level and whether
+it is the last, a writer given a :class:`BlockReuse` looks each block up by a sha256 of exactly
+those (and the zlib version) and copies the deflated bytes of an identical block of an earlier
+stream instead of compressing it again; the stream's bytes are the same either way. A changed
+layer of a few files in a large tree is then compressed only around the change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 BLOCK = 1 << 20
 WINDOW = 1 << 15
+#: the gzip header's length: the first block starts at this offset of the member
+HEADER_SIZE = 10
+_KEY_PREFIX = f"pybk-pgzip-block\0{zlib.ZLIB_RUNTIME_VERSION}\0".encode()
+
+
+class BlockReuse(Protocol):
+    """Deflated blocks of earlier streams, by :func:`block_key`."""
+
+    def find(self, key: bytes) -> bytes | None:
+        """The deflated bytes of the block ``key`` names, or None."""
+
+
+def block_key(chunk: bytes, level: int, dictionary: bytes, last: bool) -> bytes:
+    """What a block's deflated bytes depend on, hashed: the zlib version, level, whether it
+    ends the stream, the window it is primed with and the block itself."""
+    h = hashlib.sha256(_KEY_PREFIX)
+    h.update(struct.pack("<BBI", level, last, len(dictionary)))
+    h.update(dictionary)
+    h.update(chunk)
+    return h.digest()
 
 
 def _deflate(chunk: bytes, level: int, dictionary: bytes, last: bool) -> bytes:
@@ -29,18 +56,34 @@ def _deflate(chunk: bytes, level: int, dictionary: bytes, last: bool) -> bytes:
     return comp.compress(chunk) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
+def _block(chunk: bytes, level: int, dictionary: bytes, last: bool,
+           reuse: BlockReuse | None) -> tuple[bytes | None, bytes]:
+    """``(key, deflated bytes)`` of one block (key None without ``reuse``)."""
+    if reuse is None:
+        return None, _deflate(chunk, level, dictionary, last)
+    key = block_key(chunk, level, dictionary, last)
+    found = reuse.find(key)
+    return key, found if found is not None else _deflate(chunk, level, dictionary, last)
+
+
 class ParallelGzipWriter:
     """A write-only binary stream compressing into ``out``; :meth:`close` finishes the member
-    (it does not close ``out``)."""
+    (it does not close ``out``). With ``reuse``, blocks found there are copied, not compressed,
+    and :attr:`blocks` lists ``(key, offset, length, crc32)`` of every block's deflated bytes
+    (offsets in the member), for the caller to remember once the stream is stored."""
 
     def __init__(self, out: IO[bytes], level: int = 6, *, block: int = BLOCK,
-                 threads: int | None = None):
+                 threads: int | None = None, reuse: BlockReuse | None = None):
         self.out = out
         self.level = level
         self.block = block
         self.threads = threads or os.cpu_count() or 1
+        self.reuse = reuse
+        self.blocks: list[tuple[bytes, int, int, int]] = []
+        self._offset = HEADER_SIZE
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        self._pending: deque[Future[bytes] | bytes] = deque()
+        self._pending: deque[Future[tuple[bytes | None, bytes]] | tuple[bytes | None, bytes]] \
+            = deque()
         self._buffer = bytearray()
         self._tail = b""
         self._crc = 0
@@ -64,16 +107,20 @@ class ParallelGzipWriter:
     def _submit(self, chunk: bytes, *, last: bool) -> None:
         dictionary, self._tail = self._tail, chunk[-WINDOW:]
         if self._pool is None:
-            self._pending.append(_deflate(chunk, self.level, dictionary, last))
+            self._pending.append(_block(chunk, self.level, dictionary, last, self.reuse))
         else:
-            self._pending.append(self._pool.submit(_deflate, chunk, self.level, dictionary,
-                                                   last))
+            self._pending.append(self._pool.submit(_block, chunk, self.level, dictionary,
+                                                   last, self.reuse))
         while len(self._pending) > 2 * self.threads or (self._pending and last):
             self._drain_one()
 
     def _drain_one(self) -> None:
         done = self._pending.popleft()
-        self.out.write(done if isinstance(done, bytes) else done.result())
+        key, data = done if isinstance(done, tuple) else done.result()
+        if key is not None:
+            self.blocks.append((key, self._offset, len(data), zlib.crc32(data)))
+        self._offset += len(data)
+        self.out.write(data)
 
     def flush(self) -> None:
         """Blocks are written as they complete; nothing to do before :meth:`close`."""
@@ -91,7 +138,7 @@ class ParallelGzipWriter:
 
     def _stop_threads(self) -> None:
         for pending in self._pending:
-            if not isinstance(pending, bytes):
+            if not isinstance(pending, tuple):
                 pending.cancel()
         if self._pool is not None:
             self._pool.shutdown(wait=True)

@@ -7,6 +7,7 @@ import io
 import random
 import shutil
 import subprocess
+import zlib
 
 import pytest
 
@@ -66,3 +67,62 @@ def test_failure_inside_writes_no_trailer_and_propagates():
         raise RuntimeError("tar failed")
     with pytest.raises(EOFError):
         gzip.decompress(out.getvalue())
+
+
+class _Blocks:
+    """A BlockReuse over the streams written before: key → deflated bytes."""
+
+    def __init__(self):
+        self.known: dict[bytes, bytes] = {}
+        self.hits = 0
+
+    def find(self, key):
+        found = self.known.get(key)
+        self.hits += found is not None
+        return found
+
+    def learn(self, writer, blob: bytes):
+        for key, offset, length, crc in writer.blocks:
+            data = blob[offset:offset + length]
+            assert zlib.crc32(data) == crc
+            self.known[key] = data
+
+
+def _compress_reusing(data: bytes, reuse, *, threads: int = 2) -> tuple[bytes, ParallelGzipWriter]:
+    out = io.BytesIO()
+    with ParallelGzipWriter(out, 6, block=BLOCK, threads=threads, reuse=reuse) as writer:
+        for i in range(0, len(data), 5_000):
+            writer.write(data[i:i + 5_000])
+    return out.getvalue(), writer
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_reused_blocks_give_the_same_bytes_as_compressing(threads):
+    rng = random.Random(11)
+    first = _text(4 * BLOCK) + rng.randbytes(3 * BLOCK) + _text(BLOCK // 2, seed=3)
+    blocks = _Blocks()
+    blob, writer = _compress_reusing(first, blocks, threads=threads)
+    assert blob == _compress(first, threads=1)  # looking blocks up changes nothing
+    assert blocks.hits == 0 and len(writer.blocks) == 8
+    blocks.learn(writer, blob)
+    # one byte changed near the end of the sixth block; then the same data again
+    changed = first[:6 * BLOCK - 100] + b"!" + first[6 * BLOCK - 99:]
+    again, writer = _compress_reusing(changed, blocks, threads=threads)
+    assert again == _compress(changed, threads=1)
+    assert gzip.decompress(again) == changed
+    # blocks 1-5 and 8 are reused; 7 is unchanged but primed with the end of the changed 6th
+    assert blocks.hits == 6
+    blocks.learn(writer, again)
+    blocks.hits = 0
+    assert _compress_reusing(first, blocks, threads=threads)[0] == blob
+    assert blocks.hits == 8
+
+
+def test_block_keys_depend_on_level_window_and_end():
+    from pybk.core.images.pgzip import block_key
+
+    chunk = _text(1000)
+    keys = {block_key(chunk, 6, b"", False), block_key(chunk, 1, b"", False),
+            block_key(chunk, 6, b"x", False), block_key(chunk, 6, b"", True),
+            block_key(chunk + b"y", 6, b"", False), block_key(chunk[1:], 6, chunk[:1], False)}
+    assert len(keys) == 6
