@@ -52,6 +52,8 @@ class LocalBridge(FrontendBridge):
             entitlements, client.config if client is not None else config)
         self.progress = progress
         self.warnings: list[str] = []
+        #: registry images resolved so far, for the solve of this build (``resolved_images``)
+        self.resolved_images: dict[tuple[str, str | None], Any] = {}
 
     def read_file(self, input_name: str, path: str, *, offset: int = 0,
                   length: int | None = None) -> bytes:
@@ -89,6 +91,7 @@ class LocalBridge(FrontendBridge):
             content = ContentStore(store_root) if store_root else None
             async with RegistryClient(dict(self.config.registry), content) as registry:
                 resolved = await registry.resolve(ref, platform)
+                self.resolved_images[(ref, platform)] = resolved
                 return resolved.manifest_digest, dict(resolved.config)
 
         return asyncio.run(resolve())
@@ -400,12 +403,13 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> i
                 solved = client.solve(
                     result.definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
-                    image_config=result.image_config, **solve_options(request, provenance))
+                    image_config=result.image_config, resolved_images=bridge.resolved_images,
+                    **solve_options(request, provenance))
             else:
                 solved = client.solve_platforms(
                     graphs, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
-                    **solve_options(request, provenance))
+                    resolved_images=bridge.resolved_images, **solve_options(request, provenance))
         except BuildError as exc:
             vertex = getattr(exc, "vertex", None)
             definitions = [result.definition] if graphs is None else [

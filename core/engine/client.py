@@ -167,13 +167,15 @@ class Client:
               image_config: Mapping[str, Any] | None = None,
               oci_layouts: Mapping[str, str] | None = None, request: Any = None,
               export_info: Mapping[str, Any] | None = None,
-              cache_imports: Sequence[Any] = (), cache_exports: Sequence[Any] = ()) -> Any:
+              cache_imports: Sequence[Any] = (), cache_exports: Sequence[Any] = (),
+              resolved_images: Mapping[tuple[str, str | None], Any] | None = None) -> Any:
         """Solve ``graph`` (a State, a Definition or its bytes); see :meth:`asolve`."""
         return asyncio.run(self.asolve(
             graph, local_dirs=local_dirs, secrets=secrets, ssh=ssh, entitlements=entitlements,
             no_cache=no_cache, progress=progress, outputs=outputs, image_config=image_config,
             oci_layouts=oci_layouts, request=request, export_info=export_info,
-            cache_imports=cache_imports, cache_exports=cache_exports))
+            cache_imports=cache_imports, cache_exports=cache_exports,
+            resolved_images=resolved_images))
 
     async def asolve(self, graph: Any, *, local_dirs: Mapping[str, str] | None = None,
                      secrets: Mapping[str, bytes] | None = None,
@@ -185,7 +187,9 @@ class Client:
                      request: Any = None,
                      export_info: Mapping[str, Any] | None = None,
                      cache_imports: Sequence[Any] = (),
-                     cache_exports: Sequence[Any] = ()) -> Any:
+                     cache_exports: Sequence[Any] = (),
+                     resolved_images: Mapping[tuple[str, str | None], Any] | None = None
+                     ) -> Any:
         """Build ``graph`` and return a :class:`pybk.core.solver.results.SolveResult`.
 
         :param local_dirs: ``{name: directory}`` for ``local://name`` sources.
@@ -210,6 +214,9 @@ class Client:
             An unreachable or unreadable cache is a progress warning, never a failure.
         :param cache_exports: remote caches to export to (``--cache-to``), same forms; a failed
             export fails the build unless the spec says ``ignore-error=true``.
+        :param resolved_images: ``{(reference, platform): ResolvedImage}`` the frontend of this
+            build resolved (:class:`pybk.core.engine.build.LocalBridge`); image sources with
+            the same reference and platform use them instead of resolving again.
         :returns: the result; ``result.metadata["exporter.responses"]`` lists each output's
             response (``containerimage.digest`` …) in order, ``["cache.responses"]`` each cache
             export's.
@@ -219,7 +226,8 @@ class Client:
             {"": (graph, image_config)}, local_dirs=local_dirs, secrets=secrets, ssh=ssh,
             entitlements=entitlements, no_cache=no_cache, progress=progress, outputs=outputs,
             oci_layouts=oci_layouts, request=request, export_info=export_info,
-            cache_imports=cache_imports, cache_exports=cache_exports)
+            cache_imports=cache_imports, cache_exports=cache_exports,
+            resolved_images=resolved_images)
 
     def solve_platforms(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]],
                         **options: Any) -> Any:
@@ -243,7 +251,9 @@ class Client:
                      oci_layouts: Mapping[str, str] | None = None, request: Any = None,
                      export_info: Mapping[str, Any] | None = None,
                      cache_imports: Sequence[Any] = (),
-                     cache_exports: Sequence[Any] = ()) -> Any:
+                     cache_exports: Sequence[Any] = (),
+                     resolved_images: Mapping[tuple[str, str | None], Any] | None = None
+                     ) -> Any:
         """One build: solve each graph (concurrently), then run the exports and cache exports
         once over the result (a MultiPlatformResult when ``multi``)."""
         from pybk.core.config.schema import check_entitlements
@@ -272,7 +282,8 @@ class Client:
                               secrets=dict(secrets or {}), ssh=dict(ssh or {}),
                               entitlements=entitlements,
                               oci_layouts={k: os.path.abspath(v)
-                                           for k, v in (oci_layouts or {}).items()})
+                                           for k, v in (oci_layouts or {}).items()},
+                              resolved_images=dict(resolved_images or {}))
             solved = await self._solve_graphs(definitions, session=session, bus=bus,
                                               no_cache=no_cache, importers=importers,
                                               cache_modes=modes)

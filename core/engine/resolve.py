@@ -93,3 +93,17 @@ def resolve(kind: str, spec: Any, *, where: str, pm: Any = None) -> Any:
             hint = (" (import an inline cache with type=registry,ref=IMAGE)"
                     if name == "inline" else "")
             raise UsageError(f"{exc}{hint}", flag=where) from None
+
+
+def warm_up_options(pm: Any = None) -> None:
+    """Structure empty attributes into every exporter's and cache backend's ``Options``, so the
+    converter has imported what it needs and generated its code for each class: a process that
+    forks a child per command (``pybkd``) does it once instead of in every child."""
+    from pybk.core.converter import structure_options
+
+    pm = _manager(pm)
+    for registry_kind in ("exporter", "cache backend"):
+        registry = pm.registry(registry_kind)
+        for name in registry.names():
+            with contextlib.suppress(Exception):  # required attributes missing: still warmed
+                structure_options(registry.get(name).Options, {}, where="--output")

@@ -21,10 +21,13 @@ from pybk.core.errors import BuildError
 from pybk.core.fs.pathfilter import PathFilter
 from pybk.core.fs.rootpath import clean_path, norm_path, resolve_in_root, resolve_wildcards
 
-__all__ = ["ChecksumCache"]
+__all__ = ["CHECKSUM_FORMAT", "ChecksumCache"]
 
 _EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
 _CACHE_VERSION = 1
+#: the format of checksums (records and how they combine); a change must bump it, so that
+#: checksums stored with it (the solver keeps those of immutable snapshots) are not reused
+CHECKSUM_FORMAT = 1
 #: a digest is trusted only for files whose mtime is this much older than when it was taken, so
 #: a same-size rewrite within one timestamp tick of the hashing is never missed
 _RACY_NS = 2_000_000_000
@@ -108,6 +111,20 @@ class ChecksumCache:
         if self.cache_dir is not None:
             os.makedirs(self.cache_dir, exist_ok=True)
         self._roots: dict[str, _RootCache] = {}
+        #: ``root`` as given → its real path (store directories do not move while in use;
+        #: resolving them again for every selector of a build cost more than the checksums)
+        self._real: dict[str, str] = {}
+
+    def _realpath(self, root: str | os.PathLike[str]) -> str:
+        given = os.fspath(root)
+        real = self._real.get(given)
+        if real is None:
+            real = os.path.realpath(given)
+            if os.path.isabs(given):
+                if len(self._real) >= 4096:  # mount points come and go: stay small
+                    self._real.clear()
+                self._real[given] = real
+        return real
 
     def _cache_file(self, root: str) -> str | None:
         if self.cache_dir is None:
@@ -123,6 +140,7 @@ class ChecksumCache:
 
     def forget(self, root: str | os.PathLike[str]) -> None:
         """Drop the cache of ``root`` (for a tree that is being deleted)."""
+        self._real.pop(os.fspath(root), None)
         root = os.path.realpath(os.fspath(root))
         self._roots.pop(root, None)
         path = self._cache_file(root)
@@ -140,7 +158,7 @@ class ChecksumCache:
         named by ``path`` stands for its target. Include/exclude patterns are relative to
         ``path``, as for a copy. A missing path is a :class:`BuildError` ``"/p": not found``.
         """
-        root = os.path.realpath(os.fspath(root))
+        root = self._realpath(root)
         cache = self._root_cache(root)
         path_filter = PathFilter.create(include_patterns, exclude_patterns)
         try:

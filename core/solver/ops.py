@@ -60,6 +60,10 @@ class Session:
     ssh: Mapping[str, str] = attrs.field(factory=dict)
     entitlements: frozenset[str] = frozenset()
     oci_layouts: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``{(image reference, platform or None): ResolvedImage}`` the frontend resolved in this
+    #: build; the solver uses them instead of asking the registry again (the frontend's LLB
+    #: then stands for the image it saw, as BuildKit's pinned digests do)
+    resolved_images: Mapping[tuple[str, str | None], Any] = attrs.field(factory=dict)
 
 
 # ------------------------------------------------------------------------------------ solver
@@ -241,7 +245,24 @@ class BuildRunner(OpRunner, LayerUnpacker):
                     for s in selectors]
             return sums[0] if len(sums) == 1 else sha256_digest(json.dumps(sums).encode())
 
-        return await asyncio.to_thread(compute)
+        def remembered() -> str:
+            """A committed snapshot never changes: its checksums are kept with it (as BuildKit
+            keeps a content-hash cache per snapshot), so a rebuild does not mount it again."""
+            record = self.store.get_record(ref.snapshot) if ref.snapshot is not None else None
+            if record is None or record.mutable:
+                return compute()
+            from pybk.core.fs.contenthash import CHECKSUM_FORMAT
+
+            what = json.dumps([CHECKSUM_FORMAT, [attrs.astuple(s) for s in selectors]])
+            selection = sha256_digest(what.encode())[7:]
+            found = self.store.record_checksum(record.id, selection)
+            if found is not None:
+                return found
+            checksum = compute()
+            self.store.set_record_checksum(record.id, selection, checksum)
+            return checksum
+
+        return await asyncio.to_thread(remembered if ref.path is None else compute)
 
     # -- sources -------------------------------------------------------------------------
 
@@ -290,6 +311,9 @@ class BuildRunner(OpRunner, LayerUnpacker):
                                  "(resolve mode local)")
 
         async def resolve() -> Any:
+            known = self.session.resolved_images.get((ref, plat))
+            if known is not None:
+                return known
             return await self.registry.resolve(ref, plat)
 
         image, _ = await InFlight.run(f"resolve:{ref}:{plat}", resolve)

@@ -16,7 +16,7 @@ import orjson
 from pybk.core.errors import UsageError
 from pybk.core.store import locks as lockmod
 from pybk.core.store.localdirs import LOCAL_SYNC_STATE_SUFFIX
-from pybk.core.store.records import Record, Records
+from pybk.core.store.records import RECORD_CHECKSUM_PREFIX, Record, Records
 from pybk.core.store.recovery import release_dead_owners
 from pybk.core.store.trees import disk_usage
 
@@ -183,6 +183,9 @@ class Collector:
                     if sn.exists(snapshot) and sn.dependents(snapshot):
                         return False
                 db.execute("DELETE FROM records WHERE id=?", (record_id,))
+                prefix = f"{RECORD_CHECKSUM_PREFIX}{record_id}:"
+                db.execute("DELETE FROM meta WHERE key >= ? AND key < ?",
+                           (prefix, prefix[:-1] + ";"))  # ";" sorts right after ":"
                 if snapshot is not None and sn.exists(snapshot):
                     sn.remove(snapshot)
                 if path is not None:

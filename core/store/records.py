@@ -32,6 +32,9 @@ from pybk.core.store.snapshotters import SnapshotterSet
 RECORD_TYPES = ("regular", "source.local", "exec.cachemount", "source.git.checkout", "frontend",
                 "internal")
 
+#: metadata keys ``<prefix><record id>:<selection>`` hold checksums of a committed record
+RECORD_CHECKSUM_PREFIX = "record-checksum:"
+
 _RECORD_COLUMNS = ("id, type, snapshot, path, description, created, last_used, usage_count, size,"
                    " mutable")
 

@@ -41,7 +41,7 @@ from pybk.core.store import locks as lockmod
 from pybk.core.store.db import StoreDB
 from pybk.core.store.gc import Collector, UsageInfo
 from pybk.core.store.leases import Lease
-from pybk.core.store.records import Record, Records
+from pybk.core.store.records import RECORD_CHECKSUM_PREFIX, Record, Records
 from pybk.core.store.snapshotters import SnapshotterSet, make_snapshotter
 
 #: how a store gets its default snapshotter: a name (``auto``, ``overlayfs``, ``native``) or a
@@ -121,6 +121,17 @@ class Store:
     def layer_blob(self, snapshot: str) -> dict[str, Any] | None:
         """The blob descriptor recorded with :meth:`set_layer_blob`, or None."""
         return self.db.get_meta("layer-blob:" + snapshot)
+
+    def record_checksum(self, record_id: str, selection: str) -> str | None:
+        """A content checksum kept for the committed record ``record_id`` (see
+        :meth:`set_record_checksum`), or None."""
+        found = self.db.get_meta(f"{RECORD_CHECKSUM_PREFIX}{record_id}:{selection}")
+        return found if isinstance(found, str) else None
+
+    def set_record_checksum(self, record_id: str, selection: str, checksum: str) -> None:
+        """Keep the checksum of ``selection`` (the caller's name for what was summed) of a
+        committed, hence immutable, record; deleted with the record."""
+        self.db.set_meta(f"{RECORD_CHECKSUM_PREFIX}{record_id}:{selection}", checksum)
 
     def process_tmp(self, name: str | None = None) -> Path:
         """This process's scratch directory (or a path in it); put temporary mountpoints here."""

@@ -55,3 +55,32 @@ def test_rebuilds_follow_every_input(store, busybox_layout, tmp_path):
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY a.txt /app/only\n")
     _build(store, busybox_layout, ctx, out)
     assert (out / "app/only").read_text() == "a2" and not (out / "app/v").exists()
+
+
+def test_a_registry_base_is_resolved_once_per_build(store, busybox_ref, tmp_path, monkeypatch):
+    """The solver uses the image the frontend resolved in the same build (as BuildKit's
+    frontend pins the digest it saw) instead of asking the registry again; the next build
+    resolves the tag again."""
+    from pybk.core.images import store as imagestore
+    from pybk.core.registry.client import RegistryClient
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN echo built > /built\n")
+    resolved = []
+    real = RegistryClient.resolve
+
+    async def counting(self, ref, platform=None):
+        resolved.append(str(ref))
+        return await real(self, ref, platform)
+
+    monkeypatch.setattr(RegistryClient, "resolve", counting)
+    digests = []
+    for _ in range(2):  # a fresh build, then one whose frontend result is cached
+        resolved.clear()
+        assert main(["--root", store, "build", "--progress", "quiet", "-t", "once:1",
+                     str(ctx)]) == 0
+        assert resolved == [busybox_ref]
+        digests.append(imagestore.get(store, "once:1").digest)
+    manifest = imagestore.inspect(store, "once:1")["manifest"]
+    assert len(manifest["layers"]) == 2  # the base and the RUN

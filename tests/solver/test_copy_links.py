@@ -210,3 +210,32 @@ def test_pruned_context_and_oci_export_keep_content(client, busybox_ref, tmp_pat
             assert layer.extractfile("app/d2/f2.txt").read() == b"file 2\n"
             assert not any(m.islnk() for m in layer.getmembers())
     assert "app/d0/f0.txt" in names
+
+
+def test_checksums_of_committed_snapshots_are_kept_with_them(client, busybox_ref, monkeypatch):
+    """A COPY --from another stage needs the checksum of the copied files: computed once per
+    committed snapshot (mounting it), then read from the store; pruning the snapshot drops it."""
+    from pybk.core.solver import ops
+    from pybk.core.store.records import RECORD_CHECKSUM_PREFIX
+
+    stage = llb.image(busybox_ref).run("echo staged > /staged").root()
+    state = llb.image(busybox_ref).file(llb.copy(stage, "/staged", "/copied"))
+    mounted = []
+    real = ops.read_ref
+    monkeypatch.setattr(ops, "read_ref",
+                        lambda store, ref: mounted.append(ref) or real(store, ref))
+    first = client.solve(state, progress=None)
+    assert len(mounted) == 2  # the checksum, then the copy
+    mounted.clear()
+    second = client.solve(state, progress=None)
+    assert mounted == [] and second.cache_key == first.cache_key
+
+    store = client.worker().store
+    kept = store.query("SELECT key FROM meta WHERE key LIKE ?", (RECORD_CHECKSUM_PREFIX + "%",))
+    assert len(kept) == 1
+    store.prune(all=True)
+    assert store.query("SELECT key FROM meta WHERE key LIKE ?",
+                       (RECORD_CHECKSUM_PREFIX + "%",)) == []
+    mounted.clear()
+    third = client.solve(state, progress=None)
+    assert len(mounted) == 2 and third.cache_key == first.cache_key
