@@ -92,7 +92,9 @@ def _import_all(package: str) -> None:
 
 def warm_up(root: str, config: Any, worker: Any = None) -> None:
     """Import what builds use, build both command-line parsers, load the plugins and let them
-    prepare (``pybk_warm_up``), load the registry client's HTTP and TLS parts, recover the store; everything done
+    prepare (``pybk_warm_up``), structure every output's and cache's options once, load the
+    registry client's HTTP and TLS parts, recover the store and choose its snapshotter (an
+    ``auto`` choice probes overlayfs once and keeps the answer in the store); everything done
     here is shared by every child. ``worker``: the selected worker, whose snapshotter recovers the store."""
     from pybk.core.plugins import get_plugin_manager
 
@@ -114,7 +116,11 @@ def warm_up(root: str, config: Any, worker: Any = None) -> None:
 
     snapshotter = (worker.snapshotter if worker is not None  # type: ignore[attr-defined]
                    else config.worker.oci.snapshotter)  # type: ignore[attr-defined]
-    Store.open(root, snapshotter=snapshotter).close()
+    store = Store.open(root, snapshotter=snapshotter)
+    try:
+        store.snapshotter  # noqa: B018 - an "auto" choice probes overlayfs once, kept in the store
+    finally:
+        store.close()
 
 
 # -- serving ------------------------------------------------------------------------------------

@@ -119,9 +119,14 @@ class BuildRunner(OpRunner, LayerUnpacker):
         self._local_filters: dict[tuple[str, str], bytes] = {}
         self._local_gates: dict[tuple[str, str], asyncio.Lock] = {}
         self._local_done: dict[tuple[str, str, bytes], tuple[str, VertexOutcome]] = {}
+        #: image layers unpacking ahead of need (see :meth:`_unpack_ahead`)
+        self._ahead: list[asyncio.Task[Any]] = []
 
     def release(self) -> None:
         """Let go of the locks this build holds (local directories)."""
+        for task in self._ahead:
+            task.cancel()
+        self._ahead.clear()
         held, self._held = self._held, []
         self._local_sums.clear()
         self._local_filters.clear()
@@ -334,7 +339,22 @@ class BuildRunner(OpRunner, LayerUnpacker):
         image = await self._resolve_image(vertex, src, ref)
         vp.status(f"resolve {ref}", done=True)
         self._images[vertex.digest] = image
+        self._unpack_ahead(vertex, src, image, vp)
         return self._image_key_of(src, image.config)
+
+    def _unpack_ahead(self, vertex: Vertex, src: SourceOp, image: Any,
+                      vp: VertexProgress) -> None:
+        """Start pulling and unpacking an image whose layers are not in the store yet, while
+        the rest of the build's keys are computed (a local context synced and summed): nothing
+        built on an image can be cached without its layers, so a build that needs the image at
+        all needs them. The step itself, when it runs, finds the layers unpacked or joins the
+        unpacking in progress (:meth:`unpack_layer`); a failure here is left for it to meet."""
+        chains = chain_ids(list(image.config.get("rootfs", {}).get("diff_ids", [])))
+        if not chains or self.has_layer(chains[-1]):
+            return
+        task = asyncio.ensure_future(self._image_pull(vertex, src, vp))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._ahead.append(task)
 
     @staticmethod
     def _image_key_of(src: SourceOp, config: Mapping[str, Any]) -> str:

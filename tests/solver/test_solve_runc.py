@@ -431,3 +431,39 @@ def test_git_source(client, tmp_path):
     result = client.solve(st, progress=None)
     client.export_local(result, tmp_path / "out")
     assert (tmp_path / "out" / "r").read_text() == "from git\n"
+
+
+def test_image_layers_unpack_while_the_context_syncs(make_client, busybox_ref, tmp_path,
+                                                     monkeypatch):
+    """An image whose layers are not in the store is pulled and unpacked as soon as it is
+    resolved, while the local context is synced and summed; the step then finds it done."""
+    from pybk.core.fs import localsync
+    from pybk.core.solver import ops
+
+    client = make_client()
+    store = client.worker().store
+    real_sync = localsync.sync_local
+    seen = []
+
+    def sync_waiting_for_the_image(*args, **kwargs):
+        deadline = time.monotonic() + 30
+        while not store.query("SELECT 1 FROM cache_keys WHERE cache_key LIKE 'layer:%'"):
+            assert time.monotonic() < deadline, "the image was not unpacked during the sync"
+            time.sleep(0.02)
+        seen.append("unpacked before the sync")
+        return real_sync(*args, **kwargs)
+
+    monkeypatch.setattr(localsync, "sync_local", sync_waiting_for_the_image)
+    pulls = []
+    real_apply = ops.BuildRunner._apply_layer
+    monkeypatch.setattr(ops.BuildRunner, "_apply_layer",
+                        lambda self, *a: pulls.append(1) or real_apply(self, *a))
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "f").write_text("context\n")
+    state = llb.image(busybox_ref).file(llb.copy(llb.local("context"), "/f", "/f"))
+    result = client.solve(state, local_dirs={"context": str(tmp_path / "ctx")}, progress=None)
+    assert seen == ["unpacked before the sync"]
+    assert len(pulls) == 1  # unpacked once, not again by the step
+    client.export_local(result, tmp_path / "out")
+    assert (tmp_path / "out" / "f").read_text() == "context\n"
+    assert (tmp_path / "out" / "bin" / "busybox").exists()
