@@ -10,7 +10,11 @@ third time under ``python -X importtime`` and prints:
   top-level package), the heaviest first;
 - with ``--modules``, every module with its own and cumulative time.
 
-Usage: ``python3 bench/imports.py [--pybk PATH] [--runs N] [--modules] [--json OUT]``.
+Usage: ``python3 bench/imports.py [--pybk PATH] [--runs N] [--registry] [--modules]
+[--json OUT]``. With ``--registry`` the build is the one ``bench/run`` times: ``FROM`` a
+busybox image in a local Distribution registry (started by the script; needs
+``docker-registry`` and ``skopeo``), a ``RUN`` and ``-t`` (an image export into pybk's store),
+so the figures include resolving the tag; without it, ``FROM scratch`` and one ``COPY``.
 ``--pybk`` is the ``pybk`` executable (default: the one on ``$PATH``). Each figure is the
 median over ``--runs`` runs (default 5). ``-X importtime`` adds its own overhead, so compare
 figures from this script with each other, not with wall times. Needs no network and no root
@@ -30,6 +34,8 @@ import sys
 import tempfile
 
 DOCKERFILE = "FROM scratch\nCOPY a.txt /a.txt\n"
+REGISTRY_DOCKERFILE = "ARG BASE\nFROM ${BASE}\nCOPY a.txt /a.txt\nRUN cat /a.txt\n"
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def group(module: str) -> str:
@@ -52,17 +58,35 @@ def parse(stderr: str) -> dict[str, tuple[int, int]]:
     return out
 
 
-def measure(pybk: str, runs: int) -> tuple[dict[str, tuple[int, int]], list[int]]:
+def start_registry(work: str):
+    """A Distribution registry holding busybox (bench/engines.py's): ``(registry, ref)``."""
+    sys.path.insert(0, BENCH_DIR)
+    from engines import Registry, run_checked
+
+    layout = os.path.join(work, "busybox")
+    run_checked([sys.executable, os.path.join(os.path.dirname(BENCH_DIR), "examples",
+                                              "busybox_layout.py"), layout])
+    registry = Registry(os.path.join(work, "registry"))
+    registry.start()
+    return registry, registry.push_layout(layout, "busybox")
+
+
+def measure(pybk: str, runs: int, from_registry: bool = False
+            ) -> tuple[dict[str, tuple[int, int]], list[int]]:
     work = tempfile.mkdtemp(prefix="pybk-imports-")
+    registry = None
     try:
         context = os.path.join(work, "ctx")
         os.makedirs(context)
         with open(os.path.join(context, "Dockerfile"), "w") as f:
-            f.write(DOCKERFILE)
+            f.write(REGISTRY_DOCKERFILE if from_registry else DOCKERFILE)
         with open(os.path.join(context, "a.txt"), "w") as f:
             f.write("a\n")
         cmd = [pybk, "--root", os.path.join(work, "store"), "build", "--progress", "quiet",
                "--network", "none", context]
+        if from_registry:
+            registry, ref = start_registry(work)
+            cmd[-1:-1] = ["--build-arg", f"BASE={ref}", "-t", "imports-bench"]
         env = {**os.environ, "PYBK_CONFIG": ""}
         for _ in range(2):
             subprocess.run(cmd, check=True, env=env, stdin=subprocess.DEVNULL)
@@ -73,6 +97,8 @@ def measure(pybk: str, runs: int) -> tuple[dict[str, tuple[int, int]], list[int]
                                   check=True)
             samples.append(parse(done.stderr))
     finally:
+        if registry is not None:
+            registry.stop()
         shutil.rmtree(work, ignore_errors=True)
     modules = set().union(*samples)
     medians = {m: (int(statistics.median(s.get(m, (0, 0))[0] for s in samples)),
@@ -86,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pybk", default=shutil.which("pybk"), help="the pybk executable")
     parser.add_argument("--runs", type=int, default=5, help="runs to take the median of")
+    parser.add_argument("--registry", action="store_true",
+                        help="FROM a local registry, a RUN and -t, as bench/run builds")
     parser.add_argument("--modules", action="store_true", help="list every module")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     args = parser.parse_args(argv)
@@ -95,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         if b"python" not in f.readline():
             parser.error(f"{args.pybk} is not a Python script (a wrapper such as a pyenv shim? "
                          "give the installed script with --pybk)")
-    modules, totals = measure(args.pybk, args.runs)
+    modules, totals = measure(args.pybk, args.runs, args.registry)
     by_group: collections.Counter[str] = collections.Counter()
     for name, (own, _) in modules.items():
         by_group[group(name)] += own
     ours = [m for m in modules if m.startswith("pybk")]
-    print(f"cached rebuild: {len(modules)} modules ({len(ours)} of pybk), imports "
+    what = "cached rebuild FROM a registry tag, with -t" if args.registry else "cached rebuild"
+    print(f"{what}: {len(modules)} modules ({len(ours)} of pybk), imports "
           f"{statistics.median(totals) / 1000:.1f} ms (median of {args.runs}; "
           f"{min(totals) / 1000:.1f}-{max(totals) / 1000:.1f})")
     print("\n| package | ms |\n|---|---|")
