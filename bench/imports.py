@@ -33,6 +33,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from import_reasons import reason  # noqa: E402  (a file beside this script)
+
 DOCKERFILE = "FROM scratch\nCOPY a.txt /a.txt\n"
 REGISTRY_DOCKERFILE = "ARG BASE\nFROM ${BASE}\nCOPY a.txt /a.txt\nRUN cat /a.txt\n"
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -60,7 +63,6 @@ def parse(stderr: str) -> dict[str, tuple[int, int]]:
 
 def start_registry(work: str):
     """A Distribution registry holding busybox (bench/engines.py's): ``(registry, ref)``."""
-    sys.path.insert(0, BENCH_DIR)
     from engines import Registry, run_checked
 
     layout = os.path.join(work, "busybox")
@@ -132,18 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{what}: {len(modules)} modules ({len(ours)} of pybk), imports "
           f"{statistics.median(totals) / 1000:.1f} ms (median of {args.runs}; "
           f"{min(totals) / 1000:.1f}-{max(totals) / 1000:.1f})")
-    print("\n| package | ms |\n|---|---|")
+    print("\n| package | ms | why |\n|---|---|---|")
     for name, own in by_group.most_common():
         if own >= 500:
-            print(f"| {name} | {own / 1000:.1f} |")
+            print(f"| {name} | {own / 1000:.1f} | {reason(name, own) or '?'} |")
     if args.modules:
         print("\n| module | own ms | cumulative ms |\n|---|---|---|")
         for name, (own, cumulative) in sorted(modules.items(), key=lambda kv: -kv[1][0]):
             print(f"| {name} | {own / 1000:.2f} | {cumulative / 1000:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"totals_us": totals, "modules": modules,
-                       "groups_us": dict(by_group)}, f, indent=1)
+            json.dump({"totals_us": totals, "modules": modules, "groups_us": dict(by_group),
+                       "unexplained": sorted(g for g, own in by_group.items()
+                                             if reason(g, own) is None)},
+                      f, indent=1)
     return 0
 
 

@@ -52,7 +52,10 @@ def test_a_rebuild_from_a_registry_tag_loads_httpx_lean(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("cached rebuild FROM a registry tag, with -t: ")
-    modules = json.loads(out.read_text())["modules"]
+    report = json.loads(out.read_text())
+    modules = report["modules"]
+    # every package it imports has a written reason (bench/import_reasons.py)
+    assert report["unexplained"] == []
     assert {"httpx", "pybk.core.registry.client", "pybk.exporters.image"} <= set(modules)
     assert not {"click", "rich.console", "lark", "pybk.workers.runc"} & set(modules)
     # -X importtime lists a blocked import with the microseconds the refusal took; a real
