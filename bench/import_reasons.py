@@ -111,8 +111,6 @@ def reason(group: str, cost_us: int = 0) -> str | None:
     small helpers the modules above import); pybk's and other packages' must be listed."""
     if group in REASONS:
         return REASONS[group]
-    if cost_us < 100:
-        return "an optional import probed and absent (or kept out, as trio and httpx's CLI)"
     stdlib = group in sys.stdlib_module_names or group in sys.builtin_module_names
     if stdlib and cost_us < 1000:
         if group.startswith("_"):

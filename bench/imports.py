@@ -39,6 +39,14 @@ from import_reasons import reason  # noqa: E402  (a file beside this script)
 DOCKERFILE = "FROM scratch\nCOPY a.txt /a.txt\n"
 REGISTRY_DOCKERFILE = "ARG BASE\nFROM ${BASE}\nCOPY a.txt /a.txt\nRUN cat /a.txt\n"
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+#: runs the pybk script (argv[2:]) as __main__, then writes sys.modules' names to argv[1]
+RUN_AND_LIST = (
+    "import atexit, runpy, sys\n"
+    "out, script = sys.argv[1], sys.argv[2]\n"
+    "atexit.register(lambda: open(out, 'w').write('\\n'.join(sys.modules)))\n"
+    "sys.argv = sys.argv[2:]\n"
+    "runpy.run_path(script, run_name='__main__')\n"
+)
 
 
 def group(module: str) -> str:
@@ -93,11 +101,16 @@ def measure(pybk: str, runs: int, from_registry: bool = False
         for _ in range(2):
             subprocess.run(cmd, check=True, env=env, stdin=subprocess.DEVNULL)
         samples = []
+        loaded_list = os.path.join(work, "loaded")
         for _ in range(runs):
-            done = subprocess.run([sys.executable, "-X", "importtime", *cmd], env=env,
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  check=True)
-            samples.append(parse(done.stderr))
+            done = subprocess.run([sys.executable, "-X", "importtime", "-c", RUN_AND_LIST,
+                                   loaded_list, *cmd], env=env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, check=True)
+            with open(loaded_list) as f:
+                loaded = set(f.read().split())
+            # -X importtime also lists imports that failed (optional modules probed and absent,
+            # modules kept out): only what is in sys.modules at exit was loaded
+            samples.append({m: t for m, t in parse(done.stderr).items() if m in loaded})
     finally:
         if registry is not None:
             registry.stop()

@@ -57,8 +57,5 @@ def test_a_rebuild_from_a_registry_tag_loads_httpx_lean(tmp_path):
     # every package it imports has a written reason (bench/import_reasons.py)
     assert report["unexplained"] == []
     assert {"httpx", "pybk.core.registry.client", "pybk.exporters.image"} <= set(modules)
-    assert not {"click", "rich.console", "lark", "pybk.workers.runc"} & set(modules)
-    # -X importtime lists a blocked import with the microseconds the refusal took; a real
-    # import of httpx's CLI or of trio takes tens of milliseconds
-    for blocked in ("httpx._main", "trio"):
-        assert modules.get(blocked, (0, 0))[1] < 1000, (blocked, modules.get(blocked))
+    assert not {"click", "rich.console", "lark", "pybk.workers.runc", "httpx._main",
+                "trio"} & set(modules)
