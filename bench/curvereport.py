@@ -127,7 +127,7 @@ def curve_table(report: dict, curve: str) -> str:
     labels = {e["name"]: e["label"] for e in report["engines"]}
     index = _index(cells)
     notes = Notes()
-    ratios = [n for n in RATIO_ENGINES if n in names] if "buildkit" in names else []
+    ratios = [n for n in names if n in RATIO_ENGINES] if "buildkit" in names else []
     daemons = [n for n in names if n in DAEMON_OF]
     xname = CURVE_UNITS[curve][0]
     if curve == "concurrency":
@@ -274,8 +274,8 @@ def plot(report: dict, directory: str, log=print) -> list[str]:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
         for i, (name, start, end) in enumerate(report.get("spans", [])):
             left.axvspan(start, end, color="grey", alpha=0.08 if i % 2 else 0.16, linewidth=0)
-            left.text((start + end) / 2, 1.0, name, transform=left.get_xaxis_transform(),
-                      rotation=90, fontsize=6, ha="center", va="top", color="dimgrey")
+            left.text((start + end) / 2, 0.01, name, transform=left.get_xaxis_transform(),
+                      rotation=90, fontsize=6, ha="center", va="bottom", color="dimgrey")
         for daemon, m in memory.items():
             if m["series"]:
                 t, rss, pss = zip(*((s[0], s[1], s[2]) for s in m["series"]), strict=True)

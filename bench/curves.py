@@ -36,8 +36,8 @@ DAEMONS = {"pybkd": "pybkd", "buildkit": "dockerd"}
 CONCURRENT_PHASES = ("cold", "warm")
 #: the default points; ``N:R`` runs point N R times instead of ``--reps`` (chosen so the
 #: default run takes about 25 minutes on the reference machine, see bench/README.md)
-DEFAULT_FILES = "1000,10000,100000:1"
-DEFAULT_STEPS = "10,100,400:2"
+DEFAULT_FILES = "1000,10000,100000:2"
+DEFAULT_STEPS = "10,100,400"
 DEFAULT_CONCURRENCY = "1,4,8"
 DEFAULT_REPS = 3
 

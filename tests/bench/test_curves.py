@@ -115,8 +115,8 @@ def _args(bench, tmp_path, *extra):
 def test_defaults_and_point_syntax(bench, tmp_path):
     curves = bench["curves"]
     args = _args(bench, tmp_path)
-    assert args.files == [(1000, 3), (10000, 3), (100000, 1)]
-    assert args.steps == [(10, 3), (100, 3), (400, 2)]
+    assert args.files == [(1000, 3), (10000, 3), (100000, 2)]
+    assert args.steps == [(10, 3), (100, 3), (400, 3)]
     assert args.concurrency == [(1, 3), (4, 3), (8, 3)]
     assert args.engines == ["pybk", "pybkd", "buildkit"] and args.only == list(curves.CURVES)
     quick = _args(bench, tmp_path, "--files", "1000,200", "--steps", "5,20", "--concurrency",
