@@ -347,6 +347,9 @@ def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None
     code = 1
     try:
         from pybk.core.cli.commands import main
+        from pybk.core.engine.build import answer_first
+
+        answer_first()
 
         try:
             full = daemon_argv(argv, root=root, config_path=config_path)
@@ -373,7 +376,21 @@ def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None
     code &= 0xFF
     with contextlib.suppress(OSError):
         conn.sendall(EXIT + bytes([code]))
+    _after_answer()
     return code
+
+
+def _after_answer() -> None:
+    """What the build left for after the answer (the automatic GC), with the client's streams
+    let go first: nothing reaches the client after its exit code."""
+    from pybk.core.engine.build import run_after_answer
+
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    with contextlib.suppress(BaseException):  # the answer is given; nobody is left to tell
+        run_after_answer()
 
 
 # -- main ---------------------------------------------------------------------------------------
