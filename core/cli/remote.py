@@ -13,8 +13,8 @@ Either way the arguments, the environment and the client's stdin, stdout, stderr
 directory (as file descriptors, ``SCM_RIGHTS``) go over the unix socket; Ctrl-C is forwarded
 and the client exits with the daemon's exit code.
 
-Only the standard library's cheapest modules are imported here (os, sys, socket, signal,
-contextlib, and :mod:`pybk.core.paths`) so a command answered by the daemon pays for the
+Only the standard library's cheapest modules are imported here (os, sys, errno, socket, signal,
+contextlib, collections.abc, and :mod:`pybk.core.paths`) so a command answered by the daemon pays for the
 interpreter and nothing else.
 
 Wire format, client to daemon: one message carrying the four descriptors (stdin, stdout,
