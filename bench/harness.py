@@ -116,12 +116,13 @@ class Cell:
         return statistics.median(self.times) if self.times else None
 
 
-def install_packages() -> dict[str, str]:
-    """apt-get install what is missing; return {package: reason} for those that failed."""
+def install_packages(packages: dict[str, str] = PACKAGES) -> dict[str, str]:
+    """apt-get install what is missing of ``packages`` ({package: a file it installs});
+    return {package: reason} for those that failed."""
     failed: dict[str, str] = {}
     updated = False
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for package, marker in PACKAGES.items():
+    for package, marker in packages.items():
         if os.path.exists(marker):
             continue
         log(f"installing {package} ...")
@@ -143,6 +144,9 @@ def install_packages() -> dict[str, str]:
 
 class Bench:
     """One benchmark run: services, engines, contexts and the results table."""
+
+    #: the Debian packages the run installs when they are missing
+    packages = PACKAGES
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -170,7 +174,7 @@ class Bench:
         return tuple(e.name for e in self.engines if e.uses_registry)
 
     def set_up(self) -> None:
-        failed_packages = {} if self.args.no_install else install_packages()
+        failed_packages = {} if self.args.no_install else install_packages(self.packages)
         self.engines = make_engines(self.args.engines, self.args.buildah_jobs,
                                     network=any(case.network for case in self.cases),
                                     baseline_dir=self.args.baseline,
@@ -257,33 +261,37 @@ class Bench:
         return self.results.setdefault((case.row_name(variant), phase, engine.name), Cell())
 
     def run(self) -> None:
-        active = [e for e in self.engines if not e.unavailable]
         for case in self.cases:
-            log(f"== {case.name}: {case.description}")
-            try:
-                ctx, original = self.make_context(case)
-            except Exception as e:  # a broken case must not stop the others
-                reason = f"case set-up failed: {type(e).__name__}: {e}"
-                log(f"  {reason}")
-                for variant in case.variants:
-                    for phase in PHASES:
-                        for engine in active:
-                            self.cell(case, variant, phase, engine).failure = reason
-                continue
-            change_path = os.path.join(ctx, case.change_file)
+            self.run_case(case, self.args.reps)
+
+    def run_case(self, case: Case, reps: int) -> None:
+        """``reps`` rounds of cold, warm and change builds of one case, engines in turn."""
+        active = [e for e in self.engines if not e.unavailable]
+        log(f"== {case.name}: {case.description}")
+        try:
+            ctx, original = self.make_context(case)
+        except Exception as e:  # a broken case must not stop the others
+            reason = f"case set-up failed: {type(e).__name__}: {e}"
+            log(f"  {reason}")
             for variant in case.variants:
-                failed: dict[str, str] = {}
-                for rep in range(self.args.reps):
-                    with open(change_path, "wb") as f:
-                        f.write(original)
-                    shift = rep % len(active) if active else 0
-                    order = active[shift:] + active[:shift]
-                    for phase in PHASES:
-                        if phase == "change":
-                            with open(change_path, "a") as f:
-                                f.write(f"changed in run {rep + 1}\n")
-                        for engine in order:
-                            self.measure(case, variant, phase, engine, ctx, rep, failed)
+                for phase in PHASES:
+                    for engine in active:
+                        self.cell(case, variant, phase, engine).failure = reason
+            return
+        change_path = os.path.join(ctx, case.change_file)
+        for variant in case.variants:
+            failed: dict[str, str] = {}
+            for rep in range(reps):
+                with open(change_path, "wb") as f:
+                    f.write(original)
+                shift = rep % len(active) if active else 0
+                order = active[shift:] + active[:shift]
+                for phase in PHASES:
+                    if phase == "change":
+                        with open(change_path, "a") as f:
+                            f.write(f"changed in run {rep + 1}\n")
+                    for engine in order:
+                        self.measure(case, variant, phase, engine, ctx, rep, failed)
 
     def measure(self, case: Case, variant, phase: str, engine: Engine, ctx: str, rep: int,
                 failed: dict[str, str]) -> None:

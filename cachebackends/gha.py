@@ -216,8 +216,9 @@ class GHACacheFileSystem(fsspec.AbstractFileSystem):
     def http(self) -> Any:
         with self._client_lock:
             if self._http is None:
-                import httpx
+                from pybk.core.http import load_httpx
 
+                httpx = load_httpx()
                 self._http = httpx.Client(timeout=httpx.Timeout(self.timeout),
                                           headers={"User-Agent": USER_AGENT})
             return self._http
@@ -225,8 +226,9 @@ class GHACacheFileSystem(fsspec.AbstractFileSystem):
     def _send(self, method: str, url: str, *, api: bool = True, **kwargs: Any) -> Any:
         """One request with the retry policy: 429 honours Retry-After, 5xx and network errors back
         off, all within ``timeout``; other answers are returned."""
-        import httpx
+        from pybk.core.http import load_httpx
 
+        httpx = load_httpx()
         headers = dict(kwargs.pop("headers", None) or {})
         if api:
             headers["Authorization"] = f"Bearer {self.token}"

@@ -113,8 +113,13 @@ def make_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
                         help="buildkitd.toml-format config file (default: $PYBK_CONFIG)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--addr", default=None, metavar="unix:///PATH",
-                        help="run the command in the pybkd daemon at this address "
-                        "(default: $PYBK_HOST; unset: in this process)")
+                        help="run the command in the pybkd daemon at this address (default: "
+                        "$PYBK_HOST; when unset, the store's daemon — on /run/pybk/pybkd.sock "
+                        "for /var/lib/pybk, ROOT/pybkd.sock for another store — if it runs as "
+                        "this user with the store and config file this command would use, "
+                        "else this process, which starts one for the next commands if the "
+                        "config says [pybk] daemon = \"auto\"; '' (or PYBK_HOST=''): always "
+                        "this process)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     added = plugin_commands() if plugins else CommandTable()
     _add_commands(sub, _expand(COMMANDS, added.commands[None]))

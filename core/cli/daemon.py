@@ -1,4 +1,4 @@
-"""``pybkd``: the engine as a daemon, answering ``pybk --addr unix:///…`` commands.
+"""``pybkd``: the engine as a daemon, answering ``pybk`` commands.
 
 The daemon is a pre-fork "zygote": it loads the configuration, imports and warms everything a
 build needs (the core's and the built-in plugins' modules, the plugins, the command-line
@@ -9,12 +9,19 @@ as descriptors) and environment, runs the ordinary command line
 (:func:`pybk.core.cli.commands.main`) and sends the exit code back. So every command behaves
 exactly as embedded, minus the interpreter start-up and imports. The wire protocol and the
 client are :mod:`pybk.core.cli.remote`; see ``docs/daemon.md``.
+
+A command ``pybk`` offers automatically (no ``--addr``) runs only if the daemon would do exactly
+what the command would do in its own process (:meth:`Served.refusal`); otherwise the client runs
+it itself. A daemon started on demand (``--on-demand``, by ``pybk`` for ``[pybk] daemon =
+"auto"``) stops after ``[pybk] daemon-idle-timeout`` without a command, and when it finds its
+configuration file or pybk's installation changed since it started.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import functools
 import gc
 import importlib
@@ -31,12 +38,31 @@ from collections.abc import Sequence
 from typing import Any
 
 from pybk.core.cli.errors import interrupted, report, run_reported
-from pybk.core.cli.remote import EXIT, INTERRUPT, AddressError, read_request, socket_path
+from pybk.core.cli.remote import (
+    ACCEPTED,
+    AUTO,
+    EXIT,
+    GO,
+    INTERRUPT,
+    NOT_SERVED,
+    AddressError,
+    auto_target,
+    identity,
+    reachable,
+    read_request,
+    socket_path,
+)
 from pybk.core.errors import UsageError
+from pybk.core.paths import SYSTEM_SOCKET, default_root, store_socket
 
-DEFAULT_SOCKET = "/run/pybk/pybkd.sock"
+DEFAULT_SOCKET = SYSTEM_SOCKET
 #: a command's children get this long to finish their cancellation when the daemon stops
 STOP_GRACE = 30.0
+#: environment read when the daemon starts and kept by every command it runs (plugin selection,
+#: the interpreter's path, the default TLS context's CA files): a client's must be the same for
+#: a command to run here automatically
+STARTUP_ENV = ("PYBK_PLUGINS", "PYBK_DISABLED_PLUGINS", "PYBK_DISABLE_PLUGIN_AUTOLOAD",
+               "PYTHONPATH", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -48,16 +74,24 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default=None, help="store directory (default: the config's "
                         "root, else $PYBK_ROOT or /var/lib/pybk)")
     parser.add_argument("--addr", default=None, help="listen address, unix:///PATH (default: "
-                        f"the config's first unix [grpc] address, else unix://{DEFAULT_SOCKET})")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+                        "the config's first unix [grpc] address, else the store's socket: "
+                        f"{DEFAULT_SOCKET} for /var/lib/pybk, ROOT/pybkd.sock for any other "
+                        "store)")
+    parser.add_argument("--on-demand", action="store_true",
+                        help="started by pybk for [pybk] daemon = \"auto\": stop after "
+                        "[pybk] daemon-idle-timeout without a command, or once the config file "
+                        "or pybk's installation changes")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks; log every command")
     return parser
 
 
-def listen_path(addr: str | None, config_addresses: Sequence[str]) -> str:
-    """The socket path to serve: ``--addr``, else the config's first ``unix://`` address."""
+def listen_path(addr: str | None, config_addresses: Sequence[str], root: str) -> str:
+    """The socket path to serve: ``--addr``, else the config's first ``unix://`` address, else
+    the store's socket (:func:`pybk.core.paths.store_socket`)."""
     if addr is None:
         addr = next((a for a in config_addresses if a.startswith("unix://")),
-                    f"unix://{DEFAULT_SOCKET}")
+                    f"unix://{store_socket(root)}")
     try:
         return socket_path(addr)
     except AddressError as exc:
@@ -126,13 +160,32 @@ def warm_up(root: str, config: Any, worker: Any = None) -> None:
 # -- serving ------------------------------------------------------------------------------------
 
 
+def _lock(path: str) -> int:
+    """Hold ``PATH.lock`` for the daemon's life (from before it warms up): one daemon per
+    socket, and ``pybk`` starts none while one is starting or stopping."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UsageError(f"pybkd: cannot listen on {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UsageError(f"pybkd: another daemon is listening on {path} (or starting or "
+                         "stopping there)") from None
+    return fd
+
+
 def _bind(path: str) -> socket.socket:
     """A listening socket at ``path`` (mode 0660); it appears at ``path`` only once it accepts
-    connections. A live daemon already there is an error; a stale socket is replaced."""
+    connections. A live daemon already there is an error; a stale socket is replaced. Paths
+    longer than a socket address allows are bound through their directory."""
     if os.path.lexists(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(path)
+            with reachable(path) as where:
+                probe.connect(where)
         except ConnectionRefusedError:
             os.unlink(path)
         except OSError as exc:
@@ -145,7 +198,8 @@ def _bind(path: str) -> socket.socket:
     staging = f"{path}.{os.getpid()}.tmp"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        listener.bind(staging)
+        with reachable(staging) as where:
+            listener.bind(where)
         os.chmod(staging, 0o660)
         listener.listen(128)
         os.rename(staging, path)
@@ -157,17 +211,99 @@ def _bind(path: str) -> socket.socket:
     return listener
 
 
-class Daemon:
-    """The accept loop: one forked child per connection."""
+def _read_config(path: str | None) -> bytes | None:
+    """The config file's bytes (None without a file, or one that cannot be read)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
-    def __init__(self, listener: socket.socket, path: str, *, root: str,
-                 config_path: str | None):
-        self.listener = listener
-        self.path = path
+
+def installed() -> list[tuple[str, int | None]]:
+    """The modification times of the directories imports come from (``sys.path``, less the
+    script's or working directory in front): installing or removing a package (a plugin, a new
+    pybk) changes one of them."""
+    paths = sys.path if sys.flags.safe_path else sys.path[1:]
+    found = []
+    for path in paths:
+        try:
+            found.append((path, os.stat(path or ".").st_mtime_ns))
+        except OSError:
+            found.append((path, None))
+    return found
+
+
+def _peer(conn: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of ``conn``."""
+    cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return (int.from_bytes(cred[0:4], sys.byteorder), int.from_bytes(cred[4:8], sys.byteorder))
+
+
+class Served:
+    """What a daemon serves and how it was started: what a command offered automatically must
+    match to run here."""
+
+    def __init__(self, root: str, config_path: str | None, config_bytes: bytes | None, *,
+                 on_demand: bool = False, verbose: bool = False):
         self.root = root
         self.config_path = config_path
+        self.config_bytes = config_bytes
+        self.on_demand = on_demand
+        self.verbose = verbose
+        self.identity = identity()
+        self.environment = {key: os.environ.get(key) for key in STARTUP_ENV}
+        self.installed = installed()
+
+    def refusal(self, uid: int, request: Any) -> tuple[str | None, bool]:
+        """Why the command of ``request`` (sent by user ``uid``, run by this process with the
+        client's working directory and environment) must not run here automatically — None
+        when it may — and whether the reason is that this daemon is out of date."""
+        same = os.path.realpath
+        if uid != os.geteuid():
+            return f"the client's user ({uid}) is not the daemon's", False
+        tag, _, package = request.identity.partition(" ")
+        mine, _, my_package = self.identity.partition(" ")
+        if tag != mine or same(package) != same(my_package):
+            return f"the client runs another pybk ({request.identity})", False
+        target = auto_target(request.argv)
+        if target is None:
+            return "its global options are not plain --root/--config", False
+        root, config = target
+        if same(root) != same(self.root):
+            return f"its store {root} is not the daemon's", False
+        if config is None or self.config_path is None:
+            if config != self.config_path:
+                return f"its config file ({config or 'none'}) is not the daemon's", False
+        elif same(config) != same(self.config_path):
+            return f"its config file {config} is not the daemon's", False
+        for key, value in self.environment.items():
+            if os.environ.get(key) != value:
+                return f"its ${key} is not the daemon's", False
+        if _read_config(config) != self.config_bytes:
+            return f"{config} changed since the daemon started", True
+        if installed() != self.installed:
+            return "packages were installed or removed since the daemon started", True
+        return None, False
+
+
+class Daemon:
+    """The accept loop: one forked child per connection. With ``idle_timeout``, the daemon
+    stops once no command has run for that long; SIGUSR1 (sent by a child that finds the daemon
+    out of date) stops it the same way: it stops listening and exits once its running commands
+    are done."""
+
+    def __init__(self, listener: socket.socket, path: str, served: Served, *,
+                 idle_timeout: float | None = None):
+        self.listener: socket.socket | None = listener
+        self.path = path
+        self.served = served
+        self.idle_timeout = idle_timeout or None
         self.children: set[int] = set()
         self.stopping = False
+        self.retire_asked = False
         self._wake_r, self._wake_w = socket.socketpair()
 
     def serve(self) -> int:
@@ -176,24 +312,41 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGUSR1, self._retire_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         gc.collect()
         gc.freeze()
-        print(f"pybkd: serving unix://{self.path} (store {self.root})", file=sys.stderr,
-              flush=True)
+        print(f"pybkd: serving unix://{self.path} (store {self.served.root}, pid "
+              f"{os.getpid()})", file=sys.stderr, flush=True)
+        last = time.monotonic()
         try:
-            while not self.stopping:
+            while not self.stopping and (self.listener is not None or self.children):
+                timeout = None
+                if self.listener is not None and self.idle_timeout and not self.children:
+                    timeout = max(0.0, last + self.idle_timeout - time.monotonic())
+                watched = [self._wake_r] + ([self.listener] if self.listener else [])
                 try:
-                    ready, _, _ = select.select([self.listener, self._wake_r], [], [])
+                    ready, _, _ = select.select(watched, [], [], timeout)
                 except InterruptedError:
                     ready = []
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
                         while self._wake_r.recv(512):
                             pass
+                busy = bool(self.children)
                 self._reap()
-                if self.listener in ready and not self.stopping:
+                if busy and not self.children:
+                    last = time.monotonic()
+                if self.stopping or self.listener is None:
+                    continue
+                if self.retire_asked:
+                    self._retire("SIGUSR1 (asked, or out of date)")
+                elif self.listener in ready:
                     self._accept()
+                    last = time.monotonic()
+                elif (self.idle_timeout and not self.children
+                      and time.monotonic() - last >= self.idle_timeout):
+                    self._retire(f"no command for {self.idle_timeout:g}s")
         finally:
             self._shutdown()
         return 0
@@ -201,11 +354,29 @@ class Daemon:
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True
 
-    def _accept(self) -> None:
+    def _retire_signal(self, signum: int, frame: object) -> None:
+        self.retire_asked = True
+
+    def _retire(self, reason: str) -> None:
+        """Stop listening (the socket goes first; connections already made are served) and
+        let the running commands finish."""
+        assert self.listener is not None
+        print(f"pybkd: stopping: {reason}", file=sys.stderr, flush=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self.listener.setblocking(False)
+        while self._accept():
+            pass
+        self.listener.close()
+        self.listener = None
+
+    def _accept(self) -> bool:
+        assert self.listener is not None
         try:
             conn, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return
+            return False
+        conn.setblocking(True)
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -213,7 +384,7 @@ class Daemon:
                 self.listener.close()
                 self._wake_r.close()
                 self._wake_w.close()
-                code = _serve_connection(conn, root=self.root, config_path=self.config_path)
+                code = _serve_connection(conn, self.served)
             except BaseException:
                 import traceback
 
@@ -222,6 +393,7 @@ class Daemon:
                 os._exit(code)
         conn.close()
         self.children.add(pid)
+        return True
 
     def _reap(self) -> None:
         while self.children:
@@ -237,9 +409,11 @@ class Daemon:
     def _shutdown(self) -> None:
         """Stop listening, cancel the running commands (SIGINT, as a client's Ctrl-C would)
         and wait for them."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        self.listener.close()
+        if self.listener is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.listener.close()
+            self.listener = None
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
@@ -336,29 +510,68 @@ def _watch(conn: socket.socket, done: threading.Event) -> None:
             return
 
 
-def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None) -> int:
+def _log(fd: int, message: str) -> None:
+    """A line on the daemon's own stderr (``fd``, a copy made before taking over the client's)."""
+    with contextlib.suppress(OSError):
+        os.write(fd, f"pybkd: {message}\n".encode(errors="backslashreplace"))
+
+
+def _serve_connection(conn: socket.socket, served: Served) -> int:
     """Run one client's command in this (forked) process; return its exit code."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    log = os.dup(2)
     try:
-        fds, argv, env = read_request(conn)
-        # the daemon's configuration (what it grants included), never the client's
-        env.pop(b"PYBK_CONFIG", None)
-        _take_over(fds, env)
+        client_pid, client_uid = _peer(conn)
+        request = read_request(conn)
+        _take_over(request.fds, request.env)
     except (OSError, ValueError) as exc:
-        print(f"pybkd: dropped a connection: {exc}", file=sys.stderr, flush=True)
+        _log(log, f"dropped a connection: {exc}")
         return 1
+    if request.mode == AUTO:
+        reason, stale = served.refusal(client_uid, request)
+        if reason is not None:
+            _log(log, f"not running the command of pid {client_pid} automatically: {reason}")
+            if stale and served.on_demand:
+                os.kill(os.getppid(), signal.SIGUSR1)
+            with contextlib.suppress(OSError):
+                conn.sendall(NOT_SERVED)
+            return 0
+    try:
+        conn.sendall(ACCEPTED)
+        if request.mode == AUTO and conn.recv(1) != GO:
+            return 0  # the client gave up waiting and runs the command itself
+    except OSError:
+        return 0
+    # the daemon's configuration (what it grants included), never the client's
+    os.environ.pop("PYBK_CONFIG", None)
+    code = _run_command(conn, request.argv, served)
+    if served.verbose:
+        _log(log, f"pid {client_pid} (uid {client_uid}): pybk {' '.join(request.argv)}: "
+                  f"exit {code}")
+    with contextlib.suppress(OSError):
+        conn.sendall(EXIT + bytes([code]))
+    _after_answer()
+    return code
+
+
+def _run_command(conn: socket.socket, argv: list[str], served: Served) -> int:
+    """``pybk ARGV`` with the daemon's store and configuration; its exit code (0-255)."""
     done = threading.Event()
     threading.Thread(target=_watch, args=(conn, done), daemon=True).start()
     sys.argv = ["pybk", *argv]
     code = 1
     try:
         from pybk.core.cli.commands import main
+        from pybk.core.engine.build import answer_first
+
+        answer_first()
 
         try:
-            full = daemon_argv(argv, root=root, config_path=config_path)
+            full = daemon_argv(argv, root=served.root, config_path=served.config_path)
         except UsageError as exc:
             code = report(exc)
         else:
@@ -379,10 +592,20 @@ def _serve_connection(conn: socket.socket, *, root: str, config_path: str | None
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-    code &= 0xFF
-    with contextlib.suppress(OSError):
-        conn.sendall(EXIT + bytes([code]))
-    return code
+    return code & 0xFF
+
+
+def _after_answer() -> None:
+    """What the build left for after the answer (the automatic GC), with the client's streams
+    let go first: nothing reaches the client after its exit code."""
+    from pybk.core.engine.build import run_after_answer
+
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    with contextlib.suppress(BaseException):  # the answer is given; nobody is left to tell
+        run_after_answer()
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -398,26 +621,33 @@ def _start(argv: list[str]) -> int:
     """Load the configuration and the workers, warm up, listen and serve until stopped."""
     from pybk.core.config.loader import load_config
     from pybk.core.engine.workers import load_workers, select_worker
-    from pybk.core.paths import default_root
 
     ns = make_parser().parse_args(argv)
     if ns.config is None:
         ns.config = os.environ.get("PYBK_CONFIG") or None
+    config_bytes = _read_config(ns.config)  # before loading: a later change is seen as one
     config, warnings = load_config(ns.config)
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     root = os.path.abspath(ns.root or config.root or default_root())
     config_path = os.path.abspath(ns.config) if ns.config else None
-    path = os.path.abspath(listen_path(ns.addr, config.grpc.address))
-    workers = load_workers(config, root)
-    warm_up(root, config, select_worker(workers))
-    listener = _bind(path)
-    for worker in workers:  # what the children give back stays for the next builds
-        worker.serve()
+    path = os.path.abspath(listen_path(ns.addr, config.grpc.address, root))
+    lock = _lock(path)
     try:
-        return Daemon(listener, path, root=root, config_path=config_path).serve()
+        workers = load_workers(config, root)
+        warm_up(root, config, select_worker(workers))
+        listener = _bind(path)
+        for worker in workers:  # what the children give back stays for the next builds
+            worker.serve()
+        served = Served(root, config_path, config_bytes, on_demand=ns.on_demand,
+                        verbose=ns.debug or config.log.level in ("debug", "trace"))
+        idle = config.pybk.daemon_idle_timeout if ns.on_demand else None
+        try:
+            return Daemon(listener, path, served, idle_timeout=idle).serve()
+        finally:
+            _shutdown_workers(workers)
     finally:
-        _shutdown_workers(workers)
+        os.close(lock)
 
 
 def _shutdown_workers(workers: Sequence[Any]) -> None:

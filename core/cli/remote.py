@@ -1,38 +1,74 @@
 """The wire protocol between ``pybk`` and ``pybkd``, and its client side.
 
-With ``--addr unix:///PATH`` (before the command) or ``$PYBK_HOST``, the command runs in the
-daemon: :func:`run_remote` sends the arguments, the environment and its stdin, stdout, stderr
-and working directory (as file descriptors, ``SCM_RIGHTS``) over the unix socket, forwards
-Ctrl-C and exits with the daemon's exit code.
+A command runs in a daemon in two ways:
 
-Only the standard library's cheapest modules are imported here (os, sys, socket, signal,
-contextlib) so a command answered by the daemon pays for the interpreter and nothing else.
+- **named**: ``--addr unix:///PATH`` (before the command) or ``$PYBK_HOST`` —
+  :func:`run_remote` sends it there, and a daemon that cannot be reached is an error;
+- **automatically**: with neither (``$PYBK_HOST`` unset), :func:`run_auto` offers it to the
+  daemon on the store's default socket (:func:`pybk.core.paths.store_socket`), which runs it
+  only if it would do exactly what this process would do (the same store, configuration, pybk
+  and plugins, and the same user); otherwise, or without a daemon, the command runs here.
+
+Either way the arguments, the environment and the client's stdin, stdout, stderr and working
+directory (as file descriptors, ``SCM_RIGHTS``) go over the unix socket; Ctrl-C is forwarded
+and the client exits with the daemon's exit code.
+
+Only the standard library's cheapest modules are imported here (os, sys, errno, socket, signal,
+contextlib, collections.abc, and :mod:`pybk.core.paths`) so a command answered by the daemon pays for the
+interpreter and nothing else.
 
 Wire format, client to daemon: one message carrying the four descriptors (stdin, stdout,
 stderr, cwd) whose payload is a 4-byte big-endian length and then NUL-separated fields:
-``pybk1``, the argument count, the arguments, ``KEY=VALUE`` environment entries. Then a byte
-``I`` per interrupt. Daemon to client: ``E`` and the exit code as one byte.
+``pybk2``, the mode (``run`` or ``auto``), the client's :func:`identity`, the argument count,
+the arguments, ``KEY=VALUE`` environment entries. Daemon to client: ``A`` when the command is
+about to run (in ``auto`` mode the daemon then waits for the client's ``G``), or ``N`` in
+``auto`` mode when it will not run the command (nothing ran); at the end ``E`` and the exit code
+as one byte. Client to daemon, afterwards: a byte ``I`` per interrupt.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import sys
+from collections.abc import Iterator
+
+from pybk.core.paths import default_root
 
 ENV_HOST = "PYBK_HOST"
-PROTOCOL = b"pybk1"
+PROTOCOL = b"pybk2"
+RUN, AUTO = "run", "auto"
+ACCEPTED = b"A"
+NOT_SERVED = b"N"
+GO = b"G"
 INTERRUPT = b"I"
 EXIT = b"E"
 #: global options that take a value (the scan must skip their argument)
 _VALUED = ("--root", "--config")
+#: global options that change nothing about where a command runs
+_PLAIN = ("--debug", "--version", "-h", "--help")
 #: the largest request a daemon reads
 MAX_REQUEST = 16 << 20
+#: how long an automatic attempt waits for the daemon's answer before running here
+AUTO_TIMEOUT = 5.0
+#: sun_path's size: longer socket paths are reached through their directory's descriptor
+_SUN_PATH = 108
 
 
 class AddressError(Exception):
     """A daemon address that cannot be used; the message is shown as is (exit 2)."""
+
+
+class Request:
+    """What a client sent (see the module's docstring)."""
+
+    __slots__ = ("argv", "env", "fds", "identity", "mode")
+
+    def __init__(self, fds: list[int], mode: str, identity: str, argv: list[str],
+                 env: dict[bytes, bytes]):
+        self.fds, self.mode, self.identity, self.argv, self.env = fds, mode, identity, argv, env
 
 
 def split_address(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -63,6 +99,15 @@ def split_address(argv: list[str]) -> tuple[str | None, list[str]]:
     return address, rest + argv[i:]
 
 
+def resolve_address(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``(address, argv without --addr)``: ``--addr``, else ``$PYBK_HOST``; ``""`` (given
+    empty) means this process, ``None`` (neither given) the store's daemon if it fits."""
+    address, rest = split_address(argv)
+    if address is None:
+        address = os.environ.get(ENV_HOST)
+    return address, rest
+
+
 def socket_path(address: str) -> str:
     """The socket path of a ``unix://`` address; other schemes are refused."""
     scheme, sep, rest = address.partition("://")
@@ -80,9 +125,61 @@ def socket_path(address: str) -> str:
                        "use unix:///PATH")
 
 
-def encode_request(argv: list[str]) -> bytes:
-    """The client's message: the arguments and this process's environment."""
-    fields = [PROTOCOL, str(len(argv)).encode(), *map(os.fsencode, argv)]
+@contextlib.contextmanager
+def reachable(path: str) -> Iterator[str]:
+    """``path``, or for one too long for a socket address, the same file reached through a
+    descriptor of its directory (``/proc/self/fd/N/NAME``) while the block runs."""
+    if len(os.fsencode(path)) < _SUN_PATH:
+        yield path
+        return
+    fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+    finally:
+        os.close(fd)
+
+
+def identity() -> str:
+    """Which pybk this process runs: the interpreter's bytecode tag and the package's
+    directory (a daemon serves a client automatically only when both are its own)."""
+    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return f"{sys.implementation.cache_tag} {package}"
+
+
+def auto_target(argv: list[str]) -> tuple[str, str | None] | None:
+    """``(store, configuration file)`` ``pybk ARGV`` would use in this process (``--root``,
+    else :func:`~pybk.core.paths.default_root`; ``--config``, else ``$PYBK_CONFIG``), as
+    absolute paths; None when a global option is not one this scan knows for sure (an
+    abbreviation, an empty value …): such a command always runs in this process."""
+    root = config = None
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        name, eq, value = argv[i].partition("=")
+        if name in _VALUED:
+            if not eq:
+                if i + 1 >= len(argv):
+                    return None
+                i += 1
+                value = argv[i]
+            if not value:
+                return None
+            if name == "--root":
+                root = value
+            else:
+                config = value
+        elif argv[i] not in _PLAIN:
+            return None
+        i += 1
+    config = config or os.environ.get("PYBK_CONFIG") or None
+    return (os.path.abspath(root or default_root()),
+            os.path.abspath(config) if config else None)
+
+
+def encode_request(argv: list[str], mode: str = RUN) -> bytes:
+    """The client's message: the mode, who it is, the arguments and this process's
+    environment."""
+    fields = [PROTOCOL, mode.encode(), os.fsencode(identity()), str(len(argv)).encode(),
+              *map(os.fsencode, argv)]
     fields += [key + b"=" + value for key, value in os.environb.items()]
     body = b"\0".join(fields)
     return len(body).to_bytes(4, "big") + body
@@ -103,31 +200,34 @@ def _std_fds() -> tuple[list[int], list[int]]:
     return fds + [cwd], opened
 
 
-def run_remote(address: str, argv: list[str]) -> int:
-    """Run ``pybk ARGV`` in the daemon at ``address``; return its exit code."""
-    import signal
-
-    path = socket_path(address)
+def _connect(path: str, timeout: float | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
     try:
-        sock.connect(path)
-    except OSError as exc:
+        with reachable(path) as where:
+            sock.connect(where)
+    except OSError:
         sock.close()
-        print(f"error: cannot reach pybkd at {address}: {exc.strerror}", file=sys.stderr)
-        return 2
-    try:
-        fds, opened = _std_fds()
-    except OSError as exc:
-        print(f"error: pybk: cannot open the working directory: {exc.strerror}",
-              file=sys.stderr)
-        return 2
-    message = encode_request(argv)
+        raise
+    return sock
+
+
+def _send_request(sock: socket.socket, argv: list[str], mode: str) -> None:
+    """Send the request with the descriptors; OSError when the working directory cannot be
+    opened or the daemon went away."""
+    fds, opened = _std_fds()
+    message = encode_request(argv, mode)
     try:
         sent = socket.send_fds(sock, [message], fds)
         sock.sendall(message[sent:])
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def _await_exit(sock: socket.socket) -> int:
+    """Forward Ctrl-C until the daemon sends the exit code; return it."""
+    import signal
 
     forwarded = []
 
@@ -149,13 +249,58 @@ def run_remote(address: str, argv: list[str]) -> int:
             print("error: pybkd closed the connection before the command finished",
                   file=sys.stderr)
             return 1
-        reply += chunk
+        reply = (reply + chunk).lstrip(ACCEPTED)
     sock.close()
     return reply[1] if reply[:1] == EXIT else 1
 
 
-def read_request(conn: socket.socket) -> tuple[list[int], list[str], dict[bytes, bytes]]:
-    """(descriptors, argv, environment) sent by :func:`run_remote`."""
+def run_remote(address: str, argv: list[str]) -> int:
+    """Run ``pybk ARGV`` in the daemon at ``address``; return its exit code."""
+    path = socket_path(address)
+    try:
+        sock = _connect(path)
+    except OSError as exc:
+        print(f"error: cannot reach pybkd at {address}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        _send_request(sock, argv, RUN)
+    except OSError as exc:
+        sock.close()
+        print(f"error: pybk: cannot send the command to pybkd: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+    return _await_exit(sock)
+
+
+def run_auto(path: str, argv: list[str]) -> tuple[int | None, bool]:
+    """Offer ``pybk ARGV`` to the daemon listening on ``path``: ``(its exit code, True)`` when
+    it ran it; ``(None, listening)`` when it did not run (no daemon, a daemon of another user
+    or one that refused the command, or no answer within :data:`AUTO_TIMEOUT`), ``listening``
+    False when nothing listens on ``path`` (a missing or stale socket)."""
+    try:
+        sock = _connect(path, AUTO_TIMEOUT)
+    except OSError as exc:
+        return None, exc.errno not in (errno.ENOENT, errno.ECONNREFUSED)
+    try:
+        cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        if int.from_bytes(cred[4:8], sys.byteorder) != os.geteuid():
+            return None, True  # never another user's daemon, nor our descriptors to it
+        _send_request(sock, argv, AUTO)
+        if sock.recv(1) != ACCEPTED:
+            return None, True
+        sock.sendall(GO)
+    except OSError:
+        sock.close()
+        return None, True
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return _await_exit(sock), True
+
+
+def read_request(conn: socket.socket) -> Request:
+    """What :func:`run_remote` or :func:`run_auto` sent."""
     data, fds, _, _ = socket.recv_fds(conn, 65536, 8)
     if len(fds) != 4 or len(data) < 4:
         for fd in fds:
@@ -171,22 +316,23 @@ def read_request(conn: socket.socket) -> tuple[list[int], list[str], dict[bytes,
             raise ConnectionError("client went away")
         body += chunk
     fields = bytes(body).split(b"\0")
-    if fields[0] != PROTOCOL:
+    if fields[0] != PROTOCOL or len(fields) < 4:
         raise ConnectionError(f"unknown protocol {fields[0][:16]!r}")
-    argc = int(fields[1])
-    argv = [os.fsdecode(a) for a in fields[2:2 + argc]]
-    env = dict(entry.partition(b"=")[::2] for entry in fields[2 + argc:] if entry)
-    return fds, argv, env
+    mode, who = fields[1].decode(), os.fsdecode(fields[2])
+    argc = int(fields[3])
+    argv = [os.fsdecode(a) for a in fields[4:4 + argc]]
+    env = dict(entry.partition(b"=")[::2] for entry in fields[4 + argc:] if entry)
+    return Request(fds, mode, who, argv, env)
 
 
 def run_if_remote(argv: list[str]) -> tuple[int | None, list[str]]:
     """Run ``pybk ARGV`` in the daemon named by ``--addr`` or ``$PYBK_HOST``: ``(its exit
     code, [])``; ``(2, [])`` for an address that cannot be used (reported here); ``(None,
-    ARGV without --addr)`` when no daemon is named and the command runs in this process."""
+    ARGV without --addr)`` when no daemon is named (or it is named empty) and the command runs
+    in this process."""
     try:
-        address, rest = split_address(argv)
-        address = address or os.environ.get(ENV_HOST) or None
-        if address is None:
+        address, rest = resolve_address(argv)
+        if not address:
             return None, rest
         return run_remote(address, rest), []
     except AddressError as exc:

@@ -1,8 +1,10 @@
-"""pybk's daemon configuration: exactly BuildKit's ``buildkitd.toml`` schema.
+"""pybk's daemon configuration: exactly BuildKit's ``buildkitd.toml`` schema, plus pybk's own
+``[pybk]`` table.
 
 A buildkitd.toml that BuildKit accepts loads here too. Keys are BuildKit's spellings (camelCase,
 kebab-case and all); the Python fields are snake_case. Each field carries its checks, and keys
-pybk knows but does not act on yet are marked as such.
+pybk knows but does not act on yet are marked as such. pybk's own settings, which BuildKit does
+not have, live in ``[pybk]`` (:class:`PybkConfig`) and nowhere else.
 
 Loading and validating a file is :mod:`pybk.core.config.loader`; what the garbage collector runs
 is :mod:`pybk.core.config.gc`; the GC filter syntax is :mod:`pybk.core.config.filters`.
@@ -44,6 +46,7 @@ __all__ = [
     "NETWORK_MODES",
     "OCIConfig",
     "OTELConfig",
+    "PybkConfig",
     "RegistryConfig",
     "SUPPORTED_SNAPSHOTTERS",
     "SystemConfig",
@@ -462,9 +465,24 @@ class CacheConfig:
     gha: GHACacheConfig = setting(factory=GHACacheConfig, unsupported=_NOT_YET)
 
 
+DAEMON_MODES = ("off", "auto")
+
+
+@attrs.frozen(kw_only=True)
+class PybkConfig:
+    """``[pybk]``: pybk's own settings (not in BuildKit's schema).
+
+    ``daemon``: ``"auto"`` makes ``pybk`` start a ``pybkd`` for the store when none runs
+    (``"off"``: never). ``daemon-idle-timeout``: how long such a daemon waits without a command
+    before it stops (0: never)."""
+
+    daemon: str = setting(default="off", check=_one_of(*DAEMON_MODES))
+    daemon_idle_timeout: Seconds = setting("daemon-idle-timeout", default=Seconds(600))
+
+
 @attrs.frozen(kw_only=True)
 class Config:
-    """The whole file (``buildkitd.toml`` schema)."""
+    """The whole file (``buildkitd.toml`` schema, and pybk's ``[pybk]``)."""
 
     debug: bool = setting(default=False, deprecated='use [log] level = "debug"')
     trace: bool = setting(default=False, deprecated='use [log] level = "trace"')
@@ -484,3 +502,4 @@ class Config:
     frontend: FrontendsConfig = setting(factory=FrontendsConfig)
     system: SystemConfig = setting(factory=SystemConfig)
     cache: CacheConfig = setting(factory=CacheConfig)
+    pybk: PybkConfig = setting(factory=PybkConfig)

@@ -24,6 +24,40 @@ from pybk.core.interfaces import (
     UnsupportedOperation,
 )
 
+#: work a build leaves for after the client has its answer: set (to a list) by a process that
+#: answers first and exits after (pybkd's per-connection child); None runs it before returning
+_AFTER_ANSWER: list[Any] | None = None
+
+
+def answer_first() -> None:
+    """In this process, let builds leave what does not change their answer (the automatic GC,
+    closing the store) for :func:`run_after_answer`, called once the client has its exit code.
+    BuildKit's GC, likewise, runs after the solve has returned."""
+    global _AFTER_ANSWER
+    _AFTER_ANSWER = []
+
+
+def run_after_answer() -> None:
+    """Run what builds left for after the answer (see :func:`answer_first`)."""
+    while _AFTER_ANSWER:
+        _AFTER_ANSWER.pop(0)()
+
+
+def _finish(client: Any, *, collect: bool) -> None:
+    """The automatic GC (after a build that succeeded) and closing the client: after the
+    answer when this process answers first, else now."""
+    def finish() -> None:
+        try:
+            if collect:
+                client.collect_garbage()
+        finally:
+            client.close()
+
+    if _AFTER_ANSWER is not None and collect:
+        _AFTER_ANSWER.append(finish)
+    else:
+        finish()
+
 
 def _safe_join(root: str, path: str) -> str:
     """``path`` inside ``root``; ``..`` and absolute paths cannot leave it (symlinks are
@@ -376,6 +410,7 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> i
     elif request.call == "check":
         opts["requestid"] = "frontend.lint"
     client = Client(root=root, config=config)
+    collect = False
     try:
         bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
                              client=client, entitlements=entitlements,
@@ -419,9 +454,9 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> i
                 raise
             raise SolveError(f"{exc}\n{where}", vertex=vertex) from None
         finish_outputs(request, solved)
-        client.collect_garbage()
+        collect = True
     finally:
-        client.close()
+        _finish(client, collect=collect)
     return 0
 
 
@@ -449,10 +484,14 @@ def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path:
             local_dirs[ctx.name] = ctx.value
         elif ctx.kind == "oci-layout":
             oci_layouts[ctx.name] = ctx.value.split("@", 1)[0]
-    with Client(root=root, config=config) as client:
+    client = Client(root=root, config=config)
+    collect = False
+    try:
         provenance = build_provenance(request, "", {}, local_dirs)
         result = client.solve(definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
                               no_cache=request.no_cache, **solve_options(request, provenance))
         finish_outputs(request, result)
-        client.collect_garbage()
+        collect = True
+    finally:
+        _finish(client, collect=collect)
     return 0

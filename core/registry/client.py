@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from pybk.core.errors import RegistryError
+from pybk.core.http import async_client, default_tls_context, load_httpx
 from pybk.core.platform import Platform, host_platform, parse_platform, select_best
 from pybk.core.registry import (
     DOCKER_MANIFEST,
@@ -136,15 +138,6 @@ def _is_loopback(host: str) -> bool:
 
 #: TLS contexts with per-host settings, by (host, settings)
 _TLS_CONTEXTS: dict[tuple[str, str], ssl.SSLContext] = {}
-_DEFAULT_TLS: list[ssl.SSLContext] = []
-
-
-def default_tls_context() -> ssl.SSLContext:
-    """The system's default TLS context, made once per process (``pybkd`` makes it before it
-    forks, so its builds never pay for reading the CA bundle)."""
-    if not _DEFAULT_TLS:
-        _DEFAULT_TLS.append(ssl.create_default_context())
-    return _DEFAULT_TLS[0]
 
 
 def warm_up() -> None:
@@ -153,8 +146,7 @@ def warm_up() -> None:
     forks, so a build that resolves ``FROM`` pays for none of it."""
     import importlib
 
-    import httpx
-
+    httpx = load_httpx()
     httpx.AsyncClient(verify=default_tls_context())
     # what httpcore loads on its first connection under asyncio
     with contextlib.suppress(ImportError):
@@ -448,7 +440,7 @@ class RegistryClient:
     async def _upload(self, ep: _Endpoint, ref: Reference, desc: Descriptor, source: Any,
                       scopes: tuple[str, ...], from_path: str | None, chunk_size: int | None,
                       progress: Progress | None, what: str) -> bool:
-        import httpx
+        httpx = load_httpx()
 
         params = {"mount": desc.digest, "from": from_path} if from_path and from_path != ref.path else None
         resp = await self._send(ep, "POST", f"/{ref.path}/blobs/uploads/", scopes=scopes, params=params,
@@ -490,7 +482,7 @@ class RegistryClient:
         return True
 
     def _join(self, ep: _Endpoint, location: str) -> httpx.URL:
-        import httpx
+        httpx = load_httpx()
 
         base = httpx.URL(ep.api(self._scheme(ep)))
         return base.join(location)
@@ -546,12 +538,12 @@ class RegistryClient:
         return "http" if ep.host in self._plain_http else ep.scheme
 
     def _http_client(self, host: str) -> httpx.AsyncClient:
-        import httpx
+        httpx = load_httpx()
 
         client = self._clients.get(host)
         if client is None:
-            client = httpx.AsyncClient(
-                verify=self._tls_context(host),
+            client = async_client(
+                functools.partial(self._tls_context, host),
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 15.0)),
                 follow_redirects=True,
                 headers={"User-Agent": "pybk"},
@@ -606,7 +598,7 @@ class RegistryClient:
 
     async def _fetch_token(self, realm: str, params: list[tuple[str, str]],
                            creds: Credentials | None) -> dict[str, Any]:
-        import httpx
+        httpx = load_httpx()
 
         url = httpx.URL(realm)
         headers = {"Authorization": creds.basic_header()} if creds and creds.username else {}
@@ -645,7 +637,7 @@ class RegistryClient:
         Retryable failures (transport errors, 5xx/429) are retried when ``retry``; otherwise a
         transport error raises ``_Retryable`` so the caller can restart a whole sequence.
         """
-        import httpx
+        httpx = load_httpx()
 
         client = self._http_client(ep.host)
         auth_header = self._auth.header(ep.host, scopes)
@@ -745,7 +737,7 @@ def _retry_after(resp: httpx.Response, default: float) -> float:
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
-    import httpx
+    httpx = load_httpx()
 
     return (httpx.TransportError, ssl.SSLError)  # TLS 1.3 alerts can surface unwrapped
 

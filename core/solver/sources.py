@@ -232,8 +232,9 @@ def fetch_http(url: str, dest_dir: str | os.PathLike[str], *, checksum: str | No
     (default 0:0), mtime from Last-Modified. ``checksum`` (``sha256:<hex>``) must match.
     ``etag_cache``: a directory remembering ETags and content, so a 304 answer reuses it.
     """
-    import httpx
+    from pybk.core.http import load_httpx
 
+    httpx = load_httpx()
     if checksum is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", checksum):
         raise BuildError(f"invalid checksum {checksum!r}: expected sha256:<64 hex digits>")
     dest = os.fspath(dest_dir)

@@ -255,14 +255,19 @@ class Collector:
 
     def gc_due(self, interval: float = 60.0) -> bool:
         """Whether the automatic GC should run now: at most once per ``interval`` seconds per
-        store (BuildKit's throttle), across processes; claims the slot when it is."""
+        store, across processes; claims the slot when it is. Like BuildKit's trailing throttle
+        (its first GC runs a minute after the first build, not during it), the clock starts
+        with the first build that asks: a store with no stamp yet gets one and is not due, so
+        a build into a new store never walks what it just made to size it."""
         stamp = self.db.root / "gc.stamp"
         now = time.time()
         try:
             if now - stamp.stat().st_mtime < interval:
                 return False
         except FileNotFoundError:
-            pass
+            with contextlib.suppress(OSError):
+                stamp.touch()
+            return False
         with contextlib.suppress(OSError):
             stamp.touch()
             os.utime(stamp, (now, now))

@@ -41,3 +41,21 @@ def test_refuses_an_executable_that_is_not_a_python_script(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--pybk", str(shim)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "is not a Python script" in done.stderr
+
+
+def test_a_rebuild_from_a_registry_tag_loads_httpx_lean(tmp_path):
+    """The build bench/run times: FROM a local registry, RUN, -t. httpx comes in (the tag is
+    resolved again), its CLI (click, rich's console) and trio do not."""
+    out = tmp_path / "imports.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--pybk", _pybk(), "--runs", "1",
+                           "--registry", "--json", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("cached rebuild FROM a registry tag, with -t: ")
+    report = json.loads(out.read_text())
+    modules = report["modules"]
+    # every package it imports has a written reason (bench/import_reasons.py)
+    assert report["unexplained"] == []
+    assert {"httpx", "pybk.core.registry.client", "pybk.exporters.image"} <= set(modules)
+    assert not {"click", "rich.console", "lark", "pybk.workers.runc", "httpx._main",
+                "trio"} & set(modules)

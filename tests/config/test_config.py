@@ -109,6 +109,7 @@ def test_every_key_loads_and_unsupported_ones_warn():
     assert config.system.max_registry_concurrency == 4
     assert config.cache.gha.sign.command == ["cosign", "sign-blob", "-"]
     assert config.cache.gha.verify.policy.build_signer_uri.startswith("https://github.com/")
+    assert (config.pybk.daemon, config.pybk.daemon_idle_timeout) == ("auto", 90)
     expected = [
         "proxyNetwork: not supported", "provenanceEnvDir: not supported",
         'grpc.address[2]: "fd" listeners', "grpc.securityDescriptor:",
@@ -149,6 +150,7 @@ def test_defaults_are_buildkits():
     assert config.worker.oci.gc_enabled
     assert config.log.level == "info" and config.log.format == "text"
     assert config.registry == {}
+    assert (config.pybk.daemon, config.pybk.daemon_idle_timeout) == ("off", 600)
     assert load_config_text("", "empty.toml") == (config, [])
 
 

@@ -3,6 +3,7 @@ off with ``gc = false``."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -73,7 +74,9 @@ def test_build_prunes_what_the_policy_says(setup):
     build("a")
     old = _age_everything(root, 7200)
     assert old
-    (root / "gc.stamp").unlink()  # the first build's GC ran a moment ago: let the next one run
+    stamp = root / "gc.stamp"  # the first build started the once-a-minute clock
+    assert stamp.exists()
+    os.utime(stamp, (time.time() - 61, time.time() - 61))  # a minute later
     build("b")
     left = _records(root)
     assert old - left  # a's step, unused for two hours: pruned
@@ -85,8 +88,21 @@ def test_gc_runs_at_most_once_a_minute(setup):
     root, build = setup
     build("a")
     old = _age_everything(root, 7200)
-    build("b")  # within a minute of the first build's GC
+    build("b")  # within a minute of the first build: not due
     assert old <= _records(root)
+
+
+def test_a_new_store_is_not_collected_by_its_first_build(setup):
+    """The clock starts with the first build (BuildKit's first GC runs a minute after it),
+    so a cold build never walks the snapshots it just made to size them."""
+    root, build = setup
+    build("a")
+    store = Store.open(str(root))
+    try:
+        sizes = [r[0] for r in store.db.query("SELECT size FROM records")]
+    finally:
+        store.close()
+    assert sizes and all(size is None for size in sizes)  # nothing was sized: no GC pass ran
 
 
 def test_gc_false_prunes_nothing(setup):
@@ -96,3 +112,57 @@ def test_gc_false_prunes_nothing(setup):
     build("b", gc=False)
     assert old <= _records(root)
     assert not (root / "gc.stamp").exists()
+
+
+def test_a_process_that_answers_first_collects_after_the_answer(setup, monkeypatch):
+    """pybkd's per-connection child answers the client, then runs the GC (BuildKit's GC too
+    runs after the solve has returned): the build's answer never waits for it."""
+    from pybk.core.engine import build as buildmod
+
+    root, build = setup
+    build("a")
+    old = _age_everything(root, 7200)
+    stamp = root / "gc.stamp"
+    os.utime(stamp, (time.time() - 61, time.time() - 61))
+    monkeypatch.setattr(buildmod, "_AFTER_ANSWER", None)
+    buildmod.answer_first()
+    build("b")
+    assert old <= _records(root)  # answered: nothing collected yet
+    buildmod.run_after_answer()
+    assert old - _records(root)  # then a's step, unused for two hours, went
+
+
+def test_pybkd_collects_after_answering(setup, tmp_path, busybox_layout):
+    import subprocess
+    import sys
+
+    root, build = setup
+    build("a")
+    old = _age_everything(root, 7200)
+    os.utime(root / "gc.stamp", (time.time() - 61, time.time() - 61))
+    config = tmp_path / "gc-True.toml"
+    sock = tmp_path / "d.sock"
+    with open(tmp_path / "pybkd.log", "w") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "pybk.core.cli.daemon", "--root",
+                                   str(root), "--config", str(config), "--addr",
+                                   f"unix://{sock}"], stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert daemon.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from pybk.core.cli.entry import main; "
+             "sys.exit(main())", "--addr", f"unix://{sock}", "build", "--progress", "quiet",
+             "--build-context", f"busybox=oci-layout://{busybox_layout}", str(tmp_path / "b")],
+            capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stderr == b""  # nothing of the GC reaches the client
+        deadline = time.monotonic() + 30
+        while not old - _records(root):  # the child collects after the answer
+            assert time.monotonic() < deadline, "the GC never ran"
+            time.sleep(0.2)
+    finally:
+        daemon.terminate()
+        daemon.wait(60)

@@ -112,7 +112,8 @@ def test_client_imports_almost_nothing(daemon):
                 "pybk.core.cli.commands"} & modules
     assert {m for m in modules if m.startswith("pybk")} == {"pybk", "pybk.core", "pybk.core.cli",
                                                              "pybk.core.cli.entry",
-                                                             "pybk.core.cli.remote"}
+                                                             "pybk.core.cli.remote",
+                                                             "pybk.core.paths"}
 
 
 def test_addresses_are_checked():

@@ -39,8 +39,8 @@ def test_warm_up_loads_what_the_first_request_would():
     code = ("import sys\n"
             "from pybk.core.registry.client import default_tls_context, warm_up\n"
             "warm_up()\n"
-            "import pybk.core.registry.client as c\n"
-            "assert c._DEFAULT_TLS and c._DEFAULT_TLS[0] is default_tls_context()\n"
+            "import pybk.core.http as h\n"
+            "assert h._DEFAULT_TLS and h._DEFAULT_TLS[0] is default_tls_context()\n"
             "print(' '.join(m for m in ('httpx', 'httpcore', 'h11', 'anyio._backends._asyncio')"
             " if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
