@@ -143,6 +143,9 @@ def warm_up(root: str, config: Any, worker: Any = None) -> None:
     from pybk.core.engine.resolve import warm_up_options
 
     warm_up_options(pm)  # the converter's code for the outputs' and caches' options
+    from pybk.core.llb.definition import prepare_decoders
+
+    prepare_decoders()
     from pybk.core.registry.client import warm_up as warm_up_registry
 
     warm_up_registry()  # httpx's modules and the CA bundle, loaded once for every build

@@ -19,9 +19,18 @@ from collections.abc import Sequence
 
 from pybk.core.errors import BuildError
 from pybk.core.fs.pathfilter import PathFilter
-from pybk.core.fs.rootpath import clean_path, norm_path, resolve_in_root, resolve_wildcards
+from pybk.core.fs.rootpath import (
+    clean_path,
+    has_wildcards,
+    norm_path,
+    resolve_in_root,
+    resolve_wildcards,
+)
 
-__all__ = ["CHECKSUM_FORMAT", "ChecksumCache"]
+__all__ = ["CHECKSUM_FORMAT", "ChecksumCache", "Memo"]
+
+#: entry path (relative, ``""`` for the root) → (is a symlink, hex record), see ``memo``
+Memo = dict[str, tuple[bool, str]]
 
 _EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
 _CACHE_VERSION = 1
@@ -150,13 +159,15 @@ class ChecksumCache:
 
     def checksum(self, root: str | os.PathLike[str], path: str = "/", *, wildcard: bool = False,
                  follow_symlinks: bool = False, include_patterns: Sequence[str] = (),
-                 exclude_patterns: Sequence[str] = ()) -> str:
+                 exclude_patterns: Sequence[str] = (), memo: Memo | None = None) -> str:
         """The checksum of ``path`` inside ``root`` (resolved as if ``root`` were ``/``).
 
         ``wildcard``: ``path`` may hold Go ``filepath.Match`` wildcards; all matches are combined
         with their paths (no match gives the checksum of nothing). ``follow_symlinks``: a symlink
         named by ``path`` stands for its target. Include/exclude patterns are relative to
         ``path``, as for a copy. A missing path is a :class:`BuildError` ``"/p": not found``.
+        ``memo``: filled with the record of every entry summed (without patterns), for
+        :meth:`known` to answer selectors of the same, unchanged tree.
         """
         root = self._realpath(root)
         cache = self._root_cache(root)
@@ -176,14 +187,38 @@ class ChecksumCache:
                         h.update(f"{match}\0{record}\n".encode("utf-8", "surrogateescape"))
                     result = "sha256:" + h.hexdigest()
             else:
-                result = self._selector(cache, root, path, follow_symlinks, path_filter)
+                result = self._selector(cache, root, path, follow_symlinks, path_filter,
+                                        memo=memo if path_filter is None else None)
         finally:
             whole_tree = not wildcard and path_filter is None and norm_path(path) == "/"
             cache.save(prune=whole_tree)
         return result
 
+    @staticmethod
+    def known(memo: Memo, path: str, *, wildcard: bool = False, follow_symlinks: bool = False,
+              include_patterns: Sequence[str] = (),
+              exclude_patterns: Sequence[str] = ()) -> str | None:
+        """What :meth:`checksum` would answer for ``path`` in the tree a ``memo`` was filled
+        from (a whole-tree checksum of a tree unchanged since), without touching the tree; None
+        when the memo cannot tell (patterns, wildcards, a symlink on the way, a missing path):
+        then ask :meth:`checksum`."""
+        if include_patterns or exclude_patterns:
+            return None
+        comps = [c for c in norm_path(path).split("/") if c]
+        if wildcard and any(has_wildcards(c) for c in comps):
+            return None
+        rel = ""
+        for i, comp in enumerate(comps):
+            rel = f"{rel}/{comp}" if rel else comp
+            entry = memo.get(rel)
+            if entry is None or (entry[0] and (follow_symlinks or i < len(comps) - 1)):
+                return None
+        entry = memo.get(rel)
+        return None if entry is None else "sha256:" + entry[1]
+
     def _selector(self, cache: _RootCache, root: str, path: str, follow: bool,
-                  path_filter: PathFilter | None, missing_ok: bool = False) -> str:
+                  path_filter: PathFilter | None, missing_ok: bool = False,
+                  memo: Memo | None = None) -> str:
         clean = norm_path(path)
         host = resolve_in_root(root, clean, follow_final=follow)
         try:
@@ -193,12 +228,22 @@ class ChecksumCache:
                 return _EMPTY
             raise BuildError(f'"{clean}": not found') from None
         rel = os.path.relpath(host, root)
-        record = self._record(cache, host, "" if rel == "." else rel, "", st, path_filter)
+        record = self._record(cache, host, "" if rel == "." else rel, "", st, path_filter, memo)
         return "sha256:" + (record or hashlib.sha256(b"").hexdigest())
 
     def _record(self, cache: _RootCache, host: str, rel: str, filter_rel: str,
-                st: os.stat_result, path_filter: PathFilter | None) -> str | None:
-        """Hex record of an entry; ``None`` when filters leave nothing of it."""
+                st: os.stat_result, path_filter: PathFilter | None,
+                memo: Memo | None = None) -> str | None:
+        """Hex record of an entry; ``None`` when filters leave nothing of it. Without a filter,
+        ``memo`` gets ``rel`` → (is a symlink, record) of the entry and everything below it."""
+        record = self._entry_record(cache, host, rel, filter_rel, st, path_filter, memo)
+        if memo is not None and record is not None:
+            memo[rel] = (stat.S_ISLNK(st.st_mode), record)
+        return record
+
+    def _entry_record(self, cache: _RootCache, host: str, rel: str, filter_rel: str,
+                      st: os.stat_result, path_filter: PathFilter | None,
+                      memo: Memo | None) -> str | None:
         mode = st.st_mode
         header = f"{stat.S_IFMT(mode):o} {stat.S_IMODE(mode):o} {st.st_uid} {st.st_gid}"
         if stat.S_ISDIR(mode):
@@ -219,7 +264,7 @@ class ChecksumCache:
                 child_filter = path_filter if not (keep and is_dir and path_filter is not None
                                                    and path_filter.exclude is None) else None
                 record = self._record(cache, entry.path, child_rel, child_filter_rel, child_st,
-                                      child_filter)
+                                      child_filter, memo if path_filter is None else None)
                 if record is None:
                     continue
                 any_child = True

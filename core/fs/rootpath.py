@@ -18,7 +18,7 @@ from pybk.core.errors import BuildError
 
 _MAX_SYMLINKS = 255
 
-__all__ = ["clean_path", "norm_path", "resolve_in_root", "resolve_wildcards", "root_path",
+__all__ = ["clean_path", "has_wildcards", "norm_path", "resolve_in_root", "resolve_wildcards", "root_path",
            "user_errors"]
 
 
@@ -123,7 +123,8 @@ def _rel_display(root: str, host_path: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _has_wildcards(component: str) -> bool:
+def has_wildcards(component: str) -> bool:
+    """Whether a path component holds ``filepath.Match`` wildcards (``\\`` escapes one)."""
     i = 0
     while i < len(component):
         ch = component[i]
@@ -198,7 +199,7 @@ def resolve_wildcards(root: str, path: str) -> list[str]:
     directories are not entered through symlinks; matches come in lexical walk order.
     """
     comps = [c for c in norm_path(path).split("/") if c]
-    split = next((i for i, c in enumerate(comps) if _has_wildcards(c)), None)
+    split = next((i for i, c in enumerate(comps) if has_wildcards(c)), None)
     if split is None:
         return [norm_path(path)]
     base = "/" + "/".join(comps[:split])

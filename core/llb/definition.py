@@ -44,6 +44,13 @@ from pybk.core.llb.ops import (
 from pybk.core.serialize import canonical_dumps, loads, sha256_digest
 
 
+def prepare_decoders() -> None:
+    """Make the decoders of definitions (ops, their metadata, source maps) now: a process that
+    forks a child per build (``pybkd``) makes them once."""
+    for cls in (Op, OpMetadata, Source, Definition):
+        decode(cls, {})
+
+
 @attrs.frozen
 class Position:
     line: int = 0

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import attrs
 
 from pybk.core.errors import InputError
+from pybk.core.llb.fastcodec import decoder
 from pybk.core.platform import host_platform as oci_host_platform
 from pybk.core.serialize import canonical_dumps, loads, sha256_digest
 
@@ -626,6 +627,10 @@ def encode(obj: Any) -> Any:
 
 def decode(cls: type[T], data: Any, where: str = "") -> T:
     """Build message ``cls`` from its JSON form; raise :class:`InputError` on anything unexpected."""
+    try:  # the same checks without naming places; the checked decoder says what is wrong
+        return decoder(cls, _specs, FrozenDict)(data)  # type: ignore[no-any-return]
+    except Exception:  # noqa: S110 - decoded again below, which raises the InputError
+        pass
     return _decode_value(cls, data, where or cls.__name__)
 
 

@@ -112,6 +112,9 @@ class BuildRunner(OpRunner, LayerUnpacker):
         #: checksum of each synced local directory's whole tree (the directory cannot change
         #: during the build: its lock is held until :meth:`release`)
         self._local_sums: dict[str, str] = {}
+        #: the record of every entry of each synced local directory, from the same walk
+        #: (:meth:`ChecksumCache.known` answers a COPY's selectors from it)
+        self._local_memos: dict[str, dict[str, tuple[bool, str]]] = {}
         self._images: dict[str, Any] = {}
         self._held: list[Any] = []
         #: per (name, shared key) of a local source: the filters of the source that synced the
@@ -129,6 +132,7 @@ class BuildRunner(OpRunner, LayerUnpacker):
         self._ahead.clear()
         held, self._held = self._held, []
         self._local_sums.clear()
+        self._local_memos.clear()
         self._local_filters.clear()
         self._local_done.clear()
         for lock in held:
@@ -241,6 +245,15 @@ class BuildRunner(OpRunner, LayerUnpacker):
         if whole is not None and all(_whole_tree(s) for s in selectors):
             return whole if len(selectors) == 1 else sha256_digest(
                 json.dumps([whole] * len(selectors)).encode())
+        memo = self._local_memos.get(ref.path) if ref.path is not None else None
+        if memo is not None:  # a synced context, unchanged since it was summed
+            known = [self.w.checksums.known(
+                memo, s.path, wildcard=s.wildcard, follow_symlinks=s.follow_links,
+                include_patterns=s.include_patterns, exclude_patterns=s.exclude_patterns)
+                for s in selectors]
+            if None not in known:
+                return known[0] if len(known) == 1 else sha256_digest(  # type: ignore[return-value]
+                    json.dumps(known).encode())
 
         def compute() -> str:
             with read_ref(self.store, ref) as path:
@@ -465,8 +478,10 @@ class BuildRunner(OpRunner, LayerUnpacker):
             self.local_stats[name] = stats
             vp.status(f"transferring {name}: {stats.copied} files copied, "
                       f"{stats.removed} removed", done=True)
-            checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/")
+            memo: dict[str, tuple[bool, str]] = {}
+            checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/", memo=memo)
             self._local_sums[dest] = checksum
+            self._local_memos[dest] = memo
             done = self._local_done[(name, shared, filters)] = (
                 source_key("local", {"checksum": checksum}),
                 VertexOutcome(refs={0: Ref(path=dest)}, cached=False))

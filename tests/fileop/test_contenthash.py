@@ -162,3 +162,36 @@ def test_include_and_exclude_patterns(tmp_path, tree, reads):
     (tree / "app/main.py").write_bytes(b"selected\n")
     assert cache.checksum(tree, "/", include_patterns=["app/**/*.py"],
                           exclude_patterns=["app/lib"]) != only_py
+
+
+def test_a_whole_tree_memo_answers_selectors_exactly_as_the_tree(tmp_path, tree, outside):
+    """What a COPY's selector sums to, answered from the records of the whole-tree walk (no
+    file touched), is what summing the path gives; anything the memo cannot tell is None."""
+    os.symlink("app", tree / "dirlink")
+    os.symlink("/app/lib", tree / "app" / "abs")
+    os.symlink("../../..", tree / "app" / "up")
+    cache = ChecksumCache(tmp_path / "cache")
+    memo: dict = {}
+    whole = cache.checksum(tree, "/", memo=memo)
+    assert ChecksumCache.known(memo, "/") == whole
+    paths = ["/", "app", "/app/", "app/main.py", "./app/../app/lib/util.py", "data.bin", "link",
+             "dirlink", "dirlink/main.py", "app/abs/util.py", "app/up/data.bin", "missing",
+             "app/missing", "app/main.py/x", "app/*.py", "app/[m]ain.py", "app\\*"]
+    answered = 0
+    for path in paths:
+        for wildcard in (False, True):
+            for follow in (False, True):
+                for patterns in ({}, {"include_patterns": ["*.py"]}):
+                    got = ChecksumCache.known(memo, path, wildcard=wildcard,
+                                              follow_symlinks=follow, **patterns)
+                    if got is None:
+                        continue
+                    answered += 1
+                    assert got == ChecksumCache(None).checksum(
+                        tree, path, wildcard=wildcard, follow_symlinks=follow, **patterns), path
+    assert answered == 28  # 6 plain paths x 4, and both symlinks when not followed
+    assert ChecksumCache.known(memo, "app/main.py") is not None
+    assert ChecksumCache.known(memo, "link", follow_symlinks=True) is None
+    assert ChecksumCache.known(memo, "dirlink/main.py") is None
+    assert ChecksumCache.known(memo, "app/*.py", wildcard=True) is None
+    assert ChecksumCache.known(memo, "missing") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -163,3 +164,47 @@ def test_marshal_unmarshal_remarshal_is_identical(state):
     terminal = list(ops.values())[-1]
     assert terminal.op is None and terminal.inputs[0].digest == definition.head()
     assert state.marshal(AMD64).to_bytes() == data, "marshalling is deterministic"
+
+
+def _mutations(value, path=()):
+    """Every way of breaking one value of a JSON document: wrong types, unknown keys."""
+    wrong = [None, True, 7, "s", [], {}, 2.5, "@@not-base64@@", -1, 99999]
+    if isinstance(value, dict):
+        yield path + ("<unknown>",), {**value, "no_such_field": 1}
+        for key, inner in value.items():
+            for where, broken in _mutations(inner, path + (key,)):
+                yield where, {**value, key: broken}
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            for where, broken in _mutations(inner, path + (i,)):
+                yield where, [*value[:i], broken, *value[i + 1:]]
+    for candidate in wrong:
+        if type(candidate) is not type(value) or candidate != value:
+            yield path, candidate
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_fast_decoding_agrees_with_the_checked_decoder(state):
+    """Decoding without error bookkeeping builds the same op as the checked decoder, and
+    refuses whatever it refuses (which then names the place)."""
+    from pybk.core.errors import InputError
+    from pybk.core.llb.fastcodec import decoder
+    from pybk.core.llb.ops import FrozenDict, Op, _decode_value, _specs, decode
+    from pybk.core.serialize import loads
+
+    fast = decoder(Op, _specs, FrozenDict)
+    for data in state.marshal().ops:
+        raw = loads(data)
+        assert fast(raw) == _decode_value(Op, raw, "op")
+        for _, broken in _mutations(raw):
+            try:
+                expected = _decode_value(Op, broken, "op")
+            except InputError as exc:
+                with pytest.raises(Exception):  # noqa: B017 - any refusal: decode() says why
+                    fast(broken)
+                with pytest.raises(InputError) as caught:
+                    decode(Op, broken, "op")
+                assert caught.value.message == exc.message
+            else:
+                assert fast(broken) == expected
