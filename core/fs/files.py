@@ -11,7 +11,7 @@ import stat
 
 from pybk.core.errors import BuildError
 
-__all__ = ["chown", "copy_file_data", "copy_xattrs", "mkdir_all", "remove_path", "set_times"]
+__all__ = ["chown", "copy_fd_data", "copy_file_data", "copy_xattrs", "mkdir_all", "remove_path", "set_times"]
 
 
 def chown(path: str, owner: tuple[int, int] | None) -> None:
@@ -79,6 +79,11 @@ def copy_file_data(src: str, dst: str) -> int:
             os.close(out_fd)
     finally:
         os.close(in_fd)
+
+
+def copy_fd_data(in_fd: int, out_fd: int) -> int:
+    """Copy the rest of ``in_fd`` to ``out_fd`` (in the kernel when it can); the byte count."""
+    return _copy_fd(in_fd, out_fd)
 
 
 def _copy_fd(in_fd: int, out_fd: int) -> int:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import attrs
 
 from pybk.core.errors import BuildError
-from pybk.core.fs.files import copy_file_data
+from pybk.core.fs.files import copy_fd_data, copy_file_data
 from pybk.core.fs.pathfilter import PathFilter
 from pybk.core.fs.rootpath import resolve_in_root
 
@@ -155,6 +155,10 @@ class _Walk:
             self.unchanged += 1
             return
         target = os.path.join(self.dest, rel)
+        if rel not in self.old and self._create(host, target, st, first_name):
+            self.touched.add(os.path.dirname(rel))
+            self.copied += 1
+            return
         tmp = self._temp_name(os.path.dirname(target))
         if first_name is not None:
             os.link(os.path.join(self.dest, first_name), tmp)
@@ -174,6 +178,46 @@ class _Walk:
             os.replace(tmp, target)
         self.touched.add(os.path.dirname(rel))
         self.copied += 1
+
+    def _create(self, host: str, target: str, st: os.stat_result, first_name: str | None) -> bool:
+        """An entry the last sync did not have, made at its name directly (no temporary name
+        and rename: a new name is not read by anyone before the sync ends); False when the
+        name is taken after all (a sync interrupted before it saved its state), for the caller
+        to replace it."""
+        mode = st.st_mode
+        try:
+            if first_name is not None:
+                os.link(os.path.join(self.dest, first_name), target)
+                return True
+            if stat.S_ISLNK(mode):
+                os.symlink(os.readlink(host), target)
+                if self.is_root:
+                    os.lchown(target, 0, 0)
+                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                return True
+            in_fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+            except BaseException:
+                os.close(in_fd)
+                raise
+        except FileExistsError:
+            return False
+        try:
+            with contextlib.ExitStack() as closing:
+                closing.callback(os.close, in_fd)
+                closing.callback(os.close, fd)
+                self.bytes += copy_fd_data(in_fd, fd)
+                os.fchmod(fd, stat.S_IMODE(mode))
+                if self.is_root:
+                    os.fchown(fd, 0, 0)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            raise
+        return True
 
     def _temp_name(self, directory: str) -> str:
         while True:

@@ -277,3 +277,38 @@ def test_mtime_only_touch_of_the_context_keeps_its_checksum(tmp_path, trees):
     (src / "app/main.py").write_bytes(b"2\n")
     sync()
     assert cache.checksum(dest, "/") != before
+
+
+def test_new_entries_are_made_in_place_and_leftovers_of_an_interrupted_sync_replaced(
+        tmp_path, trees):
+    """A name the last sync did not have is created directly (no temporary name); one already
+    taken (by a sync that stopped before saving its state) is replaced like a changed entry."""
+    src = trees.make(tmp_path / "src", {"a.txt": b"a\n", "tool": b"#!/bin/sh\n",
+                                        "ln": ("->", "a.txt")})
+    os.chmod(src / "tool", 0o750)
+    os.link(src / "a.txt", src / "hard.txt")
+    dest, sync = _mirror(tmp_path, src)
+    made = []
+    real_replace = os.replace
+    import pybk.core.fs.localsync as localsync
+
+    def replace(a, b):
+        if os.path.basename(a).startswith(".pybk-sync-"):
+            made.append(os.path.basename(b))
+        return real_replace(a, b)
+
+    localsync.os.replace, original = replace, localsync.os.replace
+    try:
+        assert sync().copied == 4
+        assert made == []  # nothing through a temporary name
+        _same(src, dest, trees)
+        assert os.stat(dest / "tool").st_mode & 0o7777 == 0o750
+        assert os.stat(dest / "a.txt").st_ino == os.stat(dest / "hard.txt").st_ino
+        (src / "b.txt").write_text("new\n")
+        (dest / "b.txt").write_text("left by a sync that was interrupted")
+        assert sync().copied == 1
+        assert made == ["b.txt"]
+        _same(src, dest, trees)
+        assert not [n for n in os.listdir(dest) if n.startswith(".pybk-sync-")]
+    finally:
+        localsync.os.replace = original
