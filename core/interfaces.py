@@ -200,6 +200,12 @@ class ExporterInstance(abc.ABC):
     @abc.abstractmethod
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse: ...
 
+    def layer_spec(self, info: Mapping[str, Any]) -> Any:
+        """How ``export`` will write image layers (a :class:`pybk.core.images.layers.LayerSpec`),
+        so the engine may write those of the result's lower layers while the last step still
+        runs; None (the default) for an exporter writing no layers."""
+        return None
+
 
 class Exporter(Plugin, abc.ABC):
     """Writes a build result somewhere (image store, directory, tarball, registry).

@@ -261,13 +261,27 @@ def content_store_for(result: BuildResultView, info: Mapping[str, Any]) -> Any:
     return ContentStore(root)
 
 
+def layer_spec(settings: ImageSettings, info: Mapping[str, Any]) -> LayerSpec:
+    """The layers' compression and, with ``rewrite-timestamp``, the epoch of their mtimes."""
+    epoch = resolve_epoch(settings, info)
+    return attrs.evolve(settings.spec, epoch=epoch if settings.rewrite_timestamp else None)
+
+
+def ahead_spec(settings: ImageSettings, info: Mapping[str, Any]) -> LayerSpec | None:
+    """:func:`layer_spec` for writing layers ahead, or None when it cannot be known yet (an
+    invalid SOURCE_DATE_EPOCH: the export reports it)."""
+    try:
+        return layer_spec(settings, info)
+    except UsageError:
+        return None
+
+
 def build_image(result: BuildResultView, settings: ImageSettings, info: Mapping[str, Any],
                 content: Any = None) -> BuiltImage:
     """Write the result's layers, config and manifest into the content store."""
     content = content if content is not None else content_store_for(result, info)
     epoch = resolve_epoch(settings, info)
-    spec = attrs.evolve(settings.spec,
-                        epoch=epoch if settings.rewrite_timestamp else None)
+    spec = layer_spec(settings, info)
     layers = export_layers(result, content, spec)
     created = _timestamp(epoch if epoch is not None else round(time.time(), 6))
     config = image_config(result.image_config, [layer.blob.diff_id for layer in layers],
@@ -515,6 +529,9 @@ class _ImageInstance(ExporterInstance):
     def __init__(self, options: ImageOptions, settings: ImageSettings):
         self.options = options
         self.settings = settings
+
+    def layer_spec(self, info: Mapping[str, Any]) -> LayerSpec | None:
+        return ahead_spec(self.settings, info)
 
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
         from pybk.core.images import store as imagestore

@@ -29,6 +29,7 @@ from pybk.exporters.image import (
     BuiltIndex,
     CommonImageOptions,
     ImageSettings,
+    ahead_spec,
     build_images,
     check_common,
 )
@@ -164,6 +165,9 @@ class _ArchiveInstance(ExporterInstance):
         self.options = options
         self.settings = settings
         self.docker = docker
+
+    def layer_spec(self, info: Mapping[str, Any]) -> Any:
+        return ahead_spec(self.settings, info)
 
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
         image = build_images(result, self.settings, info)

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from pybk.core.errors import UsageError
+from pybk.core.errors import PybkError, UsageError
 from pybk.core.interfaces import Executor
 from pybk.core.paths import default_root
 from pybk.core.progress.events import Progress, SolveStatus
@@ -284,9 +284,13 @@ class Client:
                               oci_layouts={k: os.path.abspath(v)
                                            for k, v in (oci_layouts or {}).items()},
                               resolved_images=dict(resolved_images or {}))
+            info = {"root": self.root, "registry_hosts": dict(self.config.registry),
+                    **(export_info or {})}
+            specs = [e.layer_spec(info) for e in exports]
             solved = await self._solve_graphs(definitions, session=session, bus=bus,
                                               no_cache=no_cache, importers=importers,
-                                              cache_modes=modes)
+                                              cache_modes=modes,
+                                              ahead=next((s for s in specs if s is not None), None))
             results = dict(zip(definitions, (r for r, _ in solved), strict=True))
             cache_entries = {mode: [entry for _, entries in solved for entry in entries[mode]]
                              for mode in modes}
@@ -296,8 +300,6 @@ class Client:
                 result = MultiPlatformResult(results)
             else:
                 result = results[""]
-            info = {"root": self.root, "registry_hosts": dict(self.config.registry),
-                    **(export_info or {})}
             if any(_is_inline(e) for e in cache_to):
                 from pybk.core.remotecache.inline import inline_cache
 
@@ -347,10 +349,12 @@ class Client:
 
     async def _solve_graphs(self, definitions: Mapping[str, tuple[Any, Any]], *, session: Any,
                             bus: Progress, no_cache: bool, importers: Sequence[Any],
-                            cache_modes: Iterable[str]) -> list[tuple[Any, dict[str, list]]]:
+                            cache_modes: Iterable[str], ahead: Any = None
+                            ) -> list[tuple[Any, dict[str, list]]]:
         """Solve the definitions concurrently with one runner (the build's locks, images and
         parallelism are shared); for each, its SolveResult and ``{mode: cache entries}``. The
-        first failure cancels the others."""
+        first failure cancels the others. ``ahead``: the layer spec of the image the result
+        is exported as, to write the layers below a result while its last step runs."""
         from pybk.core.registry.client import RegistryClient
         from pybk.core.store.content import ContentStore
 
@@ -371,6 +375,9 @@ class Client:
                 remote = await import_caches(importers, bus, {
                     "root": self.root, "registry_hosts": dict(self.config.registry)})
             runner = solver.runner(session, registry, lease, remote)
+            if ahead is not None:
+                for definition, _ in definitions.values():
+                    _write_ahead_of_head(runner, definition, ahead)
             return await _all_or_none([
                 self._solve_graph(definition, config, runner=runner, bus=bus, slots=slots,
                                   no_cache=no_cache, cache_modes=cache_modes)
@@ -421,6 +428,36 @@ class Client:
 
         with result.mount() as root:
             return copy_tree(root, os.fspath(dest_dir))
+
+
+def _write_ahead_of_head(runner: Any, definition: Any, spec: Any) -> None:
+    """When the definition's last step starts, write the layer blobs of the snapshot it runs
+    on in a thread (:func:`pybk.core.images.layers.write_ahead`): they are the image's lower
+    layers whatever the step makes, and the export finds them written or being written."""
+    import threading
+
+    try:
+        head = definition.head_input().digest
+    except PybkError:
+        return  # an invalid definition: solving it says what is wrong
+
+    def start(vertex: Any, inputs: list[Any]) -> None:
+        from pybk.core.images.layers import write_ahead
+        from pybk.core.llb.ops import ExecOp, FileOp
+        from pybk.core.store.content import ContentStore
+
+        body = vertex.op.op
+        index = None
+        if isinstance(body, ExecOp):
+            index = next((m.input for m in body.mounts if m.dest == "/"), None)
+        elif isinstance(body, FileOp) and body.actions:
+            index = body.actions[0].input
+        if index is None or not 0 <= index < len(inputs) or inputs[index].snapshot is None:
+            return
+        threading.Thread(target=write_ahead, name="pybk-layers-ahead", daemon=True, args=(
+            runner.store, inputs[index], ContentStore(runner.store.root), spec)).start()
+
+    runner.on_execute[head] = start
 
 
 async def _all_or_none(coros: Sequence[Any]) -> list[Any]:

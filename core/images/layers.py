@@ -18,13 +18,15 @@ compression from scratch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import threading
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO, Any, TypeVar
 
 import attrs
 
@@ -49,6 +51,7 @@ _MEDIA_TYPES = {
     (True, "uncompressed"): OCI_LAYER,
 }
 _CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 def check_level(compression: str, level: int | None, flag: str) -> None:
@@ -219,6 +222,37 @@ def _remember(store: Any, cache_key: str, blob: LayerBlob) -> LayerBlob:
     return blob
 
 
+_WRITING: dict[str, Future[Any]] = {}
+_WRITING_LOCK = threading.Lock()
+
+
+def _once(cache_key: str, write: Callable[[], T]) -> T:
+    """``write()``, unless another thread of this process is writing the same layer: then
+    its result (written ahead while the last step ran, see :func:`write_ahead`), or, if that
+    failed, ``write()`` after all."""
+    with _WRITING_LOCK:
+        running = _WRITING.get(cache_key)
+        if running is None:
+            mine: Future[Any] = Future()
+            _WRITING[cache_key] = mine
+    if running is not None:
+        try:
+            return running.result()  # type: ignore[no-any-return]
+        except Exception:
+            return write()
+    try:
+        value = write()
+    except BaseException as exc:
+        mine.set_exception(exc)
+        raise
+    else:
+        mine.set_result(value)
+        return value
+    finally:
+        with _WRITING_LOCK:
+            _WRITING.pop(cache_key, None)
+
+
 def _layer_job(store: Any, content: Any, sn: Any, key: str,
                spec: LayerSpec) -> Callable[[], LayerBlob | None]:
     """A function producing the layer of snapshot ``key`` (None when it has no changes)."""
@@ -240,7 +274,7 @@ def _layer_job(store: Any, content: Any, sn: Any, key: str,
                 blob = write_blob(content, _copy_stream(decompressed(raw, recorded["mediaType"])),
                                   spec, blocks=GzipBlockIndex(store, content))
             return _remember(store, cache_key, attrs.evolve(blob, source=""))
-        return transcode
+        return lambda: _once(cache_key, transcode)
 
     cache_key = f"export-layer:{key}:{spec.compression}:{level}:{spec.epoch}"
 
@@ -256,7 +290,15 @@ def _layer_job(store: Any, content: Any, sn: Any, key: str,
         blob = write_blob(content, lambda out: write_overlay_upper_tar(
             layer, out, source_date_epoch=spec.epoch), spec, blocks=GzipBlockIndex(store, content))
         return _remember(store, cache_key, blob)
-    return generate
+    return lambda: _once(cache_key, generate)
+
+
+def write_ahead(store: Any, ref: Any, content: Any, spec: LayerSpec) -> None:
+    """Write the layer blobs of ``ref`` (a committed snapshot below the result) while the last
+    step still runs: the export then finds them written, or waits for the one being written
+    instead of writing it again. A failure is left for the export to meet."""
+    with contextlib.suppress(Exception):
+        snapshot_layers(store, ref, content, spec)
 
 
 def export_layers(result: Any, content: Any, spec: LayerSpec, *,

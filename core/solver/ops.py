@@ -124,6 +124,8 @@ class BuildRunner(OpRunner, LayerUnpacker):
         self._local_done: dict[tuple[str, str, bytes], tuple[str, VertexOutcome]] = {}
         #: image layers unpacking ahead of need (see :meth:`_unpack_ahead`)
         self._ahead: list[asyncio.Task[Any]] = []
+        #: called with the vertex and its inputs when that vertex is about to run
+        self.on_execute: dict[str, Callable[[Vertex, list[Ref]], None]] = {}
 
     def release(self) -> None:
         """Let go of the locks this build holds (local directories)."""
@@ -299,6 +301,9 @@ class BuildRunner(OpRunner, LayerUnpacker):
 
     async def execute(self, vertex: Vertex, key: str, inputs: list[Ref],
                       vp: VertexProgress) -> VertexOutcome:
+        hook = self.on_execute.get(vertex.digest)
+        if hook is not None:
+            hook(vertex, inputs)
         body = vertex.op.op
         if isinstance(body, SourceOp):
             return await self._image_pull(vertex, body, vp)

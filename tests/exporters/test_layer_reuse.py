@@ -10,6 +10,7 @@ import io
 import json
 import random
 import tarfile
+import time
 
 import pytest
 
@@ -110,3 +111,37 @@ def test_blocks_that_do_not_verify_are_compressed_again(make_client, busybox_lay
     assert len(deflated) == len(entries)  # every block of the layer compressed again
     fresh = _export(make_client("fresh"), busybox_layout, ctx, tmp_path / "fresh")
     assert again["layers"] == fresh["layers"]
+
+
+def test_lower_layers_are_written_while_the_last_step_runs(make_client, busybox_layout,
+                                                           tmp_path, monkeypatch):
+    """The export's lower layers are written (once) while the last step runs; the image is
+    the one a store without that gives."""
+    from pybk.core.engine import client as client_mod
+    from pybk.core.images import layers
+    from pybk.core.progress.events import EventRecorder
+
+    ctx = _context(tmp_path / "ctx", random.Random(8).randbytes(2 << 20))
+    digest = json.loads((busybox_layout / "index.json").read_text())["manifests"][0]["digest"]
+    base = llb.oci_layout(f"busybox@{digest}", store_id="base")
+    state = base.file(llb.copy(llb.local("context"), "/", "/ctx", create_dest_path=True)) \
+        .run("sleep 1; du -s /ctx > /size").root()
+    written = []
+    real = layers.write_blob
+    monkeypatch.setattr(layers, "write_blob",
+                        lambda *a, **kw: written.append(time.time()) or real(*a, **kw))
+
+    def export(client, dest):
+        recorder = EventRecorder()
+        client.solve(state, local_dirs={"context": str(ctx)},
+                     oci_layouts={"base": str(busybox_layout)}, progress=recorder,
+                     outputs=[{"type": "oci", "dest": str(dest), "tar": "false"}])
+        run = next(v for v in recorder.final_vertexes().values() if "sleep 1" in v.name)
+        return _manifest(dest), run
+
+    ahead, run = export(make_client("ahead"), tmp_path / "ahead")
+    assert len(written) == 2  # the COPY layer and the RUN's, each once
+    assert run.started < written[0] < run.completed  # the COPY layer: during the RUN
+    monkeypatch.setattr(client_mod, "_write_ahead_of_head", lambda *a: None)
+    plain, _ = export(make_client("plain"), tmp_path / "plain")
+    assert ahead["layers"][:2] == plain["layers"][:2]  # (the RUN's file has this run's mtime)
