@@ -157,6 +157,20 @@ class ChecksumCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
+    def prime(self, root: str | os.PathLike[str], rel: str) -> None:
+        """Hash the content of the regular file ``rel`` of ``root`` now, as a checksum of the
+        tree would (keyed by its stat, trusted under the same rule): a sync calls it for each
+        file it writes, from another thread, so summing the tree afterwards reads nothing. Call
+        it for one root from one thread at a time, and not while that root is summed."""
+        root = self._realpath(root)
+        host = os.path.join(root, rel)
+        try:
+            st = os.lstat(host)
+        except OSError:
+            return
+        if stat.S_ISREG(st.st_mode):
+            self._root_cache(root).content(rel, host, st)
+
     def checksum(self, root: str | os.PathLike[str], path: str = "/", *, wildcard: bool = False,
                  follow_symlinks: bool = False, include_patterns: Sequence[str] = (),
                  exclude_patterns: Sequence[str] = (), memo: Memo | None = None) -> str:

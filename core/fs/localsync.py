@@ -19,7 +19,7 @@ import contextlib
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -68,8 +68,10 @@ def _follow_targets(root: str, follow_paths: Sequence[str]) -> list[str]:
 class _Walk:
     """One sync: the source walk and the changes it makes to the destination."""
 
-    def __init__(self, dest: str, old: dict[str, list], path_filter: PathFilter | None):
+    def __init__(self, dest: str, old: dict[str, list], path_filter: PathFilter | None,
+                 on_copied: Callable[[str], None] | None = None):
         self.dest = dest
+        self.on_copied = on_copied
         self.old = old
         self.new: dict[str, list] = {}
         self.filter = path_filter
@@ -156,8 +158,7 @@ class _Walk:
             return
         target = os.path.join(self.dest, rel)
         if rel not in self.old and self._create(host, target, st, first_name):
-            self.touched.add(os.path.dirname(rel))
-            self.copied += 1
+            self._copied(rel, mode)
             return
         tmp = self._temp_name(os.path.dirname(target))
         if first_name is not None:
@@ -176,8 +177,13 @@ class _Walk:
         except IsADirectoryError:
             shutil.rmtree(target)
             os.replace(tmp, target)
+        self._copied(rel, mode)
+
+    def _copied(self, rel: str, mode: int) -> None:
         self.touched.add(os.path.dirname(rel))
         self.copied += 1
+        if self.on_copied is not None and stat.S_ISREG(mode):
+            self.on_copied(rel)
 
     def _create(self, host: str, target: str, st: os.stat_result, first_name: str | None) -> bool:
         """An entry the last sync did not have, made at its name directly (no temporary name
@@ -281,12 +287,14 @@ def _save_state(state_file: str, dest_dir: str, entries: dict[str, list]) -> Non
 def sync_local(src_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str], *,
                include_patterns: Sequence[str] = (), exclude_patterns: Sequence[str] = (),
                follow_paths: Sequence[str] = (),
-               state_file: str | os.PathLike[str]) -> SyncStats:
+               state_file: str | os.PathLike[str],
+               on_copied: Callable[[str], None] | None = None) -> SyncStats:
     """Make ``dest_dir`` mirror the selected part of ``src_dir``, copying only what changed.
 
     ``include_patterns``/``exclude_patterns``: BuildKit patternmatcher patterns (an excluded
     directory is not read). ``follow_paths``: only these paths (their parents, and the targets of
-    symlinks among them) are transferred, in addition to ``include_patterns``.
+    symlinks among them) are transferred, in addition to ``include_patterns``. ``on_copied``
+    is given the relative path of each regular file copied, once it is complete.
     """
     src = os.path.realpath(os.fspath(src_dir))
     dest = os.path.abspath(os.fspath(dest_dir))
@@ -301,7 +309,7 @@ def sync_local(src_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str]
     includes = list(include_patterns)
     if follow_paths:
         includes.extend(_follow_targets(src, follow_paths))
-    walk = _Walk(dest, old, PathFilter.create(includes, list(exclude_patterns)))
+    walk = _Walk(dest, old, PathFilter.create(includes, list(exclude_patterns)), on_copied)
     root_st = os.stat(src)
     root_record = ["d", root_st.st_mode, 0, root_st.st_mtime_ns, root_st.st_ino, root_st.st_dev]
     walk.new[""] = root_record

@@ -19,6 +19,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -477,9 +478,17 @@ class BuildRunner(OpRunner, LayerUnpacker):
             await lock.acquire_async()
             self._held.append(lock)
             dest = str(self.store.local_dir(name, copy_key))
-            stats = await asyncio.to_thread(
-                sync_local, client_dir, dest, include_patterns=include, exclude_patterns=exclude,
-                follow_paths=follow, state_file=dest.rstrip("/") + LOCAL_SYNC_STATE_SUFFIX)
+            # each file copied is hashed meanwhile in another thread (the sync mostly waits
+            # on the kernel): the checksum below then reads nothing
+            priming = ThreadPoolExecutor(1, thread_name_prefix="pybk-checksum")
+            try:
+                stats = await asyncio.to_thread(
+                    sync_local, client_dir, dest, include_patterns=include,
+                    exclude_patterns=exclude, follow_paths=follow,
+                    state_file=dest.rstrip("/") + LOCAL_SYNC_STATE_SUFFIX,
+                    on_copied=lambda rel: priming.submit(self.w.checksums.prime, dest, rel))
+            finally:
+                await asyncio.to_thread(priming.shutdown)
             self.local_stats[name] = stats
             vp.status(f"transferring {name}: {stats.copied} files copied, "
                       f"{stats.removed} removed", done=True)

@@ -195,3 +195,25 @@ def test_a_whole_tree_memo_answers_selectors_exactly_as_the_tree(tmp_path, tree,
     assert ChecksumCache.known(memo, "dirlink/main.py") is None
     assert ChecksumCache.known(memo, "app/*.py", wildcard=True) is None
     assert ChecksumCache.known(memo, "missing") is None
+
+
+def test_files_primed_while_a_sync_writes_them_are_not_read_again(tmp_path, tree, reads):
+    """A sync hands each file it writes to prime() (from another thread): the tree's checksum
+    afterwards reads no file, and is the one summing from scratch gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pybk.core.fs.localsync import sync_local
+
+    cache = ChecksumCache(tmp_path / "cache")
+    dest = tmp_path / "copy"
+    with ThreadPoolExecutor(1) as priming:
+        stats = sync_local(tree, dest, state_file=tmp_path / "state",
+                           on_copied=lambda rel: priming.submit(cache.prime, dest, rel))
+    assert stats.copied == 5
+    primed = sorted(reads)
+    assert primed == sorted(str(dest / p) for p in ("app/main.py", "app/lib/util.py",
+                                                    "app/readme.txt", "data.bin"))
+    expected = ChecksumCache(None).checksum(tree, "/")
+    reads.clear()
+    assert cache.checksum(dest, "/") == expected
+    assert reads == []
