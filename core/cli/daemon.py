@@ -317,8 +317,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGUSR1, self._retire_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        gc.collect()
-        gc.freeze()
+        gc.freeze()  # (collected before listening) the children's collections skip it all
         print(f"pybkd: serving unix://{self.path} (store {self.served.root}, pid "
               f"{os.getpid()})", file=sys.stderr, flush=True)
         last = time.monotonic()
@@ -639,6 +638,7 @@ def _start(argv: list[str]) -> int:
     try:
         workers = load_workers(config, root)
         warm_up(root, config, select_worker(workers))
+        gc.collect()  # before the socket appears: the first command is answered at once
         listener = _bind(path)
         for worker in workers:  # what the children give back stays for the next builds
             worker.serve()
