@@ -126,3 +126,25 @@ def test_block_keys_depend_on_level_window_and_end():
             block_key(chunk, 6, b"x", False), block_key(chunk, 6, b"", True),
             block_key(chunk + b"y", 6, b"", False), block_key(chunk[1:], 6, chunk[:1], False)}
     assert len(keys) == 6
+
+
+def test_incompressible_blocks_are_stored_and_the_rest_compressed():
+    """Random data is written as deflate's stored blocks (no match search), text next to it is
+    still compressed; both read back, and the size stays what level 6 gives such data."""
+    from pybk.core.images.pgzip import incompressible
+
+    noise = random.Random(5).randbytes(4 * BLOCK)
+    text = _text(4 * BLOCK)
+    assert incompressible(noise[:BLOCK]) and not incompressible(text[:BLOCK])
+    # a block that is mostly random but has text in one sample is compressed normally
+    mixed = noise[:BLOCK - 20_000] + text[:20_000]
+    assert not incompressible(mixed)
+    blob = _compress(noise + text, threads=2)
+    assert gzip.decompress(blob) == noise + text
+    deflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    assert deflate.decompress(blob[10:])[:len(noise)] == noise
+    # stored: the random part costs its size plus 5 bytes per 64 KiB stored block
+    assert len(_compress(noise, threads=2)) <= len(noise) + 5 * (len(noise) // 65535 + 2) + 64
+    assert len(_compress(text, threads=2)) < len(text) * 0.7  # text still deflated
+    # level 6 on the same noise is no smaller
+    assert len(gzip.compress(noise, 6, mtime=0)) >= len(_compress(noise, threads=2)) - 64
