@@ -416,41 +416,7 @@ class Bench:
         }
 
     def plot(self, path: str) -> None:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            log("matplotlib is not installed: no plot")
-            return
-        others = [e for e in self.engines if e.name != "buildkit"]
-        labels, series = [], {e.label: [] for e in others}
-        for case, variant, phase in self.rows():
-            base = self.results.get((case.row_name(variant), phase, "buildkit"))
-            if not base or not base.median:
-                continue
-            labels.append(f"{case.row_name(variant)} {phase}")
-            for e in others:
-                cell = self.results.get((case.row_name(variant), phase, e.name))
-                series[e.label].append(cell.median / base.median
-                                       if cell and cell.median is not None else float("nan"))
-        if not labels:
-            log("no BuildKit numbers: no plot")
-            return
-        fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.45), 5))
-        width = 0.8 / max(1, len(series))
-        for i, (label, values) in enumerate(series.items()):
-            ax.bar([x + i * width for x in range(len(labels))], values, width, label=label)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.set_ylabel("median time / BuildKit's (log scale; 1 = as fast)")
-        ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))])
-        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
-        ax.legend()
-        ax.set_title("Build time relative to BuildKit 0.8 (dockerd 20.10); missing bar = n/a")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        log(f"plot written to {path}")
+        plot_report(self.report(), path)
 
     def clean_up(self) -> None:
         for engine in reversed(self.started):
@@ -468,6 +434,63 @@ class Bench:
             remove_tree(self.workdir)
 
 
+def ratio_series(report: dict) -> tuple[list[str], dict[str, list[float]]]:
+    """From a ``--json`` report: the row labels that have a BuildKit median and, for every
+    other engine, its median over BuildKit's per row (NaN where it has none)."""
+    medians: dict[tuple, float | None] = {}
+    rows: list[tuple] = []
+    engines: list[str] = []
+    for cell in report["cells"]:
+        row = (cell["case"], cell["variant"], cell["phase"])
+        if row not in rows:
+            rows.append(row)
+        if cell["engine"] not in engines:
+            engines.append(cell["engine"])
+        medians[(*row, cell["engine"])] = cell["median"]
+    others = [e for e in engines if e != "buildkit"]
+    labels: list[str] = []
+    series: dict[str, list[float]] = {e: [] for e in others}
+    for case, variant, phase in rows:
+        base = medians.get((case, variant, phase, "buildkit"))
+        if not base:
+            continue
+        labels.append(f"{case if variant is None else f'{case} ({variant})'} {phase}")
+        for e in others:
+            value = medians.get((case, variant, phase, e))
+            series[e].append(value / base if value is not None else float("nan"))
+    return labels, series
+
+
+def plot_report(report: dict, path: str) -> None:
+    """Bars of each engine's median over BuildKit's, per case and run, from a ``--json``
+    report (``bench/run --replot REPORT --plot PNG`` draws an earlier run again)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plot")
+        return
+    labels, series = ratio_series(report)
+    if not labels:
+        log("no BuildKit numbers: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.45), 5))
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([x + i * width for x in range(len(labels))], values, width, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("median time / BuildKit's (log scale; 1 = as fast)")
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+    ax.legend()
+    ax.set_title("Build time relative to BuildKit 0.8 (dockerd 20.10); missing bar = n/a")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"plot written to {path}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run",
@@ -478,6 +501,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     parser.add_argument("--json", metavar="OUT", help="write every measurement as JSON")
     parser.add_argument("--plot", metavar="PNG", help="bar chart of ratios to BuildKit")
+    parser.add_argument("--replot", metavar="REPORT",
+                        help="draw --plot from an earlier run's --json report; build nothing")
     parser.add_argument("--buildah-jobs", type=int, default=3,
                         help="buildah --jobs (stages built in parallel; default 3)")
     parser.add_argument("--workdir", help="where engines keep state (default: a temp dir)")
@@ -510,6 +535,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            log("--replot needs --plot PNG")
+            return 2
+        with open(args.replot) as f:
+            plot_report(json.load(f), args.plot)
+        return 0
     if args.list:
         for name in all_case_names():
             print(f"{name:22} {load_case(name).description}")

@@ -79,3 +79,39 @@ def test_baseline_runs_the_other_executables_with_the_same_command(engines, tmp_
     assert cmd[0] == str(directory / "pybk") and cmd[cmd.index("-t") + 1] == "bench-noop"
     missing = engines.make_engines(["pybk"], 3, baseline_dir=str(tmp_path / "nowhere"))
     assert "is not executable" in missing[1].unavailable
+
+
+def test_replot_ratios_come_from_the_report(tmp_path, monkeypatch):
+    """--replot reads a --json report: each engine's median over BuildKit's, rows without a
+    BuildKit median left out, a missing median NaN."""
+    import json
+    import math
+    import subprocess
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    harness = importlib.import_module("harness")
+
+    def cell(case, phase, engine, median, variant=None):
+        return {"case": case, "variant": variant, "phase": phase, "engine": engine,
+                "median": median}
+
+    report = {"cells": [
+        cell("a", "cold", "pybk", 3.0), cell("a", "cold", "pybkd", 1.0),
+        cell("a", "cold", "buildkit", 2.0),
+        cell("a", "warm", "pybk", None), cell("a", "warm", "pybkd", 0.1),
+        cell("a", "warm", "buildkit", 0.2),
+        cell("export", "cold", "pybk", 5.0, "zstd"), cell("export", "cold", "buildkit", None,
+                                                          "zstd"),
+    ]}
+    labels, series = harness.ratio_series(report)
+    assert labels == ["a cold", "a warm"]
+    assert series["pybk"][0] == 1.5 and math.isnan(series["pybk"][1])
+    assert series["pybkd"] == [0.5, 0.5]
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps(report))
+    png = tmp_path / "r.png"
+    done = subprocess.run([sys.executable, str(BENCH / "run"), "--replot", str(out), "--plot",
+                           str(png)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    if "matplotlib is not installed" not in done.stderr:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
