@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from import_reasons import reason  # noqa: E402  (a file beside this script)
 
 DOCKERFILE = "FROM scratch\nCOPY a.txt /a.txt\n"
-REGISTRY_DOCKERFILE = "ARG BASE\nFROM ${BASE}\nCOPY a.txt /a.txt\nRUN cat /a.txt\n"
+REGISTRY_DOCKERFILE = "ARG BASE=busybox\nFROM ${BASE}\nCOPY a.txt /a.txt\nRUN cat /a.txt\n"
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 #: runs the pybk script (argv[2:]) as __main__, then writes sys.modules' names to argv[1]
 RUN_AND_LIST = (
