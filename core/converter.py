@@ -499,6 +499,58 @@ def _from_text(text: str, tp: Any, sep: str) -> Any:
     raise ValueError("cannot be set from a command-line attribute")
 
 
+def _plain_type(tp: Any) -> bool:
+    """Whether a value :func:`_from_text` made for ``tp`` is already what the converter would
+    make of it (no hook of its own: not a duration, a size or a nested class)."""
+    tp = _strip_optional(tp)
+    if tp in (str, bool, int, float) or tp is Any or _is_literal(tp):
+        return True
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return True
+    if _is_list(tp) or _is_dict(tp):
+        args = typing.get_args(tp)
+        inner = _strip_optional(args[-1]) if args else str
+        return not (_is_list(inner) or _is_dict(inner)) and _plain_type(inner)
+    return False
+
+
+def _construct_plain(cls: type, fields: Any, data: Mapping[str, Any]) -> Any:
+    """``cls`` made directly from ``data`` (external keys, values from :func:`_from_text`) when
+    every field given is of a plain type and passes its check and nothing required is missing;
+    None whenever the converter should decide (it also words the errors). Spares a build that
+    sets a few options the converter's import and generated code (~20 ms a process)."""
+    kwargs: dict[str, Any] = {}
+    for a in fields:
+        key = external_key(a)
+        if key not in data:
+            if a.default is attrs.NOTHING:
+                return None
+            continue
+        if not _plain_type(a.type):
+            return None
+        value = data[key]
+        check = field_meta(a, "check")
+        if check is not None:
+            item_check = getattr(check, "item_check", None)
+            key_check = getattr(check, "key_check", None)
+            try:
+                if item_check is not None:
+                    for item in value:
+                        item_check(item)
+                elif key_check is not None:
+                    for name in value:
+                        key_check(name)
+                else:
+                    check(value)
+            except (ValueError, TypeError):
+                return None
+        kwargs[a.alias] = value
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError):
+        return None
+
+
 def structure_options(cls: type, attrs_in: Mapping[str, str], *, where: str) -> Any:
     """An instance of the plugin ``Options`` class ``cls`` from CLI attrs (all strings).
 
@@ -506,8 +558,6 @@ def structure_options(cls: type, attrs_in: Mapping[str, str], *, where: str) -> 
     ``setting(prefix="annotation.")`` collects ``annotation.K=V`` attrs. Raises UsageError naming
     ``where`` (the flag, e.g. ``--cache-to``) with every bad, unknown or missing attr.
     """
-    from cattrs.errors import BaseValidationError
-
     attrs.resolve_types(cls)
     fields = attrs.fields(cls)
     by_key = {external_key(a): a for a in fields if not field_meta(a, "prefix")}
@@ -534,6 +584,12 @@ def structure_options(cls: type, attrs_in: Mapping[str, str], *, where: str) -> 
             hint = suggest(key, by_key) or (f" (known: {', '.join(sorted(known))})"
                                             if known else " (this takes no attributes)")
             problems.append(f'unknown attribute "{key}"{hint}')
+    if not problems:
+        plain = _construct_plain(cls, fields, data)
+        if plain is not None:
+            return plain
+    from cattrs.errors import BaseValidationError
+
     try:
         result = get_converter().structure(data, cls)
     except BaseValidationError as exc:

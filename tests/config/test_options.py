@@ -166,3 +166,77 @@ def test_toml_structuring_is_strict_for_options_too():
     with pytest.raises(Exception) as info:
         conv.structure({"bucket": "b", "upload_parallelism": "4"}, CacheOptions)
     assert "expected an integer" in repr(info.value.exceptions)
+
+
+def _sample_text(field) -> str | None:
+    """A text that suits ``field``'s type, or None when it has no plain type."""
+    import enum
+    import typing
+
+    from pybk.core import converter as cv
+
+    tp = cv._strip_optional(field.type)
+    if tp is bool:
+        return "true"
+    if tp is int:
+        return "3"
+    if tp is float:
+        return "1.5"
+    if tp is str:
+        return "value"
+    if cv._is_literal(tp):
+        return str(typing.get_args(tp)[-1])
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return str(list(tp)[-1].value)
+    if cv._is_list(tp):
+        return "a,b"
+    if cv._is_dict(tp):
+        return "k=v"
+    return None
+
+
+def test_options_made_directly_equal_the_converters(monkeypatch):
+    """The direct path of structure_options (no cattrs) gives exactly what the converter gives,
+    for every built-in plugin's options: with nothing set, and with every plain field set."""
+    import attrs
+
+    from pybk.core import converter as cv
+    from pybk.core.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    classes = []
+    for registry in (pm.exporters(), pm.cache_backends(), pm.frontends()):
+        for name in registry.names():
+            options = getattr(registry.get(name), "Options", None)
+            if options is not None and attrs.has(options):
+                classes.append(options)
+    assert len(classes) >= 8
+    direct = []
+    real = cv._construct_plain
+    monkeypatch.setattr(cv, "_construct_plain",
+                        lambda *a: direct.append(real(*a)) or direct[-1])
+    compared = 0
+    for cls in classes:
+        attrs.resolve_types(cls)
+        fields = [f for f in attrs.fields(cls) if not cv.field_meta(f, "prefix")]
+        inputs = [{}]
+        full = {cv.external_key(f): t for f in fields if (t := _sample_text(f)) is not None}
+        inputs += [full] + [{k: v} for k, v in full.items()]
+        for given in inputs:
+            try:
+                slow = _via_converter(monkeypatch, cls, given)
+            except UsageError:
+                continue  # not a valid combination: the converter words it
+            fast = cv.structure_options(cls, given, where="-o")
+            assert fast == slow, (cls, given)
+            compared += 1
+    assert compared >= 20
+    assert sum(r is not None for r in direct) >= 15  # most were made directly
+
+
+def _via_converter(monkeypatch, cls, given):
+    from pybk.core import converter as cv
+
+    with monkeypatch.context() as m:
+        m.setattr(cv, "_construct_plain", lambda *a: None)
+        return cv.structure_options(cls, given, where="-o")
