@@ -91,6 +91,13 @@ def default_tls_context() -> ssl.SSLContext:
     return _DEFAULT_TLS[0]
 
 
+def proxy_configured() -> bool:
+    """Whether the environment names an HTTP proxy (``http_proxy``, ``https_proxy``,
+    ``all_proxy``, either case)."""
+    return any(os.environ.get(name) or os.environ.get(name.upper())
+               for name in _PROXY_VARIABLES)
+
+
 def async_client(tls_context: Callable[[], ssl.SSLContext], **options: Any) -> Any:
     """An ``httpx.AsyncClient`` whose TLS context ``tls_context()`` is made when the client
     first connects over ``https://``, not when the client is made: a client that only ever
@@ -100,7 +107,7 @@ def async_client(tls_context: Callable[[], ssl.SSLContext], **options: Any) -> A
     way (httpx mounts its proxy transports by URL pattern, which a lazy ``https://`` mount
     would hide)."""
     httpx = load_httpx()
-    if any(os.environ.get(name) or os.environ.get(name.upper()) for name in _PROXY_VARIABLES):
+    if proxy_configured():
         return httpx.AsyncClient(verify=tls_context(), **options)
     no_ca = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts nobody
     return httpx.AsyncClient(verify=no_ca, mounts={"https://": _lazy_transport(tls_context)},

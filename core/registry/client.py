@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import ipaddress
 import json
 import os
 import ssl
@@ -40,6 +39,7 @@ from pybk.core.registry import (
 )
 from pybk.core.registry.auth import Authenticator, Credentials, DockerCredentialStore
 from pybk.core.registry.reference import Reference, parse_reference
+from pybk.core.registry.reference import is_loopback as _is_loopback
 from pybk.core.store.content import ContentStore, DigestMismatchError
 
 if TYPE_CHECKING:
@@ -119,21 +119,6 @@ class _Endpoint:
 def _cfg(config: Any, name: str, default: Any) -> Any:
     value = getattr(config, name, default) if config is not None else default
     return default if value is None else value
-
-
-def _is_loopback(host: str) -> bool:
-    if host.startswith("[") and "]" in host:
-        name = host[1:host.index("]")]
-    elif host.count(":") == 1:
-        name = host.partition(":")[0]
-    else:
-        name = host
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 #: TLS contexts with per-host settings, by (host, settings)
@@ -291,6 +276,10 @@ class RegistryClient:
         )
 
     async def _get_manifest(self, ep: _Endpoint, ref: Reference, obj: str) -> tuple[str, str, bytes]:
+        if self.store is not None:
+            stored = await self._stored_manifest(ep, ref, obj)
+            if stored is not None:
+                return stored
         scopes = (f"repository:{ref.path}:pull",)
         resp = await self._send(ep, "GET", f"/{ref.path}/manifests/{obj}", scopes=scopes,
                                 headers={"Accept": ACCEPT_MANIFESTS})
@@ -310,6 +299,25 @@ class RegistryClient:
         if self.store is not None and not self.store.has(digest):
             self.store.put_bytes(data, digest)
         return digest, media_type, data
+
+    async def _stored_manifest(self, ep: _Endpoint, ref: Reference,
+                               obj: str) -> tuple[str, str, bytes] | None:
+        """The manifest ``obj`` names from the content store: by digest without a request, by
+        tag after one anonymous HEAD (:mod:`pybk.core.registry.probe`) names its digest; None:
+        ask the registry (a proxy or an untried plain-HTTP fallback, no answer, not stored)."""
+        from pybk.core.http import proxy_configured
+        from pybk.core.registry.probe import head_digest, stored_manifest
+
+        digest: str | None = obj
+        if not obj.startswith("sha256:"):
+            scheme = self._scheme(ep)
+            if proxy_configured() or (ep.http_fallback and scheme == "https"):
+                return None
+            digest = await asyncio.to_thread(
+                head_digest, scheme, ep.host, f"{ep.prefix}/v2/{ref.path}/manifests/{obj}",
+                accept=ACCEPT_MANIFESTS, timeout=min(self.timeout, 15.0),
+                tls_context=self._tls_context(ep.host) if scheme == "https" else None)
+        return stored_manifest(self.store, digest, MAX_MANIFEST_SIZE)
 
     async def _download(self, ep: _Endpoint, ref: Reference, desc: Descriptor,
                         progress: Progress | None) -> Path:

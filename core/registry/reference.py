@@ -6,6 +6,7 @@ tag and digest (the digest wins when pulling).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import attrs
@@ -148,3 +149,20 @@ def _check_digest(digest: str, text: str) -> None:
         raise InputError(
             f"invalid reference format: {text!r}: {algorithm} digest must be {want} lowercase hex digits"
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (``name``, ``name:port``, ``[v6]:port``) is this machine: ``localhost``,
+    ``*.localhost`` or a loopback address."""
+    if host.startswith("[") and "]" in host:
+        name = host[1:host.index("]")]
+    elif host.count(":") == 1:
+        name = host.partition(":")[0]
+    else:
+        name = host
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
