@@ -7,8 +7,10 @@ Keys are bench/imports.py's groups (pybk's by room, other packages by top-level 
 
 import sys
 
-_HTTP = "the async HTTP client: FROM's tag is resolved again on every build, as BuildKit does"
-_HTTPX_STDLIB = "imported by httpx (urllib.request, http.client, email headers)"
+_HTTP = ("the async HTTP client, loaded when something must be fetched (a cached rebuild whose "
+         "base tag is unchanged resolves it with one HEAD over http.client instead)")
+_HTTPX_STDLIB = ("http.client, for the one HEAD that resolves FROM's tag again on every build, as "
+                 "BuildKit does (email parses its headers); httpx imports these too")
 _LANGUAGE = "language support imported by attrs, cattrs, pluggy or the standard library itself"
 _STARTUP = ("interpreter start-up: site, the editable install's finder (pathlib), .pth files "
             "of this machine's site-packages (importlib.resources, certifi); not pybk's")
@@ -111,8 +113,9 @@ def reason(group: str, cost_us: int = 0) -> str | None:
     small helpers the modules above import); pybk's and other packages' must be listed."""
     if group in REASONS:
         return REASONS[group]
-    stdlib = group in sys.stdlib_module_names or group in sys.builtin_module_names
-    if stdlib and cost_us < 1000:
+    if group in sys.builtin_module_names:
+        return "built into the interpreter (the C part of a standard module)"
+    if group in sys.stdlib_module_names and cost_us < 1000:
         if group.startswith("_"):
             return "the C part of a standard-library module above"
         return "standard library, imported by a module above"
