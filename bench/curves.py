@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import re
-import signal
 import statistics
 import sys
 import threading
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 import curvegen
 import curvereport
 from engines import BuildRequest, Engine, EngineFailure, remove_tree
-from harness import PACKAGES, PHASES, Bench, Case, log
+from harness import PACKAGES, PHASES, Bench, Case, log, run_to_the_end
 from memory import TreeSampler, TreeUsage, mib, peak
 
 CURVES = ("files", "steps", "concurrency")
@@ -421,34 +420,24 @@ def main(argv: list[str] | None = None) -> int:
         log("bench/curves needs root (runc, dockerd, apt-get)")
         return 2
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
     bench = CurveBench(args)
-    interrupted = False
     began = time.monotonic()
-    try:
-        bench.set_up()
-        bench.run()
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: printing what was measured, then cleaning up")
-    finally:
+
+    def report() -> None:
         if bench.sampler:
             bench.sampler.stop()
         if bench.results or bench.batches:
-            report = bench.report()
-            report["duration_s"] = round(time.monotonic() - began, 1)
-            print(curvereport.render(report))
+            out = bench.report()
+            out["duration_s"] = round(time.monotonic() - began, 1)
+            print(curvereport.render(out))
             if args.json:
                 with open(args.json, "w") as f:
-                    json.dump(report, f, indent=1)
+                    json.dump(out, f, indent=1)
             if args.plot_dir:
-                curvereport.plot(report, args.plot_dir, log)
-        bench.clean_up()
+                curvereport.plot(out, args.plot_dir, log)
         log(f"took {time.monotonic() - began:.0f} s")
-    return 130 if interrupted else 0
+
+    return run_to_the_end(bench, report)
 
 
 if __name__ == "__main__":

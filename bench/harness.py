@@ -550,11 +550,29 @@ def main(argv: list[str] | None = None) -> int:
         log("bench/run needs root (runc, dockerd, buildah, apt-get)")
         return 2
 
+    bench = Bench(args)
+
+    def report() -> None:
+        if not bench.results:
+            return
+        print(bench.table())
+        print("\n" + "; ".join(f"{k}: {v}" for k, v in bench.versions().items()))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(bench.report(), f, indent=1)
+        if args.plot:
+            bench.plot(args.plot)
+
+    return run_to_the_end(bench, report)
+
+
+def run_to_the_end(bench: Bench, report) -> int:
+    """Set up and run ``bench``; on Ctrl-C or SIGTERM stop measuring. Either way ``report()``
+    what was measured, then clean up. The exit code: 0, or 130 when interrupted."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    bench = Bench(args)
     interrupted = False
     try:
         bench.set_up()
@@ -563,15 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         log("interrupted: printing what was measured, then cleaning up")
     finally:
-        if bench.results:
-            print(bench.table())
-            print("\n" + "; ".join(f"{k}: {v}" for k, v in bench.versions().items()))
-        if args.json and bench.results:
-            with open(args.json, "w") as f:
-                json.dump(bench.report(), f, indent=1)
-        if args.plot and bench.results:
-            bench.plot(args.plot)
-        bench.clean_up()
+        try:
+            report()
+        finally:
+            bench.clean_up()
     return 130 if interrupted else 0
 
 
