@@ -112,14 +112,22 @@ def make_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None,
                         help="buildkitd.toml-format config file (default: $PYBK_CONFIG)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--addr", default=None, metavar="unix:///PATH",
+    parser.add_argument("--addr", default=None, metavar="unix:///PATH|tcp://HOST:PORT",
                         help="run the command in the pybkd daemon at this address (default: "
-                        "$PYBK_HOST; when unset, the store's daemon — on /run/pybk/pybkd.sock "
+                        "$PYBK_HOST, else $BUILDKIT_HOST; when unset, the store's daemon — on /run/pybk/pybkd.sock "
                         "for /var/lib/pybk, ROOT/pybkd.sock for another store — if it runs as "
                         "this user with the store and config file this command would use, "
                         "else this process, which starts one for the next commands if the "
                         "config says [pybk] daemon = \"auto\"; '' (or PYBK_HOST=''): always "
                         "this process)")
+    tls = parser.add_argument_group("TLS for a tcp:// daemon (buildctl's flags)")
+    tls.add_argument("--tlscacert", metavar="PATH", help="CA certificate of the daemon")
+    tls.add_argument("--tlscert", metavar="PATH", help="client certificate")
+    tls.add_argument("--tlskey", metavar="PATH", help="client key")
+    tls.add_argument("--tlsservername", metavar="NAME",
+                     help="the name the daemon's certificate must have (default: the host)")
+    tls.add_argument("--tlsdir", metavar="DIR",
+                     help="a directory with ca.pem, cert.pem and key.pem")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     added = plugin_commands() if plugins else CommandTable()
     _add_commands(sub, _expand(COMMANDS, added.commands[None]))
@@ -471,12 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     parser = shared_parser(needs_plugins(argv))
     ns = parser.parse_args(argv)
-    if ns.addr is not None:
-        from pybk.core.cli.remote import run_if_remote
-
-        code, _ = run_if_remote(argv)
-        if code is not None:
-            return code
+    if ns.addr:
+        raise UsageError("--addr is the pybk command's (pybk.core.cli.entry), not this module's")
     if ns.command is None:
         parser.print_help()
         return 2
@@ -486,7 +490,4 @@ def _run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from pybk.core.cli.remote import run_if_remote
-
-    code, rest = run_if_remote(sys.argv[1:])
-    sys.exit(main(rest) if code is None else code)
+    sys.exit(main())

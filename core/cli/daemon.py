@@ -47,6 +47,7 @@ from pybk.core.cli.remote import (
     NOT_SERVED,
     AddressError,
     auto_target,
+    daemon_argv,
     identity,
     reachable,
     read_request,
@@ -73,10 +74,12 @@ def make_parser() -> argparse.ArgumentParser:
                         help="buildkitd.toml-format config file (default: $PYBK_CONFIG)")
     parser.add_argument("--root", default=None, help="store directory (default: the config's "
                         "root, else $PYBK_ROOT or /var/lib/pybk)")
-    parser.add_argument("--addr", default=None, help="listen address, unix:///PATH (default: "
-                        "the config's first unix [grpc] address, else the store's socket: "
-                        f"{DEFAULT_SOCKET} for /var/lib/pybk, ROOT/pybkd.sock for any other "
-                        "store)")
+    parser.add_argument("--addr", action="append", default=None,
+                        help="listen address, repeatable: unix:///PATH (the local protocol; "
+                        "default: the config's first unix [grpc] address, else the store's "
+                        f"socket: {DEFAULT_SOCKET} for /var/lib/pybk, ROOT/pybkd.sock for any "
+                        "other store) or tcp://HOST:PORT (gRPC, TLS from [grpc.tls]); given, "
+                        "it replaces the config's [grpc] address list")
     parser.add_argument("--on-demand", action="store_true",
                         help="started by pybk for [pybk] daemon = \"auto\": stop after "
                         "[pybk] daemon-idle-timeout without a command, or once the config file "
@@ -84,6 +87,20 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks; log every command")
     return parser
+
+
+def split_addresses(addresses: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``(first unix:// address or None, tcp:// addresses)``; other schemes are refused."""
+    unix = None
+    tcp = []
+    for address in addresses:
+        if address.startswith("tcp://"):
+            tcp.append(address)
+        elif address.startswith("unix://"):
+            unix = unix or address
+        else:
+            raise UsageError(f"pybkd: {address}: only unix:// and tcp:// addresses are served")
+    return unix, tcp
 
 
 def listen_path(addr: str | None, config_addresses: Sequence[str], root: str) -> str:
@@ -299,8 +316,12 @@ class Daemon:
     are done."""
 
     def __init__(self, listener: socket.socket, path: str, served: Served, *,
-                 idle_timeout: float | None = None):
+                 idle_timeout: float | None = None, control: socket.socket | None = None,
+                 grpc_listener: Any = None):
         self.listener: socket.socket | None = listener
+        #: the private socket the gRPC listener relays remote sessions to, and that process
+        self.control = control
+        self.grpc_listener = grpc_listener
         self.path = path
         self.served = served
         self.idle_timeout = idle_timeout or None
@@ -317,6 +338,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGUSR1, self._retire_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGHUP, self._reload)
         gc.freeze()  # (collected before listening) the children's collections skip it all
         print(f"pybkd: serving unix://{self.path} (store {self.served.root}, pid "
               f"{os.getpid()})", file=sys.stderr, flush=True)
@@ -327,6 +349,8 @@ class Daemon:
                 if self.listener is not None and self.idle_timeout and not self.children:
                     timeout = max(0.0, last + self.idle_timeout - time.monotonic())
                 watched = [self._wake_r] + ([self.listener] if self.listener else [])
+                if self.control is not None and self.listener is not None:
+                    watched.append(self.control)
                 try:
                     ready, _, _ = select.select(watched, [], [], timeout)
                 except InterruptedError:
@@ -343,8 +367,12 @@ class Daemon:
                     continue
                 if self.retire_asked:
                     self._retire("SIGUSR1 (asked, or out of date)")
-                elif self.listener in ready:
-                    self._accept()
+                elif self.listener in ready or (self.control is not None
+                                                and self.control in ready):
+                    if self.listener in ready:
+                        self._accept()
+                    if self.control is not None and self.control in ready:
+                        self._accept(self.control)
                     last = time.monotonic()
                 elif (self.idle_timeout and not self.children
                       and time.monotonic() - last >= self.idle_timeout):
@@ -359,6 +387,11 @@ class Daemon:
     def _retire_signal(self, signum: int, frame: object) -> None:
         self.retire_asked = True
 
+    def _reload(self, signum: int, frame: object) -> None:
+        """SIGHUP: the gRPC listener re-reads its TLS certificates."""
+        if self.grpc_listener is not None:
+            self.grpc_listener.reload()
+
     def _retire(self, reason: str) -> None:
         """Stop listening (the socket goes first; connections already made are served) and
         let the running commands finish."""
@@ -372,10 +405,12 @@ class Daemon:
         self.listener.close()
         self.listener = None
 
-    def _accept(self) -> bool:
+    def _accept(self, source: socket.socket | None = None) -> bool:
         assert self.listener is not None
+        remote = source is not None
+        source = source or self.listener
         try:
-            conn, _ = self.listener.accept()
+            conn, _ = source.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return False
         conn.setblocking(True)
@@ -384,9 +419,17 @@ class Daemon:
             code = 1
             try:
                 self.listener.close()
+                if self.control is not None:
+                    self.control.close()
                 self._wake_r.close()
                 self._wake_w.close()
-                code = _serve_connection(conn, self.served)
+                if remote:
+                    from pybk.core.cli.remoteserve import serve_session
+
+                    log = os.dup(2)
+                    code = serve_session(conn, self.served, functools.partial(_log, log))
+                else:
+                    code = _serve_connection(conn, self.served)
             except BaseException:
                 import traceback
 
@@ -416,6 +459,10 @@ class Daemon:
                 os.unlink(self.path)
             self.listener.close()
             self.listener = None
+        if self.grpc_listener is not None:
+            self.grpc_listener.stop()
+        if self.control is not None:
+            self.control.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
@@ -462,39 +509,6 @@ def _writer(fd: int, encoding: str, errors: str, *, unbuffered: bool,
     binary = raw if unbuffered else io.BufferedWriter(raw)
     return io.TextIOWrapper(binary, encoding=encoding, errors=errors,  # type: ignore[arg-type]
                             line_buffering=line_buffering, write_through=unbuffered)
-
-
-def _global_options(argv: list[str]) -> dict[str, str]:
-    """``--root``/``--config`` given before the command (``--x V`` and ``--x=V``)."""
-    found: dict[str, str] = {}
-    i = 0
-    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
-        name, eq, value = argv[i].partition("=")
-        if name in ("--root", "--config"):
-            if not eq:
-                if i + 1 >= len(argv):
-                    break
-                i += 1
-                value = argv[i]
-            found[name] = value
-        i += 1
-    return found
-
-
-def daemon_argv(argv: list[str], *, root: str, config_path: str | None) -> list[str]:
-    """The client's arguments with the daemon's store and config; a different ``--root`` or
-    ``--config`` is a usage error (the daemon serves one store with one configuration)."""
-    given = _global_options(argv)
-    same = os.path.realpath
-    if "--root" in given and same(given["--root"]) != same(root):
-        raise UsageError(f"pybk: --root {given['--root']} is not the store of the daemon "
-                         f"({root}); leave --root out, or run without --addr")
-    if "--config" in given and (config_path is None
-                                or same(given["--config"]) != same(config_path)):
-        raise UsageError(f"pybk: --config {given['--config']} is not the daemon's "
-                         "configuration; restart pybkd with --config, or run without --addr")
-    prefix = ["--root", root] + (["--config", config_path] if config_path else [])
-    return prefix + argv
 
 
 def _watch(conn: socket.socket, done: threading.Event) -> None:
@@ -633,24 +647,56 @@ def _start(argv: list[str]) -> int:
         print(f"WARNING: {warning}", file=sys.stderr)
     root = os.path.abspath(ns.root or config.root or default_root())
     config_path = os.path.abspath(ns.config) if ns.config else None
-    path = os.path.abspath(listen_path(ns.addr, config.grpc.address, root))
+    unix_address, tcp_addresses = split_addresses(ns.addr or config.grpc.address)
+    path = os.path.abspath(listen_path(unix_address, (), root))
+    if tcp_addresses:
+        from pybk.core.remote.listener import check_tls
+
+        check_tls(config.grpc.tls, tcp_addresses, config.pybk.tcp_without_tls)
     lock = _lock(path)
     try:
         workers = load_workers(config, root)
         warm_up(root, config, select_worker(workers))
         gc.collect()  # before the socket appears: the first command is answered at once
         listener = _bind(path)
+        control, grpc_listener = (_start_grpc(root, tcp_addresses, config) if tcp_addresses
+                                  else (None, None))
         for worker in workers:  # what the children give back stays for the next builds
             worker.serve()
         served = Served(root, config_path, config_bytes, on_demand=ns.on_demand,
                         verbose=ns.debug or config.log.level in ("debug", "trace"))
         idle = config.pybk.daemon_idle_timeout if ns.on_demand else None
         try:
-            return Daemon(listener, path, served, idle_timeout=idle).serve()
+            return Daemon(listener, path, served, idle_timeout=idle, control=control,
+                          grpc_listener=grpc_listener).serve()
         finally:
             _shutdown_workers(workers)
     finally:
         os.close(lock)
+
+
+def _start_grpc(root: str, addresses: Sequence[str], config: Any) -> tuple[socket.socket, Any]:
+    """The private control socket remote sessions are relayed to, and the gRPC listener
+    process serving ``addresses`` (:mod:`pybk.core.remote.listener`)."""
+    from pybk.core.remote.listener import start
+
+    sessions = os.path.join(root, "sessions")
+    os.makedirs(sessions, mode=0o700, exist_ok=True)
+    os.chmod(sessions, 0o700)
+    control_path = os.path.join(sessions, "control.sock")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(control_path)
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with reachable(control_path) as where:
+        control.bind(where)
+    control.listen(128)
+    grpc_listener = start(addresses, control_path, config.grpc.tls,
+                          tcp_without_tls=config.pybk.tcp_without_tls)
+    for address in grpc_listener.bound:
+        tls = "mutual TLS" if config.grpc.tls.ca else ("TLS" if config.grpc.tls.cert
+                                                        else "no TLS")
+        print(f"pybkd: serving {address} (gRPC, {tls})", file=sys.stderr, flush=True)
+    return control, grpc_listener
 
 
 def _shutdown_workers(workers: Sequence[Any]) -> None:

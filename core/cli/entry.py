@@ -1,7 +1,9 @@
 """The ``pybk`` command's entry point: a thin client for ``pybkd``, or the embedded engine.
 
-With ``--addr unix:///PATH`` (before the command) or ``$PYBK_HOST`` the command runs in that
-daemon (:mod:`pybk.core.cli.remote`). With neither, it is offered to the daemon on the store's
+With ``--addr unix:///PATH`` or ``--addr tcp://HOST:PORT`` (before the command; TLS from
+buildctl's ``--tlscacert``/``--tlscert``/``--tlskey``/``--tlsservername``/``--tlsdir``), or
+``$PYBK_HOST`` (else ``$BUILDKIT_HOST``) the command runs in that daemon
+(:mod:`pybk.core.cli.remote`). With neither, it is offered to the daemon on the store's
 socket, which runs it only if it would do exactly what this process would (the same store,
 configuration, pybk and user); ``--addr ''`` or an empty ``$PYBK_HOST`` skip that. Otherwise
 :func:`pybk.core.cli.commands.main` runs it in this process, after starting a daemon for the
@@ -26,10 +28,13 @@ from pybk.core.paths import store_socket
 
 def main(argv: list[str] | None = None) -> int:
     """The ``pybk`` console script."""
+    tls: dict[str, str] = {}
     try:
-        address, rest = resolve_address(list(sys.argv[1:] if argv is None else argv))
+        address, rest = resolve_address(list(sys.argv[1:] if argv is None else argv), tls)
         if address:
-            return run_remote(address, rest)
+            return run_remote(address, rest, tls)
+        if tls:
+            raise AddressError(f"pybk: {next(iter(tls))} needs --addr tcp://HOST:PORT")
     except AddressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,10 @@ from collections.abc import Iterator
 from pybk.core.paths import default_root
 
 ENV_HOST = "PYBK_HOST"
+#: buildctl's variable, read when ``$PYBK_HOST`` is not set
+ENV_BUILDKIT_HOST = "BUILDKIT_HOST"
+#: buildctl's TLS flags (global options, before the command), for ``tcp://`` daemons
+TLS_FLAGS = ("--tlscacert", "--tlscert", "--tlskey", "--tlsservername", "--tlsdir")
 PROTOCOL = b"pybk2"
 RUN, AUTO = "run", "auto"
 ACCEPTED = b"A"
@@ -71,23 +75,28 @@ class Request:
         self.fds, self.mode, self.identity, self.argv, self.env = fds, mode, identity, argv, env
 
 
-def split_address(argv: list[str]) -> tuple[str | None, list[str]]:
+def split_address(argv: list[str], tls: dict[str, str] | None = None
+                  ) -> tuple[str | None, list[str]]:
     """``(address, argv without --addr)``: ``--addr`` is looked for among the global options,
-    before the command."""
+    before the command; so are the TLS flags, which go into ``tls`` (``{"--tlscacert": PATH
+    …}``) when it is given."""
     rest: list[str] = []
     address = None
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--addr":
-            if i + 1 >= len(argv):
-                raise AddressError("pybk: argument --addr: expected one argument")
-            address = argv[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--addr="):
-            address = arg[len("--addr="):]
+        name, eq, value = arg.partition("=")
+        if name == "--addr" or (tls is not None and name in TLS_FLAGS):
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise AddressError(f"pybk: argument {name}: expected one argument")
+                value = argv[i + 1]
+                i += 1
             i += 1
+            if name == "--addr":
+                address = value
+            else:
+                tls[name] = value  # type: ignore[index]
             continue
         if not arg.startswith("-") or arg == "--":
             break
@@ -99,12 +108,16 @@ def split_address(argv: list[str]) -> tuple[str | None, list[str]]:
     return address, rest + argv[i:]
 
 
-def resolve_address(argv: list[str]) -> tuple[str | None, list[str]]:
-    """``(address, argv without --addr)``: ``--addr``, else ``$PYBK_HOST``; ``""`` (given
-    empty) means this process, ``None`` (neither given) the store's daemon if it fits."""
-    address, rest = split_address(argv)
+def resolve_address(argv: list[str], tls: dict[str, str] | None = None
+                    ) -> tuple[str | None, list[str]]:
+    """``(address, argv without --addr)``: ``--addr``, else ``$PYBK_HOST``, else
+    ``$BUILDKIT_HOST``; ``""`` (given empty) means this process, ``None`` (none given) the
+    store's daemon if it fits. ``tls`` collects the TLS flags (see :func:`split_address`)."""
+    address, rest = split_address(argv, tls)
     if address is None:
         address = os.environ.get(ENV_HOST)
+    if address is None:
+        address = os.environ.get(ENV_BUILDKIT_HOST) or None
     return address, rest
 
 
@@ -118,11 +131,8 @@ def socket_path(address: str) -> str:
         if not rest:
             raise AddressError("pybk: daemon address unix:// has no socket path")
         return rest
-    if scheme == "tcp":
-        raise AddressError(f"pybk: {address}: tcp:// daemon addresses are not supported yet; "
-                           "use unix:///PATH")
     raise AddressError(f"pybk: {address}: unsupported daemon address scheme {scheme!r}; "
-                       "use unix:///PATH")
+                       "use unix:///PATH or tcp://HOST:PORT")
 
 
 @contextlib.contextmanager
@@ -254,8 +264,16 @@ def _await_exit(sock: socket.socket) -> int:
     return reply[1] if reply[:1] == EXIT else 1
 
 
-def run_remote(address: str, argv: list[str]) -> int:
-    """Run ``pybk ARGV`` in the daemon at ``address``; return its exit code."""
+def run_remote(address: str, argv: list[str], tls: dict[str, str] | None = None) -> int:
+    """Run ``pybk ARGV`` in the daemon at ``address``; return its exit code. A ``tcp://``
+    address is served over gRPC (:mod:`pybk.core.remote.clientside`; ``tls``: buildctl's TLS
+    flags), a ``unix://`` one by the local protocol."""
+    if address.startswith("tcp://"):
+        from pybk.core.cli.grpcclient import run_grpc
+
+        return run_grpc(address, argv, tls or {})
+    if tls:
+        raise AddressError(f"pybk: {next(iter(tls))} is for tcp:// daemon addresses")
     path = socket_path(address)
     try:
         sock = _connect(path)
@@ -299,6 +317,41 @@ def run_auto(path: str, argv: list[str]) -> tuple[int | None, bool]:
     return _await_exit(sock), True
 
 
+def _global_options(argv: list[str]) -> dict[str, str]:
+    """``--root``/``--config`` given before the command (``--x V`` and ``--x=V``)."""
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        name, eq, value = argv[i].partition("=")
+        if name in ("--root", "--config"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    break
+                i += 1
+                value = argv[i]
+            found[name] = value
+        i += 1
+    return found
+
+
+def daemon_argv(argv: list[str], *, root: str, config_path: str | None) -> list[str]:
+    """The client's arguments with the daemon's store and config; a different ``--root`` or
+    ``--config`` is a usage error (the daemon serves one store with one configuration)."""
+    from pybk.core.errors import UsageError
+
+    given = _global_options(argv)
+    same = os.path.realpath
+    if "--root" in given and same(given["--root"]) != same(root):
+        raise UsageError(f"pybk: --root {given['--root']} is not the store of the daemon "
+                         f"({root}); leave --root out, or run without --addr")
+    if "--config" in given and (config_path is None
+                                or same(given["--config"]) != same(config_path)):
+        raise UsageError(f"pybk: --config {given['--config']} is not the daemon's "
+                         "configuration; restart pybkd with --config, or run without --addr")
+    prefix = ["--root", root] + (["--config", config_path] if config_path else [])
+    return prefix + argv
+
+
 def read_request(conn: socket.socket) -> Request:
     """What :func:`run_remote` or :func:`run_auto` sent."""
     data, fds, _, _ = socket.recv_fds(conn, 65536, 8)
@@ -331,10 +384,13 @@ def run_if_remote(argv: list[str]) -> tuple[int | None, list[str]]:
     ARGV without --addr)`` when no daemon is named (or it is named empty) and the command runs
     in this process."""
     try:
-        address, rest = resolve_address(argv)
+        tls: dict[str, str] = {}
+        address, rest = resolve_address(argv, tls)
         if not address:
+            if tls:
+                raise AddressError(f"pybk: {next(iter(tls))} needs --addr tcp://HOST:PORT")
             return None, rest
-        return run_remote(address, rest), []
+        return run_remote(address, rest, tls), []
     except AddressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2, []

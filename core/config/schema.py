@@ -474,10 +474,14 @@ class PybkConfig:
 
     ``daemon``: ``"auto"`` makes ``pybk`` start a ``pybkd`` for the store when none runs
     (``"off"``: never). ``daemon-idle-timeout``: how long such a daemon waits without a command
-    before it stops (0: never)."""
+    before it stops (0: never). ``tcp-without-tls``: let pybkd serve a ``tcp://`` address
+    without ``[grpc.tls]`` (refused otherwise)."""
 
     daemon: str = setting(default="off", check=_one_of(*DAEMON_MODES))
     daemon_idle_timeout: Seconds = setting("daemon-idle-timeout", default=Seconds(600))
+    #: serve ``tcp://`` addresses without TLS (refused otherwise: anyone who reaches the port
+    #: could run builds)
+    tcp_without_tls: bool = setting("tcp-without-tls", default=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pybk.core.directives import scan_directives
+from pybk.core.engine.inputs import LOCAL, BuildInputs, host_path
 from pybk.core.engine.request import BuildRequest, CacheSpec
 from pybk.core.engine.resolve import plugin_class, plugin_errors
 from pybk.core.errors import BuildError, SolveError, UsageError
@@ -67,6 +68,16 @@ def _safe_join(root: str, path: str) -> str:
     return resolve_in_root(root, path)
 
 
+def read_input_file(root: Any, path: str, *, offset: int = 0, length: int | None = None) -> bytes:
+    """A file of a local input: a directory of this process's disk (``path`` confined to it)
+    or a :class:`~pybk.core.engine.inputs.ClientDir` read through its session."""
+    if host_path(root) is None:
+        return root.read_file(path, offset=offset, length=length)
+    with open(_safe_join(root, path), "rb") as f:
+        f.seek(offset)
+        return f.read() if length is None else f.read(length)
+
+
 class LocalBridge(FrontendBridge):
     """The frontend's view of a build running in this process."""
 
@@ -94,14 +105,14 @@ class LocalBridge(FrontendBridge):
         root = self.local_dirs.get(input_name)
         if root is None:
             raise FileNotFoundError(f"no local input named {input_name!r}")
-        with open(_safe_join(root, path), "rb") as f:
-            f.seek(offset)
-            return f.read() if length is None else f.read(length)
+        return read_input_file(root, path, offset=offset, length=length)
 
     def read_dir(self, input_name: str, path: str) -> list[str]:
         root = self.local_dirs.get(input_name)
         if root is None:
             raise FileNotFoundError(f"no local input named {input_name!r}")
+        if host_path(root) is None:
+            return root.read_dir(path)
         return sorted(os.listdir(_safe_join(root, path)))
 
     def resolve_image_config(self, ref: str, platform: str | None = None) -> tuple[str, dict]:
@@ -262,19 +273,20 @@ def progress_mode(request: BuildRequest) -> str:
     return "quiet" if request.quiet else request.progress
 
 
-def solve_options(request: BuildRequest, provenance: Any = None) -> dict[str, Any]:
+def solve_options(request: BuildRequest, provenance: Any = None,
+                  inputs: BuildInputs = LOCAL) -> dict[str, Any]:
     """The :meth:`Client.solve` arguments a build request implies (whatever the frontend):
     secrets, ssh sockets, entitlements, progress, outputs and remote caches; ``provenance``
-    (a :class:`pybk.core.engine.provenance.Provenance`) goes to the exporters."""
-    info = export_info(request)
+    (a :class:`pybk.core.engine.provenance.Provenance`) goes to the exporters; ``inputs``: where
+    the client's secrets and agents come from."""
+    info = export_info(request, inputs)
     if provenance is not None:
         info["provenance"] = provenance
     return {
-        "secrets": {s.id: s.read() for s in request.secrets},
-        "ssh": {spec.id: (spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),))[0]
-                for spec in request.ssh},
+        "secrets": inputs.secrets(request),
+        "ssh": inputs.ssh(request),
         "entitlements": entitlement_names(request),
-        "progress": progress_mode(request),
+        "progress": inputs.progress(progress_mode(request)),
         "outputs": list(request.outputs),
         "request": request,
         "export_info": info,
@@ -293,9 +305,10 @@ def cache_exports(request: BuildRequest) -> tuple[Any, ...]:
     return exports
 
 
-def export_info(request: BuildRequest) -> dict[str, Any]:
-    """Facts exporters need from the request: ``SOURCE_DATE_EPOCH`` (build arg, else env)."""
-    epoch = request.build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
+def export_info(request: BuildRequest, inputs: BuildInputs = LOCAL) -> dict[str, Any]:
+    """Facts exporters need from the request: ``SOURCE_DATE_EPOCH`` (build arg, else the
+    client's environment)."""
+    epoch = request.build_args.get("SOURCE_DATE_EPOCH") or inputs.environ("SOURCE_DATE_EPOCH")
     if not epoch:
         return {}
     try:
@@ -305,38 +318,9 @@ def export_info(request: BuildRequest) -> dict[str, Any]:
                          flag="--build-arg") from None
 
 
-def finish_outputs(request: BuildRequest, result: Any) -> None:
-    """After the exports: ``--metadata-file``, ``--iidfile`` and ``--load``."""
-    import subprocess
-
-    responses = list(result.metadata.get("exporter.responses", ()))
-    if request.metadata_file:
-        from pybk.core.images.metadata import write_metadata_file
-
-        write_metadata_file(request.metadata_file, responses)
-    if request.iidfile:
-        from pybk.core.images.metadata import write_iidfile
-
-        merged: dict[str, Any] = {}
-        for response in responses:
-            merged.update(response)
-        write_iidfile(request.iidfile, merged)
-    for output in request.outputs:
-        if output.load:
-            try:
-                done = subprocess.run(["docker", "load", "-i", output.attrs["dest"]],
-                                      capture_output=True, text=True)
-            finally:
-                os.unlink(output.attrs["dest"])
-            if done.returncode != 0:
-                from pybk.core.errors import BuildError
-
-                raise BuildError(f"docker load failed: {done.stderr.strip()}")
-            print(done.stdout.strip(), file=sys.stderr)
-
-
 def build_provenance(request: BuildRequest, frontend: str, opts: Mapping[str, str],
-                     local_names: Iterable[str], *, started: float | None = None) -> Any:
+                     local_names: Iterable[str], *, started: float | None = None,
+                     inputs: BuildInputs = LOCAL) -> Any:
     """The build's :class:`pybk.core.engine.provenance.Provenance` when ``--provenance`` asked for
     one (None otherwise); created before solving, so its start time is the build's."""
     if request.provenance is None:
@@ -350,7 +334,7 @@ def build_provenance(request: BuildRequest, frontend: str, opts: Mapping[str, st
         locals=tuple(sorted(local_names)), secrets=tuple((s.id, False) for s in request.secrets),
         ssh=tuple(spec.id for spec in request.ssh), entry_point=opts.get("filename", ""),
         builder_platform=str(host_platform()), started=started or time.time(),
-        epoch=export_info(request).get("source_date_epoch"))
+        epoch=export_info(request, inputs).get("source_date_epoch"))
 
 
 def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: LocalBridge,
@@ -375,8 +359,10 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
     return result
 
 
-def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> int:
-    """Build ``request``; exit code."""
+def run_build(request: BuildRequest, *, root: str, config_path: str | None,
+              inputs: BuildInputs = LOCAL) -> int:
+    """Build ``request``; exit code. ``inputs``: where the client's directories, secrets and
+    agents come from (this process's own by default)."""
     from pybk.core.config.loader import load_config
     from pybk.core.config.schema import check_entitlements
     from pybk.core.engine.client import Client
@@ -386,12 +372,12 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> i
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     entitlements = check_entitlements(request.entitlements, config)
-    opts, local_dirs, oci_layouts = frontend_inputs(request)
+    opts, client_dirs, oci_layouts = frontend_inputs(request)
+    local_dirs = inputs.local_dirs(client_dirs)
     started = time.time()
-    build_file = os.path.join(local_dirs["dockerfile"], opts["filename"])
+    build_file = os.path.join(client_dirs["dockerfile"], opts["filename"])
     try:
-        with open(build_file, "rb") as f:
-            head = f.read(4096)
+        head = read_input_file(local_dirs["dockerfile"], opts["filename"], length=4096)
     except OSError as exc:
         raise UsageError(f"cannot read build file {build_file}: {exc.strerror}",
                          flag="--file") from None
@@ -414,7 +400,7 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> i
     try:
         bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
                              client=client, entitlements=entitlements,
-                             progress=progress_mode(request))
+                             progress=inputs.progress(progress_mode(request)))
         with plugin_errors("frontend", name, pm=pm):
             result = solve_frontend(name, frontend_cls, opts, bridge, root)
         for message in bridge.warnings:
@@ -432,19 +418,21 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> i
         from pybk.core.engine.multiplatform import platform_graphs
 
         graphs = platform_graphs(result.metadata)
-        provenance = build_provenance(request, name, opts, local_dirs, started=started)
+        provenance = build_provenance(request, name, opts, local_dirs, started=started,
+                                      inputs=inputs)
         try:
             if graphs is None:
                 solved = client.solve(
                     result.definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
                     image_config=result.image_config, resolved_images=bridge.resolved_images,
-                    **solve_options(request, provenance))
+                    **solve_options(request, provenance, inputs))
             else:
                 solved = client.solve_platforms(
                     graphs, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
-                    resolved_images=bridge.resolved_images, **solve_options(request, provenance))
+                    resolved_images=bridge.resolved_images,
+                    **solve_options(request, provenance, inputs))
         except BuildError as exc:
             vertex = getattr(exc, "vertex", None)
             definitions = [result.definition] if graphs is None else [
@@ -453,14 +441,15 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None) -> i
             if where is None:
                 raise
             raise SolveError(f"{exc}\n{where}", vertex=vertex) from None
-        finish_outputs(request, solved)
+        inputs.finish_outputs(request, solved)
         collect = True
     finally:
         _finish(client, collect=collect)
     return 0
 
 
-def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path: str | None) -> int:
+def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path: str | None,
+                  inputs: BuildInputs = LOCAL) -> int:
     """``pybk build --llb FILE|-``: solve a marshalled definition. The context (if given) is the
     local ``context``; ``--build-context`` adds locals and OCI layouts."""
     from pybk.core.config.loader import load_config
@@ -487,10 +476,11 @@ def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path:
     client = Client(root=root, config=config)
     collect = False
     try:
-        provenance = build_provenance(request, "", {}, local_dirs)
-        result = client.solve(definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
-                              no_cache=request.no_cache, **solve_options(request, provenance))
-        finish_outputs(request, result)
+        provenance = build_provenance(request, "", {}, local_dirs, inputs=inputs)
+        result = client.solve(definition, local_dirs=inputs.local_dirs(local_dirs),
+                              oci_layouts=oci_layouts, no_cache=request.no_cache,
+                              **solve_options(request, provenance, inputs))
+        inputs.finish_outputs(request, result)
         collect = True
     finally:
         _finish(client, collect=collect)

@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from pybk.core.engine.inputs import host_path
 from pybk.core.errors import PybkError, UsageError
 from pybk.core.interfaces import Executor
 from pybk.core.paths import default_root
@@ -277,9 +278,10 @@ class Client:
         hook.pybk_build_started(request=request)
         result: Any = None
         try:
-            session = Session(local_dirs={k: os.path.abspath(v)
+            session = Session(local_dirs={k: os.path.abspath(v) if host_path(v) else v
                                           for k, v in (local_dirs or {}).items()},
-                              secrets=dict(secrets or {}), ssh=dict(ssh or {}),
+                              secrets=secrets if secrets is not None else {},
+                              ssh=dict(ssh or {}),
                               entitlements=entitlements,
                               oci_layouts={k: os.path.abspath(v)
                                            for k, v in (oci_layouts or {}).items()},

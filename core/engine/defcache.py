@@ -121,7 +121,7 @@ def cache_key(frontend_name: str, frontend_cls: type, opts: Mapping[str, str],
         "code": _code_fingerprint(frontend_cls),
         "frontend": frontend_name,
         "opts": dict(opts),
-        "locals": dict(local_dirs),
+        "locals": {name: str(value) for name, value in local_dirs.items()},
         "layouts": dict(oci_layouts),
         "machine": platform.machine(),
     }

@@ -166,6 +166,42 @@ def _warning_json(w: VertexWarning) -> dict[str, Any]:
     })
 
 
+def parse_time(value: str | None) -> float | None:
+    """The inverse of :func:`format_time` (None stays None)."""
+    if not value:
+        return None
+    stamp, _, frac = value.rstrip("Z").partition(".")
+    whole = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return whole + (int(frac.ljust(9, "0")[:9]) / 1e9 if frac else 0.0)
+
+
+def status_from_json(d: dict[str, Any]) -> SolveStatus:
+    """The inverse of :meth:`SolveStatus.to_json`: a status streamed by a remote daemon, to
+    render on the client."""
+    b64 = base64.b64decode
+    return SolveStatus(
+        vertexes=tuple(Vertex(
+            digest=v["digest"], name=v.get("name", ""), inputs=tuple(v.get("inputs", ())),
+            started=parse_time(v.get("started")), completed=parse_time(v.get("completed")),
+            cached=bool(v.get("cached")), error=v.get("error", ""),
+            progress_group=v.get("progressGroup")) for v in d.get("vertexes", ())),
+        statuses=tuple(VertexStatus(
+            id=s["id"], vertex=s.get("vertex", ""), name=s.get("name", ""),
+            total=s.get("total", 0), current=s.get("current", 0),
+            timestamp=parse_time(s.get("timestamp")) or 0.0,
+            started=parse_time(s.get("started")), completed=parse_time(s.get("completed")))
+            for s in d.get("statuses", ())),
+        logs=tuple(VertexLog(
+            vertex=entry.get("vertex", ""), stream=entry.get("stream", 0),
+            data=b64(entry.get("data", "")), timestamp=parse_time(entry.get("timestamp")) or 0.0)
+            for entry in d.get("logs", ())),
+        warnings=tuple(VertexWarning(
+            vertex=w.get("vertex", ""), short=b64(w.get("short", "")), level=w.get("level", 1),
+            detail=tuple(b64(x) for x in w.get("detail", ())), url=w.get("url", ""),
+            source_info=w.get("sourceInfo"), range=tuple(w.get("range", ())))
+            for w in d.get("warnings", ())))
+
+
 Sink = Callable[[SolveStatus], None]
 
 

@@ -461,8 +461,10 @@ class BuildRunner(OpRunner, LayerUnpacker):
         include = _json_list(attrs_.get("local.includepattern"))
         exclude = _json_list(attrs_.get("local.excludepatterns"))
         follow = _json_list(attrs_.get("local.followpaths"))
-        shared = attrs_.get("local.sharedkeyhint") or os.path.abspath(client_dir)
-        shared = sha256_digest(f"{shared}\0{os.path.abspath(client_dir)}".encode())[7:23]
+        where = (os.path.abspath(client_dir) if isinstance(client_dir, str)
+                 else f"client:{client_dir.key}")
+        shared = attrs_.get("local.sharedkeyhint") or where
+        shared = sha256_digest(f"{shared}\0{where}".encode())[7:23]
         vp.start()
         # one build may read a directory through differently filtered sources: the first syncs
         # into the shared copy, each other filter into a copy of its own (a copy is read, under
@@ -482,16 +484,25 @@ class BuildRunner(OpRunner, LayerUnpacker):
             # on the kernel): the checksum below then reads nothing
             priming = ThreadPoolExecutor(1, thread_name_prefix="pybk-checksum")
             try:
-                stats = await asyncio.to_thread(
-                    sync_local, client_dir, dest, include_patterns=include,
-                    exclude_patterns=exclude, follow_paths=follow,
-                    state_file=dest.rstrip("/") + LOCAL_SYNC_STATE_SUFFIX,
-                    on_copied=lambda rel: priming.submit(self.w.checksums.prime, dest, rel))
+                state_file = dest.rstrip("/") + LOCAL_SYNC_STATE_SUFFIX
+                on_copied = lambda rel: priming.submit(self.w.checksums.prime, dest, rel)  # noqa: E731
+                if isinstance(client_dir, str):
+                    stats = await asyncio.to_thread(
+                        sync_local, client_dir, dest, include_patterns=include,
+                        exclude_patterns=exclude, follow_paths=follow, state_file=state_file,
+                        on_copied=on_copied)
+                else:  # a directory of a remote client, synced through its session
+                    stats = await asyncio.to_thread(
+                        client_dir.sync, dest, include=include, exclude=exclude,
+                        follow=follow, state_file=state_file, on_copied=on_copied)
             finally:
                 await asyncio.to_thread(priming.shutdown)
             self.local_stats[name] = stats
+            received = "" if isinstance(client_dir, str) else (
+                f", {stats.bytes_copied} bytes received")
             vp.status(f"transferring {name}: {stats.copied} files copied, "
-                      f"{stats.removed} removed", done=True)
+                      f"{stats.removed} removed{received}",
+                      current=stats.bytes_copied if received else 0, done=True)
             memo: dict[str, tuple[bool, str]] = {}
             checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/", memo=memo)
             self._local_sums[dest] = checksum

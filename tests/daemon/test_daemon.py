@@ -117,9 +117,12 @@ def test_client_imports_almost_nothing(daemon):
 
 
 def test_addresses_are_checked():
-    done = embedded("--addr", "tcp://127.0.0.1:1234", "plugins")
+    done = embedded("--addr", "tcp://127.0.0.1:1", "plugins")
     assert done.returncode == 2
-    assert b"tcp:// daemon addresses are not supported yet" in done.stderr
+    assert b"error: cannot reach pybkd at tcp://127.0.0.1:1: " in done.stderr
+    done = embedded("--addr", "vsock://3:1234", "plugins")
+    assert done.returncode == 2
+    assert b"unsupported daemon address scheme 'vsock'" in done.stderr
     done = embedded("--addr", "unix:///nonexistent/pybkd.sock", "plugins")
     assert done.returncode == 2
     assert b"cannot reach pybkd at unix:///nonexistent/pybkd.sock" in done.stderr
@@ -328,12 +331,12 @@ def test_second_daemon_on_a_live_socket_is_refused(daemon, tmp_path):
     assert daemon.sock.is_socket()
 
 
-def test_tcp_listen_address_is_refused(tmp_path):
+def test_tcp_listen_address_without_tls_is_refused(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pybk.core.cli.daemon", "--root",
                            str(tmp_path / "s"), "--addr", "tcp://127.0.0.1:1234"],
                           capture_output=True, text=True, env=_env(), timeout=60)
     assert done.returncode == 2
-    assert "tcp:// daemon addresses are not supported yet" in done.stderr
+    assert "tcp://127.0.0.1:1234 has no TLS" in done.stderr
 
 
 def test_warm_up_prepares_every_output_and_cache_option_class():

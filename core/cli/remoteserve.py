@@ -1,0 +1,158 @@
+"""One remote command, in the process pybkd forks for it (see
+:mod:`pybk.core.remote.daemonside`): the client's first frame says what to run; its standard
+output and error go to the client; the exit code is the last frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import sys
+import threading
+import uuid
+from typing import Any
+
+from pybk.core.errors import UsageError
+from pybk.core.remote.daemonside import RemoteInputs, request_from_wire
+from pybk.core.remote.frames import FrameSocket
+from pybk.core.remote.session import Session
+
+
+class _Pump(threading.Thread):
+    """Copies what this process writes on ``fd`` (1 or 2) to the client."""
+
+    def __init__(self, session: Session, stream: str):
+        super().__init__(daemon=True, name=f"pybk-{stream}")
+        self.session = session
+        self.stream = stream
+        self.read_fd, self.write_fd = os.pipe()
+
+    def run(self) -> None:
+        while True:
+            data = os.read(self.read_fd, 65536)
+            if not data:
+                break
+            with contextlib.suppress(Exception):
+                self.session.send({"t": self.stream}, data)
+        os.close(self.read_fd)
+
+
+def _redirect(session: Session) -> list[_Pump]:
+    pumps = [_Pump(session, "stdout"), _Pump(session, "stderr")]
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    for fd, pump in zip((1, 2), pumps, strict=True):
+        os.dup2(pump.write_fd, fd)
+        os.close(pump.write_fd)
+        pump.start()
+    sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False),
+                                                   line_buffering=True)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False),
+                                                   errors="backslashreplace",
+                                                   line_buffering=True)
+    return pumps
+
+
+def _release(pumps: list[_Pump]) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    for pump in pumps:
+        pump.join(5)
+
+
+def serve_session(conn: Any, served: Any, log: Any) -> int:
+    """Run one remote command (the connection relayed by the listener); its exit code.
+    ``served``: the daemon's :class:`pybk.core.cli.daemon.Served`; ``log(message)`` writes a
+    line to the daemon's log."""
+    from pybk.core.cli.errors import interrupted, report
+    from pybk.core.engine.build import answer_first, run_after_answer
+
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    frames = FrameSocket(conn)
+    peer = frames.recv()
+    start = frames.recv()
+    if peer is None or start is None or start[0].get("t") != "start":
+        log("dropped a session: no start frame")
+        return 1
+    who = peer[0]
+    header, payload = start[0], start[1]
+    session = Session(frames)
+    work = os.path.join(served.root, "sessions", f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(work, mode=0o700)
+    os.chdir(work)
+    os.environ.pop("PYBK_CONFIG", None)
+    answer_first()
+    session.start()
+    pumps = _redirect(session)
+    code = 1
+    try:
+        try:
+            code = _run(header, payload, session, served, work, who)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except KeyboardInterrupt:
+            code = interrupted()
+        except Exception as exc:  # noqa: BLE001 - reported to the client like the CLI does
+            code = report(exc)
+    finally:
+        _release(pumps)
+        shutil.rmtree(work, ignore_errors=True)
+    session.finished = True
+    if served.verbose:
+        log(f"{who.get('peer', '?')} ({who.get('identity') or 'no certificate'}): pybk "
+            f"{' '.join(header.get('argv', []))}: exit {code}")
+    with contextlib.suppress(Exception):
+        session.send({"t": "exit", "code": code & 0xFF})
+    with contextlib.suppress(BaseException):
+        run_after_answer()
+    return code & 0xFF
+
+
+def _run(header: dict[str, Any], payload: bytes, session: Session, served: Any, work: str,
+         who: dict[str, Any]) -> int:
+    from pybk.core.cli.errors import run_reported
+
+    if header.get("version") != 1:
+        raise UsageError(f"this pybkd speaks version 1 of the control API, not "
+                         f"{header.get('version')!r}")
+    command = header.get("command")
+    if command == "argv":
+        from pybk.core.cli.commands import main
+        from pybk.core.cli.remote import daemon_argv
+
+        argv = [str(a) for a in header.get("argv", [])]
+        return main(daemon_argv(argv, root=served.root, config_path=served.config_path))
+    if command != "build":
+        raise UsageError(f"unknown remote command {command!r}")
+
+    def build() -> int:
+        from pybk.core.engine.build import run_build, run_llb_build
+
+        request = request_from_wire(header.get("request") or {})
+        client_key = f"{who.get('identity') or who.get('peer', '')}:{header.get('client', '')}"
+        inputs = RemoteInputs(session, work, client_key=client_key,
+                              env=header.get("env") or {})
+        try:
+            request = inputs.rewrite(request)
+            if request.llb:
+                return run_llb_build(payload, request, root=served.root,
+                                     config_path=served.config_path, inputs=inputs)
+            return run_build(request, root=served.root, config_path=served.config_path,
+                             inputs=inputs)
+        finally:
+            inputs.close()
+
+    return run_reported(build, debug=bool(header.get("debug")))

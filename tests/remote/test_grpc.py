@@ -1,0 +1,399 @@
+"""pybkd as a remote builder: gRPC over TCP with mutual TLS on 127.0.0.1, the daemon with its
+own store, the client serving its context, secrets and agents through the session."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+from support.engine import require_runc
+
+CLIENT = [sys.executable, "-c", "import sys; from pybk.core.cli.entry import main; sys.exit(main())"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYBK_HOST", "BUILDKIT_HOST", "PYBK_ROOT", "SOURCE_DATE_EPOCH")}
+    return {**env, **extra}
+
+
+class PKI:
+    """A CA, the daemon's certificate, and client certificates good and bad."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        ca = trustme.CA()
+        self.ca = self._write(ca.cert_pem, "ca.pem")
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        self.server_cert = self._write(server.cert_chain_pems[0], "server.pem")
+        self.server_key = self._write(server.private_key_pem, "server-key.pem")
+        self.good = self._tlsdir("good", ca, ca.issue_cert("client.example",
+                                                          common_name="client-one"))
+        now = datetime.datetime.now(datetime.UTC)
+        self.expired = self._tlsdir("expired", ca, ca.issue_cert(
+            "client.example", not_before=now - datetime.timedelta(days=2),
+            not_after=now - datetime.timedelta(days=1)))
+        stranger = trustme.CA()
+        self.stranger = self._tlsdir("stranger", ca, stranger.issue_cert("client.example"))
+
+    def _write(self, blob: trustme.Blob, name: str) -> Path:
+        path = self.base / name
+        blob.write_to_path(str(path))
+        return path
+
+    def _tlsdir(self, name: str, ca: trustme.CA, leaf: trustme.LeafCert) -> Path:
+        directory = self.base / name
+        directory.mkdir()
+        ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+        leaf.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+        leaf.private_key_pem.write_to_path(str(directory / "key.pem"))
+        return directory
+
+
+class RemoteDaemon:
+    def __init__(self, base: Path, config: str):
+        self.root = base / "store"
+        self.config = base / "buildkitd.toml"
+        self.config.write_text(config)
+        self.log = base / "pybkd.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pybk.core.cli.daemon", "--root", str(self.root),
+                 "--config", str(self.config)], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=_env())
+        deadline = time.monotonic() + 60
+        while True:
+            found = re.search(r"serving tcp://(\S+) ", self.log.read_text())
+            if found and "serving unix://" in self.log.read_text():
+                self.target = found.group(1)
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"pybkd did not start: {self.log.read_text()}")
+            time.sleep(0.05)
+        self.addr = f"tcp://{self.target}"
+
+    def pybk(self, *args: str, tls: list[str] | None = None, cwd: Path | None = None,
+             env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLIENT, "--addr", self.addr, *(tls or []), *args], cwd=cwd,
+                              capture_output=True, env=env or _env(), timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _config(pki: PKI, extra: str = "") -> str:
+    return (f'[grpc]\naddress = ["tcp://127.0.0.1:0"]\n[grpc.tls]\ncert = "{pki.server_cert}"\n'
+            f'key = "{pki.server_key}"\nca = "{pki.ca}"\n[worker.oci]\ngc = false\n'
+            f'networkMode = "none"\n{extra}')
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> PKI:
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory, pki):
+    d = RemoteDaemon(tmp_path_factory.mktemp("remote"), _config(pki))
+    yield d
+    assert d.stop() == 0
+
+
+def _good(pki: PKI) -> list[str]:
+    return ["--tlsdir", str(pki.good)]
+
+
+def _files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+
+
+def _contains(root: Path, needle: bytes) -> list[str]:
+    found = []
+    for path in _files_under(root):
+        try:
+            if needle in path.read_bytes():
+                found.append(str(path))
+        except OSError:
+            pass
+    return found
+
+
+def _transfers(stdout_err: bytes) -> list[dict]:
+    """The context-transfer statuses of a --progress rawjson run."""
+    found = []
+    for line in stdout_err.splitlines():
+        if line.startswith(b"{"):
+            for status in json.loads(line).get("statuses", []):
+                if status["id"].startswith("transferring context:"):
+                    found.append(status)
+    return found
+
+
+# -- transport and TLS --------------------------------------------------------------------------
+
+def test_mtls_refuses_bad_clients_and_keeps_serving(remote, pki, tmp_path):
+    good = remote.pybk("du", tls=_good(pki))
+    assert good.returncode == 0, good.stderr.decode()
+    assert b"Total:" in good.stdout
+    cases = {
+        "no client certificate": ["--tlscacert", str(pki.ca)],
+        "a certificate of another CA": ["--tlsdir", str(pki.stranger)],
+        "an expired certificate": ["--tlsdir", str(pki.expired)],
+        "plain TCP": [],
+    }
+    for what, flags in cases.items():
+        done = remote.pybk("du", tls=flags, timeout=60)
+        assert done.returncode == 2, (what, done.stderr.decode())
+        assert done.stderr.startswith(f"error: cannot reach pybkd at {remote.addr}".encode()), (
+            what, done.stderr.decode())
+        assert b"Traceback" not in done.stderr
+    assert remote.proc.poll() is None
+    again = remote.pybk("plugins", tls=_good(pki))
+    assert again.returncode == 0 and b"dockerfile" in again.stdout
+
+
+def test_tcp_without_tls_needs_the_config_to_say_so(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pybk.core.cli.daemon", "--root",
+                           str(tmp_path / "s"), "--addr", "tcp://127.0.0.1:0"],
+                          capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.returncode == 2
+    assert "tcp://127.0.0.1:0 has no TLS" in done.stderr and "Traceback" not in done.stderr
+    allowed = RemoteDaemon(tmp_path, '[grpc]\naddress = ["tcp://127.0.0.1:0"]\n[pybk]\n'
+                           'tcp-without-tls = true\n[worker.oci]\ngc = false\n')
+    try:
+        du = allowed.pybk("du")
+        assert du.returncode == 0, du.stderr.decode()
+    finally:
+        allowed.stop()
+
+
+def test_client_tls_flags_are_checked(remote, pki):
+    done = remote.pybk("du", tls=["--tlscert", str(pki.good / "cert.pem")])
+    assert done.returncode == 2 and b"--tlscert and --tlskey go together" in done.stderr
+    done = subprocess.run([*CLIENT, "--tlsdir", str(pki.good), "du"], capture_output=True,
+                          env=_env(), timeout=60)
+    assert done.returncode == 2 and b"--tlsdir needs --addr tcp://" in done.stderr
+    done = remote.pybk("--root", "/elsewhere", "du", tls=_good(pki))
+    assert done.returncode == 2 and b"--root and --config are the daemon's own" in done.stderr
+
+
+# -- the context through the session ------------------------------------------------------------
+
+def test_context_crosses_once_then_only_the_changed_file(remote, pki, tmp_path):
+    ctx = tmp_path / "ctx"
+    (ctx / "src").mkdir(parents=True)
+    for i in range(2000):
+        (ctx / "src" / f"f{i:04}.txt").write_text(f"file {i}\n" * 3)
+    (ctx / "ignored").mkdir()
+    (ctx / "ignored" / "secret.txt").write_text("never-leaves-the-client-7f3a\n")
+    (ctx / ".dockerignore").write_text("ignored\n")
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY . /ctx\n")
+    out = tmp_path / "out"
+    args = ["build", "--progress", "rawjson", "-o", f"type=local,dest={out}", str(ctx)]
+    first = remote.pybk(*args, tls=_good(pki))
+    assert first.returncode == 0, first.stderr.decode()[-3000:]
+    sent = sum(p.stat().st_size for p in ctx.rglob("*")
+               if p.is_file() and "ignored" not in p.parts)
+    [transfer] = [t for t in _transfers(first.stderr) if t.get("completed")]
+    assert transfer["id"].startswith("transferring context: 2002 files copied")
+    assert transfer["current"] == sent
+    assert (out / "ctx" / "src" / "f1999.txt").read_text() == "file 1999\n" * 3
+    assert not (out / "ctx" / "ignored").exists()
+    assert _contains(remote.root, b"never-leaves-the-client-7f3a") == []
+
+    unchanged = remote.pybk(*args, tls=_good(pki))
+    assert unchanged.returncode == 0, unchanged.stderr.decode()[-3000:]
+    assert [t["current"] for t in _transfers(unchanged.stderr) if t.get("completed")] == [0]
+
+    (ctx / "src" / "f0042.txt").write_text("file 42 changed\n")
+    changed = remote.pybk(*args, tls=_good(pki))
+    assert changed.returncode == 0, changed.stderr.decode()[-3000:]
+    [transfer] = [t for t in _transfers(changed.stderr) if t.get("completed")]
+    assert transfer["id"].startswith("transferring context: 1 files copied, 0 removed")
+    assert transfer["current"] == len("file 42 changed\n")
+    assert (out / "ctx" / "src" / "f0042.txt").read_text() == "file 42 changed\n"
+
+
+def test_outputs_land_on_the_client_and_metadata_matches_embedded(remote, pki, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("alpha\n")
+    (ctx / "run.sh").write_text("#!/bin/sh\n")
+    (ctx / "run.sh").chmod(0o750)
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt run.sh /\n")
+    env = _env(SOURCE_DATE_EPOCH="0")
+    tar = remote.pybk("build", "-q", "-o", "type=tar,dest=-", str(ctx), tls=_good(pki),
+                      env=env)
+    assert tar.returncode == 0, tar.stderr.decode()
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+        names = {m.name: m for m in archive.getmembers()}
+        assert archive.extractfile(names["a.txt"]).read() == b"alpha\n"
+        assert names["run.sh"].mode & 0o777 == 0o750
+    local = tmp_path / "local"
+    remote_meta = tmp_path / "remote.json"
+    done = remote.pybk("build", "-q", "-o", f"type=local,dest={local}", "-o",
+                       f"type=oci,dest={tmp_path / 'image.tar'}", "--metadata-file",
+                       str(remote_meta), str(ctx), tls=_good(pki), env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    assert (local / "a.txt").read_text() == "alpha\n"
+    assert (local / "run.sh").stat().st_mode & 0o777 == 0o750
+    assert (local / "a.txt").stat().st_uid == os.getuid()
+    assert tarfile.is_tarfile(tmp_path / "image.tar")
+    embedded_meta = tmp_path / "embedded.json"
+    here = subprocess.run([*CLIENT, "--addr", "", "--root", str(tmp_path / "store"), "build",
+                           "-q", "-o", f"type=local,dest={tmp_path / 'l2'}", "-o",
+                           f"type=oci,dest={tmp_path / 'image2.tar'}", "--metadata-file",
+                           str(embedded_meta), str(ctx)], capture_output=True, env=env,
+                          timeout=120)
+    assert here.returncode == 0, here.stderr.decode()
+    assert json.loads(remote_meta.read_text()) == json.loads(embedded_meta.read_text())
+    assert (tmp_path / "image.tar").read_bytes() == (tmp_path / "image2.tar").read_bytes()
+    assert os.listdir(remote.root / "sessions") == ["control.sock"]
+
+
+def test_entitlement_the_daemon_does_not_grant_is_refused(remote, pki, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\n")
+    done = remote.pybk("build", "--allow", "security.insecure", str(ctx), tls=_good(pki))
+    assert done.returncode == 2, done.stderr.decode()
+    assert b"security.insecure" in done.stderr and b"insecure-entitlements" in done.stderr
+
+
+def test_eight_clients_at_once(remote, pki, tmp_path):
+    results = {}
+
+    def build(i: int) -> None:
+        ctx = tmp_path / f"ctx{i}"
+        ctx.mkdir()
+        (ctx / "who.txt").write_text(f"client {i}\n" * (i + 1))
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY who.txt /\n")
+        results[i] = remote.pybk("build", "-q", "-o", f"type=local,dest={tmp_path / f'out{i}'}",
+                                 str(ctx), tls=_good(pki))
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(8):
+        assert results[i].returncode == 0, results[i].stderr.decode()
+        assert (tmp_path / f"out{i}" / "who.txt").read_text() == f"client {i}\n" * (i + 1)
+
+
+# -- steps: secrets, agents, cancellation (runc) --------------------------------------------------
+
+def test_secret_is_served_by_the_client_and_never_stored(remote, pki, busybox_ref, tmp_path):
+    require_runc()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nRUN --mount=type=secret,id=tok "
+        "sh -c 'test \"$(cat /run/secrets/tok)\" = s3cr3t-9d1c && echo ok > /ok'\n"
+        "FROM scratch\nCOPY --from=0 /ok /\n")
+    (tmp_path / "tok").write_text("s3cr3t-9d1c")
+    done = remote.pybk("build", "--no-cache", "--secret", f"id=tok,src={tmp_path / 'tok'}",
+                       "-o", f"type=local,dest={tmp_path / 'out'}", str(ctx), tls=_good(pki))
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert (tmp_path / "out" / "ok").read_text() == "ok\n"
+    assert _contains(remote.root, b"s3cr3t-9d1c") == []
+    assert b"s3cr3t-9d1c" not in remote.log.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def python_ref(registry, python_layout) -> str:
+    from support.busybox import push_oci_layout
+
+    ref = f"{registry.host}/python:latest"
+    push_oci_layout(python_layout, ref)
+    return ref
+
+
+AGENT_CLIENT = ("import os, socket; s = socket.socket(socket.AF_UNIX); "
+                "s.connect(os.environ['SSH_AUTH_SOCK']); s.sendall(b'hello'); "
+                "open('/reply', 'wb').write(s.recv(100))")
+
+
+def test_ssh_agent_is_forwarded_from_the_client(remote, pki, python_ref, tmp_path):
+    require_runc()
+    agent_path = tmp_path / "agent.sock"
+    agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    agent.bind(str(agent_path))
+    agent.listen(4)
+
+    def serve() -> None:
+        conn, _ = agent.accept()
+        with conn:
+            conn.sendall(b"agent saw " + conn.recv(100))
+
+    threading.Thread(target=serve, daemon=True).start()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f'FROM {python_ref}\nRUN --mount=type=ssh python3 -c "{AGENT_CLIENT}"\n'
+        "FROM scratch\nCOPY --from=0 /reply /\n")
+    done = remote.pybk("build", "--no-cache", "--ssh", f"default={agent_path}", "-o",
+                       f"type=local,dest={tmp_path / 'out'}", str(ctx), tls=_good(pki))
+    agent.close()
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert (tmp_path / "out" / "reply").read_bytes() == b"agent saw hello"
+
+
+def test_client_killed_mid_build_cancels_the_steps(remote, pki, busybox_ref, tmp_path):
+    require_runc()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN echo started && sleep 120\n")
+    client = subprocess.Popen([*CLIENT, "--addr", remote.addr, *_good(pki), "build",
+                               "--no-cache", "--progress", "plain", str(ctx)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    seen = b""
+    deadline = time.monotonic() + 90
+    while b"started" not in seen and time.monotonic() < deadline:
+        line = client.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert b"started" in seen, seen.decode()
+    client.kill()
+    client.wait()
+    runc_root = remote.root / "executor" / "runc"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = subprocess.run(["runc", "--root", str(runc_root), "list", "-q"],
+                                capture_output=True, text=True)
+        if not listed.stdout.strip():
+            break
+        time.sleep(0.2)
+    assert listed.stdout.strip() == ""
+    deadline = time.monotonic() + 30
+    while os.listdir(remote.root / "sessions") != ["control.sock"]:
+        assert time.monotonic() < deadline, os.listdir(remote.root / "sessions")
+        time.sleep(0.2)
+    after = tmp_path / "after"
+    after.mkdir()
+    (after / "Dockerfile").write_text("FROM scratch\nCOPY Dockerfile /\n")
+    done = remote.pybk("build", "-q", str(after), tls=_good(pki))
+    assert done.returncode == 0, done.stderr.decode()
