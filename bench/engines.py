@@ -384,9 +384,8 @@ class Pybkd(Pybk):
         super().reset()
         with open(os.path.join(self.workdir, "pybkd.log"), "a") as log:
             self.proc = subprocess.Popen(
-                [self.daemon, "--root", self.root, "--addr", f"unix://{self.socket}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                self.daemon_command(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -397,9 +396,54 @@ class Pybkd(Pybk):
                                     + (last[-1] if last else "(nothing in its log)"))
             time.sleep(0.05)
 
+    def daemon_command(self) -> list[str]:
+        return [self.daemon, "--root", self.root, "--addr", f"unix://{self.socket}"]
+
     def stop(self) -> None:
         stop_process(self.proc)
         super().stop()
+
+
+class PybkdTcp(Pybkd):
+    """``pybk --addr tcp://127.0.0.1:PORT --tlsdir … build``: the same daemon as a remote
+    builder over gRPC with mutual TLS on loopback. The context crosses the session (the daemon
+    keeps its copy), the output image stays in the daemon's store, an ``oci`` export streams
+    back to the client. Certificates are made once per run (``trustme``)."""
+
+    name = "pybkd-tcp"
+    label = "pybkd (tcp+mTLS)"
+
+    def start(self, workdir: str, registry: Registry) -> None:
+        try:
+            import trustme
+        except ImportError:
+            self.unavailable = "trustme is not installed (pip install trustme)"
+            raise EngineFailure(self.unavailable) from None
+        os.makedirs(workdir, exist_ok=True)
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1")
+        client = ca.issue_cert("bench-client")
+        self.tlsdir = os.path.join(workdir, "tls")
+        os.makedirs(self.tlsdir, exist_ok=True)
+        ca.cert_pem.write_to_path(os.path.join(self.tlsdir, "ca.pem"))
+        client.cert_chain_pems[0].write_to_path(os.path.join(self.tlsdir, "cert.pem"))
+        client.private_key_pem.write_to_path(os.path.join(self.tlsdir, "key.pem"))
+        server.cert_chain_pems[0].write_to_path(os.path.join(workdir, "server.pem"))
+        server.private_key_pem.write_to_path(os.path.join(workdir, "server-key.pem"))
+        self.port = free_port()
+        self.config = os.path.join(workdir, "buildkitd.toml")
+        with open(self.config, "w") as f:
+            f.write(f'[grpc]\naddress = ["tcp://127.0.0.1:{self.port}"]\n[grpc.tls]\n'
+                    f'cert = "{workdir}/server.pem"\nkey = "{workdir}/server-key.pem"\n'
+                    f'ca = "{self.tlsdir}/ca.pem"\n')
+        super().start(workdir, registry)
+
+    def global_flags(self) -> list[str]:
+        return ["--addr", f"tcp://127.0.0.1:{self.port}", "--tlsdir", self.tlsdir]
+
+    def daemon_command(self) -> list[str]:
+        return [self.daemon, "--root", self.root, "--config", self.config, "--addr",
+                f"unix://{self.socket}", "--addr", f"tcp://127.0.0.1:{self.port}"]
 
 
 class BuildKit(Engine):
@@ -606,6 +650,7 @@ def make_engines(names: list[str], buildah_jobs: int, network: bool = False,
     the executables found there (``pybk-base``, ``pybkd-base``); ``pybk_base``: where the pybk
     engines get their base image (see PYBK_BASES)."""
     makers = {"pybk": lambda: Pybk(base=pybk_base), "pybkd": lambda: Pybkd(base=pybk_base),
+              "pybkd-tcp": lambda: PybkdTcp(base=pybk_base),
               "buildkit": lambda: BuildKit(network),
               "buildah": lambda: Buildah(buildah_jobs)}
     engines = [makers[name]() for name in names]

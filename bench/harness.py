@@ -41,7 +41,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 CASES_DIR = os.path.join(BENCH_DIR, "cases")
 PHASES = ("cold", "warm", "change")
-ENGINE_NAMES = ("pybk", "pybkd", "buildkit", "buildah")
+ENGINE_NAMES = ("pybk", "pybkd", "pybkd-tcp", "buildkit", "buildah")
 # Debian package -> a file it installs; an engine whose package is missing is skipped.
 PACKAGES = {
     "docker.io": "/usr/sbin/dockerd",
@@ -370,7 +370,7 @@ class Bench:
         footnotes: dict[str, int] = {}
         labels = [e.label for e in self.engines]
         by_name = {e.name: e for e in self.engines}
-        ratios = [n for n in ("pybk", "pybkd", "pybk-base", "pybkd-base")
+        ratios = [n for n in ("pybk", "pybkd", "pybkd-tcp", "pybk-base", "pybkd-base")
                   if n in by_name] if "buildkit" in by_name else []
         header = ["case", "run", *labels] + [f"{by_name[n].label} / BuildKit" for n in ratios]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

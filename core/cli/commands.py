@@ -22,7 +22,13 @@ from pybk.core.paths import default_root
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing usage and exiting."""
+    """argparse that raises UsageError instead of printing usage and exiting, and takes no
+    abbreviations of long options (as BuildKit's commands: ``--ro X`` is not ``--root X``,
+    so a daemon's checks of ``--root``/``--config`` cannot be sidestepped)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")

@@ -197,7 +197,7 @@ def _lock(path: str) -> int:
     return fd
 
 
-def _bind(path: str) -> socket.socket:
+def _bind(path: str, uid: int | None = None, gid: int | None = None) -> socket.socket:
     """A listening socket at ``path`` (mode 0660); it appears at ``path`` only once it accepts
     connections. A live daemon already there is an error; a stale socket is replaced. Paths
     longer than a socket address allows are bound through their directory."""
@@ -221,6 +221,8 @@ def _bind(path: str) -> socket.socket:
         with reachable(staging) as where:
             listener.bind(where)
         os.chmod(staging, 0o660)
+        if uid is not None or gid is not None:  # [grpc] uid/gid, as buildkitd does
+            os.chown(staging, -1 if uid is None else uid, -1 if gid is None else gid)
         listener.listen(128)
         os.rename(staging, path)
     except OSError as exc:
@@ -267,8 +269,12 @@ class Served:
     match to run here."""
 
     def __init__(self, root: str, config_path: str | None, config_bytes: bytes | None, *,
-                 on_demand: bool = False, verbose: bool = False):
+                 on_demand: bool = False, verbose: bool = False, uid: int | None = None,
+                 gid: int | None = None):
         self.root = root
+        #: ``[grpc] uid``/``gid``: who else may run commands through the unix socket (in a
+        #: session; the local protocol serves the daemon's own user only)
+        self.uid, self.gid = uid, gid
         self.config_path = config_path
         self.config_bytes = config_bytes
         self.on_demand = on_demand
@@ -542,6 +548,12 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
     log = os.dup(2)
     try:
         client_pid, client_uid = _peer(conn)
+        if _wants_session(conn):
+            return _serve_unix_session(conn, served, log, client_pid, client_uid)
+        if client_uid not in (os.geteuid(), 0):
+            _log(log, f"refused pid {client_pid} (uid {client_uid}): the local protocol serves "
+                      "the daemon's own user; other users' clients use sessions")
+            return 1
         request = read_request(conn)
         _take_over(request.fds, request.env)
     except (OSError, ValueError) as exc:
@@ -572,6 +584,54 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
         conn.sendall(EXIT + bytes([code]))
     _after_answer()
     return code
+
+
+def _wants_session(conn: socket.socket) -> bool:
+    """Whether the client opened with :data:`SESSION_MAGIC` (consumed) rather than the local
+    protocol's request."""
+    from pybk.core.remote.clientside import SESSION_MAGIC
+
+    conn.settimeout(10)
+    try:
+        seen = b""
+        while len(seen) < len(SESSION_MAGIC) and SESSION_MAGIC.startswith(seen):
+            seen = conn.recv(len(SESSION_MAGIC), socket.MSG_PEEK)
+            if not seen:
+                return False
+        if seen != SESSION_MAGIC:
+            return False
+        conn.recv(len(SESSION_MAGIC))
+        return True
+    finally:
+        conn.settimeout(None)
+
+
+def _groups(pid: int) -> set[int]:
+    """The groups of process ``pid`` (effective and supplementary)."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Gid:"):
+                found.add(int(line.split()[2]))
+            elif line.startswith("Groups:"):
+                found.update(int(g) for g in line.split()[1:])
+    return found
+
+
+def _serve_unix_session(conn: socket.socket, served: Served, log: int, pid: int,
+                        uid: int) -> int:
+    """A session on the unix socket: for the daemon's user, root, ``[grpc] uid`` and members
+    of ``[grpc] gid``; anyone else is refused before anything runs."""
+    allowed = (uid in (os.geteuid(), 0) or (served.uid is not None and uid == served.uid)
+               or (served.gid is not None and served.gid in _groups(pid)))
+    if not allowed:
+        _log(log, f"refused pid {pid} (uid {uid}): not the daemon's user, [grpc] uid or a "
+                  "member of [grpc] gid")
+        return 1
+    from pybk.core.cli.remoteserve import serve_session
+
+    who = {"t": "peer", "peer": f"unix pid {pid}", "identity": f"uid {uid}"}
+    return serve_session(conn, served, functools.partial(_log, log), who)
 
 
 def _run_command(conn: socket.socket, argv: list[str], served: Served) -> int:
@@ -658,13 +718,14 @@ def _start(argv: list[str]) -> int:
         workers = load_workers(config, root)
         warm_up(root, config, select_worker(workers))
         gc.collect()  # before the socket appears: the first command is answered at once
-        listener = _bind(path)
+        listener = _bind(path, config.grpc.uid, config.grpc.gid)
         control, grpc_listener = (_start_grpc(root, tcp_addresses, config) if tcp_addresses
                                   else (None, None))
         for worker in workers:  # what the children give back stays for the next builds
             worker.serve()
         served = Served(root, config_path, config_bytes, on_demand=ns.on_demand,
-                        verbose=ns.debug or config.log.level in ("debug", "trace"))
+                        verbose=ns.debug or config.log.level in ("debug", "trace"),
+                        uid=config.grpc.uid, gid=config.grpc.gid)
         idle = config.pybk.daemon_idle_timeout if ns.on_demand else None
         try:
             return Daemon(listener, path, served, idle_timeout=idle, control=control,

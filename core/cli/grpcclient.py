@@ -1,11 +1,16 @@
-"""``pybk --addr tcp://HOST:PORT COMMAND``: check the command line here (a bad flag is exit 2
-before anything is sent), then run it in the remote pybkd (:mod:`pybk.core.remote.clientside`).
+"""A command in pybkd through a session (:mod:`pybk.core.remote.clientside`): ``pybk --addr
+tcp://HOST:PORT COMMAND`` over gRPC, or over pybkd's unix socket when the daemon runs as
+another user (the local protocol is for the daemon's own user). The command line is checked
+here first: a bad flag is exit 2 before anything is sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pybk.core.errors import UsageError
-from pybk.core.remote.clientside import Client, credentials
+from pybk.core.remote.clientside import Client, GrpcTransport, SocketTransport, credentials
 
 #: commands that read files named on the command line and need no daemon: run here
 _LOCAL_DEBUG = ("dump-llb",)
@@ -15,18 +20,29 @@ def run_grpc(address: str, argv: list[str], tls: dict[str, str]) -> int:
     """Run ``pybk ARGV`` in the pybkd at ``address`` (``tcp://HOST:PORT``); its exit code."""
     from pybk.core.cli.errors import run_reported
 
-    return run_reported(lambda: _run(address, argv, tls), debug="--debug" in argv)
+    def transport() -> Any:
+        creds, server_name = credentials(tls)
+        return GrpcTransport(address[len("tcp://"):], creds, server_name)
+
+    return run_reported(lambda: _run(argv, transport), debug="--debug" in argv)
 
 
-def _run(address: str, argv: list[str], tls: dict[str, str]) -> int:
+def run_unix_session(address: str, sock: Any, argv: list[str]) -> int:
+    """Run ``pybk ARGV`` through a session on ``sock``, connected to pybkd's unix socket."""
+    from pybk.core.cli.errors import run_reported
+
+    return run_reported(lambda: _run(argv, lambda: SocketTransport(sock, address)),
+                        debug="--debug" in argv)
+
+
+def _run(argv: list[str], transport: Callable[[], Any]) -> int:
     from pybk.core.cli.commands import needs_plugins, shared_parser
 
     ns = shared_parser(needs_plugins(argv)).parse_args(argv)
     if ns.command is None:
         raise UsageError("no command given")
     if ns.root is not None or ns.config is not None:
-        raise UsageError("--root and --config are the daemon's own; leave them out with "
-                         "--addr tcp://")
+        raise UsageError("--root and --config are the daemon's own; leave them out")
     if ns.command == "debug" and getattr(ns, "debug_command", None) in _LOCAL_DEBUG:
         from pybk.core.cli.commands import main
 
@@ -35,8 +51,7 @@ def _run(address: str, argv: list[str], tls: dict[str, str]) -> int:
         from pybk.core.cli.commands import main
 
         return main(argv)  # checks a file of this machine; without one: the daemon's config
-    target = address[len("tcp://"):]
-    creds, server_name = credentials(tls)
+    made = transport()
     request = None
     if ns.command == "build":
         from pybk.core.cli.commands import parse_build_request
@@ -44,6 +59,6 @@ def _run(address: str, argv: list[str], tls: dict[str, str]) -> int:
         request = parse_build_request(ns)
     client = Client(argv, command=ns.command, request=request, debug=bool(ns.debug))
     start = client.start_frame()
-    return client.run(target, creds, server_name, start)
+    return client.run(made, start)
 
 

@@ -280,6 +280,12 @@ def run_remote(address: str, argv: list[str], tls: dict[str, str] | None = None)
     except OSError as exc:
         print(f"error: cannot reach pybkd at {address}: {exc.strerror}", file=sys.stderr)
         return 2
+    if _peer_uid(sock) != os.geteuid():
+        # the local protocol runs commands as the daemon's user with this process's files:
+        # for another user's daemon, a session, which serves only what the command names
+        from pybk.core.cli.grpcclient import run_unix_session
+
+        return run_unix_session(address, sock, argv)
     try:
         _send_request(sock, argv, RUN)
     except OSError as exc:
@@ -288,6 +294,11 @@ def run_remote(address: str, argv: list[str], tls: dict[str, str] | None = None)
               file=sys.stderr)
         return 2
     return _await_exit(sock)
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return int.from_bytes(cred[4:8], sys.byteorder)
 
 
 def run_auto(path: str, argv: list[str]) -> tuple[int | None, bool]:
@@ -300,8 +311,7 @@ def run_auto(path: str, argv: list[str]) -> tuple[int | None, bool]:
     except OSError as exc:
         return None, exc.errno not in (errno.ENOENT, errno.ECONNREFUSED)
     try:
-        cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        if int.from_bytes(cred[4:8], sys.byteorder) != os.geteuid():
+        if _peer_uid(sock) != os.geteuid():
             return None, True  # never another user's daemon, nor our descriptors to it
         _send_request(sock, argv, AUTO)
         if sock.recv(1) != ACCEPTED:

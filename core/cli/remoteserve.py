@@ -70,10 +70,11 @@ def _release(pumps: list[_Pump]) -> None:
         pump.join(5)
 
 
-def serve_session(conn: Any, served: Any, log: Any) -> int:
+def serve_session(conn: Any, served: Any, log: Any, who: dict[str, Any] | None = None) -> int:
     """Run one remote command (the connection relayed by the listener); its exit code.
     ``served``: the daemon's :class:`pybk.core.cli.daemon.Served`; ``log(message)`` writes a
-    line to the daemon's log."""
+    line to the daemon's log; ``who``: the peer, for a session on pybkd's unix socket (else the
+    listener's first frame says)."""
     from pybk.core.cli.errors import interrupted, report
     from pybk.core.engine.build import answer_first, run_after_answer
 
@@ -82,12 +83,13 @@ def serve_session(conn: Any, served: Any, log: Any) -> int:
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     frames = FrameSocket(conn)
-    peer = frames.recv()
+    if who is None:  # relayed by the gRPC listener, which says who the peer is first
+        peer = frames.recv()
+        who = peer[0] if peer is not None else {}
     start = frames.recv()
-    if peer is None or start is None or start[0].get("t") != "start":
+    if start is None or start[0].get("t") != "start":
         log("dropped a session: no start frame")
         return 1
-    who = peer[0]
     header, payload = start[0], start[1]
     session = Session(frames)
     work = os.path.join(served.root, "sessions", f"{os.getpid()}-{uuid.uuid4().hex[:8]}")

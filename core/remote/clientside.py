@@ -44,6 +44,8 @@ from pybk.core.remote.frames import (
     FrameError,
     decode,
     encode,
+    prefixed,
+    read_message,
 )
 
 _END = object()
@@ -172,19 +174,11 @@ class Client:
                 return
             yield message
 
-    def run(self, target: str, creds: Any, server_name: str | None,
-            start: tuple[dict[str, Any], bytes]) -> int:
-        import grpc
-
-        options = [("grpc.max_receive_message_length", MAX_FRAME),
-                   ("grpc.max_send_message_length", MAX_FRAME)]
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
-        channel = (grpc.secure_channel(target, creds, options=options) if creds is not None
-                   else grpc.insecure_channel(target, options=options))
-        call = channel.stream_stream(SESSION_METHOD)
+    def run(self, transport: Any, start: tuple[dict[str, Any], bytes]) -> int:
+        """Run the session over ``transport`` (:class:`GrpcTransport` or
+        :class:`SocketTransport`); the command's exit code."""
         self.send(*start)
-        responses = call(self._requests(), wait_for_ready=False)
+        responses = transport.open(self._requests())
         interrupts = 0
         try:
             while True:
@@ -197,28 +191,30 @@ class Client:
                 except KeyboardInterrupt:
                     interrupts += 1
                     if interrupts >= 3:
-                        responses.cancel()
+                        transport.cancel()
                         raise
                     self.send({"t": "interrupt"})
-        except grpc.RpcError as exc:
-            if self.code is None:
-                return _rpc_failure(target, exc)
         except FrameError as exc:
-            print(f"error: pybkd at tcp://{target} sent a bad frame: {exc}", file=sys.stderr)
+            print(f"error: pybkd at {transport.address} sent a bad frame: {exc}",
+                  file=sys.stderr)
             return 1
+        except Exception as exc:
+            code = transport.failure(exc)
+            if code is None:
+                raise
+            if self.code is None:
+                return code
         finally:
             self.outgoing.put(_END)
             for channel_sock in self.channels.values():
                 with contextlib.suppress(OSError):
                     channel_sock.close()
-            with contextlib.suppress(Exception):
-                responses.cancel()
-            channel.close()
+            transport.close()
             if self.renderer is not None:
                 self.renderer.close()
         if self.code is None:
-            print(f"error: pybkd at tcp://{target} ended the session without an exit code",
-                  file=sys.stderr)
+            print(f"error: pybkd at {transport.address} ended the session without an exit "
+                  "code", file=sys.stderr)
             return 1
         if self.code == 0 and self.request is not None:
             self._finish()
@@ -439,19 +435,94 @@ def unpack_tree(stream: Any, dest: str) -> None:
         tar.extractall(real, filter=check)
 
 
-def _rpc_failure(target: str, exc: Any) -> int:
-    """Say why the daemon could not be used (connection, TLS, a refused client certificate)."""
-    import grpc
+class GrpcTransport:
+    """The control API's ``Session`` stream over gRPC (``tcp://``)."""
 
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    if code == grpc.StatusCode.UNAVAILABLE:  # as for an unreachable unix:// daemon
-        print(f"error: cannot reach pybkd at tcp://{target}: {details}", file=sys.stderr)
-        return 2
-    elif code == grpc.StatusCode.CANCELLED:
-        print("interrupted", file=sys.stderr)
-        return 130
-    else:
+    def __init__(self, target: str, creds: Any, server_name: str | None):
+        import grpc
+
+        self.address = f"tcp://{target}"
+        options = [("grpc.max_receive_message_length", MAX_FRAME),
+                   ("grpc.max_send_message_length", MAX_FRAME)]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self.channel = (grpc.secure_channel(target, creds, options=options)
+                        if creds is not None else grpc.insecure_channel(target, options=options))
+        self.responses: Any = None
+
+    def open(self, requests: Any) -> Any:
+        self.responses = self.channel.stream_stream(SESSION_METHOD)(requests)
+        return self.responses
+
+    def cancel(self) -> None:
+        if self.responses is not None:
+            self.responses.cancel()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cancel()
+        self.channel.close()
+
+    def failure(self, exc: BaseException) -> int | None:
+        """Say why the daemon could not be used (connection, TLS, a refused client
+        certificate); the exit code (None: not a gRPC error)."""
+        import grpc
+
+        if not isinstance(exc, grpc.RpcError):
+            return None
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.UNAVAILABLE:  # as for an unreachable unix:// daemon
+            print(f"error: cannot reach pybkd at {self.address}: {details}", file=sys.stderr)
+            return 2
+        if code == grpc.StatusCode.CANCELLED:
+            print("interrupted", file=sys.stderr)
+            return 130
         name = code.name if code is not None else "error"
-        print(f"error: pybkd at tcp://{target}: {name}: {details}", file=sys.stderr)
-    return 1
+        print(f"error: pybkd at {self.address}: {name}: {details}", file=sys.stderr)
+        return 1
+
+
+#: what a client sends first on a unix socket to speak sessions instead of the local protocol
+SESSION_MAGIC = b"pybk-session1\n"
+
+
+class SocketTransport:
+    """Sessions over pybkd's unix socket, for a user other than the daemon's: the same frames,
+    each preceded by its length."""
+
+    def __init__(self, sock: socket.socket, address: str):
+        self.sock = sock
+        self.address = address
+
+    def open(self, requests: Any) -> Any:
+        self.sock.sendall(SESSION_MAGIC)
+
+        def write() -> None:
+            with contextlib.suppress(OSError):
+                for message in requests:
+                    self.sock.sendall(prefixed(message))
+
+        threading.Thread(target=write, daemon=True, name="pybk-send").start()
+        return self._messages()
+
+    def _messages(self) -> Any:
+        while True:
+            message = read_message(self.sock)
+            if message is None:
+                return
+            yield message
+
+    def cancel(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.cancel()
+        self.sock.close()
+
+    def failure(self, exc: BaseException) -> int | None:
+        if isinstance(exc, OSError):
+            print(f"error: pybkd at {self.address}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        return None
