@@ -359,6 +359,7 @@ class Client:
         is exported as, to write the layers below a result while its last step runs."""
         from pybk.core.registry.client import RegistryClient
         from pybk.core.store.content import ContentStore
+        from pybk.core.store.locks import SharedSlots
 
         if not any(definition.ops for definition, _ in definitions.values()):
             return [self._empty_result(config, cache_modes)
@@ -367,7 +368,10 @@ class Client:
         registry = RegistryClient(dict(self.config.registry), ContentStore(solver.store.root))
         lease = solver.store.lease()
         limit = self.config.worker.oci.max_parallelism
-        slots = asyncio.Semaphore(limit) if limit and limit > 0 else None
+        # shared by every build of the store (pybkd's commands, embedded builds), as
+        # BuildKit's max-parallelism is the daemon's
+        slots = (SharedSlots(os.path.join(solver.store.root, "parallelism"), limit)
+                 if limit and limit > 0 else None)
         runner = None
         try:
             remote = None

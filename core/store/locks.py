@@ -222,3 +222,53 @@ class Locks:
         """The held lock if it was free, else None."""
         lock = FileLock(self.path(name), shared=shared)
         return lock if lock.acquire(blocking=False) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Slots shared by the processes of a store
+# --------------------------------------------------------------------------------------------
+
+
+class SharedSlots:
+    """At most ``n`` holders at a time among every process building in one store: BuildKit's
+    daemon-wide ``max-parallelism``, for pybkd's per-command processes and embedded builds
+    alike. A slot is an ``flock`` on one of ``n`` files in ``directory``; an async context
+    manager (``async with slots:``), fair enough: a waiter polls the free slots every few
+    milliseconds, backing off to 50 ms."""
+
+    def __init__(self, directory: str | os.PathLike[str], n: int):
+        self.directory = Path(directory)
+        self.n = n
+        self._local = asyncio.Semaphore(n)
+        self._held: dict[asyncio.Task, int] = {}
+
+    def _try(self) -> int | None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        start = os.getpid() % self.n
+        for i in range(self.n):
+            path = self.directory / f"slot-{(start + i) % self.n}.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return fd
+        return None
+
+    async def __aenter__(self) -> None:
+        await self._local.acquire()
+        try:
+            delay = 0.005
+            while (fd := self._try()) is None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        except BaseException:
+            self._local.release()
+            raise
+        self._held[asyncio.current_task()] = fd  # type: ignore[index]
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        fd = self._held.pop(asyncio.current_task())  # type: ignore[arg-type]
+        os.close(fd)
+        self._local.release()
