@@ -1,0 +1,1 @@
+"""pybkd as a remote builder: what crosses the session between a client and the daemon."""
