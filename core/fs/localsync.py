@@ -3,9 +3,10 @@
 The walk skips excluded directories without reading them and, with include patterns or follow
 paths, never enters directories that cannot hold a selected file. Each entry's lstat is compared
 with the state of the previous sync; only entries whose ``(mode, size, mtime_ns, inode, dev)``
-changed are copied (to a temporary name, then renamed into place), entries gone from the source
-are removed, and directories get their mode and mtime. Synced entries are owned by 0:0, like
-BuildKit's local source. The state file is written atomically, and only when something changed.
+changed are copied; the destination side (temporary names renamed into place, removals,
+directory modes and mtimes, 0:0 owners, the state file) is :mod:`pybk.core.fs.mirror`, shared
+with the remote sync (:mod:`pybk.core.remote.filesync`), which also shares this module's walk
+(:func:`context_filter`, :func:`walk_context`).
 
 Hardlinks are kept: names of one source inode (among the synced entries) become names of one
 destination file. Because the inode is part of each entry's state and changed entries are always
@@ -15,36 +16,26 @@ sync.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import stat
 from collections.abc import Callable, Sequence
 
-import attrs
-
 from pybk.core.errors import BuildError
-from pybk.core.fs.files import copy_fd_data, copy_file_data
+from pybk.core.fs.files import copy_fd_data
+from pybk.core.fs.mirror import Mirror, SyncStats, make_file, run_mirror
 from pybk.core.fs.pathfilter import PathFilter
 from pybk.core.fs.rootpath import resolve_in_root
 
-__all__ = ["SyncStats", "sync_local"]
+__all__ = ["SyncStats", "context_filter", "follow_targets", "sync_local", "walk_context"]
 
-_STATE_VERSION = 2
-_TMP_PREFIX = ".pybk-sync-"
+#: 3: owners before modes (set-id bits kept), failed syncs save dirty marks
+_STATE_VERSION = 3
 
-
-@attrs.frozen
-class SyncStats:
-    """What a sync did; counts are of non-directory entries (files, symlinks)."""
-
-    copied: int
-    removed: int
-    unchanged: int
-    bytes_copied: int
+#: ``visit(rel, host_path, lstat, is_dir)``
+Visitor = Callable[[str, str, os.stat_result, bool], None]
 
 
-def _follow_targets(root: str, follow_paths: Sequence[str]) -> list[str]:
+def follow_targets(root: str, follow_paths: Sequence[str]) -> list[str]:
     """The follow paths plus each symlink hop met resolving them (relative to ``root``)."""
     out: list[str] = []
     for path in follow_paths:
@@ -65,223 +56,118 @@ def _follow_targets(root: str, follow_paths: Sequence[str]) -> list[str]:
     return out
 
 
-class _Walk:
-    """One sync: the source walk and the changes it makes to the destination."""
+def context_filter(root: str, include_patterns: Sequence[str] = (),
+                   exclude_patterns: Sequence[str] = (),
+                   follow_paths: Sequence[str] = ()) -> PathFilter | None:
+    """The filter selecting a context's entries: the include patterns, plus (with follow paths)
+    the follow paths and their symlink hops; ``None`` when everything is selected."""
+    includes = list(include_patterns)
+    if follow_paths:
+        includes.extend(follow_targets(root, follow_paths))
+    return PathFilter.create(includes, list(exclude_patterns))
 
-    def __init__(self, dest: str, old: dict[str, list], path_filter: PathFilter | None,
-                 on_copied: Callable[[str], None] | None = None):
-        self.dest = dest
-        self.on_copied = on_copied
-        self.old = old
-        self.new: dict[str, list] = {}
-        self.filter = path_filter
-        self.copied = 0
-        self.unchanged = 0
-        self.bytes = 0
-        self.touched: set[str] = set()  # directories whose metadata must be (re)applied
-        self.is_root = os.geteuid() == 0
-        self._tmp_counter = 0
+
+def walk_context(root: str, path_filter: PathFilter | None, visit: Visitor) -> None:
+    """Call ``visit`` for each selected entry under ``root`` (not for ``root`` itself), a
+    directory before its content, in ``scandir`` order.
+
+    An excluded directory is not read unless a selected entry may be inside (a re-included
+    path, an include pattern reaching into it); such a directory is visited (as a parent)
+    only when something inside it is. Every kind of entry is visited: what to do with
+    sockets, fifos and devices is the caller's.
+    """
+    _walk(root, "", [], path_filter, visit)
+
+
+def _walk(host: str, rel: str, pending: list[tuple[str, str, os.stat_result]],
+          path_filter: PathFilter | None, visit: Visitor) -> bool:
+    """Walk directory ``host`` (``rel`` in the tree); True when anything of it was visited.
+
+    ``pending`` holds ancestors not visited yet (they are, just before a selected child).
+    """
+    kept_any = False
+    try:
+        it = os.scandir(host)
+    except PermissionError as e:
+        raise BuildError(f"cannot read {rel or '.'} of the local context: {e.strerror}") from None
+    with it:
+        for entry in it:
+            child_rel = f"{rel}/{entry.name}" if rel else entry.name
+            is_dir = entry.is_dir(follow_symlinks=False)
+            keep, descend = True, is_dir
+            if path_filter is not None:
+                keep, descend = path_filter.verdict(child_rel, is_dir)
+                if not keep and not descend:
+                    continue
+            st = entry.stat(follow_symlinks=False)
+            if is_dir and not keep:
+                if _walk(entry.path, child_rel, [*pending, (child_rel, entry.path, st)],
+                         path_filter, visit):
+                    kept_any = True
+                    pending = []
+                continue
+            for pending_rel, pending_host, pending_st in pending:
+                visit(pending_rel, pending_host, pending_st, True)
+            pending = []
+            kept_any = True
+            visit(child_rel, entry.path, st, is_dir)
+            if is_dir:
+                _walk(entry.path, child_rel, [], path_filter, visit)
+    return kept_any
+
+
+def _record(kind: str, st: os.stat_result) -> list:
+    return [kind, st.st_mode, st.st_size if kind != "d" else 0, st.st_mtime_ns, st.st_ino,
+            st.st_dev]
+
+
+class _LocalSource:
+    """Hands the entries of one walk of the source to the mirror."""
+
+    def __init__(self, mirror: Mirror):
+        self.mirror = mirror
+        self.old = mirror.old
         #: (dev, inode) of a multiply linked source file -> the first synced name of it
         self._link_groups: dict[tuple[int, int], str] = {}
+        #: first names of multiply linked files copied by this sync (a new inode: the other
+        #: names are linked to it again, even unchanged ones)
+        self._made_first: set[str] = set()
 
-    def walk(self, host: str, rel: str, pending: list[tuple[str, os.stat_result]]) -> bool:
-        """Mirror directory ``host`` (``rel`` in the tree); True when anything of it was kept.
-
-        ``pending`` holds ancestors not created yet (they are kept only for a kept child).
-        """
-        kept_any = False
-        try:
-            it = os.scandir(host)
-        except PermissionError as e:
-            raise BuildError(f"cannot read {rel or '.'} of the local context: {e.strerror}") from None
-        with it:
-            for entry in it:
-                child_rel = f"{rel}/{entry.name}" if rel else entry.name
-                is_dir = entry.is_dir(follow_symlinks=False)
-                keep, descend = True, is_dir
-                if self.filter is not None:
-                    keep, descend = self.filter.verdict(child_rel, is_dir)
-                    if not keep and not descend:
-                        continue
-                st = entry.stat(follow_symlinks=False)
-                if is_dir and not keep:
-                    if self.walk(entry.path, child_rel, [*pending, (child_rel, st)]):
-                        kept_any = True
-                        pending = []
-                    continue
-                self._create_pending(pending)
-                pending = []
-                kept_any = True
-                if is_dir:
-                    self._dir(child_rel, st)
-                    self.walk(entry.path, child_rel, [])
-                else:
-                    self._entry(entry.path, child_rel, st)
-        return kept_any
-
-    def _create_pending(self, pending: list[tuple[str, os.stat_result]]) -> None:
-        for rel, st in pending:
-            if rel not in self.new:
-                self._dir(rel, st)
-        pending.clear()
-
-    def _dir(self, rel: str, st: os.stat_result) -> None:
-        record = ["d", st.st_mode, 0, st.st_mtime_ns, st.st_ino, st.st_dev]
-        self.new[rel] = record
-        old = self.old.get(rel)
-        if old == record:
+    def visit(self, rel: str, host: str, st: os.stat_result, is_dir: bool) -> None:
+        if is_dir:
+            self.mirror.dir(rel, _record("d", st))
             return
-        if old is None or old[0] != "d":
-            target = os.path.join(self.dest, rel)
-            with contextlib.suppress(FileNotFoundError):
-                if not stat.S_ISDIR(os.lstat(target).st_mode):
-                    os.unlink(target)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(target, 0o700)
-            self.touched.add(os.path.dirname(rel))
-        self.touched.add(rel)
-
-    def _entry(self, host: str, rel: str, st: os.stat_result) -> None:
         mode = st.st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        if stat.S_ISREG(mode):
+            record = _record("f", st)
+        elif stat.S_ISLNK(mode):
+            record = _record("l", st)
+        else:
             return  # sockets, fifos and devices are not transferred
-        record = ["l" if stat.S_ISLNK(mode) else "f", mode, st.st_size, st.st_mtime_ns,
-                  st.st_ino, st.st_dev]
-        self.new[rel] = record
         first_name = None
-        if stat.S_ISREG(mode) and st.st_nlink > 1:
+        if st.st_nlink > 1 and record[0] == "f":
             first_name = self._link_groups.setdefault((st.st_dev, st.st_ino), rel)
             if first_name == rel:
                 first_name = None
-        if self.old.get(rel) == record:
-            self.unchanged += 1
-            return
-        target = os.path.join(self.dest, rel)
-        if rel not in self.old and self._create(host, target, st, first_name):
-            self._copied(rel, mode)
-            return
-        tmp = self._temp_name(os.path.dirname(target))
-        if first_name is not None:
-            os.link(os.path.join(self.dest, first_name), tmp)
-        elif stat.S_ISLNK(mode):
-            os.symlink(os.readlink(host), tmp)
+        if self.old.get(rel) == record and (first_name is None or
+                                            first_name not in self._made_first):
+            self.mirror.keep(rel, record)
+        elif first_name is not None:
+            self.mirror.link(rel, record, first_name)
+        elif record[0] == "l":
+            self.mirror.symlink(rel, record, os.readlink(host), st.st_atime_ns)
         else:
-            self.bytes += copy_file_data(host, tmp)
-            os.chmod(tmp, stat.S_IMODE(mode))
-        if first_name is None:
-            if self.is_root:
-                os.lchown(tmp, 0, 0)
-            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            self.mirror.place(rel, record, lambda path: self._copy(host, path, st))
+            if st.st_nlink > 1:
+                self._made_first.add(rel)
+
+    def _copy(self, host: str, path: str, st: os.stat_result) -> int:
+        in_fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            os.replace(tmp, target)
-        except IsADirectoryError:
-            shutil.rmtree(target)
-            os.replace(tmp, target)
-        self._copied(rel, mode)
-
-    def _copied(self, rel: str, mode: int) -> None:
-        self.touched.add(os.path.dirname(rel))
-        self.copied += 1
-        if self.on_copied is not None and stat.S_ISREG(mode):
-            self.on_copied(rel)
-
-    def _create(self, host: str, target: str, st: os.stat_result, first_name: str | None) -> bool:
-        """An entry the last sync did not have, made at its name directly (no temporary name
-        and rename: a new name is not read by anyone before the sync ends); False when the
-        name is taken after all (a sync interrupted before it saved its state), for the caller
-        to replace it."""
-        mode = st.st_mode
-        try:
-            if first_name is not None:
-                os.link(os.path.join(self.dest, first_name), target)
-                return True
-            if stat.S_ISLNK(mode):
-                os.symlink(os.readlink(host), target)
-                if self.is_root:
-                    os.lchown(target, 0, 0)
-                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-                return True
-            in_fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600)
-            except BaseException:
-                os.close(in_fd)
-                raise
-        except FileExistsError:
-            return False
-        try:
-            with contextlib.ExitStack() as closing:
-                closing.callback(os.close, in_fd)
-                closing.callback(os.close, fd)
-                self.bytes += copy_fd_data(in_fd, fd)
-                os.fchmod(fd, stat.S_IMODE(mode))
-                if self.is_root:
-                    os.fchown(fd, 0, 0)
-                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(target)
-            raise
-        return True
-
-    def _temp_name(self, directory: str) -> str:
-        while True:
-            self._tmp_counter += 1
-            tmp = os.path.join(directory, f".pybk-sync-{os.getpid()}-{self._tmp_counter}")
-            if not os.path.lexists(tmp):
-                return tmp
-
-    def remove_stale(self) -> int:
-        """Delete entries of the last sync the source no longer has; returns non-dirs removed."""
-        removed = 0
-        for rel in sorted((r for r in self.old if r and r not in self.new), reverse=True):
-            target = os.path.join(self.dest, rel)
-            if self.old[rel][0] == "d":
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    shutil.rmtree(target)
-            else:
-                removed += 1
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError,
-                                         IsADirectoryError):
-                    os.unlink(target)
-            self.touched.add(os.path.dirname(rel))
-        return removed
-
-    def finish_dirs(self) -> None:
-        """Apply directory modes, owners and mtimes, deepest first (children touch parents)."""
-        for rel in sorted(self.touched, reverse=True):
-            record = self.new.get(rel)
-            if record is None:
-                continue
-            target = os.path.join(self.dest, rel) if rel else self.dest
-            os.chmod(target, stat.S_IMODE(record[1]))
-            if self.is_root:
-                os.lchown(target, 0, 0)
-            os.utime(target, ns=(record[3], record[3]))
-
-
-def _load_state(state_file: str, dest_dir: str) -> dict[str, list]:
-    import orjson
-
-    try:
-        with open(state_file, "rb") as f:
-            data = orjson.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("v") != _STATE_VERSION or \
-            data.get("dest") != dest_dir or not os.path.isdir(dest_dir):
-        return {}
-    return data.get("entries", {})
-
-
-def _save_state(state_file: str, dest_dir: str, entries: dict[str, list]) -> None:
-    import orjson
-
-    tmp = f"{state_file}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(orjson.dumps({"v": _STATE_VERSION, "dest": dest_dir, "entries": entries}))
-    os.replace(tmp, state_file)
+            return make_file(path, st.st_mode, st.st_atime_ns, st.st_mtime_ns,
+                             lambda fd: copy_fd_data(in_fd, fd), self.mirror.as_root)
+        finally:
+            os.close(in_fd)
 
 
 def sync_local(src_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str], *,
@@ -298,30 +184,15 @@ def sync_local(src_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str]
     """
     src = os.path.realpath(os.fspath(src_dir))
     dest = os.path.abspath(os.fspath(dest_dir))
-    state_path = os.fspath(state_file)
     if not os.path.isdir(src):
         raise BuildError(f"local context {os.fspath(src_dir)}: not a directory")
-    old = _load_state(state_path, dest)
-    if not old and os.path.lexists(dest):
-        shutil.rmtree(dest)  # unknown content: start from an empty copy
-    os.makedirs(dest, exist_ok=True)
+    path_filter = context_filter(src, include_patterns, exclude_patterns, follow_paths)
 
-    includes = list(include_patterns)
-    if follow_paths:
-        includes.extend(_follow_targets(src, follow_paths))
-    walk = _Walk(dest, old, PathFilter.create(includes, list(exclude_patterns)), on_copied)
-    root_st = os.stat(src)
-    root_record = ["d", root_st.st_mode, 0, root_st.st_mtime_ns, root_st.st_ino, root_st.st_dev]
-    walk.new[""] = root_record
-    if old.get("") != root_record:
-        walk.touched.add("")
+    def fill(mirror: Mirror) -> None:
+        mirror.dir("", _record("d", os.stat(src)))
+        walk_context(src, path_filter, _LocalSource(mirror).visit)
+
     try:
-        walk.walk(src, "", [])
-        removed = walk.remove_stale()
-        walk.finish_dirs()
+        return run_mirror(dest, os.fspath(state_file), _STATE_VERSION, fill, on_copied)
     except OSError as e:
         raise BuildError(f"syncing local context {os.fspath(src_dir)}: {e}") from None
-    if walk.new != old:
-        _save_state(state_path, dest, walk.new)
-    return SyncStats(copied=walk.copied, removed=removed, unchanged=walk.unchanged,
-                     bytes_copied=walk.bytes)

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pybk.core.errors import BuildError
 from pybk.core.fs.localsync import SyncStats, sync_local
+
+T1 = 1_700_000_000 * 10**9
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +315,58 @@ def test_new_entries_are_made_in_place_and_leftovers_of_an_interrupted_sync_repl
         assert not [n for n in os.listdir(dest) if n.startswith(".pybk-sync-")]
     finally:
         localsync.os.replace = original
+
+
+def test_a_directory_become_a_symlink_is_not_followed_by_the_sync(tmp_path, trees, outside):
+    """``a/`` (with ``a/b``) becomes ``a -> <a directory outside>``: the stale ``a/b`` went
+    with the old directory; nothing is removed from, or chmod-ed in, the symlink's target."""
+    src = trees.make(tmp_path / "src", {"a/b": b"x", "a/passwd": b"y"})
+    os.chmod(outside / "etc", 0o700)
+    before = trees.describe(outside)
+    dest, sync = _mirror(tmp_path, src)
+    sync()
+    shutil.rmtree(src / "a")
+    os.symlink(outside / "etc", src / "a")
+    stats = sync()
+    assert (stats.copied, stats.removed) == (1, 2)
+    assert trees.describe(outside) == before
+    assert stat.S_IMODE(os.stat(outside / "etc").st_mode) == 0o700
+    _same(src, dest, trees)
+
+
+def test_a_failed_sync_is_finished_by_the_next(tmp_path, trees, monkeypatch):
+    """A sync that fails part way saves what it touched as dirty: the next one makes those
+    entries again, even when their source is back to what the sync before saw."""
+    import pybk.core.fs.localsync as localsync
+
+    src = trees.make(tmp_path / "src", {f"d{i}/f{j}": f"{i}{j}".encode() for i in range(3)
+                                        for j in range(3)})
+    dest, sync = _mirror(tmp_path, src)
+    sync()
+    originals = {i: os.lstat(src / f"d{i}/f1") for i in range(3)}
+    for i in range(3):  # in place, same size: only the mtime tells
+        (src / f"d{i}/f1").write_bytes(b"XX")
+        os.utime(src / f"d{i}/f1", ns=(T1, T1))
+    os.unlink(src / "d2/f2")
+    real_copy = localsync.copy_fd_data
+    calls = []
+
+    def failing_copy(in_fd, out_fd):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        return real_copy(in_fd, out_fd)
+
+    monkeypatch.setattr(localsync, "copy_fd_data", failing_copy)
+    with pytest.raises(BuildError, match="Input/output error"):
+        sync()
+    monkeypatch.setattr(localsync, "copy_fd_data", real_copy)
+    made = [i for i in range(3) if (dest / f"d{i}/f1").read_bytes() == b"XX"]
+    assert len(made) == 1  # one copied, the next failed, the third not reached
+    for i, st in originals.items():  # back to what the first sync saw
+        (src / f"d{i}/f1").write_bytes(f"{i}1".encode())
+        os.utime(src / f"d{i}/f1", ns=(st.st_atime_ns, st.st_mtime_ns))
+    stats = sync()
+    assert (stats.copied, stats.removed) == (2, 1)  # the two the failed sync touched
+    _same(src, dest, trees)
+    assert not list(dest.rglob(".pybk-sync-*"))
