@@ -11,6 +11,7 @@ listener relays them without decoding.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from typing import Any
@@ -58,7 +59,10 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 def encode(header: dict[str, Any], data: bytes = b"") -> bytes:
     """The ``Frame`` message for ``header`` and ``data`` (empty fields left out, as proto3
     does)."""
-    head = orjson.dumps(header)
+    try:
+        head = orjson.dumps(header)
+    except TypeError:  # a file name that is not UTF-8 (a lone surrogate): JSON escapes it
+        head = json.dumps(header, ensure_ascii=True).encode()
     out = b"\x0a" + _varint(len(head)) + head
     if data:
         out += b"\x12" + _varint(len(data)) + bytes(data)
@@ -92,8 +96,11 @@ def decode(message: bytes) -> tuple[dict[str, Any], bytes]:
             raise FrameError(f"unsupported wire type {wire} in a frame")
     try:
         parsed = orjson.loads(header) if header else {}
-    except orjson.JSONDecodeError as exc:
-        raise FrameError(f"a frame's header is not JSON: {exc}") from None
+    except orjson.JSONDecodeError:
+        try:  # escaped lone surrogates (file names that are not UTF-8), which orjson refuses
+            parsed = json.loads(header)
+        except ValueError as exc:
+            raise FrameError(f"a frame's header is not JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise FrameError("a frame's header is not a JSON object")
     return parsed, data
