@@ -31,6 +31,8 @@ REASONS = {
     "pybk.core.fs": "syncing and checksumming the build context (a stat walk when unchanged)",
     "pybk.core.cli": "the command line",
     "pybk.core.directives": "the build file's # syntax= and # check= directives",
+    "pybk.core.daemonstate": "the solver and the build count cache hits and builds for "
+                             "pybkd's metrics (in memory; files only inside a daemon)",
     "pybk.core.plugins": "the plugin manager and the built-in plugin list",
     "pybk.core.units": "sizes and durations of the config",
     "pybk.core.converter": "option structuring helpers",

@@ -37,6 +37,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from pybk.core import daemonlog, daemonstate
+from pybk.core.cli import activation, debugserver
 from pybk.core.cli.errors import interrupted, report, run_reported
 from pybk.core.cli.remote import (
     ACCEPTED,
@@ -322,13 +324,14 @@ class Daemon:
     are done."""
 
     def __init__(self, listener: socket.socket, path: str, served: Served, *,
-                 idle_timeout: float | None = None, control: socket.socket | None = None,
-                 grpc_listener: Any = None):
+                 idle_timeout: float | None = None, owns_socket: bool = True,
+                 control: socket.socket | None = None, grpc_listener: Any = None):
         self.listener: socket.socket | None = listener
         #: the private socket the gRPC listener relays remote sessions to, and that process
         self.control = control
         self.grpc_listener = grpc_listener
         self.path = path
+        self.owns_socket = owns_socket  # False: passed by socket activation, left in place
         self.served = served
         self.idle_timeout = idle_timeout or None
         self.children: set[int] = set()
@@ -346,8 +349,9 @@ class Daemon:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGHUP, self._reload)
         gc.freeze()  # (collected before listening) the children's collections skip it all
-        print(f"pybkd: serving unix://{self.path} (store {self.served.root}, pid "
-              f"{os.getpid()})", file=sys.stderr, flush=True)
+        daemonlog.info(f"serving unix://{self.path} (store {self.served.root}, pid "
+                       f"{os.getpid()})", address=f"unix://{self.path}",
+                       root=self.served.root, pid=os.getpid())
         last = time.monotonic()
         try:
             while not self.stopping and (self.listener is not None or self.children):
@@ -402,9 +406,8 @@ class Daemon:
         """Stop listening (the socket goes first; connections already made are served) and
         let the running commands finish."""
         assert self.listener is not None
-        print(f"pybkd: stopping: {reason}", file=sys.stderr, flush=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        daemonlog.info(f"stopping: {reason}")
+        self._unlink()
         self.listener.setblocking(False)
         while self._accept():
             pass
@@ -432,8 +435,7 @@ class Daemon:
                 if remote:
                     from pybk.core.cli.remoteserve import serve_session
 
-                    log = os.dup(2)
-                    code = serve_session(conn, self.served, functools.partial(_log, log))
+                    code = serve_session(conn, self.served, daemonlog.info)
                 else:
                     code = _serve_connection(conn, self.served)
             except BaseException:
@@ -461,8 +463,7 @@ class Daemon:
         """Stop listening, cancel the running commands (SIGINT, as a client's Ctrl-C would)
         and wait for them."""
         if self.listener is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            self._unlink()
             self.listener.close()
             self.listener = None
         if self.grpc_listener is not None:
@@ -480,7 +481,13 @@ class Daemon:
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        print("pybkd: stopped", file=sys.stderr, flush=True)
+        daemonlog.info("stopped")
+
+    def _unlink(self) -> None:
+        """Remove the socket (not one passed by socket activation: its owner keeps it)."""
+        if self.owns_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 # -- one connection (in the forked child) -------------------------------------------------------
@@ -532,12 +539,6 @@ def _watch(conn: socket.socket, done: threading.Event) -> None:
             return
 
 
-def _log(fd: int, message: str) -> None:
-    """A line on the daemon's own stderr (``fd``, a copy made before taking over the client's)."""
-    with contextlib.suppress(OSError):
-        os.write(fd, f"pybkd: {message}\n".encode(errors="backslashreplace"))
-
-
 def _serve_connection(conn: socket.socket, served: Served) -> int:
     """Run one client's command in this (forked) process; return its exit code."""
     signal.set_wakeup_fd(-1)
@@ -545,24 +546,24 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    log = os.dup(2)
     try:
         client_pid, client_uid = _peer(conn)
         if _wants_session(conn):
-            return _serve_unix_session(conn, served, log, client_pid, client_uid)
+            return _serve_unix_session(conn, served, client_pid, client_uid)
         if client_uid not in (os.geteuid(), 0):
-            _log(log, f"refused pid {client_pid} (uid {client_uid}): the local protocol serves "
-                      "the daemon's own user; other users' clients use sessions")
+            daemonlog.warning(f"refused pid {client_pid} (uid {client_uid}): the local protocol "
+                              "serves the daemon's own user; other users' clients use sessions")
             return 1
         request = read_request(conn)
         _take_over(request.fds, request.env)
     except (OSError, ValueError) as exc:
-        _log(log, f"dropped a connection: {exc}")
+        daemonlog.error(f"dropped a connection: {exc}")
         return 1
     if request.mode == AUTO:
         reason, stale = served.refusal(client_uid, request)
         if reason is not None:
-            _log(log, f"not running the command of pid {client_pid} automatically: {reason}")
+            daemonlog.info(f"not running the command of pid {client_pid} automatically: "
+                           f"{reason}", client_pid=client_pid, client_uid=client_uid)
             if stale and served.on_demand:
                 os.kill(os.getppid(), signal.SIGUSR1)
             with contextlib.suppress(OSError):
@@ -576,10 +577,12 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
         return 0
     # the daemon's configuration (what it grants included), never the client's
     os.environ.pop("PYBK_CONFIG", None)
-    code = _run_command(conn, request.argv, served)
+    with daemonstate.command(request.argv, client_pid=client_pid, client_uid=client_uid):
+        code = _run_command(conn, request.argv, served)
     if served.verbose:
-        _log(log, f"pid {client_pid} (uid {client_uid}): pybk {' '.join(request.argv)}: "
-                  f"exit {code}")
+        daemonlog.debug(f"pid {client_pid} (uid {client_uid}): pybk {' '.join(request.argv)}: "
+                        f"exit {code}", client_pid=client_pid, client_uid=client_uid,
+                        argv=request.argv, exit=code)
     with contextlib.suppress(OSError):
         conn.sendall(EXIT + bytes([code]))
     _after_answer()
@@ -618,20 +621,19 @@ def _groups(pid: int) -> set[int]:
     return found
 
 
-def _serve_unix_session(conn: socket.socket, served: Served, log: int, pid: int,
-                        uid: int) -> int:
+def _serve_unix_session(conn: socket.socket, served: Served, pid: int, uid: int) -> int:
     """A session on the unix socket: for the daemon's user, root, ``[grpc] uid`` and members
     of ``[grpc] gid``; anyone else is refused before anything runs."""
     allowed = (uid in (os.geteuid(), 0) or (served.uid is not None and uid == served.uid)
                or (served.gid is not None and served.gid in _groups(pid)))
     if not allowed:
-        _log(log, f"refused pid {pid} (uid {uid}): not the daemon's user, [grpc] uid or a "
-                  "member of [grpc] gid")
+        daemonlog.warning(f"refused pid {pid} (uid {uid}): not the daemon's user, [grpc] uid "
+                          "or a member of [grpc] gid")
         return 1
     from pybk.core.cli.remoteserve import serve_session
 
     who = {"t": "peer", "peer": f"unix pid {pid}", "identity": f"uid {uid}"}
-    return serve_session(conn, served, functools.partial(_log, log), who)
+    return serve_session(conn, served, daemonlog.info, who, client=(pid, uid))
 
 
 def _run_command(conn: socket.socket, argv: list[str], served: Served) -> int:
@@ -703,36 +705,55 @@ def _start(argv: list[str]) -> int:
         ns.config = os.environ.get("PYBK_CONFIG") or None
     config_bytes = _read_config(ns.config)  # before loading: a later change is seen as one
     config, warnings = load_config(ns.config)
-    for warning in warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
+    level = "debug" if ns.debug else config.log.level
+    daemonlog.configure(format=config.log.format, level=level)
+    notes = [str(warning) for warning in warnings]
+    passed = activation.passed_listener(notes)  # systemd's socket, if it passed one
     root = os.path.abspath(ns.root or config.root or default_root())
     config_path = os.path.abspath(ns.config) if ns.config else None
     unix_address, tcp_addresses = split_addresses(ns.addr or config.grpc.address)
-    path = os.path.abspath(listen_path(unix_address, (), root))
+    if passed is not None:
+        path = activation.socket_path(passed)
+        activation.check_addr(unix_address if ns.addr else None, path)
+        notes += filter(None, [activation.unserved_config_address(config.grpc.address, path)])
+    else:
+        path = os.path.abspath(listen_path(unix_address, (), root))
+    for note in notes:
+        daemonlog.warning(note)
     if tcp_addresses:
         from pybk.core.remote.listener import check_tls
 
         check_tls(config.grpc.tls, tcp_addresses, config.pybk.tcp_without_tls)
     lock = _lock(path)
+    debug = None
     try:
+        if config.grpc.debug_address:
+            debug = debugserver.start(config.grpc.debug_address, root,
+                                      log_format=config.log.format, log_level=level)
         workers = load_workers(config, root)
         warm_up(root, config, select_worker(workers))
+        if debug is not None:
+            debug.wait_ready()
         gc.collect()  # before the socket appears: the first command is answered at once
-        listener = _bind(path, config.grpc.uid, config.grpc.gid)
+        listener = passed or _bind(path, config.grpc.uid, config.grpc.gid)
         control, grpc_listener = (_start_grpc(root, tcp_addresses, config) if tcp_addresses
                                   else (None, None))
         for worker in workers:  # what the children give back stays for the next builds
             worker.serve()
         served = Served(root, config_path, config_bytes, on_demand=ns.on_demand,
-                        verbose=ns.debug or config.log.level in ("debug", "trace"),
+                        verbose=daemonlog.enabled(daemonlog.DEBUG),
                         uid=config.grpc.uid, gid=config.grpc.gid)
         idle = config.pybk.daemon_idle_timeout if ns.on_demand else None
         try:
-            return Daemon(listener, path, served, idle_timeout=idle, control=control,
+            return Daemon(listener, path, served, idle_timeout=idle,
+                          owns_socket=passed is None, control=control,
                           grpc_listener=grpc_listener).serve()
         finally:
             _shutdown_workers(workers)
     finally:
+        if debug is not None:
+            debug.stop()
+            daemonstate.teardown()
         os.close(lock)
 
 
@@ -756,7 +777,7 @@ def _start_grpc(root: str, addresses: Sequence[str], config: Any) -> tuple[socke
     for address in grpc_listener.bound:
         tls = "mutual TLS" if config.grpc.tls.ca else ("TLS" if config.grpc.tls.cert
                                                         else "no TLS")
-        print(f"pybkd: serving {address} (gRPC, {tls})", file=sys.stderr, flush=True)
+        daemonlog.info(f"serving {address} (gRPC, {tls})")
     return control, grpc_listener
 
 
@@ -768,7 +789,7 @@ def _shutdown_workers(workers: Sequence[Any]) -> None:
             worker.shutdown()
         except Exception as exc:  # the daemon is stopping: say so, never hang
             name = getattr(worker, "name", "?")
-            print(f"pybkd: shutting down worker {name}: {exc}", file=sys.stderr, flush=True)
+            daemonlog.error(f"shutting down worker {name}: {exc}", worker=name)
 
 
 if __name__ == "__main__":

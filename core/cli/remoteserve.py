@@ -15,6 +15,7 @@ import threading
 import uuid
 from typing import Any
 
+from pybk.core import daemonstate
 from pybk.core.errors import UsageError
 from pybk.core.remote.daemonside import RemoteInputs, request_from_wire
 from pybk.core.remote.frames import FrameSocket
@@ -70,7 +71,8 @@ def _release(pumps: list[_Pump]) -> None:
         pump.join(5)
 
 
-def serve_session(conn: Any, served: Any, log: Any, who: dict[str, Any] | None = None) -> int:
+def serve_session(conn: Any, served: Any, log: Any, who: dict[str, Any] | None = None, *,
+                  client: tuple[int, int] | None = None) -> int:
     """Run one remote command (the connection relayed by the listener); its exit code.
     ``served``: the daemon's :class:`pybk.core.cli.daemon.Served`; ``log(message)`` writes a
     line to the daemon's log; ``who``: the peer, for a session on pybkd's unix socket (else the
@@ -102,7 +104,10 @@ def serve_session(conn: Any, served: Any, log: Any, who: dict[str, Any] | None =
     code = 1
     try:
         try:
-            code = _run(header, payload, session, served, work, who)
+            pid, uid = client or (None, None)
+            with daemonstate.command(header.get("argv", []), client_pid=pid, client_uid=uid,
+                                     transport="unix-session" if client else "grpc"):
+                code = _run(header, payload, session, served, work, who)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except KeyboardInterrupt:
@@ -113,6 +118,7 @@ def serve_session(conn: Any, served: Any, log: Any, who: dict[str, Any] | None =
         _release(pumps)
         shutil.rmtree(work, ignore_errors=True)
     session.finished = True
+    daemonstate.add_bytes(received=frames.bytes_received, sent=frames.bytes_sent)
     if served.verbose:
         log(f"{who.get('peer', '?')} ({who.get('identity') or 'no certificate'}): pybk "
             f"{' '.join(header.get('argv', []))}: exit {code}")

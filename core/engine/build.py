@@ -7,17 +7,19 @@ image configs, nested solves) and BuildKit's frontend options (``filename``, ``t
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from pybk.core import daemonstate
 from pybk.core.directives import scan_directives
 from pybk.core.engine.inputs import LOCAL, BuildInputs, host_path
 from pybk.core.engine.request import BuildRequest, CacheSpec
 from pybk.core.engine.resolve import plugin_class, plugin_errors
-from pybk.core.errors import BuildError, SolveError, UsageError
+from pybk.core.errors import BuildError, PybkError, SolveError, UsageError
 from pybk.core.interfaces import (
     FrontendBridge,
     FrontendRequest,
@@ -28,6 +30,27 @@ from pybk.core.interfaces import (
 #: work a build leaves for after the client has its answer: set (to a list) by a process that
 #: answers first and exits after (pybkd's per-connection child); None runs it before returning
 _AFTER_ANSWER: list[Any] | None = None
+
+
+def _counted(run: Callable[..., int]) -> Callable[..., int]:
+    """Count each call of ``run`` as a build for pybkd's metrics
+    (:func:`pybk.core.daemonstate.count_build`): succeeded when it returns 0; one refused with
+    exit code 2 (usage, configuration, an entitlement not granted) did not build and is left
+    out."""
+    @functools.wraps(run)
+    def counted(*args: Any, **kwargs: Any) -> int:
+        start, code = time.monotonic(), 1
+        try:
+            code = run(*args, **kwargs)
+        except PybkError as exc:
+            code = exc.exit_code
+            raise
+        finally:
+            if code != 2:
+                daemonstate.count_build(time.monotonic() - start, succeeded=code == 0)
+        return code
+
+    return counted
 
 
 def answer_first() -> None:
@@ -359,6 +382,7 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
     return result
 
 
+@_counted
 def run_build(request: BuildRequest, *, root: str, config_path: str | None,
               inputs: BuildInputs = LOCAL) -> int:
     """Build ``request``; exit code. ``inputs``: where the client's directories, secrets and
@@ -448,6 +472,7 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
     return 0
 
 
+@_counted
 def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path: str | None,
                   inputs: BuildInputs = LOCAL) -> int:
     """``pybk build --llb FILE|-``: solve a marshalled definition. The context (if given) is the

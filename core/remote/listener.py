@@ -180,8 +180,9 @@ def _credentials(grpc: Any, tls: Any) -> Any:
 
 
 def _log(message: str) -> None:
-    with contextlib.suppress(OSError):
-        os.write(2, f"pybkd: {message}\n".encode(errors="backslashreplace"))
+    from pybk.core import daemonlog
+
+    daemonlog.info(message)
 
 
 def _serve(targets: Sequence[str], control_path: str, tls: Any, ready_fd: int,

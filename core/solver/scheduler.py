@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from pybk.core import daemonstate
 from pybk.core.errors import BuildError, PybkError, SolveError
 from pybk.core.llb.ops import Input
 from pybk.core.progress.events import Progress, VertexProgress
@@ -183,7 +184,10 @@ class Scheduler:
             key = await self._key(head.digest)
         except BaseException:
             self._failed = True
-            await self._cancel_all()
+            try:
+                await self._cancel_all()
+            finally:
+                self._count()
             raise
         # vertices whose results were never needed (a later step was cached) are cached too
         for digest in needed:
@@ -191,11 +195,16 @@ class Scheduler:
             if vp.state.completed is None:
                 vp.cached()
                 self._cached.append(digest)
+        self._count()
         ref = outcome.refs.get(head.index)
         if ref is None:
             raise SolveError(f"{self.graph.vertices[head.digest].name}: has no output "
                              f"{head.index}", vertex=head.digest)
         return ref, key, outcome
+
+    def _count(self) -> None:
+        """Count this solve's vertices (:meth:`stats`) for pybkd's metrics."""
+        daemonstate.count_vertices(cached=len(self._cached), executed=len(self._executed))
 
     def stats(self) -> VertexStats:
         return VertexStats(executed=len(self._executed), cached=len(self._cached),
