@@ -41,7 +41,7 @@ COUNTERS = ("builds_success", "builds_failure", "build_duration_seconds_sum",
             "build_duration_seconds_count", "cache_hits", "cache_misses",
             "session_bytes_received", "session_bytes_sent")
 #: transports a command can come by (``transport`` of :func:`command`)
-TRANSPORTS = ("unix", "grpc")
+TRANSPORTS = ("unix", "grpc", "unix-session")
 #: the signal asking a process running a command to write ``tasks/PID.txt``
 DUMP_SIGNAL = signal.SIGUSR2
 

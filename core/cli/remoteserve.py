@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from pybk.core import daemonstate
-from pybk.core.errors import UsageError
+from pybk.core.errors import PybkError, UsageError
 from pybk.core.remote.daemonside import RemoteInputs, request_from_wire
 from pybk.core.remote.frames import FrameSocket
 from pybk.core.remote.session import Session
@@ -112,8 +112,13 @@ def serve_session(conn: Any, served: Any, log: Any, who: dict[str, Any] | None =
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except KeyboardInterrupt:
             code = interrupted()
-        except Exception as exc:  # noqa: BLE001 - reported to the client like the CLI does
+        except PybkError as exc:
             code = report(exc)
+        except Exception:  # a bug: its traceback goes to the client, as embedded
+            import traceback
+
+            traceback.print_exc()
+            code = 1
     finally:
         _release(pumps)
         shutil.rmtree(work, ignore_errors=True)

@@ -296,9 +296,9 @@ class Client:
             return {"names": sorted(os.listdir(resolve_in_root(root, str(header.get("rel", "")))))
                     }, b""
         if op == "secret":
-            spec = next((s for s in self.request.secrets if s.id == header.get("id")), None)
+            spec = next((s for s in self.request.secrets if s.id == header.get("secret")), None)
             if spec is None:
-                raise UsageError(f"secret {header.get('id')!r} was not given with --secret")
+                raise UsageError(f"secret {header.get('secret')!r} was not given with --secret")
             return {}, spec.read()
         raise UsageError(f"unknown call {op!r} from the daemon")
 

@@ -105,6 +105,7 @@ class Session:
         return call_id, waiting
 
     def call(self, op: str, data: bytes = b"", **args: Any) -> tuple[dict[str, Any], bytes]:
+        # ``args`` become header fields beside ``t``, ``id`` and ``op`` (never those names)
         """Ask the client; its reply ``(header, data)``. An error reply raises ``OSError``
         (with the client's errno) or :class:`BuildError`."""
         call_id, waiting = self._open(op, data, args)
@@ -218,7 +219,7 @@ class SessionSecrets(Mapping[str, bytes]):
         if key not in self._ids:
             raise KeyError(key)
         if key not in self._values:
-            _, self._values[key] = self.session.call("secret", id=key)
+            _, self._values[key] = self.session.call("secret", secret=key)
         return self._values[key]
 
     def __iter__(self) -> Iterator[str]:
