@@ -103,7 +103,9 @@ def start(addresses: Sequence[str], control_path: str, tls: Any, *,
         try:
             os.close(ready_r)
             os.close(life_w)
-            _close_inherited(keep=(0, 1, 2, ready_w, life_r))
+            from pybk.core import daemonlog
+
+            _close_inherited(keep=(0, 1, 2, ready_w, life_r, daemonlog.log_fd()))
             code = _serve(targets, control_path, tls if secure else None, ready_w, life_r)
         except BaseException:
             import traceback

@@ -88,10 +88,11 @@ class RemoteDaemon:
         self.addr = f"tcp://{self.target}"
 
     def pybk(self, *args: str, tls: list[str] | None = None, cwd: Path | None = None,
-             env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+             env: dict | None = None, timeout: float = 180,
+             input: bytes | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([*CLIENT, "--addr", self.addr, *(tls or []), *args], cwd=cwd,
                               capture_output=True, env=env or _env(), timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              input=input if input is not None else b"")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -272,6 +273,82 @@ def test_outputs_land_on_the_client_and_metadata_matches_embedded(remote, pki, t
     assert json.loads(remote_meta.read_text()) == json.loads(embedded_meta.read_text())
     assert (tmp_path / "image.tar").read_bytes() == (tmp_path / "image2.tar").read_bytes()
     assert os.listdir(remote.root / "sessions") == ["control.sock"]
+
+
+def test_every_command_runs_remotely(remote, pki, tmp_path):
+    from pybk.core import llb
+
+    good = _good(pki)
+    data = llb.scratch().file(llb.mkfile("/hi", 0o600, "from stdin\n")).marshal().to_bytes()
+    done = remote.pybk("build", "-q", "--llb", "-", "-o", f"type=local,dest={tmp_path / 'llb'}",
+                       tls=good, input=data)
+    assert done.returncode == 0, done.stderr.decode()
+    assert (tmp_path / "llb" / "hi").read_text() == "from stdin\n"
+    assert (tmp_path / "llb" / "hi").stat().st_mode & 0o777 == 0o600
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch AS base\nmaintainer me\nFROM base AS final\n")
+    check = remote.pybk("build", "--check", str(ctx), tls=good)
+    assert check.returncode == 1
+    assert b"MaintainerDeprecated" in check.stderr and b"Dockerfile:2" in check.stderr
+    targets = remote.pybk("build", "--call", "targets", str(ctx), tls=good)
+    assert targets.returncode == 0, targets.stderr.decode()
+    assert b"base" in targets.stdout and b"final" in targets.stdout
+
+    yaml_ctx = tmp_path / "yaml"
+    yaml_ctx.mkdir()
+    (yaml_ctx / "note.txt").write_text("from yaml\n")
+    (yaml_ctx / "pipeline.yaml").write_text(
+        "version: 1\ntarget: out\nstages:\n  out:\n    from: scratch\n    steps:\n"
+        "      - copy: {src: note.txt, dest: /note.txt}\n")
+    done = remote.pybk("build", "-q", "-f", str(yaml_ctx / "pipeline.yaml"), "-o",
+                       f"type=local,dest={tmp_path / 'yout'}", str(yaml_ctx), tls=good)
+    assert done.returncode == 0, done.stderr.decode()
+    assert (tmp_path / "yout" / "note.txt").read_text() == "from yaml\n"
+
+    for argv, expected in ((["du"], b"Total:"), (["prune", "--all"], b"Total:"),
+                           (["debug", "workers"], b"linux/"), (["debug", "config"], b"tls"),
+                           (["plugins"], b"yaml.v0")):
+        done = remote.pybk(*argv, tls=good)
+        assert done.returncode == 0, (argv, done.stderr.decode())
+        assert expected in done.stdout, (argv, done.stdout.decode())
+    bad = remote.pybk("build", "--no-such-flag", str(ctx), tls=good)
+    assert bad.returncode == 2 and b"unrecognized arguments: --no-such-flag" in bad.stderr
+
+
+def test_sighup_reloads_the_certificates(tmp_path, pki):
+    import shutil
+
+    served = tmp_path / "served"  # the files the daemon's config names
+    served.mkdir()
+    for path in (pki.server_cert, pki.server_key, pki.ca):
+        shutil.copy(path, served / path.name)
+    config = _config(pki)
+    for path in (pki.server_cert, pki.server_key, pki.ca):
+        config = config.replace(str(path), str(served / path.name))
+    (tmp_path / "d").mkdir()
+    daemon = RemoteDaemon(tmp_path / "d", config)
+    try:
+        assert daemon.pybk("du", tls=_good(pki)).returncode == 0
+        (tmp_path / "pki2").mkdir()
+        rotated = PKI(tmp_path / "pki2")  # a new CA, as a rotation replaces the files in place
+        for old, new in ((pki.server_cert, rotated.server_cert),
+                         (pki.server_key, rotated.server_key), (pki.ca, rotated.ca)):
+            shutil.copy(new, served / old.name)
+        assert daemon.pybk("du", tls=_good(pki)).returncode == 0  # until SIGHUP: the old ones
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "TLS certificates reloaded" not in daemon.log.read_text():
+            assert time.monotonic() < deadline, daemon.log.read_text()
+            daemon.pybk("du", tls=["--tlsdir", str(rotated.good)])  # a handshake reloads
+            time.sleep(0.1)
+        old = daemon.pybk("du", tls=_good(pki))
+        assert old.returncode == 2 and b"cannot reach pybkd" in old.stderr
+        new = daemon.pybk("du", tls=["--tlsdir", str(rotated.good)])
+        assert new.returncode == 0, new.stderr.decode()
+    finally:
+        daemon.stop()
 
 
 def test_entitlement_the_daemon_does_not_grant_is_refused(remote, pki, tmp_path):
