@@ -97,7 +97,7 @@ def parse_output(value: str, known_types: Iterable[str] | None = None) -> Output
         kv.setdefault("push", "true")
     if typ == "image" and kv.get("push", "false").lower() == "true" and not kv.get("name"):
         raise UsageError("type=image,push=true needs name= (or -t)", flag=flag)
-    _check_known(typ, known_types, flag=flag, what="output type")
+    check_known(typ, known_types, flag=flag, what="output type")
     if typ in ("local",) and not kv.get("dest"):
         raise UsageError(f"type={typ} needs dest=DIR", flag=flag)
     return OutputSpec(typ, kv)
@@ -114,7 +114,7 @@ def load_output(known_types: Iterable[str] | None = None) -> OutputSpec:
     if docker is None or (socket is not None and not os.path.exists(socket)):
         raise UsageError("--load needs a running docker engine (docker CLI and "
                          f"{host}); use -o type=docker,dest=FILE instead", flag="--load")
-    _check_known("docker", known_types, flag="--load", what="output type")
+    check_known("docker", known_types, flag="--load", what="output type")
     fd, dest = tempfile.mkstemp(prefix="pybk-load-", suffix=".tar")
     os.close(fd)
     return OutputSpec("docker", {"dest": dest}, load=True)
@@ -130,7 +130,7 @@ def parse_cache(value: str, *, flag: str, known_types: Iterable[str] | None = No
     typ = kv.pop("type", None)
     if not typ:
         raise UsageError(f"{value!r}: type= is required", flag=flag)
-    _check_known(typ, known_types, flag=flag, what="cache type")
+    check_known(typ, known_types, flag=flag, what="cache type")
     mode = kv.get("mode")
     if flag == "--cache-to" and mode is not None and mode not in ("min", "max"):
         raise UsageError(f"invalid mode {mode!r}: expected min or max", flag=flag)
@@ -295,7 +295,7 @@ def parse_key_values(values: Sequence[str], *, flag: str) -> dict[str, str]:
     return result
 
 
-def _check_known(typ: str, known: Iterable[str] | None, *, flag: str, what: str) -> None:
+def check_known(typ: str, known: Iterable[str] | None, *, flag: str, what: str) -> None:
     if known is None:
         return
     known = list(known)

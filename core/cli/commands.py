@@ -236,20 +236,23 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     a("--sbom", metavar="false", help="shorthand for --attest type=sbom (only false works)")
 
 
-def parse_build_request(ns: argparse.Namespace) -> Any:
+def parse_build_request(ns: argparse.Namespace, *, plugins: bool = True) -> Any:
     """Validate every build flag into a :class:`pybk.core.engine.request.BuildRequest`; the
-    plugins named by ``--output`` and the caches check their attributes. Raises UsageError
-    naming the flag."""
+    plugins named by ``--output`` and the caches check their attributes
+    (:func:`check_request_plugins`) unless ``plugins`` is False (a remote daemon's client: the
+    daemon checks them against its own plugins). Raises UsageError naming the flag."""
     from pybk.core.cli import buildopts as bo
     from pybk.core.engine.request import BuildRequest, OutputSpec
-    from pybk.core.engine.resolve import resolve
-    from pybk.core.plugins import get_plugin_manager
 
-    pm = get_plugin_manager()
-    # the registries (and the plugin modules behind them) only when a flag names one
-    exporter_types = (pm.exporters().names() if ns.output or ns.push or ns.load or ns.tag
-                      else [])
-    cache_types = pm.cache_backends().names() if ns.cache_from or ns.cache_to else []
+    exporter_types = cache_types = None
+    if plugins:
+        from pybk.core.plugins import get_plugin_manager
+
+        pm = get_plugin_manager()
+        # the registries (and the plugin modules behind them) only when a flag names one
+        exporter_types = (pm.exporters().names() if ns.output or ns.push or ns.load or ns.tag
+                          else [])
+        cache_types = pm.cache_backends().names() if ns.cache_from or ns.cache_to else []
 
     outputs = [bo.parse_output(v, exporter_types) for v in ns.output]
     if ns.push:
@@ -277,8 +280,6 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         raise UsageError(f"context directory {context!r} not found")
     if ns.file and ns.file != "-" and not os.path.isfile(ns.file):
         raise UsageError(f"build file {ns.file!r} not found", flag="--file")
-    for output in outputs:
-        resolve("exporter", output, where="--output", pm=pm)
     request = BuildRequest(
         context=context or "",
         file=ns.file,
@@ -314,11 +315,29 @@ def parse_build_request(ns: argparse.Namespace) -> Any:
         quiet=ns.quiet,
         provenance=bo.parse_attests(ns.attest, ns.provenance, ns.sbom),
     )
-    for spec in request.cache_from:
-        resolve("cache importer", spec, where="--cache-from", pm=pm)
-    for spec in request.cache_to:
-        resolve("cache exporter", spec, where="--cache-to", pm=pm)
+    if plugins:
+        check_request_plugins(request)
     return request
+
+
+def check_request_plugins(request: Any) -> None:
+    """Each output's exporter and each cache's backend exists and takes its attributes (a
+    UsageError naming the flag otherwise)."""
+    from pybk.core.cli.buildopts import check_known
+    from pybk.core.engine.resolve import resolve
+    from pybk.core.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    if request.outputs:
+        names = pm.exporters().names()
+        for output in request.outputs:
+            check_known(output.type, names, flag="--output", what="output type")
+            resolve("exporter", output, where="--output", pm=pm)
+    for specs, flag, kind in ((request.cache_from, "--cache-from", "cache importer"),
+                              (request.cache_to, "--cache-to", "cache exporter")):
+        for spec in specs:
+            check_known(spec.type, pm.cache_backends().names(), flag=flag, what="cache type")
+            resolve(kind, spec, where=flag, pm=pm)
 
 
 # -- commands ----------------------------------------------------------------------------------

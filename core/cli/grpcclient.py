@@ -35,30 +35,48 @@ def run_unix_session(address: str, sock: Any, argv: list[str]) -> int:
                         debug="--debug" in argv)
 
 
+#: global options that take no value, and the ones a daemon decides (refused)
+_GLOBAL_FLAGS = ("--debug",)
+_DAEMONS_OWN = ("--root", "--config")
+
+
+def _command(argv: list[str]) -> int | None:
+    """The index of the command in ``argv`` (after the global options); None when there is
+    none, or when a global option asks for this process's help or version."""
+    for i, arg in enumerate(argv):
+        name = arg.partition("=")[0]
+        if name in _DAEMONS_OWN:
+            raise UsageError("--root and --config are the daemon's own; leave them out")
+        if arg in ("-h", "--help", "--version"):
+            return None
+        if arg in _GLOBAL_FLAGS:
+            continue
+        if arg.startswith("-"):
+            raise UsageError(f"pybk: unrecognized arguments: {arg}")
+        return i
+    return None
+
+
 def _run(argv: list[str], transport: Callable[[], Any]) -> int:
-    from pybk.core.cli.commands import needs_plugins, shared_parser
+    from pybk.core.cli.commands import main
 
-    ns = shared_parser(needs_plugins(argv)).parse_args(argv)
-    if ns.command is None:
-        raise UsageError("no command given")
-    if ns.root is not None or ns.config is not None:
-        raise UsageError("--root and --config are the daemon's own; leave them out")
-    if ns.command == "debug" and getattr(ns, "debug_command", None) in _LOCAL_DEBUG:
-        from pybk.core.cli.commands import main
-
+    at = _command(argv)
+    if at is None:
+        return main(argv)  # help, version: this pybk's
+    command, rest = argv[at], argv[at + 1:]
+    if command == "debug" and rest and (rest[0] in _LOCAL_DEBUG or (
+            rest[0] == "config" and any(not a.startswith("-") for a in rest[1:]))):
         return main(argv)  # reads a file of this machine and needs no daemon
-    if ns.command == "debug" and getattr(ns, "debug_command", None) == "config" and ns.file:
-        from pybk.core.cli.commands import main
-
-        return main(argv)  # checks a file of this machine; without one: the daemon's config
-    made = transport()
     request = None
-    if ns.command == "build":
-        from pybk.core.cli.commands import parse_build_request
+    if command == "build":
+        from pybk.core.cli.commands import _Parser, add_build_flags, parse_build_request
 
-        request = parse_build_request(ns)
-    client = Client(argv, command=ns.command, request=request, debug=bool(ns.debug))
+        parser = _Parser(prog="pybk build")
+        add_build_flags(parser)
+        # checked here with this process's files and environment; the plugins named are the
+        # daemon's to check
+        request = parse_build_request(parser.parse_args(rest), plugins=False)
+    made = transport()
+    client = Client(argv, command=command, request=request, debug="--debug" in argv[:at])
     start = client.start_frame()
     return client.run(made, start)
-
-

@@ -17,9 +17,10 @@ from typing import Any
 
 from pybk.core import daemonstate
 from pybk.core.errors import PybkError, UsageError
-from pybk.core.remote.daemonside import RemoteInputs, request_from_wire
+from pybk.core.remote.daemonside import RemoteInputs
 from pybk.core.remote.frames import FrameSocket
 from pybk.core.remote.session import Session
+from pybk.core.remote.wire import request_from_wire
 
 
 class _Pump(threading.Thread):
@@ -152,10 +153,12 @@ def _run(header: dict[str, Any], payload: bytes, session: Session, served: Any, 
         raise UsageError(f"unknown remote command {command!r}")
 
     def build() -> int:
+        from pybk.core.cli.commands import check_request_plugins
         from pybk.core.engine.build import run_build, run_llb_build
 
         request = request_from_wire(header.get("request") or {})
-        client_key = f"{who.get('identity') or who.get('peer', '')}:{header.get('client', '')}"
+        check_request_plugins(request)  # the client checked the flags, not our plugins
+        client_key = f"{who.get('identity', '')}:{header.get('client', '')}"
         inputs = RemoteInputs(session, work, client_key=client_key,
                               env=header.get("env") or {})
         try:

@@ -23,13 +23,11 @@ daemon cancels by itself.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import queue
 import socket
 import sys
-import tarfile
 import threading
 from typing import Any
 
@@ -59,6 +57,8 @@ def client_key() -> str:
         with contextlib.suppress(OSError), open(path) as f:
             machine = f.read().strip()
             break
+    import hashlib
+
     raw = f"{machine or socket.gethostname()}:{os.getuid()}"
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
@@ -131,8 +131,7 @@ class Client:
             return header, b""
         import attrs
 
-        from pybk.core.progress.ui import make_renderer
-        from pybk.core.remote.daemonside import request_to_wire
+        from pybk.core.remote.wire import request_to_wire
 
         request = self._given
         absolute = os.path.abspath
@@ -157,7 +156,10 @@ class Client:
         self.dirs.update(c.value for c in contexts if c.kind == "local")
         self.request = request
         mode = "quiet" if request.quiet else request.progress
-        self.renderer = make_renderer(mode, sys.stderr)
+        if mode != "quiet":  # quiet: nothing to render, nothing to import
+            from pybk.core.progress.ui import make_renderer
+
+            self.renderer = make_renderer(mode, sys.stderr)
         env = {k: os.environ[k] for k in ("SOURCE_DATE_EPOCH",) if k in os.environ}
         header.update(command="build", request=request_to_wire(request), env=env)
         return header, self.llb
@@ -412,11 +414,13 @@ def unpack_tree(stream: Any, dest: str) -> None:
     """Unpack a ``local`` output's tar stream into ``dest`` as this user: modes and times
     kept, owners this process's, nothing written outside ``dest`` (no absolute names, no
     ``..``, never through a symlink)."""
+    import tarfile
+
     os.makedirs(dest, exist_ok=True)
     real = os.path.realpath(dest)
     uid, gid = os.getuid(), os.getgid()
 
-    def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    def check(member: Any, path: str) -> Any:
         parts = member.name.split("/")
         if member.name.startswith("/") or ".." in parts:
             raise tarfile.OutsideDestinationError(member, path)

@@ -181,6 +181,18 @@ def _credentials(grpc: Any, tls: Any) -> Any:
     return credentials, reload
 
 
+def _identity(context: Any) -> str:
+    """Who the peer is, stable across its connections: its certificate's common name (else
+    its first subject alternative name), else its address without the port."""
+    auth = context.auth_context()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        names = auth.get(key)
+        if names:
+            return f"cert:{names[0].decode(errors='replace')}"
+    host = context.peer().rpartition(":")[0]  # ipv4:127.0.0.1:PORT, ipv6:[::1]:PORT
+    return f"addr:{host}"
+
+
 def _log(message: str) -> None:
     from pybk.core import daemonlog
 
@@ -198,9 +210,7 @@ def _serve(targets: Sequence[str], control_path: str, tls: Any, ready_fd: int,
         signal.signal(signum, signal.SIG_DFL)
 
     async def relay(request_iterator: Any, context: Any) -> Any:
-        auth = context.auth_context()
-        names = auth.get("x509_common_name") or [b""]
-        who = {"t": "peer", "peer": context.peer(), "identity": names[0].decode(errors="replace")}
+        who = {"t": "peer", "peer": context.peer(), "identity": _identity(context)}
         try:
             reader, writer = await asyncio.open_unix_connection(control_path)
         except OSError as exc:
