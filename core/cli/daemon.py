@@ -55,6 +55,7 @@ from pybk.core.cli.remote import (
     read_request,
     socket_path,
 )
+from pybk.core.cli.remoteserve import serve_unix_session, start_grpc, wants_session
 from pybk.core.errors import UsageError
 from pybk.core.paths import SYSTEM_SOCKET, default_root, store_socket
 
@@ -91,8 +92,10 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def split_addresses(addresses: Sequence[str]) -> tuple[str | None, list[str]]:
-    """``(first unix:// address or None, tcp:// addresses)``; other schemes are refused."""
+def split_addresses(addresses: Sequence[str], *, strict: bool = True
+                    ) -> tuple[str | None, list[str]]:
+    """``(first unix:// address or None, tcp:// addresses)``; other schemes are refused
+    (``strict``, for ``--addr``) or skipped (the config's, which the loader warns about)."""
     unix = None
     tcp = []
     for address in addresses:
@@ -100,7 +103,7 @@ def split_addresses(addresses: Sequence[str]) -> tuple[str | None, list[str]]:
             tcp.append(address)
         elif address.startswith("unix://"):
             unix = unix or address
-        else:
+        elif strict:
             raise UsageError(f"pybkd: {address}: only unix:// and tcp:// addresses are served")
     return unix, tcp
 
@@ -548,8 +551,8 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         client_pid, client_uid = _peer(conn)
-        if _wants_session(conn):
-            return _serve_unix_session(conn, served, client_pid, client_uid)
+        if wants_session(conn):
+            return serve_unix_session(conn, served, client_pid, client_uid)
         if client_uid not in (os.geteuid(), 0):
             daemonlog.warning(f"refused pid {client_pid} (uid {client_uid}): the local protocol "
                               "serves the daemon's own user; other users' clients use sessions")
@@ -587,53 +590,6 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
         conn.sendall(EXIT + bytes([code]))
     _after_answer()
     return code
-
-
-def _wants_session(conn: socket.socket) -> bool:
-    """Whether the client opened with :data:`SESSION_MAGIC` (consumed) rather than the local
-    protocol's request."""
-    from pybk.core.remote.clientside import SESSION_MAGIC
-
-    conn.settimeout(10)
-    try:
-        seen = b""
-        while len(seen) < len(SESSION_MAGIC) and SESSION_MAGIC.startswith(seen):
-            seen = conn.recv(len(SESSION_MAGIC), socket.MSG_PEEK)
-            if not seen:
-                return False
-        if seen != SESSION_MAGIC:
-            return False
-        conn.recv(len(SESSION_MAGIC))
-        return True
-    finally:
-        conn.settimeout(None)
-
-
-def _groups(pid: int) -> set[int]:
-    """The groups of process ``pid`` (effective and supplementary)."""
-    found: set[int] = set()
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Gid:"):
-                found.add(int(line.split()[2]))
-            elif line.startswith("Groups:"):
-                found.update(int(g) for g in line.split()[1:])
-    return found
-
-
-def _serve_unix_session(conn: socket.socket, served: Served, pid: int, uid: int) -> int:
-    """A session on the unix socket: for the daemon's user, root, ``[grpc] uid`` and members
-    of ``[grpc] gid``; anyone else is refused before anything runs."""
-    allowed = (uid in (os.geteuid(), 0) or (served.uid is not None and uid == served.uid)
-               or (served.gid is not None and served.gid in _groups(pid)))
-    if not allowed:
-        daemonlog.warning(f"refused pid {pid} (uid {uid}): not the daemon's user, [grpc] uid "
-                          "or a member of [grpc] gid")
-        return 1
-    from pybk.core.cli.remoteserve import serve_session
-
-    who = {"t": "peer", "peer": f"unix pid {pid}", "identity": f"uid {uid}"}
-    return serve_session(conn, served, daemonlog.info, who, client=(pid, uid))
 
 
 def _run_command(conn: socket.socket, argv: list[str], served: Served) -> int:
@@ -711,7 +667,11 @@ def _start(argv: list[str]) -> int:
     passed = activation.passed_listener(notes)  # systemd's socket, if it passed one
     root = os.path.abspath(ns.root or config.root or default_root())
     config_path = os.path.abspath(ns.config) if ns.config else None
-    unix_address, tcp_addresses = split_addresses(ns.addr or config.grpc.address)
+    unix_address, tcp_addresses = split_addresses(ns.addr or config.grpc.address,
+                                                  strict=bool(ns.addr))
+    if not ns.addr:
+        notes += [f"[grpc] address {a} is not served: pybkd serves unix:// and tcp:// addresses"
+                  for a in config.grpc.address if not a.startswith(("unix://", "tcp://"))]
     if passed is not None:
         path = activation.socket_path(passed)
         activation.check_addr(unix_address if ns.addr else None, path)
@@ -736,7 +696,7 @@ def _start(argv: list[str]) -> int:
             debug.wait_ready()
         gc.collect()  # before the socket appears: the first command is answered at once
         listener = passed or _bind(path, config.grpc.uid, config.grpc.gid)
-        control, grpc_listener = (_start_grpc(root, tcp_addresses, config) if tcp_addresses
+        control, grpc_listener = (start_grpc(root, tcp_addresses, config) if tcp_addresses
                                   else (None, None))
         for worker in workers:  # what the children give back stays for the next builds
             worker.serve()
@@ -755,30 +715,6 @@ def _start(argv: list[str]) -> int:
             debug.stop()
             daemonstate.teardown()
         os.close(lock)
-
-
-def _start_grpc(root: str, addresses: Sequence[str], config: Any) -> tuple[socket.socket, Any]:
-    """The private control socket remote sessions are relayed to, and the gRPC listener
-    process serving ``addresses`` (:mod:`pybk.core.remote.listener`)."""
-    from pybk.core.remote.listener import start
-
-    sessions = os.path.join(root, "sessions")
-    os.makedirs(sessions, mode=0o700, exist_ok=True)
-    os.chmod(sessions, 0o700)
-    control_path = os.path.join(sessions, "control.sock")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(control_path)
-    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with reachable(control_path) as where:
-        control.bind(where)
-    control.listen(128)
-    grpc_listener = start(addresses, control_path, config.grpc.tls,
-                          tcp_without_tls=config.pybk.tcp_without_tls)
-    for address in grpc_listener.bound:
-        tls = "mutual TLS" if config.grpc.tls.ca else ("TLS" if config.grpc.tls.cert
-                                                        else "no TLS")
-        daemonlog.info(f"serving {address} (gRPC, {tls})")
-    return control, grpc_listener
 
 
 def _shutdown_workers(workers: Sequence[Any]) -> None:

@@ -10,12 +10,15 @@ import io
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from pybk.core import daemonstate
+from pybk.core import daemonlog, daemonstate
+from pybk.core.cli.remote import reachable
 from pybk.core.errors import PybkError, UsageError
 from pybk.core.remote.daemonside import RemoteInputs
 from pybk.core.remote.frames import FrameSocket
@@ -172,3 +175,75 @@ def _run(header: dict[str, Any], payload: bytes, session: Session, served: Any, 
             inputs.close()
 
     return run_reported(build, debug=bool(header.get("debug")))
+
+
+# -- pybkd's side of the listeners ---------------------------------------------------------
+
+
+def wants_session(conn: socket.socket) -> bool:
+    """Whether the client opened with :data:`SESSION_MAGIC` (consumed) rather than the local
+    protocol's request."""
+    from pybk.core.remote.clientside import SESSION_MAGIC
+
+    conn.settimeout(10)
+    try:
+        seen = b""
+        while len(seen) < len(SESSION_MAGIC) and SESSION_MAGIC.startswith(seen):
+            seen = conn.recv(len(SESSION_MAGIC), socket.MSG_PEEK)
+            if not seen:
+                return False
+        if seen != SESSION_MAGIC:
+            return False
+        conn.recv(len(SESSION_MAGIC))
+        return True
+    finally:
+        conn.settimeout(None)
+
+
+def _groups(pid: int) -> set[int]:
+    """The groups of process ``pid`` (effective and supplementary)."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Gid:"):
+                found.add(int(line.split()[2]))
+            elif line.startswith("Groups:"):
+                found.update(int(g) for g in line.split()[1:])
+    return found
+
+
+def serve_unix_session(conn: socket.socket, served: Any, pid: int, uid: int) -> int:
+    """A session on the unix socket: for the daemon's user, root, ``[grpc] uid`` and members
+    of ``[grpc] gid``; anyone else is refused before anything runs."""
+    allowed = (uid in (os.geteuid(), 0) or (served.uid is not None and uid == served.uid)
+               or (served.gid is not None and served.gid in _groups(pid)))
+    if not allowed:
+        daemonlog.warning(f"refused pid {pid} (uid {uid}): not the daemon's user, [grpc] uid "
+                          "or a member of [grpc] gid")
+        return 1
+    who = {"t": "peer", "peer": f"unix pid {pid}", "identity": f"uid {uid}"}
+    return serve_session(conn, served, daemonlog.info, who, client=(pid, uid))
+
+
+def start_grpc(root: str, addresses: Sequence[str], config: Any) -> tuple[socket.socket, Any]:
+    """The private control socket remote sessions are relayed to, and the gRPC listener
+    process serving ``addresses`` (:mod:`pybk.core.remote.listener`)."""
+    from pybk.core.remote.listener import start
+
+    sessions = os.path.join(root, "sessions")
+    os.makedirs(sessions, mode=0o700, exist_ok=True)
+    os.chmod(sessions, 0o700)
+    control_path = os.path.join(sessions, "control.sock")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(control_path)
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with reachable(control_path) as where:
+        control.bind(where)
+    control.listen(128)
+    grpc_listener = start(addresses, control_path, config.grpc.tls,
+                          tcp_without_tls=config.pybk.tcp_without_tls)
+    for address in grpc_listener.bound:
+        tls = "mutual TLS" if config.grpc.tls.ca else ("TLS" if config.grpc.tls.cert
+                                                        else "no TLS")
+        daemonlog.info(f"serving {address} (gRPC, {tls})")
+    return control, grpc_listener
