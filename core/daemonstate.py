@@ -26,9 +26,11 @@ and on import only modules every build loads anyway: the solver counts through t
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -340,8 +342,6 @@ def dump(frame: Any = None) -> str:
     ``frame`` when given: where a signal interrupted it) and of each unfinished asyncio task."""
     import asyncio
     import gc
-    import io
-    import sys
     import traceback
 
     out = io.StringIO()

@@ -147,6 +147,11 @@ def test_other_root_is_refused_same_root_is_fine(daemon, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(b"ID\t")
     assert b"\nTotal:\t" in done.stdout
+    for abbreviated in (["--ro", str(tmp_path / "other")], ["--conf", str(tmp_path / "c")],
+                        [f"--roo={tmp_path / 'other'}"]):  # argparse would take these as --root
+        done = daemon.pybk(*abbreviated, "du")
+        assert done.returncode == 2, (abbreviated, done.stderr)
+        assert not (tmp_path / "other").exists()
 
 
 def test_cwd_environment_and_stdout_are_the_clients(daemon, tmp_path):

@@ -476,3 +476,28 @@ def test_client_killed_mid_build_cancels_the_steps(remote, pki, busybox_ref, tmp
     (after / "Dockerfile").write_text("FROM scratch\nCOPY Dockerfile /\n")
     done = remote.pybk("build", "-q", str(after), tls=_good(pki))
     assert done.returncode == 0, done.stderr.decode()
+
+
+def test_ctrl_c_on_the_client_cancels_the_build(remote, pki, busybox_ref, tmp_path):
+    require_runc()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN echo started && sleep 120\n")
+    client = subprocess.Popen([*CLIENT, "--addr", remote.addr, *_good(pki), "build",
+                               "--no-cache", "--progress", "plain", str(ctx)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    seen = b""
+    deadline = time.monotonic() + 90
+    while b"started" not in seen and time.monotonic() < deadline:
+        line = client.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert b"started" in seen, seen.decode()
+    client.send_signal(signal.SIGINT)
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 130, (seen + err).decode()
+    assert b"interrupted" in err
+    listed = subprocess.run(["runc", "--root", str(remote.root / "executor" / "runc"), "list",
+                             "-q"], capture_output=True, text=True)
+    assert listed.stdout.strip() == ""
