@@ -67,16 +67,20 @@ def _run(argv: list[str], transport: Callable[[], Any]) -> int:
     if command == "debug" and rest and (rest[0] in _LOCAL_DEBUG or (
             rest[0] == "config" and any(not a.startswith("-") for a in rest[1:]))):
         return main(argv)  # reads a file of this machine and needs no daemon
-    request = None
-    if command == "build":
-        from pybk.core.cli.commands import _Parser, add_build_flags, parse_build_request
+    client = Client(argv, command=command, debug="--debug" in argv[:at])
+    client.connect(transport())
+    try:
+        request = None
+        if command == "build":
+            from pybk.core.cli.commands import _Parser, add_build_flags, parse_build_request
 
-        parser = _Parser(prog="pybk build")
-        add_build_flags(parser)
-        # checked here with this process's files and environment; the plugins named are the
-        # daemon's to check
-        request = parse_build_request(parser.parse_args(rest), plugins=False)
-    made = transport()
-    client = Client(argv, command=command, request=request, debug="--debug" in argv[:at])
-    start = client.start_frame()
-    return client.run(made, start)
+            parser = _Parser(prog="pybk build")
+            add_build_flags(parser)
+            # checked here with this process's files and environment; the plugins named are
+            # the daemon's to check
+            request = parse_build_request(parser.parse_args(rest), plugins=False)
+        start = client.start_frame(request)
+    except BaseException:
+        client.abandon()
+        raise
+    return client.run(start)

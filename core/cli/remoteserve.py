@@ -93,8 +93,10 @@ def serve_session(conn: Any, served: Any, log: Any, who: dict[str, Any] | None =
         peer = frames.recv()
         who = peer[0] if peer is not None else {}
     start = frames.recv()
-    if start is None or start[0].get("t") != "start":
-        log("dropped a session: no start frame")
+    if start is None:  # the client went away first (a bad flag, Ctrl-C): nothing to run
+        return 0
+    if start[0].get("t") != "start":
+        log(f"dropped a session: it opened with {start[0].get('t')!r}, not a start frame")
         return 1
     header, payload = start[0], start[1]
     session = Session(frames)

@@ -9,31 +9,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-
-import attrs
+from dataclasses import dataclass, field
 
 from pybk.core.errors import UsageError
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class OutputSpec:
     """One ``--output``: exporter type and its attributes (BuildKit spellings)."""
 
     type: str
-    attrs: Mapping[str, str] = attrs.field(factory=dict)
+    attrs: Mapping[str, str] = field(default_factory=dict)
     #: hand the written tarball to ``docker load`` afterwards (``--load``)
     load: bool = False
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class CacheSpec:
     """One ``--cache-from`` / ``--cache-to`` entry."""
 
     type: str
-    attrs: Mapping[str, str] = attrs.field(factory=dict)
+    attrs: Mapping[str, str] = field(default_factory=dict)
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class SecretSpec:
     """One ``--secret``: where the secret's bytes come from (a file or an environment variable)."""
 
@@ -56,7 +55,7 @@ class SecretSpec:
                              flag="--secret") from None
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class SSHSpec:
     """One ``--ssh``: an id and agent sockets or key files (empty = ``$SSH_AUTH_SOCK``)."""
 
@@ -64,7 +63,7 @@ class SSHSpec:
     paths: tuple[str, ...] = ()
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class ContextSpec:
     """One ``--build-context name=value``; ``kind`` is local, docker-image, oci-layout, git,
     http or target."""
@@ -74,7 +73,7 @@ class ContextSpec:
     value: str
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class ProvenanceSpec:
     """``--provenance`` / ``--attest type=provenance``: BuildKit's parameters, validated."""
 
@@ -86,17 +85,17 @@ class ProvenanceSpec:
     filename: str = "provenance.json"
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class BuildRequest:
     """Everything ``pybk build`` was asked to do, validated."""
 
     context: str
     file: str | None = None
     frontend: str | None = None
-    frontend_opts: Mapping[str, str] = attrs.field(factory=dict)
+    frontend_opts: Mapping[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     target: str | None = None
-    build_args: Mapping[str, str] = attrs.field(factory=dict)
+    build_args: Mapping[str, str] = field(default_factory=dict)
     build_contexts: tuple[ContextSpec, ...] = ()
     secrets: tuple[SecretSpec, ...] = ()
     ssh: tuple[SSHSpec, ...] = ()
@@ -110,8 +109,8 @@ class BuildRequest:
     entitlements: tuple[str, ...] = ()
     network: str = "default"
     add_hosts: tuple[tuple[str, str], ...] = ()
-    labels: Mapping[str, str] = attrs.field(factory=dict)
-    annotations: Mapping[str, str] = attrs.field(factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
     metadata_file: str | None = None
     iidfile: str | None = None
     call: str = "build"

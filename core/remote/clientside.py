@@ -102,13 +102,13 @@ def credentials(tls: dict[str, str]) -> tuple[Any, str | None]:
 class Client:
     """One remote command: what it serves and what it writes."""
 
-    def __init__(self, argv: list[str], *, command: str, request: Any = None,
-                 debug: bool = False):
+    def __init__(self, argv: list[str], *, command: str, debug: bool = False):
         self.argv = argv
         self.command = command
         self.debug = debug
         self.request: Any = None
-        self._given = request
+        self.transport: Any = None
+        self._responses: Any = None
         self.dirs: set[str] = set()
         self.outgoing: queue.Queue = queue.Queue()
         self.listings: dict[int, Any] = {}
@@ -122,22 +122,22 @@ class Client:
 
     # -- the request -----------------------------------------------------------------------
 
-    def start_frame(self) -> tuple[dict[str, Any], bytes]:
+    def start_frame(self, request: Any = None) -> tuple[dict[str, Any], bytes]:
+        """The first frame: the command, and a build's ``request`` (checked by the caller)."""
         header: dict[str, Any] = {"t": "start", "version": PROTOCOL_VERSION,
                                   "argv": self.argv, "client": client_key(),
                                   "debug": self.debug}
         if self.command != "build":
             header["command"] = "argv"
             return header, b""
-        import attrs
+        import dataclasses
 
         from pybk.core.remote.wire import request_to_wire
 
-        request = self._given
         absolute = os.path.abspath
-        contexts = tuple(attrs.evolve(c, value=absolute(c.value)) if c.kind == "local" else c
+        contexts = tuple(dataclasses.replace(c, value=absolute(c.value)) if c.kind == "local" else c
                          for c in request.build_contexts)
-        request = attrs.evolve(
+        request = dataclasses.replace(
             request, context=absolute(request.context) if request.context else request.context,
             file=absolute(request.file) if request.file else None, build_contexts=contexts)
         if request.llb:
@@ -176,11 +176,23 @@ class Client:
                 return
             yield message
 
-    def run(self, transport: Any, start: tuple[dict[str, Any], bytes]) -> int:
-        """Run the session over ``transport`` (:class:`GrpcTransport` or
-        :class:`SocketTransport`); the command's exit code."""
+    def connect(self, transport: Any) -> None:
+        """Open the session over ``transport`` (:class:`GrpcTransport` or
+        :class:`SocketTransport`) before the request is ready: the connection and its TLS
+        handshake (gRPC's own threads) and the daemon's fork overlap the command line's
+        checks here. Nothing is sent before :meth:`run`."""
+        self.transport = transport
+        self._responses = transport.open(self._requests())
+
+    def abandon(self) -> None:
+        """Close a session :meth:`connect` opened, without running anything."""
+        self.outgoing.put(_END)
+        self.transport.close()
+
+    def run(self, start: tuple[dict[str, Any], bytes]) -> int:
+        """Send the start frame, serve the daemon until its exit frame; the exit code."""
+        transport, responses = self.transport, self._responses
         self.send(*start)
-        responses = transport.open(self._requests())
         interrupts = 0
         try:
             while True:
