@@ -21,7 +21,6 @@ from pybk.core.engine.request import (
     SSHSpec,
 )
 from pybk.core.errors import UsageError
-from pybk.core.platform import host_platform
 
 PROGRESS_MODES = ("auto", "tty", "plain", "rawjson", "quiet", "none")
 NETWORK_MODES = ("default", "none", "host")
@@ -261,6 +260,8 @@ def parse_platforms(values: Sequence[str]) -> tuple[str, ...]:
         for item in value.split(","):
             item = item.strip().lower()
             if item == "local":
+                from pybk.core.platform import host_platform  # attrs: only for 'local'
+
                 item = str(host_platform())
             if not _PLATFORM.match(item):
                 raise UsageError(f"invalid platform {item!r}: expected os/arch[/variant]",

@@ -31,8 +31,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-
-import attrs
+from dataclasses import dataclass
 
 from pybk.core.errors import BuildError
 from pybk.core.fs.files import remove_path
@@ -45,7 +44,7 @@ TMP_PREFIX = ".pybk-sync-"
 DIRTY = ["?"]
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class SyncStats:
     """What a sync did; counts are of non-directory entries (files, symlinks)."""
 
