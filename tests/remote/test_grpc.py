@@ -501,3 +501,27 @@ def test_ctrl_c_on_the_client_cancels_the_build(remote, pki, busybox_ref, tmp_pa
     listed = subprocess.run(["runc", "--root", str(remote.root / "executor" / "runc"), "list",
                              "-q"], capture_output=True, text=True)
     assert listed.stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_load_hands_the_streamed_tarball_to_the_clients_docker(remote, pki, tmp_path):
+    from support.dockerd import DockerdUnavailable, start_dockerd
+
+    try:
+        docker = start_dockerd(Path("/tmp") / f"pybk-dockerd-remote-{os.getpid()}",
+                               storage_driver="vfs")
+    except DockerdUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "a.txt").write_text("loaded remotely\n")
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /\n")
+        done = remote.pybk("build", "-q", "--load", "-t", "pybk-test/remote:1", "--iidfile",
+                           str(tmp_path / "iid"), str(ctx), tls=_good(pki),
+                           env=_env(DOCKER_HOST=docker.env["DOCKER_HOST"]))
+        assert done.returncode == 0, done.stderr.decode()
+        loaded = docker.docker("image", "inspect", "-f", "{{.Id}}", "pybk-test/remote:1")
+        assert loaded.stdout.strip() == (tmp_path / "iid").read_text()
+    finally:
+        docker.stop()
