@@ -55,7 +55,13 @@ from pybk.core.cli.remote import (
     read_request,
     socket_path,
 )
-from pybk.core.cli.remoteserve import serve_unix_session, start_grpc, wants_session
+from pybk.core.cli.remoteserve import (
+    relay_grpc,
+    serve_unix_session,
+    start_grpc,
+    wants_grpc,
+    wants_session,
+)
 from pybk.core.errors import UsageError
 from pybk.core.paths import SYSTEM_SOCKET, default_root, store_socket
 
@@ -280,6 +286,8 @@ class Served:
         #: ``[grpc] uid``/``gid``: who else may run commands through the unix socket (in a
         #: session; the local protocol serves the daemon's own user only)
         self.uid, self.gid = uid, gid
+        #: the gRPC listener's private unix socket (gRPC clients of the unix socket go there)
+        self.grpc_socket: str | None = None
         self.config_path = config_path
         self.config_bytes = config_bytes
         self.on_demand = on_demand
@@ -553,6 +561,8 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
         client_pid, client_uid = _peer(conn)
         if wants_session(conn):
             return serve_unix_session(conn, served, client_pid, client_uid)
+        if wants_grpc(conn):
+            return relay_grpc(conn, served, client_pid, client_uid)
         if client_uid not in (os.geteuid(), 0):
             daemonlog.warning(f"refused pid {client_pid} (uid {client_uid}): the local protocol "
                               "serves the daemon's own user; other users' clients use sessions")
@@ -696,13 +706,13 @@ def _start(argv: list[str]) -> int:
             debug.wait_ready()
         gc.collect()  # before the socket appears: the first command is answered at once
         listener = passed or _bind(path, config.grpc.uid, config.grpc.gid)
-        control, grpc_listener = (start_grpc(root, tcp_addresses, config) if tcp_addresses
-                                  else (None, None))
+        control, grpc_listener = start_grpc(root, tcp_addresses, config)
         for worker in workers:  # what the children give back stays for the next builds
             worker.serve()
         served = Served(root, config_path, config_bytes, on_demand=ns.on_demand,
                         verbose=daemonlog.enabled(daemonlog.DEBUG),
                         uid=config.grpc.uid, gid=config.grpc.gid)
+        served.grpc_socket = grpc_listener.unix_path
         idle = config.pybk.daemon_idle_timeout if ns.on_demand else None
         try:
             return Daemon(listener, path, served, idle_timeout=idle,

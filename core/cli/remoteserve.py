@@ -182,24 +182,29 @@ def _run(header: dict[str, Any], payload: bytes, session: Session, served: Any, 
 # -- pybkd's side of the listeners ---------------------------------------------------------
 
 
+def _peek(conn: socket.socket, magic: bytes) -> bool:
+    """Whether the connection's first bytes are ``magic`` (left unread)."""
+    conn.settimeout(10)
+    try:
+        seen = b""
+        while len(seen) < len(magic) and magic.startswith(seen):
+            seen = conn.recv(len(magic), socket.MSG_PEEK)
+            if not seen:
+                return False
+        return seen.startswith(magic)
+    finally:
+        conn.settimeout(None)
+
+
 def wants_session(conn: socket.socket) -> bool:
     """Whether the client opened with :data:`SESSION_MAGIC` (consumed) rather than the local
     protocol's request."""
     from pybk.core.remote.clientside import SESSION_MAGIC
 
-    conn.settimeout(10)
-    try:
-        seen = b""
-        while len(seen) < len(SESSION_MAGIC) and SESSION_MAGIC.startswith(seen):
-            seen = conn.recv(len(SESSION_MAGIC), socket.MSG_PEEK)
-            if not seen:
-                return False
-        if seen != SESSION_MAGIC:
-            return False
-        conn.recv(len(SESSION_MAGIC))
-        return True
-    finally:
-        conn.settimeout(None)
+    if not _peek(conn, SESSION_MAGIC):
+        return False
+    conn.recv(len(SESSION_MAGIC))
+    return True
 
 
 def _groups(pid: int) -> set[int]:
@@ -214,22 +219,89 @@ def _groups(pid: int) -> set[int]:
     return found
 
 
-def serve_unix_session(conn: socket.socket, served: Any, pid: int, uid: int) -> int:
-    """A session on the unix socket: for the daemon's user, root, ``[grpc] uid`` and members
-    of ``[grpc] gid``; anyone else is refused before anything runs."""
+def _allowed(served: Any, pid: int, uid: int) -> bool:
+    """The daemon's user, root, ``[grpc] uid`` and members of ``[grpc] gid``; anyone else is
+    refused (and logged) before anything runs."""
     allowed = (uid in (os.geteuid(), 0) or (served.uid is not None and uid == served.uid)
                or (served.gid is not None and served.gid in _groups(pid)))
     if not allowed:
         daemonlog.warning(f"refused pid {pid} (uid {uid}): not the daemon's user, [grpc] uid "
                           "or a member of [grpc] gid")
+    return allowed
+
+
+def serve_unix_session(conn: socket.socket, served: Any, pid: int, uid: int) -> int:
+    """A session on the unix socket, for the peers :func:`_allowed` admits."""
+    if not _allowed(served, pid, uid):
         return 1
     who = {"t": "peer", "peer": f"unix pid {pid}", "identity": f"uid {uid}"}
     return serve_session(conn, served, daemonlog.info, who, client=(pid, uid))
 
 
+#: gRPC's unix addresses hold at most this many bytes of path
+_GRPC_PATH_MAX = 107
+
+
+def grpc_socket(root: str) -> str:
+    """The listener's private unix socket, where pybkd relays gRPC clients of its own: in the
+    store's private sessions directory, or in a private directory of its own under the
+    temporary directory when that path is too long for gRPC."""
+    path = os.path.join(root, "sessions", "grpc.sock")
+    if len(os.fsencode(path)) <= _GRPC_PATH_MAX:
+        return path
+    import tempfile
+
+    return os.path.join(tempfile.mkdtemp(prefix="pybkd-grpc-"), "grpc.sock")
+
+
+#: what an HTTP/2 client sends first (RFC 9113 3.4): a gRPC client on pybkd's unix socket
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def wants_grpc(conn: socket.socket) -> bool:
+    """Whether the client opened with HTTP/2's preface (not consumed)."""
+    return _peek(conn, HTTP2_PREFACE)
+
+
+def relay_grpc(conn: socket.socket, served: Any, pid: int, uid: int) -> int:
+    """Relay a gRPC client of pybkd's unix socket, byte for byte, to the listener (the same
+    peers as for sessions: :func:`serve_unix_session`)."""
+    if not _allowed(served, pid, uid):
+        return 1
+    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        upstream.connect(served.grpc_socket)
+    except OSError as exc:
+        daemonlog.error(f"cannot reach the gRPC listener: {exc.strerror}")
+        return 1
+    import select
+
+    ends = {conn: upstream, upstream: conn}
+    open_ends = set(ends)
+    while open_ends:
+        ready, _, _ = select.select(list(open_ends), [], [])
+        for end in ready:
+            try:
+                data = end.recv(65536)
+            except OSError:
+                data = b""
+            if data:
+                try:
+                    ends[end].sendall(data)
+                    continue
+                except OSError:
+                    pass
+            open_ends.discard(end)
+            with contextlib.suppress(OSError):
+                ends[end].shutdown(socket.SHUT_WR)
+    upstream.close()
+    return 0
+
+
 def start_grpc(root: str, addresses: Sequence[str], config: Any) -> tuple[socket.socket, Any]:
     """The private control socket remote sessions are relayed to, and the gRPC listener
-    process serving ``addresses`` (:mod:`pybk.core.remote.listener`)."""
+    process serving ``addresses`` (:mod:`pybk.core.remote.listener`) and the private socket
+    gRPC clients of pybkd's unix socket are relayed to."""
     from pybk.core.remote.listener import start
 
     sessions = os.path.join(root, "sessions")
@@ -243,7 +315,8 @@ def start_grpc(root: str, addresses: Sequence[str], config: Any) -> tuple[socket
         control.bind(where)
     control.listen(128)
     grpc_listener = start(addresses, control_path, config.grpc.tls,
-                          tcp_without_tls=config.pybk.tcp_without_tls)
+                          tcp_without_tls=config.pybk.tcp_without_tls,
+                          unix_path=grpc_socket(root))
     for address in grpc_listener.bound:
         tls = "mutual TLS" if config.grpc.tls.ca else ("TLS" if config.grpc.tls.cert
                                                         else "no TLS")

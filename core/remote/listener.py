@@ -71,10 +71,12 @@ def check_tls(tls: Any, addresses: Sequence[str], tcp_without_tls: bool) -> bool
 class Listener:
     """The running listener process, as pybkd sees it."""
 
-    def __init__(self, pid: int, lifeline: int, bound: list[str]):
+    def __init__(self, pid: int, lifeline: int, bound: list[str], unix_path: str | None = None):
         self.pid = pid
         self.lifeline = lifeline
         self.bound = bound
+        #: the private unix socket it serves gRPC on (for pybkd's relay), if any
+        self.unix_path = unix_path
 
     def reload(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -87,12 +89,21 @@ class Listener:
             os.close(self.lifeline)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
+        if self.unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.unix_path)
+            directory = os.path.dirname(self.unix_path)
+            if os.path.basename(directory).startswith("pybkd-grpc-"):  # a private temp dir
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
 
 
 def start(addresses: Sequence[str], control_path: str, tls: Any, *,
-          tcp_without_tls: bool) -> Listener:
+          tcp_without_tls: bool, unix_path: str | None = None) -> Listener:
     """Fork the listener; return once it listens on every address (``tcp://HOST:0`` gets a
-    free port: :attr:`Listener.bound` has the real addresses). A usage error when it cannot."""
+    free port: :attr:`Listener.bound` has the real addresses) and, in the clear, on the
+    private ``unix_path`` (where pybkd relays gRPC clients of its unix socket). A usage error
+    when it cannot."""
     targets = [tcp_target(a) for a in addresses]
     secure = check_tls(tls, addresses, tcp_without_tls)
     ready_r, ready_w = os.pipe()
@@ -106,7 +117,8 @@ def start(addresses: Sequence[str], control_path: str, tls: Any, *,
             from pybk.core import daemonlog
 
             _close_inherited(keep=(0, 1, 2, ready_w, life_r, daemonlog.log_fd()))
-            code = _serve(targets, control_path, tls if secure else None, ready_w, life_r)
+            code = _serve(targets, control_path, tls if secure else None, ready_w, life_r,
+                          unix_path)
         except BaseException:
             import traceback
 
@@ -121,7 +133,7 @@ def start(addresses: Sequence[str], control_path: str, tls: Any, *,
             os.waitpid(pid, 0)
         os.close(life_w)
         raise UsageError(f"pybkd: {report['error']}")
-    return Listener(pid, life_w, [f"tcp://{t}" for t in report["bound"]])
+    return Listener(pid, life_w, [f"tcp://{t}" for t in report["bound"]], unix_path)
 
 
 def _read_report(fd: int) -> dict[str, Any]:
@@ -189,8 +201,10 @@ def _identity(context: Any) -> str:
         names = auth.get(key)
         if names:
             return f"cert:{names[0].decode(errors='replace')}"
-    host = context.peer().rpartition(":")[0]  # ipv4:127.0.0.1:PORT, ipv6:[::1]:PORT
-    return f"addr:{host}"
+    peer = context.peer()
+    if peer.startswith("unix:"):  # relayed by pybkd from its unix socket (peer checked there)
+        return "unix-grpc"
+    return f"addr:{peer.rpartition(':')[0]}"  # ipv4:127.0.0.1:PORT, ipv6:[::1]:PORT
 
 
 def _log(message: str) -> None:
@@ -200,7 +214,7 @@ def _log(message: str) -> None:
 
 
 def _serve(targets: Sequence[str], control_path: str, tls: Any, ready_fd: int,
-           lifeline: int) -> int:
+           lifeline: int, unix_path: str | None) -> int:
     import asyncio
 
     import grpc
@@ -262,6 +276,8 @@ def _serve(targets: Sequence[str], control_path: str, tls: Any, ready_fd: int,
                 if not port:
                     raise RuntimeError(f"cannot listen on tcp://{target}")
                 bound.append(f"{target.rpartition(':')[0]}:{port}")
+            if unix_path is not None and not server.add_insecure_port(f"unix:{unix_path}"):
+                raise RuntimeError(f"cannot listen on unix://{unix_path}")
             await server.start()
         except (RuntimeError, OSError) as exc:
             os.write(ready_fd, orjson.dumps({"error": str(exc)}) + b"\n")

@@ -272,7 +272,7 @@ def test_outputs_land_on_the_client_and_metadata_matches_embedded(remote, pki, t
     assert here.returncode == 0, here.stderr.decode()
     assert json.loads(remote_meta.read_text()) == json.loads(embedded_meta.read_text())
     assert (tmp_path / "image.tar").read_bytes() == (tmp_path / "image2.tar").read_bytes()
-    assert os.listdir(remote.root / "sessions") == ["control.sock"]
+    assert sorted(os.listdir(remote.root / "sessions")) == ["control.sock", "grpc.sock"]
 
 
 def test_every_command_runs_remotely(remote, pki, tmp_path):
@@ -468,7 +468,7 @@ def test_client_killed_mid_build_cancels_the_steps(remote, pki, busybox_ref, tmp
         time.sleep(0.2)
     assert listed.stdout.strip() == ""
     deadline = time.monotonic() + 30
-    while os.listdir(remote.root / "sessions") != ["control.sock"]:
+    while sorted(os.listdir(remote.root / "sessions")) != ["control.sock", "grpc.sock"]:
         assert time.monotonic() < deadline, os.listdir(remote.root / "sessions")
         time.sleep(0.2)
     after = tmp_path / "after"

@@ -139,3 +139,34 @@ def test_the_client_speaks_a_session_to_another_users_daemon(daemon, tmp_path):
                           capture_output=True, text=True, timeout=120, env=_env())
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "a.txt").read_text() == "alpha\n"
+
+
+def test_a_grpc_client_of_the_unix_socket(daemon):
+    """pybkd's unix socket speaks gRPC too (the control API, relayed to its listener), for
+    the same peers as sessions."""
+    import threading
+
+    import grpc
+
+    from pybk.core.remote.frames import SESSION_METHOD, decode, encode
+
+    sock, _ = daemon
+    done = threading.Event()
+
+    def requests():
+        yield encode({"t": "start", "version": 1, "command": "argv", "argv": ["du"],
+                      "client": "grpc-test"})
+        done.wait(60)
+
+    with grpc.insecure_channel(f"unix:{sock}") as channel:
+        out, code = b"", None
+        for message in channel.stream_stream(SESSION_METHOD)(requests(), timeout=60):
+            header, data = decode(message)
+            if header["t"] == "stdout":
+                out += data
+            elif header["t"] == "exit":
+                code = header["code"]
+                done.set()
+                break
+    assert code == 0
+    assert b"Total:" in out
