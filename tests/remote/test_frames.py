@@ -19,7 +19,7 @@ def test_the_proto_declares_what_the_code_speaks():
     assert re.findall(r"bytes (\w+) = (\d+);", message) == [("header", "1"), ("data", "2")]
     service = re.search(r"service (\w+) \{(.*?)\}", PROTO, re.S)
     method = re.search(r"rpc (\w+)\(stream Frame\) returns \(stream Frame\);", service.group(2))
-    assert frames.SESSION_METHOD == f"/pybk.control.v1.{service.group(1)}/{method.group(1)}"
+    assert f"/pybk.control.v1.{service.group(1)}/{method.group(1)}" == frames.SESSION_METHOD
 
 
 def test_encoding_is_protobufs():
