@@ -190,24 +190,33 @@ class Client:
         self.transport.close()
 
     def run(self, start: tuple[dict[str, Any], bytes]) -> int:
-        """Send the start frame, serve the daemon until its exit frame; the exit code."""
+        """Send the start frame, serve the daemon until its exit frame; the exit code.
+
+        Ctrl-C never interrupts the stream (gRPC's iterator cannot be resumed after an
+        exception): SIGINT's handler asks the daemon to cancel (twice), and a third one
+        cancels the call here."""
+        import signal
+
         transport, responses = self.transport, self._responses
-        self.send(*start)
         interrupts = 0
+
+        def interrupt(signum: int, frame: Any) -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts >= 3:
+                transport.cancel()
+            else:
+                self.send({"t": "interrupt"})
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, interrupt)
+        self.send(*start)
         try:
-            while True:
-                try:
-                    for message in responses:
-                        self._handle(*decode(message))
-                        if self.code is not None:
-                            break
+            for message in responses:
+                self._handle(*decode(message))
+                if self.code is not None:
                     break
-                except KeyboardInterrupt:
-                    interrupts += 1
-                    if interrupts >= 3:
-                        transport.cancel()
-                        raise
-                    self.send({"t": "interrupt"})
         except FrameError as exc:
             print(f"error: pybkd at {transport.address} sent a bad frame: {exc}",
                   file=sys.stderr)
@@ -219,6 +228,8 @@ class Client:
             if self.code is None:
                 return code
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             self.outgoing.put(_END)
             for channel_sock in self.channels.values():
                 with contextlib.suppress(OSError):
@@ -227,6 +238,9 @@ class Client:
             if self.renderer is not None:
                 self.renderer.close()
         if self.code is None:
+            if interrupts >= 3:
+                print("interrupted", file=sys.stderr)
+                return 130
             print(f"error: pybkd at {transport.address} ended the session without an exit "
                   "code", file=sys.stderr)
             return 1
