@@ -24,11 +24,10 @@ from collections import deque
 from typing import IO, BinaryIO
 
 from pybk.core.errors import InputError, NotAvailableError
-from pybk.core.fs.tarwriter import LayerWriter, read_xattrs
+from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES, LayerWriter, read_xattrs
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 _OVERLAY_OPAQUE = "trusted.overlay.opaque"
 _XATTR_PAX = "SCHILY.xattr."
 _MAX_SYMLINKS = 40
@@ -344,7 +343,7 @@ class _Unpacker:
             if not key.startswith(_XATTR_PAX):
                 continue
             attr = key[len(_XATTR_PAX):]
-            if attr.startswith(_OVERLAY_XATTR_PREFIXES):
+            if attr.startswith(OVERLAY_XATTR_PREFIXES):
                 continue  # never let layer content steer overlayfs
             with contextlib.suppress(OSError):
                 os.setxattr(target, attr, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)

@@ -37,7 +37,7 @@ def copy_tree(src: str, dest: str) -> int:
             elif stat.S_ISSOCK(st.st_mode):
                 continue  # sockets cannot be exported (BuildKit skips them too)
             elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in seen_inodes:
-                os.link(seen_inodes[(st.st_dev, st.st_ino)], d)
+                os.link(seen_inodes[(st.st_dev, st.st_ino)], d, follow_symlinks=False)
                 count += 1
                 continue
             else:
