@@ -21,6 +21,8 @@ from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, Ex
 @attrs.frozen
 class LocalOptions:
     dest: str
+    #: recreate the result's device nodes (owner-only modes); off: they are skipped
+    devices: bool = False
     platform_split: bool | None = setting("platform-split", default=None)
     attestation_prefix: str = setting("attestation-prefix", default="")
 
@@ -81,6 +83,21 @@ def split_name(platform: str) -> str:
     return platform.replace("/", "_")
 
 
+def _warn_skipped(info: Mapping[str, Any], target: str, skipped: list[str]) -> None:
+    """Tell on stderr, and as a progress warning, which device nodes a local export left out."""
+    shown = ", ".join("/" + p for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+    message = (f"{len(skipped)} device node(s) not exported to {target} ({shown}); "
+               "set devices=true (as root) to recreate them")
+    print(f"WARNING: {message}", file=sys.stderr)
+    progress = info.get("progress")
+    if progress is None:
+        return
+    vertex = progress.vertex(f"export-local-devices:{target}", "exporting to local directory")
+    vertex.start()
+    vertex.warn(message, detail=["/" + p for p in skipped])
+    vertex.done()
+
+
 class _LocalInstance(ExporterInstance):
     def __init__(self, options: LocalOptions):
         self.options = options
@@ -88,9 +105,12 @@ class _LocalInstance(ExporterInstance):
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
         for subdir, one in split_results(result, self.options.platform_split):
             target = os.path.join(self.options.dest, subdir)
+            skipped: list[str] = []
             with one.mount() as root:
-                copy_tree(root, target)
+                copy_tree(root, target, devices=self.options.devices, skipped=skipped)
                 attestation = provenance_file(info, one, root, self.options.attestation_prefix)
+            if skipped:
+                _warn_skipped(info, target, skipped)
             if attestation is not None:
                 name, body = attestation
                 with open(os.path.join(target, name), "wb") as f:
