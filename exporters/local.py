@@ -118,6 +118,23 @@ class _LocalInstance(ExporterInstance):
         return ExportResponse({})
 
 
+def _check_writable_dir(dest: str) -> None:
+    """UsageError unless directories can be made in ``dest`` or its nearest existing ancestor
+    (tried, as ``access`` says yes to root for ``/proc``)."""
+    import tempfile
+
+    existing = os.path.abspath(dest)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"dest {dest!r}: {existing} is not a directory", flag="--output")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".pybk-probe-", dir=existing))
+    except OSError as exc:
+        raise UsageError(f"dest {dest!r} is not writable: cannot create directories in "
+                         f"{existing} ({exc.strerror or exc})", flag="--output") from None
+
+
 class LocalExporter(Exporter):
     """Writes the result's filesystem into a directory (dest=DIR)."""
 
@@ -126,11 +143,9 @@ class LocalExporter(Exporter):
 
     def resolve(self, options: LocalOptions) -> ExporterInstance:
         dest = options.dest
-        parent = os.path.dirname(os.path.abspath(dest))
         if os.path.exists(dest) and not os.path.isdir(dest):
             raise UsageError(f"dest {dest!r} exists and is not a directory", flag="--output")
-        if not os.access(parent if not os.path.exists(dest) else dest, os.W_OK):
-            raise UsageError(f"dest {dest!r} is not writable", flag="--output")
+        _check_writable_dir(dest)
         return _LocalInstance(options)
 
 
