@@ -73,3 +73,18 @@ def test_overlay_xattrs_from_an_added_tar_are_dropped(tmp_path):
         names = os.listxattr(path)
         assert "user.kept" in names
         assert not [n for n in names if ".overlay." in n], names
+
+
+def test_layers_too_link_the_symlink_itself(tmp_path, monkeypatch):
+    from pybk.core.fs.archive import apply_layer
+
+    host = tmp_path / "host-secret"
+    host.write_bytes(b"host only")
+    sym = tarfile.TarInfo("s")
+    sym.type, sym.linkname = tarfile.SYMTYPE, str(host)
+    hard = tarfile.TarInfo("h")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "s"
+    _link_following_symlinks_by_default(monkeypatch)
+    apply_layer(io.BytesIO(_tar((sym, None), (hard, None))), tmp_path / "layer")
+    assert stat.S_ISLNK(os.lstat(tmp_path / "layer" / "h").st_mode)
+    assert os.lstat(host).st_nlink == 1
