@@ -558,7 +558,7 @@ class Worker(Plugin, abc.ABC):
                     f.write(new_worker_id())
                 os.chmod(tmp, 0o400)
                 try:
-                    os.link(tmp, path)  # the first writer wins; every reader sees its id
+                    os.link(tmp, path, follow_symlinks=False)  # the first writer wins; every reader sees its id
                 except FileExistsError:
                     pass
                 finally:

@@ -21,6 +21,8 @@ from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, Ex
 @attrs.frozen
 class LocalOptions:
     dest: str
+    #: recreate the result's device nodes (owner-only modes); off: they are skipped
+    devices: bool = False
     platform_split: bool | None = setting("platform-split", default=None)
     attestation_prefix: str = setting("attestation-prefix", default="")
 
@@ -81,6 +83,21 @@ def split_name(platform: str) -> str:
     return platform.replace("/", "_")
 
 
+def _warn_skipped(info: Mapping[str, Any], target: str, skipped: list[str]) -> None:
+    """Tell on stderr, and as a progress warning, which device nodes a local export left out."""
+    shown = ", ".join("/" + p for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+    message = (f"{len(skipped)} device node(s) not exported to {target} ({shown}); "
+               "set devices=true (as root) to recreate them")
+    print(f"WARNING: {message}", file=sys.stderr)
+    progress = info.get("progress")
+    if progress is None:
+        return
+    vertex = progress.vertex(f"export-local-devices:{target}", "exporting to local directory")
+    vertex.start()
+    vertex.warn(message, detail=["/" + p for p in skipped])
+    vertex.done()
+
+
 class _LocalInstance(ExporterInstance):
     def __init__(self, options: LocalOptions):
         self.options = options
@@ -88,14 +105,34 @@ class _LocalInstance(ExporterInstance):
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
         for subdir, one in split_results(result, self.options.platform_split):
             target = os.path.join(self.options.dest, subdir)
+            skipped: list[str] = []
             with one.mount() as root:
-                copy_tree(root, target)
+                copy_tree(root, target, devices=self.options.devices, skipped=skipped)
                 attestation = provenance_file(info, one, root, self.options.attestation_prefix)
+            if skipped:
+                _warn_skipped(info, target, skipped)
             if attestation is not None:
                 name, body = attestation
                 with open(os.path.join(target, name), "wb") as f:
                     f.write(body)
         return ExportResponse({})
+
+
+def _check_writable_dir(dest: str) -> None:
+    """UsageError unless directories can be made in ``dest`` or its nearest existing ancestor
+    (tried, as ``access`` says yes to root for ``/proc``)."""
+    import tempfile
+
+    existing = os.path.abspath(dest)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"dest {dest!r}: {existing} is not a directory", flag="--output")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".pybk-probe-", dir=existing))
+    except OSError as exc:
+        raise UsageError(f"dest {dest!r} is not writable: cannot create directories in "
+                         f"{existing} ({exc.strerror or exc})", flag="--output") from None
 
 
 class LocalExporter(Exporter):
@@ -106,11 +143,9 @@ class LocalExporter(Exporter):
 
     def resolve(self, options: LocalOptions) -> ExporterInstance:
         dest = options.dest
-        parent = os.path.dirname(os.path.abspath(dest))
         if os.path.exists(dest) and not os.path.isdir(dest):
             raise UsageError(f"dest {dest!r} exists and is not a directory", flag="--output")
-        if not os.access(parent if not os.path.exists(dest) else dest, os.W_OK):
-            raise UsageError(f"dest {dest!r} is not writable", flag="--output")
+        _check_writable_dir(dest)
         return _LocalInstance(options)
 
 

@@ -356,11 +356,11 @@ def cmd_build(ns: argparse.Namespace) -> int:
                     data = f.read()
             except OSError as exc:
                 raise UsageError(f"cannot read {request.llb}: {exc.strerror}", flag="--llb") from None
-        return run_llb_build(data, request, root=ns.root or default_root(),
+        return run_llb_build(data, request, root=store_root(ns.root),
                              config_path=ns.config)
     from pybk.core.engine.build import run_build
 
-    return run_build(request, root=ns.root or default_root(), config_path=ns.config)
+    return run_build(request, root=store_root(ns.root), config_path=ns.config)
 
 
 def cmd_plugins(ns: argparse.Namespace) -> int:
@@ -406,12 +406,30 @@ def _read_input(path: str) -> bytes:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def store_root(given: str | None) -> str:
+    """``--root`` (else the default store directory), checked to be a directory a store can be
+    made in: a regular file, or a place where nothing can be created, is a usage error."""
+    import tempfile
+
+    root = given or default_root()
+    flag = "--root" if given else None
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise UsageError(f"{root} is not a directory", flag=flag)
+    try:
+        os.makedirs(root, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".pybk-probe-", dir=root))
+    except OSError as exc:
+        raise UsageError(f"{root}: cannot make a store there: {exc.strerror or exc}",
+                         flag=flag) from None
+    return root
+
+
 def _open_store(ns: argparse.Namespace) -> Any:
     from pybk.core.config.loader import load_config
     from pybk.core.store.store import Store
 
     config, _ = load_config(ns.config)
-    return Store.open(ns.root or default_root(), snapshotter=config.worker.oci.snapshotter)
+    return Store.open(store_root(ns.root), snapshotter=config.worker.oci.snapshotter)
 
 
 def cmd_du(ns: argparse.Namespace) -> int:

@@ -306,6 +306,7 @@ class Client:
                 from pybk.core.remotecache.inline import inline_cache
 
                 info["inline_cache"] = inline_cache
+            info["progress"] = bus  # exporters' warnings
             responses = []
             for instance in exports:
                 exported = await asyncio.to_thread(instance.export, result, info)
@@ -428,12 +429,15 @@ class Client:
 
     # -- exporting ---------------------------------------------------------------------
 
-    def export_local(self, result: Any, dest_dir: str | os.PathLike[str]) -> int:
-        """Copy the result's filesystem into ``dest_dir``; returns the entries written."""
+    def export_local(self, result: Any, dest_dir: str | os.PathLike[str], *,
+                     devices: bool = False) -> int:
+        """Copy the result's filesystem into ``dest_dir``; returns the entries written.
+
+        Device nodes are left out unless ``devices`` (then with owner-only modes)."""
         from pybk.core.fs.copytree import copy_tree
 
         with result.mount() as root:
-            return copy_tree(root, os.fspath(dest_dir))
+            return copy_tree(root, os.fspath(dest_dir), devices=devices)
 
 
 def _write_ahead_of_head(runner: Any, definition: Any, spec: Any) -> None:

@@ -11,9 +11,10 @@ through the session: the daemon never opens a path the client names on its own d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -79,14 +80,16 @@ def finish_outputs(request: Any, result: Any) -> None:
     if request.metadata_file:
         from pybk.core.images.metadata import write_metadata_file
 
-        write_metadata_file(request.metadata_file, responses)
+        with _written(request.metadata_file, "--metadata-file"):
+            write_metadata_file(request.metadata_file, responses)
     if request.iidfile:
         from pybk.core.images.metadata import write_iidfile
 
         merged: dict[str, Any] = {}
         for response in responses:
             merged.update(response)
-        write_iidfile(request.iidfile, merged)
+        with _written(request.iidfile, "--iidfile"):
+            write_iidfile(request.iidfile, merged)
     for output in request.outputs:
         if output.load:
             try:
@@ -102,3 +105,16 @@ def finish_outputs(request: Any, result: Any) -> None:
 
 
 LOCAL = BuildInputs()
+
+
+@contextlib.contextmanager
+def _written(path: str, flag: str) -> Iterator[None]:
+    """A file the build's outcome is written to: failing to write it is a usage error that
+    says the build itself succeeded."""
+    try:
+        yield
+    except OSError as exc:
+        from pybk.core.errors import UsageError
+
+        raise UsageError(f"the build succeeded, but {path} could not be written: "
+                         f"{exc.strerror or exc}", flag=flag) from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -24,11 +25,10 @@ from collections import deque
 from typing import IO, BinaryIO
 
 from pybk.core.errors import InputError, NotAvailableError
-from pybk.core.fs.tarwriter import LayerWriter, read_xattrs
+from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES, LayerWriter, read_xattrs
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 _OVERLAY_OPAQUE = "trusted.overlay.opaque"
 _XATTR_PAX = "SCHILY.xattr."
 _MAX_SYMLINKS = 40
@@ -41,16 +41,32 @@ _CHUNK = 1 << 20
 
 
 class _Counting:
-    """A read-only stream wrapper that counts bytes read."""
+    """A read-only stream wrapper that counts (and, given ``digest``, hashes) bytes read."""
 
-    def __init__(self, stream: IO[bytes]):
+    def __init__(self, stream: IO[bytes], digest: str | None = None):
         self._stream = stream
         self.count = 0
+        self.hash = None
+        if digest:
+            algorithm = digest.partition(":")[0]
+            if algorithm not in ("sha256", "sha384", "sha512"):
+                raise InputError(f"unsupported digest {digest!r}")
+            self.hash = hashlib.new(algorithm)
 
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
         self.count += len(data)
+        if self.hash is not None:
+            self.hash.update(data)
         return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    def digest(self) -> str:
+        assert self.hash is not None
+        return f"{self.hash.name}:{self.hash.hexdigest()}"
 
 
 class _Prefixed:
@@ -124,12 +140,17 @@ def apply_layer(
     *,
     media_type: str | None = None,
     whiteout_style: str = "delete",
+    digest: str | None = None,
+    diff_id: str | None = None,
 ) -> int:
     """Unpack a layer into ``dest_dir``; returns the size of the uncompressed tar stream.
 
     :param media_type: the layer's media type (decides gzip / zstd / none); None sniffs.
     :param whiteout_style: ``delete`` removes whited-out paths; ``overlay`` writes overlay
         whiteouts (0/0 character devices, ``trusted.overlay.opaque=y``) for an overlay upper dir.
+    :param digest: the blob's digest, ``diff_id`` the uncompressed tar's: both streams are
+        hashed while unpacking, and a mismatch is an InputError naming the layer (the caller
+        discards what was unpacked).
     """
     if whiteout_style not in ("delete", "overlay"):
         raise ValueError(f"whiteout_style must be 'delete' or 'overlay', not {whiteout_style!r}")
@@ -139,27 +160,41 @@ def apply_layer(
             raw: IO[bytes] = stack.enter_context(open(source, "rb"))
         else:
             raw = source
-        plain = decompressed(raw, media_type)
-        counter = _Counting(plain)
+        hashed = _Counting(raw, digest)
+        plain = decompressed(hashed, media_type)  # type: ignore[arg-type]
+        counter = _Counting(plain, diff_id)
         unpacker = _Unpacker(os.path.realpath(dest_dir), whiteout_style)
+        name = f"layer {digest}: " if digest else ""
         try:
             with tarfile.open(fileobj=counter, mode="r|") as tar:  # type: ignore[call-overload]
                 for member in tar:
                     unpacker.add(member, tar)
-            while counter.read(_CHUNK):
-                pass
-        except (tarfile.TarError, EOFError, zlib.error) as exc:
-            raise InputError(f"corrupt layer archive: {exc}") from None
-        except OSError as exc:
-            if exc.errno is not None:
-                raise
-            raise InputError(f"corrupt layer archive: {exc}") from None
+            counter.drain()
         except Exception as exc:
+            if digest:  # a tampered blob: say so rather than how it fails to unpack
+                with contextlib.suppress(Exception):
+                    hashed.drain()
+                    _check_digest(name, "content", hashed.digest(), digest)
+            if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) or (
+                    isinstance(exc, OSError) and exc.errno is None):
+                raise InputError(f"{name}corrupt layer archive: {exc}") from None
             if type(exc).__name__ == "ZstdError":
-                raise InputError(f"corrupt zstd layer archive: {exc}") from None
+                raise InputError(f"{name}corrupt zstd layer archive: {exc}") from None
             raise
+        if digest:
+            hashed.drain()
+            _check_digest(name, "content", hashed.digest(), digest)
+        if diff_id:
+            _check_digest(name or f"layer {diff_id}: ", "uncompressed content (diff_id)",
+                          counter.digest(), diff_id)
         unpacker.finish()
         return counter.count
+
+
+def _check_digest(name: str, what: str, got: str, expected: str) -> None:
+    if got != expected:
+        raise InputError(f"{name}{what} digest is {got}, expected {expected}: the blob was "
+                         "altered or does not belong to this image")
 
 
 class _Unpacker:
@@ -344,7 +379,7 @@ class _Unpacker:
             if not key.startswith(_XATTR_PAX):
                 continue
             attr = key[len(_XATTR_PAX):]
-            if attr.startswith(_OVERLAY_XATTR_PREFIXES):
+            if attr.startswith(OVERLAY_XATTR_PREFIXES):
                 continue  # never let layer content steer overlayfs
             with contextlib.suppress(OSError):
                 os.setxattr(target, attr, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)

@@ -7,9 +7,15 @@ import shutil
 import stat
 
 
-def copy_tree(src: str, dest: str) -> int:
+def copy_tree(src: str, dest: str, *, devices: bool = False,
+              skipped: list[str] | None = None) -> int:
     """Copy a result tree keeping modes, owners (when root), symlinks and hardlinks; returns
-    the number of entries written."""
+    the number of entries written.
+
+    Device nodes (character and block) are skipped unless ``devices`` (and root): an image must
+    not drop devices onto the host; asked for, they are made accessible to their owner only
+    (mode ``& 0o600``). The paths of skipped device nodes are appended to ``skipped``.
+    """
     count = 0
     seen_inodes: dict[tuple[int, int], str] = {}
     as_root = os.geteuid() == 0
@@ -22,6 +28,11 @@ def copy_tree(src: str, dest: str) -> int:
             s = os.path.join(dirpath, name)
             d = os.path.join(target_dir, name)
             st = os.lstat(s)
+            is_device = stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            if is_device and not (devices and as_root):
+                if skipped is not None:
+                    skipped.append(os.path.relpath(s, src))
+                continue
             if os.path.lexists(d) and not (os.path.isdir(d) and not os.path.islink(d)):
                 os.unlink(d)
             if os.path.islink(s):
@@ -30,14 +41,12 @@ def copy_tree(src: str, dest: str) -> int:
                 os.makedirs(d, exist_ok=True)
             elif stat.S_ISFIFO(st.st_mode):
                 os.mkfifo(d, st.st_mode & 0o7777)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                if not as_root:
-                    continue  # device nodes need root; skipped like an unprivileged tar
-                os.mknod(d, st.st_mode, st.st_rdev)
+            elif is_device:
+                os.mknod(d, stat.S_IFMT(st.st_mode) | (st.st_mode & 0o600), st.st_rdev)
             elif stat.S_ISSOCK(st.st_mode):
                 continue  # sockets cannot be exported (BuildKit skips them too)
             elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in seen_inodes:
-                os.link(seen_inodes[(st.st_dev, st.st_ino)], d)
+                os.link(seen_inodes[(st.st_dev, st.st_ino)], d, follow_symlinks=False)
                 count += 1
                 continue
             else:
@@ -47,7 +56,7 @@ def copy_tree(src: str, dest: str) -> int:
             if as_root:
                 os.lchown(d, st.st_uid, st.st_gid)
             if not os.path.islink(s):
-                os.chmod(d, st.st_mode & 0o7777)
+                os.chmod(d, st.st_mode & (0o600 if is_device else 0o7777))
             count += 1
     for dirpath, _dirnames, _ in os.walk(src):
         rel = os.path.relpath(dirpath, src)

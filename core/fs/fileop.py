@@ -130,7 +130,7 @@ class LinkPlan:
                 if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
                     raise BuildError(f"copy: unexpected entry at {rel} in the layer directory")
                 os.unlink(target)
-            os.link(src, target)
+            os.link(src, target, follow_symlinks=False)
         for parent, (atime_ns, mtime_ns) in times.items():
             os.utime(parent, ns=(atime_ns, mtime_ns))
         return len(self.pending)
@@ -297,7 +297,7 @@ class _Copier:
                 if link_to is None:
                     self.inodes[key] = target
             if link_to is not None:
-                os.link(link_to, target)
+                os.link(link_to, target, follow_symlinks=False)
             else:
                 copy_file_data(src, target)
         elif stat.S_ISLNK(st.st_mode):

@@ -234,7 +234,7 @@ class Mirror:
         source = self.host(first)
 
         def make(path: str) -> int:
-            os.link(source, path)
+            os.link(source, path, follow_symlinks=False)
             return 0
 
         self.place(rel, record, make)

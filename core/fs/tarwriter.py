@@ -21,11 +21,12 @@ from typing import IO
 
 from pybk.core.errors import InputError
 
-__all__ = ["LayerWriter", "read_xattrs", "ustar_header"]
+__all__ = ["OVERLAY_XATTR_PREFIXES", "LayerWriter", "read_xattrs", "ustar_header"]
 
 BLOCKSIZE = tarfile.BLOCKSIZE
 RECORDSIZE = tarfile.RECORDSIZE
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+#: xattrs that steer overlayfs: never taken from, nor written into, layer or archive content
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 _XATTR_PAX = "SCHILY.xattr."
 _FLUSH = 1 << 20
 _READ = 1 << 20
@@ -147,7 +148,7 @@ class LayerWriter:
         mode = st.st_mode
         name = rel + "/" if stat.S_ISDIR(mode) else rel
         xattrs = {k: v for k, v in read_xattrs(path).items()
-                  if not k.startswith(_OVERLAY_XATTR_PREFIXES)}
+                  if not k.startswith(OVERLAY_XATTR_PREFIXES)}
         pax = {_XATTR_PAX + k: xattrs[k].decode("utf-8", "surrogateescape")
                for k in sorted(xattrs)}
         common = (stat.S_IMODE(mode), st.st_uid, st.st_gid)

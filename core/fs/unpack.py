@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pybk.core.errors import BuildError
 from pybk.core.fs.files import mkdir_all, remove_path, set_times
 from pybk.core.fs.rootpath import norm_path, resolve_in_root, root_path
+from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES
 
 if TYPE_CHECKING:
     import tarfile
@@ -126,7 +127,9 @@ def extract_tar(tf: tarfile.TarFile, dest: str) -> None:
             if _escapes("", member.linkname.lstrip("/")):
                 raise BuildError(f"invalid hardlink {member.name!r} -> {member.linkname!r}")
             link_name = posixpath.normpath("/" + member.linkname).lstrip("/")
-            os.link(resolve_in_root(dest, link_name, follow_final=False), path)
+            # a hard link to a symlink links the symlink itself (CPython >= 3.14 follows by default)
+            os.link(resolve_in_root(dest, link_name, follow_final=False), path,
+                    follow_symlinks=False)
             continue
         elif member.ischr() or member.isblk() or member.isfifo():
             if not is_root and not member.isfifo():
@@ -142,10 +145,11 @@ def extract_tar(tf: tarfile.TarFile, dest: str) -> None:
         if not member.issym():
             os.chmod(path, member.mode & 0o7777)
         for key, value in (member.pax_headers or {}).items():
-            if key.startswith("SCHILY.xattr."):
-                with contextlib.suppress(OSError):
-                    os.setxattr(path, key[len("SCHILY.xattr."):], value.encode("utf-8",
-                                "surrogateescape"), follow_symlinks=False)
+            attr = key[len("SCHILY.xattr."):]
+            if key.startswith("SCHILY.xattr.") and not attr.startswith(OVERLAY_XATTR_PREFIXES):
+                with contextlib.suppress(OSError):  # never let archive content steer overlayfs
+                    os.setxattr(path, attr, value.encode("utf-8", "surrogateescape"),
+                                follow_symlinks=False)
         mtime_ns = int(member.mtime * 1_000_000_000)
         if member.isdir():
             dir_times.append((path, mtime_ns))

@@ -210,11 +210,16 @@ class BuildRunner(OpRunner, LayerUnpacker):
                 if progress is not None:
                     progress.status(f"extracting {digest}")
                 applying = asyncio.to_thread(self._apply_layer, path,
-                                             descriptor["mediaType"], parent, description)
+                                             descriptor["mediaType"], parent, description,
+                                             digest, descriptor.get("diffID") or None)
                 if check is None:
                     snap = await applying
-                else:
-                    snap, _ = await asyncio.gather(applying, check(path))
+                else:  # both finish (a failed unpack is discarded) before either error counts
+                    snap, checked = await asyncio.gather(applying, check(path),
+                                                         return_exceptions=True)
+                    for outcome in (snap, checked):
+                        if isinstance(outcome, BaseException):
+                            raise outcome
                 if progress is not None:
                     progress.status(f"extracting {digest}", done=True)
                 self.store.set_layer_blob(snap, dict(descriptor))
@@ -438,12 +443,16 @@ class BuildRunner(OpRunner, LayerUnpacker):
             w.copy_from(src)
 
     def _apply_layer(self, blob_path: str, media_type: str, parent: str | None,
-                     description: str = "") -> str:
+                     description: str = "", digest: str | None = None,
+                     diff_id: str | None = None) -> str:
+        """Unpack a blob on ``parent`` and commit it; the blob's ``digest`` and ``diff_id`` are
+        checked while unpacking: on a mismatch the snapshot is discarded, never committed."""
         from pybk.core.fs.archive import apply_layer
 
         with contextlib.ExitStack() as stack:
             active = ActiveSnapshot(self, Ref(snapshot=parent), stack, description)
-            apply_layer(blob_path, active.mount(), media_type=media_type)
+            apply_layer(blob_path, active.mount(), media_type=media_type, digest=digest,
+                        diff_id=diff_id)
             return active.commit().snapshot  # type: ignore[return-value]
 
     # local ------------------------------------------------------------------------------

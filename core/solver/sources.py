@@ -34,7 +34,10 @@ _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 def _redact(url: str) -> str:
     """``url`` without credentials."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # unparsable (an unclosed IPv6 bracket): drop anything before an "@"
+        return url.rpartition("@")[2] if "://" in url else url
     if parts.username or parts.password:
         netloc = parts.hostname or ""
         if parts.port:

@@ -94,7 +94,7 @@ def _copy_node(src: str, st: os.stat_result, dst: str, links: dict[tuple[int, in
     if stat.S_ISREG(mode) and st.st_nlink > 1:
         first = links.get((st.st_dev, st.st_ino))
         if first is not None:
-            os.link(first, dst)
+            os.link(first, dst, follow_symlinks=False)
             return
         links[(st.st_dev, st.st_ino)] = dst
     if stat.S_ISREG(mode):

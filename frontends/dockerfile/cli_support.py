@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from pybk.core.errors import UsageError
 from pybk.frontends.dockerfile.checks import run_checks
 from pybk.frontends.dockerfile.dockerignore import load_patterns
 from pybk.frontends.dockerfile.dump import dump_ast
@@ -11,8 +12,11 @@ from pybk.frontends.dockerfile.dump import dump_ast
 
 def dump_ast_command(path: str) -> str:
     """The AST dump of the Dockerfile at ``path`` (ends with a newline)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     return dump_ast(data) + "\n"
 
 

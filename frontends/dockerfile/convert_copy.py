@@ -157,6 +157,10 @@ def _copy_files(cv: StageConverter, ds: StageState,
 def _remote(cv: StageConverter, url: str, checksum: str, instruction: Any, info: dict,
             unpack: bool | None, location: ins.Location) -> tuple[llb.State, str, dict]:
     """The source of ``ADD <url>``: an HTTP download or a git checkout."""
+    try:
+        urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise located_error(f"invalid URL {url!r}: {exc}", location) from None
     git = parse_git_ref(url)
     if git is not None:
         remote, ref, subdir, query = git

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import os
 
-from pybk.core.fs.patterns import PatternMatcher, clean_path
+from pybk.core.errors import InputError
+from pybk.core.fs.patterns import PatternError, PatternMatcher, clean_path
 
 
-def read_patterns(data: bytes | str) -> list[str]:
+def read_patterns(data: bytes | str, filename: str = ".dockerignore") -> list[str]:
     """The patterns of an ignore file: BOM stripped, ``#`` comment lines (column 0) and blank
-    lines skipped, lines trimmed, paths cleaned, one leading ``/`` removed, ``!`` kept."""
+    lines skipped, lines trimmed, paths cleaned, one leading ``/`` removed, ``!`` kept.
+
+    A malformed pattern (an unterminated ``[``, ``!`` alone) is an InputError naming
+    ``filename`` and the line."""
     text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
     text = text.removeprefix("\ufeff")
     patterns: list[str] = []
-    for line in text.split("\n"):
+    for number, line in enumerate(text.split("\n"), 1):
         line = line.removesuffix("\r")
         if line.startswith("#"):
             continue
@@ -32,6 +36,11 @@ def read_patterns(data: bytes | str) -> list[str]:
             if len(pattern) > 1 and pattern.startswith("/"):
                 pattern = pattern[1:]
         patterns.append("!" + pattern if invert else pattern)
+        try:
+            PatternMatcher(patterns[-1:])
+        except PatternError as exc:
+            raise InputError(str(exc), filename=filename, line=number,
+                             source_line=line.strip()) from None
     return patterns
 
 
@@ -52,7 +61,7 @@ def load_patterns(context_dir: str, dockerfile_path: str | None = None) -> list[
     if path is None:
         return []
     with open(path, "rb") as handle:
-        return read_patterns(handle.read())
+        return read_patterns(handle.read(), path)
 
 
 def load_matcher(context_dir: str, dockerfile_path: str | None = None) -> PatternMatcher:

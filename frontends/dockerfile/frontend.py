@@ -31,7 +31,7 @@ def _read_ignore(bridge: FrontendBridge, input_name: str, path: str) -> list[str
     from pybk.frontends.dockerfile.dockerignore import read_patterns
 
     try:
-        return read_patterns(bridge.read_file(input_name, path))
+        return read_patterns(bridge.read_file(input_name, path), path)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
 
