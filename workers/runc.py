@@ -1,8 +1,9 @@
 """Run ExecOp processes in runc.
 
-One run = one bundle directory ``<state>/bundles/<id>``: the root mounts are mounted on
-``rootfs``, ``config.json`` comes from :mod:`pybk.workers.spec`, secrets live on a per-run tmpfs
-in the bundle, and ``runc run`` is started with stdio piped to the callbacks (and stdin fed from
+One run = one bundle directory ``<state>/bundles/<id>`` (mode 0700, as are ``<state>``,
+``bundles`` and the runtime's ``runc``): the root mounts are mounted on ``rootfs``,
+``config.json`` (mode 0600: it holds the step's environment, secret values included) comes from
+:mod:`pybk.workers.spec`, secrets live on a per-run tmpfs in the bundle, and ``runc run`` is started with stdio piped to the callbacks (and stdin fed from
 the optional ``stdin`` bytes or async stream; ``/dev/null`` otherwise). Mount points that
 runc had to create in the rootfs are removed again when they are still empty (BuildKit's
 mount-stub cleaning), so a snapshot only changes by what the process wrote. Whatever happens —
@@ -30,6 +31,7 @@ import attrs
 import orjson
 
 from pybk.core.errors import BuildError, NotAvailableError
+from pybk.core.fs.files import private_dir, private_file
 from pybk.core.interfaces import (
     ExecMount,
     Executor,
@@ -254,7 +256,7 @@ class RuncExecutor(Executor):
         self.runtime_root = os.path.join(self.state_dir, "runc")
         self.bundles = os.path.join(self.state_dir, "bundles")
         for path in (self.state_dir, self.runtime_root, self.bundles):
-            os.makedirs(path, mode=0o711, exist_ok=True)
+            private_dir(path)
         self.network_options = network or NetworkOptions()
         self.networks = Networks(self.state_dir, self.network_options)
 
@@ -307,7 +309,7 @@ class RuncExecutor(Executor):
         ocispec.validate(process)
         container_id = f"pybk-{os.getpid()}-{os.urandom(8).hex()}"
         bundle = os.path.join(self.bundles, container_id)
-        os.mkdir(bundle, 0o711)
+        private_dir(bundle)  # config.json holds the step's environment (secret env values)
         async with contextlib.AsyncExitStack() as cleanup:
             cleanup.callback(_remove_tree, bundle)
             rootfs = os.path.join(bundle, "rootfs")
@@ -338,8 +340,7 @@ class RuncExecutor(Executor):
                 effective, rootfs=rootfs, user=user, mounts=extra, hosts_path=hosts,
                 resolv_conf_path=resolv, netns_path=attachment.netns,
                 no_process_sandbox=self.no_process_sandbox)
-            with open(os.path.join(bundle, "config.json"), "wb") as f:
-                f.write(orjson.dumps(config))
+            private_file(os.path.join(bundle, "config.json"), orjson.dumps(config))
             return await self._run_container(container_id, bundle, stdout, stderr, stdin)
 
     async def _prepare_mounts(self, bundle: str, mounts: Sequence[ExecMount],
