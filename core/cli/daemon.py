@@ -736,6 +736,10 @@ def _start(argv: list[str]) -> int:
             debug.wait_ready()
         gc.collect()  # before the socket appears: the first command is answered at once
         listener = passed or _bind(path, config.grpc.uid, config.grpc.gid)
+        if os.path.dirname(os.path.realpath(path)) == os.path.realpath(root):
+            from pybk.core.store.db import secure_root
+
+            secure_root(root)  # searchable by the users [grpc] uid/gid let in (root_mode)
         control, grpc_listener = start_grpc(root, tcp_addresses, config)
         for worker in workers:  # what the children give back stays for the next builds
             worker.serve()

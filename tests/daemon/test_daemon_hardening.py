@@ -8,11 +8,13 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.engine import require_runc
 from support.pybkd import CLIENT, Pybkd, client_env
 
@@ -107,3 +109,43 @@ def test_a_running_step_sees_none_of_the_clients_pybk_variables(tmp_path, busybo
         client.send_signal(signal.SIGINT)
         client.communicate(timeout=60)
         daemon.stop()
+
+
+def test_users_of_a_daemon_in_the_store_reach_its_socket_and_nothing_else(tmp_path):
+    """A daemon on the store's own socket (``ROOT/pybkd.sock``) for ``[grpc] uid``: the root is
+    searchable (0711) so that user connects; every directory in it stays 0700."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a client of another user")
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="pybkd-store-"))  # tmp_path's parents are private
+    os.chmod(base, 0o755)
+    try:
+        root, sock = base / "store", base / "store" / "pybkd.sock"
+        (base / "pybkd.toml").write_text('[grpc]\nuid = 65534\n[worker.oci]\ngc = false\n')
+        daemon = subprocess.Popen([sys.executable, "-m", "pybk.core.cli.daemon", "--root",
+                                   str(root), "--config", str(base / "pybkd.toml")],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=client_env())
+        try:
+            deadline = time.monotonic() + 60
+            while not sock.exists() and time.monotonic() < deadline and daemon.poll() is None:
+                time.sleep(0.05)
+            assert sock.is_socket(), daemon.stderr.read().decode() if daemon.poll() else ""
+            assert stat.S_IMODE(root.stat().st_mode) == 0o711
+            assert {stat.S_IMODE(p.lstat().st_mode) for p in root.iterdir()
+                    if p.is_dir() and not p.is_symlink()} == {0o700}
+            probe = ("import os, socket, sys; os.setgroups([]); os.setgid(65534); "
+                     "os.setuid(65534); s = socket.socket(socket.AF_UNIX); "
+                     "s.connect(sys.argv[1]); print('connected'); "
+                     "print(sorted(os.listdir(sys.argv[2])) if os.access(sys.argv[2], os.R_OK) "
+                     "else 'unlisted')")
+            done = subprocess.run([sys.executable, "-c", probe, str(sock), str(root)],
+                                  capture_output=True, text=True, timeout=60)
+            assert done.stdout == "connected\nunlisted\n", done.stderr
+        finally:
+            daemon.terminate()
+            daemon.communicate(timeout=60)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
