@@ -8,7 +8,9 @@ the optional ``stdin`` bytes or async stream; ``/dev/null`` otherwise). Mount po
 runc had to create in the rootfs are removed again when they are still empty (BuildKit's
 mount-stub cleaning), so a snapshot only changes by what the process wrote. Whatever happens —
 exit, error, cancellation — the container is killed and deleted, every mount is taken down and
-the bundle removed.
+the bundle removed. A process killed outright (SIGKILL) takes its containers with it: a watcher
+(:data:`WATCHER`) force-deletes them as soon as it is gone; their mounts and bundles are
+cleaned up when the store is next opened (:meth:`RuncExecutor.reap_stale`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ from pybk.workers.network import Attachment, NetworkOptions, Networks
 from pybk.workers.user import ResolvedUser, resolve_user, root_path
 
 _KILL_ATTEMPTS = 200  # x 25 ms
+
+#: the watcher (``sh -c WATCHER RUNTIME ROOT PID``): waits for end of file on its stdin, a pipe
+#: whose only writer is the process running containers; when that process is gone (exited or
+#: SIGKILLed), force-deletes (SIGKILL) every container its id names, ``pybk-PID-*``
+WATCHER = ('read _; for id in $("$0" --root "$1" list -q 2>/dev/null); do case "$id" in '
+           '"pybk-$2-"*) "$0" --root "$1" delete --force "$id" >/dev/null 2>&1;; esac; done')
 
 
 # ------------------------------------------------------------------------------------------
@@ -259,10 +267,39 @@ class RuncExecutor(Executor):
             private_dir(path)
         self.network_options = network or NetworkOptions()
         self.networks = Networks(self.state_dir, self.network_options)
+        #: (owner pid, write end of the watcher's pipe, the watcher): see :meth:`_watch`
+        self._watcher: tuple[int, int, subprocess.Popen] | None = None
 
     def close(self) -> None:
-        """Tear down the pooled network namespaces this process owns."""
+        """Tear down the pooled network namespaces this process owns; let the watcher go."""
         self.networks.close()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher[0] == os.getpid():
+            os.close(watcher[1])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watcher[2].wait(5)
+
+    def _watch(self) -> None:
+        """Make sure this process has a watcher: a ``sh`` in a session of its own reading a
+        pipe only this process writes to. A process killed outright (SIGKILL) cannot kill its
+        containers, and ``runc run``'s container init outlives runc; the watcher sees the pipe
+        close and force-deletes the containers named after this process (their mounts and
+        bundles are cleaned by the next :meth:`reap_stale`). A forked child (pybkd's) starts its
+        own."""
+        if self._watcher is not None and self._watcher[0] == os.getpid():
+            return
+        read, write = os.pipe2(os.O_CLOEXEC)
+        try:
+            watcher = subprocess.Popen(
+                ["/bin/sh", "-c", WATCHER, self.binary, self.runtime_root, str(os.getpid())],
+                stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+        except BaseException:
+            os.close(write)
+            raise
+        finally:
+            os.close(read)
+        self._watcher = (os.getpid(), write, watcher)
 
     def _runtime(self, *args: str) -> list[str]:
         return [self.binary, "--root", self.runtime_root, *args]
@@ -369,6 +406,7 @@ class RuncExecutor(Executor):
                              stdout: OutputCallback | None,
                              stderr: OutputCallback | None,
                              stdin: StdinSource | None = None) -> int:
+        self._watch()
         # Spawning is shielded: a cancellation that lands while the runtime is being started
         # must still find (and kill) the container it is creating.
         spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
