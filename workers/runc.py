@@ -58,11 +58,16 @@ from pybk.workers.user import ResolvedUser, resolve_user, root_path
 
 _KILL_ATTEMPTS = 200  # x 25 ms
 
-#: the watcher (``sh -c WATCHER RUNTIME ROOT PID``): waits for end of file on its stdin, a pipe
-#: whose only writer is the process running containers; when that process is gone (exited or
-#: SIGKILLed), force-deletes (SIGKILL) every container its id names, ``pybk-PID-*``
-WATCHER = ('read _; for id in $("$0" --root "$1" list -q 2>/dev/null); do case "$id" in '
-           '"pybk-$2-"*) "$0" --root "$1" delete --force "$id" >/dev/null 2>&1;; esac; done')
+#: the watcher (``sh -c WATCHER RUNTIME ROOT PID BUNDLES``): waits for end of file on its stdin,
+#: a pipe whose only writer is the process running containers; when that process is gone
+#: (exited or SIGKILLed), force-deletes (SIGKILL) every container its id names, ``pybk-PID-*``.
+#: While bundles of that process remain (it did not clean up: killed), a second pass a second
+#: later catches a container ``runc run`` was still creating at the first.
+WATCHER = ('read _; for pass in 1 2; do '
+           'for id in $("$0" --root "$1" list -q 2>/dev/null); do case "$id" in '
+           '"pybk-$2-"*) "$0" --root "$1" delete --force "$id" >/dev/null 2>&1;; esac; done; '
+           '[ "$pass" = 1 ] && [ -n "$(ls -d "$3/pybk-$2-"* 2>/dev/null)" ] || break; '
+           'sleep 1; done')
 
 
 # ------------------------------------------------------------------------------------------
@@ -291,7 +296,8 @@ class RuncExecutor(Executor):
         read, write = os.pipe2(os.O_CLOEXEC)
         try:
             watcher = subprocess.Popen(
-                ["/bin/sh", "-c", WATCHER, self.binary, self.runtime_root, str(os.getpid())],
+                ["/bin/sh", "-c", WATCHER, self.binary, self.runtime_root, str(os.getpid()),
+                 self.bundles],
                 stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
         except BaseException:
