@@ -40,6 +40,20 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+def _runtime_processes(root: Path) -> list[int]:
+    """Live ``runc`` processes working on the store ``root`` (``runc run`` included)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) == b"runc" and str(root).encode() in b" ".join(argv) \
+                and _alive(int(pid)):
+            found.append(int(pid))
+    return found
+
+
 def _mounts_under(path: Path) -> list[str]:
     real = os.path.realpath(path)
     with open("/proc/self/mounts") as f:
@@ -75,6 +89,9 @@ def test_sigkilled_build_leaves_no_container_running(tmp_path, busybox_layout):
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert [pid for pid in pids if _alive(pid)] == []
+        while _runtime_processes(root) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _runtime_processes(root) == []  # runc run ended with its container
         listed = _runc(root, "list", "-q").split()
         assert listed == [] or all("stopped" in _runc(root, "state", c) for c in listed)
     finally:
@@ -91,3 +108,16 @@ def test_sigkilled_build_leaves_no_container_running(tmp_path, busybox_layout):
     assert done.returncode == 0, done.stderr.decode()
     assert _mounts_under(root) == []
     assert os.listdir(root / "executor" / "bundles") == []
+
+
+def test_the_watcher_lives_as_long_as_its_executor(run, executor):
+    """One watcher per process, started with the first step, gone once the executor closes
+    (its pipe closed: no container of this process is left to delete)."""
+    assert run("true").code == 0
+    owner, _, watcher = executor._watcher
+    assert owner == os.getpid() and _alive(watcher.pid)
+    assert run("true").code == 0
+    assert executor._watcher[2] is watcher  # the same one for every step
+    assert os.getsid(watcher.pid) == watcher.pid  # its own session: no terminal signal
+    executor.close()
+    assert watcher.poll() is not None and not _alive(watcher.pid)
