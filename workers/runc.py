@@ -3,14 +3,15 @@
 One run = one bundle directory ``<state>/bundles/<id>`` (mode 0700, as are ``<state>``,
 ``bundles`` and the runtime's ``runc``): the root mounts are mounted on ``rootfs``,
 ``config.json`` (mode 0600: it holds the step's environment, secret values included) comes from
-:mod:`pybk.workers.spec`, secrets live on a per-run tmpfs in the bundle, and ``runc run`` is started with stdio piped to the callbacks (and stdin fed from
-the optional ``stdin`` bytes or async stream; ``/dev/null`` otherwise). Mount points that
+:mod:`pybk.workers.spec`, secrets live on a per-run tmpfs in the bundle, and ``runc run`` is
+started with stdio piped to the callbacks (and stdin fed from the optional ``stdin`` bytes or
+async stream; ``/dev/null`` otherwise). Mount points that
 runc had to create in the rootfs are removed again when they are still empty (BuildKit's
 mount-stub cleaning), so a snapshot only changes by what the process wrote. Whatever happens —
 exit, error, cancellation — the container is killed and deleted, every mount is taken down and
 the bundle removed. A process killed outright (SIGKILL) takes its containers with it: a watcher
 (:data:`WATCHER`) force-deletes them as soon as it is gone; their mounts and bundles are
-cleaned up when the store is next opened (:meth:`RuncExecutor.reap_stale`).
+cleaned up by the next process that runs a step on the store (:meth:`RuncExecutor.reap_stale`).
 """
 
 from __future__ import annotations
@@ -291,8 +292,11 @@ class RuncExecutor(Executor):
         close and force-deletes the containers named after this process (their mounts and
         bundles are cleaned by the next :meth:`reap_stale`). A forked child (pybkd's) starts its
         own."""
-        if self._watcher is not None and self._watcher[0] == os.getpid():
-            return
+        if self._watcher is not None:
+            if self._watcher[0] == os.getpid():
+                return
+            os.close(self._watcher[1])  # the parent's, inherited: its watcher is its own
+            self._watcher = None
         read, write = os.pipe2(os.O_CLOEXEC)
         try:
             watcher = subprocess.Popen(
