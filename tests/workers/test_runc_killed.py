@@ -121,3 +121,44 @@ def test_the_watcher_lives_as_long_as_its_executor(run, executor):
     assert os.getsid(watcher.pid) == watcher.pid  # its own session: no terminal signal
     executor.close()
     assert watcher.poll() is not None and not _alive(watcher.pid)
+
+
+def test_sigkilled_daemon_command_leaves_no_container_running(tmp_path, busybox_layout):
+    """The same for a build pybkd runs: its forked command process, SIGKILLed, takes the
+    container with it (the daemon itself lives on)."""
+    require_runc()
+    from support.pybkd import Pybkd
+
+    daemon = Pybkd(tmp_path)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo $((6*7))-running && sleep 600\n")
+    client = subprocess.Popen(
+        [*CLIENT, "--addr", daemon.addr, "build", "--no-cache", "--progress", "plain",
+         "--build-context", f"busybox=oci-layout://{busybox_layout}", str(ctx)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=client_env())
+    try:
+        seen = b""
+        deadline = time.monotonic() + 90
+        while b"42-running" not in seen and time.monotonic() < deadline:
+            line = client.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert b"42-running" in seen, seen.decode()
+        pids = _container_pids(daemon.root)
+        assert pids and all(_alive(pid) for pid in pids)
+        parents = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                   for pid in _runtime_processes(daemon.root)}
+        (command,) = parents & set(daemon.children())  # the child running the build
+        os.kill(command, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [pid for pid in pids if _alive(pid)] == []
+        assert daemon.proc.poll() is None
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.communicate(timeout=60)
+        daemon.stop()
