@@ -162,3 +162,6 @@ def test_sigkilled_daemon_command_leaves_no_container_running(tmp_path, busybox_
             client.kill()
         client.communicate(timeout=60)
         daemon.stop()
+        from pybk.core.store.mounts import cleanup_stale_mounts
+
+        cleanup_stale_mounts(str(daemon.root))  # what the killed command left mounted
