@@ -553,6 +553,7 @@ class Worker(Plugin, abc.ABC):
                     self._id = f.read().strip()
             except FileNotFoundError:
                 os.makedirs(directory, exist_ok=True)
+                os.chmod(os.path.dirname(directory), 0o700)  # ROOT/workers: the store's
                 tmp = f"{path}.{os.getpid()}.tmp"
                 with open(tmp, "w", encoding="ascii") as f:
                     f.write(new_worker_id())

@@ -69,6 +69,8 @@ _touched: set[str] = set()
 @atexit.register
 def _close_all() -> None:
     for state_dir in sorted(_touched):
+        if not os.path.isdir(state_dir):  # its store was removed: nothing left to tear down
+            continue
         with contextlib.suppress(Exception):
             Networks(state_dir).close()
 

@@ -1,13 +1,17 @@
 """Run ExecOp processes in runc.
 
-One run = one bundle directory ``<state>/bundles/<id>``: the root mounts are mounted on
-``rootfs``, ``config.json`` comes from :mod:`pybk.workers.spec`, secrets live on a per-run tmpfs
-in the bundle, and ``runc run`` is started with stdio piped to the callbacks (and stdin fed from
-the optional ``stdin`` bytes or async stream; ``/dev/null`` otherwise). Mount points that
+One run = one bundle directory ``<state>/bundles/<id>`` (mode 0700, as are ``<state>``,
+``bundles`` and the runtime's ``runc``): the root mounts are mounted on ``rootfs``,
+``config.json`` (mode 0600: it holds the step's environment, secret values included) comes from
+:mod:`pybk.workers.spec`, secrets live on a per-run tmpfs in the bundle, and ``runc run`` is
+started with stdio piped to the callbacks (and stdin fed from the optional ``stdin`` bytes or
+async stream; ``/dev/null`` otherwise). Mount points that
 runc had to create in the rootfs are removed again when they are still empty (BuildKit's
 mount-stub cleaning), so a snapshot only changes by what the process wrote. Whatever happens —
 exit, error, cancellation — the container is killed and deleted, every mount is taken down and
-the bundle removed.
+the bundle removed. A process killed outright (SIGKILL) takes its containers with it: a watcher
+(:data:`WATCHER`) force-deletes them as soon as it is gone; their mounts and bundles are
+cleaned up by the next process that runs a step on the store (:meth:`RuncExecutor.reap_stale`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import attrs
 import orjson
 
 from pybk.core.errors import BuildError, NotAvailableError
+from pybk.core.fs.files import private_dir, private_file
 from pybk.core.interfaces import (
     ExecMount,
     Executor,
@@ -53,6 +58,17 @@ from pybk.workers.network import Attachment, NetworkOptions, Networks
 from pybk.workers.user import ResolvedUser, resolve_user, root_path
 
 _KILL_ATTEMPTS = 200  # x 25 ms
+
+#: the watcher (``sh -c WATCHER RUNTIME ROOT PID BUNDLES``): waits for end of file on its stdin,
+#: a pipe whose only writer is the process running containers; when that process is gone
+#: (exited or SIGKILLed), force-deletes (SIGKILL) every container its id names, ``pybk-PID-*``.
+#: While bundles of that process remain (it did not clean up: killed), a second pass a second
+#: later catches a container ``runc run`` was still creating at the first.
+WATCHER = ('read _; for pass in 1 2; do '
+           'for id in $("$0" --root "$1" list -q 2>/dev/null); do case "$id" in '
+           '"pybk-$2-"*) "$0" --root "$1" delete --force "$id" >/dev/null 2>&1;; esac; done; '
+           '[ "$pass" = 1 ] && [ -n "$(ls -d "$3/pybk-$2-"* 2>/dev/null)" ] || break; '
+           'sleep 1; done')
 
 
 # ------------------------------------------------------------------------------------------
@@ -254,13 +270,46 @@ class RuncExecutor(Executor):
         self.runtime_root = os.path.join(self.state_dir, "runc")
         self.bundles = os.path.join(self.state_dir, "bundles")
         for path in (self.state_dir, self.runtime_root, self.bundles):
-            os.makedirs(path, mode=0o711, exist_ok=True)
+            private_dir(path)
         self.network_options = network or NetworkOptions()
         self.networks = Networks(self.state_dir, self.network_options)
+        #: (owner pid, write end of the watcher's pipe, the watcher): see :meth:`_watch`
+        self._watcher: tuple[int, int, subprocess.Popen] | None = None
 
     def close(self) -> None:
-        """Tear down the pooled network namespaces this process owns."""
+        """Tear down the pooled network namespaces this process owns; let the watcher go."""
         self.networks.close()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher[0] == os.getpid():
+            os.close(watcher[1])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watcher[2].wait(5)
+
+    def _watch(self) -> None:
+        """Make sure this process has a watcher: a ``sh`` in a session of its own reading a
+        pipe only this process writes to. A process killed outright (SIGKILL) cannot kill its
+        containers, and ``runc run``'s container init outlives runc; the watcher sees the pipe
+        close and force-deletes the containers named after this process (their mounts and
+        bundles are cleaned by the next :meth:`reap_stale`). A forked child (pybkd's) starts its
+        own."""
+        if self._watcher is not None:
+            if self._watcher[0] == os.getpid():
+                return
+            os.close(self._watcher[1])  # the parent's, inherited: its watcher is its own
+            self._watcher = None
+        read, write = os.pipe2(os.O_CLOEXEC)
+        try:
+            watcher = subprocess.Popen(
+                ["/bin/sh", "-c", WATCHER, self.binary, self.runtime_root, str(os.getpid()),
+                 self.bundles],
+                stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+        except BaseException:
+            os.close(write)
+            raise
+        finally:
+            os.close(read)
+        self._watcher = (os.getpid(), write, watcher)
 
     def _runtime(self, *args: str) -> list[str]:
         return [self.binary, "--root", self.runtime_root, *args]
@@ -307,7 +356,7 @@ class RuncExecutor(Executor):
         ocispec.validate(process)
         container_id = f"pybk-{os.getpid()}-{os.urandom(8).hex()}"
         bundle = os.path.join(self.bundles, container_id)
-        os.mkdir(bundle, 0o711)
+        private_dir(bundle)  # config.json holds the step's environment (secret env values)
         async with contextlib.AsyncExitStack() as cleanup:
             cleanup.callback(_remove_tree, bundle)
             rootfs = os.path.join(bundle, "rootfs")
@@ -338,8 +387,7 @@ class RuncExecutor(Executor):
                 effective, rootfs=rootfs, user=user, mounts=extra, hosts_path=hosts,
                 resolv_conf_path=resolv, netns_path=attachment.netns,
                 no_process_sandbox=self.no_process_sandbox)
-            with open(os.path.join(bundle, "config.json"), "wb") as f:
-                f.write(orjson.dumps(config))
+            private_file(os.path.join(bundle, "config.json"), orjson.dumps(config))
             return await self._run_container(container_id, bundle, stdout, stderr, stdin)
 
     async def _prepare_mounts(self, bundle: str, mounts: Sequence[ExecMount],
@@ -368,6 +416,7 @@ class RuncExecutor(Executor):
                              stdout: OutputCallback | None,
                              stderr: OutputCallback | None,
                              stdin: StdinSource | None = None) -> int:
+        self._watch()
         # Spawning is shielded: a cancellation that lands while the runtime is being started
         # must still find (and kill) the container it is creating.
         spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(

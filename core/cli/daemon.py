@@ -5,7 +5,8 @@ build needs (the core's and the built-in plugins' modules, the plugins, the comm
 parsers, what plugins prepare in ``pybk_warm_up`` such as the Dockerfile grammar), opens the
 store once to clean up after dead builds, then waits on a unix socket. Each connection gets a
 forked child that takes over the client's stdin, stdout, stderr and working directory (passed
-as descriptors) and environment, runs the ordinary command line
+as descriptors) and environment (less its ``PYBK_*`` variables: the daemon's own values of
+those count), runs the ordinary command line
 (:func:`pybk.core.cli.commands.main`) and sends the exit code back. So every command behaves
 exactly as embedded, minus the interpreter start-up and imports. The wire protocol and the
 client are :mod:`pybk.core.cli.remote`; see ``docs/daemon.md``.
@@ -31,6 +32,7 @@ import pkgutil
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -210,9 +212,20 @@ def _lock(path: str) -> int:
 
 def _bind(path: str, uid: int | None = None, gid: int | None = None) -> socket.socket:
     """A listening socket at ``path`` (mode 0660); it appears at ``path`` only once it accepts
-    connections. A live daemon already there is an error; a stale socket is replaced. Paths
-    longer than a socket address allows are bound through their directory."""
-    if os.path.lexists(path):
+    connections. A live daemon already there is an error; a stale socket is replaced, anything
+    else at ``path`` (a regular file, a directory, a symbolic link) is an error and left alone.
+    Paths longer than a socket address allows are bound through their directory."""
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise UsageError(f"pybkd: {path}: {exc.strerror}") from None
+    if existing is not None and not stat.S_ISSOCK(existing.st_mode):
+        # never delete what is not a socket: the path may be mistyped, or point at a file
+        raise UsageError(f"pybkd: {path} exists and is not a socket; not replacing it "
+                         "(remove it, or listen elsewhere with --addr)")
+    if existing is not None:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with reachable(path) as where:
@@ -557,6 +570,7 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    own = _own_variables()
     try:
         client_pid, client_uid = _peer(conn)
         if wants_session(conn):
@@ -588,8 +602,9 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
             return 0  # the client gave up waiting and runs the command itself
     except OSError:
         return 0
-    # the daemon's configuration (what it grants included), never the client's
-    os.environ.pop("PYBK_CONFIG", None)
+    # the daemon's store, configuration (what it grants included) and settings, never the
+    # client's: its PYBK_* variables give way to the daemon's own
+    _adopt_own_variables(own)
     with daemonstate.command(request.argv, client_pid=client_pid, client_uid=client_uid):
         code = _run_command(conn, request.argv, served)
     if served.verbose:
@@ -600,6 +615,21 @@ def _serve_connection(conn: socket.socket, served: Served) -> int:
         conn.sendall(EXIT + bytes([code]))
     _after_answer()
     return code
+
+
+def _own_variables() -> dict[bytes, bytes]:
+    """The daemon's own ``PYBK_*`` environment variables (read before adopting the client's)."""
+    return {key: value for key, value in os.environb.items() if key.startswith(b"PYBK_")}
+
+
+def _adopt_own_variables(own: dict[bytes, bytes]) -> None:
+    """Drop every ``PYBK_*`` variable of the client's environment (store, configuration,
+    daemon address, plugin selection, timeouts …) and put back the daemon's own values: a
+    command run here is configured by the daemon alone. (Whether a command offered
+    automatically may run here compares the client's values first: :meth:`Served.refusal`.)"""
+    for key in [key for key in os.environb if key.startswith(b"PYBK_")]:
+        del os.environb[key]
+    os.environb.update(own)
 
 
 def _run_command(conn: socket.socket, argv: list[str], served: Served) -> int:
@@ -706,6 +736,10 @@ def _start(argv: list[str]) -> int:
             debug.wait_ready()
         gc.collect()  # before the socket appears: the first command is answered at once
         listener = passed or _bind(path, config.grpc.uid, config.grpc.gid)
+        if os.path.dirname(os.path.realpath(path)) == os.path.realpath(root):
+            from pybk.core.store.db import secure_root
+
+            secure_root(root)  # searchable by the users [grpc] uid/gid let in (root_mode)
         control, grpc_listener = start_grpc(root, tcp_addresses, config)
         for worker in workers:  # what the children give back stays for the next builds
             worker.serve()

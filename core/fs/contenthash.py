@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from pybk.core.errors import BuildError
+from pybk.core.fs.files import private_dir
 from pybk.core.fs.pathfilter import PathFilter
 from pybk.core.fs.rootpath import (
     clean_path,
@@ -118,7 +119,7 @@ class ChecksumCache:
     def __init__(self, cache_dir: str | os.PathLike[str] | None):
         self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
-            os.makedirs(self.cache_dir, exist_ok=True)
+            private_dir(self.cache_dir)  # the store's: nobody else's business
         self._roots: dict[str, _RootCache] = {}
         #: ``root`` as given → its real path (store directories do not move while in use;
         #: resolving them again for every selector of a build cost more than the checksums)

@@ -4,6 +4,7 @@ with their parents, file contents and extended attributes copied, trees removed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -11,7 +12,8 @@ import stat
 
 from pybk.core.errors import BuildError
 
-__all__ = ["chown", "copy_fd_data", "copy_file_data", "copy_xattrs", "mkdir_all", "remove_path", "set_times"]
+__all__ = ["chown", "copy_fd_data", "copy_file_data", "copy_xattrs", "mkdir_all", "private_dir",
+           "private_file", "remove_path", "set_times"]
 
 
 def chown(path: str, owner: tuple[int, int] | None) -> None:
@@ -129,3 +131,28 @@ def remove_path(path: str) -> None:
         shutil.rmtree(path)
     else:
         os.unlink(path)
+
+
+def private_dir(path: str | os.PathLike[str], mode: int = 0o700) -> None:
+    """Make the directory ``path`` (its missing parents as :func:`os.makedirs` would) and give
+    it exactly ``mode``, whatever the process's umask; an existing directory is set to ``mode``
+    (the store's directories are tightened this way each time it is opened)."""
+    if not os.path.isdir(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, mode)
+    if stat.S_IMODE(os.stat(path).st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def private_file(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to the new file ``path`` (never an existing one, never through a symbolic
+    link) with exactly ``mode``, whatever the umask: nobody else may read it at any moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pybk.core.errors import BuildError
+from pybk.core.fs.files import private_dir
 
 __all__ = ["fetch_git", "fetch_http"]
 
@@ -110,7 +111,7 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
         raise BuildError(f"invalid checksum {checksum} for Git URL, expected hex commit hash")
     dest = os.fspath(dest_dir)
     cache = os.fspath(cache_dir)
-    os.makedirs(cache, exist_ok=True)
+    private_dir(cache)
     shown = _redact(url)
     ref = ref or "HEAD"
     name = hashlib.sha256(url.encode()).hexdigest()[:32] + ".git"
@@ -246,6 +247,7 @@ def fetch_http(url: str, dest_dir: str | os.PathLike[str], *, checksum: str | No
     record_path = record = None
     if etag_cache is not None:
         etag_dir = os.fspath(etag_cache)
+        private_dir(etag_dir)
         os.makedirs(os.path.join(etag_dir, "blobs"), exist_ok=True)
         record_path, record = _etag_record(etag_dir, url)
         if record and record.get("etag"):

@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,8 @@ from typing import Any
 import orjson
 
 from pybk.core.errors import StoreError
-from pybk.core.fs.files import remove_path
+from pybk.core.fs.files import private_dir, remove_path
+from pybk.core.paths import STORE_SOCKET
 from pybk.core.store import locks as lockmod
 
 SCHEMA_VERSION = 1
@@ -101,6 +103,49 @@ CREATE INDEX IF NOT EXISTS refs_record ON refs(record_id);
 """
 
 
+def root_mode(root: str | os.PathLike[str]) -> int:
+    """The mode of a store's root: 0700; 0711 (search only, no listing) while the socket of a
+    daemon serving other users lies in it (``ROOT/pybkd.sock`` handed to another user or group
+    by ``[grpc] uid``/``gid``), so they can reach it."""
+    try:
+        sock = os.lstat(os.path.join(root, STORE_SOCKET))
+        own = os.stat(root)
+    except OSError:
+        return 0o700
+    if stat.S_ISSOCK(sock.st_mode) and (sock.st_uid, sock.st_gid) != (own.st_uid, own.st_gid):
+        return 0o711
+    return 0o700
+
+
+def secure_root(root: str | os.PathLike[str]) -> None:
+    """Make (or tighten) a store's root and its top-level entries, whatever the umask: the root
+    :func:`root_mode`, every directory in it 0700 (:data:`LAYOUT` made if missing; the
+    executor's, caches', sessions' … directories too), every regular file 0600. Nobody else
+    reaches what images and build contexts put there (setuid files, device nodes, secrets in
+    context copies). Run each time a store is opened, and by pybkd once its socket is bound."""
+    if not os.path.isdir(root):
+        private_dir(root)
+    for sub in LAYOUT:
+        private_dir(os.path.join(root, sub))
+    _tighten_entries(root)
+    mode = root_mode(root)
+    if stat.S_IMODE(os.stat(root).st_mode) != mode:
+        os.chmod(root, mode)
+
+
+def _tighten_entries(root: str | os.PathLike[str]) -> None:
+    """Directories directly in ``root`` to 0700, regular files to 0600 (sockets and symbolic
+    links left alone)."""
+    with os.scandir(root) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                st = entry.stat(follow_symlinks=False)
+                wanted = (0o700 if stat.S_ISDIR(st.st_mode)
+                          else 0o600 if stat.S_ISREG(st.st_mode) else None)
+                if wanted is not None and stat.S_IMODE(st.st_mode) != wanted:
+                    os.chmod(entry.path, wanted)
+
+
 def new_id() -> str:
     """A random id (25 lowercase base-36 characters, like BuildKit's record ids)."""
     n = int.from_bytes(secrets.token_bytes(16), "big")
@@ -117,8 +162,7 @@ class StoreDB:
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(os.path.realpath(root))
-        for sub in LAYOUT:
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        secure_root(self.root)
         self.locks = lockmod.Locks(self.root / "locks")
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
@@ -141,6 +185,7 @@ class StoreDB:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"store {self.root} was written by a newer pybk "
                                  f"(schema {row[0]} > {SCHEMA_VERSION})")
+        _tighten_entries(self.root)  # the database file (its -wal and -shm take its mode)
 
     def close(self) -> None:
         with self._lock:

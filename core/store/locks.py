@@ -22,6 +22,8 @@ import threading
 import weakref
 from pathlib import Path
 
+from pybk.core.fs.files import private_dir
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,80}")
 
 #: threads that wait in blocking flock() for async callers (kept apart from the default pool so
@@ -243,7 +245,7 @@ class SharedSlots:
         self._held: dict[asyncio.Task, int] = {}
 
     def _try(self) -> int | None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         start = os.getpid() % self.n
         for i in range(self.n):
             path = self.directory / f"slot-{(start + i) % self.n}.lock"
