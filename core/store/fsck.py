@@ -201,13 +201,11 @@ class Checker:
         for (name, key), (id_, _kind, _owner) in by_key.items():
             if not (self.root / "snapshots" / name / str(id_)).is_dir():
                 broken.add((name, key))
-        missing_rows: set[str] = set()
-        for record_id, name, snapshot, mutable, owner in records:
+        for record_id, name, snapshot, mutable, _owner in records:
             if snapshot is None:
                 continue
             found = by_key.get((name, snapshot))
             if found is None:
-                missing_rows.add(record_id)
                 report.add("missing-snapshot", f"record {record_id}: {name} snapshot {snapshot}"
                            " has no row", self._fix_broken)
             elif (name, snapshot) in broken:
@@ -236,7 +234,7 @@ class Checker:
                 continue
             needed.add(k)
             stack.extend(parents.get(k, ()))
-        for (name, key), (id_, kind, owner) in sorted(by_key.items(), key=lambda i: i[1][0]):
+        for (name, key), (id_, _kind, owner) in sorted(by_key.items(), key=lambda i: i[1][0]):
             if (name, key) in needed or (name, key) in broken or owner is not None:
                 continue
             report.add("orphan-snapshot", f"{name} snapshot {key} (snapshots/{name}/{id_}) is"

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from support.engine import require_runc
@@ -125,6 +124,15 @@ def _damage_temp(root):
     (root / "content" / "ingest" / "999999999-deadbeef").write_bytes(b"half")
 
 
+def _damage_mount(root):
+    from pybk.core.interfaces import Mount
+    from pybk.core.store.mounts import mount_all
+
+    d = root / "tmp" / ("proc_" + _dead_identity().replace(":", "_")) / "rootfs"
+    d.mkdir(parents=True)
+    mount_all([Mount("tmpfs", "tmpfs", ())], str(d))
+
+
 def _damage_lease(root):
     import sqlite3
 
@@ -147,7 +155,8 @@ def _damage_lease(root):
     (_damage_orphan, {"orphan-snapshot"}),
     (_damage_temp, {"temp"}),
     (_damage_lease, {"stale-lease"}),
-], ids=["snapshot", "blob", "orphan", "temp", "lease"])
+    (_damage_mount, {"mount", "temp"}),
+], ids=["snapshot", "blob", "orphan", "temp", "lease", "mount"])
 def test_damage_is_reported_and_repaired(built, damage, kinds, tmp_path, context,
                                          busybox_layout):
     damage(built)
