@@ -12,6 +12,8 @@ What is checked (each problem has a *kind*):
                      (repair: drop it, as the next ``Store.open`` would)
 ``orphan-snapshot``  a snapshot directory without a row, or a committed snapshot no record,
                      lease or other snapshot needs (repair: remove it)
+``orphan-dir``       a directory under ``cachemounts/`` or ``locals/`` no record names (a
+                     crash after prune forgot it; repair: remove it)
 ``bad-blob``         a content-store blob whose digest is not its name (repair: delete it)
 ``temp``             scratch left by dead processes: ``tmp/`` entries, ``content/ingest/``
                      files, runc bundles (repair: remove them)
@@ -45,6 +47,7 @@ from pybk.core.store import locks as lockmod
 from pybk.core.store import mounts as mountlib
 from pybk.core.store.content import ContentStore
 from pybk.core.store.db import StoreDB
+from pybk.core.store.localdirs import LOCAL_SYNC_STATE_SUFFIX
 from pybk.core.store.recovery import release_dead_owners
 from pybk.core.store.snapshots import StoreSnapshotter
 from pybk.core.store.snapshotters import SNAPSHOTTERS, NativeSnapshotter, OverlaySnapshotter
@@ -53,7 +56,7 @@ from pybk.core.store.snapshotters import SNAPSHOTTERS, NativeSnapshotter, Overla
 STORE_LOCK = "store"
 
 KINDS = ("database", "missing-snapshot", "uncommitted", "stale-lease", "stale-owner",
-         "orphan-snapshot", "bad-blob", "temp", "mount", "container")
+         "orphan-snapshot", "orphan-dir", "bad-blob", "temp", "mount", "container")
 
 
 class StoreBusy(StoreError):
@@ -136,6 +139,7 @@ class Checker:
         if self._check_database(report):
             self._check_leases_and_owners(report)
             self._check_snapshots(report)
+            self._check_named_dirs(report)
         self._check_blobs(report)
         return report
 
@@ -247,6 +251,23 @@ class Checker:
                 if entry.name.isdigit() and (base.name, entry.name) not in known:
                     report.add("orphan-snapshot", f"snapshots/{base.name}/{entry.name} has no"
                                " row", _remover(entry))
+
+    def _check_named_dirs(self, report: Report) -> None:
+        db = self.db
+        assert db is not None
+        paths = {p.rstrip("/") for (p,) in db.query(
+            "SELECT path FROM records WHERE path IS NOT NULL")}
+        for sub in ("cachemounts", "locals"):
+            base = self.root / sub
+            if not base.is_dir():
+                continue
+            for entry in sorted(base.iterdir()):
+                rel = f"{sub}/{entry.name}"
+                if rel.endswith(LOCAL_SYNC_STATE_SUFFIX):
+                    rel = rel[:-len(LOCAL_SYNC_STATE_SUFFIX)]
+                if rel not in paths:
+                    report.add("orphan-dir", f"{sub}/{entry.name} belongs to no record",
+                               _remover(entry))
 
     def _check_blobs(self, report: Report) -> None:
         content = ContentStore(self.root)

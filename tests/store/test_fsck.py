@@ -133,6 +133,10 @@ def _damage_mount(root):
     mount_all([Mount("tmpfs", "tmpfs", ())], str(d))
 
 
+def _damage_named_dir(root):
+    (root / "cachemounts" / "forgotten-0123456789ab" / "data").mkdir(parents=True)
+
+
 def _damage_lease(root):
     import sqlite3
 
@@ -156,7 +160,8 @@ def _damage_lease(root):
     (_damage_temp, {"temp"}),
     (_damage_lease, {"stale-lease"}),
     (_damage_mount, {"mount", "temp"}),
-], ids=["snapshot", "blob", "orphan", "temp", "lease", "mount"])
+    (_damage_named_dir, {"orphan-dir"}),
+], ids=["snapshot", "blob", "orphan", "temp", "lease", "mount", "named-dir"])
 def test_damage_is_reported_and_repaired(built, damage, kinds, tmp_path, context,
                                          busybox_layout):
     damage(built)
