@@ -203,3 +203,22 @@ def test_wait_waits_for_the_store_to_close(tmp_path):
     store.close()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
+
+
+def test_a_store_opened_during_fsck_waits_for_it(tmp_path):
+    import threading
+
+    from pybk.core.store.fsck import exclusive
+    from pybk.core.store.store import Store
+
+    root = tmp_path / "store"
+    Store.open(root, snapshotter="native").close()
+    opened = []
+    with exclusive(root):
+        t = threading.Thread(target=lambda: opened.append(Store.open(root, snapshotter="native")))
+        t.start()
+        time.sleep(0.5)
+        assert not opened
+    t.join(30)
+    assert opened
+    opened[0].close()
