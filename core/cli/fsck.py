@@ -51,6 +51,9 @@ def debug_fsck_command(ns: argparse.Namespace) -> int:
     print(_summary(report), file=out)
     if after is None:
         return 0 if report.clean else 1
+    if not done:
+        print("fsck: nothing here can be repaired by fsck", file=out)
+        return 1
     for line in done:
         print(f"fsck: repaired: {line}", file=out)
     if after.clean:

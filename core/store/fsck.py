@@ -507,6 +507,8 @@ def fsck(root: str | os.PathLike[str], *, repair: bool = False, wait: bool = Fal
                 return report, [], None
             done: list[str] = []
             after = report
+            if all(p.fix is None for p in report.problems):
+                return report, done, report
             for _ in range(3):  # a repair may uncover more (a dropped record's parents)
                 done += checker.repair(after)
                 after = checker.check()

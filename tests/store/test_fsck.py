@@ -222,3 +222,23 @@ def test_a_store_opened_during_fsck_waits_for_it(tmp_path):
     t.join(30)
     assert opened
     opened[0].close()
+
+
+def test_a_corrupt_database_is_reported_not_repaired(tmp_path):
+    from pybk.core.store.store import Store
+
+    root = tmp_path / "store"
+    with Store.open(root, snapshotter="native") as store:
+        with store.transaction() as db:
+            for i in range(300):
+                db.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (f"k{i}", '"' + "v" * 200 + '"'))
+        store.query("PRAGMA wal_checkpoint(TRUNCATE)")
+    path = root / "metadata.db"
+    data = bytearray(path.read_bytes())
+    for i in range(4096, len(data), 7):
+        data[i] = 0xAB
+    path.write_bytes(bytes(data))
+    code, out, err = fsck(root)
+    assert code == 1 and problems(out)[0][0] == "database", out + err
+    code, out, err = fsck(root, "--repair")
+    assert code == 1 and "nothing here can be repaired" in out, out + err
