@@ -425,13 +425,15 @@ class Checker:
                 " AND r.snapshot = s.key)"
                 " AND NOT EXISTS (SELECT 1 FROM snapshot_deps d WHERE d.snapshotter ="
                 " s.snapshotter AND d.dep = s.key)")
-            if not rows:
-                break
+            progress = False
             for name, key in rows:
                 sn = _snapshotter(db, name)
                 if sn is not None:
                     sn.remove(key)
                     removed += 1
+                    progress = True
+            if not progress:
+                break
         return f"removed {removed} snapshot(s) no record used"
 
     # ---- running ----------------------------------------------------------------------------

@@ -242,3 +242,21 @@ def test_a_corrupt_database_is_reported_not_repaired(tmp_path):
     assert code == 1 and problems(out)[0][0] == "database", out + err
     code, out, err = fsck(root, "--repair")
     assert code == 1 and "nothing here can be repaired" in out, out + err
+
+
+def test_a_committed_snapshot_no_record_uses_is_an_orphan(tmp_path):
+    from pybk.core.store.store import Store
+
+    root = tmp_path / "store"
+    with Store.open(root, snapshotter="native") as store:
+        sn = store.snapshotter
+        sn.prepare("active-a")
+        sn.commit("lower", "active-a")
+        sn.prepare("active-b", "lower")
+        sn.commit("upper", "active-b")
+    code, out, err = fsck(root)
+    assert code == 1 and sorted(k for k, _ in problems(out)) == ["orphan-snapshot"] * 2, out
+    code, out, err = fsck(root, "--repair")
+    assert code == 0 and "removed 2 snapshot(s)" in out, out + err
+    assert fsck(root)[0] == 0
+    assert [p for p in (root / "snapshots" / "native").iterdir() if p.name.isdigit()] == []
