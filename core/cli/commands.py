@@ -491,6 +491,12 @@ def _workers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="verbose output")
 
 
+def _fsck_arguments(parser: argparse.ArgumentParser) -> None:
+    from pybk.core.cli.fsck import fsck_arguments
+
+    fsck_arguments(parser)
+
+
 #: ``pybk COMMAND``, in help order
 COMMANDS: tuple[Command | _PluginCommands, ...] = (
     Command("build", "build from a Dockerfile, a pipeline or LLB", cmd_build, add_build_flags),
@@ -510,6 +516,8 @@ DEBUG_COMMANDS: tuple[Command | _PluginCommands, ...] = (
             _file_argument("-")),
     Command("workers", "list the workers (ID, platforms; -v: labels and GC policy)",
             "pybk.core.cli.workers:debug_workers_command", _workers_arguments),
+    Command("fsck", "check the store (database, snapshots, blobs, leftovers); --repair fixes",
+            "pybk.core.cli.fsck:debug_fsck_command", _fsck_arguments),
     PLUGIN_COMMANDS,
 )
 

@@ -1,6 +1,6 @@
 """Cleaning up after processes that died using a store: their scratch directories and mounts
-under ``tmp/``, their leases, their uncommitted records and snapshots, and snapshot directories
-whose row is gone. Whatever a process leaves behind carries its identity (boot id, pid, start
+under ``tmp/``, their interrupted blob writes under ``content/ingest/``, their leases, their
+uncommitted records and snapshots, and snapshot directories whose row is gone. Whatever a process leaves behind carries its identity (boot id, pid, start
 time), so another process can tell when it is gone."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from pybk.core.fs.files import remove_path
 from pybk.core.store import locks as lockmod
 from pybk.core.store import mounts as mountlib
+from pybk.core.store.content import ContentStore
 from pybk.core.store.db import StoreDB
 from pybk.core.store.snapshotters import SnapshotterSet
 
@@ -22,6 +23,8 @@ def recover(db: StoreDB, snapshotters: SnapshotterSet) -> None:
                     continue
                 mountlib.cleanup_stale_mounts(str(entry))
             remove_path(str(entry))
+        # a blob write killed midway (a pull, an import, a cache export) leaves its file here
+        ContentStore(db.root).clean_ingest()
         release_dead_owners(db, snapshotters)
         remove_orphan_snapshot_dirs(db)
 

@@ -44,6 +44,12 @@ from pybk.core.store.leases import Lease
 from pybk.core.store.records import RECORD_CHECKSUM_PREFIX, Record, Records
 from pybk.core.store.snapshotters import SnapshotterSet, make_snapshotter
 
+#: the lock an open store holds shared, ``pybk debug fsck`` exclusively
+STORE_LOCK = "store"
+
+#: stores opened with :meth:`Store.open` and not yet closed in this process, by root
+_OPEN: dict[Path, int] = {}
+
 #: how a store gets its default snapshotter: a name (``auto``, ``overlayfs``, ``native``) or a
 #: callable building it from the store, called once, on first use
 SnapshotterChoice = str | Callable[["Store"], Snapshotter]
@@ -64,6 +70,7 @@ class Store:
             self.snapshotters = SnapshotterSet(self.db, lambda: make_snapshotter(self.db, name))
         self._records = Records(self.db, self.snapshotters)
         self._collector = Collector(self._records)
+        self._in_use: lockmod.FileLock | None = None
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None = None, *,
@@ -77,11 +84,29 @@ class Store:
             store = cls(root if root is not None else Path(default_root()), snapshotter=snapshotter)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open store {root}: {e}") from None
-        store.recover()
+        # held shared while open: ``pybk debug fsck`` takes it exclusively (waits for it)
+        store._in_use = store.locks.lock(STORE_LOCK, shared=True)
+        store._in_use.acquire()
+        _OPEN[store.root] = _OPEN.get(store.root, 0) + 1
+        try:
+            store.recover()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:
+        in_use, self._in_use = self._in_use, None
         self.db.close()
+        if in_use is not None:
+            _OPEN[self.root] -= 1
+            if not _OPEN[self.root]:
+                del _OPEN[self.root]
+                # a clean exit leaves no scratch (only an empty directory is removed: mounts
+                # or files still in it are the next recovery's)
+                with contextlib.suppress(OSError):
+                    self.db.proc_dir(self.identity).rmdir()
+            in_use.release()
 
     def __enter__(self) -> Store:
         return self
