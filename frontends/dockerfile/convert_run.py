@@ -38,7 +38,7 @@ def _run(cv: StageConverter, ds: StageState, instruction: ins.RunInstruction, in
     expander = cv.expander(ds, instruction)
     mounts: list[llb.MountSpec] = []
     if instruction.prepend_shell:
-        script = instruction.command[0]
+        script = instruction.command[0] if instruction.command else ""  # RUN alone: sh -c ""
         if len(instruction.heredocs) == 1 and _is_bare_heredoc(script):
             heredoc = instruction.heredocs[0]
             if heredoc.body.startswith("#!"):
