@@ -283,7 +283,13 @@ class StageConverter:
         return ds
 
     def dispatch(self, ds: StageState, instruction: ins.Instruction, index: int) -> None:
-        self.steps[instruction.keyword.lower()](self, ds, instruction, index)
+        try:
+            self.steps[instruction.keyword.lower()](self, ds, instruction, index)
+        except TypeError as err:  # orjson refusing surrogate escapes (bytes that are not UTF-8)
+            if "UTF-8" not in str(err):
+                raise
+            raise located_error("the instruction is not valid UTF-8",
+                                instruction.location) from None
 
     def _onbuild_triggers(self, ds: StageState, triggers: list[str], index: int,
                           location: ins.Location) -> None:

@@ -37,3 +37,32 @@ def test_a_stage_or_step_of_the_wrong_type_is_a_located_error(data, where):
     with pytest.raises(PybkError) as info:
         yaml_to_llb(data)
     assert str(info.value).startswith(where)
+
+
+@pytest.mark.parametrize("data", [
+    b"FROM busybox AS b\nCOPY a.s\xca /usr/bin/\nFROM scratch\nCOPY --from=b /sr\xc2\xaf\xf0c /\n",
+    b"FROM scratch\nCOPY a\xca /\n",
+])
+def test_invalid_utf8_in_a_context_path_is_a_located_error(data):
+    # was: TypeError from orjson building the context's follow paths
+    with pytest.raises(InputError, match=r"^Dockerfile:2: the instruction is not valid UTF-8"):
+        dockerfile_to_llb(data).state.marshal()
+
+
+def test_a_bind_mount_without_target_is_mounted_at_the_workdir():
+    # was: ValueError "mount destination must be absolute: ''"; BuildKit joins "" to the workdir
+    from pybk.core.llb.dump import dump_llb
+
+    data = b"FROM busybox\nWORKDIR /src\nRUN --mount=type=bind,source=a AS pp,target=/x true\n"
+    definition = dockerfile_to_llb(data).state.marshal()
+    assert '"dest":"/src"' in dump_llb(definition.to_bytes()).replace(" ", "") or \
+        "/src" in dump_llb(definition.to_bytes())
+    with pytest.raises(PybkError, match=r"Dockerfile:2: mount target can not be /"):
+        dockerfile_to_llb(b"FROM busybox\nRUN --mount=type=cache true\n")
+
+
+def test_a_merge_key_aliasing_its_own_ancestor_is_a_located_error():
+    # was: AttributeError ('NoneType' object has no attribute 'items')
+    data = b"version: 1\nbase: &base\n  from: busybox\n  a:\n    <<: *base\n    steps: []\nstages:"
+    with pytest.raises(PybkError, match=r"pipeline.yaml:\d+:\d+: .*recursive alias"):
+        yaml_to_llb(data)
