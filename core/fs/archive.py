@@ -24,6 +24,7 @@ from collections import deque
 from typing import IO, BinaryIO
 
 from pybk.core.errors import InputError, NotAvailableError
+from pybk.core.fs.diskguard import copy_bounded
 from pybk.core.fs.tarwriter import LayerWriter, read_xattrs
 
 WHITEOUT_PREFIX = ".wh."
@@ -277,7 +278,7 @@ class _Unpacker:
         with os.fdopen(fd, "wb") as out:
             data = tar.extractfile(member)
             if data is not None:
-                shutil.copyfileobj(data, out, _CHUNK)
+                copy_bounded(data, out, self.root, f"layer entry {member.name!r}")
 
     def _hardlink(self, member: tarfile.TarInfo, target: str, existing: os.stat_result | None) -> None:
         link_rel = self._clean(member.linkname, what="hard link target")
