@@ -214,7 +214,8 @@ def _expect_location(exc: BaseException, filename: str, *, whole_file_ok: tuple[
 def run_dockerfile(data: bytes) -> None:
     from pybk.core.errors import PybkError
     from pybk.frontends.dockerfile.checks import run_checks
-    from pybk.frontends.dockerfile.convert import dockerfile_to_llb
+    from pybk.frontends.dockerfile.convert import dockerfile_to_llb, outline, targets
+    from pybk.frontends.dockerfile.dump import dump_ast
 
     try:
         result = dockerfile_to_llb(data, filename="Dockerfile", build_args={"A": "1"})
@@ -225,6 +226,14 @@ def run_dockerfile(data: bytes) -> None:
         _expect_location(exc, "Dockerfile", whole_file_ok=(
             "no FROM instruction", "file is empty", "could not be found", "not UTF-8",
             "circular dependency", "more than one"))
+    for call in (lambda: outline(data, filename="Dockerfile", build_args={"A": "1"}),
+                 lambda: targets(data, filename="Dockerfile"), lambda: dump_ast(data)):
+        try:
+            call()
+        except PybkError as exc:
+            _expect_location(exc, "Dockerfile", whole_file_ok=(
+                "no FROM instruction", "file is empty", "could not be found", "not UTF-8",
+                "circular dependency", "more than one"))
     try:
         run_checks(data, "Dockerfile", {}, None, [])
     except PybkError as exc:
@@ -390,6 +399,54 @@ def run_llb(data: bytes) -> None:
         pass
 
 
+_BASE_CONFIG = {
+    "architecture": "amd64", "os": "linux", "variant": "v8",
+    "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "A=1"], "WorkingDir": "/w",
+               "User": "1000:1000", "Shell": ["/bin/sh", "-c"],
+               "OnBuild": ["RUN echo hi", "ENV X=1", "COPY --from=base /a /b"],
+               "Cmd": ["sh"], "Entrypoint": None, "Labels": {"a": "b"},
+               "ExposedPorts": {"80/tcp": {}}, "Volumes": {"/v": {}}, "StopSignal": "SIGTERM",
+               "Healthcheck": {"Test": ["CMD", "true"], "Interval": 1000000000}},
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]},
+    "history": [{"created_by": "x", "empty_layer": True}],
+}
+_CONFIG_DOCKERFILE = (b"FROM base AS b\nARG A\nENV B=$A C=${PATH}\nRUN echo $PATH\n"
+                      b"WORKDIR sub\nUSER $A\nCMD x\nLABEL c=d\nEXPOSE 81\nSHELL [\"sh\"]\n"
+                      b"ENTRYPOINT e\nHEALTHCHECK NONE\nFROM b\nCOPY --from=base /a /b\n"
+                      b"RUN --mount=type=cache,target=c true\n")
+
+
+@st.composite
+def image_configs(draw) -> bytes:
+    """A base image's config as a registry could serve it: the JSON mutated (nodes dropped,
+    retyped), or its ONBUILD triggers mutated as Dockerfile lines."""
+    doc = json.loads(json.dumps(_BASE_CONFIG))
+    for _ in range(draw(st.integers(1, 4))):
+        doc = _mutate_json(doc, draw)
+    if draw(st.booleans()) and isinstance(doc, dict) and isinstance(doc.get("config"), dict):
+        triggers = [t.encode() for t in _BASE_CONFIG["config"]["OnBuild"]]
+        doc["config"]["OnBuild"] = [
+            draw(mutated(triggers, DOCKERFILE_TOKENS, 3)).decode("utf-8", "replace")
+            for _ in range(draw(st.integers(0, 3)))]
+    return json.dumps(doc).encode()
+
+
+def run_image_config(data: bytes) -> None:
+    from pybk.core.errors import PybkError
+    from pybk.frontends.dockerfile.convert import dockerfile_to_llb
+
+    config = json.loads(data)
+    try:
+        result = dockerfile_to_llb(_CONFIG_DOCKERFILE, image_resolver=lambda ref, p=None: config,
+                                   build_args={"A": "2"})
+        definition = result.state.marshal()
+        if definition.ops:
+            definition.load()
+        json.dumps(result.image_config)
+    except PybkError:
+        pass
+
+
 @dataclass
 class Target:
     name: str
@@ -416,6 +473,7 @@ TARGETS = {
     "dockerignore": Target("dockerignore", lambda: mutated(PATTERN_SEEDS, PATTERN_TOKENS),
                            run_patterns),
     "llb": Target("llb", lambda: llb_inputs(llb_seeds()), run_llb),
+    "image-config": Target("image-config", image_configs, run_image_config),
 }
 
 

@@ -66,3 +66,24 @@ def test_a_merge_key_aliasing_its_own_ancestor_is_a_located_error():
     data = b"version: 1\nbase: &base\n  from: busybox\n  a:\n    <<: *base\n    steps: []\nstages:"
     with pytest.raises(PybkError, match=r"pipeline.yaml:\d+:\d+: .*recursive alias"):
         yaml_to_llb(data)
+
+
+@pytest.mark.parametrize("config, message", [
+    ("not an object", "the config must be a JSON object"),
+    ({"architecture": -1, "os": "linux", "config": {}}, "architecture must be a string"),
+    ({"config": "text"}, "config must be a JSON object"),
+    ({"config": {"WorkingDir": {"a": 1}}}, "config.WorkingDir must be a string"),
+    ({"config": {"User": 1.5}}, "config.User must be a string"),
+    ({"config": {"Env": ["A=1", 2]}}, "config.Env must be a list of strings"),
+    ({"config": {"OnBuild": "RUN x"}}, "config.OnBuild must be a list of strings"),
+    ({"config": {}, "history": 1.5}, "history must be a list of objects"),
+])
+def test_a_malformed_base_image_config_is_a_located_error(config, message):
+    # was: AttributeError / TypeError / ValueError deep in the converter (a registry or an OCI
+    # layout serves the config: it is untrusted input)
+    data = b"FROM base\nWORKDIR sub\nUSER x\nRUN true\n"
+    with pytest.raises(PybkError) as info:
+        dockerfile_to_llb(data, image_resolver=lambda ref, platform=None: config)
+    text = str(info.value)
+    assert text.startswith("Dockerfile:1: failed to resolve source metadata for base")
+    assert message in text

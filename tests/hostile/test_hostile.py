@@ -105,7 +105,7 @@ def _diff_id(case: hostile.Case) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def write_layout(case: hostile.Case, layout: Path) -> None:
+def write_layout(case: hostile.Case, layout: Path, config: dict | None = None) -> None:
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
 
@@ -116,7 +116,7 @@ def write_layout(case: hostile.Case, layout: Path) -> None:
 
     layer = {"mediaType": MEDIA[case.compression], **blob(case.data)}
     config = {"architecture": "amd64", "os": "linux", "config": {},
-              "rootfs": {"type": "layers", "diff_ids": [_diff_id(case)]}}
+              "rootfs": {"type": "layers", "diff_ids": [_diff_id(case)]}, **(config or {})}
     config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json",
                    **blob(json.dumps(config).encode())}
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -218,3 +218,20 @@ def test_registry_layer(name, cases, canary, store, registry, tmp_path, capsys):
     out = tmp_path / "out"
     code, log = _build(capsys, store, ctx, out)
     _check(case, code, log, before, canary, out)
+
+
+@pytest.mark.parametrize("config", [
+    {"config": {"WorkingDir": {"a": 1}}}, {"config": {"Env": ["A=1", 2]}},
+    {"architecture": 0}, {"config": "text"}, {"config": {"OnBuild": [["RUN", "x"]]}},
+    {"history": 1.5},
+])
+def test_oci_layout_with_a_malformed_config(config, cases, canary, store, tmp_path, capsys):
+    layout = tmp_path / "layout"
+    write_layout(cases["gzip-good"], layout, config)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM base\nWORKDIR sub\n")
+    code, log = _build(capsys, store, ctx, tmp_path / "out", "--build-context",
+                       f"base=oci-layout://{layout}")
+    assert code == 2 and "Traceback" not in log, log[-2000:]
+    assert "Dockerfile:1" in log and "invalid image config" in log, log[-2000:]
