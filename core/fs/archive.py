@@ -42,15 +42,20 @@ _CHUNK = 1 << 20
 
 
 class _Counting:
-    """A read-only stream wrapper that counts bytes read."""
+    """A read-only stream wrapper that counts (and, asked to, hashes) the bytes read."""
 
-    def __init__(self, stream: IO[bytes]):
+    def __init__(self, stream: IO[bytes], hashing: bool = False):
+        import hashlib
+
         self._stream = stream
         self.count = 0
+        self.hash = hashlib.sha256() if hashing else None
 
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
         self.count += len(data)
+        if self.hash is not None:
+            self.hash.update(data)
         return data
 
 
@@ -125,10 +130,13 @@ def apply_layer(
     *,
     media_type: str | None = None,
     whiteout_style: str = "delete",
+    diff_id: str | None = None,
 ) -> int:
     """Unpack a layer into ``dest_dir``; returns the size of the uncompressed tar stream.
 
     :param media_type: the layer's media type (decides gzip / zstd / none); None sniffs.
+    :param diff_id: when given, the sha256 of the uncompressed tar must be this (InputError
+        otherwise, raised before the unpack is finished: the caller discards it).
     :param whiteout_style: ``delete`` removes whited-out paths; ``overlay`` writes overlay
         whiteouts (0/0 character devices, ``trusted.overlay.opaque=y``) for an overlay upper dir.
     """
@@ -141,7 +149,7 @@ def apply_layer(
         else:
             raw = source
         plain = decompressed(raw, media_type)
-        counter = _Counting(plain)
+        counter = _Counting(plain, hashing=diff_id is not None)
         unpacker = _Unpacker(os.path.realpath(dest_dir), whiteout_style)
         try:
             with tarfile.open(fileobj=counter, mode="r|") as tar:  # type: ignore[call-overload]
@@ -159,6 +167,12 @@ def apply_layer(
             if type(exc).__name__ == "ZstdError":
                 raise InputError(f"corrupt zstd layer archive: {exc}") from None
             raise
+        if counter.hash is not None and "sha256:" + counter.hash.hexdigest() != diff_id:
+            # an image's chain ids (the keys its unpacked layers are shared under) come from
+            # the diff ids of its config: content must match them, or another image's layer
+            # could be poisoned (containerd refuses it too)
+            raise InputError(f"layer content does not match its diff id {diff_id} "
+                             f"(it is sha256:{counter.hash.hexdigest()})")
         unpacker.finish()
         return counter.count
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -210,7 +211,8 @@ class BuildRunner(OpRunner, LayerUnpacker):
                 if progress is not None:
                     progress.status(f"extracting {digest}")
                 applying = asyncio.to_thread(self._apply_layer, path,
-                                             descriptor["mediaType"], parent, description)
+                                             descriptor["mediaType"], parent, description,
+                                             descriptor.get("diffID") or None)
                 if check is None:
                     snap = await applying
                 else:
@@ -395,6 +397,9 @@ class BuildRunner(OpRunner, LayerUnpacker):
         if len(diff_ids) != len(layers):
             raise BuildError(f"image {image.ref}: config lists {len(diff_ids)} layers, "
                              f"manifest {len(layers)}")
+        for diff_id in diff_ids:
+            if not isinstance(diff_id, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", diff_id):
+                raise BuildError(f"image {image.ref}: invalid diff id {diff_id!r} in its config")
         parent: str | None = None
         for layer, diff_id, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
             parent = await self._pull_layer(image, layer, chain, parent, vp, diff_id)
@@ -438,12 +443,12 @@ class BuildRunner(OpRunner, LayerUnpacker):
             w.copy_from(src)
 
     def _apply_layer(self, blob_path: str, media_type: str, parent: str | None,
-                     description: str = "") -> str:
+                     description: str = "", diff_id: str | None = None) -> str:
         from pybk.core.fs.archive import apply_layer
 
         with contextlib.ExitStack() as stack:
             active = ActiveSnapshot(self, Ref(snapshot=parent), stack, description)
-            apply_layer(blob_path, active.mount(), media_type=media_type)
+            apply_layer(blob_path, active.mount(), media_type=media_type, diff_id=diff_id)
             return active.commit().snapshot  # type: ignore[return-value]
 
     # local ------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def check_image_config(config: Any) -> Mapping[str, Any] | None:
             raise bad(key, "a string")
     inner = config.get("config", config) if "config" in config else config
     if inner is None:
-        return config
+        inner = {}
     if not isinstance(inner, Mapping):
         raise bad("config", "a JSON object")
     for key in _STR_LISTS:
@@ -124,6 +124,9 @@ def check_image_config(config: Any) -> Mapping[str, Any] | None:
         if value is not None and not (isinstance(value, list)
                                       and all(isinstance(v, str) for v in value)):
             raise bad(f"config.{key}", "a list of strings")
+    for entry in inner.get("Env") or ():
+        if not entry.partition("=")[0]:
+            raise bad("config.Env", f"a list of NAME=VALUE (not {entry!r})")
     for key in _STRS:
         if inner.get(key) is not None and not isinstance(inner[key], str):
             raise bad(f"config.{key}", "a string")

@@ -87,3 +87,15 @@ def test_a_malformed_base_image_config_is_a_located_error(config, message):
     text = str(info.value)
     assert text.startswith("Dockerfile:1: failed to resolve source metadata for base")
     assert message in text
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"config": None, "history": -1}, "history must be a list of objects"),
+    ({"config": {"Env": ["PATH=/bin", ""]}}, "config.Env must be a list of NAME=VALUE"),
+    ({"config": {"Env": ["=x"]}}, "config.Env must be a list of NAME=VALUE"),
+])
+def test_more_malformed_base_image_configs(config, message):
+    # found by the image-config target's 10,000 run: TypeError / ValueError before
+    with pytest.raises(PybkError, match=message):
+        dockerfile_to_llb(b"FROM base\nRUN true\n",
+                          image_resolver=lambda ref, platform=None: config)

@@ -56,3 +56,17 @@ def test_copy_bounded_copies_when_there_is_room(tmp_path):
     out = io.BytesIO()
     assert diskguard.copy_bounded(io.BytesIO(b"x" * 3_000_000), out, str(tmp_path), "t") == \
         3_000_000
+
+
+def test_a_layer_must_match_its_diff_id(tmp_path):
+    # was: not checked — a layer whose config names another layer's diff id was unpacked
+    # and recorded under that chain id (an unpacked-layer cache poisoning)
+    import hashlib
+
+    data = _case("gzip-good").data
+    import gzip
+
+    right = "sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest()
+    assert apply_layer(io.BytesIO(data), tmp_path / "a", diff_id=right) > 0
+    with pytest.raises(PybkError, match="does not match its diff id"):
+        apply_layer(io.BytesIO(data), tmp_path / "b", diff_id="sha256:" + "1" * 64)
