@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import re
@@ -326,10 +327,8 @@ def llb_seeds() -> list[bytes]:
 
     out = []
     for data in _DOCKERFILE_BUILTIN + [(ROOT / "examples/Dockerfile").read_bytes()]:
-        try:
+        with contextlib.suppress(Exception):  # a seed that does not convert is skipped
             out.append(dockerfile_to_llb(data).state.marshal().to_bytes())
-        except Exception:  # noqa: BLE001 - a seed that does not convert is just skipped
-            pass
     return out
 
 
@@ -378,10 +377,8 @@ def llb_inputs(draw, seeds: list[bytes]) -> bytes:
         i = draw(st.integers(0, len(doc["def"]) - 1))
         op = doc["def"][i]
         if isinstance(op, str):
-            try:
+            with contextlib.suppress(ValueError):
                 doc["def"][i] = json.dumps(_mutate_json(json.loads(op), draw))
-            except ValueError:
-                pass
     return json.dumps(doc).encode()
 
 

@@ -20,10 +20,9 @@ import secrets as pysecrets
 import tarfile
 from pathlib import Path
 
-import pytest
+from support.engine import require_runc
 
 from pybk.core.cli.commands import main
-from support.engine import require_runc
 
 EXPORTERS = ["local", "tar", "oci", "docker", "image"]
 BUILDS = 10
