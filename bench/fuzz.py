@@ -246,7 +246,15 @@ def run_dockerfile(data: bytes) -> None:
 def run_yaml(data: bytes) -> None:
     from pybk.core.errors import PybkError
     from pybk.frontends.yaml.convert import yaml_to_llb
+    from pybk.frontends.yaml.frontend import outline_text, targets_text
+    from pybk.frontends.yaml.pipeline import load_pipeline
 
+    try:  # --call targets / outline
+        loaded = load_pipeline(data, "pipeline.yaml")
+        targets_text(loaded)
+        outline_text(loaded, None, {"V": "2"})
+    except PybkError as exc:
+        _expect_location(exc, "pipeline.yaml", whole_file_ok=("not UTF-8", "empty", "cycle"))
     try:
         result = yaml_to_llb(data, filename="pipeline.yaml")
         definition = result.state.marshal()
