@@ -25,6 +25,7 @@ from collections import deque
 from typing import IO, BinaryIO
 
 from pybk.core.errors import InputError, NotAvailableError
+from pybk.core.fs.diskguard import copy_bounded
 from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES, LayerWriter, read_xattrs
 
 WHITEOUT_PREFIX = ".wh."
@@ -146,6 +147,8 @@ def apply_layer(
     """Unpack a layer into ``dest_dir``; returns the size of the uncompressed tar stream.
 
     :param media_type: the layer's media type (decides gzip / zstd / none); None sniffs.
+    :param diff_id: when given, the sha256 of the uncompressed tar must be this (InputError
+        otherwise, raised before the unpack is finished: the caller discards it).
     :param whiteout_style: ``delete`` removes whited-out paths; ``overlay`` writes overlay
         whiteouts (0/0 character devices, ``trusted.overlay.opaque=y``) for an overlay upper dir.
     :param digest: the blob's digest, ``diff_id`` the uncompressed tar's: both streams are
@@ -312,7 +315,7 @@ class _Unpacker:
         with os.fdopen(fd, "wb") as out:
             data = tar.extractfile(member)
             if data is not None:
-                shutil.copyfileobj(data, out, _CHUNK)
+                copy_bounded(data, out, self.root, f"layer entry {member.name!r}")
 
     def _hardlink(self, member: tarfile.TarInfo, target: str, existing: os.stat_result | None) -> None:
         link_rel = self._clean(member.linkname, what="hard link target")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import shutil
 import stat
 from typing import TYPE_CHECKING, Any
 
 from pybk.core.errors import BuildError
+from pybk.core.fs.diskguard import DiskSpaceError, copy_bounded
 from pybk.core.fs.files import mkdir_all, remove_path, set_times
 from pybk.core.fs.rootpath import norm_path, resolve_in_root, root_path
 from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES
@@ -82,9 +82,35 @@ def unpack_archive(src_root: str, src: str, dest_root: str, dest: str, owner: tu
         return False
     dest_host = resolve_in_root(dest_root, norm_path(dest))
     mkdir_all(dest_host, 0o755, owner, timestamp_ns)
-    with open(src_host, "rb") as f, tarfile.open(fileobj=_open_decompressed(f), mode="r|") as tf:
-        extract_tar(tf, dest_host)
+    try:
+        with open(src_host, "rb") as f, \
+                tarfile.open(fileobj=_open_decompressed(f), mode="r|") as tf:
+            extract_tar(tf, dest_host)
+    except DiskSpaceError:
+        raise
+    except BuildError as exc:
+        raise BuildError(f"failed to unpack {src}: {exc}") from None
+    except _corrupt_errors() as exc:
+        raise BuildError(f"failed to unpack {src}: corrupt archive: {exc}") from None
+    except OSError as exc:
+        if exc.errno is not None:
+            raise
+        raise BuildError(f"failed to unpack {src}: corrupt archive: {exc}") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("zstandard") or type(exc).__name__ == "ZstdError":
+            raise BuildError(f"failed to unpack {src}: corrupt zstd archive: {exc}") from None
+        raise
     return True
+
+
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged tar or compressed stream raises while it is read."""
+    import bz2  # noqa: F401 - bz2 raises OSError/EOFError
+    import lzma
+    import tarfile
+    import zlib
+
+    return (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def extract_tar(tf: tarfile.TarFile, dest: str) -> None:
@@ -117,7 +143,7 @@ def extract_tar(tf: tarfile.TarFile, dest: str) -> None:
             source = tf.extractfile(member)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
+                copy_bounded(source, out, dest, f"tar entry {member.name!r}")
         elif member.issym():
             if not member.linkname.startswith("/") and _escapes(posixpath.dirname(name),
                                                                 member.linkname):

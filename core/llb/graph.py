@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from pybk.core.errors import InputError
 from pybk.core.llb.definition import Definition, Location, Locations, Range, Source, SourceInfo
 from pybk.core.llb.ops import (
     DiffOp,
@@ -183,6 +184,18 @@ def _merge_metadata(old: OpMetadata, new: OpMetadata) -> OpMetadata:
     )
 
 
+def _marshal_error(vertex: Vertex, exc: TypeError) -> InputError:
+    """An op that cannot be encoded: a string holds bytes that are not UTF-8 (LLB strings,
+    like BuildKit's protobuf strings, must be UTF-8); named at its source line when known."""
+    reason = "is not valid UTF-8" if "UTF-8" in str(exc) else f"cannot be encoded ({exc})"
+    for loc in vertex.locations:
+        if loc.ranges:
+            start = loc.ranges[0].start
+            return InputError(f"the instruction {reason}", filename=loc.info.filename or None,
+                              line=start.line or None)
+    return InputError(f"an LLB op {reason}")
+
+
 class Marshaller:
     def __init__(self, default_platform: Platform):
         self.default_platform = default_platform
@@ -227,7 +240,10 @@ class Marshaller:
             platform=platform,
             constraints=vertex.constraints,
         )
-        data = op.marshal()
+        try:
+            data = op.marshal()
+        except TypeError as exc:  # orjson: a str holding surrogate escapes (invalid UTF-8 input)
+            raise _marshal_error(vertex, exc) from None
         digest = sha256_digest(data)
         self.digest_of[id(vertex)] = digest
         self.ops.setdefault(digest, data)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -400,6 +401,9 @@ class BuildRunner(OpRunner, LayerUnpacker):
         if len(diff_ids) != len(layers):
             raise BuildError(f"image {image.ref}: config lists {len(diff_ids)} layers, "
                              f"manifest {len(layers)}")
+        for diff_id in diff_ids:
+            if not isinstance(diff_id, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", diff_id):
+                raise BuildError(f"image {image.ref}: invalid diff id {diff_id!r} in its config")
         parent: str | None = None
         for layer, diff_id, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
             parent = await self._pull_layer(image, layer, chain, parent, vp, diff_id)

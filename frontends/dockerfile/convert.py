@@ -53,6 +53,10 @@ def _context_paths(paths: set[str]) -> tuple[str, ...] | None:
         rel = posixpath.normpath(path).lstrip("/")
         if rel in ("", "."):
             return None
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:  # invalid UTF-8 bytes: the instruction itself is refused
+            return None
         cleaned.add(rel)
     return tuple(sorted(cleaned))
 

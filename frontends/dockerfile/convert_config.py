@@ -113,7 +113,8 @@ def _healthcheck(cv: StageConverter, ds: StageState,
 
 
 def _command(ds: StageState, command: tuple[str, ...], prepend_shell: bool) -> list[str]:
-    return [*ds.shell, command[0]] if prepend_shell else list(command)
+    # an empty shell form (``CMD`` alone) is BuildKit's ``sh -c ""``: its args joined by spaces
+    return [*ds.shell, " ".join(command)] if prepend_shell else list(command)
 
 
 def _cmd(cv: StageConverter, ds: StageState, instruction: ins.CmdInstruction, _: int) -> None:

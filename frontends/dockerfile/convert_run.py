@@ -38,7 +38,7 @@ def _run(cv: StageConverter, ds: StageState, instruction: ins.RunInstruction, in
     expander = cv.expander(ds, instruction)
     mounts: list[llb.MountSpec] = []
     if instruction.prepend_shell:
-        script = instruction.command[0]
+        script = instruction.command[0] if instruction.command else ""  # RUN alone: sh -c ""
         if len(instruction.heredocs) == 1 and _is_bare_heredoc(script):
             heredoc = instruction.heredocs[0]
             if heredoc.body.startswith("#!"):
@@ -109,7 +109,9 @@ def _run(cv: StageConverter, ds: StageState, instruction: ins.RunInstruction, in
 def _mount(cv: StageConverter, ds: StageState, spec: Mount, index: int, location: ins.Location,
            ssh_index: int) -> llb.MountSpec:
     target = spec.target
-    if target and not target.startswith("/"):
+    # BuildKit joins a relative target to the workdir; an empty one (a bind, cache or tmpfs
+    # mount without target=) is the workdir itself
+    if (target or spec.type in ("bind", "cache", "tmpfs")) and not target.startswith("/"):
         target = posixpath.join(ds.state.get_dir(), target)
     if target == "/":
         raise located_error("mount target can not be /", location)

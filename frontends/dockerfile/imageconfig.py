@@ -92,6 +92,62 @@ def set_env(config: dict, key: str, value: str) -> None:
     config["Env"] = env
 
 
+_STR_LISTS = ("Env", "Cmd", "Entrypoint", "Shell", "OnBuild")
+_STRS = ("WorkingDir", "User", "StopSignal")
+_MAPS = ("Labels", "ExposedPorts", "Volumes", "Healthcheck")
+
+
+def check_image_config(config: Any) -> Mapping[str, Any] | None:
+    """``config`` (a base image's config, from a registry or an OCI layout: untrusted) when the
+    fields the frontend reads have their OCI types; InputError naming the first one that does
+    not. A whole config or just its ``config`` object are both accepted, as by base_image."""
+    from pybk.core.errors import InputError
+
+    if config is None:
+        return None
+
+    def bad(where: str, expected: str) -> InputError:
+        return InputError(f"invalid image config: {where} must be {expected}")
+
+    if not isinstance(config, Mapping):
+        raise bad("the config", "a JSON object")
+    for key in ("architecture", "os", "variant"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise bad(key, "a string")
+    inner = config.get("config", config) if "config" in config else config
+    if inner is None:
+        inner = {}
+    if not isinstance(inner, Mapping):
+        raise bad("config", "a JSON object")
+    for key in _STR_LISTS:
+        value = inner.get(key)
+        if value is not None and not (isinstance(value, list)
+                                      and all(isinstance(v, str) for v in value)):
+            raise bad(f"config.{key}", "a list of strings")
+    for entry in inner.get("Env") or ():
+        if not entry.partition("=")[0]:
+            raise bad("config.Env", f"a list of NAME=VALUE (not {entry!r})")
+    for key in _STRS:
+        if inner.get(key) is not None and not isinstance(inner[key], str):
+            raise bad(f"config.{key}", "a string")
+    for key in _MAPS:
+        if inner.get(key) is not None and not isinstance(inner[key], Mapping):
+            raise bad(f"config.{key}", "a JSON object")
+    labels = inner.get("Labels") or {}
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise bad("config.Labels", "an object of strings")
+    if "config" in config:
+        if config.get("history") is not None and not (
+                isinstance(config["history"], list)
+                and all(isinstance(h, Mapping) for h in config["history"])):
+            raise bad("history", "a list of objects")
+        rootfs = config.get("rootfs")
+        if rootfs is not None and not (isinstance(rootfs, Mapping) and isinstance(
+                rootfs.get("diff_ids", []), list)):
+            raise bad("rootfs", "an object with a diff_ids list")
+    return config
+
+
 def config_platform(config: Mapping[str, Any] | None) -> llb.Platform | None:
     """The platform an image config declares (None when it declares none)."""
     if not config or not config.get("architecture") or not config.get("os"):

@@ -21,6 +21,7 @@ from pybk.frontends.dockerfile.imageconfig import (
     StageState,
     apply_config,
     base_image,
+    check_image_config,
     config_platform,
     same_platform,
 )
@@ -146,8 +147,9 @@ class StageConverter:
     def resolve_image(self, ref: str, platform: llb.Platform | None) -> dict | None:
         key = (ref, str(platform or ""))
         if key not in self.resolved:
-            self.resolved[key] = (self.image_resolver(ref, str(platform) if platform else None)
-                                  if self.image_resolver else None)
+            self.resolved[key] = check_image_config(
+                self.image_resolver(ref, str(platform) if platform else None)
+                if self.image_resolver else None)
         return self.resolved[key]
 
     def _base_kind(self, name: str, before: int) -> str | None:
@@ -200,7 +202,10 @@ class StageConverter:
             built = self.stage(stage)
             return built.state, built.image
         elif isinstance(ctx, NamedContext):
-            return ctx.state or llb.scratch(), ctx.image_config
+            try:
+                return ctx.state or llb.scratch(), check_image_config(ctx.image_config)
+            except InputError as err:
+                raise located_error(f"build context {name!r}: {err}", location) from None
         else:
             return ctx, None
         if name == "scratch":
@@ -283,7 +288,13 @@ class StageConverter:
         return ds
 
     def dispatch(self, ds: StageState, instruction: ins.Instruction, index: int) -> None:
-        self.steps[instruction.keyword.lower()](self, ds, instruction, index)
+        try:
+            self.steps[instruction.keyword.lower()](self, ds, instruction, index)
+        except TypeError as err:  # orjson refusing surrogate escapes (bytes that are not UTF-8)
+            if "UTF-8" not in str(err):
+                raise
+            raise located_error("the instruction is not valid UTF-8",
+                                instruction.location) from None
 
     def _onbuild_triggers(self, ds: StageState, triggers: list[str], index: int,
                           location: ins.Location) -> None:

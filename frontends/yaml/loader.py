@@ -139,7 +139,8 @@ def _walk(node: Any, path: KeyPath, doc: Document, active: set[int]) -> Any:
     for key_node, value_node in node.value:
         if key_node.tag == _PLAIN + "merge":
             for source in _merge_sources(value_node, path, doc):
-                for key, value in _walk(source, path, doc, active).items():
+                walked = _walk(source, path, doc, active)  # None: a recursive alias (reported)
+                for key, value in (walked or {}).items():
                     merged.setdefault(key, value)
             continue
         if not isinstance(key_node, yaml.ScalarNode):

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from pybk.core.converter import KeyPath, problems_from_exception, render_path
+from pybk.core.converter import KeyPath, SchemaTypeError, problems_from_exception, render_path
 from pybk.core.didyoumean import did_you_mean
 from pybk.core.errors import InputError
 from pybk.frontends.dockerfile.errors import InstructionError
@@ -115,7 +115,9 @@ def _structure_part(value: Any, cls: type, path: KeyPath, problems: _Problems) -
 
     try:
         return get_pipeline_converter().structure(value, cls)
-    except BaseValidationError as exc:
+    except (BaseValidationError, SchemaTypeError) as exc:
+        # a part of the wrong type altogether (a stage or step that is a string) fails in the
+        # top-level hook, outside cattrs' validation errors
         for problem in problems_from_exception(exc):
             problems.add((*path, *problem.path), problem.message,
                          key=problem.message.startswith("unknown key"))
