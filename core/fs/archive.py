@@ -175,8 +175,11 @@ def apply_layer(
             counter.drain()
         except Exception as exc:
             if digest:  # a tampered blob: say so rather than how it fails to unpack
-                with contextlib.suppress(Exception):
+                try:
                     hashed.drain()
+                except Exception:  # noqa: BLE001 - the blob cannot be read: the first error
+                    pass
+                else:
                     _check_digest(name, "content", hashed.digest(), digest)
             if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)) or (
                     isinstance(exc, OSError) and exc.errno is None):
