@@ -525,3 +525,40 @@ def test_load_hands_the_streamed_tarball_to_the_clients_docker(remote, pki, tmp_
         assert loaded.stdout.strip() == (tmp_path / "iid").read_text()
     finally:
         docker.stop()
+
+
+def test_tlsservername_and_buildkit_host(remote, pki):
+    """``--tlsservername`` is the name the daemon's certificate must have; ``$BUILDKIT_HOST``
+    names the daemon when ``$PYBK_HOST`` does not."""
+    ca_only = ["--tlsdir", str(pki.good)]
+    named = remote.pybk("du", tls=[*ca_only, "--tlsservername", "localhost"])
+    assert named.returncode == 0, named.stderr.decode()
+    wrong = remote.pybk("du", tls=[*ca_only, "--tlsservername", "builder.example"])
+    assert wrong.returncode == 2 and b"cannot reach pybkd" in wrong.stderr
+    via_env = subprocess.run([*CLIENT, *ca_only, "du"], capture_output=True, timeout=60,
+                             env=_env(BUILDKIT_HOST=remote.addr))
+    assert via_env.returncode == 0, via_env.stderr.decode()
+    assert b"Total:" in via_env.stdout
+    pybk_host_first = subprocess.run([*CLIENT, *ca_only, "du"], capture_output=True, timeout=60,
+                                     env=_env(BUILDKIT_HOST=remote.addr,
+                                              PYBK_HOST="tcp://127.0.0.1:1"))
+    assert pybk_host_first.returncode == 2
+    assert b"cannot reach pybkd at tcp://127.0.0.1:1" in pybk_host_first.stderr
+
+
+def test_daemon_addresses_it_does_not_serve(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pybk.core.cli.daemon", "--root",
+                           str(tmp_path / "s"), "--addr", "vsock://3:1234"],
+                          capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.returncode == 2
+    assert "vsock://3:1234: only unix:// and tcp:// addresses are served" in done.stderr
+    (tmp_path / "d").mkdir()
+    daemon = RemoteDaemon(tmp_path / "d", '[grpc]\naddress = ["tcp://127.0.0.1:0", '
+                          '"vsock://3:1234"]\n[pybk]\ntcp-without-tls = true\n'
+                          '[worker.oci]\ngc = false\n')
+    try:
+        assert ("[grpc] address vsock://3:1234 is not served: pybkd serves unix:// and tcp:// "
+                "addresses") in daemon.log.read_text()
+        assert daemon.pybk("du").returncode == 0
+    finally:
+        daemon.stop()
