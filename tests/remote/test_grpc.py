@@ -440,33 +440,44 @@ def test_ssh_agent_is_forwarded_from_the_client(remote, pki, python_ref, tmp_pat
     assert (tmp_path / "out" / "reply").read_bytes() == b"agent saw hello"
 
 
-def test_client_killed_mid_build_cancels_the_steps(remote, pki, busybox_ref, tmp_path):
+def _sleeping_build(remote: RemoteDaemon, pki: PKI, busybox_ref: str,
+                    tmp_path: Path) -> tuple[subprocess.Popen, bytes]:
+    """A remote build whose RUN step has started (its own output seen, not its header) and
+    sleeps; the client process and what it printed so far."""
     require_runc()
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN echo started && sleep 120\n")
+    (ctx / "Dockerfile").write_text(f'FROM {busybox_ref}\nRUN echo step-be""gun && sleep 120\n')
     client = subprocess.Popen([*CLIENT, "--addr", remote.addr, *_good(pki), "build",
                                "--no-cache", "--progress", "plain", str(ctx)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     seen = b""
     deadline = time.monotonic() + 90
-    while b"started" not in seen and time.monotonic() < deadline:
+    while b"step-begun" not in seen and time.monotonic() < deadline:
         line = client.stderr.readline()
         if not line:
             break
         seen += line
-    assert b"started" in seen, seen.decode()
+    assert b"step-begun" in seen, seen.decode()
+    return client, seen
+
+
+def _containers(remote: RemoteDaemon, wait: float = 0) -> str:
+    """The daemon's runc containers, once there are none or ``wait`` seconds have passed."""
+    deadline = time.monotonic() + wait
+    while True:
+        listed = subprocess.run(["runc", "--root", str(remote.root / "executor" / "runc"),
+                                 "list", "-q"], capture_output=True, text=True).stdout.strip()
+        if not listed or time.monotonic() >= deadline:
+            return listed
+        time.sleep(0.2)
+
+
+def test_client_killed_mid_build_cancels_the_steps(remote, pki, busybox_ref, tmp_path):
+    client, _ = _sleeping_build(remote, pki, busybox_ref, tmp_path)
     client.kill()
     client.wait()
-    runc_root = remote.root / "executor" / "runc"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        listed = subprocess.run(["runc", "--root", str(runc_root), "list", "-q"],
-                                capture_output=True, text=True)
-        if not listed.stdout.strip():
-            break
-        time.sleep(0.2)
-    assert listed.stdout.strip() == ""
+    assert _containers(remote, wait=30) == ""
     deadline = time.monotonic() + 30
     while sorted(os.listdir(remote.root / "sessions")) != ["control.sock", "grpc.sock"]:
         assert time.monotonic() < deadline, os.listdir(remote.root / "sessions")
@@ -479,28 +490,12 @@ def test_client_killed_mid_build_cancels_the_steps(remote, pki, busybox_ref, tmp
 
 
 def test_ctrl_c_on_the_client_cancels_the_build(remote, pki, busybox_ref, tmp_path):
-    require_runc()
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN echo started && sleep 120\n")
-    client = subprocess.Popen([*CLIENT, "--addr", remote.addr, *_good(pki), "build",
-                               "--no-cache", "--progress", "plain", str(ctx)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    seen = b""
-    deadline = time.monotonic() + 90
-    while b"started" not in seen and time.monotonic() < deadline:
-        line = client.stderr.readline()
-        if not line:
-            break
-        seen += line
-    assert b"started" in seen, seen.decode()
+    client, seen = _sleeping_build(remote, pki, busybox_ref, tmp_path)
     client.send_signal(signal.SIGINT)
     _, err = client.communicate(timeout=30)
     assert client.returncode == 130, (seen + err).decode()
     assert b"interrupted" in err
-    listed = subprocess.run(["runc", "--root", str(remote.root / "executor" / "runc"), "list",
-                             "-q"], capture_output=True, text=True)
-    assert listed.stdout.strip() == ""
+    assert _containers(remote) == ""
 
 
 @pytest.mark.slow
