@@ -295,6 +295,16 @@ def test_every_command_runs_remotely(remote, pki, tmp_path):
     targets = remote.pybk("build", "--call", "targets", str(ctx), tls=good)
     assert targets.returncode == 0, targets.stderr.decode()
     assert b"base" in targets.stdout and b"final" in targets.stdout
+    copy_ctx = tmp_path / "copy"
+    copy_ctx.mkdir()
+    (copy_ctx / "a").write_text("a\n")
+    (copy_ctx / "Dockerfile").write_text("FROM scratch\nCOPY a /a\n")
+    printed = remote.pybk("build", "--print-llb", str(copy_ctx), tls=good)
+    assert printed.returncode == 0, printed.stderr.decode()
+    embedded_llb = subprocess.run([*CLIENT, "--addr", "", "--root", str(tmp_path / "s"),
+                                   "build", "--print-llb", str(copy_ctx)], capture_output=True,
+                                  env=_env(), timeout=60)
+    assert printed.stdout == embedded_llb.stdout and printed.stdout
 
     yaml_ctx = tmp_path / "yaml"
     yaml_ctx.mkdir()
