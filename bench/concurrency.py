@@ -126,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                 elif i not in first:
                     first[i] = t
                 elif t != first[i]:
-                    diff = sorted(set(t.items()) ^ set(first[i].items()))[:3]
-                    failures.append(f"build{i}: export differs from round 0: {diff}")
+                    gone = sorted(set(first[i]) - set(t))[:3]
+                    new = sorted(set(t) - set(first[i]))[:3]
+                    changed = sorted(k for k in set(t) & set(first[i]) if t[k] != first[i][k])
+                    failures.append(f"build{i}: export differs from round 0: missing {gone}, "
+                                    f"extra {new}, changed {changed[:3]}")
             failures += sc.at_rest(root, config)
             seconds = time.monotonic() - t0
             row = {"round": r, "seconds": round(seconds, 1), "pruned": pruned,
