@@ -6,10 +6,9 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from pybk.core.interfaces import WORKER_LABEL_PREFIX, Worker
 from pybk.core.markers import hookimpl
+from pybk.core.model import Model, evolve, field
 from pybk.core.platform import host_platform
 
 if TYPE_CHECKING:
@@ -25,27 +24,26 @@ class OCIWorker(Worker):
     #: the executor's state directory under the store root (runtime state, bundles, network)
     state_dir_name = "executor"
 
-    @attrs.frozen
-    class Options:
+    class Options(Model):
         #: the OCI runtime CLI (buildkitd.toml ``binary``)
         binary: str = "runc"
         #: share the host's pid namespace and /proc (buildkitd.toml ``noProcessSandbox``)
         no_process_sandbox: bool = False
         #: platforms this worker builds for; empty means the host's
-        platforms: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+        platforms: tuple[str, ...] = field(default=(), converter=tuple)
         #: networkMode, the CNI keys and [dns] (None: the defaults, ``auto``); see
         #: :meth:`pybk.workers.network.NetworkOptions.from_config`
         network: NetworkOptions | None = None
         #: the snapshotter of new records: ``auto``, ``overlayfs`` or ``native``
         snapshotter: str = "auto"
         #: labels added to (and overriding) the worker's own (buildkitd.toml ``labels``)
-        labels: Mapping[str, str] = attrs.field(factory=dict, converter=dict, hash=False)
+        labels: Mapping[str, str] = field(factory=dict, converter=dict, hash=False)
         #: the configuration section whose GC keys make the GC policy (a
         #: :class:`pybk.core.config.schema.OCIConfig`; None: no automatic GC) and whose
         #: network keys make the default network when ``network`` is None
-        gc: Any = attrs.field(default=None, hash=False)
+        gc: Any = field(default=None, hash=False)
         #: ``[dns]`` (a :class:`pybk.core.config.schema.DNSConfig`), with ``gc``'s network keys
-        dns: Any = attrs.field(default=None, hash=False)
+        dns: Any = field(default=None, hash=False)
 
     def __init__(self, options: OCIWorker.Options | None = None, *,
                  root: str | os.PathLike[str] | None = None):
@@ -71,7 +69,7 @@ class OCIWorker(Worker):
         options = cls.Options(binary=oci.binary or "runc", platforms=oci.platforms,
                               snapshotter=oci.snapshotter, labels=oci.labels, gc=oci,
                               dns=config.dns)
-        return attrs.evolve(options, **changes) if changes else options
+        return evolve(options, **changes) if changes else options
 
     def network_options(self) -> NetworkOptions:
         """``network``, else the network keys of the ``gc`` section (``[worker.oci]``) and

@@ -49,9 +49,9 @@ def test_network_options_come_from_the_config(tmp_path):
 
 
 def test_platforms(monkeypatch):
-    import platform
-
-    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    real = os.uname()
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result(
+        (real.sysname, real.nodename, real.release, real.version, "aarch64")))
     assert plugin.OCIWorker().platforms() == ["linux/arm64"]
     worker = plugin.OCIWorker(plugin.OCIWorker.Options(platforms=("linux/amd64",)))
     assert worker.platforms() == ["linux/amd64"]
