@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -276,6 +277,10 @@ class Client:
         bus = Progress(*sinks, *renderers, lambda status: hook.pybk_progress(event=status))
         hook.pybk_build_started(request=request)
         result: Any = None
+        # the build's lease and locks keep what it found or made until the exports and cache
+        # exports below have read it (released in ``finally``): a prune meanwhile would delete
+        # the result under them
+        hold = contextlib.ExitStack()
         try:
             session = Session(local_dirs={k: os.path.abspath(v) if host_path(v) else v
                                           for k, v in (local_dirs or {}).items()},
@@ -290,7 +295,7 @@ class Client:
             specs = [e.layer_spec(info) for e in exports]
             solved = await self._solve_graphs(definitions, session=session, bus=bus,
                                               no_cache=no_cache, importers=importers,
-                                              cache_modes=modes,
+                                              cache_modes=modes, hold=hold,
                                               ahead=next((s for s in specs if s is not None), None))
             results = dict(zip(definitions, (r for r, _ in solved), strict=True))
             cache_entries = {mode: [entry for _, entries in solved for entry in entries[mode]]
@@ -324,8 +329,11 @@ class Client:
             hook.pybk_build_finished(request=request, result=None, error=exc)
             raise
         finally:
-            for renderer in renderers:
-                renderer.close()
+            try:
+                hold.close()
+            finally:
+                for renderer in renderers:
+                    renderer.close()
         hook.pybk_build_finished(request=request, result=result, error=None)
         return result
 
@@ -351,12 +359,14 @@ class Client:
 
     async def _solve_graphs(self, definitions: Mapping[str, tuple[Any, Any]], *, session: Any,
                             bus: Progress, no_cache: bool, importers: Sequence[Any],
-                            cache_modes: Iterable[str], ahead: Any = None
-                            ) -> list[tuple[Any, dict[str, list]]]:
+                            cache_modes: Iterable[str], hold: contextlib.ExitStack,
+                            ahead: Any = None) -> list[tuple[Any, dict[str, list]]]:
         """Solve the definitions concurrently with one runner (the build's locks, images and
         parallelism are shared); for each, its SolveResult and ``{mode: cache entries}``. The
-        first failure cancels the others. ``ahead``: the layer spec of the image the result
-        is exported as, to write the layers below a result while its last step runs."""
+        first failure cancels the others. The build's lease and the runner's locks are released
+        when ``hold`` closes (after the exports), not here. ``ahead``: the layer spec of the
+        image the result is exported as, to write the layers below a result while its last
+        step runs."""
         from pybk.core.registry.client import RegistryClient
         from pybk.core.store.content import ContentStore
         from pybk.core.store.locks import SharedSlots
@@ -367,12 +377,12 @@ class Client:
         solver = await asyncio.to_thread(self.worker)
         registry = RegistryClient(dict(self.config.registry), ContentStore(solver.store.root))
         lease = solver.store.lease()
+        hold.callback(lease.release)
         limit = self.config.worker.oci.max_parallelism
         # shared by every build of the store (pybkd's commands, embedded builds), as
         # BuildKit's max-parallelism is the daemon's
         slots = (SharedSlots(os.path.join(solver.store.root, "parallelism"), limit)
                  if limit and limit > 0 else None)
-        runner = None
         try:
             remote = None
             if importers:
@@ -381,6 +391,7 @@ class Client:
                 remote = await import_caches(importers, bus, {
                     "root": self.root, "registry_hosts": dict(self.config.registry)})
             runner = solver.runner(session, registry, lease, remote)
+            hold.callback(runner.release)
             if ahead is not None:
                 for definition, _ in definitions.values():
                     _write_ahead_of_head(runner, definition, ahead)
@@ -389,9 +400,6 @@ class Client:
                                   no_cache=no_cache, cache_modes=cache_modes)
                 for definition, config in definitions.values()])
         finally:
-            if runner is not None:
-                runner.release()
-            lease.release()
             await registry.aclose()
 
     @staticmethod

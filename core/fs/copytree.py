@@ -20,7 +20,9 @@ def copy_tree(src: str, dest: str, *, devices: bool = False,
     seen_inodes: dict[tuple[int, int], str] = {}
     as_root = os.geteuid() == 0
     os.makedirs(dest, exist_ok=True)
-    for dirpath, dirnames, filenames in os.walk(src):
+    # a directory that cannot be listed (or vanished) fails the copy: os.walk would skip it
+    # without a word, and a partial tree would pass for the result
+    for dirpath, dirnames, filenames in os.walk(src, onerror=_fail):
         dirnames.sort()
         rel = os.path.relpath(dirpath, src)
         target_dir = dest if rel == "." else os.path.join(dest, rel)
@@ -58,9 +60,13 @@ def copy_tree(src: str, dest: str, *, devices: bool = False,
             if not os.path.islink(s):
                 os.chmod(d, st.st_mode & (0o600 if is_device else 0o7777))
             count += 1
-    for dirpath, _dirnames, _ in os.walk(src):
+    for dirpath, _dirnames, _ in os.walk(src, onerror=_fail):
         rel = os.path.relpath(dirpath, src)
         if rel != ".":
             st = os.lstat(dirpath)
             os.utime(os.path.join(dest, rel), ns=(st.st_atime_ns, st.st_mtime_ns))
     return count
+
+
+def _fail(error: OSError) -> None:
+    raise error

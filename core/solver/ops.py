@@ -145,10 +145,10 @@ class BuildRunner(OpRunner, LayerUnpacker):
     def load_cached(self, key: str, vertex: Vertex) -> VertexOutcome | None:
         refs: dict[int, Ref] = {}
         for index in sorted(vertex.op.output_indices()):
-            record = self.store.get_cache(key, index)
+            # found and leased at once: a record gone meanwhile is a miss (the step runs)
+            record = self.store.get_cache(key, index, lease=self.lease)
             if record is None:
                 return None
-            self.lease.add(record)
             refs[index] = Ref(snapshot=record.id)
         return VertexOutcome(refs=refs, cached=True, extra=self._extra(vertex))
 
@@ -189,11 +189,8 @@ class BuildRunner(OpRunner, LayerUnpacker):
         record_key = "layer:" + chain_id
 
         def existing() -> str | None:
-            record = self.store.get_cache(record_key)
-            if record is None:
-                return None
-            self.lease.add(record)
-            return record.id
+            record = self.store.get_cache(record_key, lease=self.lease)
+            return record.id if record is not None else None
 
         found = existing()
         if found is not None:

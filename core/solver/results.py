@@ -55,6 +55,10 @@ def read_ref(store: Any, ref: Ref) -> Iterator[str]:
         raise SolveError(f"result {ref.snapshot} is no longer in the store")
     with store.contents(record) as path:
         yield path
+    # what was read is the result only if nothing deleted it meanwhile (a record is deleted
+    # before its files; a lease or lock of the reader's build should have prevented it)
+    if store.get_record(ref.snapshot) is None:
+        raise SolveError(f"result {ref.snapshot} was deleted from the store while it was read")
 
 
 class VertexStats(Model):

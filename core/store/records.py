@@ -251,16 +251,35 @@ class Records:
 
     # ---- cache keys -------------------------------------------------------------------------
 
-    def get_cache(self, cache_key: str, output: int = 0) -> Record | None:
-        """The committed record stored for (``cache_key``, ``output``), if any."""
-        with self.db.reading() as db:
-            row = db.execute(
-                f"SELECT {', '.join('r.' + c for c in _RECORD_COLUMNS.split(', '))}"
-                " FROM cache_keys k JOIN records r ON r.id = k.record_id"
-                " WHERE k.cache_key=? AND k.output=? AND r.mutable=0"
-                " AND (r.snapshotter IS NULL OR r.snapshotter=?)",
-                (cache_key, output, self.snapshotters.default.name)).fetchone()
-            return self._record(db, row) if row else None
+    def get_cache(self, cache_key: str, output: int = 0, *,
+                  lease_id: str | None = None) -> Record | None:
+        """The committed record stored for (``cache_key``, ``output``), if any.
+
+        With ``lease_id`` the record found is added to that lease (and counted as used) in the
+        transaction that finds it: prune deletes a record only in a transaction that sees no
+        lease on it, so a record returned here cannot be deleted while the lease is held. A
+        record whose committed snapshot is gone is not found (the step is computed again).
+        """
+        columns = ", ".join("r." + c for c in _RECORD_COLUMNS.split(", "))
+        query = (f"SELECT {columns} FROM cache_keys k JOIN records r ON r.id = k.record_id"
+                 " WHERE k.cache_key=? AND k.output=? AND r.mutable=0"
+                 " AND (r.snapshotter IS NULL OR r.snapshotter=?)"
+                 " AND (r.snapshot IS NULL OR EXISTS (SELECT 1 FROM snapshots s WHERE"
+                 " s.snapshotter = r.snapshotter AND s.key = r.snapshot AND s.kind='committed'))")
+        args = (cache_key, output, self.snapshotters.default.name)
+        if lease_id is None:
+            with self.db.reading() as db:
+                row = db.execute(query, args).fetchone()
+                return self._record(db, row) if row else None
+        with self.db.transaction() as db:
+            row = db.execute(query, args).fetchone()
+            if row is None:
+                return None
+            db.execute("INSERT OR IGNORE INTO lease_refs(lease_id, record_id) VALUES (?,?)",
+                       (lease_id, row[0]))
+            db.execute("UPDATE records SET last_used=?, usage_count=usage_count+1 WHERE id=?",
+                       (time.time(), row[0]))
+            return self._record(db, row)
 
     def put_cache(self, cache_key: str, record: Record | str, output: int = 0) -> None:
         """Remember ``record`` as the result of (``cache_key``, ``output``)."""

@@ -241,9 +241,13 @@ class Store:
         """A directory showing a committed record's files (read only)."""
         return self._records.contents(record)
 
-    def get_cache(self, cache_key: str, output: int = 0) -> Record | None:
-        """The committed record stored for (``cache_key``, ``output``), if any."""
-        return self._records.get_cache(cache_key, output)
+    def get_cache(self, cache_key: str, output: int = 0, *,
+                  lease: Lease | None = None) -> Record | None:
+        """The committed record stored for (``cache_key``, ``output``), if any; with ``lease``,
+        held by it from the lookup on (a build must use a cache hit only this way: a prune
+        between a lookup and a later :meth:`Lease.add` deletes what was found)."""
+        return self._records.get_cache(cache_key, output,
+                                       lease_id=lease.id if lease is not None else None)
 
     def put_cache(self, cache_key: str, record: Record | str, output: int = 0) -> None:
         """Remember ``record`` as the result of (``cache_key``, ``output``)."""

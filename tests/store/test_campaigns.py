@@ -36,9 +36,6 @@ def test_crash_campaign_three_points(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "known race, not fixed yet (docs/reliability.md, concurrency campaign): about one round in "
-    "30 a build's export lacks the files of a COPY --from while a prune runs"))
 def test_concurrency_campaign_two_rounds(tmp_path):
     result, stdout = _run("concurrency.py", tmp_path, "--rounds", "2", "--seed", "3")
     assert result["summary"]["rounds"] == 2 and result["summary"]["failed_rounds"] == 0, stdout

@@ -145,6 +145,30 @@ def test_lease_protects_from_prune_and_counts_use(store):
             if p.name.isdigit()] == []
 
 
+def test_cache_lookup_with_a_lease_holds_what_it_finds(store):
+    """A build's lookup leases the record it finds in the same transaction: a prune after it
+    keeps the record (and its parent); one that got there first makes the lookup a miss, as
+    does a record whose snapshot is gone."""
+    base = make(store, files={"a": b"1"})
+    hit = make(store, base, files={"b": b"2"})
+    store.put_cache("k-hit", hit)
+    with store.lease() as lease:
+        found = store.get_cache("k-hit", lease=lease)
+        assert found.id == hit.id and store.get_record(hit.id).usage_count == 2
+        assert store.prune(all=True) == []  # hit and its parent are held from the lookup on
+        with store.contents(found) as root:
+            assert sorted(os.listdir(root)) == ["a", "b"]
+    assert {u.id for u in store.prune(all=True)} == {base.id, hit.id}
+    with store.lease() as lease:
+        assert store.get_cache("k-hit", lease=lease) is None  # pruned first: a miss, no error
+        gone = make(store, files={"c": b"3"})
+        store.put_cache("k-gone", gone)
+        with store.transaction() as db:  # a snapshot row lost (what fsck calls missing-snapshot)
+            db.execute("DELETE FROM snapshots WHERE key=?", (gone.snapshot,))
+        assert store.get_cache("k-gone", lease=lease) is None
+        assert store.query("SELECT record_id FROM lease_refs WHERE lease_id=?", (lease.id,)) == []
+
+
 # --------------------------------------------------------------------------------------------
 # du / prune
 # --------------------------------------------------------------------------------------------
