@@ -182,6 +182,16 @@ class ProcessFailedError(BuildError):
             f"process {go_quote(command)} did not complete successfully: exit code: {status}")
 
 
+class StepLimitError(ProcessFailedError):
+    """A build process was stopped by a resource limit (memory, processes, disk space);
+    ``reason`` says which, and the message ends with it."""
+
+    def __init__(self, command: str, status: int, reason: str):
+        self.reason = reason
+        super().__init__(command, status)
+        self.args = (f"{self.args[0]}: {reason}",)
+
+
 def exit_error(process: Any, code: int) -> ProcessFailedError:
     """BuildKit's error for a failed process: ``process "/bin/sh -c …" did not complete …``."""
     args = getattr(process, "args", process)

@@ -461,6 +461,10 @@ class ProcessSpec:
     security: str = "sandbox"  # "sandbox" or "insecure" (privileged)
     extra_hosts: tuple[tuple[str, str], ...] = ()
     valid_exit_codes: tuple[int, ...] = (0,)
+    #: ``ulimit`` entries: (name as in ``ulimit``/``--ulimit``, soft, hard); -1 is unlimited
+    ulimits: tuple[tuple[str, int, int], ...] = ()
+    #: the cgroup the container's cgroup is made under (empty: the worker's default)
+    cgroup_parent: str = ""
 
 
 OutputCallback = Callable[[bytes], None]

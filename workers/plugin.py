@@ -46,6 +46,9 @@ class OCIWorker(Worker):
         gc: Any = attrs.field(default=None, hash=False)
         #: ``[dns]`` (a :class:`pybk.core.config.schema.DNSConfig`), with ``gc``'s network keys
         dns: Any = attrs.field(default=None, hash=False)
+        #: what each RUN container may use and its cgroup parent (a
+        #: :class:`pybk.workers.limits.StepLimits`; None: the defaults of ``[pybk]``)
+        limits: Any = attrs.field(default=None, hash=False)
 
     def __init__(self, options: OCIWorker.Options | None = None, *,
                  root: str | os.PathLike[str] | None = None):
@@ -68,9 +71,11 @@ class OCIWorker(Worker):
         network keys are read when the executor is made (:meth:`network_options`), so a build
         that runs no step never loads the network code."""
         oci = config.worker.oci
+        from pybk.workers.limits import StepLimits
+
         options = cls.Options(binary=oci.binary or "runc", platforms=oci.platforms,
                               snapshotter=oci.snapshotter, labels=oci.labels, gc=oci,
-                              dns=config.dns)
+                              dns=config.dns, limits=StepLimits.from_config(config))
         return attrs.evolve(options, **changes) if changes else options
 
     def network_options(self) -> NetworkOptions:
@@ -128,12 +133,19 @@ class OCIWorker(Worker):
     def executor(self) -> RuncExecutor:
         """The executor, created on first use (cleaning up after runs of dead processes)."""
         if self._executor is None:
+            from pybk.workers.limits import StepLimits
             from pybk.workers.runc import RuncExecutor
 
+            limits = self.options.limits
+            if limits is None:
+                from pybk.core.config.schema import Config
+
+                limits = StepLimits.from_config(Config(root=str(self.root)))
             executor = RuncExecutor(os.path.join(self.root, self.state_dir_name),
                                     self.options.binary,
                                     no_process_sandbox=self.options.no_process_sandbox,
-                                    network=self.network_options())
+                                    network=self.network_options(), limits=limits,
+                                    store=str(self.root))
             executor.reap_stale()
             self._executor = executor
         return self._executor

@@ -61,7 +61,9 @@ def process_spec(runner: Any, vertex: Vertex, op: ExecOp) -> ProcessSpec:
         hostname=meta.hostname or "pybk", network=NETWORK_MODES[op.network],
         security="insecure" if op.security == SecurityMode.INSECURE else "sandbox",
         extra_hosts=tuple((h.host, h.ip) for h in meta.extra_hosts),
-        valid_exit_codes=tuple(meta.valid_exit_codes) or (0,))
+        valid_exit_codes=tuple(meta.valid_exit_codes) or (0,),
+        ulimits=tuple((u.name, u.soft, u.hard) for u in meta.ulimit),
+        cgroup_parent=meta.cgroup_parent)
 
 
 class _Mounts:
