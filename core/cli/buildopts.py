@@ -285,6 +285,27 @@ def parse_add_host(value: str) -> tuple[str, str]:
     return host, ip
 
 
+_ULIMIT = re.compile(r"[a-z]+=-?[0-9]+(:-?[0-9]+)?")
+
+
+def parse_ulimit(value: str) -> str:
+    """``--ulimit name=soft[:hard]`` (checked again, names included, by the frontend)."""
+    if _ULIMIT.fullmatch(value) is None:
+        raise UsageError(f"invalid value {value!r}: expected name=soft[:hard] "
+                         "(e.g. nofile=1024:2048)", flag="--ulimit")
+    return value
+
+
+def parse_cgroup_parent(value: str) -> str:
+    from pybk.core.config.schema import check_cgroup_parent
+
+    try:
+        check_cgroup_parent(value)
+    except ValueError as e:
+        raise UsageError(str(e), flag="--cgroup-parent") from None
+    return value
+
+
 def parse_key_values(values: Sequence[str], *, flag: str) -> dict[str, str]:
     """Repeated ``K=V`` flags (``--label``, ``--opt``, ``--annotation``)."""
     result = {}

@@ -260,6 +260,10 @@ def frontend_inputs(request: BuildRequest) -> tuple[dict[str, str], dict[str, st
         opts["force-network-mode"] = request.network
     if request.add_hosts:
         opts["add-hosts"] = ",".join(f"{h}={ip}" for h, ip in request.add_hosts)
+    if request.ulimits:
+        opts["ulimit"] = ",".join(request.ulimits)
+    if request.cgroup_parent:
+        opts["cgroup-parent"] = request.cgroup_parent
     if request.platforms:
         opts["platform"] = ",".join(request.platforms)
     for ctx in request.build_contexts:
