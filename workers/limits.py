@@ -176,7 +176,9 @@ def _mib(n: int) -> str:
 
 def inspect_cgroups(paths: Mapping[str, str], limits: StepLimits) -> str | None:
     """Why the stopped container was stopped, if a limit did it: its memory cgroup saw an
-    OOM kill, or its pids cgroup refused a fork. ``paths``: :func:`cgroup_paths`."""
+    OOM kill, its pids cgroup refused a fork (both, when a fork bomb also ran out of memory).
+    ``paths``: :func:`cgroup_paths`."""
+    reasons = []
     memory = paths.get("memory") or paths.get("")
     if memory:
         events = _read(os.path.join(memory, "memory.oom_control"))
@@ -184,18 +186,18 @@ def inspect_cgroups(paths: Mapping[str, str], limits: StepLimits) -> str | None:
         if not events:  # cgroup v2
             oom = _field(_read(os.path.join(memory, "memory.events")), "oom_kill")
         if oom:
-            return (f"the step ran out of memory (limit {_mib(limits.memory)}, "
-                    f"{limits.memory_source})" if limits.memory else
-                    "the step ran out of memory (killed by the kernel's OOM killer)")
+            reasons.append(f"the step ran out of memory (limit {_mib(limits.memory)}, "
+                           f"{limits.memory_source})" if limits.memory else
+                           "the step ran out of memory (killed by the kernel's OOM killer)")
     pids = paths.get("pids") or paths.get("")
     if pids:
         refused = _field(_read(os.path.join(pids, "pids.events")), "max")
         if refused:
             limit = _read(os.path.join(pids, "pids.max")).strip() or str(limits.pids)
             source = f", {limits.pids_source}" if limits.pids else ""
-            return (f"the step hit its process limit: {refused} fork(s) refused "
-                    f"(limit {limit} processes and threads{source})")
-    return None
+            reasons.append(f"the step hit its process limit: {refused} fork(s) refused "
+                           f"(limit {limit} processes and threads{source})")
+    return "; ".join(reasons) or None
 
 
 def disk_full(path: str, store: str) -> str | None:
