@@ -248,7 +248,16 @@ class StoreDB:
                 db.execute("ROLLBACK")
                 raise
             self._tx_depth = 0
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                # e.g. a full disk: nothing of the transaction happened, so neither may the
+                # work waiting for it (sqlite may already have rolled back)
+                self._after_tx.clear()
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
             pending, self._after_tx = self._after_tx, []
         for work in pending:
             work()

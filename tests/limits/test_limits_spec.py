@@ -151,8 +151,14 @@ def test_messages_from_cgroup_files(tmp_path):
         "the step hit its process limit: 3 fork(s) refused (limit 64 processes and threads, "
         "[pybk] step-pids)")
     (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    assert limits.inspect_cgroups(paths, step) == (  # a fork bomb may hit both
+        "the step ran out of memory (limit 64 MiB, [pybk] step-memory); the step hit its "
+        "process limit: 3 fork(s) refused (limit 64 processes and threads, [pybk] step-pids)")
+    (pids / "pids.events").write_text("max 0\n")
     assert limits.inspect_cgroups(paths, step) == (
         "the step ran out of memory (limit 64 MiB, [pybk] step-memory)")
+    assert limits.inspect_cgroups(paths, StepLimits()) == (
+        "the step ran out of memory (killed by the kernel's OOM killer)")
     error = StepLimitError("/bin/sh -c x", 137, "the step ran out of memory")
     assert str(error) == ('process "/bin/sh -c x" did not complete successfully: '
                           "exit code: 137: the step ran out of memory")
