@@ -91,6 +91,13 @@ def test_the_op_ulimits_are_the_process_rlimits(limited):
     assert result.stdout.split() == ["1000", "2000", "77"]
 
 
+def _command(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _host_cgroup_during(runner: Runner, parent: str, **kw) -> tuple[str, str]:
     """Run a step that waits, and read from the host, while it runs, the memory cgroup its
     process is in and that cgroup's limit."""
@@ -102,7 +109,8 @@ def _host_cgroup_during(runner: Runner, parent: str, **kw) -> tuple[str, str]:
                 if step.done():
                     raise AssertionError(f"the step ended: {step.result()}")
                 procs = glob.glob(f"/sys/fs/cgroup/memory/{parent}/buildkit/*/cgroup.procs")
-                pids = [p for f in procs for p in Path(f).read_text().split()]
+                pids = [p for f in procs for p in Path(f).read_text().split()
+                        if _command(p).startswith(b"sleep")]  # runc is done setting up
                 if pids:
                     line = next(ln for ln in Path(f"/proc/{pids[0]}/cgroup").read_text()
                                 .splitlines() if ":memory:" in ln)
