@@ -524,7 +524,7 @@ class RuncExecutor(Executor):
     def _remove_half_created(self, container_id: str) -> None:
         """Clean up a container whose creation was interrupted: runc has no state for it, so
         ``runc delete`` cannot; kill its ``runc init`` (found by its state dir) and remove
-        the state dir and the cgroups named after it."""
+        the state dir and the cgroups named after it (under the default cgroup parent too)."""
         state = os.path.join(self.runtime_root, container_id)
         if not os.path.isdir(state):
             return
@@ -540,8 +540,11 @@ class RuncExecutor(Executor):
             if not os.path.exists(state):
                 break
             time.sleep(0.01)
+        parent = steplimits.cgroups_path(self.limits.cgroup_parent, container_id) or ""
         for cgroup in glob.glob(f"/sys/fs/cgroup/*/{container_id}") + glob.glob(
-                f"/sys/fs/cgroup/{container_id}"):
+                f"/sys/fs/cgroup/{container_id}") + (glob.glob(
+                f"/sys/fs/cgroup/*{parent}") + glob.glob(f"/sys/fs/cgroup{parent}")
+                if parent else []):
             with contextlib.suppress(OSError):
                 os.rmdir(cgroup)
 
