@@ -184,12 +184,15 @@ class ProcessFailedError(BuildError):
 
 class StepLimitError(ProcessFailedError):
     """A build process was stopped by a resource limit (memory, processes, disk space);
-    ``reason`` says which, and the message ends with it."""
+    ``reason`` says which, and the message ends with it. ``completed``: the process exited
+    as allowed, but what it left cannot be kept (it filled the disk)."""
 
-    def __init__(self, command: str, status: int, reason: str):
+    def __init__(self, command: str, status: int, reason: str, *, completed: bool = False):
         self.reason = reason
         super().__init__(command, status)
-        self.args = (f"{self.args[0]}: {reason}",)
+        head = f"process {go_quote(command)} completed, but" if completed else \
+            f"{self.args[0]}:"
+        self.args = (f"{head} {reason}",)
 
 
 def exit_error(process: Any, code: int) -> ProcessFailedError:

@@ -406,10 +406,15 @@ class RuncExecutor(Executor):
                     _quiet, self._runtime("delete", "--force", container_id))
             code = await self._run_container(container_id, bundle, stdout, stderr, stdin,
                                              keep=keep)
+            command = " ".join(process.args)
             if code not in process.valid_exit_codes:
                 reason = await asyncio.to_thread(self._why_failed, container_id, rootfs, keep)
                 if reason:
-                    raise StepLimitError(" ".join(process.args), code, reason)
+                    raise StepLimitError(command, code, reason)
+            else:  # a step that filled the disk and ignored it: its snapshot cannot be kept
+                full = await asyncio.to_thread(steplimits.disk_full, rootfs, self.store)
+                if full:
+                    raise StepLimitError(command, code, full, completed=True)
             return code
 
     async def _keeps(self) -> bool:

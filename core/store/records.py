@@ -26,7 +26,7 @@ from pybk.core.errors import StoreError
 from pybk.core.fs.files import remove_path
 from pybk.core.interfaces import Mount
 from pybk.core.store import locks as lockmod
-from pybk.core.store.db import StoreDB, new_id
+from pybk.core.store.db import StoreDB, StoreFullError, new_id
 from pybk.core.store.snapshotters import SnapshotterSet
 
 RECORD_TYPES = ("regular", "source.local", "exec.cachemount", "source.git.checkout", "frontend",
@@ -172,7 +172,7 @@ class Records:
         record is dropped."""
         try:
             self._discard(record)
-        except sqlite3.OperationalError:
+        except (sqlite3.OperationalError, StoreFullError):
             self._free(record)
             self._discard(record)
 

@@ -160,6 +160,24 @@ def test_filling_the_disk_fails_the_step_and_frees_the_space(tmp_path, busybox_l
     assert (out / "next").read_text() == "next\n"
 
 
+def test_a_step_that_fills_the_disk_and_succeeds_is_not_kept(tmp_path, busybox_layout,
+                                                             small_disk):
+    """Ignoring ENOSPC (``; true``) leaves a full disk the store's database cannot be written
+    to: the step fails all the same, cleanly, and its snapshot is discarded."""
+    store = small_disk / "store"
+    b = Builds(tmp_path, busybox_layout, BASE_CONFIG, root=store)
+    result = b.build("FROM busybox\nRUN dd if=/dev/zero of=/big bs=1M; true\nRUN echo x\n")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert ('process "/bin/sh -c dd if=/dev/zero of=/big bs=1M; true" completed, but no space '
+            f"left on device: the store at {store} is full") in result.stderr
+    assert _used(small_disk) < 64 << 20
+    fsck = b.pybk("debug", "fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    out = b.output("FROM busybox\nRUN echo next > /next\n")
+    assert (out / "next").read_text() == "next\n"
+
+
 def test_the_daemon_survives_hostile_steps(tmp_path, busybox_layout):
     need_runc()
     daemon = Pybkd(tmp_path, LIMITS)
