@@ -212,4 +212,4 @@ def disk_full(path: str, store: str) -> str | None:
     if size == 0 or free >= min(DISK_FULL_BYTES, int(size * DISK_FULL_RATIO)):
         return None
     return (f"no space left on device: the store at {store} is full ({_mib(free)} free of "
-            f"{_mib(size)}); the step's changes were discarded")
+            f"{_mib(size)}); the step's snapshot was discarded")

@@ -152,7 +152,7 @@ def test_filling_the_disk_fails_the_step_and_frees_the_space(tmp_path, busybox_l
     assert "No space left on device" in result.stderr  # dd's own
     assert (f"exit code: 1: no space left on device: the store at {store} is full"
             in result.stderr)
-    assert "the step's changes were discarded" in result.stderr
+    assert "the step's snapshot was discarded" in result.stderr
     assert _used(small_disk) < 64 << 20  # the partial snapshot is gone
     fsck = b.pybk("debug", "fsck")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
