@@ -465,6 +465,9 @@ class ProcessSpec:
     ulimits: tuple[tuple[str, int, int], ...] = ()
     #: the cgroup the container's cgroup is made under (empty: the worker's default)
     cgroup_parent: str = ""
+    #: per-step cgroup limits the client asked for, as (name, value) pairs with the names of
+    #: :class:`pybk.core.llb.ops.LinuxResources` (``memory``, ``cpu_quota``, ...)
+    resources: tuple[tuple[str, int | str], ...] = ()
 
 
 OutputCallback = Callable[[bytes], None]

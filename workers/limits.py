@@ -54,6 +54,24 @@ class StepLimits:
     #: where the values come from, for the failure messages
     memory_source: str = "[pybk] step-memory"
     pids_source: str = "[pybk] step-pids"
+    #: what the op asked for besides (``memory_swap``, the CPU keys): see :meth:`for_step`
+    requested: tuple[tuple[str, int | str], ...] = ()
+
+    def for_step(self, requested: Sequence[tuple[str, int | str]]) -> StepLimits:
+        """The limits of one step whose op asked for ``requested`` (its ``linux_resources``,
+        buildx ``--resource``): its memory limit where it is below this one (a client cannot
+        lift the daemon's), and its swap and CPU settings."""
+        if not requested:
+            return self
+        asked = dict(requested)
+        memory = int(asked.pop("memory", 0) or 0)
+        changes: dict[str, Any] = {"requested": tuple(asked.items())}
+        if memory > 0 and (self.memory == 0 or memory < self.memory):
+            changes.update(memory=memory, memory_source="--resource memory")
+        else:
+            asked.pop("memory_swap", None)  # the daemon's limit applies, without swap
+            changes["requested"] = tuple(asked.items())
+        return attrs.evolve(self, **changes)
 
     @classmethod
     def from_config(cls, config: Any) -> StepLimits:
@@ -105,16 +123,28 @@ def _swap_accounted() -> bool:
         return False
 
 
+#: ``linux.resources.cpu`` keys of the requested CPU settings
+_CPU = {"cpu_shares": "shares", "cpu_period": "period", "cpu_quota": "quota",
+        "cpuset_cpus": "cpus", "cpuset_mems": "mems"}
+
+
 def resources(limits: StepLimits) -> dict[str, Any]:
     """``linux.resources`` entries (besides ``devices``) for ``limits``."""
     out: dict[str, Any] = {}
+    asked = dict(limits.requested)
     if limits.memory:
         memory: dict[str, Any] = {"limit": limits.memory}
-        if _swap_accounted():
+        swap = int(asked.get("memory_swap", 0) or 0)
+        if swap and (swap == -1 or swap >= limits.memory):
+            memory["swap"] = swap  # the op's own memory + swap
+        elif _swap_accounted():
             memory["swap"] = limits.memory  # memory + swap: no swap beyond the limit
         out["memory"] = memory
     if limits.pids:
         out["pids"] = {"limit": limits.pids}
+    cpu = {key: asked[name] for name, key in _CPU.items() if asked.get(name)}
+    if cpu:
+        out["cpu"] = cpu
     return out
 
 

@@ -392,12 +392,13 @@ class RuncExecutor(Executor):
                 process.hostname, _gateway_hosts(process.extra_hosts, attachment)))
             _write_text(resolv, ocispec.resolv_conf(attachment.mode,
                                                     dns=self.network_options.dns))
+            limits = self.limits.for_step(process.resources)
             cgroups_path = steplimits.cgroups_path(
-                process.cgroup_parent or self.limits.cgroup_parent, container_id)
+                process.cgroup_parent or limits.cgroup_parent, container_id)
             config = ocispec.generate_spec(
                 effective, rootfs=rootfs, user=user, mounts=extra, hosts_path=hosts,
                 resolv_conf_path=resolv, netns_path=attachment.netns,
-                no_process_sandbox=self.no_process_sandbox, limits=self.limits,
+                no_process_sandbox=self.no_process_sandbox, limits=limits,
                 cgroups_path=cgroups_path)
             private_file(os.path.join(bundle, "config.json"), orjson.dumps(config))
             keep = await self._keeps()
@@ -408,7 +409,8 @@ class RuncExecutor(Executor):
                                              keep=keep)
             command = " ".join(process.args)
             if code not in process.valid_exit_codes:
-                reason = await asyncio.to_thread(self._why_failed, container_id, rootfs, keep)
+                reason = await asyncio.to_thread(self._why_failed, container_id, rootfs, keep,
+                                                 limits)
                 if reason:
                     raise StepLimitError(command, code, reason)
             else:  # a step that filled the disk and ignored it: its snapshot cannot be kept
@@ -430,12 +432,13 @@ class RuncExecutor(Executor):
             self._keep = b"--keep" in out
         return self._keep
 
-    def _why_failed(self, container_id: str, rootfs: str, kept: bool) -> str | None:
+    def _why_failed(self, container_id: str, rootfs: str, kept: bool,
+                    limits: steplimits.StepLimits) -> str | None:
         """Which limit stopped a failed step, if one did: its memory or pids cgroup (of the
         stopped container, still there when ``kept``), or a full disk under its root."""
         if kept:
             paths = steplimits.cgroup_paths(os.path.join(self.runtime_root, container_id))
-            reason = steplimits.inspect_cgroups(paths, self.limits)
+            reason = steplimits.inspect_cgroups(paths, limits)
             if reason:
                 return reason
         return steplimits.disk_full(rootfs, self.store)

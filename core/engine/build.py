@@ -264,6 +264,9 @@ def frontend_inputs(request: BuildRequest) -> tuple[dict[str, str], dict[str, st
         opts["ulimit"] = ",".join(request.ulimits)
     if request.cgroup_parent:
         opts["cgroup-parent"] = request.cgroup_parent
+    for item in request.resources:
+        key, _, value = item.partition("=")
+        opts[key] = value
     if request.platforms:
         opts["platform"] = ",".join(request.platforms)
     for ctx in request.build_contexts:

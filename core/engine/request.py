@@ -113,6 +113,8 @@ class BuildRequest:
     ulimits: tuple[str, ...] = ()
     #: ``--cgroup-parent``: the cgroup every RUN container's cgroup is made under
     cgroup_parent: str = ""
+    #: ``--resource`` values as frontend options (``memory=536870912``, ``cpuquota=50000``)
+    resources: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     metadata_file: str | None = None

@@ -540,6 +540,21 @@ class ProgressGroup:
 
 
 @attrs.frozen
+class LinuxResources:
+    """Per-step cgroup limits a client asked for (buildx ``--resource``): memory and swap in
+    bytes (``memory_swap`` is memory + swap, -1 unlimited), CPU shares, CFS period and quota
+    (microseconds), and cpuset lists (``"0-1"``)."""
+
+    memory: int = 0
+    memory_swap: int = 0
+    cpu_shares: int = 0
+    cpu_period: int = 0
+    cpu_quota: int = 0
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+
+
+@attrs.frozen
 class OpMetadata:
     """Per-op data that is not part of the op digest (``Definition.metadata[digest]``)."""
 
@@ -548,6 +563,7 @@ class OpMetadata:
     export_cache: ExportCache | None = None
     caps: FrozenDict[str, bool] = _map()
     progress_group: ProgressGroup | None = None
+    linux_resources: LinuxResources | None = None
 
 
 _KIND_OF = {globals()[cls]: key for key, cls in _OP_KINDS.items()}

@@ -63,7 +63,9 @@ def process_spec(runner: Any, vertex: Vertex, op: ExecOp) -> ProcessSpec:
         extra_hosts=tuple((h.host, h.ip) for h in meta.extra_hosts),
         valid_exit_codes=tuple(meta.valid_exit_codes) or (0,),
         ulimits=tuple((u.name, u.soft, u.hard) for u in meta.ulimit),
-        cgroup_parent=meta.cgroup_parent)
+        cgroup_parent=meta.cgroup_parent,
+        resources=tuple((k, v) for k, v in attrs.asdict(vertex.linux_resources).items() if v)
+        if vertex.linux_resources is not None else ())
 
 
 class _Mounts:

@@ -74,7 +74,8 @@ def dockerfile_to_llb(data: bytes, *, filename: str = "Dockerfile", **options: A
     args, ``lint`` the build-check findings only the conversion sees (InvalidBaseImagePlatform).
     Without ``target_platform`` a base image of another platform this host can run (natively
     or emulated) gives its stage that platform, as BuildKit's auto-detection does.
-    ``ulimits`` ((name, soft, hard)) and ``cgroup_parent`` apply to every RUN.
+    ``ulimits`` ((name, soft, hard)), ``cgroup_parent`` and ``linux_resources`` apply to every
+    RUN.
     """
     return convert_dockerfile(parse_dockerfile(data, filename), data, **options)
 
@@ -96,6 +97,7 @@ def convert_dockerfile(
     network_mode: str | None = None,
     ulimits: Iterable[tuple[str, int, int]] = (),
     cgroup_parent: str = "",
+    linux_resources: llb.LinuxResources | None = None,
     labels: Mapping[str, str] = {},  # noqa: B006 - read only
     warn: Callable[[str], None] | None = None,
     lint: Callable[[Any], None] | None = None,
@@ -147,7 +149,8 @@ def convert_dockerfile(
             target or "default", context,
             None if no_cache_stages is None else frozenset(no_cache_stages), extra_hosts,
             network_mode, STEPS, language, implicit_platform=target_platform is None,
-            ulimits=tuple(ulimits), cgroup_parent=cgroup_parent)
+            ulimits=tuple(ulimits), cgroup_parent=cgroup_parent,
+            linux_resources=linux_resources)
         return converter, converter.stage(stage)
 
     converter, built = convert(None)

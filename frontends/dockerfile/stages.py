@@ -77,7 +77,8 @@ class StageConverter:
                  no_cache_stages: frozenset[str] | None, extra_hosts: Mapping[str, str],
                  network_mode: str | None, steps: Mapping[str, Step],
                  language: str = "Dockerfile", implicit_platform: bool = False,
-                 ulimits: tuple[tuple[str, int, int], ...] = (), cgroup_parent: str = ""):
+                 ulimits: tuple[tuple[str, int, int], ...] = (), cgroup_parent: str = "",
+                 linux_resources: llb.LinuxResources | None = None):
         self.df = dockerfile
         #: keyword (lower case) → the function converting that instruction
         self.steps = steps
@@ -100,6 +101,8 @@ class StageConverter:
         #: ``--ulimit`` entries and ``--cgroup-parent``, for every RUN
         self.ulimits = ulimits
         self.cgroup_parent = cgroup_parent
+        #: per-step resources (the ``memory``, ``cpu*`` opts), for every RUN
+        self.linux_resources = linux_resources
         self.source_info = llb.SourceInfo(dockerfile.filename, data, language)
         self.done: dict[int, StageState] = {}
         self.in_progress: set[int] = set()

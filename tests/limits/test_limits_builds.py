@@ -100,6 +100,25 @@ def test_ulimit_flag_sets_the_steps_rlimits(tmp_path, busybox_layout):
     assert 'unknown name "files"' in unknown.stderr
 
 
+def test_resource_flag_sets_the_steps_cgroup_limits(tmp_path, busybox_layout):
+    b = Builds(tmp_path, busybox_layout, LIMITS)
+    out = b.output("FROM busybox\nRUN cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                   "/sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us "
+                   "> /limits\n",
+                   "--resource", "memory=32m,cpu-quota=50000,cpu-period=100000")
+    assert (out / "limits").read_text().split() == [str(32 << 20), "50000", "100000"]
+    # above the daemon's [pybk] step-memory: that one applies
+    out = b.output("FROM busybox\nRUN cat /sys/fs/cgroup/memory/memory.limit_in_bytes > /m\n",
+                   "--resource", "memory=1g")
+    assert (out / "m").read_text().split() == [str(64 << 20)]
+    result = b.build(f"FROM busybox\n{OOM} && echo again\n", "--resource", "memory=32m")
+    assert result.returncode == 1
+    assert "the step ran out of memory (limit 32 MiB, --resource memory)" in result.stderr
+    bad = b.build("FROM busybox\nRUN true\n", "--resource", "memory=lots")
+    assert bad.returncode == 2
+    assert "--resource: invalid value 'memory=lots'" in bad.stderr
+
+
 def test_cgroup_parent_flag_places_the_container(tmp_path, busybox_layout):
     b = Builds(tmp_path, busybox_layout, BASE_CONFIG)
     parent = f"pybk-test-{uuid.uuid4().hex[:8]}"
@@ -191,9 +210,13 @@ def test_the_daemon_survives_hostile_steps(tmp_path, busybox_layout):
         assert BOMB_MESSAGE in bomb.stderr.decode()
         assert daemon.proc.poll() is None
         out = tmp_path / "out"
-        ok = daemon.pybk(*b.args("FROM busybox\nRUN echo alive > /alive\n", "-o",
-                                 f"type=local,dest={out}"))
+        ok = daemon.pybk(*b.args(
+            "FROM busybox\nRUN echo alive > /alive && ulimit -n >> /alive && "
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes >> /alive\n",
+            "-o", f"type=local,dest={out}", "--ulimit", "nofile=1000:2000",
+            "--resource", "memory=32m"))
         assert ok.returncode == 0, ok.stderr.decode()
-        assert (out / "alive").read_text() == "alive\n"
+        # the flags reach the daemon's steps
+        assert (out / "alive").read_text().split() == ["alive", "1000", str(32 << 20)]
     finally:
         assert daemon.stop() == 0

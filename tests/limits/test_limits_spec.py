@@ -169,3 +169,49 @@ def test_cgroup_paths_come_from_runcs_state(tmp_path):
     (tmp_path / "state.json").write_text('{"cgroup_paths": {"memory": "/sys/fs/cgroup/m/x"}}')
     assert limits.cgroup_paths(str(tmp_path)) == {"memory": "/sys/fs/cgroup/m/x"}
     assert limits.cgroup_paths(str(tmp_path / "missing")) == {}
+
+
+def test_resource_flag_becomes_frontend_opts():
+    from pybk.core.cli import buildopts
+
+    assert buildopts.parse_resources(["memory=32m,cpu-quota=50000", "cpuset-cpus=0",
+                                      "memory-swap=-1"]) == (
+        "memory=33554432", "cpuquota=50000", "cpusetcpus=0", "memswap=-1")
+    for bad in ("mem=1", "memory", "cpu-quota=lots", "memory=huge"):
+        with pytest.raises(UsageError, match="--resource"):
+            buildopts.parse_resources([bad])
+
+
+def test_resource_opts_become_every_runs_linux_resources():
+    from pybk.core import llb
+    from pybk.frontends.dockerfile.convert import dockerfile_to_llb
+    from pybk.frontends.dockerfile.frontend import linux_resources
+
+    assert linux_resources({}) is None
+    wanted = llb.LinuxResources(memory=32 << 20, memory_swap=-1, cpu_quota=50000,
+                                cpuset_cpus="0")
+    assert linux_resources({"memory": "32m", "memswap": "-1", "cpuquota": "50000",
+                            "cpusetcpus": "0"}) == wanted
+    with pytest.raises(InputError, match="invalid cpuquota"):
+        linux_resources({"cpuquota": "x"})
+    definition = dockerfile_to_llb(b"FROM scratch\nRUN true\nRUN false\n",
+                                   linux_resources=wanted).state.marshal(None)
+    execs = [op for op in _ops(definition) if op.kind == "exec"]
+    assert len(execs) == 2
+    for op in execs:
+        assert definition.metadata[op.digest].linux_resources == wanted
+
+
+def test_a_steps_resources_lower_the_daemons_limit_never_raise_it():
+    daemon = StepLimits(memory=64 << 20, pids=64)
+    lower = daemon.for_step((("memory", 32 << 20), ("cpu_quota", 50000), ("cpu_period", 100000)))
+    assert (lower.memory, lower.memory_source) == (32 << 20, "--resource memory")
+    resources = _spec(ProcessSpec(args=("true",)), limits=lower)["linux"]["resources"]
+    assert resources["memory"]["limit"] == 32 << 20
+    assert resources["cpu"] == {"quota": 50000, "period": 100000}
+    higher = daemon.for_step((("memory", 1 << 30), ("memory_swap", -1)))
+    assert (higher.memory, higher.memory_source) == (64 << 20, "[pybk] step-memory")
+    assert higher.requested == ()
+    unlimited = StepLimits().for_step((("memory", 1 << 30), ("memory_swap", -1)))
+    assert _spec(ProcessSpec(args=("true",)), limits=unlimited)["linux"]["resources"][
+        "memory"] == {"limit": 1 << 30, "swap": -1}
