@@ -220,3 +220,19 @@ def test_the_daemon_survives_hostile_steps(tmp_path, busybox_layout):
         assert (out / "alive").read_text().split() == ["alive", "1000", str(32 << 20)]
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_pipelines_runs_get_the_flags_too(tmp_path, busybox_layout):
+    b = Builds(tmp_path, busybox_layout, BASE_CONFIG)
+    ctx = tmp_path / "pipeline"
+    ctx.mkdir()
+    (ctx / "pipeline.yaml").write_text(
+        "version: 1\nstages:\n  main:\n    from: busybox\n    steps:\n"
+        "      - run: 'ulimit -n > /n && cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us >> /n'\n")
+    out = tmp_path / "out"
+    result = b.pybk("build", "--progress", "plain", "--build-context",
+                    f"busybox=oci-layout://{busybox_layout}", "-f", str(ctx / "pipeline.yaml"),
+                    "-o", f"type=local,dest={out}", "--ulimit", "nofile=999",
+                    "--resource", "cpu-quota=70000", str(ctx))
+    assert result.returncode == 0, result.stderr
+    assert (out / "n").read_text().split() == ["999", "70000"]
