@@ -11,15 +11,15 @@ _HTTP = ("the async HTTP client, loaded when something must be fetched (a cached
          "base tag is unchanged resolves it with one HEAD over http.client instead)")
 _HTTPX_STDLIB = ("http.client, for the one HEAD that resolves FROM's tag again on every build, as "
                  "BuildKit does (email parses its headers); httpx imports these too")
-_LANGUAGE = "language support imported by attrs, cattrs, pluggy or the standard library itself"
+_LANGUAGE = "language support imported by pluggy, the model classes or the standard library itself"
 _STARTUP = ("interpreter start-up: site, the editable install's finder (pathlib), .pth files "
             "of this machine's site-packages (importlib.resources, certifi); not pybk's")
 
 REASONS = {
     # pybk
-    "pybk.core.llb": "the LLB model (attrs classes of ops.proto): the cached definition is "
+    "pybk.core.llb": "the LLB model (model classes of ops.proto): the cached definition is "
                      "decoded into ops whose digests are the solver's cache keys",
-    "pybk.core.config": "the buildkitd.toml schema (attrs classes) and loader: registry, "
+    "pybk.core.config": "the buildkitd.toml schema (model classes) and loader: registry, "
                         "worker, entitlement and GC settings",
     "pybk.core.registry": "resolving FROM's tag (reference parsing, auth, the client)",
     "pybk.core.interfaces": "the plugin interfaces the built-in plugins implement",
@@ -36,6 +36,7 @@ REASONS = {
     "pybk.core.plugins": "the plugin manager and the built-in plugin list",
     "pybk.core.units": "sizes and durations of the config",
     "pybk.core.converter": "option structuring helpers",
+    "pybk.core.model": "the base of every value class (LLB messages, config tables, records)",
     "pybk.core.platform": "the host platform",
     "pybk.core.http": "httpx loaded lean and the lazy TLS context",
     "pybk.core.serialize": "canonical JSON and digests",
@@ -47,8 +48,9 @@ REASONS = {
                                  "loaded on a cache hit)",
     "pybk.workers": "the OCI worker's registration (runc is not started on a cache hit)",
     # third-party
-    "attr": "attrs, the model classes' library", "attrs": "attrs, the model classes' library",
-    "cattrs": "structures the config file and exporter/frontend options into attrs classes",
+    "attr": "attrs, for a plugin's attrs options or the attrs API on a model class",
+    "attrs": "attrs, for a plugin's attrs options or the attrs API on a model class",
+    "cattrs": "structures the config file and exporter/frontend options the plain way cannot",
     "pluggy": "the plugin manager",
     "orjson": "JSON for records and manifests",
     "httpx": _HTTP, "httpcore": _HTTP, "h11": _HTTP, "anyio": _HTTP, "sniffio": _HTTP,
@@ -73,7 +75,7 @@ REASONS = {
     "tarfile": "layer tarballs (core.fs.archive)", "ctypes": "mount(2) through libc",
     "hashlib": "digests", "_hashlib": "digests", "argparse": "the command line",
     "gettext": "imported by argparse", "locale": "imported by gettext",
-    "platform": "imported by attrs", "ipaddress": "loopback registries use plain HTTP",
+    "platform": "imported by the standard library (uuid, ssl)", "ipaddress": "loopback registries use plain HTTP",
     "tempfile": "atomic writes in the store", "shutil": "file copies in the store",
     "random": "imported by tempfile", "threading": "the store's locks",
     "pathlib": _STARTUP, "importlib": _STARTUP, "zipfile": _STARTUP, "site": _STARTUP,

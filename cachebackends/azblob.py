@@ -8,10 +8,9 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import UsageError
 from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
+from pybk.core.model import Model, evolve
 from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
@@ -21,7 +20,6 @@ from pybk.core.remotecache.store import (
 )
 
 
-@attrs.frozen
 class AzblobCacheOptions(CommonCacheOptions):
     account_url: str = ""
     account_name: str = ""
@@ -33,8 +31,7 @@ class AzblobCacheOptions(CommonCacheOptions):
     secret_access_key: str = ""
 
 
-@attrs.frozen
-class _Azure:
+class _Azure(Model):
     account_url: str
     account_name: str
     container: str
@@ -92,7 +89,7 @@ class AzblobCache(CacheBackend):
         prefix = env_or(options.prefix, "BUILDKIT_AZURE_STORAGE_PREFIX")
         if not split_names(options.name):
             raise UsageError("type=azblob needs a name", flag=flag)
-        return _Azure(url.rstrip("/"), name, container, attrs.evolve(options, prefix=prefix))
+        return _Azure(url.rstrip("/"), name, container, evolve(options, prefix=prefix))
 
     def resolve_exporter(self, options: AzblobCacheOptions) -> CacheExporter:
         az = self._settings(options, "--cache-to")

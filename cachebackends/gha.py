@@ -32,11 +32,11 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-import attrs
 import fsspec
 from fsspec.spec import AbstractBufferedFile
 
 from pybk.core.errors import BuildError
+from pybk.core.model import Model
 
 CACHE_VERSION = hashlib.sha256(b"|go-actionscache-1.0").hexdigest()
 BLOB_KEY_PREFIX = "buildkit-blob-1-"
@@ -64,8 +64,7 @@ class _AlreadyExists(Exception):
     """The key is already reserved or saved in this scope."""
 
 
-@attrs.frozen
-class RuntimeToken:
+class RuntimeToken(Model):
     """The claims of an Actions runtime token (read without verifying the signature)."""
 
     scopes: tuple[tuple[str, int], ...]

@@ -7,11 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core.converter import setting
 from pybk.core.errors import UsageError
 from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
+from pybk.core.model import Model
 from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
@@ -20,7 +19,6 @@ from pybk.core.remotecache.store import (
 )
 
 
-@attrs.frozen
 class GHACacheOptions(CommonCacheOptions):
     url: str = ""
     url_v2: str = ""
@@ -32,8 +30,7 @@ class GHACacheOptions(CommonCacheOptions):
     ghtoken: str = setting(default="", unsupported="blobs are looked up one by one")
 
 
-@attrs.frozen
-class _GHA:
+class _GHA(Model):
     options: GHACacheOptions
     token: str
     url: str

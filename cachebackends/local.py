@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import re
 
-import attrs
-
 from pybk.core.converter import setting
 from pybk.core.errors import UsageError
 from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
 from pybk.core.remotecache.store import CommonCacheOptions, LayoutCacheStore, cache_exporter
 
 
-@attrs.frozen
 class LocalCacheOptions(CommonCacheOptions):
     dest: str = ""
     src: str = ""

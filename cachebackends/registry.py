@@ -7,15 +7,12 @@ registry client (:mod:`pybk.core.remotecache.registry`).
 
 from __future__ import annotations
 
-import attrs
-
 from pybk.core.converter import setting
 from pybk.core.errors import InputError, UsageError
 from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
 from pybk.core.remotecache.store import CommonCacheOptions, cache_exporter
 
 
-@attrs.frozen
 class RegistryCacheOptions(CommonCacheOptions):
     ref: str = ""
     image_manifest: bool = setting("image-manifest", default=True)

@@ -7,11 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import attrs
-
 from pybk.core.converter import setting
 from pybk.core.errors import UsageError
 from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
+from pybk.core.model import Model
 from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
@@ -21,7 +20,6 @@ from pybk.core.remotecache.store import (
 )
 
 
-@attrs.frozen
 class S3CacheOptions(CommonCacheOptions):
     bucket: str = ""
     region: str = ""
@@ -47,8 +45,7 @@ def _positive(value: int) -> None:
         raise ValueError("must be at least 1")
 
 
-@attrs.frozen
-class _S3:
+class _S3(Model):
     bucket: str
     options: S3CacheOptions
     region: str

@@ -21,10 +21,9 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core.didyoumean import did_you_mean
 from pybk.core.errors import UsageError
+from pybk.core.model import NOTHING, Field, Model, field, fields, has, is_nothing, resolve_types
 from pybk.core.units import DiskSpace, Seconds, format_duration, parse_duration
 
 if typing.TYPE_CHECKING:
@@ -51,8 +50,7 @@ _META = "pybk"
 KeyPath = tuple[str | int, ...]
 
 
-@attrs.frozen
-class Problem:
+class Problem(Model):
     """One thing wrong with a document, at ``path``."""
 
     path: KeyPath
@@ -66,7 +64,7 @@ class Problem:
 def setting(
     key: str | None = None,
     *,
-    default: Any = attrs.NOTHING,
+    default: Any = NOTHING,
     factory: Callable[[], Any] | None = None,
     check: Callable[[Any], None] | None = None,
     unsupported: str | None = None,
@@ -86,20 +84,20 @@ def setting(
     meta = {"key": key, "check": check, "unsupported": unsupported, "deprecated": deprecated,
             "prefix": prefix, "sep": sep}
     if factory is not None:
-        return attrs.field(factory=factory, metadata={_META: meta})
-    return attrs.field(default=default, metadata={_META: meta})
+        return field(factory=factory, metadata={_META: meta})
+    return field(default=default, metadata={_META: meta})
 
 
-def _meta(a: attrs.Attribute) -> Mapping[str, Any]:
+def _meta(a: Field) -> Mapping[str, Any]:
     return a.metadata.get(_META, {})
 
 
-def external_key(a: attrs.Attribute) -> str:
+def external_key(a: Field) -> str:
     """The spelling of field ``a`` in TOML and CLI attrs."""
     return _meta(a).get("key") or a.name
 
 
-def field_meta(a: attrs.Attribute, name: str) -> Any:
+def field_meta(a: Field, name: str) -> Any:
     """The pybk metadata ``name`` of field ``a`` (``check``, ``unsupported``, ``prefix`` …)."""
     return _meta(a).get(name)
 
@@ -305,9 +303,9 @@ def _literal_hook_factory(tp: Any, converter: cattrs.Converter) -> Callable[[Any
 def _attrs_hook_factory(cl: type, converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
     from cattrs.gen import make_dict_structure_fn, override
 
-    attrs.resolve_types(cl)
+    resolve_types(cl)
     overrides = {}
-    for a in attrs.fields(cl):
+    for a in fields(cl):
         key = external_key(a)
         check = field_meta(a, "check")
         struct_hook = None
@@ -341,8 +339,8 @@ def _attrs_hook_factory(cl: type, converter: cattrs.Converter) -> Callable[[Any,
 def _attrs_unstructure_factory(cl: type, converter: cattrs.Converter) -> Callable[[Any], Any]:
     from cattrs.gen import make_dict_unstructure_fn, override
 
-    attrs.resolve_types(cl)
-    overrides = {a.name: override(rename=external_key(a)) for a in attrs.fields(cl)
+    resolve_types(cl)
+    overrides = {a.name: override(rename=external_key(a)) for a in fields(cl)
                  if external_key(a) != a.name}
     return make_dict_unstructure_fn(cl, converter, **overrides)
 
@@ -363,12 +361,12 @@ def get_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(_is_list, _list_hook_factory)
     conv.register_structure_hook_factory(_is_dict, _dict_hook_factory)
     conv.register_structure_hook_factory(
-        lambda tp: isinstance(tp, type) and attrs.has(tp) and tp is not DiskSpace,
+        lambda tp: isinstance(tp, type) and has(tp) and tp is not DiskSpace,
         _attrs_hook_factory)
     conv.register_unstructure_hook(Seconds, format_duration)
     conv.register_unstructure_hook(DiskSpace, DiskSpace.to_json)
     conv.register_unstructure_hook_factory(
-        lambda tp: isinstance(tp, type) and attrs.has(tp) and tp is not DiskSpace,
+        lambda tp: isinstance(tp, type) and has(tp) and tp is not DiskSpace,
         _attrs_unstructure_factory)
     return conv
 
@@ -408,12 +406,12 @@ def problems_from_exception(exc: BaseException, path: KeyPath = ()) -> list[Prob
 
     out: list[Problem] = []
     if isinstance(exc, ForbiddenExtraKeysError):
-        known = [external_key(a) for a in attrs.fields(exc.cl)]
+        known = [external_key(a) for a in fields(exc.cl)]
         for key in sorted(exc.extra_fields):
             out.append(Problem((*path, key), f"unknown key{suggest(key, known)}"))
         return out
     if isinstance(exc, ClassValidationError):
-        keys = {a.name: external_key(a) for a in attrs.fields(exc.cl)}
+        keys = {a.name: external_key(a) for a in fields(exc.cl)}
         missing_first = sorted(exc.exceptions, key=lambda e: not isinstance(e, KeyError))
         for sub in missing_first:
             note = _note(sub, AttributeValidationNote)
@@ -523,7 +521,7 @@ def _construct_plain(cls: type, fields: Any, data: Mapping[str, Any]) -> Any:
     for a in fields:
         key = external_key(a)
         if key not in data:
-            if a.default is attrs.NOTHING:
+            if is_nothing(a.default):
                 return None
             continue
         if not _plain_type(a.type):
@@ -558,10 +556,10 @@ def structure_options(cls: type, attrs_in: Mapping[str, str], *, where: str) -> 
     ``setting(prefix="annotation.")`` collects ``annotation.K=V`` attrs. Raises UsageError naming
     ``where`` (the flag, e.g. ``--cache-to``) with every bad, unknown or missing attr.
     """
-    attrs.resolve_types(cls)
-    fields = attrs.fields(cls)
-    by_key = {external_key(a): a for a in fields if not field_meta(a, "prefix")}
-    prefixed = sorted(((field_meta(a, "prefix"), a) for a in fields if field_meta(a, "prefix")),
+    resolve_types(cls)
+    cls_fields = fields(cls)
+    by_key = {external_key(a): a for a in cls_fields if not field_meta(a, "prefix")}
+    prefixed = sorted(((field_meta(a, "prefix"), a) for a in cls_fields if field_meta(a, "prefix")),
                       key=lambda pair: -len(pair[0]))
     data: dict[str, Any] = {}
     problems: list[str] = []
@@ -585,7 +583,7 @@ def structure_options(cls: type, attrs_in: Mapping[str, str], *, where: str) -> 
                                             if known else " (this takes no attributes)")
             problems.append(f'unknown attribute "{key}"{hint}')
     if not problems:
-        plain = _construct_plain(cls, fields, data)
+        plain = _construct_plain(cls, cls_fields, data)
         if plain is not None:
             return plain
     from cattrs.errors import BaseValidationError

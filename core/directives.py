@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 
-import attrs
+from pybk.core.model import Model, field
 
 VALID_DIRECTIVES = frozenset({"syntax", "escape", "check"})
 DEFAULT_ESCAPE = "\\"
@@ -34,14 +34,13 @@ def _directive_pattern(comment: str) -> re.Pattern[str]:
 _PATTERNS = {comment: _directive_pattern(comment) for comment in ("#", "//")}
 
 
-@attrs.frozen
-class Directives:
+class Directives(Model):
     """The directives found at the top of a Dockerfile (``lines`` maps name → 1-based line)."""
 
     syntax: str | None = None
     escape: str = DEFAULT_ESCAPE
     check: str | None = None
-    lines: dict[str, int] = attrs.field(factory=dict)
+    lines: dict[str, int] = field(factory=dict)
 
 
 class DirectiveScanner:
@@ -116,8 +115,7 @@ def parse_directives(data: bytes) -> Directives:
     return scanner.result()
 
 
-@attrs.frozen
-class SyntaxDirective:
+class SyntaxDirective(Model):
     """The frontend a file asks for: ``ref`` is the image reference (first word of the value),
     ``cmdline`` the whole value, ``line`` its 1-based line."""
 

@@ -17,15 +17,14 @@ import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-import attrs
+from pybk.core.model import Model, field
 
 # --------------------------------------------------------------------------------------------
 # Plugin base: name + Options
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class NoOptions:
+class NoOptions(Model):
     """Options of a plugin that takes none."""
 
 
@@ -47,22 +46,20 @@ class Plugin:
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class FrontendRequest:
+class FrontendRequest(Model):
     """What a frontend is asked to build: its options (BuildKit's frontend attrs) and inputs."""
 
-    opts: Mapping[str, str] = attrs.field(factory=dict)
+    opts: Mapping[str, str] = field(factory=dict)
     #: named inputs (``context``, ``dockerfile``, named build contexts) as LLB states
-    inputs: Mapping[str, Any] = attrs.field(factory=dict)
+    inputs: Mapping[str, Any] = field(factory=dict)
 
 
-@attrs.frozen
-class FrontendResult:
+class FrontendResult(Model):
     """A frontend's answer: the LLB definition and the image config metadata."""
 
     definition: Any  # pybk.core.llb.Definition
     image_config: Mapping[str, Any] | None = None
-    metadata: Mapping[str, bytes] = attrs.field(factory=dict)
+    metadata: Mapping[str, bytes] = field(factory=dict)
 
 
 class FrontendContainer(abc.ABC):
@@ -171,22 +168,22 @@ class Frontend(Plugin, abc.ABC):
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class ExportResponse:
+class ExportResponse(Model):
     """Exporter output: response keys (``containerimage.digest`` …) and an optional finaliser."""
 
-    response: Mapping[str, Any] = attrs.field(factory=dict)
+    response: Mapping[str, Any] = field(factory=dict)
     finalize: Callable[[], None] | None = None
 
 
-class BuildResultView(abc.ABC):
-    """What exporters see of a build result: its filesystem and image config."""
+class BuildResultView:
+    """What exporters see of a build result: its filesystem and image config. (Not an ABC:
+    the engine's results are model classes, whose metaclass is not ABCMeta.)"""
 
     image_config: Mapping[str, Any] | None = None
 
-    @abc.abstractmethod
     def mount(self) -> contextlib.AbstractContextManager[str]:
         """A context manager yielding a read-only directory holding the result's filesystem."""
+        raise NotImplementedError
 
     def platform_results(self) -> Mapping[str, BuildResultView] | None:
         """``{platform: result}`` of a multi-platform result (in the requested order); None
@@ -282,8 +279,7 @@ class CacheStore(abc.ABC):
 OpenStore = Callable[[Mapping[str, Any]], CacheStore]
 
 
-@attrs.frozen
-class CacheExporter:
+class CacheExporter(Model):
     """A ``--cache-to`` as its backend resolved it: where the cache goes and how it is written.
 
     ``open`` is None for a cache written by the image exporter itself (``inline``).
@@ -298,8 +294,7 @@ class CacheExporter:
     layers: Any = None
 
 
-@attrs.frozen
-class CacheImporter:
+class CacheImporter(Model):
     """A ``--cache-from`` as its backend resolved it: where the cache is read from."""
 
     backend: str
@@ -371,8 +366,7 @@ class RemoteCacheLookup(abc.ABC):
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Mount:
+class Mount(Model):
     """One mount as the OCI runtime spec (and mount(2)) understands it.
 
     ``type`` is ``bind``, ``overlay`` or ``tmpfs``; ``options`` e.g. ``("rbind", "ro")`` or
@@ -417,8 +411,7 @@ class Snapshotter(abc.ABC):
     def exists(self, key: str) -> bool: ...
 
 
-@attrs.frozen
-class ExecMount:
+class ExecMount(Model):
     """A mount inside the container at ``dest`` made of snapshot (or tmpfs/bind) mounts."""
 
     dest: str
@@ -426,19 +419,17 @@ class ExecMount:
     readonly: bool = False
 
 
-@attrs.frozen
-class SecretMount:
+class SecretMount(Model):
     """A secret file placed at ``dest`` on a tmpfs; its bytes never touch a snapshot or disk."""
 
     dest: str
-    data: bytes = attrs.field(repr=False)
+    data: bytes = field(repr=False)
     uid: int = 0
     gid: int = 0
     mode: int = 0o400
 
 
-@attrs.frozen
-class SSHMount:
+class SSHMount(Model):
     """An SSH agent socket forwarded to ``dest`` inside the container."""
 
     dest: str
@@ -448,8 +439,7 @@ class SSHMount:
     mode: int = 0o600
 
 
-@attrs.frozen
-class ProcessSpec:
+class ProcessSpec(Model):
     """What to run: BuildKit's ExecOp Meta plus network and security modes."""
 
     args: tuple[str, ...]

@@ -19,7 +19,6 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import attrs
 import pluggy
 
 from pybk.core import hookspecs
@@ -31,6 +30,7 @@ from pybk.core.errors import (
     UnknownPluginError,
 )
 from pybk.core.interfaces import CacheBackend, Exporter, Frontend, Plugin, Worker
+from pybk.core.model import Model, has
 
 ENTRY_POINT_GROUP = "pybk"
 BUILTIN_DIST = "pybk"
@@ -38,8 +38,7 @@ BUILTIN_DIST = "pybk"
 T = TypeVar("T", bound=Plugin)
 
 
-@attrs.frozen
-class BuiltinPlugin:
+class BuiltinPlugin(Model):
     """One ``[[plugin]]`` entry of plugins.toml."""
 
     name: str
@@ -121,8 +120,7 @@ def find_entry_points(group: str) -> list[Any]:
     return found
 
 
-@attrs.frozen
-class PluginInfo:
+class PluginInfo(Model):
     """What ``pybk plugins`` shows for one registered class."""
 
     name: str
@@ -152,7 +150,7 @@ class Registry(Generic[T]):
             raise PluginValidationError(
                 f"{self.kind} {name!r} from plugin {plugin!r} is not a {self.base.__name__} subclass"
             )
-        if not attrs.has(cls.Options):
+        if not has(cls.Options):
             raise PluginValidationError(
                 f"{self.kind} {name!r} from plugin {plugin!r}: Options must be an attrs class"
             )

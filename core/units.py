@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-import attrs
+from pybk.core.model import Model
 
 __all__ = [
     "DEFAULT_DISK_CAP",
@@ -73,8 +73,7 @@ def _ram_in_bytes(text: str) -> int:
     return int(amount * _BINARY[lowered[0]])
 
 
-@attrs.frozen
-class DiskSpace:
+class DiskSpace(Model):
     """A disk size: absolute ``bytes``, or a ``percentage`` of the disk holding the store.
 
     Both zero means unset (BuildKit's zero value).

@@ -19,8 +19,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import attrs
-
 from pybk.core.converter import setting
 from pybk.core.errors import InputError, UsageError
 from pybk.core.images.ids import chain_ids
@@ -31,14 +29,14 @@ from pybk.core.images.layers import (
     export_layers,
 )
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
+from pybk.core.model import Model, evolve, field
 from pybk.core.registry import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST
 
 #: ``created_by`` of history entries pybk adds for layers the config's history does not cover
 HISTORY_CREATED_BY = "pybk"
 
 
-@attrs.frozen
-class CommonImageOptions:
+class CommonImageOptions(Model):
     """Attributes every image-producing exporter (image, oci, docker) takes."""
 
     name: list[str] = setting(factory=list)
@@ -57,7 +55,6 @@ class CommonImageOptions:
         "annotation-index", prefix="annotation-index.", factory=dict)
 
 
-@attrs.frozen
 class ImageOptions(CommonImageOptions):
     push: bool = False
     push_by_digest: bool = setting("push-by-digest", default=False)
@@ -67,8 +64,7 @@ class ImageOptions(CommonImageOptions):
     dangling_name_prefix: str = setting("dangling-name-prefix", default="")
 
 
-@attrs.frozen
-class ImageSettings:
+class ImageSettings(Model):
     """Validated common options: normalised names and the layer spec."""
 
     names: tuple[str, ...]
@@ -121,8 +117,7 @@ def check_common(options: CommonImageOptions, flag: str = "--output", *,
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(eq=False)
-class BuiltImage:
+class BuiltImage(Model, eq=False):
     """An image whose manifest, config and layer blobs are in ``content``."""
 
     content: Any
@@ -264,7 +259,7 @@ def content_store_for(result: BuildResultView, info: Mapping[str, Any]) -> Any:
 def layer_spec(settings: ImageSettings, info: Mapping[str, Any]) -> LayerSpec:
     """The layers' compression and, with ``rewrite-timestamp``, the epoch of their mtimes."""
     epoch = resolve_epoch(settings, info)
-    return attrs.evolve(settings.spec, epoch=epoch if settings.rewrite_timestamp else None)
+    return evolve(settings.spec, epoch=epoch if settings.rewrite_timestamp else None)
 
 
 def ahead_spec(settings: ImageSettings, info: Mapping[str, Any]) -> LayerSpec | None:
@@ -311,8 +306,7 @@ def build_image(result: BuildResultView, settings: ImageSettings, info: Mapping[
                       descriptor_annotations=settings.descriptor_annotations, epoch=epoch)
 
 
-@attrs.frozen(eq=False)
-class BuiltIndex:
+class BuiltIndex(Model, eq=False):
     """A multi-platform image: one :class:`BuiltImage` per platform under an OCI index (or a
     Docker manifest list), all in ``content``. It answers like a BuiltImage whose manifest is
     the index, so layout and tarball writers treat both alike."""
@@ -325,7 +319,7 @@ class BuiltIndex:
     manifest_digest: str
     epoch: int | None
     #: ``{platform: attestation manifest}`` (provenance), listed after the images
-    attestations: Mapping[str, BuiltImage] = attrs.field(factory=dict)
+    attestations: Mapping[str, BuiltImage] = field(factory=dict)
 
     @property
     def media_type(self) -> str:
@@ -369,7 +363,7 @@ def build_images(result: BuildResultView, settings: ImageSettings, info: Mapping
     content = content if content is not None else content_store_for(result, info)
     provenance = info.get("provenance")
     if provenance is not None and not settings.oci:
-        settings = attrs.evolve(settings, oci=True)  # attestation manifests are OCI's
+        settings = evolve(settings, oci=True)  # attestation manifests are OCI's
     if results is None and provenance is None:
         return build_image(result, settings, info, content)
     results = results or {"": result}
@@ -575,4 +569,4 @@ class RegistryExporter(ImageExporter):
     name = "registry"
 
     def resolve(self, options: ImageOptions) -> ExporterInstance:
-        return super().resolve(attrs.evolve(options, push=True))
+        return super().resolve(evolve(options, push=True))

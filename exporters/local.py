@@ -10,16 +10,14 @@ import tarfile
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core.converter import setting
 from pybk.core.errors import UsageError
 from pybk.core.fs.copytree import copy_tree
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
+from pybk.core.model import Model
 
 
-@attrs.frozen
-class LocalOptions:
+class LocalOptions(Model):
     dest: str
     #: recreate the result's device nodes (owner-only modes); off: they are skipped
     devices: bool = False
@@ -27,8 +25,7 @@ class LocalOptions:
     attestation_prefix: str = setting("attestation-prefix", default="")
 
 
-@attrs.frozen
-class TarOptions:
+class TarOptions(Model):
     dest: str = "-"
     platform_split: bool | None = setting("platform-split", default=None)
     attestation_prefix: str = setting("attestation-prefix", default="")

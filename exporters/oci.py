@@ -18,8 +18,6 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-import attrs
-
 from pybk.core.errors import UsageError
 from pybk.core.images.store import NAME_ANNOTATION, REF_NAME_ANNOTATION
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
@@ -37,7 +35,6 @@ from pybk.exporters.image import (
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
 
-@attrs.frozen
 class ArchiveOptions(CommonImageOptions):
     dest: str = "-"
     tar: bool = True

@@ -21,10 +21,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from pybk.core.config.schema import check_cgroup_parent
 from pybk.core.errors import BuildError
+from pybk.core.model import Model, evolve
 
 #: ``[pybk] step-pids`` by default: far more than any build (``make -j``, a JVM's threads)
 #: needs, far fewer than it takes to exhaust the host's pid table
@@ -43,8 +42,7 @@ DISK_FULL_BYTES = 16 << 20
 DISK_FULL_RATIO = 0.02
 
 
-@attrs.frozen
-class StepLimits:
+class StepLimits(Model):
     """The limits every RUN container gets: ``memory`` and ``pids`` (0: none), and the
     cgroup parent of steps whose op names none (empty: the runtime's default place)."""
 
@@ -71,14 +69,18 @@ class StepLimits:
         else:
             asked.pop("memory_swap", None)  # the daemon's limit applies, without swap
             changes["requested"] = tuple(asked.items())
-        return attrs.evolve(self, **changes)
+        return evolve(self, **changes)
 
     @classmethod
     def from_config(cls, config: Any) -> StepLimits:
         """``[pybk] step-memory`` / ``step-pids`` and ``[worker.oci] defaultCgroupParent``."""
-        pybk = config.pybk
+        return cls.from_sections(config.pybk, config.worker.oci)
+
+    @classmethod
+    def from_sections(cls, pybk: Any, oci: Any) -> StepLimits:
+        """The same from the ``[pybk]`` and ``[worker.oci]`` sections."""
         return cls(memory=memory_bytes(pybk.step_memory), pids=pybk.step_pids,
-                   cgroup_parent=config.worker.oci.default_cgroup_parent)
+                   cgroup_parent=oci.default_cgroup_parent)
 
 
 def host_memory() -> int:

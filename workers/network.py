@@ -46,11 +46,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import orjson
 
 from pybk.core.config.schema import NETWORK_MODES, Config, DNSConfig, OCIConfig
 from pybk.core.errors import BuildError
+from pybk.core.model import Model, field, fields_dict
 from pybk.core.store.locks import is_alive, process_identity
 from pybk.core.store.mounts import MS_BIND, libc, sys_mount, unmount
 from pybk.workers import cni
@@ -84,11 +84,10 @@ def set_pool_owner(identity: str | None) -> None:
 
 def _default(key: str) -> Any:
     """The buildkitd.toml default of a ``[worker.oci]`` key (one place for each)."""
-    return attrs.fields_dict(OCIConfig)[key].default
+    return fields_dict(OCIConfig)[key].default
 
 
-@attrs.frozen
-class NetworkOptions:
+class NetworkOptions(Model):
     """The network keys of ``[worker.oci]`` and ``[dns]``, with the config's defaults."""
 
     mode: str = _default("network_mode")
@@ -97,7 +96,7 @@ class NetworkOptions:
     pool_size: int = _default("cni_pool_size")
     bridge_name: str = _default("bridge_name")
     bridge_subnet: str = _default("bridge_subnet")
-    dns: DNSConfig = attrs.field(factory=DNSConfig)
+    dns: DNSConfig = field(factory=DNSConfig)
 
     @classmethod
     def from_config(cls, config: Config) -> NetworkOptions:
@@ -111,8 +110,7 @@ class NetworkOptions:
                    dns if dns is not None else DNSConfig())
 
 
-@attrs.frozen
-class Attachment:
+class Attachment(Model):
     """What one step runs in: ``mode`` is ``host``, ``none``, ``bridge`` or ``cni``;
     ``netns`` the namespace to join (None: the host's for ``host``, a new one for ``none``)."""
 

@@ -6,14 +6,14 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from pybk.core.interfaces import WORKER_LABEL_PREFIX, Worker
 from pybk.core.markers import hookimpl
+from pybk.core.model import Model, evolve, field
 from pybk.core.platform import host_platform
 
 if TYPE_CHECKING:
     from pybk.core.interfaces import Snapshotter
+    from pybk.workers.limits import StepLimits
     from pybk.workers.network import NetworkOptions
     from pybk.workers.runc import RuncExecutor
 
@@ -25,30 +25,32 @@ class OCIWorker(Worker):
     #: the executor's state directory under the store root (runtime state, bundles, network)
     state_dir_name = "executor"
 
-    @attrs.frozen
-    class Options:
+    class Options(Model):
         #: the OCI runtime CLI (buildkitd.toml ``binary``)
         binary: str = "runc"
         #: share the host's pid namespace and /proc (buildkitd.toml ``noProcessSandbox``)
         no_process_sandbox: bool = False
         #: platforms this worker builds for; empty means the host's
-        platforms: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+        platforms: tuple[str, ...] = field(default=(), converter=tuple)
         #: networkMode, the CNI keys and [dns] (None: the defaults, ``auto``); see
         #: :meth:`pybk.workers.network.NetworkOptions.from_config`
         network: NetworkOptions | None = None
         #: the snapshotter of new records: ``auto``, ``overlayfs`` or ``native``
         snapshotter: str = "auto"
         #: labels added to (and overriding) the worker's own (buildkitd.toml ``labels``)
-        labels: Mapping[str, str] = attrs.field(factory=dict, converter=dict, hash=False)
+        labels: Mapping[str, str] = field(factory=dict, converter=dict, hash=False)
         #: the configuration section whose GC keys make the GC policy (a
         #: :class:`pybk.core.config.schema.OCIConfig`; None: no automatic GC) and whose
         #: network keys make the default network when ``network`` is None
-        gc: Any = attrs.field(default=None, hash=False)
+        gc: Any = field(default=None, hash=False)
         #: ``[dns]`` (a :class:`pybk.core.config.schema.DNSConfig`), with ``gc``'s network keys
-        dns: Any = attrs.field(default=None, hash=False)
+        dns: Any = field(default=None, hash=False)
         #: what each RUN container may use and its cgroup parent (a
-        #: :class:`pybk.workers.limits.StepLimits`; None: the defaults of ``[pybk]``)
-        limits: Any = attrs.field(default=None, hash=False)
+        #: :class:`pybk.workers.limits.StepLimits`; None: from ``pybk`` and ``gc``)
+        limits: Any = field(default=None, hash=False)
+        #: ``[pybk]`` (a :class:`pybk.core.config.schema.PybkConfig`): ``step-memory`` and
+        #: ``step-pids``, read when the executor is made (None: their defaults)
+        pybk: Any = field(default=None, hash=False)
 
     def __init__(self, options: OCIWorker.Options | None = None, *,
                  root: str | os.PathLike[str] | None = None):
@@ -71,12 +73,10 @@ class OCIWorker(Worker):
         network keys are read when the executor is made (:meth:`network_options`), so a build
         that runs no step never loads the network code."""
         oci = config.worker.oci
-        from pybk.workers.limits import StepLimits
-
         options = cls.Options(binary=oci.binary or "runc", platforms=oci.platforms,
                               snapshotter=oci.snapshotter, labels=oci.labels, gc=oci,
-                              dns=config.dns, limits=StepLimits.from_config(config))
-        return attrs.evolve(options, **changes) if changes else options
+                              dns=config.dns, pybk=config.pybk)
+        return evolve(options, **changes) if changes else options
 
     def network_options(self) -> NetworkOptions:
         """``network``, else the network keys of the ``gc`` section (``[worker.oci]``) and
@@ -130,21 +130,27 @@ class OCIWorker(Worker):
             self._executor.close()
             self._executor = None
 
+    def step_limits(self) -> StepLimits:
+        """What every RUN container may use: ``limits``, else ``[pybk]`` (``pybk``) and
+        ``defaultCgroupParent`` (``gc``), else their defaults."""
+        if self.options.limits is not None:
+            return self.options.limits
+        from pybk.core.config.schema import OCIConfig, PybkConfig
+        from pybk.workers.limits import StepLimits
+
+        return StepLimits.from_sections(self.options.pybk or PybkConfig(),
+                                        self.options.gc or OCIConfig())
+
     def executor(self) -> RuncExecutor:
         """The executor, created on first use (cleaning up after runs of dead processes)."""
         if self._executor is None:
-            from pybk.workers.limits import StepLimits
             from pybk.workers.runc import RuncExecutor
 
-            limits = self.options.limits
-            if limits is None:
-                from pybk.core.config.schema import Config
-
-                limits = StepLimits.from_config(Config(root=str(self.root)))
             executor = RuncExecutor(os.path.join(self.root, self.state_dir_name),
                                     self.options.binary,
                                     no_process_sandbox=self.options.no_process_sandbox,
-                                    network=self.network_options(), limits=limits,
+                                    network=self.network_options(),
+                                    limits=self.step_limits(),
                                     store=str(self.root))
             executor.reap_stale()
             self._executor = executor

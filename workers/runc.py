@@ -30,7 +30,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import orjson
 
 from pybk.core.errors import BuildError, NotAvailableError, StepLimitError
@@ -45,6 +44,7 @@ from pybk.core.interfaces import (
     SSHMount,
     StdinSource,
 )
+from pybk.core.model import evolve
 from pybk.core.store.locks import pid_alive
 from pybk.core.store.mounts import (
     cleanup_stale_mounts,
@@ -383,7 +383,7 @@ class RuncExecutor(Executor):
             attachment = await self.networks.acquire(process.network)
             cleanup.push_async_callback(self.networks.release, attachment,
                                         reusable=process.security != "insecure")
-            effective = process if attachment.mode != "host" else attrs.evolve(
+            effective = process if attachment.mode != "host" else evolve(
                 process, network="host")
 
             hosts = os.path.join(bundle, "hosts")

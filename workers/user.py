@@ -13,16 +13,14 @@ import os
 import stat
 from collections.abc import Iterator
 
-import attrs
-
 from pybk.core.errors import BuildError
+from pybk.core.model import Model
 
 MAX_ID = 2**31 - 1
 _MAX_SYMLINKS = 255
 
 
-@attrs.frozen
-class ResolvedUser:
+class ResolvedUser(Model):
     """Numeric identity of the container process."""
 
     uid: int = 0
@@ -98,15 +96,13 @@ def _read_db(root: str, path: str) -> list[list[str]]:
     return records
 
 
-@attrs.frozen
-class PasswdEntry:
+class PasswdEntry(Model):
     name: str
     uid: int
     gid: int
 
 
-@attrs.frozen
-class GroupEntry:
+class GroupEntry(Model):
     name: str
     gid: int
     members: tuple[str, ...]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-import attrs
+from pybk.core.model import Model
 
 __all__ = ["FILTER_FIELDS", "RECORD_TYPES", "Selector", "check_filter", "parse_filter"]
 
@@ -16,8 +16,7 @@ FILTER_FIELDS = ("id", "parents", "description", "inuse", "mutable", "immutable"
                  "shared", "private")
 
 
-@attrs.frozen
-class Selector:
+class Selector(Model):
     """One ``field==value`` term of a filter; ``operator`` is ``==``, ``!=``, ``~=`` or ``""``
     (presence)."""
 

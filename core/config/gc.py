@@ -6,9 +6,8 @@ the size of the disk holding the store: sizes in bytes, durations in seconds.
 
 from __future__ import annotations
 
-import attrs
-
 from pybk.core.config.schema import GCPolicy, WorkerBase
+from pybk.core.model import Model
 from pybk.core.units import DiskSpace, Seconds
 
 __all__ = ["PruneRule", "default_gc_policies", "gc_prune_rules"]
@@ -19,8 +18,7 @@ _FREE_PERCENT = 20
 _MAX_PERCENT, _MAX_MAX = 80, 100 * 1_000_000_000
 
 
-@attrs.frozen(kw_only=True)
-class PruneRule:
+class PruneRule(Model, kw_only=True):
     """One resolved prune pass: sizes in bytes, durations in seconds."""
 
     all: bool = False

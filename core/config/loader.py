@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from pybk.core.config.filters import FILTER_FIELDS, RECORD_TYPES, parse_filter
 from pybk.core.config.schema import SUPPORTED_SNAPSHOTTERS, Config, OCIConfig, WorkerBase
 from pybk.core.converter import (
@@ -31,6 +29,7 @@ from pybk.core.converter import (
     suggest,
 )
 from pybk.core.errors import ConfigError
+from pybk.core.model import Factory, Field, evolve, fields, has, resolve_types
 from pybk.core.units import DiskSpace
 
 __all__ = ["config_to_json", "load_config", "load_config_text"]
@@ -43,12 +42,12 @@ def _unwrap(tp: Any) -> tuple[str, Any]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return _unwrap(args[0])
-    if isinstance(tp, type) and attrs.has(tp) and tp is not DiskSpace:
+    if isinstance(tp, type) and has(tp) and tp is not DiskSpace:
         return "class", tp
     args = typing.get_args(tp)
-    if origin is list and args and isinstance(args[0], type) and attrs.has(args[0]):
+    if origin is list and args and isinstance(args[0], type) and has(args[0]):
         return "list", args[0]
-    if origin is dict and len(args) == 2 and isinstance(args[1], type) and attrs.has(args[1]):
+    if origin is dict and len(args) == 2 and isinstance(args[1], type) and has(args[1]):
         return "dict", args[1]
     return "other", None
 
@@ -57,18 +56,18 @@ def _fix_key_case(raw: Mapping[str, Any], cl: type, path: KeyPath,
                   warnings: list[Problem]) -> dict[str, Any]:
     """Keys differing only in case from a known key are renamed (BuildKit's TOML decoder
     accepts them), with a warning; nested tables are fixed too."""
-    attrs.resolve_types(cl)
-    fields = {external_key(a): a for a in attrs.fields(cl)}
-    lowered = {k.lower(): k for k in fields}
+    resolve_types(cl)
+    known_fields = {external_key(a): a for a in fields(cl)}
+    lowered = {k.lower(): k for k in known_fields}
     out: dict[str, Any] = {}
     for key, value in raw.items():
         known = key
-        if (key not in fields and key.lower() in lowered
+        if (key not in known_fields and key.lower() in lowered
                 and lowered[key.lower()] not in raw and lowered[key.lower()] not in out):
             known = lowered[key.lower()]
             warnings.append(Problem((*path, key), f'matched "{known}" ignoring case; '
                                                   f'write "{known}"'))
-        a = fields.get(known)
+        a = known_fields.get(known)
         if a is not None:
             kind, sub = _unwrap(a.type)
             if kind == "class" and isinstance(value, Mapping):
@@ -83,8 +82,8 @@ def _fix_key_case(raw: Mapping[str, Any], cl: type, path: KeyPath,
     return out
 
 
-def _default_of(a: attrs.Attribute) -> Any:
-    if isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
+def _default_of(a: Field) -> Any:
+    if isinstance(a.default, Factory):  # type: ignore[arg-type]
         return a.default.factory()
     return a.default
 
@@ -92,8 +91,8 @@ def _default_of(a: attrs.Attribute) -> Any:
 def _non_default_leaves(value: Any, default: Any, path: KeyPath) -> Iterable[KeyPath]:
     if value == default:
         return
-    if attrs.has(type(value)) and type(value) is type(default) and type(value) is not DiskSpace:
-        for a in attrs.fields(type(value)):
+    if has(type(value)) and type(value) is type(default) and type(value) is not DiskSpace:
+        for a in fields(type(value)):
             yield from _non_default_leaves(getattr(value, a.name), getattr(default, a.name),
                                            (*path, external_key(a)))
         return
@@ -104,7 +103,7 @@ def _flag_keys(obj: Any, path: KeyPath, warnings: list[Problem]) -> None:
     """Warnings for deprecated keys and for unsupported keys set to a non-default value."""
     if getattr(obj, "enabled", None) is False:
         return
-    for a in attrs.fields(type(obj)):
+    for a in fields(type(obj)):
         value = getattr(obj, a.name)
         here = (*path, external_key(a))
         unsupported, deprecated = field_meta(a, "unsupported"), field_meta(a, "deprecated")
@@ -117,7 +116,7 @@ def _flag_keys(obj: Any, path: KeyPath, warnings: list[Problem]) -> None:
             if getattr(value, "enabled", None) is False:
                 continue
             leaves = list(_non_default_leaves(value, _default_of(a), here))
-            if attrs.has(type(value)) and leaves:
+            if has(type(value)) and leaves:
                 names = ", ".join(render_path(leaf[len(here):]) for leaf in leaves)
                 warnings.append(Problem(here, f"{unsupported} (set: {names})"))
             else:
@@ -154,7 +153,7 @@ def _review_worker(worker: WorkerBase, path: KeyPath, warnings: list[Problem]) -
                       and sel.value not in RECORD_TYPES):
                     warnings.append(Problem(where, f'"{sel.value}" is not a cache record type'
                                                    f"{suggest(sel.value, RECORD_TYPES)}"))
-    return attrs.evolve(worker, **changes) if changes else worker
+    return evolve(worker, **changes) if changes else worker
 
 
 def _review(config: Config, warnings: list[Problem]) -> Config:
@@ -163,9 +162,9 @@ def _review(config: Config, warnings: list[Problem]) -> Config:
     changes: dict[str, Any] = {}
     if config.log.level is None:
         level = "trace" if config.trace else "debug" if config.debug else "info"
-        changes["log"] = attrs.evolve(config.log, level=level)
+        changes["log"] = evolve(config.log, level=level)
     else:
-        changes["log"] = attrs.evolve(config.log, level=config.log.level.lower())
+        changes["log"] = evolve(config.log, level=config.log.level.lower())
     for i, ent in enumerate(config.insecure_entitlements):
         if ent.partition("=")[0] == "device":
             warnings.append(Problem(("insecure-entitlements", i),
@@ -179,8 +178,8 @@ def _review(config: Config, warnings: list[Problem]) -> Config:
                                     "ignored"))
     oci = _review_worker(config.worker.oci, ("worker", "oci"), warnings)
     if oci is not config.worker.oci:
-        changes["worker"] = attrs.evolve(config.worker, oci=oci)
-    return attrs.evolve(config, **changes)
+        changes["worker"] = evolve(config.worker, oci=oci)
+    return evolve(config, **changes)
 
 
 _TOML_ERROR_AT = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.S)

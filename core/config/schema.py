@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import attrs
-
 from pybk.core.config.filters import check_filter
 from pybk.core.converter import each, each_key, setting, suggest
 from pybk.core.errors import UsageError
+from pybk.core.model import Model
 from pybk.core.paths import default_root
 from pybk.core.units import DiskSpace, Seconds
 
@@ -155,8 +154,7 @@ def _check_host(host: str) -> None:
 _NOT_YET = "not supported by pybk yet; ignored"
 
 
-@attrs.frozen(kw_only=True)
-class LogConfig:
+class LogConfig(Model, kw_only=True):
     """``[log]``; after loading, ``level`` is always set (``None`` only on a hand-made
     instance, meaning ``info``)."""
 
@@ -166,8 +164,7 @@ class LogConfig:
         ignore_case=True))
 
 
-@attrs.frozen(kw_only=True)
-class TLSConfig:
+class TLSConfig(Model, kw_only=True):
     """``[grpc.tls]``"""
 
     cert: str = ""
@@ -175,8 +172,7 @@ class TLSConfig:
     ca: str = ""
 
 
-@attrs.frozen(kw_only=True)
-class GRPCConfig:
+class GRPCConfig(Model, kw_only=True):
     """``[grpc]``: the daemon's API listeners."""
 
     address: list[str] = setting(factory=list, check=each(_check_address))
@@ -188,15 +184,13 @@ class GRPCConfig:
     tls: TLSConfig = setting(factory=TLSConfig)
 
 
-@attrs.frozen(kw_only=True)
-class OTELConfig:
+class OTELConfig(Model, kw_only=True):
     """``[otel]``"""
 
     socket_path: str = setting("socketPath", default="")
 
 
-@attrs.frozen(kw_only=True)
-class CDIConfig:
+class CDIConfig(Model, kw_only=True):
     """``[cdi]``: Container Device Interface."""
 
     disabled: bool | None = None
@@ -204,8 +198,7 @@ class CDIConfig:
     auto_allowed: list[str] = setting("autoAllowed", factory=list)
 
 
-@attrs.frozen(kw_only=True)
-class DNSConfig:
+class DNSConfig(Model, kw_only=True):
     """``[dns]``: resolv.conf of build containers (empty: the host's)."""
 
     nameservers: list[str] = setting(factory=list, check=each(_check_ip))
@@ -213,16 +206,14 @@ class DNSConfig:
     search_domains: list[str] = setting("searchDomains", factory=list)
 
 
-@attrs.frozen(kw_only=True)
-class HistoryConfig:
+class HistoryConfig(Model, kw_only=True):
     """``[history]``: build history retention."""
 
     max_age: Seconds = setting("maxAge", default=Seconds(48 * 3600))
     max_entries: int = setting("maxEntries", default=50, check=_non_negative)
 
 
-@attrs.frozen(kw_only=True)
-class GCPolicy:
+class GCPolicy(Model, kw_only=True):
     """One ``[[worker.X.gcpolicy]]`` entry (one prune pass)."""
 
     all: bool = False
@@ -279,8 +270,7 @@ def check_cgroup_parent(value: str) -> None:
         raise ValueError(f'"{value}": ".." is not allowed in a cgroup path')
 
 
-@attrs.frozen(kw_only=True)
-class WorkerBase:
+class WorkerBase(Model, kw_only=True):
     """Keys shared by ``[worker.oci]`` and ``[worker.containerd]``."""
 
     enabled: bool | None = None
@@ -314,8 +304,7 @@ class WorkerBase:
         return self.gc is not False
 
 
-@attrs.frozen(kw_only=True)
-class OCIConfig(WorkerBase):
+class OCIConfig(WorkerBase, kw_only=True):
     """``[worker.oci]``: the runc (or crun, ``binary``) worker."""
 
     snapshotter: str = setting(default="auto", check=_one_of(*OCI_SNAPSHOTTERS))
@@ -330,8 +319,7 @@ class OCIConfig(WorkerBase):
                                           unsupported=_NOT_YET)
 
 
-@attrs.frozen(kw_only=True)
-class ContainerdRuntime:
+class ContainerdRuntime(Model, kw_only=True):
     """``[worker.containerd.runtime]``"""
 
     name: str = ""
@@ -339,8 +327,7 @@ class ContainerdRuntime:
     options: dict[str, Any] = setting(factory=dict)
 
 
-@attrs.frozen(kw_only=True)
-class ContainerdConfig(WorkerBase):
+class ContainerdConfig(WorkerBase, kw_only=True):
     """``[worker.containerd]``: known, not supported (pybk has no containerd worker)."""
 
     address: str = ""
@@ -349,8 +336,7 @@ class ContainerdConfig(WorkerBase):
     runtime: ContainerdRuntime = setting(factory=ContainerdRuntime)
 
 
-@attrs.frozen(kw_only=True)
-class WorkersConfig:
+class WorkersConfig(Model, kw_only=True):
     """``[worker]``"""
 
     oci: OCIConfig = setting(factory=OCIConfig)
@@ -358,16 +344,14 @@ class WorkersConfig:
         factory=ContainerdConfig, unsupported="pybk has no containerd worker; ignored")
 
 
-@attrs.frozen(kw_only=True)
-class KeyPair:
+class KeyPair(Model, kw_only=True):
     """``[[registry."host".keypair]]``: a client certificate."""
 
     key: str
     cert: str
 
 
-@attrs.frozen(kw_only=True)
-class RegistryConfig:
+class RegistryConfig(Model, kw_only=True):
     """``[registry."host"]``: how to reach one registry."""
 
     mirrors: list[str] = setting(factory=list)
@@ -379,23 +363,20 @@ class RegistryConfig:
     capabilities: list[str] = setting(factory=list, unsupported=_NOT_YET)
 
 
-@attrs.frozen(kw_only=True)
-class DockerfileFrontendConfig:
+class DockerfileFrontendConfig(Model, kw_only=True):
     """``[frontend."dockerfile.v0"]``"""
 
     enabled: bool | None = None
 
 
-@attrs.frozen(kw_only=True)
-class GatewayFrontendConfig:
+class GatewayFrontendConfig(Model, kw_only=True):
     """``[frontend."gateway.v0"]``; ``allowedRepositories`` compares names without tags."""
 
     enabled: bool | None = None
     allowed_repositories: list[str] = setting("allowedRepositories", factory=list)
 
 
-@attrs.frozen(kw_only=True)
-class FrontendsConfig:
+class FrontendsConfig(Model, kw_only=True):
     """``[frontend]``"""
 
     dockerfile: DockerfileFrontendConfig = setting("dockerfile.v0",
@@ -403,8 +384,7 @@ class FrontendsConfig:
     gateway: GatewayFrontendConfig = setting("gateway.v0", factory=GatewayFrontendConfig)
 
 
-@attrs.frozen(kw_only=True)
-class SystemConfig:
+class SystemConfig(Model, kw_only=True):
     """``[system]``"""
 
     platforms_cache_max_age: Seconds | None = setting("platformsCacheMaxAge", default=None,
@@ -413,15 +393,13 @@ class SystemConfig:
                                                    check=_non_negative)
 
 
-@attrs.frozen(kw_only=True)
-class GHASignConfig:
+class GHASignConfig(Model, kw_only=True):
     """``[cache.gha.sign]``"""
 
     command: list[str] = setting(factory=list)
 
 
-@attrs.frozen(kw_only=True)
-class GHAVerifyPolicy:
+class GHAVerifyPolicy(Model, kw_only=True):
     """``[cache.gha.verify.policy]``: thresholds plus sigstore certificate fields to match."""
 
     timestamp_threshold: int = setting("timestampThreshold", default=0)
@@ -452,24 +430,21 @@ class GHAVerifyPolicy:
         "sourceRepositoryVisibilityAtSigning", default="")
 
 
-@attrs.frozen(kw_only=True)
-class GHAVerifyConfig:
+class GHAVerifyConfig(Model, kw_only=True):
     """``[cache.gha.verify]``"""
 
     required: bool = False
     policy: GHAVerifyPolicy = setting(factory=GHAVerifyPolicy)
 
 
-@attrs.frozen(kw_only=True)
-class GHACacheConfig:
+class GHACacheConfig(Model, kw_only=True):
     """``[cache.gha]``: signed GitHub Actions cache."""
 
     sign: GHASignConfig | None = None
     verify: GHAVerifyConfig = setting(factory=GHAVerifyConfig)
 
 
-@attrs.frozen(kw_only=True)
-class CacheConfig:
+class CacheConfig(Model, kw_only=True):
     """``[cache]``"""
 
     gha: GHACacheConfig = setting(factory=GHACacheConfig, unsupported=_NOT_YET)
@@ -478,8 +453,7 @@ class CacheConfig:
 DAEMON_MODES = ("off", "auto")
 
 
-@attrs.frozen(kw_only=True)
-class PybkConfig:
+class PybkConfig(Model, kw_only=True):
     """``[pybk]``: pybk's own settings (not in BuildKit's schema).
 
     ``daemon``: ``"auto"`` makes ``pybk`` start a ``pybkd`` for the store when none runs
@@ -502,8 +476,7 @@ class PybkConfig:
     step_pids: int = setting("step-pids", default=4096, check=_non_negative)
 
 
-@attrs.frozen(kw_only=True)
-class Config:
+class Config(Model, kw_only=True):
     """The whole file (``buildkitd.toml`` schema, and pybk's ``[pybk]``)."""
 
     debug: bool = setting(default=False, deprecated='use [log] level = "debug"')

@@ -21,11 +21,10 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from pybk.core.engine.inputs import host_path
 from pybk.core.errors import PybkError, UsageError
 from pybk.core.interfaces import Executor
+from pybk.core.model import evolve
 from pybk.core.paths import default_root
 from pybk.core.progress.events import Progress, SolveStatus
 from pybk.core.progress.ui import progress_sinks
@@ -320,7 +319,7 @@ class Client:
                 metadata["cache.responses"] = await export_caches(
                     [e for e in cache_to if not _is_inline(e)], cache_entries, result.store,
                     bus, info)
-            result = attrs.evolve(result, metadata=metadata)
+            result = evolve(result, metadata=metadata)
         except BaseException as exc:
             hook.pybk_build_finished(request=request, result=None, error=exc)
             raise

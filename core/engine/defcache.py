@@ -17,7 +17,6 @@ import base64
 import contextlib
 import hashlib
 import os
-import platform
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -123,7 +122,7 @@ def cache_key(frontend_name: str, frontend_cls: type, opts: Mapping[str, str],
         "opts": dict(opts),
         "locals": {name: str(value) for name, value in local_dirs.items()},
         "layouts": dict(oci_layouts),
-        "machine": platform.machine(),
+        "machine": os.uname().machine,
     }
     return hashlib.sha256(canonical_dumps(material)).hexdigest()
 

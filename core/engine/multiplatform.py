@@ -15,17 +15,15 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core.interfaces import BuildResultView
+from pybk.core.model import Model, field
 
 
-@attrs.frozen(eq=False)
-class MultiPlatformResult(BuildResultView):
+class MultiPlatformResult(BuildResultView, Model, eq=False):
     """``results``: ``{platform: SolveResult}`` in the requested order."""
 
     results: Mapping[str, Any]
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    metadata: Mapping[str, Any] = field(factory=dict)
 
     @property
     def first(self) -> Any:

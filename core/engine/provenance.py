@@ -18,9 +18,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from pybk.core.images.purl import image_purl
+from pybk.core.model import Model, field
 
 STATEMENT_V01 = "https://in-toto.io/Statement/v0.1"
 STATEMENT_V1 = "https://in-toto.io/Statement/v1"
@@ -43,8 +42,7 @@ def _digest_map(digest: str) -> dict[str, str]:
     return {algorithm: value} if value else {}
 
 
-@attrs.frozen
-class _Step:
+class _Step(Model):
     digest: str
     op: dict[str, Any]
 
@@ -142,25 +140,27 @@ def source_map(definition: Any) -> dict[str, Any] | None:
     return encoded
 
 
-@attrs.frozen
-class Provenance:
+class Provenance(Model):
     """One build's provenance request and the facts known before solving."""
 
     spec: Any  # pybk.core.cli.buildopts.ProvenanceSpec
     frontend: str = ""
-    frontend_opts: Mapping[str, str] = attrs.field(factory=dict)
+    frontend_opts: Mapping[str, str] = field(factory=dict)
     locals: Sequence[str] = ()
     secrets: Sequence[tuple[str, bool]] = ()
     ssh: Sequence[str] = ()
     entry_point: str = ""
-    started: float = attrs.field(factory=time.time)
+    started: float = field(factory=time.time)
     builder_platform: str = ""
     #: SOURCE_DATE_EPOCH: both timestamps become it and the invocation id is derived from the
     #: request, so a reproducible build stays reproducible with its provenance
     epoch: int | None = None
-    invocation_id: str = attrs.field()
+    invocation_id: str = ""
 
-    @invocation_id.default
+    def __post_init__(self) -> None:
+        if not self.invocation_id:
+            object.__setattr__(self, "invocation_id", self._invocation_id())
+
     def _invocation_id(self) -> str:
         if self.epoch is None:
             return _secrets.token_hex(13)[:25]

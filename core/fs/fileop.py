@@ -16,8 +16,6 @@ import stat
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import BuildError
 from pybk.core.fs.files import (
     chown,
@@ -38,6 +36,7 @@ from pybk.core.fs.rootpath import (
     user_errors,
 )
 from pybk.core.fs.unpack import unpack_archive
+from pybk.core.model import Model
 
 __all__ = [
     "CopyOptions",
@@ -55,8 +54,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class CopyOptions:
+class CopyOptions(Model):
     """FileActionCopy's options (everything but src/dest); ``None``/-1 mean unset."""
 
     owner: Any = None

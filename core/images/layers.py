@@ -28,10 +28,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
-import attrs
-
 from pybk.core.errors import UsageError
 from pybk.core.fs.archive import layer_compression
+from pybk.core.model import Model, asdict, evolve
 from pybk.core.registry import (
     DOCKER_LAYER,
     DOCKER_LAYER_GZIP,
@@ -63,8 +62,7 @@ def check_level(compression: str, level: int | None, flag: str) -> None:
                              flag=flag)
 
 
-@attrs.frozen
-class LayerBlob:
+class LayerBlob(Model):
     """One layer blob in the content store."""
 
     digest: str
@@ -83,8 +81,7 @@ class LayerBlob:
         return {"mediaType": self.media_type(oci), "digest": self.digest, "size": self.size}
 
 
-@attrs.frozen
-class LayerSpec:
+class LayerSpec(Model):
     """How layers are written: ``compression``, its ``level`` (None: default), whether base
     layers are recompressed (``force``), and the epoch file mtimes are clamped to."""
 
@@ -94,8 +91,7 @@ class LayerSpec:
     epoch: int | None = None
 
 
-@attrs.frozen
-class ExportedLayer:
+class ExportedLayer(Model):
     """A layer of the result and the snapshot whose contents end with it."""
 
     snapshot: str | None
@@ -218,7 +214,7 @@ def _cached(store: Any, content: Any, cache_key: str) -> LayerBlob | None:
 
 
 def _remember(store: Any, cache_key: str, blob: LayerBlob) -> LayerBlob:
-    store.set_meta(cache_key, attrs.asdict(blob))
+    store.set_meta(cache_key, asdict(blob))
     return blob
 
 
@@ -273,7 +269,7 @@ def _layer_job(store: Any, content: Any, sn: Any, key: str,
             with content.open(base.digest) as raw:
                 blob = write_blob(content, _copy_stream(decompressed(raw, recorded["mediaType"])),
                                   spec, blocks=GzipBlockIndex(store, content))
-            return _remember(store, cache_key, attrs.evolve(blob, source=""))
+            return _remember(store, cache_key, evolve(blob, source=""))
         return lambda: _once(cache_key, transcode)
 
     cache_key = f"export-layer:{key}:{spec.compression}:{level}:{spec.epoch}"

@@ -12,9 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import BuildError
+from pybk.core.model import Model
 
 _INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
@@ -23,8 +22,7 @@ _INDEX_TYPES = {
 _REF_NAME = "org.opencontainers.image.ref.name"
 
 
-@attrs.frozen
-class OCILayoutImage:
+class OCILayoutImage(Model):
     """An image of an OCI layout: its manifest and config (descriptors and parsed JSON)."""
 
     layout_dir: str

@@ -19,10 +19,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import InputError, StoreError
 from pybk.core.interfaces import ImageLookup
+from pybk.core.model import Model
 from pybk.core.registry import OCI_INDEX
 
 IMAGES_DIR = "images"
@@ -30,8 +29,7 @@ NAME_ANNOTATION = "io.containerd.image.name"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 
 
-@attrs.frozen
-class StoredImage:
+class StoredImage(Model):
     """An image name in the store and the manifest it points at."""
 
     name: str

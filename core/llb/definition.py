@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import InputError
 from pybk.core.llb.ops import (
     SCRATCH,
@@ -41,6 +39,7 @@ from pybk.core.llb.ops import (
     decode,
     encode,
 )
+from pybk.core.model import Model, field
 from pybk.core.serialize import canonical_dumps, loads, sha256_digest
 
 
@@ -51,33 +50,28 @@ def prepare_decoders() -> None:
         decode(cls, {})
 
 
-@attrs.frozen
-class Position:
+class Position(Model):
     line: int = 0
     character: int = 0
 
 
-@attrs.frozen
-class Range:
+class Range(Model):
     start: Position | None = None
     end: Position | None = None
 
 
-@attrs.frozen
-class Location:
+class Location(Model):
     """Where an op comes from: ranges in ``Source.infos[source_index]``."""
 
     source_index: int = 0
     ranges: tuple[Range, ...] = _seq()
 
 
-@attrs.frozen
-class Locations:
+class Locations(Model):
     locations: tuple[Location, ...] = _seq()
 
 
-@attrs.frozen
-class SourceInfo:
+class SourceInfo(Model):
     """A source file (e.g. the Dockerfile) that ops point into."""
 
     filename: str = ""
@@ -85,18 +79,16 @@ class SourceInfo:
     language: str = ""
 
 
-@attrs.frozen
-class Source:
+class Source(Model):
     """``locations`` maps op digests to places in ``infos``."""
 
-    locations: FrozenDict[str, Locations] = attrs.field(factory=FrozenDict, converter=_frozen_map)
+    locations: FrozenDict[str, Locations] = field(factory=FrozenDict, converter=_frozen_map)
     infos: tuple[SourceInfo, ...] = _seq()
 
 
-@attrs.frozen
-class Definition:
+class Definition(Model):
     ops: tuple[bytes, ...] = _seq()
-    metadata: FrozenDict[str, OpMetadata] = attrs.field(factory=FrozenDict, converter=_frozen_map)
+    metadata: FrozenDict[str, OpMetadata] = field(factory=FrozenDict, converter=_frozen_map)
     source: Source | None = None
 
     # ------------------------------------------------------------------------ serialization

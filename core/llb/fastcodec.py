@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
+from pybk.core.model import has
 
 __all__ = ["Invalid", "decoder"]
 
@@ -90,7 +90,7 @@ def _make_one(tp: Any, lazy: Callable[[Any], Decoder], specs: Callable[[type], S
                 raise Invalid
             return frozen({k: value(v) for k, v in raw.items()})
         return mapping
-    if attrs.has(tp):
+    if has(tp):
         return _message(tp, specs, lazy)
     if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
         def member(raw: Any) -> Any:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import InputError
 from pybk.core.llb.definition import Definition, Location, Locations, Range, Source, SourceInfo
 from pybk.core.llb.ops import (
@@ -33,6 +31,7 @@ from pybk.core.llb.ops import (
     SourceOp,
     WorkerConstraints,
 )
+from pybk.core.model import Model, field
 from pybk.core.serialize import sha256_digest
 
 __all__ = ["CUSTOM_NAME_KEY", "Marshaller", "Output", "SourceLocation", "Vertex", "new_vertex"]
@@ -40,16 +39,14 @@ __all__ = ["CUSTOM_NAME_KEY", "Marshaller", "Output", "SourceLocation", "Vertex"
 CUSTOM_NAME_KEY = "llb.customname"
 
 
-@attrs.frozen
-class SourceLocation:
+class SourceLocation(Model):
     """Where an op comes from in a source file (e.g. a Dockerfile), for error display."""
 
     info: SourceInfo
-    ranges: tuple[Range, ...] = attrs.field(converter=tuple, factory=tuple)
+    ranges: tuple[Range, ...] = field(converter=tuple, factory=tuple)
 
 
-@attrs.frozen(eq=False)
-class Vertex:
+class Vertex(Model, eq=False):
     """An op whose inputs are outputs of other vertices; compared by identity."""
 
     body: OpBody
@@ -61,14 +58,12 @@ class Vertex:
     locations: tuple[SourceLocation, ...]
 
 
-@attrs.frozen
-class Output:
+class Output(Model):
     vertex: Vertex
     index: int
 
 
-@attrs.frozen
-class VertexOptions:
+class VertexOptions(Model):
     """Per-op options every builder accepts as keywords."""
 
     custom_name: str | None = None

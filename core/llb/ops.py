@@ -19,10 +19,9 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import attrs
-
 from pybk.core.errors import InputError
 from pybk.core.llb.fastcodec import decoder
+from pybk.core.model import Factory, Model, field, fields, has
 from pybk.core.platform import host_platform as oci_host_platform
 from pybk.core.serialize import canonical_dumps, loads, sha256_digest
 
@@ -68,20 +67,20 @@ def _tuple(value: Any) -> tuple:
 
 
 def _seq(**kw: Any) -> Any:
-    return attrs.field(factory=tuple, converter=_tuple, **kw)
+    return field(factory=tuple, converter=_tuple, **kw)
 
 
 def _map(**kw: Any) -> Any:
-    return attrs.field(factory=FrozenDict, converter=_frozen_map, **kw)
+    return field(factory=FrozenDict, converter=_frozen_map, **kw)
 
 
 def _enum(default: enum.IntEnum) -> Any:
-    return attrs.field(default=default, converter=type(default))
+    return field(default=default, converter=type(default))
 
 
 def _oneof(members: dict[str, str], default: Any = None) -> Any:
     """A field holding one of several message types; ``members`` maps JSON key → class name."""
-    return attrs.field(default=default, metadata={"oneof": members})
+    return field(default=default, metadata={"oneof": members})
 
 
 # --------------------------------------------------------------------------------------- enums
@@ -121,16 +120,14 @@ class CacheSharingOpt(enum.IntEnum):
 # ----------------------------------------------------------------------------- envelope parts
 
 
-@attrs.frozen
-class Input:
+class Input(Model):
     """A reference to output ``index`` of the op whose marshalled bytes hash to ``digest``."""
 
     digest: str = ""
     index: int = 0
 
 
-@attrs.frozen
-class Platform:
+class Platform(Model):
     """BuildKit's ``pb.Platform`` message: the platform as it is written into LLB (and hashed).
     Parsing, normalising and matching platforms is :mod:`pybk.core.platform`'s."""
 
@@ -159,16 +156,14 @@ def host_platform() -> Platform:
     return Platform(architecture=host.architecture, os=host.os, variant=host.variant or "")
 
 
-@attrs.frozen
-class WorkerConstraints:
+class WorkerConstraints(Model):
     filter: tuple[str, ...] = _seq()
 
 
 # ------------------------------------------------------------------------------------ SourceOp
 
 
-@attrs.frozen
-class SourceOp:
+class SourceOp(Model):
     """Fetch a source: ``docker-image://…``, ``local://…``, ``git://…``, ``https://…``, …"""
 
     identifier: str = ""
@@ -178,8 +173,7 @@ class SourceOp:
 # -------------------------------------------------------------------------------------- ExecOp
 
 
-@attrs.frozen
-class ProxyEnv:
+class ProxyEnv(Model):
     http_proxy: str = ""
     https_proxy: str = ""
     ftp_proxy: str = ""
@@ -187,21 +181,18 @@ class ProxyEnv:
     all_proxy: str = ""
 
 
-@attrs.frozen
-class HostIP:
+class HostIP(Model):
     host: str = ""
     ip: str = ""
 
 
-@attrs.frozen
-class Ulimit:
+class Ulimit(Model):
     name: str = ""
     soft: int = 0
     hard: int = 0
 
 
-@attrs.frozen
-class Meta:
+class Meta(Model):
     args: tuple[str, ...] = _seq()
     env: tuple[str, ...] = _seq()
     cwd: str = ""
@@ -215,19 +206,16 @@ class Meta:
     valid_exit_codes: tuple[int, ...] = _seq()
 
 
-@attrs.frozen
-class TmpfsOpt:
+class TmpfsOpt(Model):
     size: int = 0
 
 
-@attrs.frozen
-class CacheOpt:
+class CacheOpt(Model):
     id: str = ""
     sharing: CacheSharingOpt = _enum(CacheSharingOpt.SHARED)
 
 
-@attrs.frozen
-class SecretOpt:
+class SecretOpt(Model):
     id: str = ""
     uid: int = 0
     gid: int = 0
@@ -235,8 +223,7 @@ class SecretOpt:
     optional: bool = False
 
 
-@attrs.frozen
-class SSHOpt:
+class SSHOpt(Model):
     id: str = ""
     uid: int = 0
     gid: int = 0
@@ -244,8 +231,7 @@ class SSHOpt:
     optional: bool = False
 
 
-@attrs.frozen
-class Mount:
+class Mount(Model):
     """``input`` indexes ``Op.inputs`` (or is ``SCRATCH``); ``output`` numbers the op's outputs
     (or is ``SKIP_OUTPUT``)."""
 
@@ -263,8 +249,7 @@ class Mount:
     content_cache: MountContentCache = _enum(MountContentCache.DEFAULT)
 
 
-@attrs.frozen
-class SecretEnv:
+class SecretEnv(Model):
     """Expose secret ``id`` as environment variable ``name``."""
 
     id: str = ""
@@ -272,14 +257,12 @@ class SecretEnv:
     optional: bool = False
 
 
-@attrs.frozen
-class CDIDevice:
+class CDIDevice(Model):
     name: str = ""
     optional: bool = False
 
 
-@attrs.frozen
-class ExecOp:
+class ExecOp(Model):
     meta: Meta | None = None
     mounts: tuple[Mount, ...] = _seq()
     network: NetMode = _enum(NetMode.UNSET)
@@ -291,16 +274,14 @@ class ExecOp:
 # -------------------------------------------------------------------------------------- FileOp
 
 
-@attrs.frozen
-class NamedUserOpt:
+class NamedUserOpt(Model):
     """A user or group name, resolved against ``/etc/passwd``/``/etc/group`` of input ``input``."""
 
     name: str = ""
     input: int = 0
 
 
-@attrs.frozen
-class UserOpt:
+class UserOpt(Model):
     """``user`` is a :class:`NamedUserOpt` (JSON key ``by_name``) or a numeric id (``by_id``)."""
 
     user: NamedUserOpt | int | None = _oneof({"by_name": "NamedUserOpt", "by_id": "int"})
@@ -314,14 +295,12 @@ class UserOpt:
         return self.user if isinstance(self.user, int) else None
 
 
-@attrs.frozen
-class ChownOpt:
+class ChownOpt(Model):
     user: UserOpt | None = None
     group: UserOpt | None = None
 
 
-@attrs.frozen
-class FileActionCopy:
+class FileActionCopy(Model):
     src: str = ""
     dest: str = ""
     owner: ChownOpt | None = None
@@ -340,8 +319,7 @@ class FileActionCopy:
     required_paths: tuple[str, ...] = _seq()
 
 
-@attrs.frozen
-class FileActionMkFile:
+class FileActionMkFile(Model):
     path: str = ""
     mode: int = 0
     data: bytes = b""
@@ -349,8 +327,7 @@ class FileActionMkFile:
     timestamp: int = -1
 
 
-@attrs.frozen
-class FileActionMkDir:
+class FileActionMkDir(Model):
     path: str = ""
     mode: int = 0
     make_parents: bool = False
@@ -358,15 +335,13 @@ class FileActionMkDir:
     timestamp: int = -1
 
 
-@attrs.frozen
-class FileActionRm:
+class FileActionRm(Model):
     path: str = ""
     allow_not_found: bool = False
     allow_wildcard: bool = False
 
 
-@attrs.frozen
-class FileActionSymlink:
+class FileActionSymlink(Model):
     oldpath: str = ""
     newpath: str = ""
     owner: ChownOpt | None = None
@@ -382,8 +357,7 @@ _FILE_ACTIONS = {
 }
 
 
-@attrs.frozen
-class FileAction:
+class FileAction(Model):
     """One step of a FileOp.
 
     ``input``/``secondary_input`` below ``len(op.inputs)`` are op inputs; ``len(op.inputs) + k``
@@ -404,61 +378,52 @@ class FileAction:
     ) = _oneof(_FILE_ACTIONS)
 
 
-@attrs.frozen
-class FileOp:
+class FileOp(Model):
     actions: tuple[FileAction, ...] = _seq()
 
 
 # ------------------------------------------------------------------ MergeOp, DiffOp, BuildOp, …
 
 
-@attrs.frozen
-class MergeInput:
+class MergeInput(Model):
     input: int = 0
 
 
-@attrs.frozen
-class MergeOp:
+class MergeOp(Model):
     """Layer the inputs in order; later inputs win."""
 
     inputs: tuple[MergeInput, ...] = _seq()
 
 
-@attrs.frozen
-class LowerDiffInput:
+class LowerDiffInput(Model):
     input: int = 0
 
 
-@attrs.frozen
-class UpperDiffInput:
+class UpperDiffInput(Model):
     input: int = 0
 
 
-@attrs.frozen
-class DiffOp:
+class DiffOp(Model):
     """The changes that turn ``lower`` into ``upper``."""
 
     lower: LowerDiffInput | None = None
     upper: UpperDiffInput | None = None
 
 
-@attrs.frozen
-class BuildInput:
+class BuildInput(Model):
     input: int = 0
 
 
-@attrs.frozen
-class BuildOp:
+class BuildOp(Model):
     """Nested build (experimental). ``def_`` (JSON key ``def``) is a marshalled Definition."""
 
     builder: int = 0
     inputs: FrozenDict[str, BuildInput] = _map()
-    def_: bytes = attrs.field(default=b"", metadata={"json": "def"})
+    def_: bytes = field(default=b"", metadata={"json": "def"})
     attrs: FrozenDict[str, str] = _map()
 
 
-@attrs.frozen
-class PassthroughOp:
+class PassthroughOp(Model):
     id: str = ""
     outputs: tuple[int, ...] = _seq()
 
@@ -476,8 +441,7 @@ _OP_KINDS = {
 OpBody = SourceOp | ExecOp | FileOp | MergeOp | DiffOp | BuildOp | PassthroughOp
 
 
-@attrs.frozen
-class Op:
+class Op(Model):
     """The envelope: inputs, the op body (``None`` for a definition's terminal op), platform."""
 
     inputs: tuple[Input, ...] = _seq()
@@ -527,20 +491,17 @@ class Op:
         return frozenset({0})
 
 
-@attrs.frozen
-class ExportCache:
+class ExportCache(Model):
     value: bool = False
 
 
-@attrs.frozen
-class ProgressGroup:
+class ProgressGroup(Model):
     id: str = ""
     name: str = ""
     weak: bool = False
 
 
-@attrs.frozen
-class LinuxResources:
+class LinuxResources(Model):
     """Per-step cgroup limits a client asked for (buildx ``--resource``): memory and swap in
     bytes (``memory_swap`` is memory + swap, -1 unlimited), CPU shares, CFS period and quota
     (microseconds), and cpuset lists (``"0-1"``)."""
@@ -554,8 +515,7 @@ class LinuxResources:
     cpuset_mems: str = ""
 
 
-@attrs.frozen
-class OpMetadata:
+class OpMetadata(Model):
     """Per-op data that is not part of the op digest (``Definition.metadata[digest]``)."""
 
     ignore_cache: bool = False
@@ -576,8 +536,7 @@ T = TypeVar("T")
 _MISSING = object()
 
 
-@attrs.frozen
-class _FieldSpec:
+class _FieldSpec(Model):
     name: str
     key: str
     type: Any
@@ -593,9 +552,9 @@ def _specs(cls: type) -> tuple[_FieldSpec, ...]:
     if specs is None:
         hints = typing.get_type_hints(cls)
         out = []
-        for f in attrs.fields(cls):
+        for f in fields(cls):
             default = f.default
-            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            if isinstance(default, Factory):  # type: ignore[arg-type]
                 default = f.converter(default.factory()) if f.converter else default.factory()
             oneof = None
             if "oneof" in f.metadata:
@@ -611,7 +570,7 @@ def _specs(cls: type) -> tuple[_FieldSpec, ...]:
 
 def encode(obj: Any) -> Any:
     """The JSON form of a message: default-valued fields left out, bytes as base64."""
-    if attrs.has(type(obj)):
+    if has(type(obj)):
         out: dict[str, Any] = {}
         for spec in _specs(type(obj)):
             value = getattr(obj, spec.name)
@@ -702,7 +661,7 @@ def _decode_value(tp: Any, raw: Any, where: str) -> Any:
             raise InputError(f"{where}: expected an object, got {_kind(raw)}")
         item = typing.get_args(tp)[1]
         return FrozenDict({k: _decode_value(item, v, f"{where}.{k}") for k, v in raw.items()})
-    if attrs.has(tp):
+    if has(tp):
         return _decode_message(tp, raw, where)
     if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
         if not isinstance(raw, int) or isinstance(raw, bool):

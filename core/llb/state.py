@@ -22,8 +22,6 @@ import posixpath
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import attrs
-
 from pybk.core.llb.definition import Definition
 from pybk.core.llb.graph import CUSTOM_NAME_KEY, Marshaller, Output, new_vertex
 from pybk.core.llb.ops import (
@@ -64,6 +62,7 @@ from pybk.core.llb.ops import (
     UserOpt,
     host_platform,
 )
+from pybk.core.model import Model, evolve, field
 
 __all__ = ["DEFAULT_PATH", "ExecState", "FileChain", "MountSpec", "Owner", "State", "StateMeta",
            "Timestamp", "as_platform", "diff", "merge"]
@@ -90,8 +89,7 @@ class _Inputs:
 # ------------------------------------------------------------------------------------ State
 
 
-@attrs.frozen
-class StateMeta:
+class StateMeta(Model):
     """The values a State applies to later ``run`` calls (environment, directory, user, …)."""
 
     env: tuple[tuple[str, str], ...] = ()
@@ -106,8 +104,7 @@ class StateMeta:
     cgroup_parent: str = ""
 
 
-@attrs.frozen
-class State:
+class State(Model):
     """One output of an LLB op (or scratch) plus the values applied to later ``run`` calls."""
 
     _output: Output | None = None
@@ -116,7 +113,7 @@ class State:
     # ------------------------------------------------------------------------ state values
 
     def _with(self, **changes: Any) -> State:
-        return State(self._output, attrs.evolve(self._meta, **changes))
+        return State(self._output, evolve(self._meta, **changes))
 
     @property
     def is_scratch(self) -> bool:
@@ -205,8 +202,8 @@ class State:
             return self
         vertex = self._output.vertex
         description = {**vertex.metadata.description, CUSTOM_NAME_KEY: name}
-        renamed = attrs.evolve(
-            vertex, metadata=attrs.evolve(vertex.metadata, description=description)
+        renamed = evolve(
+            vertex, metadata=evolve(vertex.metadata, description=description)
         )
         return State(Output(renamed, self._output.index), self._meta)
 
@@ -309,11 +306,10 @@ class State:
         return Marshaller(as_platform(platform) if platform else host_platform()).run(self._output)
 
 
-@attrs.frozen
 class ExecState(State):
     """The root output of a ``run``; other writable mounts via :meth:`get_mount`."""
 
-    outputs: FrozenDict = attrs.field(factory=FrozenDict, kw_only=True)
+    outputs: FrozenDict = field(factory=FrozenDict, kw_only=True)
 
     def root(self) -> State:
         return State(self._output, self._meta)
@@ -361,8 +357,7 @@ def diff(lower: State, upper: State, **options: Any) -> State:
 # ------------------------------------------------------------------------------ run mounts
 
 
-@attrs.frozen
-class MountSpec:
+class MountSpec(Model):
     """An extra mount for :meth:`State.run` (use :func:`mount`, :func:`cache_mount`, …)."""
 
     dest: str
@@ -398,8 +393,7 @@ Owner = ChownOpt | str | int | tuple[str | int, str | int] | None
 Timestamp = int | datetime.datetime | None
 
 
-@attrs.frozen
-class _PendingAction:
+class _PendingAction(Model):
     """An action whose relative paths and named owners are resolved by ``State.file``."""
 
     action: FileActionCopy | FileActionMkFile | FileActionMkDir | FileActionRm | FileActionSymlink
@@ -407,8 +401,7 @@ class _PendingAction:
     source: State | None = None
 
 
-@attrs.frozen
-class FileChain:
+class FileChain(Model):
     """File actions applied in order, each to the result of the previous one."""
 
     actions: tuple[_PendingAction, ...] = ()
@@ -532,14 +525,14 @@ def _resolve_action(pending: _PendingAction, input_index: int, base: State) -> A
     action = pending.action
     owner = _chown(pending.owner, input_index)
     if isinstance(action, FileActionCopy):
-        return attrs.evolve(
+        return evolve(
             action,
             src=_abs(action.src, pending.source, keep_slash=True),
             dest=_abs(action.dest, base, keep_slash=True),
             owner=owner,
         )
     if isinstance(action, FileActionSymlink):
-        return attrs.evolve(action, newpath=_abs(action.newpath, base), owner=owner)
+        return evolve(action, newpath=_abs(action.newpath, base), owner=owner)
     if isinstance(action, FileActionRm):
-        return attrs.evolve(action, path=_abs(action.path, base))
-    return attrs.evolve(action, path=_abs(action.path, base), owner=owner)
+        return evolve(action, path=_abs(action.path, base))
+    return evolve(action, path=_abs(action.path, base), owner=owner)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import attrs
+from pybk.core.model import Model, evolve
 
 STREAM_STDOUT = 1
 STREAM_STDERR = 2
@@ -29,8 +29,7 @@ DEFAULT_STEP_LOG_MAX_SIZE = 2 * 1024 * 1024
 DEFAULT_STEP_LOG_MAX_SPEED = 200 * 1024
 
 
-@attrs.frozen
-class Vertex:
+class Vertex(Model):
     """The state of one build step; each update carries the full state."""
 
     digest: str
@@ -43,8 +42,7 @@ class Vertex:
     progress_group: dict[str, Any] | None = None
 
 
-@attrs.frozen
-class VertexStatus:
+class VertexStatus(Model):
     """A named sub-task of a vertex (a layer download, a context transfer) with counters."""
 
     id: str
@@ -57,8 +55,7 @@ class VertexStatus:
     completed: float | None = None
 
 
-@attrs.frozen
-class VertexLog:
+class VertexLog(Model):
     """A chunk of a step's stdout (stream 1) or stderr (stream 2)."""
 
     vertex: str
@@ -67,8 +64,7 @@ class VertexLog:
     timestamp: float
 
 
-@attrs.frozen
-class VertexWarning:
+class VertexWarning(Model):
     """A warning attached to a vertex (``short`` is the one-line text)."""
 
     vertex: str
@@ -80,8 +76,7 @@ class VertexWarning:
     range: tuple[dict[str, Any], ...] = ()
 
 
-@attrs.frozen
-class SolveStatus:
+class SolveStatus(Model):
     """One progress update; any of the four lists may be empty."""
 
     vertexes: tuple[Vertex, ...] = ()
@@ -240,7 +235,7 @@ class VertexProgress:
         return self.state.digest
 
     def _update(self, **changes: Any) -> None:
-        self.state = attrs.evolve(self.state, **changes)
+        self.state = evolve(self.state, **changes)
         self._progress.emit(SolveStatus(vertexes=(self.state,)))
 
     def announce(self) -> None:

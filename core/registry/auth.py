@@ -19,17 +19,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import ConfigError, RegistryError
+from pybk.core.model import Model
 
 _HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", "docker.io")
 _TOKEN_SLACK = 10.0
 _DEFAULT_TOKEN_LIFETIME = 60.0
 
 
-@attrs.frozen(repr=False)
-class Credentials:
+class Credentials(Model, repr=False):
     """A user name and secret for one registry host (never printed)."""
 
     username: str = ""
@@ -163,8 +161,7 @@ def parse_www_authenticate(header: str) -> list[tuple[str, dict[str, str]]]:
 TokenFetcher = Callable[[str, list[tuple[str, str]], "Credentials | None"], Awaitable[dict[str, Any]]]
 
 
-@attrs.frozen
-class _Challenge:
+class _Challenge(Model):
     scheme: str
     realm: str = ""
     service: str = ""

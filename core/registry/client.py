@@ -24,10 +24,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from pybk.core.errors import RegistryError
 from pybk.core.http import async_client, default_tls_context, load_httpx
+from pybk.core.model import Model, field
 from pybk.core.platform import Platform, host_platform, parse_platform, select_best
 from pybk.core.registry import (
     DOCKER_MANIFEST,
@@ -53,15 +52,14 @@ _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 Progress = Callable[[int, int], None]
 
 
-@attrs.frozen
-class Descriptor:
+class Descriptor(Model):
     """An OCI content descriptor."""
 
     media_type: str
     digest: str
     size: int
     platform: Platform | None = None
-    annotations: Mapping[str, str] = attrs.field(factory=dict)
+    annotations: Mapping[str, str] = field(factory=dict)
     urls: tuple[str, ...] = ()
 
     @classmethod
@@ -89,8 +87,7 @@ class Descriptor:
         return data
 
 
-@attrs.frozen(eq=False)
-class ResolvedImage:
+class ResolvedImage(Model, eq=False):
     """An image manifest for one platform, with its parsed config."""
 
     ref: Reference
@@ -104,8 +101,7 @@ class ResolvedImage:
     index_digest: str | None = None
 
 
-@attrs.frozen
-class _Endpoint:
+class _Endpoint(Model):
     host: str  # as configured / used for credentials
     scheme: str
     prefix: str  # path before /v2, "" or "/something"

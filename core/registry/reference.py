@@ -9,9 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
-import attrs
-
 from pybk.core.errors import InputError
+from pybk.core.model import Model, evolve
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAINS = frozenset({"index.docker.io", "registry-1.docker.io"})
@@ -31,8 +30,7 @@ _HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
 _MAX_NAME = 255
 
 
-@attrs.frozen
-class Reference:
+class Reference(Model):
     """A normalised image reference: ``domain/path[:tag][@digest]``."""
 
     domain: str
@@ -65,11 +63,11 @@ class Reference:
 
     def with_tag(self, tag: str) -> Reference:
         _check_tag(tag, tag)
-        return attrs.evolve(self, tag=tag, digest=None)
+        return evolve(self, tag=tag, digest=None)
 
     def with_digest(self, digest: str) -> Reference:
         _check_digest(digest, digest)
-        return attrs.evolve(self, digest=digest)
+        return evolve(self, digest=digest)
 
     def _suffix(self) -> str:
         text = f":{self.tag}" if self.tag else ""

@@ -18,9 +18,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import PybkError
+from pybk.core.model import Model, evolve
 from pybk.core.serialize import sha256_digest
 
 CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
@@ -42,8 +41,7 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@attrs.frozen
-class CacheLayer:
+class CacheLayer(Model):
     """One layer blob; ``parent`` is an index into the config's layers (-1: the bottom)."""
 
     blob: str
@@ -74,8 +72,7 @@ class CacheLayer:
                 "size": self.size, "annotations": ann}
 
 
-@attrs.frozen
-class CacheRecord:
+class CacheRecord(Model):
     """One cache key; ``results`` are top layer indexes, ``chains`` explicit layer lists."""
 
     digest: str
@@ -85,8 +82,7 @@ class CacheRecord:
     created_at: str = ""
 
 
-@attrs.frozen
-class CacheConfig:
+class CacheConfig(Model):
     layers: tuple[CacheLayer, ...] = ()
     records: tuple[CacheRecord, ...] = ()
 
@@ -150,12 +146,12 @@ class CacheConfig:
                 layers.append(layer)
                 continue
             ann = d.get("annotations") or {}
-            layers.append(attrs.evolve(
+            layers.append(evolve(
                 layer, media_type=layer.media_type or str(d.get("mediaType", "")),
                 diff_id=layer.diff_id or str(ann.get(ANNOTATION_UNCOMPRESSED, "")),
                 size=layer.size if layer.size >= 0 else int(d.get("size", -1)),
                 created_at=layer.created_at or str(ann.get(ANNOTATION_CREATED, ""))))
-        return attrs.evolve(self, layers=tuple(layers))
+        return evolve(self, layers=tuple(layers))
 
     # -- lookups ------------------------------------------------------------------------
 

@@ -12,8 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
-
+from pybk.core.model import evolve
 from pybk.core.remotecache.config import (
     INLINE_CONFIG_KEY,
     CacheConfig,
@@ -65,6 +64,6 @@ def read_inline(config_bytes: bytes, layers: Sequence[Mapping[str, Any]], what: 
             raise CacheFormatError(f"{what}: inline cache names layer {layer.blob}, which the "
                                    "image does not have")
         d = layers[i]
-        filled.append(attrs.evolve(layer, media_type=str(d.get("mediaType", "")),
+        filled.append(evolve(layer, media_type=str(d.get("mediaType", "")),
                                    size=int(d.get("size", -1)), diff_id=diff_ids[i]))
-    return attrs.evolve(config, layers=tuple(filled))
+    return evolve(config, layers=tuple(filled))

@@ -20,11 +20,10 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-import attrs
-
 from pybk.core.converter import setting
 from pybk.core.errors import PybkError
 from pybk.core.interfaces import CacheExporter, CacheImporter, CacheStore, OpenStore
+from pybk.core.model import Model, field
 from pybk.core.remotecache.config import (
     CACHE_CONFIG_MEDIA_TYPE,
     CacheConfig,
@@ -46,8 +45,7 @@ class CacheUnavailable(PybkError):
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class CommonCacheOptions:
+class CommonCacheOptions(Model):
     """Export attributes every backend takes (imports ignore them)."""
 
     mode: Literal["min", "max"] = "min"
@@ -91,13 +89,12 @@ def split_names(value: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class ExportPlan:
+class ExportPlan(Model):
     """What to write: the config and where its blobs are (the local content store)."""
 
     config: CacheConfig
     content: Any  # pybk.core.store.content.ContentStore
-    info: Mapping[str, Any] = attrs.field(factory=dict)
+    info: Mapping[str, Any] = field(factory=dict)
 
     def blobs(self) -> list[CacheLayer]:
         seen: dict[str, CacheLayer] = {}
@@ -202,8 +199,7 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-@attrs.frozen
-class Wrapped:
+class Wrapped(Model):
     """The config blob and the manifest (or index) wrapping it."""
 
     config: bytes
@@ -412,8 +408,7 @@ class LayoutCacheStore(CacheStore):
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(eq=False)
-class LoadedCache:
+class LoadedCache(Model, eq=False):
     """One imported cache config and the store its blobs come from."""
 
     config: CacheConfig

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
-
 from pybk.core.llb.ops import (
     SCRATCH,
     ExecOp,
@@ -24,13 +22,13 @@ from pybk.core.llb.ops import (
     Op,
     encode,
 )
+from pybk.core.model import Model
 from pybk.core.serialize import canonical_dumps, sha256_digest
 
 KEY_VERSION = "pybk.cachekey.v1"
 
 
-@attrs.frozen
-class Selector:
+class Selector(Model):
     """Paths of an input a vertex reads; their content checksum replaces the input's key."""
 
     path: str = "/"

@@ -11,8 +11,6 @@ import contextlib
 import os
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import SolveError, exit_error
 from pybk.core.interfaces import ExecMount, Mount, ProcessSpec, SecretMount, SSHMount
 from pybk.core.llb.ops import (
@@ -24,6 +22,7 @@ from pybk.core.llb.ops import (
     NetMode,
     SecurityMode,
 )
+from pybk.core.model import asdict, evolve
 from pybk.core.platform import check_executable
 from pybk.core.progress.events import STREAM_STDERR, STREAM_STDOUT, StepLogLimiter, VertexProgress
 from pybk.core.solver.active import ActiveSnapshot
@@ -64,7 +63,7 @@ def process_spec(runner: Any, vertex: Vertex, op: ExecOp) -> ProcessSpec:
         valid_exit_codes=tuple(meta.valid_exit_codes) or (0,),
         ulimits=tuple((u.name, u.soft, u.hard) for u in meta.ulimit),
         cgroup_parent=meta.cgroup_parent,
-        resources=tuple((k, v) for k, v in attrs.asdict(vertex.linux_resources).items() if v)
+        resources=tuple((k, v) for k, v in asdict(vertex.linux_resources).items() if v)
         if vertex.linux_resources is not None else ())
 
 
@@ -190,6 +189,6 @@ async def cache_mount(runner: Any, m: Any, seed: Ref,
                                                      seed_path=m.selector or "/")
     stack.callback(release)
     if m.readonly:
-        mounts = [attrs.evolve(x, options=tuple(o for o in x.options if o != "rw") + ("ro",))
+        mounts = [evolve(x, options=tuple(o for o in x.options if o != "rw") + ("ro",))
                   for x in mounts]
     return ExecMount(m.dest, tuple(mounts), m.readonly)

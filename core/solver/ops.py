@@ -23,8 +23,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import BuildError, InputError, SolveError
 from pybk.core.images.ids import chain_ids
 from pybk.core.interfaces import Executor, ImageLookup, LayerUnpacker, RemoteCacheLookup
@@ -44,6 +42,7 @@ from pybk.core.llb.ops import (
     SecurityMode,
     SourceOp,
 )
+from pybk.core.model import Model, astuple, field
 from pybk.core.progress.events import VertexProgress
 from pybk.core.serialize import sha256_digest
 from pybk.core.solver.active import ActiveSnapshot
@@ -53,19 +52,18 @@ from pybk.core.solver.scheduler import InFlight, OpRunner, VertexOutcome
 from pybk.core.solver.vertex import Vertex
 
 
-@attrs.frozen
-class Session:
+class Session(Model):
     """What the client gives one build: its directories, secrets, agents and entitlements."""
 
-    local_dirs: Mapping[str, str] = attrs.field(factory=dict)
-    secrets: Mapping[str, bytes] = attrs.field(factory=dict, repr=False)
-    ssh: Mapping[str, str] = attrs.field(factory=dict)
+    local_dirs: Mapping[str, str] = field(factory=dict)
+    secrets: Mapping[str, bytes] = field(factory=dict, repr=False)
+    ssh: Mapping[str, str] = field(factory=dict)
     entitlements: frozenset[str] = frozenset()
-    oci_layouts: Mapping[str, str] = attrs.field(factory=dict)
+    oci_layouts: Mapping[str, str] = field(factory=dict)
     #: ``{(image reference, platform or None): ResolvedImage}`` the frontend resolved in this
     #: build; the solver uses them instead of asking the registry again (the frontend's LLB
     #: then stands for the image it saw, as BuildKit's pinned digests do)
-    resolved_images: Mapping[tuple[str, str | None], Any] = attrs.field(factory=dict)
+    resolved_images: Mapping[tuple[str, str | None], Any] = field(factory=dict)
 
 
 # ------------------------------------------------------------------------------------ solver
@@ -280,7 +278,7 @@ class BuildRunner(OpRunner, LayerUnpacker):
                 return compute()
             from pybk.core.fs.contenthash import CHECKSUM_FORMAT
 
-            what = json.dumps([CHECKSUM_FORMAT, [attrs.astuple(s) for s in selectors]])
+            what = json.dumps([CHECKSUM_FORMAT, [astuple(s) for s in selectors]])
             selection = sha256_digest(what.encode())[7:]
             found = self.store.record_checksum(record.id, selection)
             if found is not None:
@@ -735,8 +733,7 @@ class BuildRunner(OpRunner, LayerUnpacker):
         return VertexOutcome(refs={0: Ref(snapshot=record.id)}, cached=False)
 
 
-@attrs.frozen(eq=False)
-class _LayoutImage:
+class _LayoutImage(Model, eq=False):
     """An image read from a client's OCI layout, shaped like a resolved registry image."""
 
     ref: str

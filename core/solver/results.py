@@ -7,17 +7,15 @@ import shutil
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from pybk.core.errors import SolveError
 from pybk.core.interfaces import BuildResultView
+from pybk.core.model import Model, field
 
 if TYPE_CHECKING:
     from pybk.core.store.store import Store
 
 
-@attrs.frozen
-class Ref:
+class Ref(Model):
     """A vertex output: a committed store record (``None`` is an empty filesystem).
 
     ``snapshot`` is the record id, which is also its snapshot key in the store's snapshotter.
@@ -59,8 +57,7 @@ def read_ref(store: Any, ref: Ref) -> Iterator[str]:
         yield path
 
 
-@attrs.frozen
-class VertexStats:
+class VertexStats(Model):
     """How many vertices ran and how many came from the cache."""
 
     executed: int = 0
@@ -69,8 +66,7 @@ class VertexStats:
     cached_digests: tuple[str, ...] = ()
 
 
-@attrs.frozen(eq=False)
-class SolveResult(BuildResultView):
+class SolveResult(BuildResultView, Model, eq=False):
     """The result of :meth:`pybk.core.engine.client.Client.solve`.
 
     ``ref`` is the result's snapshot; ``mount()`` (for exporters) yields a read-only directory
@@ -78,17 +74,17 @@ class SolveResult(BuildResultView):
     """
 
     ref: Ref
-    store: Store | None = attrs.field(repr=False)
+    store: Store | None = field(repr=False)
     image_config: Mapping[str, Any] | None = None
     stats: VertexStats = VertexStats()
     cache_key: str = ""
     #: the output of the head vertex that ``ref`` is (its cache record is ``cache_key``'s)
     cache_output: int = 0
     #: the solved :class:`~pybk.core.llb.definition.Definition` (None for an empty one)
-    definition: Any = attrs.field(default=None, repr=False)
+    definition: Any = field(default=None, repr=False)
     #: ``{vertex digest: manifest digest}`` of the images this solve resolved
-    resolved: Mapping[str, str] = attrs.field(factory=dict, repr=False)
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    resolved: Mapping[str, str] = field(factory=dict, repr=False)
+    metadata: Mapping[str, Any] = field(factory=dict)
 
     @property
     def snapshot(self) -> str | None:

@@ -25,11 +25,10 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import attrs
-
 from pybk.core import daemonstate
 from pybk.core.errors import BuildError, PybkError, SolveError
 from pybk.core.llb.ops import Input
+from pybk.core.model import Model, field
 from pybk.core.progress.events import Progress, VertexProgress
 from pybk.core.solver.cachekey import cache_map, compute_key, content_selectors
 from pybk.core.solver.results import Ref, VertexStats
@@ -96,8 +95,7 @@ class InFlight:
             del jobs[key]
 
 
-@attrs.frozen
-class CacheEntry:
+class CacheEntry(Model):
     """A vertex result a cache export may write: its key, outputs and inputs' record keys
     (``(input key, output index)``, None for an input without a key)."""
 
@@ -107,13 +105,12 @@ class CacheEntry:
     inputs: tuple[tuple[str, int] | None, ...] = ()
 
 
-@attrs.frozen
-class VertexOutcome:
+class VertexOutcome(Model):
     """What the scheduler knows about a vertex once its result is available."""
 
     refs: dict[int, Ref]
     cached: bool
-    extra: dict[str, Any] = attrs.field(factory=dict)
+    extra: dict[str, Any] = field(factory=dict)
 
 
 class OpRunner(abc.ABC):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
-
 from pybk.core.llb.definition import Definition
 from pybk.core.llb.ops import (
     DiffOp,
@@ -22,10 +20,10 @@ from pybk.core.llb.ops import (
     OpMetadata,
     SourceOp,
 )
+from pybk.core.model import Model
 
 
-@attrs.frozen
-class Vertex:
+class Vertex(Model):
     """One op of the graph: digest, op, display name and per-op metadata."""
 
     digest: str
@@ -43,8 +41,7 @@ class Vertex:
         return self.op.inputs
 
 
-@attrs.frozen
-class Graph:
+class Graph(Model):
     """A loaded definition: vertices by digest (inputs first) and the result input."""
 
     vertices: dict[str, Vertex]

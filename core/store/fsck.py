@@ -39,10 +39,9 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import attrs
-
 from pybk.core.errors import StoreError
 from pybk.core.fs.files import remove_path
+from pybk.core.model import Factory, Model, field
 from pybk.core.store import locks as lockmod
 from pybk.core.store import mounts as mountlib
 from pybk.core.store.content import ContentStore
@@ -63,22 +62,20 @@ class StoreBusy(StoreError):
     """The store is in use (a build, ``du``, ``prune`` or a pybkd command holds it open)."""
 
 
-@attrs.frozen
-class Problem:
+class Problem(Model):
     kind: str
     what: str
     #: how to repair it (None: fsck cannot)
-    fix: Callable[[], str] | None = attrs.field(default=None, eq=False, repr=False)
+    fix: Callable[[], str] | None = field(default=None, eq=False, repr=False)
 
     def line(self) -> str:
         return f"fsck: {self.kind}: {self.what}"
 
 
-@attrs.define
-class Report:
-    problems: list[Problem] = attrs.Factory(list)
+class Report(Model, frozen=False):
+    problems: list[Problem] = Factory(list)
     #: what was counted: records, snapshots, blobs
-    counts: dict[str, int] = attrs.Factory(dict)
+    counts: dict[str, int] = Factory(dict)
 
     @property
     def clean(self) -> bool:

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
 import orjson
 
 from pybk.core.errors import UsageError
+from pybk.core.model import Model
 from pybk.core.store import locks as lockmod
 from pybk.core.store.localdirs import LOCAL_SYNC_STATE_SUFFIX
 from pybk.core.store.records import RECORD_CHECKSUM_PREFIX, Record, Records
@@ -21,8 +21,7 @@ from pybk.core.store.recovery import release_dead_owners
 from pybk.core.store.trees import disk_usage
 
 
-@attrs.frozen
-class UsageInfo:
+class UsageInfo(Model):
     """A ``du`` row (BuildKit's UsageInfo)."""
 
     id: str

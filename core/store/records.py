@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import StoreError
 from pybk.core.fs.files import remove_path
 from pybk.core.interfaces import Mount
+from pybk.core.model import Model
 from pybk.core.store import locks as lockmod
 from pybk.core.store.db import StoreDB, StoreFullError, new_id
 from pybk.core.store.snapshotters import SnapshotterSet
@@ -39,8 +38,7 @@ _RECORD_COLUMNS = ("id, type, snapshot, path, description, created, last_used, u
                    " mutable")
 
 
-@attrs.frozen
-class Record:
+class Record(Model):
     """One entry of the cache: a snapshot (or a directory) with its GC bookkeeping."""
 
     id: str

@@ -26,12 +26,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import attrs
 import orjson
 
 from pybk.core.errors import StoreError
 from pybk.core.fs.files import remove_path
 from pybk.core.interfaces import Mount, Snapshotter
+from pybk.core.model import Model
 from pybk.core.store import mounts as mountlib
 from pybk.core.store.db import StoreDB
 from pybk.core.store.trees import (
@@ -47,8 +47,7 @@ _LINKED_FROM = "linked-from"
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class SnapshotInfo:
+class SnapshotInfo(Model):
     """One row of the ``snapshots`` table."""
 
     key: str

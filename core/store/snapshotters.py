@@ -11,11 +11,10 @@ import stat
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-import attrs
-
 from pybk.core.errors import StoreError
 from pybk.core.fs.files import remove_path
 from pybk.core.interfaces import Mount, Snapshotter
+from pybk.core.model import Model, asdict
 from pybk.core.store import mounts as mountlib
 from pybk.core.store.db import StoreDB
 from pybk.core.store.snapshots import SnapshotInfo, StoreSnapshotter, as_db
@@ -182,8 +181,7 @@ class NativeSnapshotter(StoreSnapshotter):
 DEFAULT_OVERLAY_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
 
 
-@attrs.frozen
-class OverlayProbe:
+class OverlayProbe(Model):
     """Whether overlayfs works for this store on this kernel, and with which extra options."""
 
     supported: bool
@@ -203,7 +201,7 @@ def probe_overlay(db: StoreDB) -> OverlayProbe:
         return OverlayProbe(cached["supported"], tuple(cached["options"]), kernel,
                             cached.get("reason", ""))
     result = _run_overlay_probe(db, kernel)
-    db.set_meta("overlayfs.probe", attrs.asdict(result))
+    db.set_meta("overlayfs.probe", asdict(result))
     return result
 
 

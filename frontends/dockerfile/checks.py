@@ -9,10 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-import attrs
-
 from pybk.core.didyoumean import closest, did_you_mean
 from pybk.core.fs.patterns import PatternMatcher, clean_path
+from pybk.core.model import Model, field
 from pybk.core.platform import host_platform
 from pybk.frontends.dockerfile.commands import (
     AddInstruction,
@@ -233,15 +232,14 @@ def _check_secret(lint: _Linter, instruction: str, key: str, line: int) -> None:
         )
 
 
-@attrs.define
-class _GlobalScope:
+class _GlobalScope(Model, frozen=False):
     """The global ARGs (before the first FROM): values with build-arg overrides, values from
     the defaults alone, the names declared, and the host's platform ARGs."""
 
     platform_args: dict[str, str]
     env: dict[str, str]
     defaults: dict[str, str]
-    declared: set[str] = attrs.field(factory=set)
+    declared: set[str] = field(factory=set)
 
 
 def _lint_meta_args(

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import attrs
-
+from pybk.core.model import Model
 from pybk.frontends.dockerfile.mounts import Mount, parse_mount
 from pybk.frontends.dockerfile.parser import Heredoc, Node, ParseResult
 
 
-@attrs.frozen
-class Location:
+class Location(Model):
     """Where an instruction is: file name and 1-based first/last physical line."""
 
     filename: str
@@ -30,8 +28,7 @@ class Location:
         return f"{self.filename}:{self.start_line}"
 
 
-@attrs.frozen
-class KeyValue:
+class KeyValue(Model):
     """One ``key=value`` of ENV or LABEL; ``no_delim`` marks the legacy ``KEY value`` form."""
 
     key: str
@@ -39,16 +36,14 @@ class KeyValue:
     no_delim: bool = False
 
 
-@attrs.frozen
-class ArgSpec:
+class ArgSpec(Model):
     """One name of an ARG instruction; ``default`` is None when no ``=`` was given."""
 
     key: str
     default: str | None = None
 
 
-@attrs.frozen
-class SourceContent:
+class SourceContent(Model):
     """A heredoc used as an ADD/COPY source: file name, body and whether to expand it."""
 
     path: str
@@ -57,8 +52,7 @@ class SourceContent:
 
 
 
-@attrs.frozen(kw_only=True)
-class Instruction:
+class Instruction(Model, kw_only=True):
     """Fields every instruction has. ``keyword`` is as written; ``flags`` the raw flag words."""
 
     keyword: str
@@ -74,8 +68,7 @@ class Instruction:
         return self.keyword.upper()
 
 
-@attrs.frozen(kw_only=True)
-class FromInstruction(Instruction):
+class FromInstruction(Instruction, kw_only=True):
     base_name: str
     stage_name: str | None = None
     stage_name_as_written: str | None = None
@@ -83,8 +76,7 @@ class FromInstruction(Instruction):
     platform: str | None = None
 
 
-@attrs.frozen(kw_only=True)
-class RunInstruction(Instruction):
+class RunInstruction(Instruction, kw_only=True):
     """``command`` is one shell string (``prepend_shell``) or the exec-form argv."""
 
     command: tuple[str, ...]
@@ -99,45 +91,37 @@ class RunInstruction(Instruction):
         return tuple(parse_mount(spec, expand) for spec in self.mount_specs)
 
 
-@attrs.frozen(kw_only=True)
-class CmdInstruction(Instruction):
+class CmdInstruction(Instruction, kw_only=True):
     command: tuple[str, ...]
     prepend_shell: bool
 
 
-@attrs.frozen(kw_only=True)
-class EntrypointInstruction(Instruction):
+class EntrypointInstruction(Instruction, kw_only=True):
     command: tuple[str, ...]
     prepend_shell: bool
 
 
-@attrs.frozen(kw_only=True)
-class ShellInstruction(Instruction):
+class ShellInstruction(Instruction, kw_only=True):
     shell: tuple[str, ...]
 
 
-@attrs.frozen(kw_only=True)
-class EnvInstruction(Instruction):
+class EnvInstruction(Instruction, kw_only=True):
     pairs: tuple[KeyValue, ...]
 
 
-@attrs.frozen(kw_only=True)
-class LabelInstruction(Instruction):
+class LabelInstruction(Instruction, kw_only=True):
     pairs: tuple[KeyValue, ...]
 
 
-@attrs.frozen(kw_only=True)
-class MaintainerInstruction(Instruction):
+class MaintainerInstruction(Instruction, kw_only=True):
     maintainer: str
 
 
-@attrs.frozen(kw_only=True)
-class ExposeInstruction(Instruction):
+class ExposeInstruction(Instruction, kw_only=True):
     ports: tuple[str, ...]
 
 
-@attrs.frozen(kw_only=True)
-class AddInstruction(Instruction):
+class AddInstruction(Instruction, kw_only=True):
     sources: tuple[str, ...]
     dest: str
     source_contents: tuple[SourceContent, ...] = ()
@@ -150,8 +134,7 @@ class AddInstruction(Instruction):
     excludes: tuple[str, ...] = ()
 
 
-@attrs.frozen(kw_only=True)
-class CopyInstruction(Instruction):
+class CopyInstruction(Instruction, kw_only=True):
     sources: tuple[str, ...]
     dest: str
     source_contents: tuple[SourceContent, ...] = ()
@@ -163,28 +146,23 @@ class CopyInstruction(Instruction):
     excludes: tuple[str, ...] = ()
 
 
-@attrs.frozen(kw_only=True)
-class VolumeInstruction(Instruction):
+class VolumeInstruction(Instruction, kw_only=True):
     volumes: tuple[str, ...]
 
 
-@attrs.frozen(kw_only=True)
-class UserInstruction(Instruction):
+class UserInstruction(Instruction, kw_only=True):
     user: str
 
 
-@attrs.frozen(kw_only=True)
-class WorkdirInstruction(Instruction):
+class WorkdirInstruction(Instruction, kw_only=True):
     path: str
 
 
-@attrs.frozen(kw_only=True)
-class ArgInstruction(Instruction):
+class ArgInstruction(Instruction, kw_only=True):
     args: tuple[ArgSpec, ...]
 
 
-@attrs.frozen(kw_only=True)
-class OnbuildInstruction(Instruction):
+class OnbuildInstruction(Instruction, kw_only=True):
     """``expression`` is the trigger text (heredoc bodies re-attached) run in child builds."""
 
     trigger_keyword: str
@@ -192,13 +170,11 @@ class OnbuildInstruction(Instruction):
     trigger: Node
 
 
-@attrs.frozen(kw_only=True)
-class StopsignalInstruction(Instruction):
+class StopsignalInstruction(Instruction, kw_only=True):
     signal: str
 
 
-@attrs.frozen(kw_only=True)
-class HealthcheckInstruction(Instruction):
+class HealthcheckInstruction(Instruction, kw_only=True):
     """``test`` is ``("NONE",)``, ``("CMD", argv…)`` or ``("CMD-SHELL", cmd)``; durations are
     nanoseconds (0 = unset), as in Docker's HealthConfig."""
 
@@ -210,8 +186,7 @@ class HealthcheckInstruction(Instruction):
     retries: int = 0
 
 
-@attrs.frozen
-class Stage:
+class Stage(Model):
     """One build stage: its FROM and the instructions after it."""
 
     index: int
@@ -235,8 +210,7 @@ class Stage:
         return self.from_instruction.location
 
 
-@attrs.frozen
-class Dockerfile:
+class Dockerfile(Model):
     """A parsed Dockerfile: global ARGs (before the first FROM), stages, directives."""
 
     filename: str

@@ -14,9 +14,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core import llb
+from pybk.core.model import Model
 from pybk.frontends.dockerfile import commands as ins
 from pybk.frontends.dockerfile import convert_config, convert_copy, convert_run
 from pybk.frontends.dockerfile.convert_run import PROXY_ARGS
@@ -37,8 +36,7 @@ _BUILTIN_ARGS = frozenset({
 STEPS: dict[str, Step] = {**convert_config.STEPS, **convert_run.STEPS, **convert_copy.STEPS}
 
 
-@attrs.frozen
-class ConvertResult:
+class ConvertResult(Model):
     state: llb.State
     image_config: dict
     stage_name: str

@@ -7,9 +7,8 @@ import posixpath
 import re
 from typing import Any
 
-import attrs
-
 from pybk.core import llb
+from pybk.core.model import evolve
 from pybk.frontends.dockerfile import commands as ins
 from pybk.frontends.dockerfile.errors import InstructionError
 from pybk.frontends.dockerfile.imageconfig import StageState, env_dict
@@ -143,7 +142,7 @@ def _mount(cv: StageConverter, ds: StageState, spec: Mount, index: int, location
             selector = ""
         mount = llb.cache_mount(target, cache_id, sharing=sharing, source=source_state,
                                 selector=selector)
-        return attrs.evolve(mount, readonly=spec.read_only) if spec.read_only else mount
+        return evolve(mount, readonly=spec.read_only) if spec.read_only else mount
     if spec.type == "tmpfs":
         return llb.tmpfs(target, size=spec.size_limit)
     if spec.type == "secret":

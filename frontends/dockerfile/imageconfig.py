@@ -8,9 +8,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core import llb
+from pybk.core.model import Model, field
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
@@ -36,8 +35,7 @@ def go_duration(ns: int) -> str:
     return out + f"{seconds}{frac}s"
 
 
-@attrs.define
-class StageState:
+class StageState(Model, frozen=False):
     """What a stage has built so far."""
 
     state: llb.State
@@ -48,7 +46,7 @@ class StageState:
     total: int
     platform: llb.Platform
     ignore_cache: bool = False
-    declared: list[str] = attrs.field(factory=list)
+    declared: list[str] = field(factory=list)
     index: int = 0
     cmd_set: bool = False
 

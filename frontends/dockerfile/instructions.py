@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-import attrs
-
 from pybk.core.didyoumean import did_you_mean
+from pybk.core.model import Model
 from pybk.frontends.dockerfile.commands import (
     AddInstruction,
     ArgInstruction,
@@ -72,8 +71,7 @@ INSTRUCTION_NAMES = (
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9-_.]*\Z")
 
 
-@attrs.frozen
-class _Request:
+class _Request(Model):
     node: Node
     common: dict
     args: tuple[str, ...]

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import re
 
-import attrs
-
+from pybk.core.model import Model, field
 from pybk.frontends.dockerfile.commands import Location
 
 CHECK_BUILD_ARG = "BUILDKIT_DOCKERFILE_CHECK"
 _URL = "https://docs.docker.com/go/dockerfile/rule/{}/"
 
 
-@attrs.frozen
-class Rule:
+class Rule(Model):
     """A lint rule: BuildKit's name, description and documentation URL."""
 
     name: str
@@ -110,8 +108,7 @@ RULES: dict[str, Rule] = {
 }
 
 
-@attrs.frozen
-class Warning:  # noqa: A001 - BuildKit's name for a lint finding
+class Warning(Model):  # noqa: A001 - BuildKit's name for a lint finding
     """One finding: rule name, message, file and 1-based line."""
 
     rule: str
@@ -128,14 +125,13 @@ class Warning:  # noqa: A001 - BuildKit's name for a lint finding
         return RULES[self.rule].url
 
 
-@attrs.frozen
-class CheckReport:
+class CheckReport(Model):
     """All findings; ``error`` is True when ``error=true`` was set and something was found."""
 
     warnings: list[Warning]
     error: bool
     #: the check options in force (for the findings only a build sees)
-    config: CheckConfig = attrs.field(factory=lambda: CheckConfig())
+    config: CheckConfig = field(factory=lambda: CheckConfig())
 
     @property
     def error_message(self) -> str | None:
@@ -145,8 +141,7 @@ class CheckReport:
         return "lint violation found for rules: " + ", ".join(rules)
 
 
-@attrs.frozen
-class CheckConfig:
+class CheckConfig(Model):
     """Parsed ``check=`` options."""
 
     skip: frozenset[str] = frozenset()

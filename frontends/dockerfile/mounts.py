@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import attrs
-
 from pybk.core.didyoumean import did_you_mean
+from pybk.core.model import Model
 from pybk.frontends.dockerfile.errors import InstructionError
 from pybk.frontends.dockerfile.values import go_parse_bool, ram_in_bytes
 
 
-@attrs.frozen
-class Mount:
+class Mount(Model):
     """One ``RUN --mount`` (BuildKit ``instructions.Mount``)."""
 
     type: str = "bind"

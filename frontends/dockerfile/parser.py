@@ -20,9 +20,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
-
 from pybk.core.directives import Directives, DirectiveScanner
+from pybk.core.model import Model, evolve
 from pybk.frontends.dockerfile.errors import DockerfileParseError
 from pybk.frontends.dockerfile.shell import (
     GO_SPACES,
@@ -49,8 +48,7 @@ _NOT_STRING_ARRAY = "when using JSON array syntax, arrays must be comprised of s
 # ---------------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Heredoc:
+class Heredoc(Model):
     """One heredoc attached to an instruction.
 
     ``content`` is the body exactly as written (line endings included, tabs not stripped);
@@ -69,8 +67,7 @@ class Heredoc:
         return _LEADING_TABS.sub("", self.content) if self.chomp else self.content
 
 
-@attrs.frozen
-class Node:
+class Node(Model):
     """One instruction as BuildKit's parser produces it.
 
     ``keyword`` is as written (``command`` is its lower-case form), ``flags`` the ``--`` words
@@ -97,16 +94,14 @@ class Node:
         return self.keyword.lower()
 
 
-@attrs.frozen
-class ParseWarning:
+class ParseWarning(Model):
     """A non-fatal finding of the parser (currently: empty continuation lines)."""
 
     message: str
     line: int
 
 
-@attrs.frozen
-class ParseResult:
+class ParseResult(Model):
     """A parsed file: instruction nodes in order, directives, escape token and warnings."""
 
     children: tuple[Node, ...]
@@ -149,8 +144,7 @@ def _lark_parser(escape: str):
     return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True)
 
 
-@attrs.frozen
-class _Framed:
+class _Framed(Model):
     keyword: str
     flags: tuple[str, ...]
     args: str
@@ -592,9 +586,9 @@ def parse(data: bytes | str, filename: str = "Dockerfile") -> ParseResult:
                     body.append(raw)
                 if not terminated:
                     raise _located("unterminated heredoc", filename, lines, start, current)
-                heredocs.append(attrs.evolve(doc, content="".join(body)))
+                heredocs.append(evolve(doc, content="".join(body)))
         children.append(
-            attrs.evolve(node, start_line=start, end_line=current, heredocs=tuple(heredocs))
+            evolve(node, start_line=start, end_line=current, heredocs=tuple(heredocs))
         )
         comments = []
 

@@ -12,9 +12,8 @@ import re
 import unicodedata
 from collections.abc import Mapping
 
-import attrs
-
 from pybk.core.errors import InputError
+from pybk.core.model import Model
 
 #: Go's ``unicode.IsSpace`` set (Python's ``str.isspace`` differs on U+001C..U+001F).
 GO_SPACES = frozenset(
@@ -39,8 +38,7 @@ class ShellExpansionError(InputError):
     """A word could not be processed (bad substitution, unterminated quote, ``${v:?}`` …)."""
 
 
-@attrs.frozen
-class WordResult:
+class WordResult(Model):
     """Result of processing one word, with the variable names it looked up."""
 
     result: str
@@ -447,8 +445,7 @@ def _go_replace(regex: re.Pattern[str], value: str, replacement: str, replace_al
 # -- public API -----------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Lexer:
+class Lexer(Model):
     """A configured word processor (BuildKit ``shell.Lex``).
 
     ``raw_quotes`` keeps quote characters, ``raw_escapes`` keeps escape tokens,

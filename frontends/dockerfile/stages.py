@@ -9,11 +9,10 @@ import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core import llb
 from pybk.core import platform as core_platform
 from pybk.core.errors import InputError, PybkError
+from pybk.core.model import Model, evolve
 from pybk.frontends.dockerfile import commands as ins
 from pybk.frontends.dockerfile.errors import DockerfileParseError
 from pybk.frontends.dockerfile.imageconfig import (
@@ -36,8 +35,7 @@ _OP_KEYWORDS = ("RUN", "COPY", "ADD", "WORKDIR")
 Step = Callable[["StageConverter", StageState, Any, int], None]
 
 
-@attrs.frozen
-class NamedContext:
+class NamedContext(Model):
     """A named build context: a State and, optionally, the image config it brings.
 
     ``stage`` set instead (``context:NAME=target:STAGE``) makes NAME an alias of that stage.
@@ -318,7 +316,7 @@ class StageConverter:
         ds.total += len([i for i in parsed.stages[0].instructions
                          if i.keyword.upper() in _OP_KEYWORDS])
         for instruction in parsed.stages[0].instructions:
-            self.dispatch(ds, attrs.evolve(instruction, location=location), index)
+            self.dispatch(ds, evolve(instruction, location=location), index)
 
     def expander(self, ds: StageState, instruction: ins.Instruction) -> Expander:
         return Expander(ds.env(), self.df.escape, instruction.location)

@@ -14,9 +14,8 @@ import stat
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
-
 from pybk.core.errors import BuildError, PybkError
+from pybk.core.model import Model, field
 
 PROTOCOL = "pybk.gateway"
 #: protocol versions this pybk speaks
@@ -85,13 +84,12 @@ def stat_entry(path: str, name: str) -> dict[str, Any]:
     return entry
 
 
-@attrs.frozen
-class Returned:
+class Returned(Model):
     """What the frontend returned: a definition (or an error message) and its image config."""
 
     definition: Any = None
     image_config: Mapping[str, Any] | None = None
-    metadata: Mapping[str, bytes] = attrs.field(factory=dict)
+    metadata: Mapping[str, bytes] = field(factory=dict)
     error: str | None = None
 
 

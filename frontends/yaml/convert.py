@@ -14,8 +14,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from pybk.core.converter import KeyPath
 from pybk.core.didyoumean import did_you_mean
 from pybk.core.errors import InputError
@@ -56,8 +54,7 @@ def _heredoc_name(script: str) -> str:
     return name
 
 
-@attrs.frozen(kw_only=True)
-class RunStepInstruction(ins.RunInstruction):
+class RunStepInstruction(ins.RunInstruction, kw_only=True):
     """A ``run`` step: a RUN with environment variables for its command only."""
 
     env: tuple[ins.KeyValue, ...] = ()

@@ -11,17 +11,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import attrs
-
 from pybk.core.converter import KeyPath
+from pybk.core.model import Model, field
 
 _INT = re.compile(r"0|[-+]?[1-9][0-9]*")
 _NULL = frozenset({"", "~", "null", "Null", "NULL"})
 _PLAIN = "tag:yaml.org,2002:"
 
 
-@attrs.frozen
-class Mark:
+class Mark(Model):
     """A 1-based place in the file; ``end_line`` is the last line of the node."""
 
     line: int
@@ -29,24 +27,22 @@ class Mark:
     end_line: int
 
 
-@attrs.frozen
-class LoadProblem:
+class LoadProblem(Model):
     path: KeyPath
     message: str
     mark: Mark
 
 
-@attrs.define
-class Document:
+class Document(Model, frozen=False):
     """The data of a YAML file with the marks of its values (``marks``) and mapping keys
     (``key_marks``), both keyed by key path, and the problems found while reading it."""
 
     filename: str
     text: str
     data: Any = None
-    marks: dict[KeyPath, Mark] = attrs.field(factory=dict)
-    key_marks: dict[KeyPath, Mark] = attrs.field(factory=dict)
-    problems: list[LoadProblem] = attrs.field(factory=list)
+    marks: dict[KeyPath, Mark] = field(factory=dict)
+    key_marks: dict[KeyPath, Mark] = field(factory=dict)
+    problems: list[LoadProblem] = field(factory=list)
 
     def lines(self) -> list[str]:
         return self.text.splitlines()

@@ -11,11 +11,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from pybk.core.converter import KeyPath, SchemaTypeError, problems_from_exception, render_path
 from pybk.core.didyoumean import did_you_mean
 from pybk.core.errors import InputError
+from pybk.core.model import Model, evolve, field, fields
 from pybk.frontends.dockerfile.errors import InstructionError
 from pybk.frontends.dockerfile.mounts import parse_mount
 from pybk.frontends.dockerfile.values import go_parse_duration, parse_chmod, parse_signal
@@ -61,10 +60,9 @@ class PipelineError(InputError):
         return "\n".join(out)
 
 
-@attrs.define
-class _Problems:
+class _Problems(Model, frozen=False):
     doc: Document
-    items: list[tuple[int, int, str, str]] = attrs.field(factory=list)
+    items: list[tuple[int, int, str, str]] = field(factory=list)
 
     def add(self, path: KeyPath, message: str, *, key: bool = False) -> None:
         mark = self.doc.mark(path, key=key)
@@ -76,8 +74,7 @@ class _Problems:
             raise PipelineError(self.doc.filename, unique, self.doc.lines())
 
 
-@attrs.frozen
-class LoadedPipeline:
+class LoadedPipeline(Model):
     pipeline: Pipeline
     doc: Document
     #: stage names, dependencies first (the order of the stages in the converted Dockerfile)
@@ -153,10 +150,10 @@ def _structure(data: dict, problems: _Problems) -> tuple[Pipeline | None, set[st
             broken.add(name)
             stages[name] = Stage(from_="scratch")
         else:  # a step with problems stays None (and is not checked further)
-            stages[name] = attrs.evolve(stage, steps=steps)
+            stages[name] = evolve(stage, steps=steps)
     if top is None:  # still check the stages (the top-level problems are already known)
         return Pipeline(version=SCHEMA_VERSION, stages=stages), broken
-    return attrs.evolve(top, stages=stages), broken
+    return evolve(top, stages=stages), broken
 
 
 def _version_problem(version: int, problems: _Problems) -> None:
@@ -329,7 +326,7 @@ def _check_run(run: Run, path: KeyPath, ref: Callable[..., None], problems: _Pro
 
 def _mount_key(mount: Mount, where: KeyPath, message: str) -> KeyPath:
     """The path of the mount option a Dockerfile mount error is about (else the mount)."""
-    for a in attrs.fields(Mount):
+    for a in fields(Mount):
         key = a.name.rstrip("_")
         if getattr(mount, a.name) is not None and re.search(
                 rf"(^|'|for |both ){re.escape(key)}\b", message):
@@ -362,7 +359,7 @@ def _check_copy(copy: Copy | Add, path: KeyPath, ref: Callable[..., None],
 
 def _check_healthcheck(check: Healthcheck, path: KeyPath, problems: _Problems) -> None:
     if check.disable:
-        extra = [a.name for a in attrs.fields(Healthcheck)
+        extra = [a.name for a in fields(Healthcheck)
                  if a.name != "disable" and getattr(check, a.name) is not None]
         if extra:
             problems.add(path, "disable: true takes no other keys")

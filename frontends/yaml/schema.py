@@ -12,9 +12,8 @@ import types
 import typing
 from typing import Any, Literal, NewType
 
-import attrs
-
 from pybk.core.converter import SchemaTypeError, setting
+from pybk.core.model import NOTHING, Model, fields, has
 
 __all__ = ["Add", "Command", "Copy", "Healthcheck", "Mount", "Pipeline", "Run", "Stage", "Step",
            "Text", "STEP_KINDS", "get_pipeline_converter", "json_schema"]
@@ -36,8 +35,7 @@ def _field(text: str, key: str | None = None, **kwargs: Any) -> Any:
     return _doc(text, setting(key, **kwargs))
 
 
-@attrs.frozen
-class Command:
+class Command(Model):
     """A command: a string (run by the stage's shell) or a list (exec form: the program and
     its arguments)."""
 
@@ -50,8 +48,7 @@ class Command:
                    "description": "exec form: the program and its arguments"}]}
 
 
-@attrs.frozen
-class Mount:
+class Mount(Model):
     """One mount of a ``run`` step (the options of ``RUN --mount``)."""
 
     target: Text | None = _field("where to mount it (relative: under the working directory)",
@@ -76,8 +73,7 @@ class Mount:
                               default=None)
 
 
-@attrs.frozen
-class Run:
+class Run(Model):
     """A ``run`` step; a bare string or list is its ``command``."""
 
     command: Command = _field("the command (string: shell form; list: exec form; a string of "
@@ -89,8 +85,7 @@ class Run:
                                   factory=dict)
 
 
-@attrs.frozen
-class Copy:
+class Copy(Model):
     """A ``copy`` step (``COPY``)."""
 
     src: list[Text] = _field("source paths (a string or a list)")
@@ -105,8 +100,7 @@ class Copy:
     exclude: list[Text] = _field("patterns of paths not to copy", factory=list)
 
 
-@attrs.frozen
-class Add:
+class Add(Model):
     """An ``add`` step (``ADD``): like copy, plus URLs, git repositories and archives."""
 
     src: list[Text] = _field("sources: paths, http(s) URLs, git repositories")
@@ -123,8 +117,7 @@ class Add:
                                  default=None)
 
 
-@attrs.frozen
-class Step:
+class Step(Model):
     """One step: exactly one of its keys."""
 
     run: Run | None = _field("run a command", default=None)
@@ -139,8 +132,7 @@ class Step:
     JSON_ONE_OF: typing.ClassVar[bool] = True
 
 
-@attrs.frozen
-class Healthcheck:
+class Healthcheck(Model):
     """The image's health check (``HEALTHCHECK``); ``disable: true`` is ``HEALTHCHECK NONE``."""
 
     test: Command | None = _field("the check command", default=None)
@@ -154,8 +146,7 @@ class Healthcheck:
     disable: bool = _field("disable the base image's health check", default=False)
 
 
-@attrs.frozen
-class Stage:
+class Stage(Model):
     """A build stage."""
 
     from_: str = _field("base: an image, `scratch`, another stage or a named context", "from")
@@ -178,8 +169,7 @@ class Stage:
     cmd: Command | None = _field("image default command", default=None)
 
 
-@attrs.frozen
-class Pipeline:
+class Pipeline(Model):
     """A ``yaml.v0`` pipeline."""
 
     version: int = _field("schema version (1)")
@@ -286,7 +276,7 @@ def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         return {"type": "array", "items": _type_schema(args[0], defs)}
     if origin is dict:
         return {"type": "object", "additionalProperties": _type_schema(args[1], defs)}
-    if isinstance(tp, type) and attrs.has(tp):
+    if isinstance(tp, type) and has(tp):
         name = tp.__name__
         if name not in defs:
             defs[name] = {}
@@ -307,7 +297,7 @@ def _class_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     props: dict[str, Any] = {}
     required = []
-    for a in attrs.fields(cls):
+    for a in fields(cls):
         key = external_key(a)
         schema = _type_schema(hints[a.name], defs)
         if key == "src":  # one source may be given as a string
@@ -315,7 +305,7 @@ def _class_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
         if a.metadata.get("doc"):
             schema = {**schema, "description": a.metadata["doc"]}
         props[key] = schema
-        if a.default is attrs.NOTHING:
+        if a.default is NOTHING:
             required.append(key)
     schema: dict[str, Any] = {"type": "object", "description": _description(cls),
                               "properties": props, "additionalProperties": False}

@@ -46,7 +46,8 @@ def test_refuses_an_executable_that_is_not_a_python_script(tmp_path):
 def test_a_rebuild_from_an_unchanged_registry_tag_loads_no_async_http_stack(tmp_path):
     """The build bench/run times: FROM a local registry, RUN, -t. The tag is resolved again
     with one HEAD over http.client (its manifest is in the store): httpx, httpcore, h11 and
-    anyio stay out, and so do cattrs, the Dockerfile parser and the OCI runtime's code."""
+    anyio stay out, and so do attrs and cattrs (the value classes are model classes), the
+    Dockerfile parser and the OCI runtime's code."""
     out = tmp_path / "imports.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--pybk", _pybk(), "--runs", "1",
                            "--registry", "--json", str(out)], capture_output=True, text=True,
@@ -59,5 +60,5 @@ def test_a_rebuild_from_an_unchanged_registry_tag_loads_no_async_http_stack(tmp_
     assert report["unexplained"] == []
     assert {"http.client", "pybk.core.registry.probe", "pybk.core.registry.client",
             "pybk.exporters.image"} <= set(modules)
-    assert not {"httpx", "httpcore", "h11", "anyio", "cattrs", "click", "trio", "lark",
-                "pybk.workers.runc"} & set(modules)
+    assert not {"httpx", "httpcore", "h11", "anyio", "attr", "attrs", "cattrs", "click", "trio",
+                "lark", "pybk.workers.runc"} & set(modules)

@@ -10,11 +10,11 @@ import pytest
 
 from pybk.core.converter import get_converter, setting, structure_options
 from pybk.core.errors import UsageError
+from pybk.core.model import Model
 from pybk.core.units import DiskSpace, Seconds
 
 
-@attrs.frozen(kw_only=True)
-class CacheOptions:
+class CacheOptions(Model, kw_only=True):
     """Shaped like the s3 cache backend's attrs (reference §3.3)."""
 
     bucket: str
@@ -34,8 +34,7 @@ class Compression(enum.Enum):
     UNCOMPRESSED = "uncompressed"
 
 
-@attrs.frozen(kw_only=True)
-class ImageOptions:
+class ImageOptions(Model, kw_only=True):
     """Shaped like the image exporter's attrs (reference §3.2)."""
 
     name: list[str] = setting(factory=list)
@@ -51,6 +50,8 @@ class ImageOptions:
 
 @attrs.frozen
 class PlainOptions:
+    """A third-party plugin's options may be an attrs class."""
+
     path: str
     depth: int = 1
 

@@ -36,10 +36,15 @@ def test_config_keys_set_the_limits():
         '[pybk]\nstep-memory = "64MiB"\nstep-pids = 64\n'
         '[worker.oci]\ndefaultCgroupParent = "ci/builds"\n')
     assert warnings == []  # defaultCgroupParent is no longer "not supported yet"
-    step = OCIWorker.options_from_config(config).limits
+    step = OCIWorker(OCIWorker.options_from_config(config), root="/nonexistent").step_limits()
     assert step == StepLimits(memory=64 << 20, pids=64, cgroup_parent="ci/builds")
     assert StepLimits.from_config(load_config_text(
         '[pybk]\nstep-memory = "10%"\n')[0]).memory == limits.host_memory() // 10
+
+
+def test_a_worker_without_config_gets_the_defaults():
+    step = OCIWorker(root="/nonexistent").step_limits()
+    assert (step.memory, step.pids) == (limits.host_memory() * 75 // 100, 4096)
 
 
 def test_zero_means_no_limit():

@@ -40,7 +40,8 @@ def _resolve_elsewhere(ref: str, store) -> list[str]:
         "async def main():\n"
         f"    async with RegistryClient(content_store=ContentStore({str(store)!r})) as c:\n"
         f"        r = await c.resolve({ref!r})\n"
-        "        print(r.manifest_digest, r.config_digest, len(r.layers), 'httpx' in sys.modules)\n"
+        "        print(r.manifest_digest, r.config_digest, len(r.layers), 'httpx' in sys.modules,\n"
+        "              'http.client' in sys.modules)\n"
         "asyncio.run(main())\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
@@ -55,9 +56,9 @@ def test_an_unchanged_tag_is_resolved_without_the_async_stack(busybox_ref, tmp_p
     assert (again.manifest_digest, again.manifest, again.config, again.layers, again.platform) \
         == (first.manifest_digest, first.manifest, first.config, first.layers, first.platform)
     assert _resolve_elsewhere(busybox_ref, store) == [
-        first.manifest_digest, first.config_digest, str(len(first.layers)), "False"]
+        first.manifest_digest, first.config_digest, str(len(first.layers)), "False", "False"]
     # an empty store: the full client (httpx) fetches
-    assert _resolve_elsewhere(busybox_ref, tmp_path / "empty")[-1] == "True"
+    assert _resolve_elsewhere(busybox_ref, tmp_path / "empty")[-2] == "True"
 
 
 def test_a_moved_tag_is_fetched_again(registry, busybox_ref, tmp_path):
@@ -107,12 +108,18 @@ class _Server:
     def __init__(self):
         class Handler(BaseHTTPRequestHandler):
             def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?")[0]
                 status, digest = {"/ok": (200, DIGEST), "/plain": (200, None),
                                   "/auth": (401, DIGEST), "/moved": (307, DIGEST),
-                                  "/bad": (200, "sha256:xyz")}[self.path]
+                                  "/bad": (200, "sha256:xyz"), "/lower": (200, DIGEST),
+                                  "/many": (200, DIGEST)}[path]
                 self.send_response(status)
+                if path == "/many":  # a long head, read in several pieces
+                    for i in range(400):
+                        self.send_header(f"X-Filler-{i}", "x" * 40)
                 if digest:
-                    self.send_header("Docker-Content-Digest", digest)
+                    self.send_header("docker-content-digest" if path == "/lower"
+                                     else "Docker-Content-Digest", digest)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -130,7 +137,9 @@ def test_head_digest_answers_only_a_plain_200_with_a_digest():
         def probe(path, scheme="http"):
             return head_digest(scheme, server.host, path, accept="*/*", timeout=5)
         assert probe("/ok") == DIGEST
+        assert probe("/lower") == DIGEST and probe("/many") == DIGEST
         assert [probe(p) for p in ("/plain", "/auth", "/moved", "/bad")] == [None] * 4
+        assert probe("/ok HTTP/1.1\r\nX: y") is None  # no header injection through the path
         assert probe("/ok", scheme="ftp") is None
         assert head_digest("http", "127.0.0.1:1", "/ok", accept="*/*", timeout=5) is None
     finally:

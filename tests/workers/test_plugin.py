@@ -28,7 +28,7 @@ def test_options_defaults_and_fields():
     assert (opts.binary, opts.no_process_sandbox, opts.platforms) == ("runc", False, ())
     assert [f.name for f in attrs.fields(plugin.OCIWorker.Options)] == [
         "binary", "no_process_sandbox", "platforms", "network", "snapshotter", "labels", "gc",
-        "dns", "limits"]
+        "dns", "limits", "pybk"]
     assert plugin.OCIWorker.Options(platforms=["linux/arm64"]).platforms == ("linux/arm64",)
 
 
@@ -49,9 +49,9 @@ def test_network_options_come_from_the_config(tmp_path):
 
 
 def test_platforms(monkeypatch):
-    import platform
-
-    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    real = os.uname()
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result(
+        (real.sysname, real.nodename, real.release, real.version, "aarch64")))
     assert plugin.OCIWorker().platforms() == ["linux/arm64"]
     worker = plugin.OCIWorker(plugin.OCIWorker.Options(platforms=("linux/amd64",)))
     assert worker.platforms() == ["linux/amd64"]
