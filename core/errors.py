@@ -182,6 +182,19 @@ class ProcessFailedError(BuildError):
             f"process {go_quote(command)} did not complete successfully: exit code: {status}")
 
 
+class StepLimitError(ProcessFailedError):
+    """A build process was stopped by a resource limit (memory, processes, disk space);
+    ``reason`` says which, and the message ends with it. ``completed``: the process exited
+    as allowed, but what it left cannot be kept (it filled the disk)."""
+
+    def __init__(self, command: str, status: int, reason: str, *, completed: bool = False):
+        self.reason = reason
+        super().__init__(command, status)
+        head = f"process {go_quote(command)} completed, but" if completed else \
+            f"{self.args[0]}:"
+        self.args = (f"{head} {reason}",)
+
+
 def exit_error(process: Any, code: int) -> ProcessFailedError:
     """BuildKit's error for a failed process: ``process "/bin/sh -c …" did not complete …``."""
     args = getattr(process, "args", process)

@@ -451,6 +451,13 @@ class ProcessSpec(Model):
     security: str = "sandbox"  # "sandbox" or "insecure" (privileged)
     extra_hosts: tuple[tuple[str, str], ...] = ()
     valid_exit_codes: tuple[int, ...] = (0,)
+    #: ``ulimit`` entries: (name as in ``ulimit``/``--ulimit``, soft, hard); -1 is unlimited
+    ulimits: tuple[tuple[str, int, int], ...] = ()
+    #: the cgroup the container's cgroup is made under (empty: the worker's default)
+    cgroup_parent: str = ""
+    #: per-step cgroup limits the client asked for, as (name, value) pairs with the names of
+    #: :class:`pybk.core.llb.ops.LinuxResources` (``memory``, ``cpu_quota``, ...)
+    resources: tuple[tuple[str, int | str], ...] = ()
 
 
 OutputCallback = Callable[[bytes], None]

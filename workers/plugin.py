@@ -13,6 +13,7 @@ from pybk.core.platform import host_platform
 
 if TYPE_CHECKING:
     from pybk.core.interfaces import Snapshotter
+    from pybk.workers.limits import StepLimits
     from pybk.workers.network import NetworkOptions
     from pybk.workers.runc import RuncExecutor
 
@@ -44,6 +45,12 @@ class OCIWorker(Worker):
         gc: Any = field(default=None, hash=False)
         #: ``[dns]`` (a :class:`pybk.core.config.schema.DNSConfig`), with ``gc``'s network keys
         dns: Any = field(default=None, hash=False)
+        #: what each RUN container may use and its cgroup parent (a
+        #: :class:`pybk.workers.limits.StepLimits`; None: from ``pybk`` and ``gc``)
+        limits: Any = field(default=None, hash=False)
+        #: ``[pybk]`` (a :class:`pybk.core.config.schema.PybkConfig`): ``step-memory`` and
+        #: ``step-pids``, read when the executor is made (None: their defaults)
+        pybk: Any = field(default=None, hash=False)
 
     def __init__(self, options: OCIWorker.Options | None = None, *,
                  root: str | os.PathLike[str] | None = None):
@@ -68,7 +75,7 @@ class OCIWorker(Worker):
         oci = config.worker.oci
         options = cls.Options(binary=oci.binary or "runc", platforms=oci.platforms,
                               snapshotter=oci.snapshotter, labels=oci.labels, gc=oci,
-                              dns=config.dns)
+                              dns=config.dns, pybk=config.pybk)
         return evolve(options, **changes) if changes else options
 
     def network_options(self) -> NetworkOptions:
@@ -123,6 +130,17 @@ class OCIWorker(Worker):
             self._executor.close()
             self._executor = None
 
+    def step_limits(self) -> StepLimits:
+        """What every RUN container may use: ``limits``, else ``[pybk]`` (``pybk``) and
+        ``defaultCgroupParent`` (``gc``), else their defaults."""
+        if self.options.limits is not None:
+            return self.options.limits
+        from pybk.core.config.schema import OCIConfig, PybkConfig
+        from pybk.workers.limits import StepLimits
+
+        return StepLimits.from_sections(self.options.pybk or PybkConfig(),
+                                        self.options.gc or OCIConfig())
+
     def executor(self) -> RuncExecutor:
         """The executor, created on first use (cleaning up after runs of dead processes)."""
         if self._executor is None:
@@ -131,7 +149,9 @@ class OCIWorker(Worker):
             executor = RuncExecutor(os.path.join(self.root, self.state_dir_name),
                                     self.options.binary,
                                     no_process_sandbox=self.options.no_process_sandbox,
-                                    network=self.network_options())
+                                    network=self.network_options(),
+                                    limits=self.step_limits(),
+                                    store=str(self.root))
             executor.reap_stale()
             self._executor = executor
         return self._executor

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from pybk.core.errors import BuildError, NotAvailableError
+from pybk.core.errors import BuildError, NotAvailableError, StepLimitError
 from pybk.core.fs.files import private_dir, private_file
 from pybk.core.interfaces import (
     ExecMount,
@@ -53,6 +53,7 @@ from pybk.core.store.mounts import (
     mount_all,
     unmount_all,
 )
+from pybk.workers import limits as steplimits
 from pybk.workers import spec as ocispec
 from pybk.workers.network import Attachment, NetworkOptions, Networks
 from pybk.workers.user import ResolvedUser, resolve_user, root_path
@@ -260,11 +261,19 @@ class RuncExecutor(Executor):
 
     ``state_dir`` holds the runtime's state (``runc/``) and the bundles (``bundles/``); several
     processes may share it: a bundle's name carries the pid of the process that owns it.
+    ``limits``: what every container may use (:mod:`pybk.workers.limits`); ``store``: the
+    store the steps write to, named when one fills its disk (default: ``state_dir``'s parent).
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], binary: str = "runc", *,
-                 no_process_sandbox: bool = False, network: NetworkOptions | None = None):
+                 no_process_sandbox: bool = False, network: NetworkOptions | None = None,
+                 limits: steplimits.StepLimits | None = None, store: str | None = None):
         self.state_dir = os.path.abspath(os.fspath(state_dir))
+        self.limits = limits or steplimits.StepLimits()
+        self.store = store or os.path.dirname(self.state_dir)
+        #: whether the runtime has ``run --keep`` (a stopped container's cgroups are read
+        #: before it is deleted); None: not asked yet
+        self._keep: bool | None = None
         self.binary = binary
         self.no_process_sandbox = no_process_sandbox
         self.runtime_root = os.path.join(self.state_dir, "runc")
@@ -383,12 +392,56 @@ class RuncExecutor(Executor):
                 process.hostname, _gateway_hosts(process.extra_hosts, attachment)))
             _write_text(resolv, ocispec.resolv_conf(attachment.mode,
                                                     dns=self.network_options.dns))
+            limits = self.limits.for_step(process.resources)
+            cgroups_path = steplimits.cgroups_path(
+                process.cgroup_parent or limits.cgroup_parent, container_id)
             config = ocispec.generate_spec(
                 effective, rootfs=rootfs, user=user, mounts=extra, hosts_path=hosts,
                 resolv_conf_path=resolv, netns_path=attachment.netns,
-                no_process_sandbox=self.no_process_sandbox)
+                no_process_sandbox=self.no_process_sandbox, limits=limits,
+                cgroups_path=cgroups_path)
             private_file(os.path.join(bundle, "config.json"), orjson.dumps(config))
-            return await self._run_container(container_id, bundle, stdout, stderr, stdin)
+            keep = await self._keeps()
+            if keep:
+                cleanup.push_async_callback(
+                    _quiet, self._runtime("delete", "--force", container_id))
+            code = await self._run_container(container_id, bundle, stdout, stderr, stdin,
+                                             keep=keep)
+            command = " ".join(process.args)
+            if code not in process.valid_exit_codes:
+                reason = await asyncio.to_thread(self._why_failed, container_id, rootfs, keep,
+                                                 limits)
+                if reason:
+                    raise StepLimitError(command, code, reason)
+            else:  # a step that filled the disk and ignored it: its snapshot cannot be kept
+                full = await asyncio.to_thread(steplimits.disk_full, rootfs, self.store)
+                if full:
+                    raise StepLimitError(command, code, full, completed=True)
+            return code
+
+    async def _keeps(self) -> bool:
+        """Whether the runtime has ``run --keep`` (runc does; crun does not)."""
+        if self._keep is None:
+            try:
+                child = await asyncio.create_subprocess_exec(
+                    self.binary, "run", "--help", stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                out, _ = await child.communicate()
+            except OSError:
+                out = b""
+            self._keep = b"--keep" in out
+        return self._keep
+
+    def _why_failed(self, container_id: str, rootfs: str, kept: bool,
+                    limits: steplimits.StepLimits) -> str | None:
+        """Which limit stopped a failed step, if one did: its memory or pids cgroup (of the
+        stopped container, still there when ``kept``), or a full disk under its root."""
+        if kept:
+            paths = steplimits.cgroup_paths(os.path.join(self.runtime_root, container_id))
+            reason = steplimits.inspect_cgroups(paths, limits)
+            if reason:
+                return reason
+        return steplimits.disk_full(rootfs, self.store)
 
     async def _prepare_mounts(self, bundle: str, mounts: Sequence[ExecMount],
                               secrets: Sequence[SecretMount], ssh: Sequence[SSHMount],
@@ -415,12 +468,13 @@ class RuncExecutor(Executor):
     async def _run_container(self, container_id: str, bundle: str,
                              stdout: OutputCallback | None,
                              stderr: OutputCallback | None,
-                             stdin: StdinSource | None = None) -> int:
+                             stdin: StdinSource | None = None, *, keep: bool = False) -> int:
         self._watch()
         # Spawning is shielded: a cancellation that lands while the runtime is being started
         # must still find (and kill) the container it is creating.
+        run = ("run", "--keep") if keep else ("run",)
         spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
-            *self._runtime("run", "--bundle", bundle, container_id),
+            *self._runtime(*run, "--bundle", bundle, container_id),
             stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         try:
@@ -478,7 +532,7 @@ class RuncExecutor(Executor):
     def _remove_half_created(self, container_id: str) -> None:
         """Clean up a container whose creation was interrupted: runc has no state for it, so
         ``runc delete`` cannot; kill its ``runc init`` (found by its state dir) and remove
-        the state dir and the cgroups named after it."""
+        the state dir and the cgroups named after it (under the default cgroup parent too)."""
         state = os.path.join(self.runtime_root, container_id)
         if not os.path.isdir(state):
             return
@@ -494,8 +548,11 @@ class RuncExecutor(Executor):
             if not os.path.exists(state):
                 break
             time.sleep(0.01)
+        parent = steplimits.cgroups_path(self.limits.cgroup_parent, container_id) or ""
         for cgroup in glob.glob(f"/sys/fs/cgroup/*/{container_id}") + glob.glob(
-                f"/sys/fs/cgroup/{container_id}"):
+                f"/sys/fs/cgroup/{container_id}") + (glob.glob(
+                f"/sys/fs/cgroup/*{parent}") + glob.glob(f"/sys/fs/cgroup{parent}")
+                if parent else []):
             with contextlib.suppress(OSError):
                 os.rmdir(cgroup)
 

@@ -18,6 +18,7 @@ from typing import Any
 from pybk.core.errors import BuildError
 from pybk.core.interfaces import ExecMount, ProcessSpec
 from pybk.workers import seccomp
+from pybk.workers.limits import StepLimits, resources, rlimits
 from pybk.workers.user import ResolvedUser
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -274,11 +275,15 @@ def generate_spec(
     resolv_conf_path: str,
     netns_path: str | None = None,
     no_process_sandbox: bool = False,
+    limits: StepLimits | None = None,
+    cgroups_path: str | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` of one run.
 
     ``mounts`` are extra OCI mount entries (user mounts, secrets, ssh sockets) in order;
-    ``netns_path`` joins an existing network namespace instead of creating one.
+    ``netns_path`` joins an existing network namespace instead of creating one; ``limits``
+    become ``linux.resources`` (memory, pids), the process's ``ulimits`` its ``rlimits``;
+    ``cgroups_path`` is ``linux.cgroupsPath`` (None: the runtime's default).
     """
     validate(process)
     insecure = process.security == "insecure"
@@ -308,8 +313,11 @@ def generate_spec(
         "namespaces": namespaces,
         "maskedPaths": masked,
         "readonlyPaths": readonly,
-        "resources": {"devices": [{"allow": insecure, "access": "rwm"}]},
+        "resources": {"devices": [{"allow": insecure, "access": "rwm"}],
+                      **resources(limits or StepLimits())},
     }
+    if cgroups_path:
+        linux["cgroupsPath"] = cgroups_path
     if insecure:
         linux["devices"] = host_devices()
     elif seccomp.supported():
@@ -324,7 +332,7 @@ def generate_spec(
             "env": with_default_path(process.env),
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "rlimits": rlimits(process.ulimits, nofile),
             "noNewPrivileges": False,
             "oomScoreAdj": _oom_score_adj(),
         },

@@ -285,6 +285,60 @@ def parse_add_host(value: str) -> tuple[str, str]:
     return host, ip
 
 
+_ULIMIT = re.compile(r"[a-z]+=-?[0-9]+(:-?[0-9]+)?")
+
+
+def parse_ulimit(value: str) -> str:
+    """``--ulimit name=soft[:hard]`` (checked again, names included, by the frontend)."""
+    if _ULIMIT.fullmatch(value) is None:
+        raise UsageError(f"invalid value {value!r}: expected name=soft[:hard] "
+                         "(e.g. nofile=1024:2048)", flag="--ulimit")
+    return value
+
+
+#: buildx ``--resource`` keys and the frontend options they become
+RESOURCE_KEYS = {"memory": "memory", "memory-swap": "memswap", "cpu-shares": "cpushares",
+                 "cpu-period": "cpuperiod", "cpu-quota": "cpuquota",
+                 "cpuset-cpus": "cpusetcpus", "cpuset-mems": "cpusetmems"}
+
+
+def parse_resources(values: Sequence[str]) -> tuple[str, ...]:
+    """``--resource memory=512m,cpu-quota=50000`` (repeatable) as frontend options
+    (``memory=536870912``, ``cpuquota=50000``)."""
+    from pybk.core.units import parse_size
+
+    out: dict[str, str] = {}
+    for value in values:
+        for item in filter(None, value.split(",")):
+            key, eq, text = item.partition("=")
+            if not eq or key not in RESOURCE_KEYS:
+                raise UsageError(f"invalid value {item!r}: expected KEY=VALUE with KEY one of "
+                                 f"{', '.join(RESOURCE_KEYS)}", flag="--resource")
+            if key.startswith("memory") and text != "-1":
+                try:
+                    text = str(parse_size(text))
+                except ValueError as e:
+                    raise UsageError(f"invalid value {item!r}: {e}", flag="--resource") from None
+            elif not key.startswith("cpuset") and _INTEGER.fullmatch(text) is None:
+                raise UsageError(f"invalid value {item!r}: expected an integer",
+                                 flag="--resource")
+            out[RESOURCE_KEYS[key]] = text
+    return tuple(f"{k}={v}" for k, v in out.items())
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def parse_cgroup_parent(value: str) -> str:
+    from pybk.core.config.schema import check_cgroup_parent
+
+    try:
+        check_cgroup_parent(value)
+    except ValueError as e:
+        raise UsageError(str(e), flag="--cgroup-parent") from None
+    return value
+
+
 def parse_key_values(values: Sequence[str], *, flag: str) -> dict[str, str]:
     """Repeated ``K=V`` flags (``--label``, ``--opt``, ``--annotation``)."""
     result = {}

@@ -221,6 +221,13 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     a("--allow", action="append", default=[], metavar="ENTITLEMENT")
     a("--network", default="default")
     a("--add-host", action="append", default=[], metavar="HOST:IP")
+    a("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+      help="a resource limit of every RUN (nofile=1024:2048)")
+    a("--cgroup-parent", default="", metavar="PATH",
+      help="the cgroup every RUN container is made under")
+    a("--resource", action="append", default=[], metavar="KEY=VALUE,...",
+      help="cgroup limits of every RUN: memory, memory-swap, cpu-shares, cpu-period, "
+           "cpu-quota, cpuset-cpus, cpuset-mems")
     a("--label", action="append", default=[], metavar="K=V")
     a("--annotation", action="append", default=[], metavar="K=V")
     a("--frontend", help="frontend name (default: chosen from the build file)")
@@ -304,6 +311,9 @@ def parse_build_request(ns: argparse.Namespace, *, plugins: bool = True) -> Any:
         entitlements=tuple(bo.parse_allow(v) for v in ns.allow),
         network=bo.parse_choice(ns.network, bo.NETWORK_MODES, flag="--network"),
         add_hosts=tuple(bo.parse_add_host(v) for v in ns.add_host),
+        ulimits=tuple(bo.parse_ulimit(v) for v in ns.ulimit),
+        cgroup_parent=bo.parse_cgroup_parent(ns.cgroup_parent),
+        resources=bo.parse_resources(ns.resource),
         labels=bo.parse_key_values(ns.label, flag="--label"),
         annotations=bo.parse_key_values(ns.annotation, flag="--annotation"),
         metadata_file=ns.metadata_file,

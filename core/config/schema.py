@@ -52,6 +52,7 @@ __all__ = [
     "TLSConfig",
     "WorkerBase",
     "WorkersConfig",
+    "check_cgroup_parent",
     "check_entitlement",
     "check_entitlements",
 ]
@@ -260,6 +261,15 @@ def _check_platform(value: str) -> None:
                          '"linux/amd64")') from None
 
 
+def check_cgroup_parent(value: str) -> None:
+    """A cgroupfs path; systemd's ``slice:prefix:name`` needs runc's systemd driver."""
+    if ":" in value:
+        raise ValueError(f'"{value}": systemd cgroup paths (slice:prefix:name) are not '
+                         'supported; give a cgroupfs path such as "/ci/builds"')
+    if ".." in value.split("/"):
+        raise ValueError(f'"{value}": ".." is not allowed in a cgroup path')
+
+
 class WorkerBase(Model, kw_only=True):
     """Keys shared by ``[worker.oci]`` and ``[worker.containerd]``."""
 
@@ -271,7 +281,7 @@ class WorkerBase(Model, kw_only=True):
     selinux: bool = setting(default=False, unsupported=_NOT_YET)
     max_parallelism: int = setting("max-parallelism", default=0, check=_non_negative)
     default_cgroup_parent: str = setting("defaultCgroupParent", default="",
-                                         unsupported=_NOT_YET)
+                                         check=check_cgroup_parent)
     # GC
     gc: bool | None = None
     gc_keep_storage: DiskSpace = setting("gckeepstorage", factory=DiskSpace,
@@ -456,6 +466,14 @@ class PybkConfig(Model, kw_only=True):
     #: serve ``tcp://`` addresses without TLS (refused otherwise: anyone who reaches the port
     #: could run builds)
     tcp_without_tls: bool = setting("tcp-without-tls", default=False)
+    #: memory (swap included) each RUN container may use: bytes, ``"2GiB"``, or a percentage
+    #: of the host's RAM (``"75%"``, the default); 0 for no limit. Past it the kernel kills
+    #: the step's largest process and the step fails with "the step ran out of memory".
+    step_memory: DiskSpace = setting("step-memory",
+                                     factory=lambda: DiskSpace(percentage=75))
+    #: processes and threads each RUN container may have (0: no limit): a fork bomb stops
+    #: there, and the step fails naming the limit
+    step_pids: int = setting("step-pids", default=4096, check=_non_negative)
 
 
 class Config(Model, kw_only=True):

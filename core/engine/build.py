@@ -260,6 +260,13 @@ def frontend_inputs(request: BuildRequest) -> tuple[dict[str, str], dict[str, st
         opts["force-network-mode"] = request.network
     if request.add_hosts:
         opts["add-hosts"] = ",".join(f"{h}={ip}" for h, ip in request.add_hosts)
+    if request.ulimits:
+        opts["ulimit"] = ",".join(request.ulimits)
+    if request.cgroup_parent:
+        opts["cgroup-parent"] = request.cgroup_parent
+    for item in request.resources:
+        key, _, value = item.partition("=")
+        opts[key] = value
     if request.platforms:
         opts["platform"] = ",".join(request.platforms)
     for ctx in request.build_contexts:

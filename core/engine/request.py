@@ -109,6 +109,12 @@ class BuildRequest:
     entitlements: tuple[str, ...] = ()
     network: str = "default"
     add_hosts: tuple[tuple[str, str], ...] = ()
+    #: ``--ulimit`` values (``name=soft[:hard]``), for every RUN
+    ulimits: tuple[str, ...] = ()
+    #: ``--cgroup-parent``: the cgroup every RUN container's cgroup is made under
+    cgroup_parent: str = ""
+    #: ``--resource`` values as frontend options (``memory=536870912``, ``cpuquota=50000``)
+    resources: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     metadata_file: str | None = None

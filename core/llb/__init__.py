@@ -62,6 +62,7 @@ _MODULES = {
         "Input",
         "LLB_BUILDER",
         "LLB_DEFINITION_FILENAME",
+        "LinuxResources",
         "LowerDiffInput",
         "MergeInput",
         "MergeOp",

@@ -18,6 +18,7 @@ from pybk.core.llb.ops import (
     ExportCache,
     FileOp,
     Input,
+    LinuxResources,
     MergeOp,
     MountType,
     NetMode,
@@ -72,6 +73,7 @@ class VertexOptions(Model):
     export_cache: bool | None = None
     location: SourceLocation | None = None
     constraints: WorkerConstraints | None = None
+    linux_resources: LinuxResources | None = None
 
     def metadata(self) -> OpMetadata:
         description = dict(self.description or {})
@@ -82,6 +84,7 @@ class VertexOptions(Model):
             description=description,
             export_cache=None if self.export_cache is None else ExportCache(self.export_cache),
             progress_group=self.progress_group,
+            linux_resources=self.linux_resources,
         )
 
 
@@ -176,6 +179,7 @@ def _merge_metadata(old: OpMetadata, new: OpMetadata) -> OpMetadata:
         export_cache=old.export_cache or new.export_cache,
         caps={**old.caps, **new.caps},
         progress_group=old.progress_group or new.progress_group,
+        linux_resources=old.linux_resources or new.linux_resources,
     )
 
 

@@ -501,6 +501,20 @@ class ProgressGroup(Model):
     weak: bool = False
 
 
+class LinuxResources(Model):
+    """Per-step cgroup limits a client asked for (buildx ``--resource``): memory and swap in
+    bytes (``memory_swap`` is memory + swap, -1 unlimited), CPU shares, CFS period and quota
+    (microseconds), and cpuset lists (``"0-1"``)."""
+
+    memory: int = 0
+    memory_swap: int = 0
+    cpu_shares: int = 0
+    cpu_period: int = 0
+    cpu_quota: int = 0
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+
+
 class OpMetadata(Model):
     """Per-op data that is not part of the op digest (``Definition.metadata[digest]``)."""
 
@@ -509,6 +523,7 @@ class OpMetadata(Model):
     export_cache: ExportCache | None = None
     caps: FrozenDict[str, bool] = _map()
     progress_group: ProgressGroup | None = None
+    linux_resources: LinuxResources | None = None
 
 
 _KIND_OF = {globals()[cls]: key for key, cls in _OP_KINDS.items()}

@@ -225,7 +225,7 @@ class State(Model):
         """Run ``args`` (a list, or a string for ``/bin/sh -c``) with this State as root.
 
         ``options``: ``custom_name``, ``description``, ``ignore_cache``, ``progress_group``,
-        ``export_cache``, ``location``, ``constraints``.
+        ``export_cache``, ``location``, ``constraints``, ``linux_resources``.
         """
         argv = ["/bin/sh", "-c", args] if isinstance(args, str) else list(args)
         if not argv:

@@ -11,7 +11,7 @@ from pybk.core.errors import UsageError
 #: BuildRequest fields holding tuples of specs, and the spec classes' names
 _SPECS = {"build_contexts": "ContextSpec", "secrets": "SecretSpec", "ssh": "SSHSpec",
           "outputs": "OutputSpec", "cache_from": "CacheSpec", "cache_to": "CacheSpec"}
-_TUPLES = ("tags", "platforms", "no_cache_filter", "entitlements")
+_TUPLES = ("tags", "platforms", "no_cache_filter", "entitlements", "ulimits", "resources")
 
 
 def request_to_wire(request: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pybk.core.llb.ops import (
     NetMode,
     SecurityMode,
 )
-from pybk.core.model import evolve
+from pybk.core.model import asdict, evolve
 from pybk.core.platform import check_executable
 from pybk.core.progress.events import STREAM_STDERR, STREAM_STDOUT, StepLogLimiter, VertexProgress
 from pybk.core.solver.active import ActiveSnapshot
@@ -60,7 +60,11 @@ def process_spec(runner: Any, vertex: Vertex, op: ExecOp) -> ProcessSpec:
         hostname=meta.hostname or "pybk", network=NETWORK_MODES[op.network],
         security="insecure" if op.security == SecurityMode.INSECURE else "sandbox",
         extra_hosts=tuple((h.host, h.ip) for h in meta.extra_hosts),
-        valid_exit_codes=tuple(meta.valid_exit_codes) or (0,))
+        valid_exit_codes=tuple(meta.valid_exit_codes) or (0,),
+        ulimits=tuple((u.name, u.soft, u.hard) for u in meta.ulimit),
+        cgroup_parent=meta.cgroup_parent,
+        resources=tuple((k, v) for k, v in asdict(vertex.linux_resources).items() if v)
+        if vertex.linux_resources is not None else ())
 
 
 class _Mounts:

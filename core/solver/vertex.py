@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pybk.core.llb.definition import Definition
 from pybk.core.llb.ops import (
     DiffOp,
@@ -29,6 +31,8 @@ class Vertex(Model):
     name: str
     ignore_cache: bool = False
     progress_group: dict | None = None
+    #: per-step cgroup limits from the op's metadata (a :class:`~pybk.core.llb.ops.LinuxResources`)
+    linux_resources: Any = None
     #: Dockerfile (or other source) locations, for error messages
     locations: tuple = ()
 
@@ -107,6 +111,7 @@ def load_graph(definition: Definition, *, no_cache: bool = False) -> Graph:
             name=md.description.get("llb.customname") or default_name(op),
             ignore_cache=no_cache or md.ignore_cache,
             progress_group=({"id": pg.id, "name": pg.name, "weak": pg.weak} if pg else None),
+            linux_resources=md.linux_resources,
             locations=tuple(loc.locations) if loc is not None else (),
         )
     return Graph(vertices=vertices, head=head, definition=definition)

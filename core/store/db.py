@@ -28,6 +28,14 @@ from pybk.core.store import locks as lockmod
 
 SCHEMA_VERSION = 1
 
+
+class StoreFullError(StoreError):
+    """The store's database could not be written: its filesystem is full."""
+
+
+def _full(error: sqlite3.Error) -> bool:
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
 #: directories under the root
 LAYOUT = ("content", "snapshots", "cachemounts", "locals", "locks", "tmp")
 
@@ -242,16 +250,35 @@ class StoreDB:
             self._tx_depth = 1
             try:
                 yield db
-            except BaseException:
+            except BaseException as e:
                 self._tx_depth = 0
                 self._after_tx.clear()
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # sqlite rolls back by itself after some errors
+                    db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error) and _full(e):
+                    raise self._full_error() from e
                 raise
             self._tx_depth = 0
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except BaseException as e:
+                # e.g. a full disk: nothing of the transaction happened, so neither may the
+                # work waiting for it (sqlite may already have rolled back)
+                self._after_tx.clear()
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error) and _full(e):
+                    raise self._full_error() from e
+                raise
             pending, self._after_tx = self._after_tx, []
         for work in pending:
             work()
+
+    def _full_error(self) -> StoreFullError:
+        return StoreFullError(
+            f"no space left on device: the store at {self.root} is full, its database "
+            "cannot be written; free some space (pybk prune) and build again")
 
     def after_commit(self, work: Callable[[], None]) -> None:
         """Run ``work`` after the current transaction commits (now when there is none)."""

@@ -25,7 +25,7 @@ from pybk.core.fs.files import remove_path
 from pybk.core.interfaces import Mount
 from pybk.core.model import Model
 from pybk.core.store import locks as lockmod
-from pybk.core.store.db import StoreDB, new_id
+from pybk.core.store.db import StoreDB, StoreFullError, new_id
 from pybk.core.store.snapshotters import SnapshotterSet
 
 RECORD_TYPES = ("regular", "source.local", "exec.cachemount", "source.git.checkout", "frontend",
@@ -165,7 +165,27 @@ class Records:
         return self.get(record.id)  # type: ignore[return-value]
 
     def discard(self, record: Record) -> None:
-        """Drop an uncommitted record and its snapshot."""
+        """Drop an uncommitted record and its snapshot. When the database cannot be written
+        (the disk is full: the step filled it), the snapshot's files go first, then the
+        record is dropped."""
+        try:
+            self._discard(record)
+        except (sqlite3.OperationalError, StoreFullError):
+            self._free(record)
+            self._discard(record)
+
+    def _free(self, record: Record) -> None:
+        """Delete the files of an uncommitted record's snapshot (its rows stay)."""
+        rows = self.db.query("SELECT snapshotter, snapshot FROM records WHERE id=? AND owner"
+                             " IS NOT NULL", (record.id,))
+        if not rows:
+            return
+        sn = self.snapshotters.named(rows[0][0])
+        info = sn.info(rows[0][1]) if hasattr(sn, "info") and hasattr(sn, "dir") else None
+        if info is not None:
+            remove_path(str(sn.dir(info)))
+
+    def _discard(self, record: Record) -> None:
         with self.db.transaction() as db:
             row = db.execute("SELECT snapshotter, snapshot FROM records WHERE id=? AND owner"
                              " IS NOT NULL", (record.id,)).fetchone()

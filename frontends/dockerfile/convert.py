@@ -72,6 +72,8 @@ def dockerfile_to_llb(data: bytes, *, filename: str = "Dockerfile", **options: A
     args, ``lint`` the build-check findings only the conversion sees (InvalidBaseImagePlatform).
     Without ``target_platform`` a base image of another platform this host can run (natively
     or emulated) gives its stage that platform, as BuildKit's auto-detection does.
+    ``ulimits`` ((name, soft, hard)), ``cgroup_parent`` and ``linux_resources`` apply to every
+    RUN.
     """
     return convert_dockerfile(parse_dockerfile(data, filename), data, **options)
 
@@ -91,6 +93,9 @@ def convert_dockerfile(
     no_cache_stages: Iterable[str] | None = None,
     extra_hosts: Mapping[str, str] = {},  # noqa: B006 - read only
     network_mode: str | None = None,
+    ulimits: Iterable[tuple[str, int, int]] = (),
+    cgroup_parent: str = "",
+    linux_resources: llb.LinuxResources | None = None,
     labels: Mapping[str, str] = {},  # noqa: B006 - read only
     warn: Callable[[str], None] | None = None,
     lint: Callable[[Any], None] | None = None,
@@ -141,7 +146,9 @@ def convert_dockerfile(
             dockerfile, bytes(data), build_args, named_contexts, resolver, target_p, build_p,
             target or "default", context,
             None if no_cache_stages is None else frozenset(no_cache_stages), extra_hosts,
-            network_mode, STEPS, language, implicit_platform=target_platform is None)
+            network_mode, STEPS, language, implicit_platform=target_platform is None,
+            ulimits=tuple(ulimits), cgroup_parent=cgroup_parent,
+            linux_resources=linux_resources)
         return converter, converter.stage(stage)
 
     converter, built = convert(None)

@@ -87,6 +87,8 @@ def _run(cv: StageConverter, ds: StageState, instruction: ins.RunInstruction, in
             instruction.network, llb.NetMode.UNSET)
     if instruction.security == "insecure":
         options["security"] = llb.SecurityMode.INSECURE
+    if cv.linux_resources is not None:
+        options["linux_resources"] = cv.linux_resources
     try:
         exec_state = run_state.run(args, mounts=mounts, secret_env=secret_env,
                                    proxy_env=_proxy_env(cv, ds), **options)

@@ -130,6 +130,71 @@ def extra_hosts(opts: Mapping[str, str]) -> dict[str, str]:
     return hosts
 
 
+#: ``ulimit`` names (docker/go-units ``ParseUlimit``)
+ULIMIT_NAMES = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
+                "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def parse_ulimit(value: str) -> tuple[str, int, int]:
+    """``name=soft[:hard]`` (docker/go-units ``ParseUlimit``; -1 is unlimited)."""
+    from pybk.core.errors import InputError
+
+    name, eq, limits = value.partition("=")
+    if not eq:
+        raise InputError(f'invalid ulimit "{value}": expected name=soft[:hard]')
+    if name not in ULIMIT_NAMES:
+        raise InputError(f'invalid ulimit "{value}": unknown name "{name}" (one of '
+                         f"{', '.join(ULIMIT_NAMES)})")
+    soft_text, _, hard_text = limits.partition(":")
+    try:
+        soft = int(soft_text)
+        hard = int(hard_text) if hard_text else soft
+    except ValueError:
+        raise InputError(f'invalid ulimit "{value}": limits must be integers') from None
+    if soft > hard and hard != -1 or soft == -1 and hard != -1:
+        raise InputError(f'invalid ulimit "{value}": the soft limit is above the hard limit')
+    return name, soft, hard
+
+
+def ulimits(opts: Mapping[str, str]) -> list[tuple[str, int, int]]:
+    """The ``ulimit`` opt (``--ulimit``): comma-separated ``name=soft[:hard]``."""
+    return [parse_ulimit(v.strip()) for v in opts.get("ulimit", "").split(",") if v.strip()]
+
+
+#: the per-step resource opts (buildx ``--resource``) and their LinuxResources fields
+RESOURCE_OPTS = {"memory": "memory", "memswap": "memory_swap", "cpushares": "cpu_shares",
+                 "cpuperiod": "cpu_period", "cpuquota": "cpu_quota",
+                 "cpusetcpus": "cpuset_cpus", "cpusetmems": "cpuset_mems"}
+
+
+def linux_resources(opts: Mapping[str, str]) -> Any:
+    """The ``memory``, ``memswap``, ``cpushares``, ``cpuperiod``, ``cpuquota``, ``cpusetcpus``
+    and ``cpusetmems`` opts as an :class:`llb.LinuxResources` (None when none is set).
+    Memory sizes are bytes or ``"512m"``-style sizes (``-1``: unlimited swap)."""
+    from pybk.core import llb
+    from pybk.core.errors import InputError
+    from pybk.core.units import parse_size
+
+    values: dict[str, Any] = {}
+    for opt, field in RESOURCE_OPTS.items():
+        text = opts.get(opt, "").strip()
+        if not text:
+            continue
+        if field.startswith("cpuset"):
+            values[field] = text
+            continue
+        try:
+            values[field] = -1 if text == "-1" and field == "memory_swap" else (
+                parse_size(text) if field.startswith("memory") else int(text))
+        except ValueError:
+            raise InputError(f'invalid {opt} "{text}": expected '
+                             + ("a size like 512m" if field.startswith("memory")
+                                else "an integer")) from None
+        if values[field] < 0 and values[field] != -1:
+            raise InputError(f'invalid {opt} "{text}": must not be negative')
+    return llb.LinuxResources(**values) if values else None
+
+
 class DockerfileFrontend(Frontend):
     """Dockerfile frontend: the full modern Dockerfile syntax."""
 
@@ -194,6 +259,8 @@ class DockerfileFrontend(Frontend):
                 target_platform=platform, exclude_patterns=excludes,
                 no_cache_stages=no_cache_stages(opts), extra_hosts=extra_hosts(opts),
                 network_mode=network if network in ("none", "host") else None,
+                ulimits=ulimits(opts), cgroup_parent=opts.get("cgroup-parent", ""),
+                linux_resources=linux_resources(opts),
                 labels=labels(opts), warn=bridge.warn, lint=lint)
             return converted.state.marshal(platform), converted.image_config
 

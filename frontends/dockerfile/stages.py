@@ -74,7 +74,9 @@ class StageConverter:
                  target_stage: str, context: Callable[[], llb.State],
                  no_cache_stages: frozenset[str] | None, extra_hosts: Mapping[str, str],
                  network_mode: str | None, steps: Mapping[str, Step],
-                 language: str = "Dockerfile", implicit_platform: bool = False):
+                 language: str = "Dockerfile", implicit_platform: bool = False,
+                 ulimits: tuple[tuple[str, int, int], ...] = (), cgroup_parent: str = "",
+                 linux_resources: llb.LinuxResources | None = None):
         self.df = dockerfile
         #: keyword (lower case) → the function converting that instruction
         self.steps = steps
@@ -94,6 +96,11 @@ class StageConverter:
         self.no_cache_stages = no_cache_stages
         self.extra_hosts = dict(extra_hosts)
         self.network_mode = network_mode
+        #: ``--ulimit`` entries and ``--cgroup-parent``, for every RUN
+        self.ulimits = ulimits
+        self.cgroup_parent = cgroup_parent
+        #: per-step resources (the ``memory``, ``cpu*`` opts), for every RUN
+        self.linux_resources = linux_resources
         self.source_info = llb.SourceInfo(dockerfile.filename, data, language)
         self.done: dict[int, StageState] = {}
         self.in_progress: set[int] = set()
@@ -273,6 +280,10 @@ class StageConverter:
             ds.state = ds.state.hostname(hostname)
         for host, ip in self.extra_hosts.items():
             ds.state = ds.state.add_extra_host(host, ip)
+        for name, soft, hard in self.ulimits:
+            ds.state = ds.state.add_ulimit(name, soft, hard)
+        if self.cgroup_parent:
+            ds.state = ds.state.cgroup_parent(self.cgroup_parent)
         if self.network_mode:
             ds.state = ds.state.network(
                 {"none": llb.NetMode.NONE, "host": llb.NetMode.HOST}[self.network_mode])

@@ -81,6 +81,8 @@ class YamlFrontend(Frontend):
                 target_platform=platform, exclude_patterns=df.ignore_patterns(bridge, filename),
                 no_cache_stages=df.no_cache_stages(opts), extra_hosts=df.extra_hosts(opts),
                 network_mode=network if network in ("none", "host") else None,
+                ulimits=df.ulimits(opts), cgroup_parent=opts.get("cgroup-parent", ""),
+                linux_resources=df.linux_resources(opts),
                 labels=df.labels(opts), warn=bridge.warn)
             return converted.state.marshal(platform), converted.image_config
 

@@ -26,6 +26,16 @@ def require_runc() -> None:
         pytest.skip(reason)
 
 
+def need_runc() -> None:
+    """Like :func:`require_runc`, but under ``CI=true`` (where nothing may be missing) the
+    test fails instead of being skipped."""
+    reason = runc_missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: required)")
+        pytest.skip(reason)
+
+
 class CountingExecutor(Executor):
     """Wraps a real executor and counts its runs (``calls``)."""
 

@@ -28,7 +28,7 @@ def test_options_defaults_and_fields():
     assert (opts.binary, opts.no_process_sandbox, opts.platforms) == ("runc", False, ())
     assert [f.name for f in attrs.fields(plugin.OCIWorker.Options)] == [
         "binary", "no_process_sandbox", "platforms", "network", "snapshotter", "labels", "gc",
-        "dns"]
+        "dns", "limits", "pybk"]
     assert plugin.OCIWorker.Options(platforms=["linux/arm64"]).platforms == ("linux/arm64",)
 
 
