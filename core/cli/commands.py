@@ -399,10 +399,10 @@ def debug_config(ns: argparse.Namespace) -> int:
 
 
 def debug_dump_llb(ns: argparse.Namespace) -> int:
-    from pybk.core.llb.dump import dump_llb
+    from pybk.core.llb.dump import dump_dot, dump_llb
 
     data = _read_input(ns.file)
-    sys.stdout.write(dump_llb(data))
+    sys.stdout.write(dump_dot(data) if ns.dot else dump_llb(data))
     return 0
 
 
@@ -497,6 +497,13 @@ def _file_argument(default: str | None) -> Callable[[argparse.ArgumentParser], N
     return add
 
 
+def _dump_llb_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", default="-",
+                        help="the definition (as --print-llb writes it; default: stdin)")
+    parser.add_argument("--dot", action="store_true",
+                        help="print the graph for Graphviz (dot -Tsvg) instead of JSON lines")
+
+
 def _workers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="verbose output")
 
@@ -522,8 +529,8 @@ COMMANDS: tuple[Command | _PluginCommands, ...] = (
 DEBUG_COMMANDS: tuple[Command | _PluginCommands, ...] = (
     Command("config", "print a config file normalised as JSON", debug_config,
             _file_argument(None)),
-    Command("dump-llb", "print an LLB definition, one op per line", debug_dump_llb,
-            _file_argument("-")),
+    Command("dump-llb", "print an LLB definition, one op per line (--dot: as a graph)",
+            debug_dump_llb, _dump_llb_arguments),
     Command("workers", "list the workers (ID, platforms; -v: labels and GC policy)",
             "pybk.core.cli.workers:debug_workers_command", _workers_arguments),
     Command("fsck", "check the store (database, snapshots, blobs, leftovers); --repair fixes",

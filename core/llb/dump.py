@@ -1,9 +1,11 @@
-"""Print a Definition like ``buildctl debug dump-llb`` (JSON lines) or as a Graphviz graph."""
+"""Print a Definition like ``buildctl debug dump-llb`` (JSON lines) or as a Graphviz graph;
+both read a definition or those JSON lines (``pybk build --print-llb``)."""
 
 from __future__ import annotations
 
 import orjson
 
+from pybk.core.errors import InputError
 from pybk.core.llb.definition import Definition
 from pybk.core.llb.ops import (
     DiffOp,
@@ -16,14 +18,47 @@ from pybk.core.llb.ops import (
     FileOp,
     MergeOp,
     Op,
+    OpMetadata,
     SourceOp,
+    decode,
     encode,
 )
-from pybk.core.serialize import loads
+from pybk.core.serialize import canonical_dumps, loads, sha256_digest
 
 
 def _definition(data: bytes | str | Definition) -> Definition:
-    return data if isinstance(data, Definition) else Definition.from_bytes(data)
+    """A definition from :meth:`Definition.to_bytes` output or from :func:`dump_llb`'s JSON
+    lines (what ``pybk build --print-llb`` prints)."""
+    if isinstance(data, Definition):
+        return data
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    if text.lstrip().startswith('{"Op"'):
+        return _from_lines(text)
+    return Definition.from_bytes(data)
+
+
+def _from_lines(text: str) -> Definition:
+    ops: list[bytes] = []
+    metadata: dict[str, OpMetadata] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = loads(line)
+        except ValueError as exc:
+            raise InputError(f"line {number}: not valid JSON: {exc}") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("Op"), dict):
+            raise InputError(f'line {number}: expected an object with an "Op" (dump-llb\'s '
+                             "format)")
+        raw = canonical_dumps(entry["Op"])
+        digest = sha256_digest(raw)
+        if entry.get("Digest", digest) != digest:
+            raise InputError(f"line {number}: the op hashes to {digest}, the line says "
+                             f"{entry['Digest']}")
+        ops.append(raw)
+        if entry.get("OpMetadata"):
+            metadata[digest] = decode(OpMetadata, entry["OpMetadata"], f"line {number}")
+    return Definition(ops=tuple(ops), metadata=metadata)
 
 
 def dump_llb(data: bytes | str | Definition) -> str:
@@ -89,4 +124,5 @@ def dump_dot(data: bytes | str | Definition) -> str:
 def _escape(text: str, limit: int = 60) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    return (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            .replace("\r", ""))
