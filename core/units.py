@@ -237,3 +237,18 @@ def _trim(amount: int, scale: int) -> str:
         return str(whole)
     digits = str(frac).rjust(len(str(scale)) - 1, "0").rstrip("0")
     return f"{whole}.{digits}"
+
+
+_BYTE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
+
+
+def format_bytes(size: int) -> str:
+    """Decimal units with two decimals (``1.23MB``, as ``buildctl du`` prints); below 1000,
+    whole bytes (``512B``)."""
+    if size < 1000:
+        return f"{size}B"
+    value, unit = float(size), 0
+    while value >= 1000 and unit < len(_BYTE_UNITS) - 1:
+        value /= 1000
+        unit += 1
+    return f"{value:.2f}{_BYTE_UNITS[unit]}"

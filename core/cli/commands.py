@@ -443,8 +443,24 @@ def _open_store(ns: argparse.Namespace) -> Any:
 
 
 def cmd_du(ns: argparse.Namespace) -> int:
-    from pybk.core.cli.diskusage import print_du
+    from pybk.core.cli.diskusage import print_du, print_explained
 
+    if ns.explain:
+        from pybk.core.config.gc import gc_prune_rules
+        from pybk.core.config.loader import load_config
+
+        config, _ = load_config(ns.config)
+        with _open_store(ns) as store:
+            disk = os.statvfs(store.root)
+            rules = gc_prune_rules(config.worker.oci, disk.f_blocks * disk.f_frsize)
+            rows = store.explain_gc(rules)
+        if ns.filter:
+            from pybk.core.store.gc import parse_filters
+
+            match = parse_filters(ns.filter)
+            rows = [(info, verdict) for info, verdict in rows if match(info)]
+        print_explained(rows, rules, sys.stdout)
+        return 0
     with _open_store(ns) as store:
         rows = store.du(ns.filter)
     print_du(rows, sys.stdout, verbose=ns.verbose, filtered=bool(ns.filter))
@@ -466,8 +482,9 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         deleted = store.prune(ns.filter, all=ns.all, keep_duration=keep_duration,
                               max_used_space=int(ns.keep_storage * 1e6),
                               reserved_space=int(ns.keep_storage_min * 1e6),
-                              min_free_space=int(ns.free_storage * 1e6))
-    print_pruned(deleted, sys.stdout, verbose=ns.verbose)
+                              min_free_space=int(ns.free_storage * 1e6),
+                              dry_run=ns.dry_run)
+    print_pruned(deleted, sys.stdout, verbose=ns.verbose, dry_run=ns.dry_run)
     return 0
 
 
@@ -482,12 +499,16 @@ def _prune_arguments(prune: argparse.ArgumentParser) -> None:
     prune.add_argument("--free-storage", type=float, default=0.0, metavar="MB",
                        help="keep this much disk space free")
     prune.add_argument("-f", "--filter", action="append", default=[], help="filter records")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="list what would be removed and the space freed; remove nothing")
     prune.add_argument("-v", "--verbose", action="store_true")
 
 
 def _du_arguments(du: argparse.ArgumentParser) -> None:
     du.add_argument("-f", "--filter", action="append", default=[], help="filter records")
     du.add_argument("-v", "--verbose", action="store_true")
+    du.add_argument("--explain", action="store_true",
+                    help="what the configured GC policies would do to each record now, and why")
 
 
 def _file_argument(default: str | None) -> Callable[[argparse.ArgumentParser], None]:

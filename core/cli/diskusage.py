@@ -12,19 +12,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
+from pybk.core.units import format_bytes, format_duration
+
 _TAB_WIDTH = 8
-
-
-def format_bytes(size: int) -> str:
-    """Decimal units with two decimals (``1.23MB``); below 1000, whole bytes (``512B``)."""
-    if size < 1000:
-        return f"{size}B"
-    value, unit = float(size), 0
-    while value >= 1000 and unit < len(_UNITS) - 1:
-        value /= 1000
-        unit += 1
-    return f"{value:.2f}{_UNITS[unit]}"
 
 
 def format_time(stamp: float) -> str:
@@ -111,7 +101,35 @@ def print_du(rows: Sequence[Any], out: TextIO, *, verbose: bool, filtered: bool)
         out.write(tabwrite(summary_lines(rows)))
 
 
-def print_pruned(rows: Sequence[Any], out: TextIO, *, verbose: bool) -> None:
+def print_pruned(rows: Sequence[Any], out: TextIO, *, verbose: bool,
+                 dry_run: bool = False) -> None:
     if rows:
         out.write(tabwrite(verbose_lines(rows) if verbose else table_lines(rows)))
-    out.write(tabwrite([f"Total:\t{format_bytes(sum(i.size for i in rows))}"]))
+    total = format_bytes(sum(i.size for i in rows))
+    out.write(tabwrite([f"Would free:\t{total} (dry run: nothing removed)" if dry_run
+                        else f"Total:\t{total}"]))
+
+
+def print_explained(rows: Sequence[tuple[Any, str]], policies: Sequence[Any],
+                    out: TextIO) -> None:
+    """``pybk du --explain``: the GC policies in order, then each record (least recently used
+    first) with its size and what the GC would do to it."""
+    lines = [f"GC policies (in order; {len(policies)}):"]
+    for number, policy in enumerate(policies, 1):
+        keys = [f"filters={','.join(policy.filters)}" if policy.filters else "",
+                f"keep-duration={format_duration(policy.keep_duration)}"
+                if policy.keep_duration else "",
+                f"max-used-space={format_bytes(policy.max_used_space)}"
+                if policy.max_used_space else "",
+                f"reserved-space={format_bytes(policy.reserved_space)}"
+                if policy.reserved_space else "",
+                f"min-free-space={format_bytes(policy.min_free_space)}"
+                if policy.min_free_space else "",
+                "all" if policy.all else ""]
+        lines.append(f"  {number}: {' '.join(k for k in keys if k) or 'everything'}")
+    out.write("\n".join(lines) + "\n\n")
+    table = ["ID\tSIZE\tLAST ACCESSED\tGC"]
+    for info, verdict in rows:
+        last = format_time(info.last_used_at) if info.last_used_at else "-"
+        table.append(f"{info.id}\t{format_bytes(info.size)}\t{last}\t{verdict}")
+    out.write(tabwrite(table))

@@ -19,6 +19,7 @@ from pybk.core.store.localdirs import LOCAL_SYNC_STATE_SUFFIX
 from pybk.core.store.records import RECORD_CHECKSUM_PREFIX, Record, Records
 from pybk.core.store.recovery import release_dead_owners
 from pybk.core.store.trees import disk_usage
+from pybk.core.units import format_bytes, format_duration
 
 
 class UsageInfo(Model):
@@ -114,6 +115,41 @@ def parse_filters(filters: Sequence[str]) -> Callable[[UsageInfo], bool]:
 # --------------------------------------------------------------------------------------------
 
 
+def _describe(policy: Any) -> str:
+    parts = []
+    if policy.filters:
+        parts.append("filters " + ",".join(policy.filters))
+    if policy.keep_duration:
+        parts.append(f"unused for {format_duration(policy.keep_duration)}")
+    for name, value in (("max-used-space", policy.max_used_space),
+                        ("reserved-space", policy.reserved_space),
+                        ("min-free-space", policy.min_free_space)):
+        if value:
+            parts.append(f"{name} {format_bytes(value)}")
+    if policy.all:
+        parts.append("all")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _why_kept(info: UsageInfo, policy: Any, now: float) -> str:
+    """Why one prune pass of ``policy`` leaves ``info``."""
+    if info.in_use:
+        return "in use by a running build"
+    if info.shared:
+        return "shared"
+    if not policy.all and info.record_type in ("internal", "frontend"):
+        return f"{info.record_type} records need all = true"
+    last = info.last_used_at or info.created_at
+    if policy.keep_duration and last > now - policy.keep_duration:
+        until = format_duration(round(max(0.0, last + policy.keep_duration - now)))
+        return f"used within {format_duration(policy.keep_duration)} (eligible in {until})"
+    if not parse_filters(policy.filters)(info):
+        return "does not match " + ",".join(policy.filters)
+    if policy.max_used_space or policy.reserved_space or policy.min_free_space:
+        return "the cache is within the size target"
+    return "needed by records that stay (a parent, or a snapshot they use)"
+
+
 class Collector:
     """Sizes, use and deletion of the records of a store."""
 
@@ -197,10 +233,39 @@ class Collector:
             if held is not None:
                 held.release()
 
+    def _deletable(self, record_id: str, path_lock: str | None, gone: set[str]) -> bool:
+        """Whether :meth:`_delete_record` would delete the record once those in ``gone`` are
+        deleted (a dry run: nothing is locked or changed)."""
+        if path_lock:
+            probe = self.db.locks.try_lock(path_lock)
+            if probe is None:
+                return False
+            probe.release()
+        row = self.db.query("SELECT snapshotter, snapshot FROM records WHERE id=? AND owner IS"
+                            " NULL", (record_id,))
+        if not row or self.db.query("SELECT 1 FROM lease_refs WHERE record_id=?", (record_id,)):
+            return False
+        if any(child not in gone for (child,) in self.db.query(
+                "SELECT record_id FROM record_parents WHERE parent_id=?", (record_id,))):
+            return False
+        snapshotter, snapshot = row[0]
+        if snapshot is not None:
+            sn = self.records.snapshotters.named(snapshotter)
+            if sn.exists(snapshot):
+                for dep in sn.dependents(snapshot):
+                    owner = self.db.query("SELECT id FROM records WHERE snapshotter=? AND"
+                                          " snapshot=?", (snapshotter, dep))
+                    if not owner or owner[0][0] not in gone:
+                        return False
+        return True
+
     def prune(self, filters: Sequence[str] = (), *, all: bool = False,
               keep_duration: float = 0.0, keep_bytes: int = 0, reserved_space: int = 0,
-              max_used_space: int = 0, min_free_space: int = 0) -> list[UsageInfo]:
-        """One BuildKit prune pass; returns the deleted records.
+              max_used_space: int = 0, min_free_space: int = 0,
+              dry_run: bool = False, gone: set[str] | None = None) -> list[UsageInfo]:
+        """One BuildKit prune pass; returns the deleted records (with ``dry_run``: those it
+        would delete, deleting nothing; ``gone`` holds what earlier passes of the same dry run
+        would have deleted).
 
         Records in use are never deleted, ``internal``/``frontend`` ones only with ``all``,
         ones used within ``keep_duration`` seconds not at all. Without size targets every
@@ -209,7 +274,8 @@ class Collector:
         of ``reserved_space``.
         """
         reserved_space = reserved_space or keep_bytes
-        usage = self.du()
+        gone = set() if gone is None else gone
+        usage = [i for i in self.du() if i.id not in gone]
         match = parse_filters(filters)
         now = time.time()
         total = sum(i.size for i in usage if not i.shared)
@@ -243,7 +309,9 @@ class Collector:
         while candidates and progress and not (sized and total <= keep):
             progress = False
             for info in list(candidates):
-                if self._delete_record(info.id, ref_names.get(info.id)):
+                if (self._deletable(info.id, ref_names.get(info.id), gone) if dry_run
+                        else self._delete_record(info.id, ref_names.get(info.id))):
+                    gone.add(info.id)
                     candidates.remove(info)
                     deleted.append(info)
                     total -= info.size
@@ -286,3 +354,28 @@ class Collector:
                                   max_used_space=policy.max_used_space,
                                   min_free_space=policy.min_free_space)
         return deleted
+
+    def explain(self, policies: Sequence[Any]) -> list[tuple[UsageInfo, str]]:
+        """Every record with what the GC ``policies`` would do to it now: the first policy
+        that would delete it, or why none does (in use, shared, internal, used recently, not
+        matched, under the size target). Changes nothing."""
+        gone: set[str] = set()
+        verdicts: dict[str, str] = {}
+        for number, policy in enumerate(policies, 1):
+            for info in self.prune(policy.filters, all=policy.all,
+                                   keep_duration=policy.keep_duration,
+                                   reserved_space=policy.reserved_space,
+                                   max_used_space=policy.max_used_space,
+                                   min_free_space=policy.min_free_space,
+                                   dry_run=True, gone=gone):
+                verdicts[info.id] = f"would be deleted by policy {number}{_describe(policy)}"
+        now = time.time()
+        out = []
+        for info in self.du():
+            verdict = verdicts.get(info.id)
+            if verdict is None:
+                verdict = "kept: " + "; ".join(
+                    f"policy {n}: {_why_kept(info, p, now)}" for n, p in enumerate(policies, 1)
+                ) if policies else "kept: no GC policy (gc = false or none configured)"
+            out.append((info, verdict))
+        return out

@@ -293,12 +293,19 @@ class Store:
 
     def prune(self, filters: Sequence[str] = (), *, all: bool = False,
               keep_duration: float = 0.0, keep_bytes: int = 0, reserved_space: int = 0,
-              max_used_space: int = 0, min_free_space: int = 0) -> list[UsageInfo]:
-        """One BuildKit prune pass; returns the deleted records (:meth:`Collector.prune`)."""
+              max_used_space: int = 0, min_free_space: int = 0,
+              dry_run: bool = False) -> list[UsageInfo]:
+        """One BuildKit prune pass; returns the deleted records (with ``dry_run``, those it
+        would delete; :meth:`Collector.prune`)."""
         return self._collector.prune(filters, all=all, keep_duration=keep_duration,
                                      keep_bytes=keep_bytes, reserved_space=reserved_space,
                                      max_used_space=max_used_space,
-                                     min_free_space=min_free_space)
+                                     min_free_space=min_free_space, dry_run=dry_run)
+
+    def explain_gc(self, policies: Sequence[Any]) -> list[tuple[UsageInfo, str]]:
+        """Every record with what the GC ``policies`` would do to it now
+        (:meth:`Collector.explain`); changes nothing."""
+        return self._collector.explain(policies)
 
     def gc_due(self, interval: float = 60.0) -> bool:
         """Whether the automatic GC should run now (claims the slot when it is)."""
