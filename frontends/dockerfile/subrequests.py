@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import posixpath
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from pybk.frontends.dockerfile import commands as ins
-from pybk.frontends.dockerfile.errors import DockerfileParseError
+from pybk.frontends.dockerfile.errors import DockerfileParseError, InstructionError
 from pybk.frontends.dockerfile.instructions import parse_dockerfile
 
 
@@ -89,17 +90,54 @@ def outline_of(data: bytes, *, filename: str = "Dockerfile", target: str | None 
                     arg["value"] = value
                 arg["location"] = _location(instruction.location)
                 args.append(arg)
-    args.sort(key=lambda a: a["location"]["ranges"][0]["start"]["line"])
+    args.sort(key=_line)
+    secrets, ssh = _mounted(dockerfile, wanted)
     out: dict[str, Any] = {}
     if stage.name:
         out["name"] = stage.name
         description = _described(stage.from_instruction.comments, stage.name)
         if description:
             out["description"] = description
-    if args:
-        out["args"] = args
+    for key, values in (("args", args), ("secrets", secrets), ("ssh", ssh)):
+        if values:
+            out[key] = values
     out["sources"] = [base64.b64encode(data).decode()]
     return out
+
+
+def _line(entry: dict) -> int:
+    return entry["location"]["ranges"][0]["start"]["line"]
+
+
+def _mounted(dockerfile: ins.Dockerfile, wanted: set[int]) -> tuple[list[dict], list[dict]]:
+    """The secrets and SSH agents the RUN steps of the wanted stages mount (by id, the first
+    mount of each; ``required`` when it says so), in line order."""
+    from pybk.frontends.dockerfile.mounts import parse_mount
+
+    found: dict[str, dict[str, dict]] = {"secret": {}, "ssh": {}}
+    for stage in dockerfile.stages:
+        if stage.index not in wanted:
+            continue
+        for instruction in stage.instructions:
+            for spec in getattr(instruction, "mount_specs", ()):
+                try:
+                    mount = parse_mount(spec, lambda word: word)
+                except (ValueError, InstructionError, DockerfileParseError):
+                    continue  # the build itself says what is wrong with it
+                if mount.type == "secret":
+                    name = (mount.cache_id or mount.source
+                            or posixpath.basename(mount.target))
+                elif mount.type == "ssh":
+                    name = mount.cache_id or "default"
+                else:
+                    continue
+                entry: dict[str, Any] = {"name": name}
+                if mount.required:
+                    entry["required"] = True
+                entry["location"] = _location(instruction.location)
+                found[mount.type].setdefault(name, entry)
+    return (sorted(found["secret"].values(), key=_line),
+            sorted(found["ssh"].values(), key=_line))
 
 
 def outline_text(outline: dict, stage_label: str) -> str:
