@@ -215,7 +215,8 @@ CASES = [
     Case("arg-after-env",
          HEAD + "ENV X=env-x Y=env-y KEEP=env-keep\nARG X=arg-x\nARG Y\nARG KEEP\n"
          "RUN echo \"$X $Y $KEEP\" > /out\nENV W=$X\nENV X=env-again\nRUN echo $X > /out2\n"
-         "ARG Z=arg-z\nENV Z=env-z\nRUN echo $Z > /out3\n",
+         "ARG Z=arg-z\nENV Z=env-z\nRUN echo $Z > /out3\n"
+         "ARG PATH=/opt/bin:/bin\nRUN echo $PATH > /path\n",
          build_args={"Y": "cli-y"}),
     Case("expose-ranges",
          HEAD + "EXPOSE 8000-8002 53/udp 9000-9001/UDP 7/sctp\nEXPOSE 8080:80 0443\n"

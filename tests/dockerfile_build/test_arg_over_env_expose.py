@@ -50,6 +50,16 @@ def test_arg_over_env_does_not_reach_the_next_stage(dfbuild):
     assert "X=env" in built.cfg["Env"]
 
 
+def test_arg_over_the_base_images_env(dfbuild):
+    need_runc()
+    built = dfbuild("FROM busybox\nARG PATH=/opt/bin:/bin\nRUN echo $PATH > /path\n"
+                    "RUN echo \"$(/bin/busybox env | /bin/busybox grep ^PATH=)\" > /env\n")
+    assert built.text("/path") == "/opt/bin:/bin\n"
+    assert built.text("/env") == "PATH=/opt/bin:/bin\n"
+    assert [e for e in built.cfg["Env"] if e.startswith("PATH=")] == [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
 def _exposed(dockerfile: str) -> tuple[dict, str]:
     converted = dockerfile_to_llb(dockerfile.encode())
     return (converted.image_config["config"].get("ExposedPorts"),
