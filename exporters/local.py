@@ -104,7 +104,9 @@ class _LocalInstance(ExporterInstance):
             target = os.path.join(self.options.dest, subdir)
             skipped: list[str] = []
             with one.mount() as root:
-                copy_tree(root, target, devices=self.options.devices, skipped=skipped)
+                # as BuildKit's client writes it: every file is the calling user's
+                copy_tree(root, target, devices=self.options.devices, skipped=skipped,
+                          owner=(os.getuid(), os.getgid()))
                 attestation = provenance_file(info, one, root, self.options.attestation_prefix)
             if skipped:
                 _warn_skipped(info, target, skipped)

@@ -276,6 +276,30 @@ def parse_choice(value: str, choices: Sequence[str], *, flag: str) -> str:
     return value
 
 
+CALL_FORMATS = ("text", "json")
+
+
+def parse_call(value: str) -> tuple[str, str]:
+    """``--call NAME[,format=text|json]`` as buildx reads it → ``(name, format)``. ``json``
+    prints what the frontend answers as ``result.json`` (``outline`` and ``targets``)."""
+    name, fmt = "", "text"
+    for item in split_csv(value, flag="--call"):
+        key, sep, val = item.partition("=")
+        if not sep:
+            if name:
+                raise UsageError(f"invalid value {value!r}: one function name only", flag="--call")
+            name = item.strip()
+        elif key.strip() == "format":
+            fmt = parse_choice(val.strip(), CALL_FORMATS, flag="--call format")
+        else:
+            raise UsageError(f"invalid field {item!r} in {value!r}: only format= is known",
+                             flag="--call")
+    name = parse_choice(name or "build", CALL_MODES, flag="--call")
+    if fmt == "json" and name not in ("outline", "targets"):
+        raise UsageError(f"format=json is for outline and targets, not {name}", flag="--call")
+    return name, fmt
+
+
 def parse_add_host(value: str) -> tuple[str, str]:
     host, sep, ip = value.partition(":")
     if "=" in value and not sep:

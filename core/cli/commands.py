@@ -215,7 +215,8 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     a("--no-cache", action="store_true")
     a("--no-cache-filter", action="append", default=[], metavar="STAGE")
     a("--check", action="store_true", help="run build checks instead of building")
-    a("--call", default="build", help="build|check|outline|targets")
+    a("--call", default="build",
+      help="build|check|outline|targets, with ,format=json for outline and targets")
     a("--metadata-file")
     a("--iidfile")
     a("--allow", action="append", default=[], metavar="ENTITLEMENT")
@@ -287,6 +288,7 @@ def parse_build_request(ns: argparse.Namespace, *, plugins: bool = True) -> Any:
         raise UsageError(f"context directory {context!r} not found")
     if ns.file and ns.file != "-" and not os.path.isfile(ns.file):
         raise UsageError(f"build file {ns.file!r} not found", flag="--file")
+    call, call_format = ("check", "text") if ns.check else bo.parse_call(ns.call)
     request = BuildRequest(
         context=context or "",
         file=ns.file,
@@ -318,7 +320,8 @@ def parse_build_request(ns: argparse.Namespace, *, plugins: bool = True) -> Any:
         annotations=bo.parse_key_values(ns.annotation, flag="--annotation"),
         metadata_file=ns.metadata_file,
         iidfile=ns.iidfile,
-        call="check" if ns.check else bo.parse_choice(ns.call, bo.CALL_MODES, flag="--call"),
+        call=call,
+        call_format=call_format,
         llb=ns.llb,
         print_llb=ns.print_llb,
         pull=ns.pull,

@@ -439,6 +439,13 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
         if "requestid" in opts:
             status = int(bytes(result.metadata.get("result.statuscode", b"0")) or 0)
             text = bytes(result.metadata.get("result.txt", b"")).decode()
+            if request.call_format == "json":
+                if "result.json" not in result.metadata:
+                    raise UsageError(f"the {name} frontend answers --call {request.call} "
+                                     "with text only: format=json is not available",
+                                     flag="--call")
+                # as buildx prints it: the frontend's JSON and a newline
+                text = bytes(result.metadata["result.json"]).decode() + "\n"
             (sys.stderr if status else sys.stdout).write(text)
             return status
         if request.print_llb:

@@ -437,14 +437,16 @@ class Client:
     # -- exporting ---------------------------------------------------------------------
 
     def export_local(self, result: Any, dest_dir: str | os.PathLike[str], *,
-                     devices: bool = False) -> int:
+                     devices: bool = False, owner: tuple[int, int] | None = None) -> int:
         """Copy the result's filesystem into ``dest_dir``; returns the entries written.
 
-        Device nodes are left out unless ``devices`` (then with owner-only modes)."""
+        Device nodes are left out unless ``devices`` (then with owner-only modes). The result's
+        owners are kept (as root) unless ``owner`` ``(uid, gid)`` is given, which every entry
+        then gets: the ``local`` exporter (``-o type=local``) passes the caller's own."""
         from pybk.core.fs.copytree import copy_tree
 
         with result.mount() as root:
-            return copy_tree(root, os.fspath(dest_dir), devices=devices)
+            return copy_tree(root, os.fspath(dest_dir), devices=devices, owner=owner)
 
 
 def _write_ahead_of_head(runner: Any, definition: Any, spec: Any) -> None:

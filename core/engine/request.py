@@ -120,6 +120,8 @@ class BuildRequest:
     metadata_file: str | None = None
     iidfile: str | None = None
     call: str = "build"
+    #: ``--call NAME,format=json``: print the frontend's ``result.json`` instead of its text
+    call_format: str = "text"
     llb: str | None = None
     print_llb: bool = False
     pull: bool = False

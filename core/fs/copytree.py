@@ -8,9 +8,14 @@ import stat
 
 
 def copy_tree(src: str, dest: str, *, devices: bool = False,
-              skipped: list[str] | None = None) -> int:
+              skipped: list[str] | None = None,
+              owner: tuple[int, int] | None = None) -> int:
     """Copy a result tree keeping modes, owners (when root), symlinks and hardlinks; returns
     the number of entries written.
+
+    ``owner`` ``(uid, gid)`` gives every entry written to that user instead of
+    keeping the tree's owners, as BuildKit's client writes a ``local`` output: it is the
+    calling user's own (a non-root process may only name itself and its groups).
 
     Device nodes (character and block) are skipped unless ``devices`` (and root): an image must
     not drop devices onto the host; asked for, they are made accessible to their owner only
@@ -55,7 +60,9 @@ def copy_tree(src: str, dest: str, *, devices: bool = False,
                 shutil.copy2(s, d, follow_symlinks=False)
                 if st.st_nlink > 1:
                     seen_inodes[(st.st_dev, st.st_ino)] = d
-            if as_root:
+            if owner is not None:
+                os.lchown(d, *owner)
+            elif as_root:
                 os.lchown(d, st.st_uid, st.st_gid)
             if not os.path.islink(s):
                 os.chmod(d, st.st_mode & (0o600 if is_device else 0o7777))

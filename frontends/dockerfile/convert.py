@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import posixpath
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -173,67 +172,17 @@ def convert_dockerfile(
 def outline(data: bytes, *, filename: str = "Dockerfile", target: str | None = None,
             build_args: Mapping[str, str] = {}) -> str:  # noqa: B006 - read only
     """``--call outline``: the build args the target uses, with defaults and descriptions."""
+    from pybk.frontends.dockerfile import subrequests
+
+    answer = subrequests.outline_of(data, filename=filename, target=target,
+                                    build_args=build_args)
     dockerfile = parse_dockerfile(data, filename)
-    if not dockerfile.stages:
-        raise DockerfileParseError("the Dockerfile has no FROM instruction", filename=filename)
     stage = dockerfile.stage(target) if target else dockerfile.stages[-1]
-    wanted = {stage.index}
-    pending = [stage]
-    while pending:
-        current = pending.pop()
-        names = [current.from_instruction.base_name]
-        names += [getattr(i, "from_", "") for i in current.instructions]
-        for instruction in current.instructions:
-            for spec in getattr(instruction, "mount_specs", ()):
-                match = re.search(r"(?:^|,)from=([^,]+)", spec)
-                if match:
-                    names.append(match.group(1))
-        for name in filter(None, names):
-            for other in dockerfile.stages[:current.index]:
-                if other.index not in wanted and (other.name == name.lower()
-                                                  or name == str(other.index)):
-                    wanted.add(other.index)
-                    pending.append(other)
-    rows: list[tuple[str, str, str]] = []
-    seen: set[str] = set()
-    arg_groups = [dockerfile.meta_args] + [
-        [i for i in s.instructions if isinstance(i, ins.ArgInstruction)]
-        for s in dockerfile.stages if s.index in wanted]
-    for group in arg_groups:
-        for instruction in group:
-            comment = " ".join(c.strip() for c in instruction.comments)
-            for spec in instruction.args:
-                if spec.key in seen:
-                    continue
-                seen.add(spec.key)
-                description = ""
-                if comment.startswith(spec.key + " "):
-                    description = comment[len(spec.key) + 1:].strip()
-                value = build_args.get(spec.key, spec.default or "")
-                rows.append((spec.key, value, description))
-    lines = [f"TARGET:      {stage.name or 'stage-' + str(stage.index)}", ""]
-    if rows:
-        width = max(len("BUILD ARG"), *(len(r[0]) for r in rows)) + 2
-        vwidth = max(len("VALUE"), *(len(r[1]) for r in rows)) + 2
-        lines.append(f"{'BUILD ARG':<{width}}{'VALUE':<{vwidth}}DESCRIPTION")
-        lines += [f"{k:<{width}}{v:<{vwidth}}{d}".rstrip() for k, v, d in rows]
-    return "\n".join(lines) + "\n"
+    return subrequests.outline_text(answer, stage.name or f"stage-{stage.index}")
 
 
 def targets(data: bytes, *, filename: str = "Dockerfile") -> str:
     """``--call targets``: the named stages (the default one marked), with descriptions."""
-    dockerfile = parse_dockerfile(data, filename)
-    rows = []
-    for stage in dockerfile.stages:
-        if not stage.name:
-            continue
-        comment = " ".join(c.strip() for c in stage.from_instruction.comments)
-        description = comment[len(stage.name) + 1:].strip() \
-            if comment.startswith(stage.name + " ") else ""
-        name = stage.name + (" (default)" if stage is dockerfile.stages[-1] else "")
-        rows.append((name, description))
-    if not rows:
-        return "No targets found\n"
-    width = max(len("TARGET"), *(len(r[0]) for r in rows)) + 2
-    return "\n".join([f"{'TARGET':<{width}}DESCRIPTION"]
-                     + [f"{n:<{width}}{d}".rstrip() for n, d in rows]) + "\n"
+    from pybk.frontends.dockerfile import subrequests
+
+    return subrequests.targets_text(subrequests.targets_of(data, filename=filename))

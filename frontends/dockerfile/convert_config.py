@@ -14,7 +14,7 @@ from pybk.frontends.dockerfile.imageconfig import (
     set_env,
 )
 from pybk.frontends.dockerfile.stages import StageConverter, Step, located_error
-from pybk.frontends.dockerfile.values import parse_signal
+from pybk.frontends.dockerfile.values import expose_ports, parse_signal
 
 
 def _arg(cv: StageConverter, ds: StageState, instruction: ins.ArgInstruction, _: int) -> None:
@@ -22,6 +22,7 @@ def _arg(cv: StageConverter, ds: StageState, instruction: ins.ArgInstruction, _:
     for spec in instruction.args:
         cv.consumed.add(spec.key)
         default = None
+        valued = True
         if spec.default is not None:
             default = cv.expander(ds, instruction).word(spec.default)
         if spec.key in cv.build_args:
@@ -30,6 +31,10 @@ def _arg(cv: StageConverter, ds: StageState, instruction: ins.ArgInstruction, _:
             ds.args[spec.key] = default
         elif spec.key in cv.global_args:
             ds.args[spec.key] = cv.global_args[spec.key]
+        else:
+            valued = False
+        if valued:  # BuildKit adds it to the stage's environment, over an earlier ENV
+            ds.arg_over_env.add(spec.key)
         if spec.key not in ds.declared:
             ds.declared.append(spec.key)
         shown.append(spec.key if default is None else f"{spec.key}={default}")
@@ -42,6 +47,7 @@ def _env(cv: StageConverter, ds: StageState, instruction: ins.EnvInstruction, _:
     for key, value in pairs:
         set_env(ds.config, key, value)
         ds.state = ds.state.env(key, value)
+        ds.arg_over_env.discard(key)
     cv.history(ds, " ".join(["ENV"] + [f"{k}={v}" for k, v in pairs]), True)
 
 
@@ -66,9 +72,13 @@ def _expose(cv: StageConverter, ds: StageState, instruction: ins.ExposeInstructi
     added: dict[str, dict] = {}
     for word in instruction.ports:
         for port in expander.words(word):
-            key = (port if "/" in port else f"{port}/tcp").lower()
-            ports[key] = {}
-            added[key] = {}
+            try:
+                keys = expose_ports(port)
+            except ValueError as err:
+                raise located_error(f"EXPOSE {port}: {err}", instruction.location) from None
+            for key in keys:
+                ports[key] = {}
+                added[key] = {}
     ds.config["ExposedPorts"] = ports
     cv.history(ds, "EXPOSE map[" + " ".join(f"{p}:{{}}" for p in sorted(added)) + "]",
                   True)

@@ -56,7 +56,8 @@ def _run(cv: StageConverter, ds: StageState, instruction: ins.RunInstruction, in
         args = list(instruction.command)
     env_keys = set(env_dict(ds.config.get("Env") or []))
     run_state = ds.state
-    arg_keys = [k for k in ds.declared if k in ds.args and k not in env_keys]
+    arg_keys = [k for k in ds.declared
+                if k in ds.args and (k not in env_keys or k in ds.arg_over_env)]
     for key in arg_keys:
         run_state = run_state.env(key, ds.args[key])
     # environment for this command only (RunInstruction subclasses with ``env`` pairs)
@@ -95,9 +96,7 @@ def _run(cv: StageConverter, ds: StageState, instruction: ins.RunInstruction, in
     except ValueError as err:
         raise located_error(str(err), instruction.location) from None
     state = exec_state.root()
-    for key in arg_keys:
-        state = state.unset_env(key)
-    for key, _ in step_env:
+    for key in [*arg_keys, *(k for k, _ in step_env)]:  # the stage's own values again
         previous = ds.state.get_env(key)
         state = state.unset_env(key) if previous is None else state.env(key, previous)
     ds.state = state

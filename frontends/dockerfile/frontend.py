@@ -11,12 +11,34 @@ from pybk.core.interfaces import Frontend, FrontendBridge, FrontendRequest, Fron
 SUBREQUESTS = ("frontend.outline", "frontend.targets", "frontend.lint")
 
 
-def text_result(text: str, status: int = 0) -> FrontendResult:
-    """A subrequest's answer: ``result.txt`` to print and ``result.statuscode`` to exit with."""
+def text_result(text: str, status: int = 0,
+                extra: Mapping[str, bytes] | None = None) -> FrontendResult:
+    """A subrequest's answer: ``result.txt`` to print and ``result.statuscode`` to exit with
+    (and ``extra`` metadata, such as ``result.json``)."""
     from pybk.core.llb import Definition
 
     return FrontendResult(definition=Definition(), metadata={
-        "result.txt": text.encode(), "result.statuscode": str(status).encode()})
+        "result.txt": text.encode(), "result.statuscode": str(status).encode(),
+        **(extra or {})})
+
+
+def _subrequest(requestid: str, data: bytes, filename: str, target: str | None,
+                args: dict[str, str]) -> FrontendResult:
+    """``frontend.outline`` / ``frontend.targets``: ``result.txt`` (what pybk prints) and
+    ``result.json`` (BuildKit's answer, printed for ``--call …,format=json``)."""
+    from pybk.frontends.dockerfile import subrequests
+    from pybk.frontends.dockerfile.instructions import parse_dockerfile
+
+    if requestid == "frontend.outline":
+        answer = subrequests.outline_of(data, filename=filename, target=target, build_args=args)
+        dockerfile = parse_dockerfile(data, filename)
+        stage = dockerfile.stage(target) if target else dockerfile.stages[-1]
+        text = subrequests.outline_text(answer, stage.name or f"stage-{stage.index}")
+    else:
+        answer = subrequests.targets_of(data, filename=filename)
+        text = subrequests.targets_text(answer)
+    return text_result(text, extra={"result.json": subrequests.go_json(answer).encode(),
+                                    "version": b"1.0.0"})
 
 
 def build_args(opts: Mapping[str, str]) -> dict[str, str]:
@@ -230,9 +252,7 @@ class DockerfileFrontend(Frontend):
             report = run_checks(data, filename, args, target, ignore_patterns(bridge, filename))
             return text_result(*format_check_report(data, report))
         if requestid in SUBREQUESTS:
-            return text_result(
-                convert.outline(data, filename=filename, target=target, build_args=args)
-                if requestid == "frontend.outline" else convert.targets(data, filename=filename))
+            return _subrequest(requestid, data, filename, target, args)
         targets = platforms(opts)
         excludes = ignore_patterns(bridge, filename)
         report = self._lint(data, filename, args, target, excludes, bridge)

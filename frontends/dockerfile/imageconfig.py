@@ -47,6 +47,10 @@ class StageState(Model, frozen=False):
     platform: llb.Platform
     ignore_cache: bool = False
     declared: list[str] = field(factory=list)
+    #: ARGs given a value after an ENV of the same name (the base image's included): as in
+    #: BuildKit, where an ARG adds itself to the stage's environment, later RUN steps and
+    #: expansions see the ARG's value; the image config keeps the ENV's
+    arg_over_env: set[str] = field(factory=set)
     index: int = 0
     cmd_set: bool = False
 
@@ -61,9 +65,11 @@ class StageState(Model, frozen=False):
         return f"[{name}{self.index:>{width}d}/{self.total}] {text}"
 
     def env(self) -> dict[str, str]:
-        """The expansion environment: ARGs, overridden by ENV (which includes the image's)."""
+        """The expansion environment: ARGs, overridden by ENV (which includes the image's)
+        unless the ARG was given its value after the ENV."""
         values = dict(self.args)
-        values.update(env_dict(self.config.get("Env") or []))
+        values.update((key, value) for key, value in env_dict(self.config.get("Env") or []).items()
+                      if key not in self.arg_over_env)
         return values
 
     def history(self, created_by: str, empty_layer: bool, created: str | None = None) -> None:

@@ -114,3 +114,60 @@ def ram_in_bytes(value: str) -> int:
     number = float(match.group(1))
     power = " kmgtp".index((match.group(2) or " ").lower())
     return int(number * 1024**power)
+
+
+_PORT = re.compile(r"[0-9]+")
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    """``8000`` or ``8000-8002`` as Go's ``ParseUint(…, 10, 16)`` reads each end; ValueError."""
+    if not text:
+        raise ValueError("empty string specified for ports")
+    parts = text.split("-")
+    if len(parts) > 2:
+        raise ValueError(f"invalid port range format: {text}")
+    numbers = []
+    for part in parts:
+        if not _PORT.fullmatch(part) or int(part) > 65535:
+            raise ValueError(f"invalid port: {part!r}")
+        numbers.append(int(part))
+    start, end = numbers[0], numbers[-1]
+    if end < start:
+        raise ValueError(f"invalid range specified for port: {text}")
+    return start, end
+
+
+def expose_ports(spec: str) -> list[str]:
+    """The ``ExposedPorts`` keys of one EXPOSE word, as BuildKit's ``nat.ParsePortSpecs`` makes
+    them: ``[ip:][hostPort:]port[-end][/proto]`` → ``["8000/tcp", "8001/tcp", …]``, one per
+    port of a range, the protocol lowercased (``tcp`` when none is given; ``udp``, ``sctp``).
+    ValueError with BuildKit's message for a spec it refuses."""
+    import ipaddress
+
+    parts = spec.split(":")
+    ip = ":".join(parts[:-2])
+    host_port = parts[-2] if len(parts) > 1 else ""
+    port, _, proto = parts[-1].partition("/")
+    proto = (proto or "tcp").lower()
+    if proto not in ("tcp", "udp", "sctp"):
+        raise ValueError(f"invalid proto: {proto}")
+    if ip:
+        try:
+            ipaddress.ip_address(ip[1:-1] if ip.startswith("[") and ip.endswith("]") else ip)
+        except ValueError:
+            raise ValueError(f"invalid IP address: {ip}") from None
+    if not port:
+        raise ValueError(f"no port specified: {spec}<empty>")
+    try:
+        start, end = _port_range(port)
+    except ValueError:
+        raise ValueError(f"invalid containerPort: {port}") from None
+    if host_port:
+        try:
+            host_start, host_end = _port_range(host_port)
+        except ValueError:
+            raise ValueError(f"invalid hostPort: {host_port}") from None
+        if end - start != host_end - host_start and end != start:
+            raise ValueError("invalid ranges specified for container and host Ports: "
+                             f"{port} and {host_port}")
+    return [f"{number}/{proto}" for number in range(start, end + 1)]

@@ -212,6 +212,15 @@ CASES = [
          "WORKDIR /newdir/sub\nEXPOSE ${PORT}\nLABEL port=$PORT\nENV DEST=/dest\n"
          "COPY f $DEST/\nCOPY --chown=tester f ${DEST}/owned\nUSER ${PORT}\n",
          files={"f": "f\n"}),
+    Case("arg-after-env",
+         HEAD + "ENV X=env-x Y=env-y KEEP=env-keep\nARG X=arg-x\nARG Y\nARG KEEP\n"
+         "RUN echo \"$X $Y $KEEP\" > /out\nENV W=$X\nENV X=env-again\nRUN echo $X > /out2\n"
+         "ARG Z=arg-z\nENV Z=env-z\nRUN echo $Z > /out3\n"
+         "ARG PATH=/opt/bin:/bin\nRUN echo $PATH > /path\n",
+         build_args={"Y": "cli-y"}),
+    Case("expose-ranges",
+         HEAD + "EXPOSE 8000-8002 53/udp 9000-9001/UDP 7/sctp\nEXPOSE 8080:80 0443\n"
+         "ARG FIRST=3000\nEXPOSE ${FIRST}-3001/udp\n"),
     Case("escape-and-continuation",
          "# escape=`\nARG BASE\nFROM ${BASE}\nRUN echo one `\n    two > /joined\n"
          "ENV P=C:\\path\nRUN echo \"$P\" > /p\n"),
