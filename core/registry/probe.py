@@ -53,7 +53,9 @@ def head_digest(scheme: str, host: str, path: str, *, accept: str, timeout: floa
     request = (f"HEAD {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n"
                "User-Agent: pybk\r\nConnection: close\r\n\r\n").encode("latin-1")
     try:
-        with socket.create_connection(address, timeout=timeout) as raw:
+        # an ASCII name as bytes: a str host goes through the idna codec (and stringprep)
+        host_key: str | bytes = address[0].encode("ascii") if address[0].isascii() else address[0]
+        with socket.create_connection((host_key, address[1]), timeout=timeout) as raw:  # type: ignore[arg-type]
             conn = raw
             if scheme == "https":
                 context = tls_context or ssl.create_default_context()

@@ -49,7 +49,7 @@ def test_a_rebuild_from_an_unchanged_registry_tag_loads_no_async_http_stack(tmp_
     anyio and http.client stay out, and so do attrs and cattrs (the value classes are model classes), the
     Dockerfile parser and the OCI runtime's code."""
     out = tmp_path / "imports.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--pybk", _pybk(), "--runs", "1",
+    done = subprocess.run([sys.executable, str(SCRIPT), "--pybk", _pybk(), "--runs", "3",
                            "--registry", "--json", str(out)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
