@@ -195,6 +195,18 @@ def linux_resources(opts: Mapping[str, str]) -> Any:
     return llb.LinuxResources(**values) if values else None
 
 
+def check_enabled(config: Any) -> None:
+    """``[frontend."dockerfile.v0"] enabled = false``: the frontend is not available (as
+    buildkitd does not register it): every build it would make is refused, ``# syntax=``
+    included, before anything is read or pulled."""
+    frontend = getattr(config, "frontend", None)
+    if getattr(getattr(frontend, "dockerfile", None), "enabled", None) is False:
+        from pybk.core.errors import UsageError
+
+        raise UsageError('invalid frontend: dockerfile.v0 (disabled by the daemon '
+                         'configuration: [frontend."dockerfile.v0"] enabled = false)')
+
+
 class DockerfileFrontend(Frontend):
     """Dockerfile frontend: the full modern Dockerfile syntax."""
 
@@ -207,6 +219,7 @@ class DockerfileFrontend(Frontend):
                 config: Any) -> tuple[str, dict[str, str]] | None:
         """``# syntax=`` / ``BUILDKIT_SYNTAX``: a frontend plugin of that name, this frontend
         for ``docker/dockerfile:*``, else the image through ``gateway.v0``."""
+        check_enabled(config)
         if not (opts.get("build-arg:BUILDKIT_SYNTAX") or directives.get("syntax")):
             return None  # nothing to follow: the gateway's code is not even loaded
         from pybk.frontends.gateway.frontend import resolve_syntax
@@ -217,6 +230,7 @@ class DockerfileFrontend(Frontend):
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
         from pybk.frontends.dockerfile import convert
 
+        check_enabled(bridge.config)
         opts = request.opts
         filename = opts.get("filename", "Dockerfile")
         data = bridge.read_file("dockerfile", filename)
