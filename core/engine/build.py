@@ -236,6 +236,17 @@ def source_excerpt(definition: Any, vertex: str | None, context: int = 2) -> str
     return None
 
 
+def root_warning(config: Any, root: str | os.PathLike[str]) -> list[str]:
+    """A configured ``root`` other than the store this build uses (``--root``, ``$PYBK_ROOT``
+    or the default) is named: it is the store of ``pybkd`` started without ``--root``."""
+    from pybk.core.paths import default_root
+
+    if config.root == default_root() or os.path.abspath(config.root) == os.path.abspath(root):
+        return []
+    return [f"root: {config.root} is pybkd's store (when started without --root); this build "
+            f"uses the store {root}"]
+
+
 def frontend_inputs(request: BuildRequest) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """(frontend opts, local dirs, OCI layouts) for a build request, BuildKit-style."""
     context = os.path.abspath(request.context)
@@ -400,7 +411,7 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
     from pybk.core.plugins import get_plugin_manager
 
     config, warnings = load_config(config_path)
-    for warning in warnings:
+    for warning in (*warnings, *root_warning(config, root)):
         print(f"WARNING: {warning}", file=sys.stderr)
     entitlements = check_entitlements(request.entitlements, config)
     opts, client_dirs, oci_layouts = frontend_inputs(request)
@@ -490,7 +501,7 @@ def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path:
     from pybk.core.llb.definition import Definition
 
     config, warnings = load_config(config_path)
-    for warning in warnings:
+    for warning in (*warnings, *root_warning(config, root)):
         print(f"WARNING: {warning}", file=sys.stderr)
     check_entitlements(request.entitlements, config)
     definition = Definition.from_bytes(data, filename=request.llb)
