@@ -4,6 +4,7 @@ several; bad values exit with 2 naming the flag."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
 from pathlib import Path
@@ -38,10 +39,8 @@ def _blobs(path: Path) -> tuple[dict, dict]:
         for member in tar.getmembers():
             if member.name.startswith("blobs/sha256/") and member.isfile():
                 data = tar.extractfile(member).read()
-                try:
+                with contextlib.suppress(ValueError):  # a layer is not JSON
                     blobs["sha256:" + member.name.rsplit("/", 1)[1]] = json.loads(data)
-                except ValueError:
-                    pass  # a layer
     return index, blobs
 
 
