@@ -76,7 +76,8 @@ def named_contexts(opts: Mapping[str, str], bridge: FrontendBridge,
                 contexts[name] = NamedContext(llb.scratch())
             else:
                 _, config = bridge.resolve_image_config(ref, platform)
-                contexts[name] = NamedContext(llb.image(ref), config)
+                contexts[name] = NamedContext(
+                    llb.image(ref, resolve_mode=image_resolve_mode(opts)), config)
         elif value.startswith("target:"):
             contexts[name] = NamedContext(stage=value[len("target:"):])
         elif (git := parse_git_ref(value)) is not None:
@@ -113,6 +114,25 @@ def multi_platform_result(targets: list[str],
         metadata[f"containerimage.config/{platform}"] = json.dumps(config or {}).encode()
     assert first is not None
     return FrontendResult(definition=first[0], image_config=first[1], metadata=metadata)
+
+
+#: ``image-resolve-mode`` values (BuildKit's): ``default`` (the local image store first, then
+#: the registry), ``pull`` (the registry, always: ``--pull``), ``local`` (the local image store
+#: first, then the registry)
+RESOLVE_MODES = ("default", "pull", "local")
+
+
+def image_resolve_mode(opts: Mapping[str, str]) -> str | None:
+    """The ``image-resolve-mode`` opt (``pybk build --pull`` sets ``pull``); None: default."""
+    mode = opts.get("image-resolve-mode", "").strip()
+    if mode in ("", "default"):
+        return None
+    if mode not in RESOLVE_MODES:
+        from pybk.core.errors import UsageError
+
+        raise UsageError(f'invalid image-resolve-mode "{mode}" (one of '
+                         f"{', '.join(RESOLVE_MODES)})", flag="--opt")
+    return mode
 
 
 def no_cache_stages(opts: Mapping[str, str]) -> list[str] | None:
@@ -275,6 +295,7 @@ class DockerfileFrontend(Frontend):
                 network_mode=network if network in ("none", "host") else None,
                 ulimits=ulimits(opts), cgroup_parent=opts.get("cgroup-parent", ""),
                 linux_resources=linux_resources(opts),
+                image_resolve_mode=image_resolve_mode(opts),
                 labels=labels(opts), warn=bridge.warn, lint=lint)
             return converted.state.marshal(platform), converted.image_config
 

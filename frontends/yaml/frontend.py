@@ -83,6 +83,7 @@ class YamlFrontend(Frontend):
                 network_mode=network if network in ("none", "host") else None,
                 ulimits=df.ulimits(opts), cgroup_parent=opts.get("cgroup-parent", ""),
                 linux_resources=df.linux_resources(opts),
+                image_resolve_mode=df.image_resolve_mode(opts),
                 labels=df.labels(opts), warn=bridge.warn)
             return converted.state.marshal(platform), converted.image_config
 
