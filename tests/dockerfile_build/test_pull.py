@@ -65,10 +65,12 @@ def test_pull_skips_an_image_of_that_name_in_the_local_image_store(registry, tmp
 def test_pull_sets_the_resolve_mode_of_every_image_source(registry, tmp_path, capsys):
     import json
 
-    ref = f"{registry.host}/pull/modes:1"
+    ref, other = f"{registry.host}/pull/modes:1", f"{registry.host}/pull/modes:2"
     _push_base(tmp_path, ref, "v1", capsys)
-    ctx = _dir(tmp_path / "two", {"Dockerfile": f"FROM {ref} AS a\nFROM {ref}\n"
-                                                "COPY --from=a /version /copied\n"})
+    _push_base(tmp_path, other, "v2", capsys)
+    ctx = _dir(tmp_path / "two", {"Dockerfile": f"FROM {ref} AS a\nFROM scratch\n"
+                                                "COPY --from=a /version /copied\n"
+                                                f"COPY --from={other} /version /direct\n"})
     for flags, mode in (((), None), (("--pull",), "pull"),
                         (("--opt", "image-resolve-mode=local"), "local"),
                         (("--opt", "image-resolve-mode=default"), None)):
@@ -79,7 +81,7 @@ def test_pull_sets_the_resolve_mode_of_every_image_source(registry, tmp_path, ca
         sources = [json.loads(line)["Op"]["source"] for line in captured.out.splitlines()
                    if "source" in json.loads(line)["Op"]]
         images = [s for s in sources if s["identifier"].startswith("docker-image://")]
-        assert images, captured.out
+        assert len(images) == 2, captured.out  # FROM and COPY --from=IMAGE
         assert [(s.get("attrs") or {}).get("image.resolvemode") for s in images] == \
             [mode] * len(images), flags
 
