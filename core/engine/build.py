@@ -106,7 +106,7 @@ class LocalBridge(FrontendBridge):
 
     def __init__(self, *, local_dirs: Mapping[str, str], oci_layouts: Mapping[str, str],
                  config: Any, client: Any = None, entitlements: Any = (),
-                 progress: Any = None):
+                 progress: Any = None, image_resolve_mode: str | None = None):
         from pybk.core.config.schema import check_entitlements
 
         self.local_dirs = dict(local_dirs)
@@ -122,6 +122,9 @@ class LocalBridge(FrontendBridge):
         self.warnings: list[str] = []
         #: registry images resolved so far, for the solve of this build (``resolved_images``)
         self.resolved_images: dict[tuple[str, str | None], Any] = {}
+        #: the build's ``image-resolve-mode`` (``--pull``: ``pull``): except with ``pull``, an
+        #: image of that name in the local image store comes first, as for the image sources
+        self.image_resolve_mode = image_resolve_mode or "default"
 
     def read_file(self, input_name: str, path: str, *, offset: int = 0,
                   length: int | None = None) -> bytes:
@@ -149,6 +152,10 @@ class LocalBridge(FrontendBridge):
                 raise UsageError(f"no OCI layout named {store_id!r}", flag="--build-context")
             image = read_oci_layout(layout, digest or "latest", platform=platform)
             return image.digest, dict(image.config)
+        if self.image_resolve_mode != "pull":
+            local = self._stored_image(ref, platform)
+            if local is not None:
+                return local
         import asyncio
 
         from pybk.core.registry.client import RegistryClient
@@ -163,6 +170,19 @@ class LocalBridge(FrontendBridge):
                 return resolved.manifest_digest, dict(resolved.config)
 
         return asyncio.run(resolve())
+
+    def _stored_image(self, ref: str, platform: str | None) -> tuple[str, dict] | None:
+        """``(digest, config)`` of ``ref`` in the local image store (for ``platform``), or
+        None (not there, or not for that platform: the registry is asked)."""
+        if self.client is None:
+            return None
+        from pybk.core.images.store import LocalImages
+
+        try:
+            image = LocalImages(self.client.root).lookup(ref, platform)
+        except PybkError:
+            return None
+        return None if image is None else (image.digest, dict(image.config))
 
     def solve(self, definition: Any) -> Any:
         if self.client is None:
@@ -440,7 +460,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
     client = Client(root=root, config=config)
     collect = False
     try:
-        bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
+        bridge = LocalBridge(image_resolve_mode=opts.get("image-resolve-mode"),
+                             local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
                              client=client, entitlements=entitlements,
                              progress=inputs.progress(progress_mode(request)))
         with plugin_errors("frontend", name, pm=pm):

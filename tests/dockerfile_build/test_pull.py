@@ -94,3 +94,33 @@ def test_a_bad_resolve_mode_exits_2(tmp_path, capsys, value):
     assert code == 2
     assert capsys.readouterr().err == (f'error: --opt: invalid image-resolve-mode "{value}" '
                                        "(one of default, pull, local)\n")
+
+
+def test_an_image_only_in_the_local_image_store_builds_without_its_registry(tmp_path, capsys):
+    """Without ``--pull`` the frontend reads the base's config from the local image store too
+    (no registry serves this name: port 9 refuses connections); ``--pull`` asks the registry."""
+    ref = "127.0.0.1:9/pull/local-only:1"
+    local = _dir(tmp_path / "local", {"Dockerfile": "FROM scratch\nCOPY version /version\n"
+                                                    "ENV FROM_LOCAL=yes\n",
+                                      "version": "local\n"})
+    code = main(["--root", str(tmp_path / "store"), "build", "--progress", "quiet", "-o",
+                 f"type=image,name={ref}", str(local)])
+    assert code == 0, capsys.readouterr().err
+    assert _build_app(tmp_path, ref, "default", capsys) == "local"
+    assert _build_app(tmp_path, ref, "local", capsys, "--opt",
+                      "image-resolve-mode=local") == "local"
+    ctx = tmp_path / "app"
+    code = main(["--root", str(tmp_path / "store"), "build", "--progress", "quiet", "--pull",
+                 "-o", f"type=local,dest={tmp_path / 'pulled'}", str(ctx)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"failed to resolve source metadata for {ref}" in err and "127.0.0.1:9" in err
+    # local prefers the local image store; a name it lacks is asked of its registry
+    (ctx / "Dockerfile").write_text("FROM 127.0.0.1:9/pull/missing:1\nCOPY app /app\n")
+    code = main(["--root", str(tmp_path / "store"), "build", "--progress", "quiet", "--opt",
+                 "image-resolve-mode=local", "-o", f"type=local,dest={tmp_path / 'x'}",
+                 str(ctx)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert ("failed to resolve source metadata for 127.0.0.1:9/pull/missing:1: GET "
+            "http://127.0.0.1:9/v2/pull/missing/manifests/1") in err
