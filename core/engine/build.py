@@ -171,6 +171,15 @@ class LocalBridge(FrontendBridge):
 
         return asyncio.run(resolve())
 
+    def build_platforms(self) -> list[str]:
+        """The selected worker's platforms (``[worker.oci] platforms``, else the host's)."""
+        if self.client is None:
+            return super().build_platforms()
+        try:
+            return list(self.client.selected_worker().platforms()) or super().build_platforms()
+        except PybkError:  # no worker to build with: the build says so when it solves
+            return super().build_platforms()
+
     def _stored_image(self, ref: str, platform: str | None) -> tuple[str, dict] | None:
         """``(digest, config)`` of ``ref`` in the local image store (for ``platform``), or
         None (not there, or not for that platform: the registry is asked)."""
@@ -408,7 +417,8 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
         return frontend_cls().solve(FrontendRequest(opts=opts), bridge)
     from pybk.core.engine import defcache
 
-    key = defcache.cache_key(name, frontend_cls, opts, bridge.local_dirs, bridge.oci_layouts)
+    key = defcache.cache_key(name, frontend_cls, opts, bridge.local_dirs, bridge.oci_layouts,
+                             getattr(bridge, "build_platforms", list)())
     hit = defcache.lookup(root, key, bridge)
     if hit is not None:
         for message in hit.warnings:

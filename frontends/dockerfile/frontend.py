@@ -135,6 +135,19 @@ def image_resolve_mode(opts: Mapping[str, str]) -> str | None:
     return mode
 
 
+def build_platform(bridge: FrontendBridge) -> tuple[str | None, str | None]:
+    """``(build platform, default target platform)``: the worker's first platform, as
+    BuildKit's frontend takes it; both None when that is the host's own (the converter's
+    defaults, which also let a base image of another runnable platform set its stage's)."""
+    from pybk.core.platform import host_platform, parse_platform
+
+    listed = getattr(bridge, "build_platforms", None)
+    first = (listed() or [None])[0] if listed is not None else None
+    if first is None or parse_platform(first) == host_platform():
+        return None, None
+    return str(parse_platform(first)), str(parse_platform(first))
+
+
 def no_cache_stages(opts: Mapping[str, str]) -> list[str] | None:
     """``no-cache``: absent = use the cache; empty = every stage; ``a,b`` = those stages."""
     if "no-cache" not in opts:
@@ -271,6 +284,7 @@ class DockerfileFrontend(Frontend):
         excludes = ignore_patterns(bridge, filename)
         report = self._lint(data, filename, args, target, excludes, bridge)
         network = opts.get("force-network-mode") or None
+        worker_platform, default_target = build_platform(bridge)
 
         def lint(finding: Any) -> None:
             """A finding only the conversion sees, under the file's check options."""
@@ -290,14 +304,15 @@ class DockerfileFrontend(Frontend):
                 data, filename=filename, target=target, build_args=args,
                 named_contexts=named_contexts(opts, bridge, platform),
                 image_resolver=lambda ref, p: bridge.resolve_image_config(ref, p)[1],
-                target_platform=platform, exclude_patterns=excludes,
+                target_platform=platform or default_target, build_platform=worker_platform,
+                exclude_patterns=excludes,
                 no_cache_stages=no_cache_stages(opts), extra_hosts=extra_hosts(opts),
                 network_mode=network if network in ("none", "host") else None,
                 ulimits=ulimits(opts), cgroup_parent=opts.get("cgroup-parent", ""),
                 linux_resources=linux_resources(opts),
                 image_resolve_mode=image_resolve_mode(opts),
                 labels=labels(opts), warn=bridge.warn, lint=lint)
-            return converted.state.marshal(platform), converted.image_config
+            return converted.state.marshal(platform or default_target), converted.image_config
 
         if len(targets) > 1:
             return multi_platform_result(targets, convert_one)

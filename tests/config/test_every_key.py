@@ -77,6 +77,7 @@ BEHAVIOUR: dict[str, tuple[str, ...]] = {
                           "tests/workers/test_selection.py::"
                           "test_config_platforms_and_labels_are_the_oci_workers"),
     "worker.oci.platforms": ("tests/workers/test_debug_workers.py::test_embedded",
+                             f"{_KB}::test_platforms_set_the_build_and_default_target_platform",
                              f"{_KB}::test_platforms_choose_the_worker_of_a_platform"),
     "worker.oci.max-parallelism": ("tests/daemon/test_parallelism.py::"
                                    "test_two_builds_share_one_slot",),

@@ -160,3 +160,46 @@ def test_an_embedded_build_names_a_root_it_does_not_use(tmp_path, capsys):
     assert main(["--root", str(store), "--config", str(config), "build", "--print-llb",
                  str(ctx)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def _oci_config_of(tar: Path) -> dict:
+    import json
+    import tarfile
+
+    with tarfile.open(tar) as t:
+        def blob(digest: str) -> dict:
+            return json.loads(t.extractfile(f"blobs/sha256/{digest.split(':')[1]}").read())
+
+        index = json.loads(t.extractfile("index.json").read())
+        return blob(blob(index["manifests"][0]["digest"])["config"]["digest"])
+
+
+def test_platforms_set_the_build_and_default_target_platform(tmp_path, capsys):
+    """As BuildKit's Dockerfile frontend: the worker's first platform is ``BUILDPLATFORM`` and
+    the target platform when ``--platform`` is not given."""
+    from pybk.core.platform import host_platform
+
+    other = "linux/arm64" if str(host_platform()) != "linux/arm64" else "linux/amd64"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nARG BUILDPLATFORM\nARG TARGETPLATFORM\n"
+                                    "LABEL build=$BUILDPLATFORM target=$TARGETPLATFORM\n"
+                                    "COPY Dockerfile /\n")
+    config = tmp_path / "buildkitd.toml"
+
+    def build(platforms: str, *flags: str) -> dict:
+        config.write_text(f"[worker.oci]\nplatforms = {platforms}\n")
+        tar = tmp_path / "image.tar"
+        code = main(["--root", str(tmp_path / "store"), "--config", str(config), "build",
+                     "--progress", "quiet", "-o", f"type=oci,dest={tar}", *flags, str(ctx)])
+        assert code == 0, capsys.readouterr().err
+        return _oci_config_of(tar)
+
+    listed = build(f'["{other}", "{host_platform()}"]')
+    assert f"{listed['os']}/{listed['architecture']}" == other
+    assert listed["config"]["Labels"] == {"build": other, "target": other}
+    asked = build(f'["{other}"]', "--platform", str(host_platform()))
+    assert asked["config"]["Labels"] == {"build": other, "target": str(host_platform())}
+    native = build(f'["{host_platform()}", "{other}"]')
+    assert native["config"]["Labels"] == {"build": str(host_platform()),
+                                          "target": str(host_platform())}
