@@ -126,6 +126,14 @@ class FrontendBridge(abc.ABC):
     @abc.abstractmethod
     def warn(self, message: str, *, location: Any = None) -> None: ...
 
+    def build_platforms(self) -> list[str]:
+        """The platforms of the worker the build runs on, preferred first (BuildKit's
+        ``BuildOpts().Workers[0].Platforms``): the first is ``BUILDPLATFORM`` and the target
+        platform when none is asked for. The default: the host's."""
+        from pybk.core.platform import host_platform
+
+        return [str(host_platform())]
+
     def new_container(self, image: Any, *,
                       name: str) -> contextlib.AbstractContextManager[FrontendContainer]:
         """A container on the filesystem of ``image`` (an LLB state or definition of an image,

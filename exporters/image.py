@@ -31,6 +31,7 @@ from pybk.core.images.layers import (
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
 from pybk.core.model import Model, evolve, field
 from pybk.core.registry import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST
+from pybk.exporters.annotations import Annotations, parse_attrs, platform_of
 
 #: ``created_by`` of history entries pybk adds for layers the config's history does not cover
 HISTORY_CREATED_BY = "pybk"
@@ -46,13 +47,9 @@ class CommonImageOptions(Model):
     force_compression: bool = setting("force-compression", default=False)
     rewrite_timestamp: bool = setting("rewrite-timestamp", default=False)
     source_date_epoch: int | None = setting("source-date-epoch", default=None)
-    annotation: dict[str, str] = setting(prefix="annotation.", factory=dict)
-    annotation_manifest: dict[str, str] = setting(
-        "annotation-manifest", prefix="annotation-manifest.", factory=dict)
-    annotation_manifest_descriptor: dict[str, str] = setting(
-        "annotation-manifest-descriptor", prefix="annotation-manifest-descriptor.", factory=dict)
-    annotation_index: dict[str, str] = setting(
-        "annotation-index", prefix="annotation-index.", factory=dict)
+    #: every ``annotation…`` attribute, without that word (``.K``, ``-index.K``,
+    #: ``-manifest[linux/amd64].K`` …): read by :func:`pybk.exporters.annotations.parse_attrs`
+    annotation: dict[str, str] = setting(prefix="annotation", factory=dict)
 
 
 class ImageOptions(CommonImageOptions):
@@ -72,9 +69,11 @@ class ImageSettings(Model):
     spec: LayerSpec
     epoch_attr: int | None
     rewrite_timestamp: bool
-    manifest_annotations: Mapping[str, str]
-    descriptor_annotations: Mapping[str, str]
-    index_annotations: Mapping[str, str]
+    annotations: Annotations = field(factory=Annotations)
+
+    @property
+    def index_annotations(self) -> Mapping[str, str]:
+        return self.annotations.index
 
 
 def check_common(options: CommonImageOptions, flag: str = "--output", *,
@@ -93,10 +92,10 @@ def check_common(options: CommonImageOptions, flag: str = "--output", *,
             raise UsageError(f"name={name}: {exc}", flag=flag) from None
     level = options.compression_level
     check_level(options.compression, level, flag)
-    manifest_annotations = {**options.annotation, **options.annotation_manifest}
+    annotations = parse_attrs(options.annotation, flag)
     oci = options.oci_mediatypes if options.oci_mediatypes is not None else (
         default_oci or None)
-    needs_oci = options.compression == "zstd" or bool(manifest_annotations)
+    needs_oci = options.compression == "zstd" or annotations.any_manifest
     if oci is False and needs_oci:
         why = ("zstd layers" if options.compression == "zstd" else "manifest annotations")
         raise UsageError(f"{why} need oci-mediatypes=true", flag=flag)
@@ -107,9 +106,7 @@ def check_common(options: CommonImageOptions, flag: str = "--output", *,
         spec=LayerSpec(compression=options.compression, level=level,
                        force=options.force_compression),
         epoch_attr=options.source_date_epoch, rewrite_timestamp=options.rewrite_timestamp,
-        manifest_annotations=manifest_annotations,
-        descriptor_annotations=dict(options.annotation_manifest_descriptor),
-        index_annotations=dict(options.annotation_index))
+        annotations=annotations)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,14 +293,16 @@ def build_image(result: BuildResultView, settings: ImageSettings, info: Mapping[
                    "size": len(config_bytes)},
         "layers": [layer.blob.descriptor(oci) for layer in layers],
     }
-    if settings.manifest_annotations:
-        manifest["annotations"] = dict(settings.manifest_annotations)
+    platform = platform_of(config)
+    if settings.annotations.for_manifest(platform):
+        manifest["annotations"] = settings.annotations.for_manifest(platform)
     manifest_bytes = _json_bytes(manifest)
     manifest_digest = content.put_bytes(manifest_bytes)
     return BuiltImage(content=content, oci=oci, manifest=manifest, manifest_bytes=manifest_bytes,
                       manifest_digest=manifest_digest, config=config,
                       config_descriptor=dict(manifest["config"]), layers=layers,
-                      descriptor_annotations=settings.descriptor_annotations, epoch=epoch)
+                      descriptor_annotations=settings.annotations.for_descriptor(platform),
+                      epoch=epoch)
 
 
 class BuiltIndex(Model, eq=False):
@@ -320,6 +319,8 @@ class BuiltIndex(Model, eq=False):
     epoch: int | None
     #: ``{platform: attestation manifest}`` (provenance), listed after the images
     attestations: Mapping[str, BuiltImage] = field(factory=dict)
+    #: the index-descriptor annotations (on the descriptors pointing at the index)
+    descriptor_annotations: Mapping[str, str] = field(factory=dict)
 
     @property
     def media_type(self) -> str:
@@ -329,8 +330,9 @@ class BuiltIndex(Model, eq=False):
                    platform: bool = False) -> dict[str, Any]:
         desc: dict[str, Any] = {"mediaType": self.media_type, "digest": self.manifest_digest,
                                 "size": len(self.manifest_bytes)}
-        if annotations:
-            desc["annotations"] = dict(annotations)
+        merged = {**self.descriptor_annotations, **(annotations or {})}
+        if merged:
+            desc["annotations"] = merged
         return desc
 
     def blobs(self) -> list[tuple[str, int]]:
@@ -382,7 +384,8 @@ def build_images(result: BuildResultView, settings: ImageSettings, info: Mapping
     first = next(iter(images.values()))
     return BuiltIndex(content=content, oci=settings.oci, images=images, manifest=index,
                       manifest_bytes=index_bytes, manifest_digest=content.put_bytes(index_bytes),
-                      epoch=first.epoch, attestations=attestations)
+                      epoch=first.epoch, attestations=attestations,
+                      descriptor_annotations=settings.annotations.index_descriptor)
 
 
 IN_TOTO = "application/vnd.in-toto+json"

@@ -374,6 +374,59 @@ def parse_key_values(values: Sequence[str], *, flag: str) -> dict[str, str]:
     return result
 
 
+ANNOTATION_TYPES = ("manifest", "manifest-descriptor", "index", "index-descriptor")
+_ANNOTATION_TYPE = re.compile(r"^([a-z-]+)(?:\[([A-Za-z0-9_/-]+)\])?$")
+
+
+def parse_annotations(values: Sequence[str]) -> dict[str, str]:
+    """``--annotation [TYPE[,TYPE…]:]KEY=VALUE`` (buildx) as the exporters' attributes:
+    ``annotation.KEY`` without a type (the manifests), else ``annotation-TYPE.KEY`` or
+    ``annotation-TYPE[PLATFORM].KEY`` per type (``manifest``, ``manifest-descriptor``,
+    ``index``, ``index-descriptor``; a platform only for the first two)."""
+    from pybk.core.errors import InputError
+    from pybk.core.platform import parse_platform
+
+    flag = "--annotation"
+    attrs: dict[str, str] = {}
+    for value in values:
+        if not value:
+            continue
+        name, sep, val = value.partition("=")
+        if not sep:
+            raise UsageError(f'invalid annotation "{value}": expected [TYPE:]KEY=VALUE', flag=flag)
+        types, colon, key = name.partition(":")
+        if not colon:
+            types, key = "", name
+        if not key:
+            raise UsageError(f'invalid annotation "{value}": the key is empty', flag=flag)
+        if not types:
+            attrs[f"annotation.{key}"] = val
+            continue
+        for part in types.split(","):
+            m = _ANNOTATION_TYPE.match(part)
+            if m is None:
+                raise UsageError(f'invalid annotation "{value}": type "{part}" is not TYPE or '
+                                 "TYPE[PLATFORM]", flag=flag)
+            typ, platform = m.group(1), m.group(2)
+            if typ not in ANNOTATION_TYPES:
+                raise UsageError(f'invalid annotation "{value}": unknown type "{typ}"'
+                                 f"{did_you_mean(typ, ANNOTATION_TYPES, quote=chr(34))} "
+                                 f"(one of {', '.join(ANNOTATION_TYPES)})", flag=flag)
+            qualifier = ""
+            if platform:
+                if typ not in ("manifest", "manifest-descriptor"):
+                    raise UsageError(f'invalid annotation "{value}": a platform applies to '
+                                     "manifest and manifest-descriptor annotations only",
+                                     flag=flag)
+                try:
+                    qualifier = f"[{parse_platform(platform)}]"
+                except InputError:
+                    raise UsageError(f'invalid annotation "{value}": invalid platform '
+                                     f'"{platform}"', flag=flag) from None
+            attrs[f"annotation-{typ}{qualifier}.{key}"] = val
+    return attrs
+
+
 def check_known(typ: str, known: Iterable[str] | None, *, flag: str, what: str) -> None:
     if known is None:
         return

@@ -276,6 +276,14 @@ def parse_build_request(ns: argparse.Namespace, *, plugins: bool = True) -> Any:
                    for o in outputs]
         if not outputs:
             outputs.append(OutputSpec("image", {"name": names}))
+    annotations = bo.parse_annotations(ns.annotation)
+    if annotations:
+        if not any(o.type in IMAGE_OUTPUTS for o in outputs):
+            print("WARNING: --annotation: no image, oci or docker output to annotate",
+                  file=sys.stderr)
+        # as buildx: the flag's annotations join (and win over) each image output's attrs
+        outputs = [OutputSpec(o.type, {**o.attrs, **annotations}, load=o.load)
+                   if o.type in IMAGE_OUTPUTS else o for o in outputs]
     build_args = {}
     for value in ns.build_arg:
         key, val = bo.parse_build_arg(value)
@@ -317,7 +325,7 @@ def parse_build_request(ns: argparse.Namespace, *, plugins: bool = True) -> Any:
         cgroup_parent=bo.parse_cgroup_parent(ns.cgroup_parent),
         resources=bo.parse_resources(ns.resource),
         labels=bo.parse_key_values(ns.label, flag="--label"),
-        annotations=bo.parse_key_values(ns.annotation, flag="--annotation"),
+        annotations=annotations,
         metadata_file=ns.metadata_file,
         iidfile=ns.iidfile,
         call=call,
@@ -331,6 +339,10 @@ def parse_build_request(ns: argparse.Namespace, *, plugins: bool = True) -> Any:
     if plugins:
         check_request_plugins(request)
     return request
+
+
+#: the outputs ``--annotation`` and ``-t`` apply to (buildx's)
+IMAGE_OUTPUTS = ("image", "oci", "docker")
 
 
 def check_request_plugins(request: Any) -> None:

@@ -389,8 +389,10 @@ class SystemConfig(Model, kw_only=True):
 
     platforms_cache_max_age: Seconds | None = setting("platformsCacheMaxAge", default=None,
                                                       unsupported=_NOT_YET)
-    max_registry_concurrency: int | None = setting("maxRegistryConcurrency", default=None,
-                                                   check=_non_negative)
+    max_registry_concurrency: int | None = setting(
+        "maxRegistryConcurrency", default=None, check=_non_negative,
+        unsupported="not supported by pybk yet; ignored (an image's layers are fetched four "
+                    "at a time)")
 
 
 class GHASignConfig(Model, kw_only=True):

@@ -106,7 +106,7 @@ class LocalBridge(FrontendBridge):
 
     def __init__(self, *, local_dirs: Mapping[str, str], oci_layouts: Mapping[str, str],
                  config: Any, client: Any = None, entitlements: Any = (),
-                 progress: Any = None):
+                 progress: Any = None, image_resolve_mode: str | None = None):
         from pybk.core.config.schema import check_entitlements
 
         self.local_dirs = dict(local_dirs)
@@ -122,6 +122,9 @@ class LocalBridge(FrontendBridge):
         self.warnings: list[str] = []
         #: registry images resolved so far, for the solve of this build (``resolved_images``)
         self.resolved_images: dict[tuple[str, str | None], Any] = {}
+        #: the build's ``image-resolve-mode`` (``--pull``: ``pull``): except with ``pull``, an
+        #: image of that name in the local image store comes first, as for the image sources
+        self.image_resolve_mode = image_resolve_mode or "default"
 
     def read_file(self, input_name: str, path: str, *, offset: int = 0,
                   length: int | None = None) -> bytes:
@@ -149,6 +152,10 @@ class LocalBridge(FrontendBridge):
                 raise UsageError(f"no OCI layout named {store_id!r}", flag="--build-context")
             image = read_oci_layout(layout, digest or "latest", platform=platform)
             return image.digest, dict(image.config)
+        if self.image_resolve_mode != "pull":
+            local = self._stored_image(ref, platform)
+            if local is not None:
+                return local
         import asyncio
 
         from pybk.core.registry.client import RegistryClient
@@ -163,6 +170,28 @@ class LocalBridge(FrontendBridge):
                 return resolved.manifest_digest, dict(resolved.config)
 
         return asyncio.run(resolve())
+
+    def build_platforms(self) -> list[str]:
+        """The selected worker's platforms (``[worker.oci] platforms``, else the host's)."""
+        if self.client is None:
+            return super().build_platforms()
+        try:
+            return list(self.client.selected_worker().platforms()) or super().build_platforms()
+        except PybkError:  # no worker to build with: the build says so when it solves
+            return super().build_platforms()
+
+    def _stored_image(self, ref: str, platform: str | None) -> tuple[str, dict] | None:
+        """``(digest, config)`` of ``ref`` in the local image store (for ``platform``), or
+        None (not there, or not for that platform: the registry is asked)."""
+        if self.client is None:
+            return None
+        from pybk.core.images.store import LocalImages
+
+        try:
+            image = LocalImages(self.client.root).lookup(ref, platform)
+        except PybkError:
+            return None
+        return None if image is None else (image.digest, dict(image.config))
 
     def solve(self, definition: Any) -> Any:
         if self.client is None:
@@ -234,6 +263,17 @@ def source_excerpt(definition: Any, vertex: str | None, context: int = 2) -> str
             shown.append(f" {number:>{width}} | {mark} {lines[number - 1]}".rstrip())
         return "\n".join([where, rule, *shown, rule])
     return None
+
+
+def root_warning(config: Any, root: str | os.PathLike[str]) -> list[str]:
+    """A configured ``root`` other than the store this build uses (``--root``, ``$PYBK_ROOT``
+    or the default) is named: it is the store of ``pybkd`` started without ``--root``."""
+    from pybk.core.paths import default_root
+
+    if config.root == default_root() or os.path.abspath(config.root) == os.path.abspath(root):
+        return []
+    return [f"root: {config.root} is pybkd's store (when started without --root); this build "
+            f"uses the store {root}"]
 
 
 def frontend_inputs(request: BuildRequest) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
@@ -377,7 +417,8 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
         return frontend_cls().solve(FrontendRequest(opts=opts), bridge)
     from pybk.core.engine import defcache
 
-    key = defcache.cache_key(name, frontend_cls, opts, bridge.local_dirs, bridge.oci_layouts)
+    key = defcache.cache_key(name, frontend_cls, opts, bridge.local_dirs, bridge.oci_layouts,
+                             getattr(bridge, "build_platforms", list)())
     hit = defcache.lookup(root, key, bridge)
     if hit is not None:
         for message in hit.warnings:
@@ -400,7 +441,7 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
     from pybk.core.plugins import get_plugin_manager
 
     config, warnings = load_config(config_path)
-    for warning in warnings:
+    for warning in (*warnings, *root_warning(config, root)):
         print(f"WARNING: {warning}", file=sys.stderr)
     entitlements = check_entitlements(request.entitlements, config)
     opts, client_dirs, oci_layouts = frontend_inputs(request)
@@ -429,7 +470,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
     client = Client(root=root, config=config)
     collect = False
     try:
-        bridge = LocalBridge(local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
+        bridge = LocalBridge(image_resolve_mode=opts.get("image-resolve-mode"),
+                             local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
                              client=client, entitlements=entitlements,
                              progress=inputs.progress(progress_mode(request)))
         with plugin_errors("frontend", name, pm=pm):
@@ -497,7 +539,7 @@ def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path:
     from pybk.core.llb.definition import Definition
 
     config, warnings = load_config(config_path)
-    for warning in warnings:
+    for warning in (*warnings, *root_warning(config, root)):
         print(f"WARNING: {warning}", file=sys.stderr)
     check_entitlements(request.entitlements, config)
     definition = Definition.from_bytes(data, filename=request.llb)

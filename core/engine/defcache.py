@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pybk.core.interfaces import FrontendResult
@@ -111,8 +111,10 @@ def _code_fingerprint(frontend_cls: type) -> list[Any]:
 
 
 def cache_key(frontend_name: str, frontend_cls: type, opts: Mapping[str, str],
-              local_dirs: Mapping[str, str], oci_layouts: Mapping[str, str]) -> str:
-    """The entry name for one frontend invocation."""
+              local_dirs: Mapping[str, str], oci_layouts: Mapping[str, str],
+              build_platforms: Sequence[str] = ()) -> str:
+    """The entry name for one frontend invocation (``build_platforms``: the bridge's, the
+    worker's platforms the frontend's defaults come from)."""
     from pybk.core.serialize import canonical_dumps
 
     material = {
@@ -123,6 +125,7 @@ def cache_key(frontend_name: str, frontend_cls: type, opts: Mapping[str, str],
         "locals": {name: str(value) for name, value in local_dirs.items()},
         "layouts": dict(oci_layouts),
         "machine": os.uname().machine,
+        "build_platforms": list(build_platforms),
     }
     return hashlib.sha256(canonical_dumps(material)).hexdigest()
 

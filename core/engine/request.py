@@ -116,6 +116,8 @@ class BuildRequest:
     #: ``--resource`` values as frontend options (``memory=536870912``, ``cpuquota=50000``)
     resources: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: ``--annotation`` as exporter attrs (``annotation.K``, ``annotation-index.K`` …),
+    #: already added to each image, oci and docker output
     annotations: Mapping[str, str] = field(default_factory=dict)
     metadata_file: str | None = None
     iidfile: str | None = None

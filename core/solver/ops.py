@@ -325,14 +325,13 @@ class BuildRunner(OpRunner, LayerUnpacker):
         platform = vertex.op.platform
         plat = str(platform) if platform is not None else None
 
+        # default and local (BuildKit's prefer-local): the local image store, then the
+        # registry; pull: the registry only
         mode = src.attrs.get("image.resolvemode") or "default"
         if mode != "pull":
             local = await asyncio.to_thread(self._stored_image, ref, plat)
             if local is not None:
                 return local
-            if mode == "local":
-                raise BuildError(f"{ref}: no such image in the local image store "
-                                 "(resolve mode local)")
 
         async def resolve() -> Any:
             known = self.session.resolved_images.get((ref, plat))

@@ -95,6 +95,7 @@ def convert_dockerfile(
     ulimits: Iterable[tuple[str, int, int]] = (),
     cgroup_parent: str = "",
     linux_resources: llb.LinuxResources | None = None,
+    image_resolve_mode: str | None = None,
     labels: Mapping[str, str] = {},  # noqa: B006 - read only
     warn: Callable[[str], None] | None = None,
     lint: Callable[[Any], None] | None = None,
@@ -147,7 +148,7 @@ def convert_dockerfile(
             None if no_cache_stages is None else frozenset(no_cache_stages), extra_hosts,
             network_mode, STEPS, language, implicit_platform=target_platform is None,
             ulimits=tuple(ulimits), cgroup_parent=cgroup_parent,
-            linux_resources=linux_resources)
+            linux_resources=linux_resources, image_resolve_mode=image_resolve_mode)
         return converter, converter.stage(stage)
 
     converter, built = convert(None)

@@ -98,7 +98,8 @@ def named_contexts(opts: Mapping[str, str], bridge: FrontendBridge,
                 contexts[name] = NamedContext(llb.scratch())
             else:
                 _, config = bridge.resolve_image_config(ref, platform)
-                contexts[name] = NamedContext(llb.image(ref), config)
+                contexts[name] = NamedContext(
+                    llb.image(ref, resolve_mode=image_resolve_mode(opts)), config)
         elif value.startswith("target:"):
             contexts[name] = NamedContext(stage=value[len("target:"):])
         elif (git := parse_git_ref(value)) is not None:
@@ -135,6 +136,38 @@ def multi_platform_result(targets: list[str],
         metadata[f"containerimage.config/{platform}"] = json.dumps(config or {}).encode()
     assert first is not None
     return FrontendResult(definition=first[0], image_config=first[1], metadata=metadata)
+
+
+#: ``image-resolve-mode`` values (BuildKit's): ``default`` (the local image store first, then
+#: the registry), ``pull`` (the registry, always: ``--pull``), ``local`` (the local image store
+#: first, then the registry)
+RESOLVE_MODES = ("default", "pull", "local")
+
+
+def image_resolve_mode(opts: Mapping[str, str]) -> str | None:
+    """The ``image-resolve-mode`` opt (``pybk build --pull`` sets ``pull``); None: default."""
+    mode = opts.get("image-resolve-mode", "").strip()
+    if mode in ("", "default"):
+        return None
+    if mode not in RESOLVE_MODES:
+        from pybk.core.errors import UsageError
+
+        raise UsageError(f'invalid image-resolve-mode "{mode}" (one of '
+                         f"{', '.join(RESOLVE_MODES)})", flag="--opt")
+    return mode
+
+
+def build_platform(bridge: FrontendBridge) -> tuple[str | None, str | None]:
+    """``(build platform, default target platform)``: the worker's first platform, as
+    BuildKit's frontend takes it; both None when that is the host's own (the converter's
+    defaults, which also let a base image of another runnable platform set its stage's)."""
+    from pybk.core.platform import host_platform, parse_platform
+
+    listed = getattr(bridge, "build_platforms", None)
+    first = (listed() or [None])[0] if listed is not None else None
+    if first is None or parse_platform(first) == host_platform():
+        return None, None
+    return str(parse_platform(first)), str(parse_platform(first))
 
 
 def no_cache_stages(opts: Mapping[str, str]) -> list[str] | None:
@@ -217,6 +250,18 @@ def linux_resources(opts: Mapping[str, str]) -> Any:
     return llb.LinuxResources(**values) if values else None
 
 
+def check_enabled(config: Any) -> None:
+    """``[frontend."dockerfile.v0"] enabled = false``: the frontend is not available (as
+    buildkitd does not register it): every build it would make is refused, ``# syntax=``
+    included, before anything is read or pulled."""
+    frontend = getattr(config, "frontend", None)
+    if getattr(getattr(frontend, "dockerfile", None), "enabled", None) is False:
+        from pybk.core.errors import UsageError
+
+        raise UsageError('invalid frontend: dockerfile.v0 (disabled by the daemon '
+                         'configuration: [frontend."dockerfile.v0"] enabled = false)')
+
+
 class DockerfileFrontend(Frontend):
     """Dockerfile frontend: the full modern Dockerfile syntax."""
 
@@ -229,6 +274,7 @@ class DockerfileFrontend(Frontend):
                 config: Any) -> tuple[str, dict[str, str]] | None:
         """``# syntax=`` / ``BUILDKIT_SYNTAX``: a frontend plugin of that name, this frontend
         for ``docker/dockerfile:*``, else the image through ``gateway.v0``."""
+        check_enabled(config)
         if not (opts.get("build-arg:BUILDKIT_SYNTAX") or directives.get("syntax")):
             return None  # nothing to follow: the gateway's code is not even loaded
         from pybk.frontends.gateway.frontend import resolve_syntax
@@ -239,6 +285,7 @@ class DockerfileFrontend(Frontend):
     def solve(self, request: FrontendRequest, bridge: FrontendBridge) -> FrontendResult:
         from pybk.frontends.dockerfile import convert
 
+        check_enabled(bridge.config)
         opts = request.opts
         filename = opts.get("filename", "Dockerfile")
         data = bridge.read_file("dockerfile", filename)
@@ -257,6 +304,7 @@ class DockerfileFrontend(Frontend):
         excludes = ignore_patterns(bridge, filename)
         report = self._lint(data, filename, args, target, excludes, bridge)
         network = opts.get("force-network-mode") or None
+        worker_platform, default_target = build_platform(bridge)
 
         def lint(finding: Any) -> None:
             """A finding only the conversion sees, under the file's check options."""
@@ -276,13 +324,15 @@ class DockerfileFrontend(Frontend):
                 data, filename=filename, target=target, build_args=args,
                 named_contexts=named_contexts(opts, bridge, platform),
                 image_resolver=lambda ref, p: bridge.resolve_image_config(ref, p)[1],
-                target_platform=platform, exclude_patterns=excludes,
+                target_platform=platform or default_target, build_platform=worker_platform,
+                exclude_patterns=excludes,
                 no_cache_stages=no_cache_stages(opts), extra_hosts=extra_hosts(opts),
                 network_mode=network if network in ("none", "host") else None,
                 ulimits=ulimits(opts), cgroup_parent=opts.get("cgroup-parent", ""),
                 linux_resources=linux_resources(opts),
+                image_resolve_mode=image_resolve_mode(opts),
                 labels=labels(opts), warn=bridge.warn, lint=lint)
-            return converted.state.marshal(platform), converted.image_config
+            return converted.state.marshal(platform or default_target), converted.image_config
 
         if len(targets) > 1:
             return multi_platform_result(targets, convert_one)

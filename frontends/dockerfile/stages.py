@@ -76,7 +76,8 @@ class StageConverter:
                  network_mode: str | None, steps: Mapping[str, Step],
                  language: str = "Dockerfile", implicit_platform: bool = False,
                  ulimits: tuple[tuple[str, int, int], ...] = (), cgroup_parent: str = "",
-                 linux_resources: llb.LinuxResources | None = None):
+                 linux_resources: llb.LinuxResources | None = None,
+                 image_resolve_mode: str | None = None):
         self.df = dockerfile
         #: keyword (lower case) → the function converting that instruction
         self.steps = steps
@@ -101,6 +102,8 @@ class StageConverter:
         self.cgroup_parent = cgroup_parent
         #: per-step resources (the ``memory``, ``cpu*`` opts), for every RUN
         self.linux_resources = linux_resources
+        #: ``image-resolve-mode`` (``--pull``: ``pull``), on every image source
+        self.image_resolve_mode = image_resolve_mode
         self.source_info = llb.SourceInfo(dockerfile.filename, data, language)
         self.done: dict[int, StageState] = {}
         self.in_progress: set[int] = set()
@@ -216,7 +219,8 @@ class StageConverter:
         if name == "scratch":
             return llb.scratch(), None
         try:
-            state = llb.image(name, platform=platform, **self.loc_opts(location, custom_name))
+            state = llb.image(name, platform=platform, resolve_mode=self.image_resolve_mode,
+                              **self.loc_opts(location, custom_name))
         except (ValueError, InputError) as err:
             raise located_error(f"invalid reference {name!r}: {err}", location) from None
         try:

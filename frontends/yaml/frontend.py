@@ -70,6 +70,7 @@ class YamlFrontend(Frontend):
             return df.text_result(outline_text(loaded, target, args)
                                   if requestid == "frontend.outline" else targets_text(loaded))
         network = opts.get("force-network-mode") or None
+        worker_platform, default_target = df.build_platform(bridge)
 
         def convert_one(platform: str | None) -> tuple[Any, Any]:
             converted = convert_dockerfile(
@@ -78,13 +79,15 @@ class YamlFrontend(Frontend):
                 named_contexts=contexts if platform == first else df.named_contexts(
                     opts, bridge, platform),
                 image_resolver=lambda ref, p: bridge.resolve_image_config(ref, p)[1],
-                target_platform=platform, exclude_patterns=df.ignore_patterns(bridge, filename),
+                target_platform=platform or default_target, build_platform=worker_platform,
+                exclude_patterns=df.ignore_patterns(bridge, filename),
                 no_cache_stages=df.no_cache_stages(opts), extra_hosts=df.extra_hosts(opts),
                 network_mode=network if network in ("none", "host") else None,
                 ulimits=df.ulimits(opts), cgroup_parent=opts.get("cgroup-parent", ""),
                 linux_resources=df.linux_resources(opts),
+                image_resolve_mode=df.image_resolve_mode(opts),
                 labels=df.labels(opts), warn=bridge.warn)
-            return converted.state.marshal(platform), converted.image_config
+            return converted.state.marshal(platform or default_target), converted.image_config
 
         if len(targets) > 1:
             return df.multi_platform_result(targets, convert_one)
