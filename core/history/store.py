@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -35,7 +34,7 @@ VERSION = 1
 
 def new_ref() -> str:
     """A random build id (25 lowercase base-36 characters, like BuildKit's)."""
-    n = int.from_bytes(secrets.token_bytes(16), "big")
+    n = int.from_bytes(os.urandom(16), "big")
     digits = []
     for _ in range(25):
         n, d = divmod(n, 36)
