@@ -8,9 +8,9 @@ Keys are bench/imports.py's groups (pybk's by room, other packages by top-level 
 import sys
 
 _HTTP = ("the async HTTP client, loaded when something must be fetched (a cached rebuild whose "
-         "base tag is unchanged resolves it with one HEAD over http.client instead)")
-_HTTPX_STDLIB = ("http.client, for the one HEAD that resolves FROM's tag again on every build, as "
-                 "BuildKit does (email parses its headers); httpx imports these too")
+         "base tag is unchanged resolves it with one HEAD written on a socket instead)")
+_HTTPX_STDLIB = ("the standard library's HTTP modules, imported by httpx (urllib.parse also by "
+                 "pathlib at interpreter start-up)")
 _LANGUAGE = "language support imported by pluggy, the model classes or the standard library itself"
 _STARTUP = ("interpreter start-up: site, the editable install's finder (pathlib), .pth files "
             "of this machine's site-packages (importlib.resources, certifi); not pybk's")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from typing import Any
 
 from pybk.core.interfaces import Mount
@@ -34,7 +33,7 @@ class ActiveSnapshot:
         if self.path is None:
             from pybk.core.store.mounts import mount_all
 
-            target = self.store.process_tmp(f"mnt-{uuid.uuid4().hex[:12]}")
+            target = self.store.process_tmp(f"mnt-{os.urandom(6).hex()}")
             target.mkdir()
             mount_all(self.mounts, str(target))
             self.path = str(target)

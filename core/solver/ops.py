@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -528,7 +527,7 @@ class BuildRunner(OpRunner, LayerUnpacker):
 
         vp.start()
         stack = contextlib.ExitStack()
-        work = str(self.store.process_tmp(f"fetch-{uuid.uuid4().hex[:12]}"))
+        work = str(self.store.process_tmp(f"fetch-{os.urandom(6).hex()}"))
         stack.callback(shutil.rmtree, work, True)
         with stack:
             a = src.attrs
