@@ -315,3 +315,29 @@ def test_secrets_appear_nowhere_in_the_history(env, monkeypatch):
     assert not any(secret in text for text in outputs)
     logs = outputs[4]
     assert "token-is-****" in logs and "\n#4 " in logs and "****" in outputs[2]
+
+
+def test_interrupted_build_is_recorded_as_canceled(env):
+    import signal
+    import subprocess
+    import sys
+
+    ctx = env.context("slow", "FROM busybox\nRUN echo started-sleeping && sleep 60\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pybk.core.cli.entry", "--addr=", "--root", str(env.root),
+         "--config", str(env.config), "build", "--progress", "plain", "--build-context",
+         f"busybox=oci-layout://{env.layout}", str(ctx)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"started-sleeping" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.read1(4096)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    (row,) = [json.loads(line) for line in env.pybk("history", "ls", "--format",
+                                                   "json")[1].splitlines()]
+    assert row["status"] == "Canceled"
+    data = env.inspect()
+    assert data["Status"] == "canceled" and data["Error"]["Message"] == "context canceled"
+    assert "Status:      Canceled" in env.pybk("history", "inspect")[1]
