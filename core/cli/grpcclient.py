@@ -6,6 +6,7 @@ here first: a bad flag is exit 2 before anything is sent.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -111,8 +112,6 @@ def _export_here(argv: list[str], at: int) -> tuple[list[str], str | None]:
 
 def _run_export(client: Client, transport: Callable[[], Any], path: str) -> int:
     """Run the export with its standard output in ``path`` (0600; removed if it fails)."""
-    import os
-
     if os.path.isdir(path):
         raise UsageError(f"{path} is a directory", flag="--output")
     try:
