@@ -454,6 +454,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
             status = int(bytes(result.metadata.get("result.statuscode", b"0")) or 0)
             text = bytes(result.metadata.get("result.txt", b"")).decode()
             (sys.stderr if status else sys.stdout).write(text)
+            if status:  # recorded as a failed build (lint errors: --check)
+                failure = BuildError(text.strip().split("\n", 1)[0] or f"status {status}")
             return status
         if request.print_llb:
             from pybk.core.llb.dump import dump_llb

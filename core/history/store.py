@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from pybk.core.errors import UsageError
+from pybk.core.errors import StoreError, UsageError
 from pybk.core.fs.files import private_dir, private_file
 from pybk.core.model import Model, asdict, field, fields
 
@@ -180,9 +180,14 @@ class HistoryStore:
 
     def load(self, ref: str) -> tuple[BuildRecord, dict[str, Any]]:
         """The summary and the details of the record ``ref`` (a full ref)."""
-        with open(self._path(ref), "rb") as f:
-            summary = BuildRecord.from_json(json.loads(f.readline()))
-            details = json.loads(f.readline() or b"{}")
+        try:
+            with open(self._path(ref), "rb") as f:
+                summary = BuildRecord.from_json(json.loads(f.readline()))
+                details = json.loads(f.readline() or b"{}")
+        except FileNotFoundError:
+            raise UsageError(f"no build record found for ref {ref!r}") from None
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"the build record {ref} is unreadable: {exc}") from None
         return summary, details
 
     def resolve(self, spec: str) -> str:

@@ -140,6 +140,12 @@ def test_record_of_a_failing_build_has_the_error_and_its_location(env):
     data = env.inspect()
     assert data["Status"] == "failed" and data["Error"]["Location"]["Line"] == 2
     assert data["Error"]["Location"]["Filename"].endswith("Dockerfile")
+    # --check that finds problems: a failed build too
+    ctx = env.context("lint", "FROM busybox as base\nRUN true\n")
+    assert env.pybk("build", "--check", str(ctx))[0] == 1
+    data = env.inspect()
+    assert data["Status"] == "failed" and "1 warning" in data["Error"]["Message"]
+    assert {"Name": "requestid", "Value": "frontend.lint"} in data["Config"]["RestRaw"]
 
 
 def test_record_of_a_cached_build(env):
