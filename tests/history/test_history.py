@@ -98,6 +98,8 @@ def test_record_of_a_successful_build(env):
     assert output["Type"] == "image" and output["Response"]["containerimage.digest"] == digest
     assert output["Response"]["image.name"] == "hist.example/app:1"
     assert data["Provenance"] == ["https://slsa.dev/provenance/v0.2"]
+    assert data["Materials"][0]["URI"] == "oci-layout://busybox"
+    assert data["Materials"][0]["Digests"][0].startswith("sha256:")
     # each step: name, cached, times; logs as --progress plain shows them
     _, details = HistoryStore(env.root).load(data["Ref"])
     run = next(s for s in details["steps"] if "hello-from-step" in s["name"])
@@ -347,3 +349,20 @@ def test_interrupted_build_is_recorded_as_canceled(env):
     data = env.inspect()
     assert data["Status"] == "canceled" and data["Error"]["Message"] == "context canceled"
     assert "Status:      Canceled" in env.pybk("history", "inspect")[1]
+
+
+def test_python_api_records_when_given_a_recorder(tmp_path):
+    """``Client.solve(…, history=Recorder(…))``: the recorder sees every step whatever
+    ``progress`` shows; ``finish()`` writes the record."""
+    from pybk.core import llb
+    from pybk.core.engine.client import Client
+
+    need_runc()
+    recorder = Recorder(str(tmp_path), max_age=3600, max_entries=5)
+    graph = llb.scratch().file(llb.mkfile("/made", 0o644, "by the API"))
+    with Client(root=str(tmp_path)) as client:
+        client.solve(graph, progress=None, history=recorder)
+    recorder.finish()
+    (record,) = HistoryStore(tmp_path).records()
+    assert record.ref == recorder.ref and record.status == "completed"
+    assert record.num_total_steps == record.num_completed_steps == 1
