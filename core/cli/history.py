@@ -236,13 +236,11 @@ def inspect_json(record: BuildRecord, details: Mapping[str, Any]) -> dict[str, A
     out["NumCompletedSteps"] = record.num_completed_steps
     out["NumTotalSteps"] = record.num_total_steps
     out["NumCachedSteps"] = record.num_cached_steps
-    build_args = _key_values(attrs, "build-arg:")
+    # every build argument, those the config names too (as buildx lists them)
+    build_args = [{"Name": k[len("build-arg:"):], "Value": v} for k, v in sorted(attrs.items())
+                  if k.startswith("build-arg:")]
     labels = _key_values(attrs, "label:")
-    config = _config({**attrs, **{f"build-arg:{kv['Name']}": kv["Value"] for kv in build_args}})
-    build_args = [kv for kv in build_args if f"build-arg:{kv['Name']}" not in (
-        "build-arg:BUILDKIT_CACHE_MOUNT_NS", "build-arg:BUILDKIT_DOCKERFILE_CHECK",
-        "build-arg:SOURCE_DATE_EPOCH", "build-arg:SANDBOX_HOSTNAME",
-        "build-arg:BUILDKIT_MULTI_PLATFORM")]
+    config = _config(attrs)
     if build_args:
         out["BuildArgs"] = build_args
     if labels:

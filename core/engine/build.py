@@ -450,6 +450,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
             result = solve_frontend(name, frontend_cls, opts, bridge, root)
         for message in bridge.warnings:
             print(f"WARNING: {message}", file=sys.stderr)
+        if recorder is not None:
+            recorder.frontend_warnings(bridge.warnings)
         if "requestid" in opts:
             status = int(bytes(result.metadata.get("result.statuscode", b"0")) or 0)
             text = bytes(result.metadata.get("result.txt", b"")).decode()

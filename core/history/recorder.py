@@ -97,6 +97,15 @@ class Recorder:
 
     # -- what the engine says ----------------------------------------------------------------
 
+    def frontend_warnings(self, messages: Any) -> None:
+        """The frontend's warnings (build checks: ``WARNING: …`` lines), counted and kept as
+        the progress's warnings are."""
+        with self._lock:
+            for message in messages:
+                self._num_warnings += 1
+                if len(self._warnings) < WARNING_LIMIT:
+                    self._warnings.append(VertexWarning(vertex="", short=str(message).encode()))
+
     def outputs(self, specs: Any, responses: Any) -> None:
         """Each output's type, attributes and its exporter's response."""
         for i, spec in enumerate(specs):

@@ -79,7 +79,8 @@ RUN echo second > /second
 def test_record_of_a_successful_build(env):
     ctx = env.context("app", OK_DOCKERFILE)
     meta = env.tmp / "meta.json"
-    code, _, err = env.build(ctx, "--build-arg", "A=one", "--target", "final", "--platform",
+    code, _, err = env.build(ctx, "--build-arg", "A=one", "--build-arg", "UNUSED=x",
+                             "--target", "final", "--platform",
                              "linux/amd64", "-t", "hist.example/app:1", "--provenance",
                              "mode=max", "--metadata-file", str(meta))
     assert code == 0, err
@@ -88,6 +89,7 @@ def test_record_of_a_successful_build(env):
     assert data["Name"] == "app (final)" and data["Target"] == "final"
     assert data["Platform"] == ["linux/amd64"]
     assert {"Name": "A", "Value": "one"} in data["BuildArgs"]
+    assert data["NumWarnings"] == 1  # the frontend's: UNUSED was not consumed
     assert data["Frontend"] == "dockerfile.v0"
     assert data["NumTotalSteps"] >= 3
     assert data["NumCompletedSteps"] == data["NumTotalSteps"] and data["NumCachedSteps"] == 0
@@ -102,6 +104,7 @@ def test_record_of_a_successful_build(env):
     assert data["Materials"][0]["Digests"][0].startswith("sha256:")
     # each step: name, cached, times; logs as --progress plain shows them
     _, details = HistoryStore(env.root).load(data["Ref"])
+    assert "UNUSED" in details["warnings"][0]["short"]
     run = next(s for s in details["steps"] if "hello-from-step" in s["name"])
     assert not run["cached"] and run["duration"] > 0 and run["started"] <= run["completed"]
     assert {chunk[0] for chunk in run["logs"]} == {1, 2}  # stdout and stderr
