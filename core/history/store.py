@@ -140,12 +140,27 @@ class HistoryStore:
         """BuildKit's retention: delete the records beyond the newest ``max_entries`` (by end
         time) that also ended more than ``max_age`` seconds ago; the refs deleted."""
         ended = sorted(self._ended(), key=lambda item: item[1], reverse=True)
+        now = time.time() if now is None else now
+        self._remove_stale_temporaries(now - 3600)
         if len(ended) <= max_entries:
             return []
-        limit = (time.time() if now is None else now) - max_age
+        limit = now - max_age
         gone = [ref for ref, end in ended[max(max_entries, 0):] if end < limit]
         self.remove(gone)
         return gone
+
+    def _remove_stale_temporaries(self, before: float) -> None:
+        """Temporary files of writers that died (killed outright), older than ``before``."""
+        try:
+            entries = os.scandir(self.dir)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.stat().st_mtime < before:
+                            os.unlink(entry.path)
 
     def remove(self, refs: Iterable[str]) -> None:
         for ref in refs:

@@ -236,10 +236,16 @@ def test_retention_by_max_age(env):
     env.configure("[history]\nmaxEntries = 0\nmaxAge = \"2s\"\n")
     assert env.build(ctx)[0] == 0
     (old,) = env.refs()
+    # a writer killed outright leaves its temporary file: gone an hour later
+    stale, fresh = env.root / "history" / ".a.1.tmp", env.root / "history" / ".b.2.tmp"
+    stale.write_text("{}")
+    fresh.write_text("{}")
+    os.utime(stale, (time.time() - 3700, time.time() - 3700))
     time.sleep(2.5)
     assert env.build(ctx)[0] == 0
     (new,) = env.refs()
     assert new != old
+    assert not stale.exists() and fresh.exists()
     time.sleep(2.5)
     config, _ = load_config(str(env.config))
     with Client(root=str(env.root), config=config) as client:
