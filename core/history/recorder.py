@@ -149,7 +149,8 @@ class Recorder:
         status, err = "completed", None
         if error is not None:
             status, err = _describe(error, location, secrets)
-        attrs = self.frontend_attrs
+        # a secret's value given as a build argument too is not kept there either
+        attrs = {k: redact(v, secrets) for k, v in self.frontend_attrs.items()}
         record = BuildRecord(
             ref=self.ref, frontend=self.frontend, frontend_attrs=dict(attrs),
             context=self.context, dockerfile=self.dockerfile, target=attrs.get("target", ""),

@@ -316,7 +316,8 @@ def test_secrets_appear_nowhere_in_the_history(env, monkeypatch):
         "RUN --mount=type=secret,id=s test \"$(cat /run/secrets/s)\" = " + secret + "\n"
         "RUN --mount=type=secret,id=s,env=TOKEN echo token-is-$TOKEN\n"
         "RUN --mount=type=secret,id=s cat /run/secrets/s; echo; exit 5\n"))
-    code, out, err = env.build(ctx, "--secret", "id=s,env=HIST_SECRET")
+    code, out, err = env.build(ctx, "--secret", "id=s,env=HIST_SECRET",
+                               "--build-arg", f"ALSO={secret}")
     assert code == 1
     ref = env.refs()[0]
     found = [p for p in (env.root / "history").rglob("*")
@@ -332,6 +333,7 @@ def test_secrets_appear_nowhere_in_the_history(env, monkeypatch):
     assert not any(secret in text for text in outputs)
     logs = outputs[4]
     assert "token-is-****" in logs and "\n#4 " in logs and "****" in outputs[2]
+    assert {"Name": "ALSO", "Value": "****"} in json.loads(outputs[3])["BuildArgs"]
 
 
 def test_interrupted_build_is_recorded_as_canceled(env):
