@@ -4,12 +4,23 @@ its store, and ``pybk history`` runs there, on its unix socket and over ``tcp://
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 
 import pytest
 from support.engine import need_runc
 from support.pybkd import BASE_CONFIG, CLIENT, Pybkd, client_env, free_port
+
+
+@pytest.fixture(scope="session")
+def registry_required():
+    """The Distribution registry the remote build pulls from: a skip without it, a failure
+    under ``CI=true``."""
+    from support.registry import registry_available
+
+    if not registry_available() and os.environ.get("CI") == "true":
+        pytest.fail("Distribution registry not installed (CI=true: required)")
 
 
 @pytest.fixture
@@ -68,7 +79,8 @@ def test_history_through_pybkd_unix_and_tcp(daemon, tmp_path, busybox_layout):
     assert list((daemon.root / "history").iterdir()) == []
 
 
-def test_secret_of_a_remote_build_is_not_recorded(daemon, tmp_path, busybox_ref):
+def test_secret_of_a_remote_build_is_not_recorded(registry_required, busybox_ref, daemon,
+                                                  tmp_path):
     """A build over tcp:// reads its secret through the session; its record has ``****``
     where a step printed it, and the value is nowhere in the daemon's store."""
     secret = "remote-s3cr3t-41a7"
