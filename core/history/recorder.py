@@ -161,7 +161,7 @@ class Recorder:
                                     and not s.vertex.error),
             num_cached_steps=sum(1 for s in steps if s.vertex.cached),
             num_warnings=num_warnings, exporters=tuple(self.exporters),
-            provenance=tuple(p["predicateType"] for p in self.provenance),
+            provenance=tuple(dict.fromkeys(p["predicateType"] for p in self.provenance)),
             log_bytes=kept, log_bytes_dropped=dropped)
         details = {"steps": rendered,
                    "warnings": [_warning_json(w, secrets) for w in warnings],
