@@ -301,6 +301,14 @@ def test_history_commands_text_and_json(env):
                           ((), "choose one of ls, inspect, logs, rm, export")):
         code, out, err = env.pybk("history", *args)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    # a long name (buildx's BUILDKIT_BUILD_NAME) is shortened from the left unless --no-trunc
+    long_name = "a-rather-long-build-name-" + "x" * 30
+    assert env.build(ctx, "--build-arg", f"BUILDKIT_BUILD_NAME={long_name}")[0] == 0
+    named = env.refs()[0]
+    table = env.pybk("history", "ls")[1]
+    assert f"..{long_name[-34:]}   Completed" in table and long_name not in table
+    assert f"{named}   {long_name}   Completed" in env.pybk("history", "ls", "--no-trunc")[1]
+    assert env.pybk("history", "rm", named)[0] == 0
     # rm by prefix, then --all
     assert env.pybk("history", "rm", oldest[:8])[0] == 0
     assert oldest not in env.refs() and newest in env.refs()
