@@ -27,6 +27,8 @@ REASONS = {
     "pybk.core.solver": "solving the cached definition (every vertex a cache hit)",
     "pybk.core.store": "the store: sqlite records, snapshots, leases, cache mounts",
     "pybk.core.progress": "progress events the solver emits (quiet only hides them)",
+    "pybk.core.history": "the build's history record: a progress sink, one small file written "
+                         "when the build ends ([history] retention applied then)",
     "pybk.core.images": "the image exporter's layers and chain ids",
     "pybk.core.fs": "syncing and checksumming the build context (a stat walk when unchanged)",
     "pybk.core.cli": "the command line",

@@ -526,6 +526,27 @@ def _du_arguments(du: argparse.ArgumentParser) -> None:
                     help="what the configured GC policies would do to each record now, and why")
 
 
+def _history_arguments(parser: argparse.ArgumentParser) -> None:
+    """``pybk history ls|inspect|logs|rm|export`` (buildx's ``history`` commands)."""
+    sub = parser.add_subparsers(dest="history_command", metavar="WHAT", parser_class=_Parser)
+    ref_help = "a build ref, a unique prefix of one, ^N (N builds before the newest) or latest"
+    ls = sub.add_parser("ls", help="list build records")
+    ls.add_argument("--format", default="table", metavar="table|json")
+    ls.add_argument("--no-trunc", action="store_true", help="do not shorten names")
+    inspect = sub.add_parser("inspect", help="inspect a build record")
+    inspect.add_argument("ref", nargs="?", default="latest", help=ref_help)
+    inspect.add_argument("--format", default="pretty", metavar="pretty|json")
+    logs = sub.add_parser("logs", help="print the logs of a build record")
+    logs.add_argument("ref", nargs="?", default="latest", help=ref_help)
+    logs.add_argument("--progress", default="plain", metavar="plain|rawjson")
+    rm = sub.add_parser("rm", help="remove build records")
+    rm.add_argument("refs", nargs="*", metavar="REF", help=ref_help)
+    rm.add_argument("--all", action="store_true", help="remove every build record")
+    export = sub.add_parser("export", help="write a build record to a file (JSON)")
+    export.add_argument("ref", nargs="?", default="latest", help=ref_help)
+    export.add_argument("-o", "--output", required=True, metavar="FILE|-")
+
+
 def _file_argument(default: str | None) -> Callable[[argparse.ArgumentParser], None]:
     def add(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("file", nargs="?", default=default)
@@ -557,6 +578,8 @@ COMMANDS: tuple[Command | _PluginCommands, ...] = (
     PLUGIN_COMMANDS,
     Command("prune", "remove build cache records", cmd_prune, _prune_arguments),
     Command("du", "disk usage of the build cache", cmd_du, _du_arguments),
+    Command("history", "build records: ls, inspect, logs, rm, export",
+            "pybk.core.cli.history:history_command", _history_arguments),
     Command("debug", "inspect configuration, LLB, Dockerfiles and workers", cmd_debug),
 )
 

@@ -6,6 +6,7 @@ here first: a bad flag is exit 2 before anything is sent.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,12 @@ def _run(argv: list[str], transport: Callable[[], Any]) -> int:
     if command == "debug" and rest and (rest[0] in _LOCAL_DEBUG or (
             rest[0] == "config" and any(not a.startswith("-") for a in rest[1:]))):
         return main(argv)  # reads a file of this machine and needs no daemon
+    export_to = None
+    if command == "history" and rest[:1] == ["export"]:
+        argv, export_to = _export_here(argv, at)
     client = Client(argv, command=command, debug="--debug" in argv[:at])
+    if export_to is not None:
+        return _run_export(client, transport, export_to)
     client.connect(transport())
     try:
         request = None
@@ -84,3 +90,44 @@ def _run(argv: list[str], transport: Callable[[], Any]) -> int:
         client.abandon()
         raise
     return client.run(start)
+
+
+def _export_here(argv: list[str], at: int) -> tuple[list[str], str | None]:
+    """``pybk history export … -o FILE`` through a session: the daemon writes the record to
+    standard output (``-o -``) and this process writes FILE, on the client's side."""
+    out = list(argv)
+    for i in range(at + 2, len(out)):
+        arg = out[i]
+        if arg in ("-o", "--output") and i + 1 < len(out):
+            path, out[i + 1] = out[i + 1], "-"
+        elif arg.startswith("--output="):
+            path, out[i] = arg.partition("=")[2], "--output=-"
+        elif arg.startswith("-o") and len(arg) > 2 and not arg.startswith("--"):
+            path, out[i] = arg[2:].removeprefix("="), "-o-"
+        else:
+            continue
+        return (out, None) if path == "-" else (out, path)
+    return out, None
+
+
+def _run_export(client: Client, transport: Callable[[], Any], path: str) -> int:
+    """Run the export with its standard output in ``path`` (0600; removed if it fails)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory", flag="--output")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}", flag="--output") from None
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        client.stdout = f
+        client.connect(transport())
+        try:
+            start = client.start_frame(None)
+        except BaseException:
+            client.abandon()
+            raise
+        code = client.run(start)
+    if code != 0:
+        os.unlink(path)
+    return code

@@ -244,6 +244,15 @@ def _layout_digest(layout: str, ref: str) -> str:
 def source_excerpt(definition: Any, vertex: str | None, context: int = 2) -> str | None:
     """``Dockerfile:N`` and the lines around it for a failed vertex, from the definition's
     source map (None when the vertex has no location)."""
+    found = source_location(definition, vertex, context)
+    return found[3] if found is not None else None
+
+
+def source_location(definition: Any, vertex: str | None,
+                    context: int = 2) -> tuple[str, int, int, str] | None:
+    """``(file name, first line, last line, excerpt)`` of a failed vertex, from the
+    definition's source map (None when the vertex has no location); the excerpt is
+    ``Dockerfile:N`` and the lines around it."""
     source = getattr(definition, "source", None)
     if source is None or vertex is None or vertex not in source.locations:
         return None
@@ -261,7 +270,7 @@ def source_excerpt(definition: Any, vertex: str | None, context: int = 2) -> str
         for number in range(max(first - context, 1), min(last + context, len(lines)) + 1):
             mark = ">>>" if first <= number <= last else "   "
             shown.append(f" {number:>{width}} | {mark} {lines[number - 1]}".rstrip())
-        return "\n".join([where, rule, *shown, rule])
+        return info.filename, first, last, "\n".join([where, rule, *shown, rule])
     return None
 
 
@@ -469,6 +478,11 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
         opts["requestid"] = "frontend.lint"
     client = Client(root=root, config=config)
     collect = False
+    recorder = None if request.print_llb else start_record(
+        root, config, started=started, frontend=name, attrs=opts,
+        context=client_dirs["context"], build_file=build_file)
+    failure: BaseException | None = None
+    location = None
     try:
         bridge = LocalBridge(image_resolve_mode=opts.get("image-resolve-mode"),
                              local_dirs=local_dirs, oci_layouts=oci_layouts, config=config,
@@ -478,6 +492,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
             result = solve_frontend(name, frontend_cls, opts, bridge, root)
         for message in bridge.warnings:
             print(f"WARNING: {message}", file=sys.stderr)
+        if recorder is not None:
+            recorder.frontend_warnings(bridge.warnings)
         if "requestid" in opts:
             status = int(bytes(result.metadata.get("result.statuscode", b"0")) or 0)
             text = bytes(result.metadata.get("result.txt", b"")).decode()
@@ -489,6 +505,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
                 # as buildx prints it: the frontend's JSON and a newline
                 text = bytes(result.metadata["result.json"]).decode() + "\n"
             (sys.stderr if status else sys.stdout).write(text)
+            if status:  # recorded as a failed build (lint errors: --check)
+                failure = BuildError(text.strip().split("\n", 1)[0] or f"status {status}")
             return status
         if request.print_llb:
             from pybk.core.llb.dump import dump_llb
@@ -500,32 +518,78 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
         graphs = platform_graphs(result.metadata)
         provenance = build_provenance(request, name, opts, local_dirs, started=started,
                                       inputs=inputs)
+        options = solve_options(request, provenance, inputs)
+        if recorder is not None:
+            recorder.secrets = options["secrets"]
         try:
             if graphs is None:
                 solved = client.solve(
                     result.definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
                     image_config=result.image_config, resolved_images=bridge.resolved_images,
-                    **solve_options(request, provenance, inputs))
+                    history=recorder, **options)
             else:
                 solved = client.solve_platforms(
                     graphs, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
-                    resolved_images=bridge.resolved_images,
-                    **solve_options(request, provenance, inputs))
+                    resolved_images=bridge.resolved_images, history=recorder, **options)
         except BuildError as exc:
             vertex = getattr(exc, "vertex", None)
             definitions = [result.definition] if graphs is None else [
                 definition for definition, _ in graphs.values()]
-            where = next(filter(None, (source_excerpt(d, vertex) for d in definitions)), None)
-            if where is None:
+            location = next(filter(None, (source_location(d, vertex) for d in definitions)),
+                            None)
+            if location is None:
                 raise
-            raise SolveError(f"{exc}\n{where}", vertex=vertex) from None
+            raise SolveError(f"{exc}\n{location[3]}", vertex=vertex) from None
+        record_outputs(recorder, request, solved, provenance)
         inputs.finish_outputs(request, solved)
         collect = True
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        _finish(client, collect=collect)
+        try:
+            end_record(recorder, failure, location)
+        finally:
+            _finish(client, collect=collect)
     return 0
+
+
+def start_record(root: str, config: Any, *, started: float, frontend: str,
+                 attrs: Mapping[str, str], context: str, build_file: str) -> Any:
+    """The build's history record (:class:`pybk.core.history.recorder.Recorder`), kept as
+    ``[history]`` says."""
+    from pybk.core.history.recorder import Recorder
+
+    recorder = Recorder(root, max_age=float(config.history.max_age),
+                        max_entries=config.history.max_entries)
+    recorder.created_at = started
+    recorder.frontend = frontend
+    recorder.frontend_attrs = dict(attrs)
+    recorder.context = context
+    recorder.dockerfile = build_file
+    return recorder
+
+
+def record_outputs(recorder: Any, request: BuildRequest, solved: Any, provenance: Any) -> None:
+    """The outputs (and the provenance, when one was made) of a solved build, for its record."""
+    if recorder is None:
+        return
+    recorder.outputs(request.outputs, list(solved.metadata.get("exporter.responses", ())))
+    if provenance is not None:
+        recorder.add_provenance(provenance, solved)
+
+
+def end_record(recorder: Any, failure: BaseException | None, location: Any) -> None:
+    """Write the build's history record; a record that cannot be written is a warning, never
+    the build's failure."""
+    if recorder is None:
+        return
+    try:
+        recorder.finish(failure, location=location)
+    except Exception as exc:  # noqa: BLE001 - the build's outcome stands
+        print(f"WARNING: the build's history record was not written: {exc}", file=sys.stderr)
 
 
 @_counted
@@ -556,13 +620,26 @@ def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path:
             oci_layouts[ctx.name] = ctx.value.split("@", 1)[0]
     client = Client(root=root, config=config)
     collect = False
+    recorder = start_record(root, config, started=time.time(), frontend="", attrs={},
+                            context=os.path.abspath(request.context) if request.context else "",
+                            build_file=request.llb or "")
+    failure: BaseException | None = None
     try:
         provenance = build_provenance(request, "", {}, local_dirs, inputs=inputs)
+        options = solve_options(request, provenance, inputs)
+        recorder.secrets = options["secrets"]
         result = client.solve(definition, local_dirs=inputs.local_dirs(local_dirs),
                               oci_layouts=oci_layouts, no_cache=request.no_cache,
-                              **solve_options(request, provenance, inputs))
+                              history=recorder, **options)
+        record_outputs(recorder, request, result, provenance)
         inputs.finish_outputs(request, result)
         collect = True
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        _finish(client, collect=collect)
+        try:
+            end_record(recorder, failure, None)
+        finally:
+            _finish(client, collect=collect)
     return 0

@@ -169,14 +169,15 @@ class Client:
               oci_layouts: Mapping[str, str] | None = None, request: Any = None,
               export_info: Mapping[str, Any] | None = None,
               cache_imports: Sequence[Any] = (), cache_exports: Sequence[Any] = (),
-              resolved_images: Mapping[tuple[str, str | None], Any] | None = None) -> Any:
+              resolved_images: Mapping[tuple[str, str | None], Any] | None = None,
+              history: Callable[[SolveStatus], None] | None = None) -> Any:
         """Solve ``graph`` (a State, a Definition or its bytes); see :meth:`asolve`."""
         return asyncio.run(self.asolve(
             graph, local_dirs=local_dirs, secrets=secrets, ssh=ssh, entitlements=entitlements,
             no_cache=no_cache, progress=progress, outputs=outputs, image_config=image_config,
             oci_layouts=oci_layouts, request=request, export_info=export_info,
             cache_imports=cache_imports, cache_exports=cache_exports,
-            resolved_images=resolved_images))
+            resolved_images=resolved_images, history=history))
 
     async def asolve(self, graph: Any, *, local_dirs: Mapping[str, str] | None = None,
                      secrets: Mapping[str, bytes] | None = None,
@@ -189,7 +190,8 @@ class Client:
                      export_info: Mapping[str, Any] | None = None,
                      cache_imports: Sequence[Any] = (),
                      cache_exports: Sequence[Any] = (),
-                     resolved_images: Mapping[tuple[str, str | None], Any] | None = None
+                     resolved_images: Mapping[tuple[str, str | None], Any] | None = None,
+                     history: Callable[[SolveStatus], None] | None = None
                      ) -> Any:
         """Build ``graph`` and return a :class:`pybk.core.solver.results.SolveResult`.
 
@@ -218,6 +220,9 @@ class Client:
         :param resolved_images: ``{(reference, platform): ResolvedImage}`` the frontend of this
             build resolved (:class:`pybk.core.engine.build.LocalBridge`); image sources with
             the same reference and platform use them instead of resolving again.
+        :param history: the build's history record
+            (:class:`pybk.core.history.recorder.Recorder`): it sees every progress update,
+            whatever ``progress`` shows.
         :returns: the result; ``result.metadata["exporter.responses"]`` lists each output's
             response (``containerimage.digest`` …) in order, ``["cache.responses"]`` each cache
             export's.
@@ -228,7 +233,7 @@ class Client:
             entitlements=entitlements, no_cache=no_cache, progress=progress, outputs=outputs,
             oci_layouts=oci_layouts, request=request, export_info=export_info,
             cache_imports=cache_imports, cache_exports=cache_exports,
-            resolved_images=resolved_images)
+            resolved_images=resolved_images, history=history)
 
     def solve_platforms(self, graphs: Mapping[str, tuple[Any, Mapping[str, Any] | None]],
                         **options: Any) -> Any:
@@ -253,7 +258,8 @@ class Client:
                      export_info: Mapping[str, Any] | None = None,
                      cache_imports: Sequence[Any] = (),
                      cache_exports: Sequence[Any] = (),
-                     resolved_images: Mapping[tuple[str, str | None], Any] | None = None
+                     resolved_images: Mapping[tuple[str, str | None], Any] | None = None,
+                     history: Callable[[SolveStatus], None] | None = None
                      ) -> Any:
         """One build: solve each graph (concurrently), then run the exports and cache exports
         once over the result (a MultiPlatformResult when ``multi``)."""
@@ -274,7 +280,8 @@ class Client:
                                          for c in cache_exports])
         modes = {e.mode for e in cache_to if not _is_inline(e)}
         renderers, sinks = progress_sinks(progress)
-        bus = Progress(*sinks, *renderers, lambda status: hook.pybk_progress(event=status))
+        bus = Progress(*sinks, *renderers, lambda status: hook.pybk_progress(event=status),
+                       *((history,) if history is not None else ()))
         hook.pybk_build_started(request=request)
         result: Any = None
         # the build's lease and locks keep what it found or made until the exports and cache
@@ -346,6 +353,14 @@ class Client:
 
         if self._worker is None:
             return []
+        try:
+            from pybk.core.history.store import HistoryStore
+
+            HistoryStore(self.root).prune(max_age=float(self.config.history.max_age),
+                                          max_entries=self.config.history.max_entries)
+        except Exception:
+            logging.getLogger(__name__).warning("pruning the build history failed",
+                                                exc_info=True)
         store = self._worker.store
         try:
             disk = os.statvfs(store.root)

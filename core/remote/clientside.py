@@ -119,6 +119,8 @@ class Client:
         self.renderer: Any = None
         self.code: int | None = None
         self.llb = b""
+        #: where the command's standard output goes (None: this process's)
+        self.stdout: Any = None
 
     # -- the request -----------------------------------------------------------------------
 
@@ -251,8 +253,9 @@ class Client:
     def _handle(self, header: dict[str, Any], data: bytes) -> None:
         kind = header.get("t")
         if kind == "stdout":
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            out = self.stdout if self.stdout is not None else sys.stdout.buffer
+            out.write(data)
+            out.flush()
         elif kind == "stderr":
             sys.stderr.buffer.write(data)
             sys.stderr.buffer.flush()

@@ -228,6 +228,11 @@ class SessionSecrets(Mapping[str, bytes]):
     def __len__(self) -> int:
         return len(self._ids)
 
+    def fetched(self) -> dict[str, bytes]:
+        """The secrets asked for so far (what the build's history record redacts: one never
+        fetched was never in a step)."""
+        return dict(self._values)
+
     def __repr__(self) -> str:
         return f"SessionSecrets({self._ids!r})"
 
