@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import types
 import typing
@@ -138,9 +137,6 @@ BEHAVIOUR: dict[str, tuple[str, ...]] = {
                        f"{_LIMITS}::test_config_keys_set_the_limits"),
 }
 
-#: node ids of tests that arrive with work merged separately: a missing file is accepted
-#: unless $PYBK_CHECK_PENDING_TESTS is set
-PENDING = ("tests/history/",)
 
 #: values that pass a key's checks, for keys whose type alone does not give one
 SAMPLES: dict[str, Any] = {
@@ -347,11 +343,6 @@ def node_exists(node_id: str) -> bool:
     return name.split("[", 1)[0] in _test_names(file)
 
 
-def pending(node_id: str) -> bool:
-    return (node_id.startswith(PENDING) and not os.environ.get("PYBK_CHECK_PENDING_TESTS")
-            and not (REPO / node_id.partition("::")[0]).exists())
-
-
 # --------------------------------------------------------------------------------------------
 # The tests
 # --------------------------------------------------------------------------------------------
@@ -397,7 +388,7 @@ def test_a_key_that_is_acted_on_loads_without_a_warning(key):
 
 def test_every_behaviour_test_exists():
     missing = [(key, node) for key, nodes in BEHAVIOUR.items() for node in nodes
-               if not node_exists(node) and not pending(node)]
+               if not node_exists(node)]
     assert missing == []
     assert all(nodes for nodes in BEHAVIOUR.values())
 
@@ -453,7 +444,7 @@ def test_docs_table_has_every_key_and_every_supported_row_names_its_tests():
             named = re.findall(r"`([^`]+::[^`]+)`", status)
             assert named, f"{key.name}: supported without a test"
             assert key.name in BEHAVIOUR and set(named) == set(BEHAVIOUR[key.name]), key.name
-            assert all(node_exists(n) or pending(n) for n in named), key.name
+            assert all(node_exists(n) for n in named), key.name
         else:
             assert status.startswith("accepted, warns: ") and key.warns, (key.name, status)
     assert all(rows[k.name] == docs_status(k) for k in every_key()), (
