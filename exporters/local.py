@@ -13,6 +13,7 @@ from typing import Any
 from pybk.core.converter import setting
 from pybk.core.errors import UsageError
 from pybk.core.fs.copytree import copy_tree
+from pybk.core.fs.files import output_file
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
 from pybk.core.model import Model
 
@@ -154,32 +155,32 @@ class _TarInstance(ExporterInstance):
 
     def export(self, result: BuildResultView, info: Mapping[str, Any]) -> ExportResponse:
         dest = self.options.dest
-        out = sys.stdout.buffer if dest == "-" else open(dest + ".tmp", "wb")  # noqa: SIM115
-        try:
-            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for subdir, one in split_results(result, self.options.platform_split):
-                    with one.mount() as root:
-                        if subdir:
-                            tar.add(root, arcname=subdir, recursive=False)
-                        for dirpath, dirnames, filenames in os.walk(root):
-                            dirnames.sort()
-                            for name in sorted(dirnames) + sorted(filenames):
-                                path = os.path.join(dirpath, name)
-                                arcname = os.path.join(subdir, os.path.relpath(path, root))
-                                tar.add(path, arcname=arcname, recursive=False)
-                        attestation = provenance_file(info, one, root,
-                                                      self.options.attestation_prefix)
-                    if attestation is not None:
-                        name, body = attestation
-                        member = tarfile.TarInfo(os.path.join(subdir, name))
-                        member.size, member.mode = len(body), 0o644
-                        tar.addfile(member, io.BytesIO(body))
-        finally:
-            if out is not sys.stdout.buffer:
-                out.close()
-        if dest != "-":
-            os.replace(dest + ".tmp", dest)
+        if dest == "-":
+            self._write(result, info, sys.stdout.buffer)
+        else:
+            with output_file(dest) as out:
+                self._write(result, info, out)
         return ExportResponse({})
+
+    def _write(self, result: BuildResultView, info: Mapping[str, Any], out: Any) -> None:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for subdir, one in split_results(result, self.options.platform_split):
+                with one.mount() as root:
+                    if subdir:
+                        tar.add(root, arcname=subdir, recursive=False)
+                    for dirpath, dirnames, filenames in os.walk(root):
+                        dirnames.sort()
+                        for name in sorted(dirnames) + sorted(filenames):
+                            path = os.path.join(dirpath, name)
+                            arcname = os.path.join(subdir, os.path.relpath(path, root))
+                            tar.add(path, arcname=arcname, recursive=False)
+                    attestation = provenance_file(info, one, root,
+                                                  self.options.attestation_prefix)
+                if attestation is not None:
+                    name, body = attestation
+                    member = tarfile.TarInfo(os.path.join(subdir, name))
+                    member.size, member.mode = len(body), 0o644
+                    tar.addfile(member, io.BytesIO(body))
 
 
 class TarExporter(Exporter):

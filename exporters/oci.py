@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from pybk.core.errors import UsageError
+from pybk.core.fs.files import output_file
 from pybk.core.images.store import NAME_ANNOTATION, REF_NAME_ANNOTATION
 from pybk.core.interfaces import BuildResultView, Exporter, ExporterInstance, ExportResponse
 from pybk.core.registry import OCI_INDEX
@@ -178,15 +179,9 @@ class _ArchiveInstance(ExporterInstance):
                           index_annotations=annotations)
             sys.stdout.buffer.flush()
         else:
-            tmp = f"{dest}.{os.getpid()}.tmp"
-            try:
-                with open(tmp, "wb") as out:
-                    write_archive(image, names, out, docker=self.docker,
-                                  index_annotations=annotations)
-                os.replace(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with output_file(dest) as out:
+                write_archive(image, names, out, docker=self.docker,
+                              index_annotations=annotations)
         return ExportResponse(image.response(names))
 
 

@@ -9,6 +9,8 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from pybk.core.errors import BuildError
 
@@ -156,3 +158,28 @@ def private_file(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def output_file(dest: str) -> Iterator[BinaryIO]:
+    """A file object writing an output file ``dest`` (a tarball, an archive): into a temporary
+    file beside it, renamed over ``dest`` once complete (nothing half-written is left under its
+    name); when ``dest`` is a character device, a FIFO or a socket (``/dev/null``,
+    ``/dev/stdout``, a named pipe), straight into it: renaming over it would replace the
+    device node with a regular file."""
+    try:
+        special = not stat.S_ISREG(os.stat(dest).st_mode) and not os.path.isdir(dest)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(dest, "wb") as out:
+            yield out
+        return
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as out:
+            yield out
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -35,7 +35,8 @@ def store(tmp_path):
         (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.bin /a.bin\nCOPY b.txt /b.txt\n")
         (ctx / "a.bin").write_bytes(os.urandom(size))
         (ctx / "b.txt").write_text(name)
-        _pybk(tmp_path / "store", "build", "-q", "-o", "type=tar,dest=/dev/null", str(ctx))
+        _pybk(tmp_path / "store", "build", "-q", "-o", f"type=tar,dest={tmp_path}/{name}.tar",
+              str(ctx))
     return tmp_path / "store"
 
 
