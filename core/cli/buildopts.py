@@ -193,6 +193,11 @@ def parse_ssh(value: str) -> SSHSpec:
     for path in paths:
         if not os.path.exists(path):
             raise UsageError(f"{sid}: {path} does not exist", flag=flag)
+    if paths:
+        from pybk.core.engine.sshagent import classify, load_keys
+
+        if classify(paths, sid) is None:
+            load_keys(paths)  # each file named is a key the agent can use (checked here)
     return SSHSpec(sid, paths)
 
 

@@ -325,6 +325,13 @@ def solve_options(request: BuildRequest, provenance: Any = None,
     }
 
 
+def _close_agents(options: Mapping[str, Any]) -> None:
+    """Stop the SSH agents a build's key files were served by (see :meth:`BuildInputs.ssh`)."""
+    close = getattr(options.get("ssh"), "close", None)
+    if close is not None:
+        close()
+
+
 def cache_exports(request: BuildRequest) -> tuple[Any, ...]:
     """``--cache-to``, plus an inline cache when the build arg ``BUILDKIT_INLINE_CACHE`` is
     true (buildx's shorthand for ``--cache-to type=inline``)."""
@@ -451,19 +458,19 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
         graphs = platform_graphs(result.metadata)
         provenance = build_provenance(request, name, opts, local_dirs, started=started,
                                       inputs=inputs)
+        options = solve_options(request, provenance, inputs)
         try:
             if graphs is None:
                 solved = client.solve(
                     result.definition, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
                     image_config=result.image_config, resolved_images=bridge.resolved_images,
-                    **solve_options(request, provenance, inputs))
+                    **options)
             else:
                 solved = client.solve_platforms(
                     graphs, local_dirs=local_dirs, oci_layouts=oci_layouts,
                     no_cache=request.no_cache and not request.no_cache_filter,
-                    resolved_images=bridge.resolved_images,
-                    **solve_options(request, provenance, inputs))
+                    resolved_images=bridge.resolved_images, **options)
         except BuildError as exc:
             vertex = getattr(exc, "vertex", None)
             definitions = [result.definition] if graphs is None else [
@@ -472,6 +479,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
             if where is None:
                 raise
             raise SolveError(f"{exc}\n{where}", vertex=vertex) from None
+        finally:
+            _close_agents(options)
         inputs.finish_outputs(request, solved)
         collect = True
     finally:
@@ -509,9 +518,12 @@ def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path:
     collect = False
     try:
         provenance = build_provenance(request, "", {}, local_dirs, inputs=inputs)
-        result = client.solve(definition, local_dirs=inputs.local_dirs(local_dirs),
-                              oci_layouts=oci_layouts, no_cache=request.no_cache,
-                              **solve_options(request, provenance, inputs))
+        options = solve_options(request, provenance, inputs)
+        try:
+            result = client.solve(definition, local_dirs=inputs.local_dirs(local_dirs),
+                                  oci_layouts=oci_layouts, no_cache=request.no_cache, **options)
+        finally:
+            _close_agents(options)
         inputs.finish_outputs(request, result)
         collect = True
     finally:
