@@ -450,6 +450,37 @@ def test_ssh_agent_is_forwarded_from_the_client(remote, pki, python_ref, tmp_pat
     assert (tmp_path / "out" / "reply").read_bytes() == b"agent saw hello"
 
 
+def test_ssh_key_files_are_served_by_the_client(remote, pki, busybox_ref, tmp_path):
+    """``--ssh default=KEY`` through a remote daemon: the agent holding the key runs in the
+    client, the step's ``ssh-add -l`` lists it and its ``ssh-keygen -Y sign`` signs through
+    it; the daemon's store and log never see the key."""
+    import shutil
+
+    from support.openssh import fingerprint, keygen, require_openssh, tools_tree, verify
+
+    require_runc()
+    require_openssh()
+    key = keygen(tmp_path / "id_ed25519", "ed25519", comment="remote@build")
+    ctx = tmp_path / "ctx"
+    tools_tree(ctx / "tools")
+    shutil.copy(f"{key}.pub", ctx / "signer.pub")
+    (ctx / "message").write_bytes(os.urandom(32))
+    (ctx / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nCOPY tools/ /\nCOPY signer.pub message /work/\n"
+        "RUN --mount=type=ssh ssh-add -l > /keys.txt && cd /work "
+        "&& ssh-keygen -Y sign -f signer.pub -n file message\n"
+        "FROM scratch\nCOPY --from=0 /keys.txt /work/message.sig /\n")
+    done = remote.pybk("build", "--no-cache", "--ssh", f"default={key}", "-o",
+                       f"type=local,dest={tmp_path / 'out'}", str(ctx), tls=_good(pki))
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert (tmp_path / "out" / "keys.txt").read_text().splitlines() == [fingerprint(key)]
+    checked = verify(ctx / "signer.pub", ctx / "message", tmp_path / "out" / "message.sig")
+    assert checked.returncode == 0, checked.stderr
+    for line in key.read_bytes().splitlines()[1:-1]:
+        assert _contains(remote.root, line) == []
+        assert line not in remote.log.read_bytes()
+
+
 def _sleeping_build(remote: RemoteDaemon, pki: PKI, busybox_ref: str,
                     tmp_path: Path) -> tuple[subprocess.Popen, bytes]:
     """A remote build whose RUN step has started (its own output seen, not its header) and
