@@ -12,7 +12,8 @@ nothing of them is written anywhere. The agent speaks the SSH agent protocol
 (``SSH2_AGENTC_SIGN_REQUEST``) with Ed25519, ECDSA (nistp256/384/521) and RSA keys, RSA with
 ``rsa-sha2-256``/``rsa-sha2-512`` when the client asks for them (``ssh-rsa``, SHA-1, otherwise).
 Like BuildKit's agent it is read-only: adding, removing and locking keys and extensions are
-answered ``SSH_AGENT_FAILURE``.
+answered ``SSH_AGENT_FAILURE``. An agent socket is forwarded the same way, read-only
+(:class:`ForwardingAgent`), unless ``raw=true`` asks for the socket as it is.
 
 An encrypted key is refused (a build cannot ask for a passphrase): the message names the file
 and says to load it into an agent with ``ssh-add`` instead.
@@ -306,6 +307,54 @@ class KeyAgent:
         return theirs
 
 
+class ForwardingAgent:
+    """An agent socket's requests relayed read-only, as BuildKit does unless ``raw=true``:
+    listing identities and signing reach the agent at ``path``; anything else (adding,
+    removing, locking, extensions) is answered ``SSH_AGENT_FAILURE`` without reaching it."""
+
+    FORWARDED = (SSH2_AGENTC_REQUEST_IDENTITIES, SSH2_AGENTC_SIGN_REQUEST)
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def serve(self, conn: socket.socket) -> None:
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(OSError), conn, upstream:
+            upstream.settimeout(5)
+            upstream.connect(self.path)
+            upstream.settimeout(None)
+            while True:
+                head = _recv_exactly(conn, 4)
+                if head is None:
+                    return
+                (size,) = struct.unpack(">I", head)
+                if size > MAX_MESSAGE:
+                    return
+                message = _recv_exactly(conn, size)
+                if message is None:
+                    return
+                if not message or message[0] not in self.FORWARDED:
+                    conn.sendall(struct.pack(">IB", 1, SSH_AGENT_FAILURE))
+                    continue
+                upstream.sendall(head + message)
+                reply_head = _recv_exactly(upstream, 4)
+                if reply_head is None:
+                    return
+                (reply_size,) = struct.unpack(">I", reply_head)
+                if reply_size > MAX_MESSAGE:
+                    return
+                reply = _recv_exactly(upstream, reply_size)
+                if reply is None:
+                    return
+                conn.sendall(reply_head + reply)
+
+    def connect(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        threading.Thread(target=self.serve, args=(ours,), daemon=True,
+                         name="pybk-ssh-agent").start()
+        return theirs
+
+
 def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
     data = b""
     while len(data) < size:
@@ -317,9 +366,10 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
 
 
 class AgentSocket:
-    """A :class:`KeyAgent` listening on a unix socket (mode 0600) in a private directory."""
+    """A :class:`KeyAgent` (or :class:`ForwardingAgent`) listening on a unix socket (mode
+    0600) in a private directory."""
 
-    def __init__(self, agent: KeyAgent):
+    def __init__(self, agent: KeyAgent | ForwardingAgent):
         self.agent = agent
         self.directory = tempfile.mkdtemp(prefix="pybk-agent-")  # mode 0700
         self.path = os.path.join(self.directory, "agent.sock")
@@ -359,18 +409,28 @@ class AgentSockets(dict):
             self.servers.pop().close()
 
 
+def spec_agent(spec: Any) -> KeyAgent | ForwardingAgent | None:
+    """What serves one ``--ssh`` (``SSHSpec``): a :class:`KeyAgent` over its key files, a
+    read-only :class:`ForwardingAgent` to the socket it names (default ``$SSH_AUTH_SOCK``), or
+    None for a socket forwarded as it is (``raw=true``)."""
+    paths = spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),)
+    socket_path = classify(paths, spec.id) if spec.paths else paths[0]
+    if socket_path is None:
+        return KeyAgent(load_keys(paths))
+    return None if getattr(spec, "raw", False) else ForwardingAgent(socket_path)
+
+
 def agent_sockets(specs: Iterable[Any]) -> AgentSockets:
-    """The agent socket of each ``--ssh`` spec (``SSHSpec``): the socket it names (default
-    ``$SSH_AUTH_SOCK``) or an in-memory agent over its key files."""
+    """The agent socket of each ``--ssh`` spec (``SSHSpec``): one this process serves (see
+    :func:`spec_agent`), or the socket it names with ``raw=true``."""
     sockets = AgentSockets()
     try:
         for spec in specs:
-            paths = spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),)
-            socket_path = classify(paths, spec.id) if spec.paths else paths[0]
-            if socket_path is not None:
-                sockets[spec.id] = socket_path
+            agent = spec_agent(spec)
+            if agent is None:
+                sockets[spec.id] = spec.paths[0]
                 continue
-            server = AgentSocket(KeyAgent(load_keys(paths)))
+            server = AgentSocket(agent)
             sockets.servers.append(server)
             sockets[spec.id] = server.path
     except BaseException:

@@ -114,7 +114,7 @@ class Client:
         self.listings: dict[int, Any] = {}
         self._listing_ids = itertools.count(1)
         self.channels: dict[int, socket.socket] = {}
-        #: ``--ssh`` ids served from key files by an agent of this process
+        #: ``--ssh`` ids served by an agent of this process (key files, read-only relays)
         self.agents: dict[str, Any] = {}
         self.outputs: dict[int, _Output] = {}
         self.responses: list[Any] = []
@@ -351,13 +351,15 @@ class Client:
     # -- ssh ----------------------------------------------------------------------------------
 
     def _load_agents(self, request: Any) -> None:
-        """An in-memory agent for each ``--ssh`` given key files (the keys stay here: the
-        daemon's step reaches them through the session, like an agent socket's)."""
-        from pybk.core.engine.sshagent import KeyAgent, classify, load_keys
+        """What serves each ``--ssh`` here: an in-memory agent over key files (the keys stay
+        here: the daemon's step reaches them through the session), or the read-only relay to
+        an agent socket (none with ``raw=true``: the socket's bytes as they are)."""
+        from pybk.core.engine.sshagent import spec_agent
 
         for spec in request.ssh:
-            if spec.paths and classify(spec.paths, spec.id) is None:
-                self.agents[spec.id] = KeyAgent(load_keys(spec.paths))
+            agent = spec_agent(spec)
+            if agent is not None:
+                self.agents[spec.id] = agent
 
     def _ssh_open(self, header: dict[str, Any]) -> None:
         channel = header.get("id")

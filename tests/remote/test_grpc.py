@@ -426,6 +426,7 @@ AGENT_CLIENT = ("import os, socket; s = socket.socket(socket.AF_UNIX); "
 
 
 def test_ssh_agent_is_forwarded_from_the_client(remote, pki, python_ref, tmp_path):
+    """``raw=true``: the agent socket's bytes as they are (no agent protocol spoken)."""
     require_runc()
     agent_path = tmp_path / "agent.sock"
     agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -443,7 +444,7 @@ def test_ssh_agent_is_forwarded_from_the_client(remote, pki, python_ref, tmp_pat
     (ctx / "Dockerfile").write_text(
         f'FROM {python_ref}\nRUN --mount=type=ssh python3 -c "{AGENT_CLIENT}"\n'
         "FROM scratch\nCOPY --from=0 /reply /\n")
-    done = remote.pybk("build", "--no-cache", "--ssh", f"default={agent_path}", "-o",
+    done = remote.pybk("build", "--no-cache", "--ssh", f"default={agent_path},raw=true", "-o",
                        f"type=local,dest={tmp_path / 'out'}", str(ctx), tls=_good(pki))
     agent.close()
     assert done.returncode == 0, done.stderr.decode()[-3000:]

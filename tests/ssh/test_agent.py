@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from support.openssh import (
@@ -148,12 +149,60 @@ def test_a_directory_of_keys(keys, tmp_path):
         sockets.close()
 
 
-def test_an_agent_socket_is_forwarded_as_it_is(tmp_path):
+@pytest.fixture
+def ssh_agent(tmp_path):
+    """A real ``ssh-agent`` on a socket of its own (stopped afterwards)."""
+    require_openssh()
+    if not shutil.which("ssh-agent"):
+        pytest.skip("ssh-agent missing")
+    path = tmp_path / "real-agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(path)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if path.exists():
+                break
+            time.sleep(0.025)
+        yield str(path)
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_an_agent_socket_is_relayed_read_only(ssh_agent, keys, tmp_path):
+    """As BuildKit (``raw=false``): the step lists and signs through the user's agent, but
+    cannot add, remove or lock its keys."""
+    assert ssh_add(ssh_agent, str(keys[0])).returncode == 0
+    sockets = agent_sockets([SSHSpec("default", (ssh_agent,))])
+    relayed = sockets["default"]
+    try:
+        assert relayed != ssh_agent
+        assert ssh_add(relayed, "-l").stdout.strip() == fingerprint(keys[0])
+        message = tmp_path / "message"
+        message.write_bytes(b"relayed")
+        public = _public_only(keys[0], tmp_path)
+        assert sign_with_agent(relayed, public, message).returncode == 0
+        assert verify(public, message, tmp_path / "message.sig").returncode == 0
+        assert ssh_add(relayed, str(keys[1])).returncode != 0
+        assert ssh_add(relayed, "-D").returncode != 0
+        # SSH_AGENTC_LOCK (22) with a passphrase: refused, and the user's agent stays unlocked
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(relayed)
+        conn.sendall(b"\0\0\0\x07\x16\0\0\0\x02pw")
+        assert conn.recv(10) == b"\0\0\0\x01\x05"
+        conn.close()
+    finally:
+        sockets.close()
+    # the user's agent is as it was
+    assert ssh_add(ssh_agent, "-l").stdout.strip() == fingerprint(keys[0])
+
+
+def test_raw_forwards_the_socket_as_it_is(tmp_path):
     path = tmp_path / "agent.sock"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
     try:
-        sockets = agent_sockets([SSHSpec("default", (str(path),))])
+        sockets = agent_sockets([SSHSpec("default", (str(path),), raw=True)])
         assert sockets == {"default": str(path)} and sockets.servers == []
     finally:
         listener.close()
@@ -195,6 +244,10 @@ def test_unusable_keys_exit_2_naming_the_file(keys, tmp_path):
     listener.bind(str(tmp_path / "a.sock"))
     try:
         _bad(tmp_path, f"default={tmp_path / 'a.sock'},{keys[0]}", "cannot be combined")
+        _bad(tmp_path, f"default={tmp_path / 'a.sock'},raw=maybe", "invalid value for 'raw'")
+        _bad(tmp_path, f"default={tmp_path / 'a.sock'},{tmp_path / 'a.sock'},raw=true",
+             "exactly one socket path")
+        _bad(tmp_path, f"default={keys[0]},raw=true", "only supported with socket paths")
     finally:
         listener.close()
     # no line of the key file is in the message

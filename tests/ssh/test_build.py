@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,41 @@ def test_key_files_through_pybkd_on_a_unix_socket(busybox_layout, tmp_path):
         assert b"Traceback" not in bad.stderr
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_users_agent_is_read_only_to_a_step(store, busybox_layout, tmp_path):
+    """``--ssh default`` ($SSH_AUTH_SOCK, a real ssh-agent): the step lists the agent's key
+    but its ``ssh-add -D`` is refused, and the agent keeps its key."""
+    key = keygen(tmp_path / "id_ed25519", "ed25519", comment="user@agent")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.025)
+        assert subprocess.run(["ssh-add", str(key)], env=agent_env(str(sock)),
+                              capture_output=True).returncode == 0
+        ctx = tmp_path / "ctx"
+        tools_tree(ctx / "tools")
+        (ctx / "Dockerfile").write_text(
+            "FROM busybox\nCOPY tools/ /\n"
+            "RUN --mount=type=ssh ssh-add -l > /keys.txt; "
+            "ssh-add -D 2> /delete.txt; echo $? >> /delete.txt\n"
+            "FROM scratch\nCOPY --from=0 /keys.txt /delete.txt /\n")
+        out = tmp_path / "out"
+        env = agent_env(str(sock))
+        done = subprocess.run(
+            [sys.executable, "-m", "pybk.core.cli.entry", "--root", str(store), "build",
+             "--no-cache", "--build-context", f"busybox=oci-layout://{busybox_layout}",
+             "--ssh", "default", "-o", f"type=local,dest={out}", str(ctx)],
+            capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (out / "keys.txt").read_text().splitlines() == [fingerprint(key)]
+        assert (out / "delete.txt").read_text().splitlines()[-1] != "0"
+        kept = subprocess.run(["ssh-add", "-l"], env=env, capture_output=True, text=True)
+        assert kept.stdout.splitlines() == [fingerprint(key)]
+    finally:
+        agent.terminate()
+        agent.wait(10)
