@@ -15,6 +15,7 @@ import base64
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from support.engine import need_runc
@@ -164,3 +165,36 @@ def test_add_of_a_private_http_file(server, store, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "f.txt").read_text() == "private file\n"
     _nowhere(store, out, done, FILE_TOKEN)
+
+
+def test_which_secret_becomes_which_header(tmp_path, server):
+    """BuildKit's lookup order and forms, and the explicit ``http.authheadersecret`` of an LLB
+    http source (fetched from the server with the header it makes)."""
+    from pybk.core.errors import BuildError
+    from pybk.core.solver import sources
+
+    attrs = {"git.authheadersecret": "GIT_AUTH_HEADER", "git.authtokensecret": "GIT_AUTH_TOKEN"}
+    url = "https://git.example.com:8443/team/app.git"
+    every = {"GIT_AUTH_HEADER.git.example.com:8443": b"h-host", "GIT_AUTH_TOKEN.git.example.com:8443": b"t",
+             "GIT_AUTH_HEADER": b"h", "GIT_AUTH_TOKEN": b"t2"}
+    header, names = sources.git_auth(url, attrs, every)
+    assert header == "h-host" and names[0] == "GIT_AUTH_HEADER.git.example.com:8443"
+    del every["GIT_AUTH_HEADER.git.example.com:8443"]
+    assert sources.git_auth(url, attrs, every)[0] == "basic " + base64.b64encode(
+        b"x-access-token:t").decode()
+    assert sources.git_auth("git@git.example.com:team/app.git", attrs, every) == (None, [])
+    assert sources._auth_env("https://github.com/o/r.git", "h")["GIT_CONFIG_KEY_0"] == \
+        "http.https://github.com/.extraheader"
+    assert sources._auth_env(url, "h")["GIT_CONFIG_KEY_0"] == f"http.{url}.extraheader"
+    # http: the explicit secret, else HTTP_AUTH_TOKEN_<hostname> (Bearer) over the header
+    file_url = f"{server.url}/files/private.txt"
+    explicit = {"http.authheadersecret": "MY_HEADER"}
+    with pytest.raises(BuildError, match="failed to retrieve HTTP auth secret MY_HEADER"):
+        sources.http_auth(file_url, explicit, {})
+    auth = sources.http_auth(file_url, explicit, {"MY_HEADER": b"Bearer header-9c3d"})
+    _, path = sources.fetch_http(file_url, tmp_path / "dl", auth=auth)
+    assert Path(path).read_bytes() == b"private file\n"
+    assert sources.http_auth(file_url, {}, {"HTTP_AUTH_HEADER_127.0.0.1": b"x",
+                                            "HTTP_AUTH_TOKEN_127.0.0.1": b"y"}) == "Bearer y"
+    with pytest.raises(BuildError, match="401"):
+        sources.fetch_http(file_url, tmp_path / "dl2")

@@ -19,7 +19,7 @@ TOOLS = ("ssh-add", "ssh-keygen")
 
 
 def require_openssh() -> None:
-    missing = [tool for tool in TOOLS if not shutil.which(tool)]
+    missing = [tool for tool in (*TOOLS, "ssh-agent") if not shutil.which(tool)]
     if missing:
         skip_or_fail(f"{', '.join(missing)} missing (apt-get install openssh-client)")
 
