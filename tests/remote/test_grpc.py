@@ -482,6 +482,40 @@ def test_ssh_key_files_are_served_by_the_client(remote, pki, busybox_ref, tmp_pa
         assert line not in remote.log.read_bytes()
 
 
+def test_private_git_source_with_the_clients_token(remote, pki, tmp_path):
+    """``ADD`` of a private repository through a remote daemon: the token is the client's
+    secret, asked through the session; the files arrive and the token is nowhere in the
+    daemon's store or log."""
+    import base64
+
+    from support.githttp import GitHTTPServer, bare_repo, require_git_http_backend
+
+    require_runc()
+    require_git_http_backend()
+    (tmp_path / "repos").mkdir()
+    server = GitHTTPServer(tmp_path / "repos")
+    try:
+        bare_repo(tmp_path / "repos", "app.git", {"hello.txt": "remote private\n"})
+        token = "rtok-3b9e7d21c4"
+        server.private.add("app.git")
+        server.accepted.add("basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode())
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM scratch\nADD {server.url}/app.git /src\n")
+        (tmp_path / "token").write_text(token)
+        args = ("build", "--no-cache", "-o", f"type=local,dest={tmp_path / 'out'}", str(ctx))
+        refused = remote.pybk(*args, tls=_good(pki))
+        assert refused.returncode == 1 and b"GIT_AUTH_TOKEN" in refused.stderr
+        done = remote.pybk("build", "--secret", f"id=GIT_AUTH_TOKEN,src={tmp_path / 'token'}",
+                           *args[1:], tls=_good(pki))
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        assert (tmp_path / "out" / "src" / "hello.txt").read_text() == "remote private\n"
+        assert _contains(remote.root, token.encode()) == []
+        assert token.encode() not in remote.log.read_bytes()
+    finally:
+        server.close()
+
+
 def _sleeping_build(remote: RemoteDaemon, pki: PKI, busybox_ref: str,
                     tmp_path: Path) -> tuple[subprocess.Popen, bytes]:
     """A remote build whose RUN step has started (its own output seen, not its header) and
