@@ -534,17 +534,9 @@ class BuildRunner(OpRunner, LayerUnpacker):
             a = src.attrs
             if scheme == "git":
                 remote, ref, subdir = _parse_git(src.identifier, a)
-                keep = a.get("git.keepgitdir") == "true"
-                skip = a.get("git.skipsubmodules") == "true"
-                auth, names = await asyncio.to_thread(sources.git_auth, remote, a,
-                                                      self.session.secrets)
-                commit = await asyncio.to_thread(
-                    sources.fetch_git, remote, ref, work, keep_git_dir=keep, subdir=subdir,
-                    checksum=a.get("git.checksum") or None, auth_header=auth,
-                    auth_secrets=names, submodules=not skip,
-                    cache_dir=os.path.join(self.store.root, "git"))
-                identity = {"commit": commit, "subdir": subdir or "", "keep": keep,
-                            **({"skipsubmodules": True} if skip else {})}
+                _, identity = await asyncio.to_thread(
+                    sources.git_source, remote, ref, subdir, work, a, self.session.secrets,
+                    self.session.ssh, os.path.join(self.store.root, "git"))
             else:
                 headers = {k[len("http.header."):]: v for k, v in a.items()
                            if k.startswith("http.header.")}

@@ -24,7 +24,7 @@ from typing import Any
 from pybk.core.errors import BuildError
 from pybk.core.fs.files import private_dir
 
-__all__ = ["fetch_git", "fetch_http", "git_auth", "http_auth"]
+__all__ = ["fetch_git", "fetch_http", "git_auth", "git_source", "http_auth"]
 
 _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
@@ -152,7 +152,8 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
               keep_git_dir: bool = False, subdir: str | None = None,
               checksum: str | None = None, cache_dir: str | os.PathLike[str],
               auth_header: str | None = None, auth_secrets: Sequence[str] = (),
-              submodules: bool = True) -> str:
+              submodules: bool = True, ssh_sock: str | None = None,
+              known_hosts: str | None = None) -> str:
     """Check out ``ref`` (branch, tag, full commit sha, or ``None``/"" for HEAD) of ``url``.
 
     ``dest_dir`` (created, must be absent or empty) receives the tree — or only ``subdir`` of
@@ -161,7 +162,9 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
     commit sha. ``auth_header``: the ``Authorization`` header for the remote (:func:`git_auth`;
     ``auth_secrets`` the secret names that were looked for, named when the server refuses
     the fetch). ``submodules``: check them out (``git submodule update --init --recursive
-    --depth=1``), as BuildKit does unless ``git.skipsubmodules``.
+    --depth=1``), as BuildKit does unless ``git.skipsubmodules``. ``ssh_sock``: the SSH agent
+    git's ssh authenticates with (``git.mountsshsock``; no key file is used); ``known_hosts``:
+    the only host keys ssh accepts (``git.knownsshhosts``; none given: any, as BuildKit).
 
     Fetches of one URL are serialised by a lock under ``cache_dir/locks`` (across threads and
     processes): git cannot update one shallow repository concurrently.
@@ -186,6 +189,12 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
         raise BuildError(f"git checkout destination {dest} is not empty")
     parent = os.path.dirname(os.path.abspath(dest))
     work = tempfile.mkdtemp(prefix=".git-checkout-", dir=parent)
+    hosts_file = None
+    if known_hosts:
+        fd, hosts_file = tempfile.mkstemp(prefix=".known-hosts-", dir=parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(known_hosts if known_hosts.endswith("\n") else known_hosts + "\n")
+    auth_env.update(_ssh_env(ssh_sock, hosts_file))
     try:
         with Locks(os.path.join(cache, "locks")).lock(name):
             _bare_cache(bare)
@@ -195,7 +204,7 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
             if is_sha and _has_commit(bare, ref):
                 fetched = commit = ref
             else:
-                _fetch(bare, url, ref, shown, auth_env, auth_secrets)
+                _fetch(bare, url, ref, shown, auth_env, auth_secrets, bool(auth_header))
                 fetched, commit = _git(
                     ["-C", bare, "rev-parse", "FETCH_HEAD", "FETCH_HEAD^{commit}"],
                     what=f"failed to resolve {ref} of {shown}").split()
@@ -222,7 +231,43 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
             os.rename(os.path.join(source, entry), os.path.join(dest, entry))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if hosts_file is not None:
+            os.unlink(hosts_file)
     return commit
+
+
+def _ssh_env(sock: str | None, hosts_file: str | None) -> dict[str, str]:
+    """git's ssh: no configuration file, no key file and no prompt; the agent ``sock`` (none:
+    no agent at all) and the host keys of ``hosts_file`` (none: any host, recorded nowhere)."""
+    command = "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=none"
+    if hosts_file:
+        command += f" -o UserKnownHostsFile={hosts_file} -o StrictHostKeyChecking=yes"
+    else:
+        command += " -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"
+    return {"GIT_SSH_COMMAND": command, "SSH_AUTH_SOCK": sock or "", "GIT_SSH_VARIANT": "ssh"}
+
+
+def git_source(remote: str, ref: str | None, subdir: str | None, dest: str,
+               attrs_: Mapping[str, str], secrets: Mapping[str, bytes],
+               agents: Mapping[str, str], cache_dir: str) -> tuple[str, dict[str, Any]]:
+    """A git source op's checkout (its ``git.*`` attributes, the build's secrets and SSH
+    agents): ``(commit, what identifies the result)``."""
+    keep = attrs_.get("git.keepgitdir") == "true"
+    skip = attrs_.get("git.skipsubmodules") == "true"
+    sock = None
+    if attrs_.get("git.mountsshsock"):
+        sock = agents.get(attrs_["git.mountsshsock"])
+        if sock is None:
+            raise BuildError(f"no SSH key {attrs_['git.mountsshsock']!r} forwarded from the "
+                             f"client (--ssh) to fetch {_redact(remote)}")
+    auth, names = git_auth(remote, attrs_, secrets)
+    commit = fetch_git(remote, ref, dest, keep_git_dir=keep, subdir=subdir,
+                       checksum=attrs_.get("git.checksum") or None, auth_header=auth,
+                       auth_secrets=names, submodules=not skip, ssh_sock=sock,
+                       known_hosts=attrs_.get("git.knownsshhosts") or None,
+                       cache_dir=cache_dir)
+    return commit, {"commit": commit, "subdir": subdir or "", "keep": keep,
+                    **({"skipsubmodules": True} if skip else {})}
 
 
 def _has_commit(bare: str, sha: str) -> bool:
@@ -237,14 +282,14 @@ def _has_commit(bare: str, sha: str) -> bool:
 
 
 def _fetch(bare: str, url: str, ref: str, shown: str, auth_env: Mapping[str, str],
-           auth_secrets: Sequence[str]) -> None:
+           auth_secrets: Sequence[str], authenticated: bool) -> None:
     try:
         _git(["-C", bare, "fetch", "-q", "--depth=1", "--no-tags", "--force", url, ref],
              env=auth_env, what=f"failed to fetch {ref} from {shown}")
     except BuildError as exc:
         text = str(exc).lower()
         if auth_secrets and any(sign in text for sign in _AUTH_FAILED):
-            given = "the credentials given were refused" if auth_env else (
+            given = "the credentials given were refused" if authenticated else (
                 "no credentials were given: pass a secret named "
                 + " or ".join(dict.fromkeys(auth_secrets)) + " (--secret id=NAME,env=VAR)")
             raise BuildError(f"{exc} ({given})") from None
