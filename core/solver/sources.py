@@ -64,9 +64,25 @@ def _git(args: list[str], *, cwd: str | None = None, env: Mapping[str, str] | No
     except FileNotFoundError:
         raise BuildError("git is not installed: it is needed for git sources") from None
     if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        raise BuildError(f"{what}: {detail}")
+        raise BuildError(f"{what}: {_git_error(proc.stderr) or f'exit code {proc.returncode}'}")
     return proc.stdout
+
+
+#: git's closing advice after a failed remote command (it says nothing of the cause)
+_GIT_BOILERPLATE = ("fatal: Could not read from remote repository.",
+                    "Please make sure you have the correct access rights",
+                    "and the repository exists.")
+_USERINFO = re.compile(r"(\w+://)[^/@\s']+@")
+
+
+def _git_error(stderr: str) -> str:
+    """What a failed git command said: its last line, or for a remote command the lines before
+    git's closing advice (ssh's "Host key verification failed." …); credentials in URLs
+    removed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    cause = [line for line in lines if line not in _GIT_BOILERPLATE]
+    text = "; ".join(cause[-3:]) if len(cause) < len(lines) else (lines[-1] if lines else "")
+    return _USERINFO.sub(r"\1", text)
 
 
 def _bare_cache(bare: str) -> None:
@@ -189,12 +205,10 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
         raise BuildError(f"git checkout destination {dest} is not empty")
     parent = os.path.dirname(os.path.abspath(dest))
     work = tempfile.mkdtemp(prefix=".git-checkout-", dir=parent)
-    hosts_file = None
-    if known_hosts:
-        fd, hosts_file = tempfile.mkstemp(prefix=".known-hosts-", dir=parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(known_hosts if known_hosts.endswith("\n") else known_hosts + "\n")
-    auth_env.update(_ssh_env(ssh_sock, hosts_file))
+    fd, hosts_file = tempfile.mkstemp(prefix=".known-hosts-", dir=parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(known_hosts.rstrip("\n") + "\n" if known_hosts else "")
+    auth_env.update(_ssh_env(ssh_sock, hosts_file, pinned=bool(known_hosts)))
     try:
         with Locks(os.path.join(cache, "locks")).lock(name):
             _bare_cache(bare)
@@ -231,19 +245,17 @@ def fetch_git(url: str, ref: str | None, dest_dir: str | os.PathLike[str], *,
             os.rename(os.path.join(source, entry), os.path.join(dest, entry))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if hosts_file is not None:
-            os.unlink(hosts_file)
+        os.unlink(hosts_file)
     return commit
 
 
-def _ssh_env(sock: str | None, hosts_file: str | None) -> dict[str, str]:
+def _ssh_env(sock: str | None, hosts_file: str, *, pinned: bool) -> dict[str, str]:
     """git's ssh: no configuration file, no key file and no prompt; the agent ``sock`` (none:
-    no agent at all) and the host keys of ``hosts_file`` (none: any host, recorded nowhere)."""
-    command = "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=none"
-    if hosts_file:
-        command += f" -o UserKnownHostsFile={hosts_file} -o StrictHostKeyChecking=yes"
-    else:
-        command += " -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"
+    no agent at all); the host keys of ``hosts_file`` only when ``pinned``, else any host key
+    (as BuildKit without known hosts), recorded only in that file, removed afterwards."""
+    command = ("ssh -F none -o BatchMode=yes -o IdentityFile=none -o GlobalKnownHostsFile=none"
+               f" -o UserKnownHostsFile={hosts_file}"
+               f" -o StrictHostKeyChecking={'yes' if pinned else 'no'}")
     return {"GIT_SSH_COMMAND": command, "SSH_AUTH_SOCK": sock or "", "GIT_SSH_VARIANT": "ssh"}
 
 
