@@ -6,6 +6,7 @@ key offered and accepted is recorded (``accepted``, as ``ssh-keygen -lf`` finger
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import shlex
 import socket
@@ -102,20 +103,15 @@ def _upload_pack(channel, repo: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
     def feed() -> None:
-        try:
+        with contextlib.suppress(OSError):
             while True:
                 data = channel.recv(65536)
                 if not data:
                     break
                 proc.stdin.write(data)
                 proc.stdin.flush()
-        except OSError:
-            pass
-        finally:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
     threading.Thread(target=feed, daemon=True).start()
     while True:
