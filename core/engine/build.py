@@ -312,9 +312,8 @@ def solve_options(request: BuildRequest, provenance: Any = None,
     info = export_info(request, inputs)
     if provenance is not None:
         info["provenance"] = provenance
-    return {
+    options = {
         "secrets": inputs.secrets(request),
-        "ssh": inputs.ssh(request),
         "entitlements": entitlement_names(request),
         "progress": inputs.progress(progress_mode(request)),
         "outputs": list(request.outputs),
@@ -323,6 +322,8 @@ def solve_options(request: BuildRequest, provenance: Any = None,
         "cache_imports": request.cache_from,
         "cache_exports": cache_exports(request),
     }
+    options["ssh"] = inputs.ssh(request)  # last: agents started here are stopped by the caller
+    return options
 
 
 def _close_agents(options: Mapping[str, Any]) -> None:

@@ -516,6 +516,40 @@ def test_private_git_source_with_the_clients_token(remote, pki, tmp_path):
         server.close()
 
 
+def test_git_over_ssh_signs_with_the_clients_key(remote, pki, tmp_path):
+    """``ADD ssh://…`` through a remote daemon with ``--ssh default=KEY``: the daemon's git
+    reaches the agent the client runs over its key file, through the session."""
+    import base64
+
+    from support.githttp import bare_repo, require_git_http_backend
+    from support.gitssh import GitSSHServer, require_paramiko
+    from support.openssh import keygen, require_openssh
+
+    require_runc()
+    require_openssh()
+    require_git_http_backend()
+    require_paramiko()
+    (tmp_path / "repos").mkdir()
+    server = GitSSHServer(tmp_path / "repos", keygen(tmp_path / "host_key"))
+    try:
+        bare_repo(tmp_path / "repos", "app.git", {"hello.txt": "remote over ssh\n"})
+        key = keygen(tmp_path / "id_ed25519")
+        server.authorized.add(base64.b64decode(key.with_suffix(".pub").read_text().split()[1]))
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(
+            f"FROM scratch\nADD ssh://git@127.0.0.1:{server.port}/app.git /src\n")
+        done = remote.pybk("build", "--no-cache", "--ssh", f"default={key}", "-o",
+                           f"type=local,dest={tmp_path / 'out'}", str(ctx), tls=_good(pki))
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        assert (tmp_path / "out" / "src" / "hello.txt").read_text() == "remote over ssh\n"
+        assert server.accepted
+        for line in key.read_bytes().splitlines()[1:-1]:
+            assert _contains(remote.root, line) == []
+    finally:
+        server.close()
+
+
 def _sleeping_build(remote: RemoteDaemon, pki: PKI, busybox_ref: str,
                     tmp_path: Path) -> tuple[subprocess.Popen, bytes]:
     """A remote build whose RUN step has started (its own output seen, not its header) and
