@@ -176,6 +176,9 @@ def load_key(path: str) -> Identity:
     )
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or lie
+            raise UsageError(f"{path} is neither an SSH private key file nor an agent socket",
+                             flag=_FLAG)
         with open(path, "rb") as f:
             data = f.read(MAX_KEY_FILE + 1)
     except OSError as exc:

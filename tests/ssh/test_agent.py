@@ -235,6 +235,9 @@ def test_unusable_keys_exit_2_naming_the_file(keys, tmp_path):
     broken.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n"
                       "-----END OPENSSH PRIVATE KEY-----\n")
     _bad(tmp_path, f"default={broken}", str(broken), "not a valid SSH private key")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    _bad(tmp_path, f"default={fifo}", str(fifo), "neither an SSH private key file")
     empty = tmp_path / "empty-dir"
     empty.mkdir()
     _bad(tmp_path, f"default={empty}", str(empty), "no SSH private key")
