@@ -52,7 +52,7 @@ def _public_only(key, tmp_path):
     """The public half of ``key`` alone in a directory (no private key next to it)."""
     folder = tmp_path / f"pub-{key.name}"
     folder.mkdir(parents=True)
-    shutil.copy(f"{key}.pub", folder / "signer.pub")
+    shutil.copy(key.with_suffix(".pub") if key.suffix else f"{key}.pub", folder / "signer.pub")
     return folder / "signer.pub"
 
 
@@ -254,3 +254,36 @@ def test_unusable_keys_exit_2_naming_the_file(keys, tmp_path):
     # no line of the key file is in the message
     said = _build(tmp_path, "--ssh", f"default={encrypted}").stderr
     assert not any(line in said for line in encrypted.read_text().splitlines()[1:-1])
+
+
+def test_pem_keys_pkcs8_and_sec1(tmp_path):
+    """PEM forms besides OpenSSH's: PKCS#8 (Ed25519, RSA) and SEC1 (ECDSA), listed with the
+    fingerprints ``ssh-keygen -lf`` gives their public keys, and signing for real."""
+    require_openssh()
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    made = {"pkcs8-ed25519": (ed25519.Ed25519PrivateKey.generate(), ser.PrivateFormat.PKCS8),
+            "pkcs8-rsa": (rsa.generate_private_key(65537, 2048), ser.PrivateFormat.PKCS8),
+            "sec1-ecdsa": (ec.generate_private_key(ec.SECP256R1()),
+                           ser.PrivateFormat.TraditionalOpenSSL)}
+    paths = []
+    for name, (key, form) in made.items():
+        path = tmp_path / name
+        path.write_bytes(key.private_bytes(ser.Encoding.PEM, form, ser.NoEncryption()))
+        path.with_suffix(".pub").write_bytes(key.public_key().public_bytes(
+            ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH) + b" " + name.encode() + b"\n")
+        paths.append(path)
+    server = AgentSocket(KeyAgent(load_keys([str(p) for p in paths])))
+    try:
+        listed = [line.split()[1] for line in ssh_add(server.path, "-l").stdout.splitlines()]
+        assert listed == [fingerprint(p.with_suffix(".pub")).split()[1] for p in paths]
+        message = tmp_path / "message"
+        message.write_bytes(b"pem")
+        for path in paths:
+            public = _public_only(path, tmp_path)
+            assert sign_with_agent(server.path, public, message).returncode == 0
+            assert verify(public, message, tmp_path / "message.sig").returncode == 0
+            (tmp_path / "message.sig").unlink()
+    finally:
+        server.close()
