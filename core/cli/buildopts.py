@@ -179,21 +179,41 @@ def parse_secret(value: str) -> SecretSpec:
 _SSH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+_GO_BOOL = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+            **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False)}
+
+
 def parse_ssh(value: str) -> SSHSpec:
-    """``default``, ``ID=SOCKET``, ``ID=KEY[,KEY]``."""
+    """``default``, ``ID=SOCKET[,raw=BOOL]``, ``ID=KEY[,KEY]`` (buildctl's syntax)."""
     flag = "--ssh"
     sid, sep, rest = value.partition("=")
     if not _SSH_ID.match(sid):
         raise UsageError(f"invalid ssh id {sid!r}", flag=flag)
-    paths = tuple(p for p in split_csv(rest, flag=flag) if p) if sep else ()
-    if sep and not paths:
+    items = [p for p in split_csv(rest, flag=flag) if p] if sep else []
+    raw = False
+    for item in [i for i in items if i.startswith("raw=")]:
+        if item[4:] not in _GO_BOOL:
+            raise UsageError(f"invalid value for 'raw': {item[4:]!r} (true or false)", flag=flag)
+        raw = _GO_BOOL[item[4:]]
+        items.remove(item)
+    paths = tuple(items)
+    if sep and not paths and not raw:
         raise UsageError(f"{value!r}: expected a socket or key path after '='", flag=flag)
+    if raw and len(paths) != 1:
+        raise UsageError(f"raw mode must supply exactly one socket path for {sid!r}", flag=flag)
     if not paths and not os.environ.get("SSH_AUTH_SOCK"):
         raise UsageError(f"{sid}: no path given and SSH_AUTH_SOCK is not set", flag=flag)
     for path in paths:
         if not os.path.exists(path):
             raise UsageError(f"{sid}: {path} does not exist", flag=flag)
-    return SSHSpec(sid, paths)
+    if paths:
+        from pybk.core.engine.sshagent import classify, load_keys
+
+        if classify(paths, sid) is None:
+            if raw:
+                raise UsageError(f"{sid}: raw mode only supported with socket paths", flag=flag)
+            load_keys(paths)  # each file named is a key the agent can use (checked here)
+    return SSHSpec(sid, paths, raw)
 
 
 _CONTEXT_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_./:-]*$")

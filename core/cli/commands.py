@@ -203,7 +203,7 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     a("--build-arg", action="append", default=[], metavar="K=V")
     a("--build-context", action="append", default=[], metavar="NAME=VALUE")
     a("--secret", action="append", default=[], metavar="id=ID[,src=PATH|env=VAR]")
-    a("--ssh", action="append", default=[], metavar="default|ID[=SOCKET|KEY]")
+    a("--ssh", action="append", default=[], metavar="default|ID[=SOCKET|KEY[,KEY...]|DIR]")
     a("-o", "--output", action="append", default=[], metavar="type=TYPE[,k=v]")
     a("--push", action="store_true", help="shorthand for --output type=registry")
     a("--load", action="store_true", help="shorthand for --output type=docker")

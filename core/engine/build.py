@@ -361,9 +361,8 @@ def solve_options(request: BuildRequest, provenance: Any = None,
     info = export_info(request, inputs)
     if provenance is not None:
         info["provenance"] = provenance
-    return {
+    options = {
         "secrets": inputs.secrets(request),
-        "ssh": inputs.ssh(request),
         "entitlements": entitlement_names(request),
         "progress": inputs.progress(progress_mode(request)),
         "outputs": list(request.outputs),
@@ -372,6 +371,15 @@ def solve_options(request: BuildRequest, provenance: Any = None,
         "cache_imports": request.cache_from,
         "cache_exports": cache_exports(request),
     }
+    options["ssh"] = inputs.ssh(request)  # last: agents started here are stopped by the caller
+    return options
+
+
+def _close_agents(options: Mapping[str, Any]) -> None:
+    """Stop the SSH agents a build's key files were served by (see :meth:`BuildInputs.ssh`)."""
+    close = getattr(options.get("ssh"), "close", None)
+    if close is not None:
+        close()
 
 
 def cache_exports(request: BuildRequest) -> tuple[Any, ...]:
@@ -542,6 +550,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
             if location is None:
                 raise
             raise SolveError(f"{exc}\n{location[3]}", vertex=vertex) from None
+        finally:
+            _close_agents(options)
         record_outputs(recorder, request, solved, provenance)
         inputs.finish_outputs(request, solved)
         collect = True
@@ -628,9 +638,12 @@ def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path:
         provenance = build_provenance(request, "", {}, local_dirs, inputs=inputs)
         options = solve_options(request, provenance, inputs)
         recorder.secrets = options["secrets"]
-        result = client.solve(definition, local_dirs=inputs.local_dirs(local_dirs),
-                              oci_layouts=oci_layouts, no_cache=request.no_cache,
-                              history=recorder, **options)
+        try:
+            result = client.solve(definition, local_dirs=inputs.local_dirs(local_dirs),
+                                  oci_layouts=oci_layouts, no_cache=request.no_cache,
+                                  history=recorder, **options)
+        finally:
+            _close_agents(options)
         record_outputs(recorder, request, result, provenance)
         inputs.finish_outputs(request, result)
         collect = True

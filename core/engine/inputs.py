@@ -55,8 +55,11 @@ class BuildInputs:
         return {s.id: s.read() for s in request.secrets}
 
     def ssh(self, request: Any) -> Mapping[str, str]:
-        return {spec.id: (spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),))[0]
-                for spec in request.ssh}
+        """``{ssh id: agent socket}``: the socket a ``--ssh`` names, or an agent this process
+        serves over its key files (stopped by the mapping's ``close()``)."""
+        from pybk.core.engine.sshagent import agent_sockets
+
+        return agent_sockets(request.ssh)
 
     def environ(self, name: str) -> str | None:
         """A documented build input read from the client's environment

@@ -57,10 +57,12 @@ class SecretSpec:
 
 @dataclass(frozen=True, slots=True)
 class SSHSpec:
-    """One ``--ssh``: an id and agent sockets or key files (empty = ``$SSH_AUTH_SOCK``)."""
+    """One ``--ssh``: an id and agent sockets or key files (empty = ``$SSH_AUTH_SOCK``);
+    ``raw``: the socket forwarded as it is (not through the read-only relay)."""
 
     id: str
     paths: tuple[str, ...] = ()
+    raw: bool = False
 
 
 @dataclass(frozen=True, slots=True)

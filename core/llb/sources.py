@@ -156,14 +156,16 @@ def git(
     full_url = None
     remote = url
     scheme, sep, rest = url.partition("://")
-    is_http = False
+    is_http = is_ssh = False
     if sep:
         full_url = url
         remote = rest.split("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
         is_http = scheme in ("http", "https")
+        is_ssh = scheme == "ssh"
     elif m := _SCP_RE.match(url):
         full_url = url
         remote = f"{m.group('host')}/{m.group('path')}"
+        is_ssh = True
     identifier = "git://" + remote
     if ref or subdir:
         identifier += "#" + (ref or "")
@@ -174,7 +176,8 @@ def git(
         "git.keepgitdir": "true" if keep_git_dir else None,
         "git.checksum": checksum,
         "git.knownsshhosts": known_ssh_hosts,
-        "git.mountsshsock": mount_ssh_sock,
+        # BuildKit: an SSH remote is fetched with the build's "default" agent unless told
+        "git.mountsshsock": mount_ssh_sock or ("default" if is_ssh else None),
         "git.skipsubmodules": "true" if skip_submodules else None,
     }
     if is_http:

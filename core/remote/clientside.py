@@ -114,6 +114,8 @@ class Client:
         self.listings: dict[int, Any] = {}
         self._listing_ids = itertools.count(1)
         self.channels: dict[int, socket.socket] = {}
+        #: ``--ssh`` ids served by an agent of this process (key files, read-only relays)
+        self.agents: dict[str, Any] = {}
         self.outputs: dict[int, _Output] = {}
         self.responses: list[Any] = []
         self.renderer: Any = None
@@ -157,6 +159,7 @@ class Client:
             self.dirs.add(os.path.dirname(request.file) if request.file else request.context)
         self.dirs.update(c.value for c in contexts if c.kind == "local")
         self.request = request
+        self._load_agents(request)
         mode = "quiet" if request.quiet else request.progress
         if mode != "quiet":  # quiet: nothing to render, nothing to import
             from pybk.core.progress.ui import make_renderer
@@ -350,18 +353,33 @@ class Client:
 
     # -- ssh ----------------------------------------------------------------------------------
 
+    def _load_agents(self, request: Any) -> None:
+        """What serves each ``--ssh`` here: an in-memory agent over key files (the keys stay
+        here: the daemon's step reaches them through the session), or the read-only relay to
+        an agent socket (none with ``raw=true``: the socket's bytes as they are)."""
+        from pybk.core.engine.sshagent import spec_agent
+
+        for spec in request.ssh:
+            agent = spec_agent(spec)
+            if agent is not None:
+                self.agents[spec.id] = agent
+
     def _ssh_open(self, header: dict[str, Any]) -> None:
         channel = header.get("id")
         spec = next((s for s in self.request.ssh if s.id == header.get("ssh")), None)
         path = ((spec.paths or (os.environ.get("SSH_AUTH_SOCK", ""),))[0] if spec is not None
                 else "")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-        except OSError:
-            sock.close()
-            self.send({"t": "ssh-close", "id": channel})
-            return
+        agent = self.agents.get(spec.id) if spec is not None else None
+        if agent is not None:
+            sock = agent.connect()
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                self.send({"t": "ssh-close", "id": channel})
+                return
         self.channels[channel] = sock  # type: ignore[index]
 
         def pump() -> None:

@@ -532,17 +532,17 @@ class BuildRunner(OpRunner, LayerUnpacker):
             a = src.attrs
             if scheme == "git":
                 remote, ref, subdir = _parse_git(src.identifier, a)
-                keep = a.get("git.keepgitdir") == "true"
-                commit = await asyncio.to_thread(
-                    sources.fetch_git, remote, ref, work, keep_git_dir=keep, subdir=subdir,
-                    checksum=a.get("git.checksum") or None,
-                    cache_dir=os.path.join(self.store.root, "git"))
-                identity = {"commit": commit, "subdir": subdir or "", "keep": keep}
+                _, identity = await asyncio.to_thread(
+                    sources.git_source, remote, ref, subdir, work, a, self.session.secrets,
+                    self.session.ssh, os.path.join(self.store.root, "git"))
             else:
                 headers = {k[len("http.header."):]: v for k, v in a.items()
                            if k.startswith("http.header.")}
+                auth = await asyncio.to_thread(sources.http_auth, src.identifier, a,
+                                               self.session.secrets)
                 digest, _ = await asyncio.to_thread(
                     sources.fetch_http, src.identifier, work, checksum=a.get("http.checksum"),
+                    auth=auth,
                     filename=a.get("http.filename"), perm=_perm(a.get("http.perm")),
                     uid=_int(a.get("http.uid")), gid=_int(a.get("http.gid")),
                     etag_cache=os.path.join(self.store.root, "http"), headers=headers)

@@ -56,6 +56,23 @@ def parse_git_ref(url: str) -> tuple[str, str | None, str | None, dict[str, str]
     return remote, ref, subdir, query
 
 
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def git_query_flag(query: dict[str, str], key: str) -> bool | None:
+    """A boolean query option of a git URL (``keep-git-dir``, ``submodules``) as Go's
+    ``strconv.ParseBool`` reads it, empty meaning true; None when absent."""
+    if key not in query:
+        return None
+    value = query[key]
+    if value == "" or value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"invalid {key} value: {value!r}")
+
+
 def _copy(cv: StageConverter, ds: StageState, instruction: ins.CopyInstruction, index: int) -> None:
     _copy_files(cv, ds, instruction, index, instruction.from_)
 
@@ -168,11 +185,15 @@ def _remote(cv: StageConverter, url: str, checksum: str, instruction: Any, info:
         if checksum and commit and not (commit.startswith(checksum)
                                         or checksum.startswith(commit)):
             raise located_error(f"checksum mismatch: {checksum} != {commit}", location)
-        keep = instruction.keep_git_dir
-        if keep is None:
-            keep = query.get("keep-git-dir", "false").lower() in ("1", "true")
+        try:
+            keep = instruction.keep_git_dir
+            if keep is None:
+                keep = bool(git_query_flag(query, "keep-git-dir"))
+            skip = git_query_flag(query, "submodules") is False
+        except ValueError as exc:
+            raise located_error(str(exc), location) from None
         state = llb.git(remote, ref, keep_git_dir=keep, subdir=subdir,
-                        checksum=(checksum or commit) or None,
+                        checksum=(checksum or commit) or None, skip_submodules=skip,
                         **cv.loc_opts(location))
         return state, "/", {**info, "dir_copy_contents": True, "follow_symlink": True}
     if checksum and not re.fullmatch(r"sha256:[0-9a-f]{64}", checksum):

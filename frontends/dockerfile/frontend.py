@@ -73,7 +73,7 @@ def named_contexts(opts: Mapping[str, str], bridge: FrontendBridge,
     """``context:NAME=VALUE`` options as named contexts (a State plus an image config)."""
     from pybk.core import llb
     from pybk.core.errors import UsageError
-    from pybk.frontends.dockerfile.convert_copy import parse_git_ref
+    from pybk.frontends.dockerfile.convert_copy import git_query_flag, parse_git_ref
     from pybk.frontends.dockerfile.stages import NamedContext
 
     contexts: dict[str, Any] = {}
@@ -103,9 +103,15 @@ def named_contexts(opts: Mapping[str, str], bridge: FrontendBridge,
         elif value.startswith("target:"):
             contexts[name] = NamedContext(stage=value[len("target:"):])
         elif (git := parse_git_ref(value)) is not None:
-            remote, ref, subdir, _ = git
+            remote, ref, subdir, query = git
             keep = build_args(opts).get("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "") in ("1", "true")
-            contexts[name] = NamedContext(llb.git(remote, ref, keep_git_dir=keep, subdir=subdir))
+            try:
+                keep = keep or bool(git_query_flag(query, "keep-git-dir"))
+                skip = git_query_flag(query, "submodules") is False
+            except ValueError as exc:
+                raise UsageError(f"context {name}: {exc}", flag="--build-context") from None
+            contexts[name] = NamedContext(llb.git(remote, ref, keep_git_dir=keep, subdir=subdir,
+                                                  skip_submodules=skip))
         elif value.startswith(("http://", "https://")):
             contexts[name] = NamedContext(llb.http(value))
         else:

@@ -97,7 +97,14 @@ def test_local_source_attrs_have_no_platform():
         (
             ("git@github.com:moby/buildkit.git", "main"),
             "git://github.com/moby/buildkit.git#main",
-            {"git.fullurl": "git@github.com:moby/buildkit.git"},
+            # as BuildKit's llb.Git: an SSH remote uses the build's "default" agent
+            {"git.fullurl": "git@github.com:moby/buildkit.git", "git.mountsshsock": "default"},
+        ),
+        (
+            ("ssh://git@example.com:2222/team/app.git",),
+            "git://example.com:2222/team/app.git",
+            {"git.fullurl": "ssh://git@example.com:2222/team/app.git",
+             "git.mountsshsock": "default"},
         ),
     ],
 )

@@ -426,6 +426,7 @@ AGENT_CLIENT = ("import os, socket; s = socket.socket(socket.AF_UNIX); "
 
 
 def test_ssh_agent_is_forwarded_from_the_client(remote, pki, python_ref, tmp_path):
+    """``raw=true``: the agent socket's bytes as they are (no agent protocol spoken)."""
     require_runc()
     agent_path = tmp_path / "agent.sock"
     agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -443,11 +444,110 @@ def test_ssh_agent_is_forwarded_from_the_client(remote, pki, python_ref, tmp_pat
     (ctx / "Dockerfile").write_text(
         f'FROM {python_ref}\nRUN --mount=type=ssh python3 -c "{AGENT_CLIENT}"\n'
         "FROM scratch\nCOPY --from=0 /reply /\n")
-    done = remote.pybk("build", "--no-cache", "--ssh", f"default={agent_path}", "-o",
+    done = remote.pybk("build", "--no-cache", "--ssh", f"default={agent_path},raw=true", "-o",
                        f"type=local,dest={tmp_path / 'out'}", str(ctx), tls=_good(pki))
     agent.close()
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert (tmp_path / "out" / "reply").read_bytes() == b"agent saw hello"
+
+
+def test_ssh_key_files_are_served_by_the_client(remote, pki, busybox_ref, tmp_path):
+    """``--ssh default=KEY`` through a remote daemon: the agent holding the key runs in the
+    client, the step's ``ssh-add -l`` lists it and its ``ssh-keygen -Y sign`` signs through
+    it; the daemon's store and log never see the key."""
+    import shutil
+
+    from support.openssh import fingerprint, keygen, require_openssh, tools_tree, verify
+
+    require_runc()
+    require_openssh()
+    key = keygen(tmp_path / "id_ed25519", "ed25519", comment="remote@build")
+    ctx = tmp_path / "ctx"
+    tools_tree(ctx / "tools")
+    shutil.copy(f"{key}.pub", ctx / "signer.pub")
+    (ctx / "message").write_bytes(os.urandom(32))
+    (ctx / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nCOPY tools/ /\nCOPY signer.pub message /work/\n"
+        "RUN --mount=type=ssh ssh-add -l > /keys.txt && cd /work "
+        "&& ssh-keygen -Y sign -f signer.pub -n file message\n"
+        "FROM scratch\nCOPY --from=0 /keys.txt /work/message.sig /\n")
+    done = remote.pybk("build", "--no-cache", "--ssh", f"default={key}", "-o",
+                       f"type=local,dest={tmp_path / 'out'}", str(ctx), tls=_good(pki))
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert (tmp_path / "out" / "keys.txt").read_text().splitlines() == [fingerprint(key)]
+    checked = verify(ctx / "signer.pub", ctx / "message", tmp_path / "out" / "message.sig")
+    assert checked.returncode == 0, checked.stderr
+    for line in key.read_bytes().splitlines()[1:-1]:
+        assert _contains(remote.root, line) == []
+        assert line not in remote.log.read_bytes()
+
+
+def test_private_git_source_with_the_clients_token(remote, pki, tmp_path):
+    """``ADD`` of a private repository through a remote daemon: the token is the client's
+    secret, asked through the session; the files arrive and the token is nowhere in the
+    daemon's store or log."""
+    import base64
+
+    from support.githttp import GitHTTPServer, bare_repo, require_git_http_backend
+
+    require_runc()
+    require_git_http_backend()
+    (tmp_path / "repos").mkdir()
+    server = GitHTTPServer(tmp_path / "repos")
+    try:
+        bare_repo(tmp_path / "repos", "app.git", {"hello.txt": "remote private\n"})
+        token = "rtok-3b9e7d21c4"
+        server.private.add("app.git")
+        server.accepted.add("basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode())
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM scratch\nADD {server.url}/app.git /src\n")
+        (tmp_path / "token").write_text(token)
+        args = ("build", "--no-cache", "-o", f"type=local,dest={tmp_path / 'out'}", str(ctx))
+        refused = remote.pybk(*args, tls=_good(pki))
+        assert refused.returncode == 1 and b"GIT_AUTH_TOKEN" in refused.stderr
+        done = remote.pybk("build", "--secret", f"id=GIT_AUTH_TOKEN,src={tmp_path / 'token'}",
+                           *args[1:], tls=_good(pki))
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        assert (tmp_path / "out" / "src" / "hello.txt").read_text() == "remote private\n"
+        assert _contains(remote.root, token.encode()) == []
+        assert token.encode() not in remote.log.read_bytes()
+    finally:
+        server.close()
+
+
+def test_git_over_ssh_signs_with_the_clients_key(remote, pki, tmp_path):
+    """``ADD ssh://…`` through a remote daemon with ``--ssh default=KEY``: the daemon's git
+    reaches the agent the client runs over its key file, through the session."""
+    import base64
+
+    from support.githttp import bare_repo, require_git_http_backend
+    from support.gitssh import GitSSHServer, require_paramiko
+    from support.openssh import keygen, require_openssh
+
+    require_runc()
+    require_openssh()
+    require_git_http_backend()
+    require_paramiko()
+    (tmp_path / "repos").mkdir()
+    server = GitSSHServer(tmp_path / "repos", keygen(tmp_path / "host_key"))
+    try:
+        bare_repo(tmp_path / "repos", "app.git", {"hello.txt": "remote over ssh\n"})
+        key = keygen(tmp_path / "id_ed25519")
+        server.authorized.add(base64.b64decode(key.with_suffix(".pub").read_text().split()[1]))
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(
+            f"FROM scratch\nADD ssh://git@127.0.0.1:{server.port}/app.git /src\n")
+        done = remote.pybk("build", "--no-cache", "--ssh", f"default={key}", "-o",
+                           f"type=local,dest={tmp_path / 'out'}", str(ctx), tls=_good(pki))
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        assert (tmp_path / "out" / "src" / "hello.txt").read_text() == "remote over ssh\n"
+        assert server.accepted
+        for line in key.read_bytes().splitlines()[1:-1]:
+            assert _contains(remote.root, line) == []
+    finally:
+        server.close()
 
 
 def _sleeping_build(remote: RemoteDaemon, pki: PKI, busybox_ref: str,
