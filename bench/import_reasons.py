@@ -43,6 +43,8 @@ REASONS = {
     "pybk.core.http": "httpx loaded lean and the lazy TLS context",
     "pybk.core.serialize": "canonical JSON and digests",
     "pybk.exporters.image": "-t: the image exporter",
+    "pybk.exporters.annotations": "-t: the image exporter's annotation attributes "
+                                  "(annotation.*, --annotation)",
     "pybk.exporters.oci": "the exporter registry names every built-in exporter's class",
     "pybk.exporters.local": "the exporter registry names every built-in exporter's class",
     "pybk.frontends.gateway": "the # syntax= directive may name a gateway frontend",
