@@ -454,3 +454,18 @@ def test_docs_table_has_every_key_and_every_supported_row_names_its_tests():
 
 if __name__ == "__main__":
     print(docs_table(), end="")
+
+
+def test_no_table_in_the_config_docs_says_supported_without_a_test():
+    """Every table row of docs/config.md (the sections' tables too) whose status is
+    "supported" names the tests behind it, and each of them exists."""
+    bare = []
+    for number, line in enumerate(DOCS.read_text().splitlines(), 1):
+        if not line.startswith("|"):
+            continue
+        last = line.rstrip().rstrip("|").rsplit("|", 1)[-1].strip()
+        if last.startswith("supported"):
+            named = re.findall(r"`(tests/[^`]+::[^`]+)`", last)
+            if not named or not all(node_exists(n) for n in named):
+                bare.append(f"docs/config.md:{number}: {line.strip()}")
+    assert not bare, "\n".join(bare)
