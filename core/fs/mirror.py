@@ -31,10 +31,10 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pybk.core.errors import BuildError
 from pybk.core.fs.files import remove_path
+from pybk.core.model import Model
 
 __all__ = ["DestinationChanged", "Mirror", "SyncStats", "make_file", "make_symlink",
            "run_mirror"]
@@ -44,8 +44,7 @@ TMP_PREFIX = ".pybk-sync-"
 DIRTY = ["?"]
 
 
-@dataclass(frozen=True, slots=True)
-class SyncStats:
+class SyncStats(Model):
     """What a sync did; counts are of non-directory entries (files, symlinks)."""
 
     copied: int
