@@ -20,13 +20,16 @@ pytestmark = pytest.mark.slow
 
 
 #: the backends the tests below run on (the conftest's ``cache_backend``, narrowed)
-on_backends = pytest.mark.parametrize("cache_backend", ["local", "s3", "gha"], indirect=True)
+on_backends = pytest.mark.parametrize("cache_backend", ["local", "s3", "gha", "azblob", "registry"],
+                                      indirect=True)
 
 
 def step(base_digest, text, ids=("c",)):
-    """One RUN listing each cache mount into /out-ID, then writing ``text`` into it."""
+    """One RUN listing each cache mount (and its file ``f``) into /out-ID, then writing
+    ``text`` into ``f``."""
     base = llb.oci_layout(f"busybox@{base_digest}", store_id="base")
-    script = "; ".join(f"ls /cache-{i} > /out-{i}; echo {text} > /cache-{i}/f" for i in ids)
+    script = "; ".join(f"ls /cache-{i} > /out-{i}; cat /cache-{i}/f >> /out-{i} 2>/dev/null;"
+                       f" echo {text} > /cache-{i}/f" for i in ids)
     return base.run(script, mounts=[llb.cache_mount(f"/cache-{i}", i) for i in ids]).root()
 
 
@@ -58,12 +61,18 @@ def test_cache_mount_travels(new_client, cache_backend, busybox_layout, base_dig
     response = result.metadata["cache.responses"][0]
     # the base layer, the step's layer and the cache mount
     assert response["cache.blobs.uploaded"] == response["cache.blobs.total"] == 3
+    # the same contents make the same blob: a second export uploads nothing
+    again, _, _ = build(a, step(base_digest, "x"), busybox_layout, tmp_path, "a2",
+                        exports=[cache_backend.to(**{"cache-mounts": "true"})])
+    # (the step is cached now: its cache mount is exported all the same)
+    assert again.metadata["cache.responses"][0]["cache.blobs.uploaded"] == 0
+    assert again.metadata["cache.responses"][0]["cache.blobs.total"] == 3
 
     b = new_client("b")
     _, rec, out = build(b, step(base_digest, "y"), busybox_layout, tmp_path, "b",
                         imports=[cache_backend.from_(**{"cache-mounts": "true"})])
     assert b.executor.calls == 1
-    assert (out / "out-c").read_text() == "f\n"
+    assert (out / "out-c").read_text() == "f\nx\n"
     [imported] = statuses(rec, "importing cache mount ").values()
     assert imported.id == "importing cache mount c"
     assert imported.current == imported.total == exported.total
@@ -77,6 +86,13 @@ def test_cache_mount_travels(new_client, cache_backend, busybox_layout, base_dig
                       imports=[cache_backend.from_()])
     assert c.executor.calls == 0 and not warnings(rec)
     assert not statuses(rec, "importing cache mount ")
+    # a step found in the cache restores nothing, even when asked to
+    d = new_client("d")
+    _, rec, _ = build(d, step(base_digest, "x"), busybox_layout, tmp_path, "d",
+                      imports=[cache_backend.from_(**{"cache-mounts": "true"})])
+    assert d.executor.calls == 0 and not warnings(rec)
+    assert not statuses(rec, "importing cache mount ")
+    assert not d.worker().store.has_cache_mount("c")
 
 
 @on_backends
@@ -119,7 +135,7 @@ def test_selected_ids(new_client, busybox_layout, base_digest, tmp_path):
     _, _, out = build(b, step(base_digest, "y", ids=("c", "d")), busybox_layout, tmp_path, "b",
                       imports=[{"type": "local", "src": str(cache), "cache-mounts": "true"}])
     assert (out / "out-c").read_text() == ""
-    assert (out / "out-d").read_text() == "f\n"
+    assert (out / "out-d").read_text() == "f\nx\n"
 
     # both exported; the import selects one
     both = tmp_path / "both"
@@ -130,7 +146,7 @@ def test_selected_ids(new_client, busybox_layout, base_digest, tmp_path):
     _, rec, out = build(c, step(base_digest, "y", ids=("c", "d")), busybox_layout, tmp_path, "c",
                         imports=[{"type": "local", "src": str(both), "cache-mounts": "true",
                                   "cache-mount-ids": "c"}])
-    assert (out / "out-c").read_text() == "f\n"
+    assert (out / "out-c").read_text() == "f\nx\n"
     assert (out / "out-d").read_text() == ""
     assert list(statuses(rec, "importing cache mount ")) == ["importing cache mount c"]
 
@@ -147,6 +163,41 @@ def test_existing_cache_mount_is_left_alone(new_client, busybox_layout, base_dig
                         imports=[{"type": "local", "src": str(cache), "cache-mounts": "true"}])
     assert (out / "out-c").read_text() == "local\n"
     assert not statuses(rec, "importing cache mount ")
+
+
+def test_first_import_wins_and_replaces_a_seed(new_client, busybox_layout, base_digest,
+                                               tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    build(new_client("a1"), step(base_digest, "one"), busybox_layout, tmp_path, "a1",
+          exports=[{"type": "local", "dest": str(one), "cache-mounts": "true"}])
+    build(new_client("a2"), step(base_digest, "two"), busybox_layout, tmp_path, "a2",
+          exports=[{"type": "local", "dest": str(two), "cache-mounts": "true"}])
+    base = llb.oci_layout(f"busybox@{base_digest}", store_id="base")
+    seed = base.file(llb.mkfile("/seeded", 0o644, b"seed\n"))
+    seeded = base.run("ls /cache > /out; cat /cache/f > /f", mounts=[
+        llb.cache_mount("/cache", "c", source=seed)]).root()
+    b = new_client("b")
+    _, _, out = build(b, seeded, busybox_layout, tmp_path, "b",
+                      imports=[{"type": "local", "src": str(two), "cache-mounts": "true"},
+                               {"type": "local", "src": str(one), "cache-mounts": "true"}])
+    assert (out / "out").read_text() == "f\n"
+    assert (out / "f").read_text() == "two\n"
+
+
+def test_unusable_blob_warns_and_mount_is_empty(new_client, busybox_layout, base_digest,
+                                                tmp_path):
+    cache = tmp_path / "cache"
+    build(new_client("a"), step(base_digest, "x"), busybox_layout, tmp_path, "a",
+          exports=[{"type": "local", "dest": str(cache), "cache-mounts": "true"}])
+    [mount] = _local_config(cache).mounts
+    (cache / "blobs" / "sha256" / mount.layer.blob.split(":")[1]).write_bytes(b"garbage")
+    b = new_client("b")
+    _, rec, out = build(b, step(base_digest, "y"), busybox_layout, tmp_path, "b",
+                        imports=[{"type": "local", "src": str(cache), "cache-mounts": "true"}])
+    assert b.executor.calls == 1
+    assert (out / "out-c").read_text() == ""
+    assert any("importing cache mount c" in w and "failed" in w for w in warnings(rec)), \
+        warnings(rec)
 
 
 def test_local_format(new_client, busybox_layout, base_digest, tmp_path):
