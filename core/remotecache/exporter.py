@@ -49,6 +49,10 @@ async def export_mounts(exporter: CacheExporter, store: Any, content: Any,
 
     if not exporter.cache_mounts:
         return ()
+    from pybk.core.remotecache.importer import warn
+
+    for unused in (i for i in exporter.cache_mount_ids if i not in mount_ids):
+        warn(vp, f"cache-mount-ids: no step of this build uses cache mount {unused!r}")
     mounts = []
     for cache_id in selected(mount_ids, exporter.cache_mount_ids):
         name = f"exporting cache mount {cache_id}"

@@ -125,11 +125,12 @@ def test_nothing_travels_without_the_attribute(new_client, cache_backend, busybo
 def test_selected_ids(new_client, busybox_layout, base_digest, tmp_path):
     cache = tmp_path / "cache"
     a = new_client("a")
-    build(a, step(base_digest, "x", ids=("c", "d")), busybox_layout, tmp_path, "a",
-          exports=[{"type": "local", "dest": str(cache), "cache-mounts": "true",
-                    "cache-mount-ids": "d"}])
+    _, rec, _ = build(a, step(base_digest, "x", ids=("c", "d")), busybox_layout, tmp_path, "a",
+                      exports=[{"type": "local", "dest": str(cache), "cache-mounts": "true",
+                                "cache-mount-ids": "d;nope"}])
     config = _local_config(cache)
     assert [m.id for m in config.mounts] == ["d"]
+    assert warnings(rec) == ["cache-mount-ids: no step of this build uses cache mount 'nope'"]
 
     b = new_client("b")
     _, _, out = build(b, step(base_digest, "y", ids=("c", "d")), busybox_layout, tmp_path, "b",
