@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from support.engine import require_runc
+from support.engine import need_runc, require_runc
 
 from pybk.core.cli.commands import main
 
@@ -77,7 +77,7 @@ def test_inline_cache_build_arg(tmp_path, context, busybox_layout, registry, cap
 def test_cache_mounts_travel_through_the_cli(tmp_path, busybox_layout, capsys):
     """``cache-mounts=true`` on both flags: the cache mount written on store A is restored on
     store B before its (changed, so re-run) step; sizes are shown in the progress."""
-    require_runc()
+    need_runc()
     cache = tmp_path / "cache"
     ctx = tmp_path / "ctx"
     ctx.mkdir()
