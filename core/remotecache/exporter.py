@@ -45,12 +45,11 @@ async def export_mounts(exporter: CacheExporter, store: Any, content: Any,
     ``cache-mount-ids=``), each shown as ``exporting cache mount ID`` with its size."""
     import asyncio
 
+    from pybk.core.remotecache.importer import warn
     from pybk.core.remotecache.mounts import export_mount, selected
 
     if not exporter.cache_mounts:
         return ()
-    from pybk.core.remotecache.importer import warn
-
     for unused in (i for i in exporter.cache_mount_ids if i not in mount_ids):
         warn(vp, f"cache-mount-ids: no step of this build uses cache mount {unused!r}")
     mounts = []
