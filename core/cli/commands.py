@@ -213,7 +213,9 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     a("--progress", default=None, help="auto|tty|plain|rawjson|quiet (default: "
       "$BUILDKIT_PROGRESS, else auto)")
     a("--no-cache", action="store_true")
-    a("--no-cache-filter", action="append", default=[], metavar="STAGE")
+    a("--no-cache-filter", action="append", default=[], metavar="STAGE|STAGE:N|#LINE",
+      help="stages, or single steps (step N of a stage, the step at a line of the build "
+      "file), built without the cache")
     a("--check", action="store_true", help="run build checks instead of building")
     a("--call", default="build",
       help="build|check|outline|targets, with ,format=json for outline and targets")
