@@ -31,7 +31,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pybk.core.errors import BuildError
 from pybk.core.fs.files import remove_path
@@ -52,6 +52,9 @@ class SyncStats:
     removed: int
     unchanged: int
     bytes_copied: int
+    #: the relative paths of the non-directory entries copied (made again), in the order the
+    #: sync made them (not compared: a remote sync makes them in another order)
+    sent: tuple[str, ...] = field(default=(), compare=False)
 
 
 class DestinationChanged(BuildError):
@@ -120,6 +123,7 @@ class Mirror:
         self.copied = 0
         self.unchanged = 0
         self.bytes = 0
+        self.sent: list[str] = []
         self.as_root = os.geteuid() == 0
         #: directories whose metadata must be (re)applied
         self.touched: set[str] = set()
@@ -241,6 +245,7 @@ class Mirror:
 
     def _copied(self, rel: str, record: list) -> None:
         self.copied += 1
+        self.sent.append(rel)
         if self.on_copied is not None and record[0] == "f":
             self.on_copied(rel)
 
@@ -359,4 +364,4 @@ def run_mirror(dest: str, state_file: str, version: int | str,
     if mirror.new != old:
         save_state(state_file, dest, version, mirror.new)
     return SyncStats(copied=mirror.copied, removed=removed, unchanged=mirror.unchanged,
-                     bytes_copied=mirror.bytes)
+                     bytes_copied=mirror.bytes, sent=tuple(mirror.sent))
