@@ -285,7 +285,8 @@ def survey_context(root: str, include_patterns: Sequence[str] = (),
     copied = None if sent is None else set(sent)
     survey = ContextSurvey()
 
-    def walk(host: str, rel: str) -> None:
+    def walk(host: str, rel: str, unused: bool) -> None:
+        # ``unused``: no entry below can be selected (the sync does not enter this directory)
         try:
             entries = sorted(os.scandir(host), key=lambda e: e.name)
         except PermissionError as e:
@@ -300,7 +301,7 @@ def survey_context(root: str, include_patterns: Sequence[str] = (),
                                            exclude.deciding_pattern(child) or ""))
                     continue
                 if is_dir:
-                    walk(entry.path, child)
+                    walk(entry.path, child, unused)
                     continue
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
@@ -308,18 +309,19 @@ def survey_context(root: str, include_patterns: Sequence[str] = (),
                                            exclude.deciding_pattern(child) or ""))
                 continue
             if is_dir:
-                walk(entry.path, child)
+                below = unused or (select is not None and not any(select.verdict(child, True)))
+                walk(entry.path, child, below)
                 continue
             st = entry.stat(follow_symlinks=False)
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                 continue
             item = (child, st.st_size)
-            if select is not None and not select.verdict(child, False)[0]:
+            if unused or (select is not None and not select.verdict(child, False)[0]):
                 survey.unused.append(item)
             elif copied is None or child in copied:
                 survey.sent.append(item)
             else:
                 survey.unchanged.append(item)
 
-    walk(root, "")
+    walk(root, "", False)
     return survey
