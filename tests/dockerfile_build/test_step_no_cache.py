@@ -92,3 +92,14 @@ def test_no_cache_filter_named_stage_step_and_bad_selectors(dfbuild):
     for bad in ("final:x", "#0", "#x", ":2"):
         with pytest.raises(InputError, match=r"invalid no-cache filter"):
             dfbuild(text, opts={"no-cache": bad})
+
+
+def test_a_stage_using_a_busted_stage_runs_again(dfbuild):
+    text = ("FROM busybox AS a\nRUN " + RAND.format("r") + "\n"
+            "FROM busybox\nCOPY --from=a /r /r\nRUN cp /r /copied\n")
+    first = dfbuild(text)
+    second = dfbuild(text, opts={"no-cache": "a"})
+    cached = dfbuild(text)
+    assert first.text("r") != second.text("r")
+    assert second.text("copied") == second.text("r")  # not the first build's cached result
+    assert cached.text("copied") == second.text("r")
