@@ -509,6 +509,12 @@ class BuildRunner(OpRunner, LayerUnpacker):
             vp.status(f"transferring {name}: {stats.copied} files copied, "
                       f"{stats.removed} removed{received}",
                       current=stats.bytes_copied if received else 0, done=True)
+            if isinstance(client_dir, str) and name != "dockerfile":
+                from pybk.core.fs.localsync import survey_context
+
+                survey = await asyncio.to_thread(survey_context, client_dir, include, exclude,
+                                                 follow, stats.sent)
+                vp.log(1, "".join(f"{line}\n" for line in survey.lines()).encode())
             memo: dict[str, tuple[bool, str]] = {}
             checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/", memo=memo)
             self._local_sums[dest] = checksum
