@@ -510,11 +510,16 @@ class BuildRunner(OpRunner, LayerUnpacker):
                       f"{stats.removed} removed{received}",
                       current=stats.bytes_copied if received else 0, done=True)
             if isinstance(client_dir, str) and name != "dockerfile":
-                from pybk.core.fs.localsync import survey_context
+                if stats.copied or stats.removed:  # what was sent, ignored, unused: a walk
+                    from pybk.core.fs.localsync import survey_context
 
-                survey = await asyncio.to_thread(survey_context, client_dir, include, exclude,
-                                                 follow, stats.sent)
-                vp.log(1, "".join(f"{line}\n" for line in survey.lines()).encode())
+                    survey = await asyncio.to_thread(survey_context, client_dir, include,
+                                                     exclude, follow, stats.sent)
+                    lines = survey.lines()
+                else:  # nothing sent: a warm build pays no second walk of the context
+                    lines = [f"context: nothing sent, {stats.unchanged} files unchanged since "
+                             "the last sync"]
+                vp.log(1, "".join(f"{line}\n" for line in lines).encode())
             memo: dict[str, tuple[bool, str]] = {}
             checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/", memo=memo)
             self._local_sums[dest] = checksum

@@ -112,6 +112,22 @@ def test_build_reports_each_sync(tmp_path, capsys):
     assert report[3] == "context: largest files sent: src/a.js (8 bytes)"
     assert report[4].startswith("hint: 99% ")
     assert (tmp_path / "out" / "src" / "a.js").read_text() == "changed\n"
+    # nothing changed: one line, and the context is not walked a second time
+    import pybk.core.fs.localsync as localsync
+
+    def no_survey(*args, **kwargs):
+        raise AssertionError("a sync that sent nothing surveyed the context")
+
+    original, localsync.survey_context = localsync.survey_context, no_survey
+    try:
+        assert main([*args, "--progress", "plain"]) == 0
+    finally:
+        localsync.survey_context = original
+    err = capsys.readouterr().err.splitlines()
+    at = next(i for i, line in enumerate(err) if line.endswith("transferring context: "
+                                                               "0 files copied, 0 removed done"))
+    assert err[at + 1].split(" ", 2)[2] == ("context: nothing sent, 3 files unchanged since the "
+                                            "last sync")
 
 
 def test_debug_context_lists_what_would_be_sent(tmp_path, capsys):
