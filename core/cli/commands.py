@@ -138,9 +138,10 @@ def make_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     added = plugin_commands() if plugins else CommandTable()
     _add_commands(sub, _expand(COMMANDS, added.commands[None]))
     debug = sub.choices["debug"]
-    dsub = debug.add_subparsers(dest="debug_command", metavar="WHAT", parser_class=_Parser)
+    dsub = debug.add_subparsers(dest="debug_command", metavar="WHAT", parser_class=_Parser,
+                                action=_ChosenSubParsers)
     debug_commands = list(_expand(DEBUG_COMMANDS, added.commands["debug"]))
-    _add_commands(dsub, debug_commands)
+    _add_commands(dsub, debug_commands, when_chosen=True)
     debug.set_defaults(pybk_debug_commands=tuple(c.name for c in debug_commands))
     return parser
 
@@ -154,12 +155,32 @@ def _expand(table: Sequence[Command | _PluginCommands],
             yield from plugins
 
 
-def _add_commands(sub: Any, commands: Iterable[Command]) -> None:
+def _add_commands(sub: Any, commands: Iterable[Command], *, when_chosen: bool = False) -> None:
+    """One subparser per command; ``when_chosen``: its arguments are added when the command is
+    chosen (:class:`_ChosenSubParsers`), not now."""
     for command in commands:
         parser = sub.add_parser(command.name, help=command.help)
         parser.set_defaults(pybk_run=command)
         if command.arguments is not None:
-            command.arguments(parser)
+            if when_chosen:
+                parser.pybk_arguments = command.arguments  # type: ignore[attr-defined]
+            else:
+                command.arguments(parser)
+
+
+class _ChosenSubParsers(argparse._SubParsersAction):
+    """Subcommands whose arguments are added when one is chosen: building the parser for
+    ``pybk build`` does not import the modules of every ``pybk debug`` command
+    (``fsck``, ``context`` …)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        chosen = self._name_parser_map.get(values[0]) if values else None
+        add = getattr(chosen, "pybk_arguments", None)
+        if add is not None:
+            chosen.pybk_arguments = None  # type: ignore[union-attr]
+            add(chosen)
+        super().__call__(parser, namespace, values, option_string)
 
 
 @functools.lru_cache(maxsize=2)

@@ -53,7 +53,8 @@ def test_hook_pybk_add_commands(plugin, capsys):
     assert order == sorted(order)
     assert commands.main(["debug"]) == 2
     assert capsys.readouterr().err == ("error: pybk debug: choose one of config, dump-llb, "
-                                       "workers, fsck, dump-ast, yaml-schema, greeting\n")
+                                       "workers, context, fsck, dump-ast, yaml-schema, "
+                                       "greeting\n")
 
 
 def test_plugin_command_errors_name_the_plugin(plugin):
