@@ -101,3 +101,15 @@ def compute_key(cmap: dict[str, Any], deps: list[str]) -> str:
 def source_key(kind: str, identity: dict[str, Any]) -> str:
     """The cache key of a source whose identity is known (image digest, local content …)."""
     return sha256_digest(canonical_dumps({"v": KEY_VERSION, "source": kind, "id": identity}))
+
+
+def key_inputs(cmap: dict[str, Any], deps: list[str], key: str) -> dict[str, Any]:
+    """What a vertex's key was made of, compactly, to tell later why it changed: the key, a
+    digest of its cache map, its dependencies, and an ExecOp's environment and arguments."""
+    info: dict[str, Any] = {"key": key, "map": sha256_digest(canonical_dumps(cmap)),
+                            "deps": deps}
+    meta = cmap.get("op", {}).get("meta") if cmap.get("kind") == "exec" else None
+    if isinstance(meta, dict):
+        info["env"] = list(meta.get("env", ()))
+        info["args"] = sha256_digest(canonical_dumps(meta.get("args", [])))
+    return info

@@ -51,6 +51,10 @@ from pybk.core.solver.scheduler import InFlight, OpRunner, VertexOutcome
 from pybk.core.solver.vertex import Vertex
 
 
+#: a local directory with more entries than this is explained without naming its files
+SOURCE_FILES_LIMIT = 4000
+
+
 class Session(Model):
     """What the client gives one build: its directories, secrets, agents and entitlements."""
 
@@ -114,6 +118,7 @@ class BuildRunner(OpRunner, LayerUnpacker):
         #: the record of every entry of each synced local directory, from the same walk
         #: (:meth:`ChecksumCache.known` answers a COPY's selectors from it)
         self._local_memos: dict[str, dict[str, tuple[bool, str]]] = {}
+        self._local_of: dict[str, str] = {}
         self._images: dict[str, Any] = {}
         self._held: list[Any] = []
         #: per (name, shared key) of a local source: the filters of the source that synced the
@@ -230,6 +235,14 @@ class BuildRunner(OpRunner, LayerUnpacker):
         this build resolved (for provenance)."""
         return {d: self._images[d].manifest_digest for d in digests if d in self._images}
 
+    def source_detail(self, vertex: Vertex) -> dict[str, Any]:
+        if vertex.digest in self._images:
+            return {"image": self._images[vertex.digest].manifest_digest}
+        memo = self._local_memos.get(self._local_of.get(vertex.digest, ""))
+        if memo is None or len(memo) > SOURCE_FILES_LIMIT:
+            return {}
+        return {"files": {rel: record[:16] for rel, (_, record) in memo.items()}}
+
     def _extra(self, vertex: Vertex) -> dict[str, Any]:
         image = self._images.get(vertex.digest)
         if image is None:
@@ -295,7 +308,9 @@ class BuildRunner(OpRunner, LayerUnpacker):
         if scheme == "docker-image":
             return await self._image_key(vertex, src, rest, vp), None
         if scheme == "local":
-            return await self._local(vertex, src, rest, vp)
+            key, outcome = await self._local(vertex, src, rest, vp)
+            self._local_of[vertex.digest] = outcome.refs[0].path or ""
+            return key, outcome
         if scheme in ("git", "http", "https", "oci-layout"):
             return await self._fetched_source(vertex, src, scheme, vp)
         raise InputError(f"unsupported source {src.identifier!r}")
