@@ -20,6 +20,7 @@ FILES_NAMED = 3
 NO_CACHE = "--no-cache"
 NO_PREVIOUS = "no previous build of this target to compare with"
 _SLOT = re.compile(r"^\[([^\]]+)\]")
+_PINNED = re.compile(r"@sha256:[0-9a-f]{64}")
 
 
 class Comparison:
@@ -34,18 +35,22 @@ class Comparison:
         self.by_digest: dict[str, Mapping[str, Any]] = {}
         self.by_name: dict[str, Mapping[str, Any]] = {}
         self.by_slot: dict[str, Mapping[str, Any]] = {}
+        #: by name without pinned digests (an image's name changes with its digest)
+        self.by_unpinned: dict[str, Mapping[str, Any]] = {}
         for step in steps:
             if not isinstance(step.get("cache"), Mapping):
                 continue
             self.by_digest.setdefault(step.get("digest", ""), step)
             name = step.get("name", "")
             self.by_name.setdefault(name, step)
+            self.by_unpinned.setdefault(_PINNED.sub("", name), step)
             slot = _SLOT.match(name)
             if slot:
                 self.by_slot.setdefault(slot.group(1), step)
 
     def match(self, digest: str, name: str) -> Mapping[str, Any] | None:
-        found = self.by_digest.get(digest) or self.by_name.get(name)
+        found = (self.by_digest.get(digest) or self.by_name.get(name)
+                 or self.by_unpinned.get(_PINNED.sub("", name)))
         if found is None:
             slot = _SLOT.match(name)
             found = self.by_slot.get(slot.group(1)) if slot else None
@@ -84,19 +89,22 @@ def _changed(comparison: Comparison, digest: str, previous: Mapping[str, Any],
     info, before = step["info"], previous["cache"]
     if "source" in info:
         return _source_changed(before.get("source") or {}, info["source"] or {})
+    deps, old = info.get("deps", []), before.get("deps", [])
+    # a parent that re-ran is the cause; this step is a consequence
+    for i, (dep, was) in enumerate(zip(deps, old, strict=False)):
+        parent = step["inputs"][i] if i < len(step["inputs"]) else ""
+        if dep != was and parent in steps and ran(parent):
+            n = number(parent)
+            return f"parent step #{n} re-ran" if n else (
+                f"parent step {steps[parent]['name']} re-ran")
     if info.get("map") != before.get("map"):
         return _definition_changed(comparison, step, previous)
-    deps, old = info.get("deps", []), before.get("deps", [])
     if len(deps) != len(old):
         return "the step's inputs changed"
     for i, (dep, was) in enumerate(zip(deps, old, strict=True)):
         if dep == was:
             continue
         parent = step["inputs"][i] if i < len(step["inputs"]) else ""
-        if parent in steps and ran(parent):
-            n = number(parent)
-            return f"parent step #{n} re-ran" if n else (
-                f"parent step {steps[parent]['name']} re-ran")
         if dep.startswith("content:"):
             files = _files_of(parent, steps, comparison)
             if files is not None:
@@ -198,3 +206,40 @@ def _env(items: Any) -> dict[str, str]:
 
 def _shown(value: str | None) -> str:
     return "(unset)" if value is None else (value or '""')
+
+
+# -- what is shown: ``history inspect --cache`` and ``build --explain-cache`` ----------------
+
+def cache_report(steps: list[Mapping[str, Any]], compared: str | None) -> dict[str, Any]:
+    """A record's steps' cache states as JSON: ``{"compared_with": REF or None, "steps":
+    [{"step": N, "name", "digest", "cached", "reason"}, …]}`` in the order they started."""
+    out = []
+    for i, step in enumerate(s for s in steps if s.get("started") is not None):
+        cached = bool(step.get("cached"))
+        reason = "" if cached else step.get("cache_miss", "")
+        if not cached and not reason and "cache" in step and "source" in step["cache"]:
+            reason = "a source is resolved each build"
+        out.append({"step": step.get("number") or i + 1, "name": step.get("name", ""),
+                    "digest": step.get("digest", ""), "cached": cached,
+                    "reason": reason if not step.get("error") else reason or "failed"})
+    return {"compared_with": compared, "steps": out}
+
+
+def cache_table(report: Mapping[str, Any], width: int = 60) -> list[str]:
+    """``report`` (:func:`cache_report`) as a table: ``STEP``, ``CACHED``, ``NAME``,
+    ``REASON``, under a line naming the build compared with."""
+    compared = report.get("compared_with")
+    steps = report.get("steps", ())
+    lines = [f"CACHE: compared with build {compared}" if compared
+             else f"CACHE: all {len(steps)} steps cached" if all(s["cached"] for s in steps)
+             else "CACHE: no previous build of this target to compare with"]
+    rows = [("STEP", "CACHED", "NAME", "REASON")]
+    for step in steps:
+        name = step["name"] if len(step["name"]) <= width else step["name"][:width - 1] + "…"
+        rows.append((f"#{step['step']}", "yes" if step["cached"] else "no", name,
+                     step["reason"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        lines.append("   ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)),
+                                 row[3]]).rstrip())
+    return lines

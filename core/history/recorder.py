@@ -69,6 +69,8 @@ class Recorder:
         self._reasons: dict[str, str] = {}
         self._numbers: dict[str, int] = {}
         self._comparison: Any = False
+        #: the record's details once written (:meth:`finish`)
+        self.details: dict[str, Any] | None = None
 
     # -- the progress sink -------------------------------------------------------------------
 
@@ -156,6 +158,15 @@ class Recorder:
                                           attrs=self.frontend_attrs)
         return self._comparison
 
+    def cache_report(self) -> dict[str, Any] | None:
+        """The written record's steps' cache states
+        (:func:`pybk.core.history.explain.cache_report`); None before :meth:`finish`."""
+        from pybk.core.history.explain import cache_report
+
+        if self.details is None:
+            return None
+        return cache_report(self.details["steps"], self.details.get("cache_compared"))
+
     def _summary(self) -> BuildRecord:
         attrs = self.frontend_attrs
         return BuildRecord(ref=self.ref, frontend_attrs=dict(attrs), context=self.context,
@@ -233,17 +244,20 @@ class Recorder:
             num_warnings=num_warnings, exporters=tuple(self.exporters),
             provenance=tuple(dict.fromkeys(p["predicateType"] for p in self.provenance)),
             log_bytes=kept, log_bytes_dropped=dropped)
-        details = {"steps": rendered,
+        self.details = details = {"steps": rendered,
                    "warnings": [_warning_json(w, secrets) for w in warnings],
                    "provenance": self.provenance}
+        if self._comparison:
+            details["cache_compared"] = self._comparison.ref
         self.store.add(record, details, max_age=self.max_age, max_entries=self.max_entries)
 
     def _add_cache(self, rendered: list[dict[str, Any]], keyed: Mapping[str, Any],
                    secrets: list[str]) -> None:
         """Each keyed step's key inputs (``"cache"``) and, for a step that ran, why
         (``"cache_miss"``); the previous build compared with (``"cache_compared"``)."""
-        comparison = self._comparison if self._comparison is not False else None
         for step in rendered:
+            if step["digest"] in self._numbers:
+                step["number"] = self._numbers[step["digest"]]
             got = keyed.get(step["digest"])
             if got is None:
                 continue
@@ -254,8 +268,6 @@ class Recorder:
             reason = self._reasons.get(step["digest"])
             if reason:
                 step["cache_miss"] = redact(reason, secrets)
-            if comparison is not None:
-                step["cache_compared"] = comparison.ref
 
     def _secret_values(self) -> list[str]:
         """The secrets this build read (a remote build's: only those fetched so far: a secret

@@ -50,7 +50,6 @@ from pybk.core.solver.results import SCRATCH_REF, Ref, read_ref
 from pybk.core.solver.scheduler import InFlight, OpRunner, VertexOutcome
 from pybk.core.solver.vertex import Vertex
 
-
 #: a local directory with more entries than this is explained without naming its files
 SOURCE_FILES_LIMIT = 4000
 

@@ -70,6 +70,12 @@ def _misses(err: str) -> dict[str, str]:
     return out
 
 
+def _number(err: str, name: str) -> str:
+    """The ``#N`` plain progress gave the step ``name``."""
+    return next(line.split(" ", 1)[0] for line in err.splitlines()
+                if line.split(" ", 1)[1:] == [name])
+
+
 APP = """\
 FROM busybox
 ARG VERSION=1
@@ -85,6 +91,151 @@ def test_one_file_change_is_named(env):
     assert "CACHE MISS" not in first
     (ctx / "app" / "main.py").write_text("print(2)\n")
     err = env.build(ctx)
+    assert _misses(err) == {"[2/4] COPY app/ /app/": "context file app/main.py changed",
+                            "[3/4] RUN cat /app/main.py > /out": "parent step #3 re-ran",
+                            "[4/4] RUN echo v=1 >> /out": "parent step #4 re-ran"}
+    # the line is under its step: right after the step's name
+    lines = err.splitlines()
+    at = lines.index("#3 [2/4] COPY app/ /app/")
+    assert lines[at + 1] == "#3 CACHE MISS: context file app/main.py changed"
+
+
+def test_unchanged_rebuild_and_a_file_outside_the_copy(env):
+    ctx = env.context(APP, {"app/main.py": "print(1)\n", "README": "r\n"})
+    env.build(ctx)
+    (ctx / "README").write_text("changed\n")
+    err = env.build(ctx)
+    assert "CACHE MISS" not in err
+    assert err.count("CACHED") == 4
+
+
+def test_build_arg_change_names_the_arg_and_both_values(env):
+    ctx = env.context(APP, {"app/main.py": "print(1)\n"})
+    env.build(ctx, "--build-arg", "VERSION=1")
+    err = env.build(ctx, "--build-arg", "VERSION=2")
+    # the ARG is in scope of both RUNs: the first is the cause, the second a consequence
+    assert _misses(err) == {"[3/4] RUN cat /app/main.py > /out": "build arg VERSION changed 1 → 2",
+                            "[4/4] RUN echo v=2 >> /out":
+                            f"parent step {_number(err, '[3/4] RUN cat /app/main.py > /out')} "
+                            "re-ran"}
+
+
+def test_changed_run_text_and_its_consequence(env):
+    ctx = env.context(APP, {"app/main.py": "print(1)\n"})
+    env.build(ctx)
+    env.context(APP.replace("cat /app/main.py > /out", "cat /app/main.py >> /out"))
+    err = env.build(ctx)
+    assert _misses(err) == {"[3/4] RUN cat /app/main.py >> /out": "instruction text changed",
+                            "[4/4] RUN echo v=1 >> /out":
+                            f"parent step {_number(err, '[3/4] RUN cat /app/main.py >> /out')} "
+                            "re-ran"}
+
+
+def test_no_cache(env):
+    ctx = env.context(APP, {"app/main.py": "print(1)\n"})
+    env.build(ctx)
+    err = env.build(ctx, "--no-cache")
     misses = _misses(err)
-    print(err)
-    assert misses["[2/4] COPY app/ /app/"] == "context file app/main.py changed"
+    assert set(misses.values()) == {"--no-cache"}
+    assert len(misses) >= 3
+
+
+def test_base_image_change_names_both_digests(env, tmp_path):
+    ctx = env.context(APP, {"app/main.py": "print(1)\n"})
+    # a second base image: busybox with one more layer, as an OCI layout
+    other = tmp_path / "other"
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "Dockerfile").write_text("FROM busybox\nRUN echo other > /other\n")
+    env.build(tmp_path / "base", "-o", f"type=oci,tar=false,dest={other}")
+    index = json.loads((other / "index.json").read_text())
+    new = index["manifests"][0]["digest"]
+    env.build(ctx)
+    old = json.loads((env.layout / "index.json").read_text())["manifests"][0]["digest"]
+    err = env.build(ctx, layout=f"{other}@{new}")
+    misses = _misses(err)
+    image = next(name for name in misses if name.startswith("oci-layout://busybox@"))
+    assert misses.pop(image) == f"base image digest changed ({old} → {new})"
+    assert misses == {
+        "[2/4] COPY app/ /app/": f"parent step {_number(err, image)} re-ran",
+        "[3/4] RUN cat /app/main.py > /out":
+            f"parent step {_number(err, '[2/4] COPY app/ /app/')} re-ran",
+        "[4/4] RUN echo v=1 >> /out":
+            f"parent step {_number(err, '[3/4] RUN cat /app/main.py > /out')} re-ran"}
+
+
+def test_history_inspect_cache_and_explain_cache_table(env):
+    ctx = env.context(APP, {"app/main.py": "print(1)\n"})
+    env.build(ctx)
+    first = env.cache()
+    assert first["compared_with"] is None
+    (ctx / "app" / "main.py").write_text("print(2)\n")
+    err = env.build(ctx, "--explain-cache")
+    refs = env.pybk("history", "ls", "--format", "json")[1].splitlines()
+    previous = json.loads(refs[1])["ref"]
+    report = env.cache()
+    assert report["compared_with"] == previous
+    steps = {s["name"]: s for s in report["steps"]}
+    assert steps["[2/4] COPY app/ /app/"]["cached"] is False
+    assert steps["[2/4] COPY app/ /app/"]["reason"] == "context file app/main.py changed"
+    assert steps["[3/4] RUN cat /app/main.py > /out"]["reason"] == "parent step #3 re-ran"
+    image = next(s for s in report["steps"] if s["name"].startswith("oci-layout://"))
+    assert image["cached"] is True and image["reason"] == ""
+    assert [s["step"] for s in report["steps"]] == list(range(1, len(report["steps"]) + 1))
+    # the table at the end of the build
+    tail = err[err.index(f"CACHE: compared with build {previous}"):].splitlines()
+    assert tail[1].split() == ["STEP", "CACHED", "NAME", "REASON"]
+    row = next(line for line in tail if "COPY app/" in line)
+    assert row.split()[:2] == ["#3", "no"]
+    assert row.endswith("context file app/main.py changed")
+    assert any(line.split()[:2] == ["#2", "yes"] for line in tail)
+    # against a named record: the first build (the same files as now? no: main.py differs)
+    code, out, err = env.pybk("history", "inspect", "--cache", "latest")
+    assert code == 0 and "context file app/main.py changed" in out
+
+
+def test_explain_cache_ref_and_unknown_ref(env):
+    ctx = env.context(APP, {"app/main.py": "print(1)\n"})
+    env.build(ctx, "--build-arg", "VERSION=1")
+    first = json.loads(env.pybk("history", "ls", "--format", "json")[1].splitlines()[0])["ref"]
+    env.build(ctx, "--build-arg", "VERSION=2")
+    # a third build, VERSION=3, explained against the first (VERSION=1), not the second
+    err = env.build(ctx, "--build-arg", "VERSION=3", "--explain-cache-ref", first[:8])
+    assert _misses(err)["[3/4] RUN cat /app/main.py > /out"] == (
+        "build arg VERSION changed 1 → 3")
+    assert f"CACHE: compared with build {first}" in err
+    code, out, err = env.pybk("build", "--explain-cache-ref", "nosuchref", str(ctx))
+    assert code == 2
+    assert "no build record found for ref 'nosuchref'" in err
+    assert "Traceback" not in err
+
+
+def test_trace(env, tmp_path):
+    ctx = env.context(APP, {"app/main.py": "print(1)\n"})
+    env.build(ctx)
+    (ctx / "app" / "main.py").write_text("print(2)\n")
+    env.build(ctx)
+    out = tmp_path / "trace.json"
+    code, _, err = env.pybk("history", "trace", "latest", "-o", str(out))
+    assert code == 0, err
+    assert (out.stat().st_mode & 0o777) == 0o600
+    events = json.loads(out.read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    build = next(e for e in spans if e["cat"] == "build")
+    steps = [e for e in spans if e is not build]
+    record = json.loads(env.pybk("history", "export", "latest", "-o", "-")[1])
+    assert sorted(e["args"]["digest"] for e in steps) == sorted(
+        s["digest"] for s in record["steps"])
+    for e in steps:
+        assert build["ts"] <= e["ts"] and e["ts"] + e["dur"] <= build["ts"] + build["dur"]
+        assert e["tid"] != build["tid"] and isinstance(e["dur"], int)
+    by_name = {e["name"]: e for e in steps}
+    image = next(e for n, e in by_name.items() if n.startswith("oci-layout://"))
+    assert image["args"]["cached"] is True and image["cat"] == "cached"
+    copy = by_name["[2/4] COPY app/ /app/"]
+    assert copy["args"]["cached"] is False
+    assert copy["args"]["cache_miss"] == "context file app/main.py changed"
+    # steps on one track never overlap (Perfetto nests them otherwise)
+    for tid in {e["tid"] for e in steps}:
+        track = sorted((e for e in steps if e["tid"] == tid), key=lambda e: e["ts"])
+        for a, b in zip(track, track[1:], strict=False):
+            assert a["ts"] + a["dur"] <= b["ts"]
