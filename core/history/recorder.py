@@ -407,9 +407,9 @@ def replay(details: Mapping[str, Any]) -> list[SolveStatus]:
                        inputs=tuple(step.get("inputs", ())), started=step["started"],
                        completed=step.get("completed"), cached=bool(step.get("cached")),
                        error=step.get("error", ""))
-        updates.append(SolveStatus(vertexes=(Vertex(digest=final.digest, name=final.name,
-                                                    inputs=final.inputs,
-                                                    started=final.started),)))
+        updates.append(SolveStatus(vertexes=(Vertex(
+            digest=final.digest, name=final.name, inputs=final.inputs, started=final.started,
+            cache_miss="" if final.cached else step.get("cache_miss", "")),)))
         statuses = tuple(VertexStatus(
             id=s["id"], vertex=final.digest, name=s.get("name", ""), total=s.get("total", 0),
             current=s.get("current", 0), timestamp=s.get("timestamp", 0.0),

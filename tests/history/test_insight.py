@@ -239,3 +239,23 @@ def test_trace(env, tmp_path):
         track = sorted((e for e in steps if e["tid"] == tid), key=lambda e: e["ts"])
         for a, b in zip(track, track[1:], strict=False):
             assert a["ts"] + a["dur"] <= b["ts"]
+
+
+def test_rawjson_and_history_logs_carry_the_reason(env):
+    ctx = env.context(APP, {"app/main.py": "print(1)\n"})
+    env.build(ctx)
+    (ctx / "app" / "main.py").write_text("print(2)\n")
+    code, out, err = env.pybk("build", "--progress", "rawjson", "--build-context",
+                              f"busybox=oci-layout://{env.layout}", str(ctx))
+    assert code == 0, err
+    vertexes = [v for line in err.splitlines() if line.startswith("{")
+                for v in json.loads(line).get("vertexes", ())]
+    reasons = {v["name"]: v["cacheMiss"] for v in vertexes if v.get("cacheMiss")}
+    assert reasons["[2/4] COPY app/ /app/"] == "context file app/main.py changed"
+    assert all(not v.get("cached") for v in vertexes if v.get("cacheMiss"))
+    # the record shows it again
+    code, out, err = env.pybk("history", "logs", "latest")
+    assert code == 0, err
+    lines = (out + err).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.endswith(" [2/4] COPY app/ /app/"))
+    assert lines[at + 1].endswith(" CACHE MISS: context file app/main.py changed")
