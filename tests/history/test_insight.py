@@ -259,3 +259,31 @@ def test_rawjson_and_history_logs_carry_the_reason(env):
     lines = (out + err).splitlines()
     at = next(i for i, line in enumerate(lines) if line.endswith(" [2/4] COPY app/ /app/"))
     assert lines[at + 1].endswith(" CACHE MISS: context file app/main.py changed")
+
+
+def test_env_change_new_step_no_cache_filter_and_pruned_result(env):
+    two = """\
+FROM busybox AS a
+ENV COLOR=red
+RUN echo "$COLOR" > /a
+FROM a AS b
+RUN cat /a > /b
+"""
+    ctx = env.context(two)
+    env.build(ctx)
+    err = env.build(ctx, "--no-cache-filter", "b")
+    assert _misses(err) == {"[b 2/2] RUN cat /a > /b": "--no-cache"}
+    env.context(two.replace("red", "blue"))
+    err = env.build(ctx)
+    first = "[a 2/2] RUN echo blue > /a"
+    assert _misses(err) == {first: "environment variable COLOR changed red → blue",
+                            "[b 2/2] RUN cat /a > /b": f"parent step {_number(err, first)} re-ran"}
+    env.context(two.replace("red", "blue") + "RUN echo new > /c\n")
+    err = env.build(ctx)
+    assert _misses(err) == {"[b 3/3] RUN echo new > /c":
+                            "new step: the previous build had none like it"}
+    code, _, perr = env.pybk("prune", "--all")
+    assert code == 0, perr
+    err = env.build(ctx)
+    assert _misses(err)["[b 3/3] RUN echo new > /c"] == (
+        "same cache key as the previous build, but its result is no longer in the cache")
