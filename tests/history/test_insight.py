@@ -287,3 +287,24 @@ RUN cat /a > /b
     err = env.build(ctx)
     assert _misses(err)["[b 3/3] RUN echo new > /c"] == (
         "same cache key as the previous build, but its result is no longer in the cache")
+
+
+def test_several_files_and_a_definition_change(env):
+    ctx = env.context(APP, {"app/main.py": "m\n", "app/a.py": "a\n", "app/b.py": "b\n",
+                            "app/c.py": "c\n",
+                            "app/d.py": "d\n", "app/e.py": "e\n"})
+    env.build(ctx)
+    for name in ("a", "b", "c", "d"):
+        (ctx / "app" / f"{name}.py").write_text("changed\n")
+    err = env.build(ctx)
+    assert _misses(err)["[2/4] COPY app/ /app/"] == (
+        "context files app/a.py, app/b.py, app/c.py and 1 more changed")
+    (ctx / "app" / "e.py").unlink()
+    (ctx / "app" / "f.py").write_text("f\n")
+    err = env.build(ctx)
+    assert _misses(err)["[2/4] COPY app/ /app/"] == (
+        "context files changed: app/e.py (removed), app/f.py (added)")
+    # the same RUN text with a user set: neither its text nor its environment changed
+    env.context(APP.replace("RUN cat", "USER root\nRUN cat"))
+    err = env.build(ctx)
+    assert _misses(err)["[3/4] RUN cat /app/main.py > /out"] == "the step's definition changed"
