@@ -1,4 +1,4 @@
-"""``pybk history ls|inspect|logs|rm|export``: the build records of a store, shown as buildx's
+"""``pybk history ls|inspect|logs|rm|export|trace``: the build records of a store, shown as buildx's
 ``docker buildx history`` commands show them (see docs/history.md)."""
 
 from __future__ import annotations

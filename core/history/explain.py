@@ -57,9 +57,9 @@ class Comparison:
         return found
 
 
-class Step(dict):
-    """This build's view of one keyed step: ``name``, ``inputs`` (digests), ``info`` (its key
-    inputs) and ``ignore_cache``."""
+#: this build's view of one keyed step: ``{"name", "inputs" (digests), "info" (its key
+#: inputs), "ignore_cache"}``
+Step = dict[str, Any]
 
 
 def explain_miss(comparison: Comparison | None, digest: str, steps: Mapping[str, Step],

@@ -110,12 +110,10 @@ class Recorder:
 
     def cache_inputs(self, vertex: Any, info: dict[str, Any]) -> None:
         """A step's cache key inputs (:func:`pybk.core.solver.cachekey.key_inputs`)."""
-        from pybk.core.history.explain import Step
-
         with self._lock:
-            self._keyed[vertex.digest] = Step(
-                name=vertex.name, inputs=[i.digest for i in vertex.inputs], info=info,
-                ignore_cache=bool(vertex.ignore_cache))
+            self._keyed[vertex.digest] = {
+                "name": vertex.name, "inputs": [i.digest for i in vertex.inputs], "info": info,
+                "ignore_cache": bool(vertex.ignore_cache)}
 
     def cache_miss(self, vertex: Any, info: dict[str, Any], ran: Any) -> str:
         """Why ``vertex`` runs instead of being found in the cache (shown under the step);
