@@ -191,6 +191,10 @@ def _definition_changed(comparison: Comparison, step: Step, previous: Mapping[st
                    or f"build-arg:{name}" in comparison.previous_attrs)
             return (f"{'build arg' if arg else 'environment variable'} {name} changed "
                     f"{_shown(a)} → {_shown(b)}")
+    if (info.get("caches") != before.get("caches") and info.get("map_without_caches")
+            and info.get("map_without_caches") == before.get("map_without_caches")):
+        return ("cache mount options changed (cache mounts are not part of the key: only "
+                "their options are, never what they hold)")
     if step["name"] != previous.get("name") or info.get("args") != before.get("args"):
         return "instruction text changed"
     return "the step's definition changed"

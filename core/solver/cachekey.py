@@ -112,4 +112,11 @@ def key_inputs(cmap: dict[str, Any], deps: list[str], key: str) -> dict[str, Any
     if isinstance(meta, dict):
         info["env"] = list(meta.get("env", ()))
         info["args"] = sha256_digest(canonical_dumps(meta.get("args", [])))
+        mounts = cmap["op"].get("mounts", [])
+        caches = [m for m in mounts if m.get("mount_type") == MountType.CACHE]
+        if caches:  # the map without its cache mounts, and the cache mounts' options
+            rest = {**cmap, "op": {**cmap["op"], "mounts": [m for m in mounts
+                                                            if m not in caches]}}
+            info["map_without_caches"] = sha256_digest(canonical_dumps(rest))
+            info["caches"] = sha256_digest(canonical_dumps(caches))
     return info

@@ -308,3 +308,17 @@ def test_several_files_and_a_definition_change(env):
     env.context(APP.replace("RUN cat", "USER root\nRUN cat"))
     err = env.build(ctx)
     assert _misses(err)["[3/4] RUN cat /app/main.py > /out"] == "the step's definition changed"
+
+
+def test_cache_mount_options_and_contents(env):
+    text = "FROM busybox\nRUN --mount=type=cache,target=/c,id=one date >> /c/runs\n"
+    ctx = env.context(text)
+    env.build(ctx)
+    # what the cache mount holds changed (the step appended to it): still cached
+    assert "CACHE MISS" not in env.build(ctx)
+    env.context(text.replace("id=one", "id=two"))
+    err = env.build(ctx)
+    assert _misses(err) == {
+        "[2/2] RUN --mount=type=cache,target=/c,id=two date >> /c/runs":
+        "cache mount options changed (cache mounts are not part of the key: only their "
+        "options are, never what they hold)"}
