@@ -77,6 +77,11 @@ def explain_miss(comparison: Comparison | None, digest: str, steps: Mapping[str,
     if previous is None:
         return "new step: the previous build had none like it"
     if previous["cache"].get("key") == step["info"].get("key"):
+        if previous.get("error"):
+            return "same cache key as the previous build, where the step failed"
+        if previous.get("completed") is None or (not previous.get("cached")
+                                                 and previous.get("started") is None):
+            return "same cache key as the previous build, where the step did not run"
         return "same cache key as the previous build, but its result is no longer in the cache"
     return _changed(comparison, digest, previous, steps, ran, number, depth=0)
 

@@ -322,3 +322,15 @@ def test_cache_mount_options_and_contents(env):
         "[2/2] RUN --mount=type=cache,target=/c,id=two date >> /c/runs":
         "cache mount options changed (cache mounts are not part of the key: only their "
         "options are, never what they hold)"}
+
+
+def test_a_step_that_failed_last_time(env):
+    ctx = env.context("FROM busybox\nRUN echo one > /one\nRUN exit 3\n")
+    code, _, _ = env.pybk("build", "--progress", "plain", "--build-context",
+                          f"busybox=oci-layout://{env.layout}", str(ctx))
+    assert code == 1
+    code, _, err = env.pybk("build", "--progress", "plain", "--build-context",
+                            f"busybox=oci-layout://{env.layout}", str(ctx))
+    assert code == 1
+    assert _misses(err) == {
+        "[3/3] RUN exit 3": "same cache key as the previous build, where the step failed"}
