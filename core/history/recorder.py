@@ -124,8 +124,8 @@ class Recorder:
         with self._lock:
             steps = dict(self._keyed)
             numbers = dict(self._numbers)
-        reason = explain_miss(comparison, vertex.digest, steps, ran,
-                              lambda d: numbers.get(d, 0))
+        reason = redact(explain_miss(comparison, vertex.digest, steps, ran,
+                                     lambda d: numbers.get(d, 0)), self._secret_values())
         self._reasons[vertex.digest] = reason
         return "" if reason == NO_PREVIOUS else reason
 

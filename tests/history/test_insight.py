@@ -334,3 +334,20 @@ def test_a_step_that_failed_last_time(env):
     assert code == 1
     assert _misses(err) == {
         "[3/3] RUN exit 3": "same cache key as the previous build, where the step failed"}
+
+
+def test_a_secret_value_in_a_build_arg_is_not_shown(env, monkeypatch, tmp_path):
+    secret = "s3cr3t-insight-9a8b7c"
+    monkeypatch.setenv("INSIGHT_SECRET", secret)
+    ctx = env.context("FROM busybox\nARG ALSO\nRUN --mount=type=secret,id=s true\n")
+    env.build(ctx, "--secret", "id=s,env=INSIGHT_SECRET", "--build-arg", "ALSO=plain")
+    err = env.build(ctx, "--secret", "id=s,env=INSIGHT_SECRET", "--build-arg",
+                    f"ALSO={secret}", "--explain-cache")
+    assert "CACHE MISS: build arg ALSO changed plain → ****" in err
+    code, trace, _ = env.pybk("history", "trace", "latest", "-o", "-")
+    assert code == 0
+    code, cache, _ = env.pybk("history", "inspect", "latest", "--cache", "--format", "json")
+    assert code == 0
+    assert secret not in err + trace + cache
+    assert not [p for p in (env.root / "history").rglob("*")
+                if p.is_file() and secret.encode() in p.read_bytes()]
