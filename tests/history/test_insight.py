@@ -161,6 +161,13 @@ def test_base_image_change_names_both_digests(env, tmp_path):
             f"parent step {_number(err, '[2/4] COPY app/ /app/')} re-ran",
         "[4/4] RUN echo v=1 >> /out":
             f"parent step {_number(err, '[3/4] RUN cat /app/main.py > /out')} re-ran"}
+    # back to the first image (a new file too, so nothing is cached): its layers are in the
+    # store and its step is cached, so the first step built on it names the change
+    (ctx / "app" / "main.py").write_text("print(3)\n")
+    err = env.build(ctx)
+    misses = _misses(err)
+    assert not any(name.startswith("oci-layout://") for name in misses)
+    assert misses["[2/4] COPY app/ /app/"] == f"base image digest changed ({new} → {old})"
 
 
 def test_history_inspect_cache_and_explain_cache_table(env):
