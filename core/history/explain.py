@@ -117,11 +117,13 @@ def _changed(comparison: Comparison, digest: str, previous: Mapping[str, Any],
                 reason = _file_changes(*files, paths)
                 if reason:
                     return reason
-            return f"files read from {steps[parent]['name'] if parent in steps else 'an input'}" \
-                   " changed"
         match = comparison.match(parent, steps[parent]["name"]) if parent in steps else None
-        if match is not None and depth < 64:
+        if (match is not None and depth < 64
+                and match["cache"].get("key") != steps[parent]["info"].get("key")):
             return _changed(comparison, parent, match, steps, ran, number, depth=depth + 1)
+        if dep.startswith("content:"):
+            return (f"files read from {steps[parent]['name'] if parent in steps else 'an input'}"
+                    " changed")
         return "an input step changed"
     return "the cache key changed"
 
@@ -142,6 +144,10 @@ def _files_of(digest: str, steps: Mapping[str, Step], comparison: Comparison
 def _source_changed(before: Mapping[str, Any], now: Mapping[str, Any]) -> str:
     if before.get("image") and now.get("image") and before["image"] != now["image"]:
         return f"base image digest changed ({before['image']} → {now['image']})"
+    old, new = before.get("fetched") or {}, now.get("fetched") or {}
+    for what, label in (("commit", "git commit"), ("digest", "downloaded file")):
+        if old.get(what) and new.get(what) and old[what] != new[what]:
+            return f"{label} changed ({old[what]} → {new[what]})"
     if isinstance(before.get("files"), Mapping) and isinstance(now.get("files"), Mapping):
         reason = _file_changes(before["files"], now["files"], ["/"])
         if reason:

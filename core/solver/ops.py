@@ -117,7 +117,8 @@ class BuildRunner(OpRunner, LayerUnpacker):
         #: the record of every entry of each synced local directory, from the same walk
         #: (:meth:`ChecksumCache.known` answers a COPY's selectors from it)
         self._local_memos: dict[str, dict[str, tuple[bool, str]]] = {}
-        self._local_of: dict[str, str] = {}
+        #: per source vertex: its local directory's copy, or what a git or HTTP source fetched
+        self._source_of: dict[str, Any] = {}
         self._images: dict[str, Any] = {}
         self._held: list[Any] = []
         #: per (name, shared key) of a local source: the filters of the source that synced the
@@ -237,7 +238,10 @@ class BuildRunner(OpRunner, LayerUnpacker):
     def source_detail(self, vertex: Vertex) -> dict[str, Any]:
         if vertex.digest in self._images:
             return {"image": self._images[vertex.digest].manifest_digest}
-        memo = self._local_memos.get(self._local_of.get(vertex.digest, ""))
+        found = self._source_of.get(vertex.digest, "")
+        if isinstance(found, dict):
+            return {"fetched": found}
+        memo = self._local_memos.get(found)
         if memo is None or len(memo) > SOURCE_FILES_LIMIT:
             return {}
         return {"files": {rel: record[:16] for rel, (_, record) in memo.items()}}
@@ -308,7 +312,7 @@ class BuildRunner(OpRunner, LayerUnpacker):
             return await self._image_key(vertex, src, rest, vp), None
         if scheme == "local":
             key, outcome = await self._local(vertex, src, rest, vp)
-            self._local_of[vertex.digest] = outcome.refs[0].path or ""
+            self._source_of[vertex.digest] = outcome.refs[0].path or ""
             return key, outcome
         if scheme in ("git", "http", "https", "oci-layout"):
             return await self._fetched_source(vertex, src, scheme, vp)
@@ -565,6 +569,8 @@ class BuildRunner(OpRunner, LayerUnpacker):
                             "gid": a.get("http.gid", ""), "url": src.identifier}
             vp.status(f"fetched {identity.get('commit') or identity.get('digest')}", done=True)
             key = source_key(scheme, identity)
+            self._source_of[vertex.digest] = {k: identity[k] for k in ("commit", "digest")
+                                              if identity.get(k)}
             cached = None if vertex.ignore_cache else self.load_cached(key, vertex)
             if cached is not None:
                 return key, cached

@@ -358,3 +358,48 @@ def test_a_secret_value_in_a_build_arg_is_not_shown(env, monkeypatch, tmp_path):
     assert secret not in err + trace + cache
     assert not [p for p in (env.root / "history").rglob("*")
                 if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_a_downloaded_file_change_names_both_digests(env):
+    import hashlib
+
+    from support.netserver import StepServer
+
+    body = {"now": b"one\n"}
+    server = StepServer("127.0.0.1", lambda request: (200, body["now"]))
+    try:
+        ctx = env.context(f"FROM busybox\nADD {server.url}/f.txt /f.txt\nRUN cat /f.txt > /g\n")
+        env.build(ctx)
+        body["now"] = b"two\n"
+        err = env.build(ctx)
+    finally:
+        server.close()
+    one, two = (f"sha256:{hashlib.sha256(b).hexdigest()}" for b in (b"one\n", b"two\n"))
+    misses = _misses(err)
+    assert misses[f"[2/3] ADD {server.url}/f.txt /f.txt"] == (
+        f"downloaded file changed ({one} → {two})")
+    assert misses["[3/3] RUN cat /f.txt > /g"].startswith("parent step #")
+
+
+def test_a_new_git_commit_names_both_commits(env, tmp_path):
+    from support.githttp import GitHTTPServer, bare_repo, git, require_git_http_backend
+
+    require_git_http_backend()
+    root = tmp_path / "git"
+    root.mkdir()
+    first = bare_repo(root, "app.git", {"main.py": "1\n"})
+    server = GitHTTPServer(root)
+    try:
+        ctx = env.context(f"FROM busybox\nADD {server.url}/app.git /src\nRUN cat /src/main.py\n")
+        env.build(ctx)
+        work = tmp_path / "work-app.git"
+        (work / "main.py").write_text("2\n")
+        git(work, "commit", "-q", "-am", "two")
+        second = git(work, "rev-parse", "HEAD")
+        git(work, "push", "-q", str(root / "app.git"), "main")
+        err = env.build(ctx)
+    finally:
+        server.close()
+    misses = _misses(err)
+    assert misses[f"[2/3] ADD {server.url}/app.git /src"] == (
+        f"git commit changed ({first} → {second})")
