@@ -607,7 +607,7 @@ def end_record(recorder: Any, failure: BaseException | None, location: Any, *,
     except Exception as exc:  # noqa: BLE001 - the build's outcome stands
         print(f"WARNING: the build's history record was not written: {exc}", file=sys.stderr)
     report = recorder.cache_report() if explain else None
-    if report is not None:
+    if report is not None and report["steps"]:  # a check or an outline builds nothing
         from pybk.core.history.explain import cache_table
 
         sys.stderr.write("\n" + "\n".join(cache_table(report)) + "\n")
