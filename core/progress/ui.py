@@ -369,6 +369,8 @@ class TTYRenderer(Renderer):
             elif v.completed is not None:
                 style = "blue"
             out.append(self._line(name, f"{took:.1f}s", width), style=style)
+            if v.cache_miss and not v.cached:
+                out.append(f" => => cache miss: {v.cache_miss}"[: width - 1] + "\n", style="dim")
             for s in step.statuses.values():
                 size = ""
                 if s.total:
