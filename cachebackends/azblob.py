@@ -15,6 +15,7 @@ from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
     cache_exporter,
+    cache_importer,
     env_or,
     split_names,
 )
@@ -97,4 +98,4 @@ class AzblobCache(CacheBackend):
 
     def resolve_importer(self, options: AzblobCacheOptions) -> CacheImporter:
         az = self._settings(options, "--cache-from")
-        return CacheImporter(self.name, f"azblob://{az.container}", az.store)
+        return cache_importer(self.name, options, az.store, f"azblob://{az.container}")

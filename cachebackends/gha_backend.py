@@ -15,6 +15,7 @@ from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
     cache_exporter,
+    cache_importer,
     env_or,
 )
 
@@ -80,4 +81,4 @@ class GHACache(CacheBackend):
 
     def resolve_importer(self, options: GHACacheOptions) -> CacheImporter:
         gha = self._settings(options, "--cache-from")
-        return CacheImporter(self.name, f"gha:{options.scope}", gha.store)
+        return cache_importer(self.name, options, gha.store, f"gha:{options.scope}")

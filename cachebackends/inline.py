@@ -6,6 +6,7 @@ The image exporter writes it (:mod:`pybk.core.remotecache.inline`); importing go
 
 from __future__ import annotations
 
+from pybk.core.errors import UsageError
 from pybk.core.interfaces import CacheBackend, CacheExporter
 from pybk.core.remotecache.store import CommonCacheOptions, cache_exporter
 
@@ -17,4 +18,7 @@ class InlineCache(CacheBackend):
     Options = CommonCacheOptions
 
     def resolve_exporter(self, options: CommonCacheOptions) -> CacheExporter:
+        if options.cache_mounts:
+            raise UsageError("type=inline cannot carry cache mounts (cache-mounts=true): "
+                             "export them with another cache type", flag="--cache-to")
         return cache_exporter(self.name, options, None, where="inline")

@@ -8,7 +8,12 @@ import re
 from pybk.core.converter import setting
 from pybk.core.errors import UsageError
 from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
-from pybk.core.remotecache.store import CommonCacheOptions, LayoutCacheStore, cache_exporter
+from pybk.core.remotecache.store import (
+    CommonCacheOptions,
+    LayoutCacheStore,
+    cache_exporter,
+    cache_importer,
+)
 
 
 class LocalCacheOptions(CommonCacheOptions):
@@ -48,6 +53,7 @@ class LocalCache(CacheBackend):
             raise UsageError(f"digest={options.digest}: expected sha256:<64 hex>",
                              flag="--cache-from")
         src = os.path.abspath(options.src)
-        return CacheImporter(
-            self.name, f"local:{src}",
-            lambda info: LayoutCacheStore(src, tag=options.tag, digest=options.digest))
+        return cache_importer(
+            self.name, options,
+            lambda info: LayoutCacheStore(src, tag=options.tag, digest=options.digest),
+            f"local:{src}")

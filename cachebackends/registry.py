@@ -10,7 +10,11 @@ from __future__ import annotations
 from pybk.core.converter import setting
 from pybk.core.errors import InputError, UsageError
 from pybk.core.interfaces import CacheBackend, CacheExporter, CacheImporter
-from pybk.core.remotecache.store import CommonCacheOptions, cache_exporter
+from pybk.core.remotecache.store import (
+    CommonCacheOptions,
+    cache_exporter,
+    cache_importer,
+)
 
 
 class RegistryCacheOptions(CommonCacheOptions):
@@ -54,6 +58,6 @@ class RegistryCache(CacheBackend):
         from pybk.core.remotecache.registry import RegistryCacheStore
 
         ref = self._ref(options, "--cache-from")
-        return CacheImporter(
-            self.name, ref, lambda info: RegistryCacheStore(ref, info,
-                                                            insecure=options.registry_insecure))
+        return cache_importer(
+            self.name, options,
+            lambda info: RegistryCacheStore(ref, info, insecure=options.registry_insecure), ref)

@@ -15,6 +15,7 @@ from pybk.core.remotecache.store import (
     CommonCacheOptions,
     FsspecCacheStore,
     cache_exporter,
+    cache_importer,
     env_or,
     split_names,
 )
@@ -101,4 +102,4 @@ class S3Cache(CacheBackend):
 
     def resolve_importer(self, options: S3CacheOptions) -> CacheImporter:
         s3 = self._settings(options, "--cache-from")
-        return CacheImporter(self.name, f"s3://{s3.bucket}/{options.prefix}", s3.store)
+        return cache_importer(self.name, options, s3.store, f"s3://{s3.bucket}/{options.prefix}")

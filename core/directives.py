@@ -1,10 +1,14 @@
 """Parser directives at the top of a build file: ``# syntax=``, ``# escape=`` and ``# check=``
-(BuildKit ``parser/directives.go``).
+(BuildKit ``parser/directives.go``), and pybk's own ``# pybk=`` (extensions the file opts in to,
+comma-separated: ``no-cache``).
 
 Directives are read only from the leading block of the file: the first line that is not a
 directive (a blank line, an ordinary comment, an instruction, an unknown directive name) ends
 the block for good. Names are case-insensitive; repeating one is an error; ``escape`` must be
 ``\\`` or a backtick.
+
+``# pybk=`` ends the block after itself: BuildKit does not know the name, so for BuildKit the
+block ends there; directives after it would be comments to BuildKit, and are to pybk too.
 
 The engine uses :func:`scan_directives` to choose a frontend before any frontend is loaded;
 the Dockerfile parser feeds its lines through a :class:`DirectiveScanner`.
@@ -17,7 +21,9 @@ import re
 
 from pybk.core.model import Model, field
 
-VALID_DIRECTIVES = frozenset({"syntax", "escape", "check"})
+VALID_DIRECTIVES = frozenset({"syntax", "escape", "check", "pybk"})
+#: the extensions ``# pybk=`` may name
+PYBK_EXTENSIONS = ("no-cache",)
 DEFAULT_ESCAPE = "\\"
 #: what the Dockerfile parser strips from the start of a line before looking at it
 LEADING_BLANKS = "\t\n\v\f\r \x85\xa0"
@@ -40,7 +46,13 @@ class Directives(Model):
     syntax: str | None = None
     escape: str = DEFAULT_ESCAPE
     check: str | None = None
+    pybk: str | None = None
     lines: dict[str, int] = field(factory=dict)
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """The pybk extensions the file opts in to (``# pybk=no-cache``)."""
+        return frozenset(w.strip().lower() for w in (self.pybk or "").split(",") if w.strip())
 
 
 class DirectiveScanner:
@@ -74,12 +86,20 @@ class DirectiveScanner:
         value = match.group(2)  # type: ignore[union-attr]
         self._values[name] = value
         self._lines[name] = self._count
+        if name == "pybk":
+            self.done = True  # BuildKit's block ends at a name it does not know
         return name, value
 
     def feed(self, token: str) -> None:
         """The Dockerfile parser's step (a line with its leading blanks removed): also checks
         and applies ``escape``. Raises ``ValueError`` for a repeated or invalid directive."""
         directive = self.parse_line(token)
+        if directive is not None and directive[0] == "pybk":
+            unknown = sorted(set(Directives(pybk=directive[1]).extensions)
+                             - set(PYBK_EXTENSIONS))
+            if unknown:
+                raise ValueError(f"unknown pybk extension {unknown[0]!r} (known: "
+                                 + ", ".join(PYBK_EXTENSIONS) + ")")
         if directive is None or directive[0] != "escape":
             return
         if directive[1] not in ("`", "\\"):
@@ -91,6 +111,7 @@ class DirectiveScanner:
             syntax=self._values.get("syntax"),
             escape=self.escape,
             check=self._values.get("check"),
+            pybk=self._values.get("pybk"),
             lines=dict(self._lines),
         )
 

@@ -300,6 +300,9 @@ class CacheExporter(Model):
     ignore_error: bool = False
     #: how layer blobs are compressed (:class:`pybk.core.images.layers.LayerSpec`)
     layers: Any = None
+    #: export the build's cache mounts too (``cache-mounts=true``); only these ids when given
+    cache_mounts: bool = False
+    cache_mount_ids: tuple[str, ...] = ()
 
 
 class CacheImporter(Model):
@@ -308,6 +311,9 @@ class CacheImporter(Model):
     backend: str
     where: str
     open: OpenStore
+    #: restore the cache mounts it holds (``cache-mounts=true``); only these ids when given
+    cache_mounts: bool = False
+    cache_mount_ids: tuple[str, ...] = ()
 
 
 class CacheBackend(Plugin):
@@ -367,6 +373,12 @@ class RemoteCacheLookup(abc.ABC):
                    progress: Any) -> dict[int, str] | None:
         """The snapshot (record id) of each output of the vertex with cache key ``key``, its
         layers unpacked through ``layers``; None when a cache lacks any of them."""
+
+    async def cache_mount(self, cache_id: str, content: Any,
+                          progress: Any) -> Callable[[Any], None] | None:
+        """The imported contents of cache mount ``cache_id``, fetched into ``content``, as a
+        function filling a new cache directory with them; None when no import holds it."""
+        return None
 
 
 # --------------------------------------------------------------------------------------------

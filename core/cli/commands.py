@@ -213,7 +213,9 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     a("--progress", default=None, help="auto|tty|plain|rawjson|quiet (default: "
       "$BUILDKIT_PROGRESS, else auto)")
     a("--no-cache", action="store_true")
-    a("--no-cache-filter", action="append", default=[], metavar="STAGE")
+    a("--no-cache-filter", action="append", default=[], metavar="STAGE|STAGE:N|#LINE",
+      help="stages, or single steps (step N of a stage, the step at a line of the build "
+      "file), built without the cache")
     a("--explain-cache", action="store_true",
       help="when the build ends, print each step's cache state and why it missed")
     a("--explain-cache-ref", metavar="REF",
@@ -577,6 +579,18 @@ def _workers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="verbose output")
 
 
+def debug_context(ns: argparse.Namespace) -> int:
+    from pybk.core.cli.contextcmd import debug_context_command
+
+    return debug_context_command(ns, store_root(ns.root))
+
+
+def _context_arguments(parser: argparse.ArgumentParser) -> None:
+    from pybk.core.cli.contextcmd import context_arguments
+
+    context_arguments(parser)
+
+
 def _fsck_arguments(parser: argparse.ArgumentParser) -> None:
     from pybk.core.cli.fsck import fsck_arguments
 
@@ -604,6 +618,8 @@ DEBUG_COMMANDS: tuple[Command | _PluginCommands, ...] = (
             debug_dump_llb, _dump_llb_arguments),
     Command("workers", "list the workers (ID, platforms; -v: labels and GC policy)",
             "pybk.core.cli.workers:debug_workers_command", _workers_arguments),
+    Command("context", "what a build would send of its context, and why the rest is not sent",
+            debug_context, _context_arguments),
     Command("fsck", "check the store (database, snapshots, blobs, leftovers); --repair fixes",
             "pybk.core.cli.fsck:debug_fsck_command", _fsck_arguments),
     PLUGIN_COMMANDS,

@@ -13,8 +13,9 @@ from typing import Any
 from pybk.core.errors import UsageError
 from pybk.core.remote.clientside import Client, GrpcTransport, SocketTransport, credentials
 
-#: commands that read files named on the command line and need no daemon: run here
-_LOCAL_DEBUG = ("dump-llb",)
+#: commands that read files named on the command line and need no daemon: run here (a
+#: daemon never opens a path the client names on its own disk)
+_LOCAL_DEBUG = ("dump-llb", "context")
 
 
 def run_grpc(address: str, argv: list[str], tls: dict[str, str]) -> int:

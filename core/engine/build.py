@@ -448,6 +448,59 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
 
 
 @_counted
+def select_frontend(request: BuildRequest, opts: dict[str, str], local_dirs: Mapping[str, Any],
+                    build_file: str, config: Any, pm: Any) -> tuple[str, type, dict[str, str]]:
+    """(name, class, opts) of the frontend a build request runs: ``--frontend``, else the one
+    the build file's directives choose (a frontend may forward to another), with the
+    ``requestid`` of ``--call`` / ``--check``."""
+    try:
+        head = read_input_file(local_dirs["dockerfile"], opts["filename"], length=4096)
+    except OSError as exc:
+        raise UsageError(f"cannot read build file {build_file}: {exc.strerror}",
+                         flag="--file") from None
+    directives = scan_directives(head)
+    name = request.frontend or pm.hook.pybk_select_frontend(
+        filename=opts["filename"], directives=directives)
+    frontend_cls = plugin_class("frontend", name, pm=pm)
+    forwarded = frontend_cls.forward(directives, opts, pm.frontends(), config)
+    if forwarded is not None:
+        name, opts = forwarded
+        frontend_cls = plugin_class("frontend", name, pm=pm)
+    if request.call in ("outline", "targets"):
+        opts["requestid"] = f"frontend.{request.call}"
+    elif request.call == "check":
+        opts["requestid"] = "frontend.lint"
+    return name, frontend_cls, opts
+
+
+def frontend_definition(request: BuildRequest, *, root: str, config_path: str | None) -> Any:
+    """The definition the frontend makes for ``request`` (as ``--print-llb`` prints it), without
+    solving it; for a multi-platform build, the first platform's."""
+    from pybk.core.config.loader import load_config
+    from pybk.core.engine.client import Client
+    from pybk.core.plugins import get_plugin_manager
+
+    config, _ = load_config(config_path)
+    opts, client_dirs, oci_layouts = frontend_inputs(request)
+    build_file = os.path.join(client_dirs["dockerfile"], opts["filename"])
+    pm = get_plugin_manager()
+    name, frontend_cls, opts = select_frontend(request, opts, client_dirs, build_file, config, pm)
+    client = Client(root=root, config=config)
+    try:
+        bridge = LocalBridge(image_resolve_mode=opts.get("image-resolve-mode"),
+                             local_dirs=client_dirs, oci_layouts=oci_layouts, config=config,
+                             client=client)
+        with plugin_errors("frontend", name, pm=pm):
+            result = solve_frontend(name, frontend_cls, opts, bridge, root)
+    finally:
+        _finish(client, collect=False)
+    if result.definition is not None:
+        return result.definition
+    from pybk.core.engine.multiplatform import platform_graphs
+
+    return next(iter((platform_graphs(result.metadata) or {}).values()))[0]
+
+
 def run_build(request: BuildRequest, *, root: str, config_path: str | None,
               inputs: BuildInputs = LOCAL) -> int:
     """Build ``request``; exit code. ``inputs``: where the client's directories, secrets and
@@ -465,25 +518,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
     local_dirs = inputs.local_dirs(client_dirs)
     started = time.time()
     build_file = os.path.join(client_dirs["dockerfile"], opts["filename"])
-    try:
-        head = read_input_file(local_dirs["dockerfile"], opts["filename"], length=4096)
-    except OSError as exc:
-        raise UsageError(f"cannot read build file {build_file}: {exc.strerror}",
-                         flag="--file") from None
-
     pm = get_plugin_manager()
-    directives = scan_directives(head)
-    name = request.frontend or pm.hook.pybk_select_frontend(
-        filename=opts["filename"], directives=directives)
-    frontend_cls = plugin_class("frontend", name, pm=pm)
-    forwarded = frontend_cls.forward(directives, opts, pm.frontends(), config)
-    if forwarded is not None:
-        name, opts = forwarded
-        frontend_cls = plugin_class("frontend", name, pm=pm)
-    if request.call in ("outline", "targets"):
-        opts["requestid"] = f"frontend.{request.call}"
-    elif request.call == "check":
-        opts["requestid"] = "frontend.lint"
+    name, frontend_cls, opts = select_frontend(request, opts, local_dirs, build_file, config, pm)
     client = Client(root=root, config=config)
     collect = False
     recorder = None if request.print_llb else start_record(

@@ -330,9 +330,14 @@ class Client:
             if cache_to and result.store is not None:
                 from pybk.core.remotecache.exporter import export_caches
 
+                remote_to = [e for e in cache_to if not _is_inline(e)]
+                mount_ids: list[str] = []
+                if any(e.cache_mounts for e in remote_to):
+                    from pybk.core.remotecache.mounts import cache_mount_ids
+
+                    mount_ids = cache_mount_ids(d for d, _ in definitions.values())
                 metadata["cache.responses"] = await export_caches(
-                    [e for e in cache_to if not _is_inline(e)], cache_entries, result.store,
-                    bus, info)
+                    remote_to, cache_entries, result.store, bus, info, mount_ids)
             result = evolve(result, metadata=metadata)
         except BaseException as exc:
             hook.pybk_build_finished(request=request, result=None, error=exc)

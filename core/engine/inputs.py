@@ -56,7 +56,10 @@ class BuildInputs:
 
     def ssh(self, request: Any) -> Mapping[str, str]:
         """``{ssh id: agent socket}``: the socket a ``--ssh`` names, or an agent this process
-        serves over its key files (stopped by the mapping's ``close()``)."""
+        serves over its key files (stopped by the mapping's ``close()``); a build without
+        ``--ssh`` loads no agent code."""
+        if not request.ssh:
+            return {}
         from pybk.core.engine.sshagent import agent_sockets
 
         return agent_sockets(request.ssh)

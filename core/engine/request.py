@@ -9,31 +9,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from pybk.core.errors import UsageError
+from pybk.core.model import Model, field
 
 
-@dataclass(frozen=True, slots=True)
-class OutputSpec:
+class OutputSpec(Model):
     """One ``--output``: exporter type and its attributes (BuildKit spellings)."""
 
     type: str
-    attrs: Mapping[str, str] = field(default_factory=dict)
+    attrs: Mapping[str, str] = field(factory=dict)
     #: hand the written tarball to ``docker load`` afterwards (``--load``)
     load: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class CacheSpec:
+class CacheSpec(Model):
     """One ``--cache-from`` / ``--cache-to`` entry."""
 
     type: str
-    attrs: Mapping[str, str] = field(default_factory=dict)
+    attrs: Mapping[str, str] = field(factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class SecretSpec:
+class SecretSpec(Model):
     """One ``--secret``: where the secret's bytes come from (a file or an environment variable)."""
 
     id: str
@@ -55,8 +52,7 @@ class SecretSpec:
                              flag="--secret") from None
 
 
-@dataclass(frozen=True, slots=True)
-class SSHSpec:
+class SSHSpec(Model):
     """One ``--ssh``: an id and agent sockets or key files (empty = ``$SSH_AUTH_SOCK``);
     ``raw``: the socket forwarded as it is (not through the read-only relay)."""
 
@@ -65,8 +61,7 @@ class SSHSpec:
     raw: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ContextSpec:
+class ContextSpec(Model):
     """One ``--build-context name=value``; ``kind`` is local, docker-image, oci-layout, git,
     http or target."""
 
@@ -75,8 +70,7 @@ class ContextSpec:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
-class ProvenanceSpec:
+class ProvenanceSpec(Model):
     """``--provenance`` / ``--attest type=provenance``: BuildKit's parameters, validated."""
 
     mode: str = "min"
@@ -87,17 +81,16 @@ class ProvenanceSpec:
     filename: str = "provenance.json"
 
 
-@dataclass(frozen=True, slots=True)
-class BuildRequest:
+class BuildRequest(Model):
     """Everything ``pybk build`` was asked to do, validated."""
 
     context: str
     file: str | None = None
     frontend: str | None = None
-    frontend_opts: Mapping[str, str] = field(default_factory=dict)
+    frontend_opts: Mapping[str, str] = field(factory=dict)
     tags: tuple[str, ...] = ()
     target: str | None = None
-    build_args: Mapping[str, str] = field(default_factory=dict)
+    build_args: Mapping[str, str] = field(factory=dict)
     build_contexts: tuple[ContextSpec, ...] = ()
     secrets: tuple[SecretSpec, ...] = ()
     ssh: tuple[SSHSpec, ...] = ()
@@ -117,10 +110,10 @@ class BuildRequest:
     cgroup_parent: str = ""
     #: ``--resource`` values as frontend options (``memory=536870912``, ``cpuquota=50000``)
     resources: tuple[str, ...] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(factory=dict)
     #: ``--annotation`` as exporter attrs (``annotation.K``, ``annotation-index.K`` …),
     #: already added to each image, oci and docker output
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(factory=dict)
     metadata_file: str | None = None
     iidfile: str | None = None
     call: str = "build"

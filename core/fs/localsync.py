@@ -25,8 +25,10 @@ from pybk.core.fs.files import copy_fd_data
 from pybk.core.fs.mirror import Mirror, SyncStats, make_file, run_mirror
 from pybk.core.fs.pathfilter import PathFilter
 from pybk.core.fs.rootpath import resolve_in_root
+from pybk.core.model import Model, field
 
-__all__ = ["SyncStats", "context_filter", "follow_targets", "sync_local", "walk_context"]
+__all__ = ["ContextSurvey", "SyncStats", "context_filter", "follow_targets", "survey_context",
+           "sync_local", "walk_context"]
 
 #: 3: owners before modes (set-id bits kept), failed syncs save dirty marks
 _STATE_VERSION = 3
@@ -196,3 +198,130 @@ def sync_local(src_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str]
         return run_mirror(dest, os.fspath(state_file), _STATE_VERSION, fill, on_copied)
     except OSError as e:
         raise BuildError(f"syncing local context {os.fspath(src_dir)}: {e}") from None
+
+
+# -- the context report ---------------------------------------------------------------------
+
+#: the share of the context's bytes outside every COPY/ADD source above which the report hints
+#: at .dockerignore
+UNUSED_HINT_SHARE = 0.5
+
+
+class ContextSurvey(Model, frozen=False):
+    """What a context holds, from the build's point of view (:func:`survey_context`). Files are
+    regular files and symlinks (sockets, fifos and devices are never transferred); bytes are
+    their sizes. An excluded directory that is not read is one entry of unknown size."""
+
+    #: (rel, size) of the files selected and copied by the sync (all selected: no sync)
+    sent: list[tuple[str, int]] = field(factory=list)
+    #: (rel, size) of the files selected but unchanged since the last sync
+    unchanged: list[tuple[str, int]] = field(factory=list)
+    #: (rel, size) of the files outside every COPY/ADD source (the follow paths)
+    unused: list[tuple[str, int]] = field(factory=list)
+    #: (rel, size, pattern) of the entries excluded by the exclude (.dockerignore) patterns;
+    #: a directory not read is ``rel + "/ (not read)"`` with size -1
+    ignored: list[tuple[str, int, str]] = field(factory=list)
+
+    @staticmethod
+    def _bytes(entries: Sequence[tuple]) -> int:
+        return sum(max(e[1], 0) for e in entries)
+
+    def by_pattern(self) -> dict[str, tuple[int, int, list[str]]]:
+        """pattern -> (entries, bytes, the directories not read), in pattern order of first
+        use."""
+        out: dict[str, tuple[int, int, list[str]]] = {}
+        for rel, size, pattern in self.ignored:
+            count, total, unread = out.get(pattern, (0, 0, []))
+            if size < 0:
+                unread = [*unread, rel]
+            out[pattern] = (count + 1, total + max(size, 0), unread)
+        return out
+
+    def unused_share(self) -> float:
+        """The share of the bytes not ignored that no COPY/ADD uses."""
+        total = self._bytes(self.sent) + self._bytes(self.unchanged) + self._bytes(self.unused)
+        return self._bytes(self.unused) / total if total else 0.0
+
+    def lines(self, *, synced: bool = True) -> list[str]:
+        """The report: totals, ignored entries per pattern, the largest files sent, a hint."""
+        b = self._bytes
+        entries = len(self.sent) + len(self.unchanged) + len(self.unused) + len(self.ignored)
+        considered = b(self.sent) + b(self.unchanged) + b(self.unused) + b(self.ignored)
+        verb = "sent" if synced else "to send"
+        out = [f"context: {entries} entries ({considered} bytes) considered: "
+               f"{len(self.sent)} {verb} ({b(self.sent)} bytes), "
+               + (f"{len(self.unchanged)} unchanged ({b(self.unchanged)} bytes), "
+                  if synced else "")
+               + f"{len(self.unused)} not used by any COPY/ADD ({b(self.unused)} bytes), "
+               f"{len(self.ignored)} ignored ({b(self.ignored)} bytes)"]
+        for pattern, (count, total, unread) in self.by_pattern().items():
+            noun = "entry" if count == 1 else "entries"
+            size = "" if len(unread) == count else f" ({total} bytes)"
+            shown = f": {', '.join(unread)}" if unread else ""
+            out.append(f"context: ignored by .dockerignore pattern {pattern!r}: {count} {noun}"
+                       f"{size}{shown}")
+        largest = sorted(self.sent, key=lambda e: (-e[1], e[0]))[:5]
+        if largest:
+            out.append(f"context: largest files {verb}: "
+                       + ", ".join(f"{rel} ({size} bytes)" for rel, size in largest))
+        share = self.unused_share()
+        if share > UNUSED_HINT_SHARE:
+            out.append(f"hint: {int(share * 100)}% of the context's bytes are not used by any "
+                       "COPY/ADD; add them to .dockerignore")
+        return out
+
+
+def survey_context(root: str, include_patterns: Sequence[str] = (),
+                   exclude_patterns: Sequence[str] = (), follow_paths: Sequence[str] = (),
+                   sent: Sequence[str] | None = None) -> ContextSurvey:
+    """Classify every entry of the context ``root`` as :func:`sync_local` selects it: ignored
+    (by which exclude pattern; an excluded directory the sync would not read is not read here
+    either), outside the include patterns and follow paths (unused), or selected: ``sent``
+    (the paths a sync copied, :attr:`SyncStats.sent`) or unchanged. ``sent=None``: every
+    selected file counts as sent."""
+    exclude = PathFilter(exclude_patterns=exclude_patterns).exclude if exclude_patterns else None
+    root = os.path.realpath(root)
+    select = context_filter(root, include_patterns, (), follow_paths)
+    copied = None if sent is None else set(sent)
+    survey = ContextSurvey()
+
+    def walk(host: str, rel: str, unused: bool) -> None:
+        # ``unused``: no entry below can be selected (the sync does not enter this directory)
+        try:
+            entries = sorted(os.scandir(host), key=lambda e: e.name)
+        except PermissionError as e:
+            raise BuildError(f"cannot read {rel or '.'} of the local context: "
+                             f"{e.strerror}") from None
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if exclude is not None and exclude.matches(child):
+                if is_dir and exclude.can_skip_dir(child):
+                    survey.ignored.append((child + "/ (not read)", -1,
+                                           exclude.deciding_pattern(child) or ""))
+                    continue
+                if is_dir:
+                    walk(entry.path, child, unused)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    survey.ignored.append((child, st.st_size,
+                                           exclude.deciding_pattern(child) or ""))
+                continue
+            if is_dir:
+                below = unused or (select is not None and not any(select.verdict(child, True)))
+                walk(entry.path, child, below)
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                continue
+            item = (child, st.st_size)
+            if unused or (select is not None and not select.verdict(child, False)[0]):
+                survey.unused.append(item)
+            elif copied is None or child in copied:
+                survey.sent.append(item)
+            else:
+                survey.unchanged.append(item)
+
+    walk(root, "", False)
+    return survey

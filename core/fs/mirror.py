@@ -31,10 +31,10 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pybk.core.errors import BuildError
 from pybk.core.fs.files import remove_path
+from pybk.core.model import Model, field
 
 __all__ = ["DestinationChanged", "Mirror", "SyncStats", "make_file", "make_symlink",
            "run_mirror"]
@@ -44,14 +44,16 @@ TMP_PREFIX = ".pybk-sync-"
 DIRTY = ["?"]
 
 
-@dataclass(frozen=True, slots=True)
-class SyncStats:
+class SyncStats(Model):
     """What a sync did; counts are of non-directory entries (files, symlinks)."""
 
     copied: int
     removed: int
     unchanged: int
     bytes_copied: int
+    #: the relative paths of the non-directory entries copied (made again), in the order the
+    #: sync made them (not compared: a remote sync makes them in another order)
+    sent: tuple[str, ...] = field(default=(), eq=False)
 
 
 class DestinationChanged(BuildError):
@@ -120,6 +122,7 @@ class Mirror:
         self.copied = 0
         self.unchanged = 0
         self.bytes = 0
+        self.sent: list[str] = []
         self.as_root = os.geteuid() == 0
         #: directories whose metadata must be (re)applied
         self.touched: set[str] = set()
@@ -241,6 +244,7 @@ class Mirror:
 
     def _copied(self, rel: str, record: list) -> None:
         self.copied += 1
+        self.sent.append(rel)
         if self.on_copied is not None and record[0] == "f":
             self.on_copied(rel)
 
@@ -359,4 +363,4 @@ def run_mirror(dest: str, state_file: str, version: int | str,
     if mirror.new != old:
         save_state(state_file, dest, version, mirror.new)
     return SyncStats(copied=mirror.copied, removed=removed, unchanged=mirror.unchanged,
-                     bytes_copied=mirror.bytes)
+                     bytes_copied=mirror.bytes, sent=tuple(mirror.sent))

@@ -194,6 +194,23 @@ class PatternMatcher:
                 matched = not pattern.exclusion
         return matched
 
+    def deciding_pattern(self, path: str) -> str | None:
+        """The pattern that makes ``path`` matched (the last matching one, as :meth:`matches`
+        decides), or None when ``path`` is not matched."""
+        path = clean_path(path.replace("\\", "/")) if path else "."
+        parent = posixpath.dirname(path) or "."
+        parent_parts = parent.split("/")
+        deciding: str | None = None
+        for pattern in self._patterns:
+            if pattern.exclusion != (deciding is not None):
+                continue
+            hit = pattern.match(path) or (parent != "." and any(
+                pattern.match("/".join(parent_parts[:i]))
+                for i in range(1, len(parent_parts) + 1)))
+            if hit:
+                deciding = None if pattern.exclusion else pattern.text
+        return deciding
+
     def can_skip_dir(self, path: str) -> bool:
         """Whether a walk may skip directory ``path`` entirely: it is matched and no ``!``
         pattern starts inside it (BuildKit's walker rule; wildcard re-includes such as

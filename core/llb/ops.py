@@ -248,6 +248,12 @@ class Mount(Model):
     result_id: str = ""
     content_cache: MountContentCache = _enum(MountContentCache.DEFAULT)
 
+    @property
+    def cache_id(self) -> str:
+        """The id of a cache mount: its ``cache_opt.id``, else its target."""
+        co = self.cache_opt
+        return co.id if co is not None and co.id else self.dest
+
 
 class SecretEnv(Model):
     """Expose secret ``id`` as environment variable ``name``."""

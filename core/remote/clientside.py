@@ -134,14 +134,13 @@ class Client:
         if self.command != "build":
             header["command"] = "argv"
             return header, b""
-        import dataclasses
-
+        from pybk.core.model import evolve
         from pybk.core.remote.wire import request_to_wire
 
         absolute = os.path.abspath
-        contexts = tuple(dataclasses.replace(c, value=absolute(c.value)) if c.kind == "local" else c
+        contexts = tuple(evolve(c, value=absolute(c.value)) if c.kind == "local" else c
                          for c in request.build_contexts)
-        request = dataclasses.replace(
+        request = evolve(
             request, context=absolute(request.context) if request.context else request.context,
             file=absolute(request.file) if request.file else None, build_contexts=contexts)
         if request.llb:

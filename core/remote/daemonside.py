@@ -82,7 +82,7 @@ class RemoteInputs(BuildInputs):
     def rewrite(self, request: Any) -> Any:
         """``request`` with each client-side output's destination moved into this session's
         private directory (streamed back by :meth:`finish_outputs`)."""
-        import dataclasses
+        from pybk.core.model import evolve
 
         for spec in (*request.cache_from, *request.cache_to):
             if spec.type == "local":
@@ -101,13 +101,13 @@ class RemoteInputs(BuildInputs):
             if spec.type in CLIENT_OUTPUTS and dest:
                 here = os.path.join(self.work, f"output-{index}")
                 self.returned.append((index, spec, dest))
-                spec = dataclasses.replace(spec, attrs={**spec.attrs, "dest": here}, load=False)
+                spec = evolve(spec, attrs={**spec.attrs, "dest": here}, load=False)
             elif spec.type in CLIENT_OUTPUTS:
                 here = os.path.join(self.work, f"output-{index}")
                 self.returned.append((index, spec, "-"))
-                spec = dataclasses.replace(spec, attrs={**spec.attrs, "dest": here})
+                spec = evolve(spec, attrs={**spec.attrs, "dest": here})
             outputs.append(spec)
-        return dataclasses.replace(request, outputs=tuple(outputs), metadata_file=None, iidfile=None)
+        return evolve(request, outputs=tuple(outputs), metadata_file=None, iidfile=None)
 
     def finish_outputs(self, request: Any, result: Any) -> None:
         for index, spec, _dest in self.returned:

@@ -16,30 +16,29 @@ _TUPLES = ("tags", "platforms", "no_cache_filter", "entitlements", "ulimits", "r
 
 def request_to_wire(request: Any) -> dict[str, Any]:
     """A :class:`pybk.core.engine.request.BuildRequest` as JSON-able data."""
-    import dataclasses
+    from pybk.core.model import asdict
 
-    return dataclasses.asdict(request)
+    return asdict(request)
 
 
 def request_from_wire(data: Any) -> Any:
     """The :class:`BuildRequest` a client sent (:func:`request_to_wire`'s form); anything
     else is a usage error."""
-    import dataclasses
-
     from pybk.core.engine import request as req
+    from pybk.core.model import evolve, fields
 
     try:
         if not isinstance(data, dict):
             raise TypeError("not an object")
-        fields = {f.name for f in dataclasses.fields(req.BuildRequest)}
-        unknown = sorted(set(data) - fields)
+        known = {f.name for f in fields(req.BuildRequest)}
+        unknown = sorted(set(data) - known)
         if unknown:
             raise TypeError(f"unknown fields {', '.join(unknown)}")
         values = dict(data)
         for name, cls_name in _SPECS.items():
             cls = getattr(req, cls_name)
             values[name] = tuple(cls(**item) for item in values.get(name) or ())
-        values["ssh"] = tuple(dataclasses.replace(s, paths=tuple(s.paths)) for s in values["ssh"])
+        values["ssh"] = tuple(evolve(s, paths=tuple(s.paths)) for s in values["ssh"])
         for name in _TUPLES:
             values[name] = tuple(str(v) for v in values.get(name) or ())
         values["add_hosts"] = tuple((str(h), str(ip)) for h, ip in values.get("add_hosts") or ())

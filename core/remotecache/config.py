@@ -26,6 +26,10 @@ CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
 INLINE_CONFIG_KEY = "moby.buildkit.cache.v0"
 ANNOTATION_UNCOMPRESSED = "containerd.io/uncompressed"
 ANNOTATION_CREATED = "buildkit/createdat"
+#: the cache config's key listing exported cache mounts (a pybk extension BuildKit ignores)
+CACHE_MOUNTS_KEY = "io.pybk.cache-mounts"
+#: the annotation naming the cache mount of a blob in the local and registry wrappers
+ANNOTATION_CACHE_MOUNT = "io.pybk.cache-mount.id"
 
 
 class CacheFormatError(PybkError):
@@ -82,9 +86,39 @@ class CacheRecord(Model):
     created_at: str = ""
 
 
+class CacheMount(Model):
+    """The contents of one ``RUN --mount=type=cache`` directory (``id``) as one tar blob,
+    compressed like the cache's layers (``layer.parent`` is unused)."""
+
+    id: str
+    layer: CacheLayer
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"id": self.id, "blob": self.layer.blob, "mediaType": self.layer.media_type,
+               "diffID": self.layer.diff_id, "size": self.layer.size}
+        if self.layer.created_at:
+            out["createdAt"] = self.layer.created_at
+        return out
+
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any]) -> CacheMount:
+        return cls(str(item["id"]), CacheLayer(
+            blob=str(item["blob"]), media_type=str(item["mediaType"]),
+            diff_id=str(item.get("diffID", "")), size=int(item.get("size", -1)),
+            created_at=str(item.get("createdAt", ""))))
+
+    def descriptor(self, media_type: str | None = None) -> dict[str, Any]:
+        """The blob's OCI descriptor in the local and registry wrappers."""
+        desc = self.layer.descriptor(media_type)
+        desc["annotations"][ANNOTATION_CACHE_MOUNT] = self.id
+        return desc
+
+
 class CacheConfig(Model):
     layers: tuple[CacheLayer, ...] = ()
     records: tuple[CacheRecord, ...] = ()
+    #: exported cache mounts (``--cache-to …,cache-mounts=true``), under ``CACHE_MOUNTS_KEY``
+    mounts: tuple[CacheMount, ...] = ()
 
     # -- JSON ---------------------------------------------------------------------------
 
@@ -100,8 +134,11 @@ class CacheConfig(Model):
                 rec["inputs"] = [[{"selector": "", "link": link} for link in links]
                                  for links in r.inputs]
             records.append(rec)
-        data = {"layers": [layer.to_json(annotations=annotations) for layer in self.layers],
-                "records": records}
+        data: dict[str, Any] = {
+            "layers": [layer.to_json(annotations=annotations) for layer in self.layers],
+            "records": records}
+        if self.mounts:
+            data[CACHE_MOUNTS_KEY] = [m.to_json() for m in self.mounts]
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
@@ -127,6 +164,7 @@ class CacheConfig(Model):
                     inputs=tuple(tuple(int(x["link"]) for x in links)
                                  for links in item.get("inputs") or []),
                     created_at=str(next((t for t in stamps if t), ""))))
+            mounts = tuple(CacheMount.from_json(item) for item in raw.get(CACHE_MOUNTS_KEY) or [])
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise CacheFormatError(f"{what} is not a valid {CACHE_CONFIG_MEDIA_TYPE}: "
                                    f"{exc}") from None
@@ -134,7 +172,7 @@ class CacheConfig(Model):
         for layer in layers:
             if not -1 <= layer.parent < n:
                 raise CacheFormatError(f"{what}: layer parent {layer.parent} out of range")
-        return cls(tuple(layers), tuple(records))
+        return cls(tuple(layers), tuple(records), mounts)
 
     def with_descriptors(self, descriptors: Iterable[Mapping[str, Any]]) -> CacheConfig:
         """Layers completed from OCI descriptors (local and registry caches)."""

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pybk.core.interfaces import CacheExporter
-from pybk.core.remotecache.config import CacheConfig, ConfigBuilder, record_digest
+from pybk.core.model import evolve
+from pybk.core.remotecache.config import CacheConfig, CacheMount, ConfigBuilder, record_digest
 
 
 def build_config(store: Any, content: Any, entries: Sequence[Any], spec: Any) -> CacheConfig:
@@ -38,11 +39,37 @@ def build_config(store: Any, content: Any, entries: Sequence[Any], spec: Any) ->
     return builder.build()
 
 
+async def export_mounts(exporter: CacheExporter, store: Any, content: Any,
+                        mount_ids: Sequence[str], vp: Any) -> tuple[CacheMount, ...]:
+    """The blobs of the build's cache mounts ``exporter`` takes (``cache-mounts=true``,
+    ``cache-mount-ids=``), each shown as ``exporting cache mount ID`` with its size."""
+    import asyncio
+
+    from pybk.core.remotecache.importer import warn
+    from pybk.core.remotecache.mounts import export_mount, selected
+
+    if not exporter.cache_mounts:
+        return ()
+    for unused in (i for i in exporter.cache_mount_ids if i not in mount_ids):
+        warn(vp, f"cache-mount-ids: no step of this build uses cache mount {unused!r}")
+    mounts = []
+    for cache_id in selected(mount_ids, exporter.cache_mount_ids):
+        name = f"exporting cache mount {cache_id}"
+        vp.status(name)
+        mount = await asyncio.to_thread(export_mount, store, content, cache_id, exporter.layers)
+        size = mount.layer.size if mount is not None else 0
+        vp.status(name, current=size, total=size, done=True)
+        if mount is not None:
+            mounts.append(mount)
+    return tuple(mounts)
+
+
 async def export_caches(exporters: Sequence[CacheExporter], entries: dict[str, Any], store: Any,
-                        progress: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
+                        progress: Any, info: dict[str, Any],
+                        mount_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Run each cache export (``exporting cache to …`` on the progress stream); returns their
     responses. A failure raises BuildError unless the export says ``ignore-error=true``, which
-    makes it a warning."""
+    makes it a warning. ``mount_ids``: the cache mounts the build's steps use."""
     import asyncio
     import logging
 
@@ -62,6 +89,9 @@ async def export_caches(exporters: Sequence[CacheExporter], entries: dict[str, A
             config = await asyncio.to_thread(build_config, store, content,
                                              entries.get(exporter.mode, []),
                                              exporter.layers)
+            mounts = await export_mounts(exporter, store, content, mount_ids, vp)
+            if mounts:
+                config = evolve(config, mounts=mounts)
             plan = ExportPlan(config=config, content=content, info=info)
             assert exporter.open is not None
             cache = exporter.open(info)

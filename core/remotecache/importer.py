@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pybk.core.images.ids import chain_ids
 from pybk.core.interfaces import CacheImporter, LayerUnpacker, RemoteCacheLookup
-from pybk.core.remotecache.config import CacheLayer, CacheRecord, record_digest
+from pybk.core.remotecache.config import CacheLayer, CacheMount, CacheRecord, record_digest
 from pybk.core.remotecache.store import LoadedCache, load_cache
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,14 @@ class RemoteCache(RemoteCacheLookup):
 
     def __init__(self, loaded: Sequence[LoadedCache]):
         self._records: dict[str, list[tuple[LoadedCache, CacheRecord]]] = {}
+        #: the imports' cache mounts (``cache-mounts=true``), the first import's winning
+        self._mounts: dict[str, tuple[LoadedCache, CacheMount]] = {}
+        self._restores: dict[str, asyncio.Future[Callable[[Any], None] | None]] = {}
         for cache in loaded:
             for record in cache.config.records:
                 self._records.setdefault(record.digest, []).append((cache, record))
+            for mount in cache.mounts:
+                self._mounts.setdefault(mount.id, (cache, mount))
 
     def __len__(self) -> int:
         return len(self._records)
@@ -60,6 +65,39 @@ class RemoteCache(RemoteCacheLookup):
                 return None
             snapshots[index] = snap
         return snapshots
+
+    async def cache_mount(self, cache_id: str, content: Any,
+                          progress: Any) -> Callable[[Any], None] | None:
+        """Fetch the imported cache mount ``cache_id`` (once per build; ``importing cache mount
+        ID`` with its size on the step) and return what fills a new directory with it; a
+        failure is a warning and None (the step gets an empty cache mount)."""
+        if cache_id not in self._mounts:
+            return None
+        task = self._restores.get(cache_id)
+        if task is None:
+            task = self._restores[cache_id] = asyncio.ensure_future(
+                self._fetch_mount(cache_id, content, progress))
+        return await asyncio.shield(task)
+
+    async def _fetch_mount(self, cache_id: str, content: Any,
+                           vp: Any) -> Callable[[Any], None] | None:
+        from pybk.core.remotecache.mounts import filler
+
+        cache, mount = self._mounts[cache_id]
+        name = f"importing cache mount {cache_id}"
+        total = max(mount.layer.size, 0)
+        try:
+            vp.status(name, total=total)
+            if not content.has(mount.layer.blob):
+                await asyncio.to_thread(cache.store.fetch_blob, mount.layer, content)
+            vp.status(name, current=total, total=total, done=True)
+        except Exception as exc:  # any failure of a remote cache leaves the mount empty
+            log.debug("cache mount import from %s failed", cache.where, exc_info=True)
+            vp.status(name, total=total, done=True)
+            warn(vp, f"importing cache mount {cache_id} from {cache.where} failed: "
+                     f"{describe_error(exc)}")
+            return None
+        return filler(content, mount, lambda message: warn(vp, message))
 
     @staticmethod
     async def _materialize(layers: LayerUnpacker, cache: LoadedCache, chain: list[CacheLayer],

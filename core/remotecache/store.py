@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from pybk.core.converter import setting
-from pybk.core.errors import PybkError
+from pybk.core.errors import PybkError, UsageError
 from pybk.core.interfaces import CacheExporter, CacheImporter, CacheStore, OpenStore
 from pybk.core.model import Model, field
 from pybk.core.remotecache.config import (
@@ -29,6 +29,7 @@ from pybk.core.remotecache.config import (
     CacheConfig,
     CacheFormatError,
     CacheLayer,
+    CacheMount,
 )
 
 OCI_LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
@@ -46,7 +47,8 @@ class CacheUnavailable(PybkError):
 
 
 class CommonCacheOptions(Model):
-    """Export attributes every backend takes (imports ignore them)."""
+    """Attributes every backend takes: the export ones (imports ignore them) and the cache
+    mount ones (both directions)."""
 
     mode: Literal["min", "max"] = "min"
     ignore_error: bool = setting("ignore-error", default=False)
@@ -54,6 +56,18 @@ class CommonCacheOptions(Model):
     #: checked against the compression's range by :func:`pybk.core.images.layers.check_level`
     compression_level: int | None = setting("compression-level", default=None)
     force_compression: bool = setting("force-compression", default=False)
+    #: export / restore the contents of ``RUN --mount=type=cache`` directories (pybk's own)
+    cache_mounts: bool = setting("cache-mounts", default=False)
+    cache_mount_ids: str = setting("cache-mount-ids", default="")
+
+
+def _mount_ids(options: CommonCacheOptions, flag: str) -> tuple[str, ...]:
+    ids = tuple(split_names(options.cache_mount_ids))
+    if options.cache_mount_ids and not options.cache_mounts:
+        raise UsageError("cache-mount-ids= needs cache-mounts=true", flag=flag)
+    if options.cache_mount_ids and not ids:
+        raise UsageError("cache-mount-ids= names no cache mount (ID1;ID2)", flag=flag)
+    return ids
 
 
 def cache_exporter(backend: str, options: CommonCacheOptions, open_store: OpenStore | None,
@@ -66,7 +80,16 @@ def cache_exporter(backend: str, options: CommonCacheOptions, open_store: OpenSt
                          ignore_error=options.ignore_error,
                          layers=LayerSpec(compression=options.compression,
                                           level=options.compression_level,
-                                          force=options.force_compression))
+                                          force=options.force_compression),
+                         cache_mounts=options.cache_mounts,
+                         cache_mount_ids=_mount_ids(options, flag))
+
+
+def cache_importer(backend: str, options: CommonCacheOptions, open_store: OpenStore,
+                   where: str, flag: str = "--cache-from") -> CacheImporter:
+    """The import of ``backend`` from ``where``, its cache mount options validated."""
+    return CacheImporter(backend, where, open_store, cache_mounts=options.cache_mounts,
+                         cache_mount_ids=_mount_ids(options, flag))
 
 
 def env_or(value: str, *names: str, default: str = "") -> str:
@@ -98,7 +121,7 @@ class ExportPlan(Model):
 
     def blobs(self) -> list[CacheLayer]:
         seen: dict[str, CacheLayer] = {}
-        for layer in self.config.layers:
+        for layer in [*self.config.layers, *(m.layer for m in self.config.mounts)]:
             seen.setdefault(layer.blob, layer)
         return list(seen.values())
 
@@ -228,6 +251,9 @@ def wrap_config(config: CacheConfig, *, image_manifest: bool, oci: bool) -> Wrap
     seen: dict[str, dict[str, Any]] = {}
     for layer in config.layers:
         seen.setdefault(layer.blob, layer.descriptor(layer_media_type(layer.media_type, oci)))
+    for mount in config.mounts:  # listed so that registries keep them and reset= spares them
+        seen.setdefault(mount.layer.blob, mount.descriptor(
+            layer_media_type(mount.layer.media_type, oci)))
     layers = list(seen.values())
     if image_manifest:
         media_type = OCI_MANIFEST
@@ -409,15 +435,24 @@ class LayoutCacheStore(CacheStore):
 
 
 class LoadedCache(Model, eq=False):
-    """One imported cache config and the store its blobs come from."""
+    """One imported cache config and the store its blobs come from; ``mounts``: the cache
+    mounts of the config the import restores (none unless it says ``cache-mounts=true``)."""
 
     config: CacheConfig
     store: CacheStore
     where: str
+    mounts: tuple[CacheMount, ...] = ()
 
 
 def load_cache(importer: CacheImporter, info: Mapping[str, Any] | None = None
                ) -> list[LoadedCache]:
     """Read the cache configs of ``importer``'s store (blobs stay remote)."""
     store = importer.open(info or {})
-    return [LoadedCache(config, store, importer.where) for config in store.read_configs()]
+    loaded = []
+    for config in store.read_configs():
+        mounts: tuple[CacheMount, ...] = ()
+        if importer.cache_mounts:
+            mounts = tuple(m for m in config.mounts
+                           if not importer.cache_mount_ids or m.id in importer.cache_mount_ids)
+        loaded.append(LoadedCache(config, store, importer.where, mounts))
+    return loaded

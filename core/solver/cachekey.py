@@ -26,6 +26,8 @@ from pybk.core.model import Model
 from pybk.core.serialize import canonical_dumps, sha256_digest
 
 KEY_VERSION = "pybk.cachekey.v1"
+#: a local directory with more entries than this is explained without naming its files
+SOURCE_FILES_LIMIT = 4000
 
 
 class Selector(Model):
@@ -120,3 +122,12 @@ def key_inputs(cmap: dict[str, Any], deps: list[str], key: str) -> dict[str, Any
             info["map_without_caches"] = sha256_digest(canonical_dumps(rest))
             info["caches"] = sha256_digest(canonical_dumps(caches))
     return info
+
+
+def files_detail(memo: dict[str, tuple[bool, str]] | None) -> dict[str, Any]:
+    """A synced local directory's per-file checksums (``{"files": {path: 16 hex digits}}``),
+    from its checksum memo, to name the files that changed; empty beyond
+    :data:`SOURCE_FILES_LIMIT` entries."""
+    if memo is None or len(memo) > SOURCE_FILES_LIMIT:
+        return {}
+    return {"files": {rel: record[:16] for rel, (_, record) in memo.items()}}

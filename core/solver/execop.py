@@ -71,8 +71,10 @@ class _Mounts:
     """The mounts of one exec being assembled, and the snapshots its outputs go to."""
 
     def __init__(self, runner: Any, vertex: Vertex, op: ExecOp, inputs: list[Ref],
-                 astack: contextlib.AsyncExitStack, stack: contextlib.ExitStack):
+                 astack: contextlib.AsyncExitStack, stack: contextlib.ExitStack,
+                 vp: VertexProgress | None = None):
         self.runner = runner
+        self.vp = vp
         self.vertex = vertex
         self.op = op
         self.inputs = inputs
@@ -92,7 +94,7 @@ class _Mounts:
             await self._bind(m)
         elif m.mount_type == MountType.CACHE:
             self.mounts.append(await cache_mount(self.runner, m, self.ref_of(m.input),
-                                                 self.astack))
+                                                 self.astack, self.vp))
         elif m.mount_type == MountType.TMPFS:
             opts = ("nosuid", "nodev", "mode=1777")
             if m.tmpfs_opt is not None and m.tmpfs_opt.size:
@@ -160,7 +162,7 @@ async def run_exec(runner: Any, vertex: Vertex, op: ExecOp, inputs: list[Ref],
     process = process_spec(runner, vertex, op)
     async with contextlib.AsyncExitStack() as astack:
         stack = astack.enter_context(contextlib.ExitStack())
-        mounts = _Mounts(runner, vertex, op, inputs, astack, stack)
+        mounts = _Mounts(runner, vertex, op, inputs, astack, stack, vp)
         for m in op.mounts:
             await mounts.add(m)
         if mounts.root is None:
@@ -176,17 +178,22 @@ async def run_exec(runner: Any, vertex: Vertex, op: ExecOp, inputs: list[Ref],
         return VertexOutcome(refs=refs, cached=False)
 
 
-async def cache_mount(runner: Any, m: Any, seed: Ref,
-                      stack: contextlib.AsyncExitStack) -> ExecMount:
-    """A cache mount (``--mount=type=cache``), seeded from ``seed`` when it is new."""
+async def cache_mount(runner: Any, m: Any, seed: Ref, stack: contextlib.AsyncExitStack,
+                      vp: VertexProgress | None = None) -> ExecMount:
+    """A cache mount (``--mount=type=cache``): when it is new, filled from an imported cache
+    that has it, else seeded from ``seed``."""
     co = m.cache_opt
-    cid = (co.id if co is not None and co.id else m.dest)
+    cid = m.cache_id
     sharing = CACHE_SHARING[co.sharing if co else CacheSharingOpt.SHARED]
     seed_record = None
     if not seed.is_scratch:
         seed_record = runner.store.get_record(runner.materialize(seed))
+    fill = None
+    if runner.remote is not None and vp is not None and not runner.store.has_cache_mount(cid):
+        # an imported cache mount (--cache-from …,cache-mounts=true) fills a new one
+        fill = await runner.remote.cache_mount(cid, runner.content, vp)
     mounts, release = await runner.store.cache_mount(cid, sharing, seed=seed_record,
-                                                     seed_path=m.selector or "/")
+                                                     seed_path=m.selector or "/", fill=fill)
     stack.callback(release)
     if m.readonly:
         mounts = [evolve(x, options=tuple(o for o in x.options if o != "rw") + ("ro",))

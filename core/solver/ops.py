@@ -45,13 +45,10 @@ from pybk.core.model import Model, astuple, field
 from pybk.core.progress.events import VertexProgress
 from pybk.core.serialize import sha256_digest
 from pybk.core.solver.active import ActiveSnapshot
-from pybk.core.solver.cachekey import Selector, source_key
+from pybk.core.solver.cachekey import Selector, files_detail, source_key
 from pybk.core.solver.results import SCRATCH_REF, Ref, read_ref
 from pybk.core.solver.scheduler import InFlight, OpRunner, VertexOutcome
 from pybk.core.solver.vertex import Vertex
-
-#: a local directory with more entries than this is explained without naming its files
-SOURCE_FILES_LIMIT = 4000
 
 
 class Session(Model):
@@ -239,12 +236,8 @@ class BuildRunner(OpRunner, LayerUnpacker):
         if vertex.digest in self._images:
             return {"image": self._images[vertex.digest].manifest_digest}
         found = self._source_of.get(vertex.digest, "")
-        if isinstance(found, dict):
-            return {"fetched": found}
-        memo = self._local_memos.get(found)
-        if memo is None or len(memo) > SOURCE_FILES_LIMIT:
-            return {}
-        return {"files": {rel: record[:16] for rel, (_, record) in memo.items()}}
+        return ({"fetched": found} if isinstance(found, dict)
+                else files_detail(self._local_memos.get(found)))
 
     def _extra(self, vertex: Vertex) -> dict[str, Any]:
         image = self._images.get(vertex.digest)
@@ -527,6 +520,12 @@ class BuildRunner(OpRunner, LayerUnpacker):
             vp.status(f"transferring {name}: {stats.copied} files copied, "
                       f"{stats.removed} removed{received}",
                       current=stats.bytes_copied if received else 0, done=True)
+            if isinstance(client_dir, str) and name != "dockerfile":
+                from pybk.core.fs.localsync import survey_context
+
+                survey = await asyncio.to_thread(survey_context, client_dir, include, exclude,
+                                                 follow, stats.sent)
+                vp.log(1, "".join(f"{line}\n" for line in survey.lines()).encode())
             memo: dict[str, tuple[bool, str]] = {}
             checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/", memo=memo)
             self._local_sums[dest] = checksum

@@ -173,6 +173,7 @@ class Scheduler:
         self._vp: dict[str, VertexProgress] = {}
         self._executed: list[str] = []
         self._cached: list[str] = []
+        self._busted_memo: dict[str, bool] = {}
         self._failed = False
 
     # -- public ------------------------------------------------------------------------
@@ -337,7 +338,8 @@ class Scheduler:
                 vp.done()
             self._executed.append(digest)
             return early
-        if not v.ignore_cache:
+        busted = self._busted(digest)
+        if not busted:
             cached = self.runner.load_cached(key, v)
             if cached is None and v.op.kind != "source":
                 cached = await self.runner.load_remote(key, v, vp)
@@ -347,7 +349,7 @@ class Scheduler:
                 self._cached.append(digest)
                 return cached
         inputs = await asyncio.gather(*(self._input_ref(inp) for inp in v.inputs))
-        job_key = key if not v.ignore_cache else f"{key}+nocache:{id(self)}"
+        job_key = key if not busted else f"{key}+nocache:{id(self)}"
         outcome, joined = await InFlight.run(job_key, lambda: self._execute(v, key, inputs, vp))
         if joined:
             now_cached = self.runner.load_cached(key, v)
@@ -357,6 +359,17 @@ class Scheduler:
                 outcome = now_cached
         self._executed.append(digest)
         return outcome
+
+    def _busted(self, digest: str) -> bool:
+        """``ignore_cache`` on this vertex or on one it depends on: no cache match is possible
+        past a vertex that ran again (BuildKit's ``noCacheMatchPossible``), so its dependents
+        run too (their results are still saved under their keys)."""
+        known = self._busted_memo.get(digest)
+        if known is None:
+            v = self.graph.vertices[digest]
+            known = v.ignore_cache or any(self._busted(i.digest) for i in v.inputs)
+            self._busted_memo[digest] = known
+        return known
 
     def _mark_unneeded_inputs(self, digest: str) -> None:
         """Report, inputs first, the ancestors of a cache hit that will never run as cached."""

@@ -20,8 +20,19 @@ from pybk.core.store.trees import copy_contents
 CACHE_SHARING = ("shared", "private", "locked")
 
 
+def cache_mount_path(records: Records, cache_id: str) -> Path:
+    """The directory of cache mount ``cache_id`` (its shared copy; it may not exist)."""
+    return records.db.root / "cachemounts" / dir_name(cache_id)
+
+
+def cache_mount_lock_name(cache_id: str) -> str:
+    """The lock its users hold (shared, or exclusive for ``sharing=locked``)."""
+    return f"cachemount-{cache_id}#0"
+
+
 async def cache_mount(records: Records, cache_id: str, sharing: str = "shared", *,
                       seed: Record | None = None, seed_path: str = "/",
+                      fill: Callable[[Path], None] | None = None,
                       ) -> tuple[list[Mount], Callable[[], None]]:
     """Mounts for ``RUN --mount=type=cache,id=…,sharing=…`` and the callback releasing them.
 
@@ -29,7 +40,8 @@ async def cache_mount(records: Records, cache_id: str, sharing: str = "shared", 
     one user at a time (others wait); ``private``: a directory no one else uses meanwhile
     (the shared one when free, else another copy, reused when free). ``seed``: a committed
     record whose directory ``seed_path`` (``source=``) fills a newly created cache directory,
-    its own mode and owner included (``from=``).
+    its own mode and owner included (``from=``). ``fill``: fills a newly created cache
+    directory instead of ``seed`` (an imported cache mount).
     """
     if sharing not in CACHE_SHARING:
         raise UsageError(f"invalid cache sharing {sharing!r} (choose {', '.join(CACHE_SHARING)})")
@@ -39,7 +51,7 @@ async def cache_mount(records: Records, cache_id: str, sharing: str = "shared", 
         while (lock := locks.try_lock(f"cachemount-{cache_id}#{slot}")) is None:
             slot += 1
     else:
-        lock = locks.lock(f"cachemount-{cache_id}#0", shared=sharing == "shared")
+        lock = locks.lock(cache_mount_lock_name(cache_id), shared=sharing == "shared")
         await lock.acquire_async()
     try:
         def seed_from(target: Path) -> None:
@@ -55,7 +67,7 @@ async def cache_mount(records: Records, cache_id: str, sharing: str = "shared", 
         record = await asyncio.to_thread(
             records.named_dir, f"cachemount-{cache_id}#{slot}", f"cachemounts/{name}",
             type="exec.cachemount", description=f"cached mount {cache_id}",
-            seed=seed_from if seed is not None else None)
+            seed=fill if fill is not None else seed_from if seed is not None else None)
     except BaseException:
         lock.release()
         raise

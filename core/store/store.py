@@ -268,11 +268,21 @@ class Store:
 
     async def cache_mount(self, cache_id: str, sharing: str = "shared", *,
                           seed: Record | None = None, seed_path: str = "/",
+                          fill: Callable[[Path], None] | None = None,
                           ) -> tuple[list[Mount], Callable[[], None]]:
         """Mounts for ``RUN --mount=type=cache,id=…,sharing=…`` and the callback releasing them
         (:func:`pybk.core.store.cachemounts.cache_mount`)."""
         return await cachemounts.cache_mount(self._records, cache_id, sharing, seed=seed,
-                                             seed_path=seed_path)
+                                             seed_path=seed_path, fill=fill)
+
+    def has_cache_mount(self, cache_id: str) -> bool:
+        """Whether cache mount ``cache_id`` exists in this store."""
+        return cachemounts.cache_mount_path(self._records, cache_id).is_dir()
+
+    def cache_mount_path(self, cache_id: str) -> Path:
+        """The directory of cache mount ``cache_id`` (it may not exist); read it holding
+        ``locks.lock(cachemounts.cache_mount_lock_name(cache_id), shared=True)``."""
+        return cachemounts.cache_mount_path(self._records, cache_id)
 
     def local_dir(self, name: str, shared_key: str) -> Path:
         """The directory a ``local://name`` context syncs into for ``shared_key``.

@@ -61,6 +61,8 @@ class Instruction(Model, kw_only=True):
     flags: tuple[str, ...] = ()
     heredocs: tuple[Heredoc, ...] = ()
     comments: tuple[str, ...] = ()
+    #: ``--no-cache`` (a pybk extension): this step never uses the cache
+    no_cache: bool = False
 
     @property
     def name(self) -> str:

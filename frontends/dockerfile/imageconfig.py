@@ -46,6 +46,8 @@ class StageState(Model, frozen=False):
     total: int
     platform: llb.Platform
     ignore_cache: bool = False
+    #: the step numbers of this stage a ``--no-cache-filter`` selector (``stage:N``) names
+    busted: frozenset[int] = frozenset()
     declared: list[str] = field(factory=list)
     #: ARGs given a value after an ENV of the same name (the base image's included): as in
     #: BuildKit, where an ARG adds itself to the stage's environment, later RUN steps and

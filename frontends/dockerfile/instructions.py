@@ -71,13 +71,35 @@ INSTRUCTION_NAMES = (
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9-_.]*\Z")
 
 
+#: the pybk extension a step flag belongs to, and the directive that opts in to it
+_EXTENSION_FLAGS = {"no-cache": "no-cache"}
+
+
 class _Request(Model):
     node: Node
     common: dict
     args: tuple[str, ...]
+    extensions: frozenset[str] = frozenset()
 
     def flags(self, spec: Mapping[str, str]) -> dict[str, object]:
         return parse_flags(self.node.flags, spec)
+
+    def step_flags(self, spec: Mapping[str, str]) -> dict[str, object]:
+        """Flags of RUN, COPY and ADD: also ``--no-cache`` when the file opts in to it with
+        ``# pybk=no-cache`` (BuildKit does not know the flag, so a file without the directive
+        is refused as BuildKit refuses it, with a hint). Sets ``common["no_cache"]``."""
+        extra = {name: BOOL for name, ext in _EXTENSION_FLAGS.items() if ext in self.extensions}
+        try:
+            flags = parse_flags(self.node.flags, {**spec, **extra})
+        except InstructionError as err:
+            for name, ext in _EXTENSION_FLAGS.items():
+                if name not in extra and str(err).startswith(f"unknown flag: {name}"):
+                    raise InstructionError(
+                        f"unknown flag: {name} (--{name} is a pybk extension: opt in with the "
+                        f"parser directive '# pybk={ext}' at the top of the file)") from None
+            raise
+        self.common["no_cache"] = bool(flags.pop("no-cache", False))
+        return flags
 
 
 def _key_values(args: Sequence[str], command: str) -> tuple[KeyValue, ...]:
@@ -152,7 +174,7 @@ def _parse_from(req: _Request) -> FromInstruction:
 
 
 def _parse_run(req: _Request) -> RunInstruction:
-    flags = req.flags({"mount": STRINGS, "network": STRING, "security": STRING})
+    flags = req.step_flags({"mount": STRINGS, "network": STRING, "security": STRING})
     network = flags.get("network")
     if network is not None and network not in ("default", "none", "host"):
         raise InstructionError(f'unsupported network mode "{network}"')
@@ -235,7 +257,7 @@ def _parse_add(req: _Request) -> AddInstruction:
             "ADD requires at least two arguments, but only one was provided. "
             "Destination could not be determined"
         )
-    flags = req.flags(
+    flags = req.step_flags(
         {
             "chown": STRING,
             "chmod": STRING,
@@ -268,7 +290,7 @@ def _parse_copy(req: _Request) -> CopyInstruction:
             "COPY requires at least two arguments, but only one was provided. "
             "Destination could not be determined"
         )
-    flags = req.flags(
+    flags = req.step_flags(
         {
             "from": STRING,
             "chown": STRING,
@@ -440,9 +462,11 @@ def _error_at(
 
 
 def parse_instruction(
-    node: Node, filename: str = "Dockerfile", lines: Sequence[str] = ()
+    node: Node, filename: str = "Dockerfile", lines: Sequence[str] = (),
+    extensions: frozenset[str] = frozenset(),
 ) -> Instruction:
-    """Turn one parser node into its typed instruction, validating flags and arguments."""
+    """Turn one parser node into its typed instruction, validating flags and arguments;
+    ``extensions`` are the pybk extensions the file opts in to (``# pybk=``)."""
     parser = _PARSERS.get(node.command)
     if parser is None:
         message = f"unknown instruction: {node.keyword}" + did_you_mean(
@@ -458,7 +482,7 @@ def parse_instruction(
         "comments": node.prev_comments,
     }
     try:
-        return parser(_Request(node, common, node.args))
+        return parser(_Request(node, common, node.args, extensions))
     except InstructionError as err:
         raise _error_at(str(err), node, filename, lines) from None
 
@@ -472,7 +496,7 @@ def parse_dockerfile(data: bytes | str, filename: str = "Dockerfile") -> Dockerf
     meta_args: list[ArgInstruction] = []
     stages: list[tuple[FromInstruction, list[Instruction]]] = []
     for node in ast.children:
-        instruction = parse_instruction(node, filename, ast.lines)
+        instruction = parse_instruction(node, filename, ast.lines, ast.directives.extensions)
         if isinstance(instruction, FromInstruction):
             stages.append((instruction, []))
         elif not stages:

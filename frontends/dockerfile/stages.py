@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pybk.core import llb
@@ -34,6 +34,28 @@ _OP_KEYWORDS = ("RUN", "COPY", "ADD", "WORKDIR")
 #: converts one instruction: ``(converter, stage state, instruction, stage index)``
 Step = Callable[["StageConverter", StageState, Any, int], None]
 
+
+
+def no_cache_selectors(values: Iterable[str]) -> tuple[set[tuple[str, int]], set[int]]:
+    """The step selectors among ``--no-cache-filter`` values: ``STAGE:N`` (step N of a stage
+    named or numbered STAGE, counted as the progress shows it: ``[STAGE N/T]``) and ``#LINE``
+    (the step whose instruction covers that line of the build file). Other values are stage
+    names. Raises InputError for a malformed selector."""
+    steps: set[tuple[str, int]] = set()
+    lines: set[int] = set()
+    for value in values:
+        if value.startswith("#"):
+            if not value[1:].isdigit() or int(value[1:]) < 1:
+                raise InputError(f"invalid no-cache filter {value!r}: expected #LINE, a line "
+                                 "number of the build file")
+            lines.add(int(value[1:]))
+        elif ":" in value:
+            stage, _, number = value.rpartition(":")
+            if not stage or not number.isdigit() or int(number) < 1:
+                raise InputError(f"invalid no-cache filter {value!r}: expected STAGE:N, a "
+                                 "stage name or index and a step number from 1")
+            steps.add((stage, int(number)))
+    return steps, lines
 
 class NamedContext(Model):
     """A named build context: a State and, optionally, the image config it brings.
@@ -95,6 +117,7 @@ class StageConverter:
         self.target_platform = target_platform
         self.context = context()
         self.no_cache_stages = no_cache_stages
+        self.no_cache_steps, self.no_cache_lines = no_cache_selectors(no_cache_stages or ())
         self.extra_hosts = dict(extra_hosts)
         self.network_mode = network_mode
         #: ``--ulimit`` entries and ``--cgroup-parent``, for every RUN
@@ -241,9 +264,15 @@ class StageConverter:
     def op_opts(self, ds: StageState, instruction: ins.Instruction, name: str) -> dict:
         options = self.loc_opts(instruction.location, ds.prefix(name))
         options["description"] = {COMMAND_DESCRIPTION: instruction.original}
-        if ds.ignore_cache:
+        if ds.ignore_cache or instruction.no_cache or self._filtered(ds, instruction):
             options["ignore_cache"] = True
         return options
+
+    def _filtered(self, ds: StageState, instruction: ins.Instruction) -> bool:
+        """A ``--no-cache-filter`` step selector names this step (``stage:N`` or ``#LINE``)."""
+        loc = instruction.location
+        return ds.index in ds.busted or any(loc.start_line <= line <= loc.end_line
+                                            for line in self.no_cache_lines)
 
     def _convert(self, stage: ins.Stage) -> StageState:
         frm = stage.from_instruction
@@ -264,6 +293,8 @@ class StageConverter:
         ds = StageState(llb.scratch(), {}, {}, [], label, total, platform)
         ds.ignore_cache = self.no_cache_stages is not None and (
             not self.no_cache_stages or (stage.name or "") in self.no_cache_stages)
+        ds.busted = frozenset(n for key, n in self.no_cache_steps
+                              if key in (stage.name or "", str(stage.index)))
         width = len(str(total))
         name = f"[{label + ' ' if label else ''}{1:>{width}d}/{total}] FROM {base}"
         state, config = self.source(base, stage.index, frm.location, platform, name)

@@ -117,7 +117,7 @@ class _Builder:
             shown = json.dumps(list(command), ensure_ascii=False)
         original = " ".join([*flags, shown])
         return RunStepInstruction(**self.common("RUN", path, original, flags=tuple(flags),
-                                                heredocs=heredocs),
+                                                heredocs=heredocs, no_cache=run.no_cache),
                                   command=command, prepend_shell=script is not None, **extra)
 
     def copy(self, copy: Copy | Add, path: KeyPath) -> ins.Instruction:
@@ -151,7 +151,8 @@ class _Builder:
             cls = ins.AddInstruction
         flags += [f"--exclude={e}" for e in copy.exclude]
         original = " ".join([*flags, _words_text([*copy.src, copy.dest])])
-        return cls(**self.common(keyword, path, original, flags=tuple(flags)), **fields)
+        return cls(**self.common(keyword, path, original, flags=tuple(flags),
+                                 no_cache=copy.no_cache), **fields)
 
     def step(self, step: Any, path: KeyPath) -> ins.Instruction:
         kind = next(k for k in STEP_KINDS if getattr(step, k) is not None)

@@ -83,6 +83,8 @@ class Run(Model):
     security: Literal["sandbox", "insecure"] | None = _field("security mode", default=None)
     env: dict[str, Text] = _field("environment variables for this command only",
                                   factory=dict)
+    no_cache: bool = _field("run this step again on every build, without the cache (later "
+                            "steps that depend on it run again too)", "no-cache", default=False)
 
 
 class Copy(Model):
@@ -98,6 +100,8 @@ class Copy(Model):
     parents: bool = _field("keep the source's parent directories (`COPY --parents`)",
                            default=False)
     exclude: list[Text] = _field("patterns of paths not to copy", factory=list)
+    no_cache: bool = _field("run this step again on every build, without the cache (later "
+                            "steps that depend on it run again too)", "no-cache", default=False)
 
 
 class Add(Model):
@@ -115,6 +119,8 @@ class Add(Model):
                                        "keep-git-dir", default=None)
     unpack: bool | None = _field("unpack archives (default: local archives yes, URLs no)",
                                  default=None)
+    no_cache: bool = _field("run this step again on every build, without the cache (later "
+                            "steps that depend on it run again too)", "no-cache", default=False)
 
 
 class Step(Model):
