@@ -278,8 +278,9 @@ RUN cat /a > /b
 """
     ctx = env.context(two)
     env.build(ctx)
-    err = env.build(ctx, "--no-cache-filter", "b")
-    assert _misses(err) == {"[b 2/2] RUN cat /a > /b": "--no-cache"}
+    for selector in ("b", "b:2"):  # the stage, or the step
+        err = env.build(ctx, "--no-cache-filter", selector)
+        assert _misses(err) == {"[b 2/2] RUN cat /a > /b": "--no-cache"}
     env.context(two.replace("red", "blue"))
     err = env.build(ctx)
     first = "[a 2/2] RUN echo blue > /a"
