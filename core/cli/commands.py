@@ -237,6 +237,11 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     a("--no-cache-filter", action="append", default=[], metavar="STAGE|STAGE:N|#LINE",
       help="stages, or single steps (step N of a stage, the step at a line of the build "
       "file), built without the cache")
+    a("--explain-cache", action="store_true",
+      help="when the build ends, print each step's cache state and why it missed")
+    a("--explain-cache-ref", metavar="REF",
+      help="explain cache misses against this build record (implies --explain-cache; "
+           "default: the previous build of the same target)")
     a("--check", action="store_true", help="run build checks instead of building")
     a("--call", default="build",
       help="build|check|outline|targets, with ,format=json for outline and targets")
@@ -358,6 +363,8 @@ def parse_build_request(ns: argparse.Namespace, *, plugins: bool = True) -> Any:
         pull=ns.pull,
         quiet=ns.quiet,
         provenance=bo.parse_attests(ns.attest, ns.provenance, ns.sbom),
+        explain_cache=ns.explain_cache or bool(ns.explain_cache_ref),
+        explain_cache_ref=ns.explain_cache_ref,
     )
     if plugins:
         check_request_plugins(request)
@@ -550,7 +557,7 @@ def _du_arguments(du: argparse.ArgumentParser) -> None:
 
 
 def _history_arguments(parser: argparse.ArgumentParser) -> None:
-    """``pybk history ls|inspect|logs|rm|export`` (buildx's ``history`` commands)."""
+    """``pybk history ls|inspect|logs|rm|export|trace`` (buildx's ``history`` commands)."""
     sub = parser.add_subparsers(dest="history_command", metavar="WHAT", parser_class=_Parser)
     ref_help = "a build ref, a unique prefix of one, ^N (N builds before the newest) or latest"
     ls = sub.add_parser("ls", help="list build records")
@@ -559,6 +566,8 @@ def _history_arguments(parser: argparse.ArgumentParser) -> None:
     inspect = sub.add_parser("inspect", help="inspect a build record")
     inspect.add_argument("ref", nargs="?", default="latest", help=ref_help)
     inspect.add_argument("--format", default="pretty", metavar="pretty|json")
+    inspect.add_argument("--cache", action="store_true",
+                         help="each step's cache state and why it missed")
     logs = sub.add_parser("logs", help="print the logs of a build record")
     logs.add_argument("ref", nargs="?", default="latest", help=ref_help)
     logs.add_argument("--progress", default="plain", metavar="plain|rawjson")
@@ -568,6 +577,9 @@ def _history_arguments(parser: argparse.ArgumentParser) -> None:
     export = sub.add_parser("export", help="write a build record to a file (JSON)")
     export.add_argument("ref", nargs="?", default="latest", help=ref_help)
     export.add_argument("-o", "--output", required=True, metavar="FILE|-")
+    trace = sub.add_parser("trace", help="write a build record as Chrome trace-event JSON")
+    trace.add_argument("ref", nargs="?", default="latest", help=ref_help)
+    trace.add_argument("-o", "--output", required=True, metavar="FILE|-")
 
 
 def _file_argument(default: str | None) -> Callable[[argparse.ArgumentParser], None]:

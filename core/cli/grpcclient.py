@@ -70,7 +70,7 @@ def _run(argv: list[str], transport: Callable[[], Any]) -> int:
             rest[0] == "config" and any(not a.startswith("-") for a in rest[1:]))):
         return main(argv)  # reads a file of this machine and needs no daemon
     export_to = None
-    if command == "history" and rest[:1] == ["export"]:
+    if command == "history" and rest[:1] in (["export"], ["trace"]):
         argv, export_to = _export_here(argv, at)
     client = Client(argv, command=command, debug="--debug" in argv[:at])
     if export_to is not None:

@@ -1,4 +1,4 @@
-"""``pybk history ls|inspect|logs|rm|export``: the build records of a store, shown as buildx's
+"""``pybk history ls|inspect|logs|rm|export|trace``: the build records of a store, shown as buildx's
 ``docker buildx history`` commands show them (see docs/history.md)."""
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def history_command(ns: argparse.Namespace) -> int:
 
     what = getattr(ns, "history_command", None)
     if what is None:
-        raise UsageError("pybk history: choose one of ls, inspect, logs, rm, export")
+        raise UsageError("pybk history: choose one of ls, inspect, logs, rm, export, trace")
     store = HistoryStore(store_root(ns.root))
     return {"ls": _ls, "inspect": _inspect, "logs": _logs, "rm": _rm,
-            "export": _export}[what](store, ns, sys.stdout)
+            "export": _export, "trace": _trace}[what](store, ns, sys.stdout)
 
 
 # -- formatting helpers --------------------------------------------------------------------
@@ -264,6 +264,13 @@ def _inspect(store: HistoryStore, ns: argparse.Namespace, out: IO[str]) -> int:
     if ns.format not in ("pretty", "json"):
         raise UsageError(f"unknown format {ns.format!r} (pretty or json)", flag="--format")
     record, details = store.load(store.resolve(ns.ref))
+    if getattr(ns, "cache", False):
+        from pybk.core.history.explain import cache_report, cache_table
+
+        report = cache_report(details.get("steps", []), details.get("cache_compared"))
+        out.write(json.dumps(report, indent=2) + "\n" if ns.format == "json"
+                  else "\n".join(cache_table(report)) + "\n")
+        return 0
     data = inspect_json(record, details)
     if ns.format == "json":
         out.write(json.dumps(data, indent=2) + "\n")
@@ -399,9 +406,21 @@ def export_document(record: BuildRecord, details: Mapping[str, Any]) -> dict[str
             "provenance": details.get("provenance", [])}
 
 
+def _trace(store: HistoryStore, ns: argparse.Namespace, out: IO[str]) -> int:
+    from pybk.core.history.trace import trace_events
+
+    record, details = store.load(store.resolve(ns.ref))
+    return _write_out(ns, json.dumps(trace_events(record, details)).encode() + b"\n", out)
+
+
 def _export(store: HistoryStore, ns: argparse.Namespace, out: IO[str]) -> int:
     record, details = store.load(store.resolve(ns.ref))
     data = (json.dumps(export_document(record, details), indent=2) + "\n").encode()
+    return _write_out(ns, data, out)
+
+
+def _write_out(ns: argparse.Namespace, data: bytes, out: IO[str]) -> int:
+    """``data`` into ``-o FILE`` (mode 0600) or stdout (``-``)."""
     if ns.output == "-":
         out.flush()
         sys.stdout.buffer.write(data)

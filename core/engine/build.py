@@ -524,7 +524,8 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
     collect = False
     recorder = None if request.print_llb else start_record(
         root, config, started=started, frontend=name, attrs=opts,
-        context=client_dirs["context"], build_file=build_file)
+        context=client_dirs["context"], build_file=build_file,
+        explain_ref=request.explain_cache_ref)
     failure: BaseException | None = None
     location = None
     try:
@@ -596,16 +597,18 @@ def run_build(request: BuildRequest, *, root: str, config_path: str | None,
         raise
     finally:
         try:
-            end_record(recorder, failure, location)
+            end_record(recorder, failure, location, explain=request.explain_cache)
         finally:
             _finish(client, collect=collect)
     return 0
 
 
 def start_record(root: str, config: Any, *, started: float, frontend: str,
-                 attrs: Mapping[str, str], context: str, build_file: str) -> Any:
+                 attrs: Mapping[str, str], context: str, build_file: str,
+                 explain_ref: str | None = None) -> Any:
     """The build's history record (:class:`pybk.core.history.recorder.Recorder`), kept as
-    ``[history]`` says."""
+    ``[history]`` says; ``explain_ref``: the record its cache misses are explained against
+    (the previous build of the same target by default)."""
     from pybk.core.history.recorder import Recorder
 
     recorder = Recorder(root, max_age=float(config.history.max_age),
@@ -615,6 +618,8 @@ def start_record(root: str, config: Any, *, started: float, frontend: str,
     recorder.frontend_attrs = dict(attrs)
     recorder.context = context
     recorder.dockerfile = build_file
+    if explain_ref is not None:
+        recorder.compare_ref = recorder.store.resolve(explain_ref)
     return recorder
 
 
@@ -627,15 +632,22 @@ def record_outputs(recorder: Any, request: BuildRequest, solved: Any, provenance
         recorder.add_provenance(provenance, solved)
 
 
-def end_record(recorder: Any, failure: BaseException | None, location: Any) -> None:
+def end_record(recorder: Any, failure: BaseException | None, location: Any, *,
+               explain: bool = False) -> None:
     """Write the build's history record; a record that cannot be written is a warning, never
-    the build's failure."""
+    the build's failure. ``explain``: then print each step's cache state (``--explain-cache``)."""
     if recorder is None:
         return
     try:
         recorder.finish(failure, location=location)
     except Exception as exc:  # noqa: BLE001 - the build's outcome stands
         print(f"WARNING: the build's history record was not written: {exc}", file=sys.stderr)
+    report = recorder.cache_report() if explain else None
+    if report is not None and report["steps"]:  # a check or an outline builds nothing
+        from pybk.core.history.explain import cache_table
+
+        sys.stderr.write("\n" + "\n".join(cache_table(report)) + "\n")
+        sys.stderr.flush()
 
 
 @_counted
@@ -668,7 +680,8 @@ def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path:
     collect = False
     recorder = start_record(root, config, started=time.time(), frontend="", attrs={},
                             context=os.path.abspath(request.context) if request.context else "",
-                            build_file=request.llb or "")
+                            build_file=request.llb or "",
+                            explain_ref=request.explain_cache_ref)
     failure: BaseException | None = None
     try:
         provenance = build_provenance(request, "", {}, local_dirs, inputs=inputs)
@@ -688,7 +701,7 @@ def run_llb_build(data: bytes, request: BuildRequest, *, root: str, config_path:
         raise
     finally:
         try:
-            end_record(recorder, failure, None)
+            end_record(recorder, failure, None, explain=request.explain_cache)
         finally:
             _finish(client, collect=collect)
     return 0

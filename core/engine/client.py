@@ -301,6 +301,8 @@ class Client:
                     **(export_info or {})}
             specs = [e.layer_spec(info) for e in exports]
             solved = await self._solve_graphs(definitions, session=session, bus=bus,
+                                              insight=getattr(history, "cache_miss", None)
+                                              and history,
                                               no_cache=no_cache, importers=importers,
                                               cache_modes=modes, hold=hold,
                                               ahead=next((s for s in specs if s is not None), None))
@@ -379,6 +381,7 @@ class Client:
 
     async def _solve_graphs(self, definitions: Mapping[str, tuple[Any, Any]], *, session: Any,
                             bus: Progress, no_cache: bool, importers: Sequence[Any],
+                            insight: Any = None,
                             cache_modes: Iterable[str], hold: contextlib.ExitStack,
                             ahead: Any = None) -> list[tuple[Any, dict[str, list]]]:
         """Solve the definitions concurrently with one runner (the build's locks, images and
@@ -417,7 +420,7 @@ class Client:
                     _write_ahead_of_head(runner, definition, ahead)
             return await _all_or_none([
                 self._solve_graph(definition, config, runner=runner, bus=bus, slots=slots,
-                                  no_cache=no_cache, cache_modes=cache_modes)
+                                  no_cache=no_cache, cache_modes=cache_modes, insight=insight)
                 for definition, config in definitions.values()])
         finally:
             await registry.aclose()
@@ -431,7 +434,7 @@ class Client:
 
     async def _solve_graph(self, definition: Any, image_config: Mapping[str, Any] | None, *,
                            runner: Any, bus: Progress, slots: asyncio.Semaphore | None,
-                           no_cache: bool, cache_modes: Iterable[str]
+                           no_cache: bool, cache_modes: Iterable[str], insight: Any = None
                            ) -> tuple[Any, dict[str, list[Any]]]:
         from pybk.core.solver.results import SolveResult
         from pybk.core.solver.scheduler import Scheduler
@@ -443,7 +446,7 @@ class Client:
         for vertex in loaded.vertices.values():
             if vertex.op.kind == "exec":  # before any step runs or is found in the cache
                 runner.check_entitlements(vertex, vertex.op.op)
-        scheduler = Scheduler(loaded, runner, bus, slots=slots)
+        scheduler = Scheduler(loaded, runner, bus, slots=slots, insight=insight)
         ref, key, outcome = await scheduler.solve()
         entries = {mode: scheduler.cache_entries(mode) for mode in cache_modes}
         config = image_config

@@ -124,3 +124,8 @@ class BuildRequest(Model):
     pull: bool = False
     quiet: bool = False
     provenance: ProvenanceSpec | None = None
+    #: print each step's cache state and why it missed when the build ends
+    explain_cache: bool = False
+    #: the build record cache misses are explained against (default: the previous build of
+    #: the same name, target and platforms)
+    explain_cache_ref: str | None = None

@@ -62,6 +62,15 @@ class Recorder:
         self._num_warnings = 0
         self._lock = threading.Lock()
         self._done = False
+        #: cache insight: each keyed step's key inputs, why each step that ran did, the order
+        #: steps started in (their ``#N``), the previous build compared with
+        self.compare_ref: str | None = None
+        self._keyed: dict[str, Any] = {}
+        self._reasons: dict[str, str] = {}
+        self._numbers: dict[str, int] = {}
+        self._comparison: Any = False
+        #: the record's details once written (:meth:`finish`)
+        self.details: dict[str, Any] | None = None
 
     # -- the progress sink -------------------------------------------------------------------
 
@@ -73,6 +82,8 @@ class Recorder:
                     self._steps[vertex.digest] = _Step(vertex)
                 elif vertex.started is not None or step.vertex.started is None:
                     step.vertex = vertex
+                if vertex.started is not None and vertex.digest not in self._numbers:
+                    self._numbers[vertex.digest] = len(self._numbers) + 1
             for st in status.statuses:
                 step = self._steps.get(st.vertex)
                 if step is not None:
@@ -94,6 +105,72 @@ class Recorder:
             gone = step.logs.popleft()
             step.size -= len(gone.data)
             step.dropped += len(gone.data)
+
+    # -- cache insight (the scheduler's ``insight``) --------------------------------------------
+
+    def cache_inputs(self, vertex: Any, info: dict[str, Any]) -> None:
+        """A step's cache key inputs (:func:`pybk.core.solver.cachekey.key_inputs`)."""
+        with self._lock:
+            self._keyed[vertex.digest] = {
+                "name": vertex.name, "inputs": [i.digest for i in vertex.inputs], "info": info,
+                "ignore_cache": bool(vertex.ignore_cache)}
+
+    def cache_miss(self, vertex: Any, info: dict[str, Any], ran: Any) -> str:
+        """Why ``vertex`` runs instead of being found in the cache (shown under the step);
+        empty when there is no previous build to compare with (the record says so)."""
+        from pybk.core.history.explain import NO_PREVIOUS, explain_miss
+
+        comparison = self._previous()
+        with self._lock:
+            steps = dict(self._keyed)
+            numbers = dict(self._numbers)
+        reason = redact(explain_miss(comparison, vertex.digest, steps, ran,
+                                     lambda d: numbers.get(d, 0)), self._secret_values())
+        self._reasons[vertex.digest] = reason
+        return "" if reason == NO_PREVIOUS else reason
+
+    def _previous(self) -> Any:
+        """The previous build of the same name, target and platforms (or ``compare_ref``),
+        as a :class:`~pybk.core.history.explain.Comparison`; None if there is none. Read once,
+        when the first step misses."""
+        if self._comparison is not False:
+            return self._comparison
+        from pybk.core.history.explain import Comparison
+
+        self._comparison = None
+        ref = self.compare_ref
+        if ref is None:
+            me = self._summary()
+            for record in self.store.records():
+                if (record.ref != self.ref and record.name == me.name
+                        and record.target == me.target and record.platforms == me.platforms):
+                    ref = record.ref
+                    break
+        if ref is not None:
+            try:
+                record, details = self.store.load(ref)
+            except Exception:  # noqa: BLE001 - an unreadable record explains nothing
+                return None
+            self._comparison = Comparison(ref, list(details.get("steps", ())),
+                                          previous_attrs=record.frontend_attrs,
+                                          attrs=self.frontend_attrs)
+        return self._comparison
+
+    def cache_report(self) -> dict[str, Any] | None:
+        """The written record's steps' cache states
+        (:func:`pybk.core.history.explain.cache_report`); None before :meth:`finish`."""
+        from pybk.core.history.explain import cache_report
+
+        if self.details is None:
+            return None
+        return cache_report(self.details["steps"], self.details.get("cache_compared"))
+
+    def _summary(self) -> BuildRecord:
+        attrs = self.frontend_attrs
+        return BuildRecord(ref=self.ref, frontend_attrs=dict(attrs), context=self.context,
+                           dockerfile=self.dockerfile, target=attrs.get("target", ""),
+                           platforms=tuple(p for p in attrs.get("platform", "").split(",")
+                                           if p))
 
     # -- what the engine says ----------------------------------------------------------------
 
@@ -142,10 +219,12 @@ class Recorder:
         self._done = True
         with self._lock:
             steps = list(self._steps.values())
+            keyed = dict(self._keyed)
             warnings = list(self._warnings)
             num_warnings = self._num_warnings
         secrets = self._secret_values()
         rendered, kept, dropped = _render_steps(steps, secrets)
+        self._add_cache(rendered, keyed, secrets)
         status, err = "completed", None
         if error is not None:
             status, err = _describe(error, location, secrets)
@@ -163,10 +242,30 @@ class Recorder:
             num_warnings=num_warnings, exporters=tuple(self.exporters),
             provenance=tuple(dict.fromkeys(p["predicateType"] for p in self.provenance)),
             log_bytes=kept, log_bytes_dropped=dropped)
-        details = {"steps": rendered,
+        self.details = details = {"steps": rendered,
                    "warnings": [_warning_json(w, secrets) for w in warnings],
                    "provenance": self.provenance}
+        if self._comparison:
+            details["cache_compared"] = self._comparison.ref
         self.store.add(record, details, max_age=self.max_age, max_entries=self.max_entries)
+
+    def _add_cache(self, rendered: list[dict[str, Any]], keyed: Mapping[str, Any],
+                   secrets: list[str]) -> None:
+        """Each keyed step's key inputs (``"cache"``) and, for a step that ran, why
+        (``"cache_miss"``); the previous build compared with (``"cache_compared"``)."""
+        for step in rendered:
+            if step["digest"] in self._numbers:
+                step["number"] = self._numbers[step["digest"]]
+            got = keyed.get(step["digest"])
+            if got is None:
+                continue
+            info = dict(got["info"])
+            if "env" in info:
+                info["env"] = [redact(e, secrets) for e in info["env"]]
+            step["cache"] = info
+            reason = self._reasons.get(step["digest"])
+            if reason:
+                step["cache_miss"] = redact(reason, secrets)
 
     def _secret_values(self) -> list[str]:
         """The secrets this build read (a remote build's: only those fetched so far: a secret
@@ -306,9 +405,9 @@ def replay(details: Mapping[str, Any]) -> list[SolveStatus]:
                        inputs=tuple(step.get("inputs", ())), started=step["started"],
                        completed=step.get("completed"), cached=bool(step.get("cached")),
                        error=step.get("error", ""))
-        updates.append(SolveStatus(vertexes=(Vertex(digest=final.digest, name=final.name,
-                                                    inputs=final.inputs,
-                                                    started=final.started),)))
+        updates.append(SolveStatus(vertexes=(Vertex(
+            digest=final.digest, name=final.name, inputs=final.inputs, started=final.started,
+            cache_miss="" if final.cached else step.get("cache_miss", "")),)))
         statuses = tuple(VertexStatus(
             id=s["id"], vertex=final.digest, name=s.get("name", ""), total=s.get("total", 0),
             current=s.get("current", 0), timestamp=s.get("timestamp", 0.0),

@@ -40,6 +40,8 @@ class Vertex(Model):
     cached: bool = False
     error: str = ""
     progress_group: dict[str, Any] | None = None
+    #: why the step runs instead of being found in the cache (pybk's own; empty if unknown)
+    cache_miss: str = ""
 
 
 class VertexStatus(Model):
@@ -124,6 +126,7 @@ def _vertex_json(v: Vertex) -> dict[str, Any]:
         "cached": v.cached,
         "error": v.error,
         "progressGroup": v.progress_group,
+        "cacheMiss": v.cache_miss,
     })
 
 
@@ -179,7 +182,8 @@ def status_from_json(d: dict[str, Any]) -> SolveStatus:
             digest=v["digest"], name=v.get("name", ""), inputs=tuple(v.get("inputs", ())),
             started=parse_time(v.get("started")), completed=parse_time(v.get("completed")),
             cached=bool(v.get("cached")), error=v.get("error", ""),
-            progress_group=v.get("progressGroup")) for v in d.get("vertexes", ())),
+            progress_group=v.get("progressGroup"), cache_miss=v.get("cacheMiss", ""))
+            for v in d.get("vertexes", ())),
         statuses=tuple(VertexStatus(
             id=s["id"], vertex=s.get("vertex", ""), name=s.get("name", ""),
             total=s.get("total", 0), current=s.get("current", 0),
@@ -242,8 +246,10 @@ class VertexProgress:
         """Make the vertex known before it starts (BuildKit sends such initial vertexes)."""
         self._progress.emit(SolveStatus(vertexes=(self.state,)))
 
-    def start(self) -> None:
-        self._update(started=time.time(), completed=None, error="")
+    def start(self, *, cache_miss: str = "") -> None:
+        """The step starts; ``cache_miss``: why it runs instead of being found in the cache."""
+        self._update(started=time.time(), completed=None, error="",
+                     cache_miss=cache_miss or self.state.cache_miss)
 
     def cached(self) -> None:
         now = time.time()

@@ -107,6 +107,7 @@ class _Step:
         self.tail: deque[str] = deque(maxlen=ERROR_LOG_LINES)
         self.pending_since: float | None = None
         self.last_update = 0.0
+        self.miss_shown = False
 
     @property
     def active(self) -> bool:
@@ -217,6 +218,9 @@ class PlainRenderer(Renderer):
                 self._write("")
             self.printed_any = True
             self._write(f"#{step.index} {step.vertex.name}")
+        if step.vertex.cache_miss and not step.miss_shown:
+            step.miss_shown = True
+            self._write(f"#{step.index} CACHE MISS: {step.vertex.cache_miss}")
         for sid in step.status_updates:
             self._print_status(step, step.statuses[sid])
         step.status_updates = []
@@ -365,6 +369,8 @@ class TTYRenderer(Renderer):
             elif v.completed is not None:
                 style = "blue"
             out.append(self._line(name, f"{took:.1f}s", width), style=style)
+            if v.cache_miss and not v.cached:
+                out.append(f" => => cache miss: {v.cache_miss}"[: width - 1] + "\n", style="dim")
             for s in step.statuses.values():
                 size = ""
                 if s.total:

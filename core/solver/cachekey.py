@@ -26,6 +26,8 @@ from pybk.core.model import Model
 from pybk.core.serialize import canonical_dumps, sha256_digest
 
 KEY_VERSION = "pybk.cachekey.v1"
+#: a local directory with more entries than this is explained without naming its files
+SOURCE_FILES_LIMIT = 4000
 
 
 class Selector(Model):
@@ -101,3 +103,31 @@ def compute_key(cmap: dict[str, Any], deps: list[str]) -> str:
 def source_key(kind: str, identity: dict[str, Any]) -> str:
     """The cache key of a source whose identity is known (image digest, local content …)."""
     return sha256_digest(canonical_dumps({"v": KEY_VERSION, "source": kind, "id": identity}))
+
+
+def key_inputs(cmap: dict[str, Any], deps: list[str], key: str) -> dict[str, Any]:
+    """What a vertex's key was made of, compactly, to tell later why it changed: the key, a
+    digest of its cache map, its dependencies, and an ExecOp's environment and arguments."""
+    info: dict[str, Any] = {"key": key, "map": sha256_digest(canonical_dumps(cmap)),
+                            "deps": deps}
+    meta = cmap.get("op", {}).get("meta") if cmap.get("kind") == "exec" else None
+    if isinstance(meta, dict):
+        info["env"] = list(meta.get("env", ()))
+        info["args"] = sha256_digest(canonical_dumps(meta.get("args", [])))
+        mounts = cmap["op"].get("mounts", [])
+        caches = [m for m in mounts if m.get("mount_type") == MountType.CACHE]
+        if caches:  # the map without its cache mounts, and the cache mounts' options
+            rest = {**cmap, "op": {**cmap["op"], "mounts": [m for m in mounts
+                                                            if m not in caches]}}
+            info["map_without_caches"] = sha256_digest(canonical_dumps(rest))
+            info["caches"] = sha256_digest(canonical_dumps(caches))
+    return info
+
+
+def files_detail(memo: dict[str, tuple[bool, str]] | None) -> dict[str, Any]:
+    """A synced local directory's per-file checksums (``{"files": {path: 16 hex digits}}``),
+    from its checksum memo, to name the files that changed; empty beyond
+    :data:`SOURCE_FILES_LIMIT` entries."""
+    if memo is None or len(memo) > SOURCE_FILES_LIMIT:
+        return {}
+    return {"files": {rel: record[:16] for rel, (_, record) in memo.items()}}

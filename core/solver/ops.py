@@ -45,7 +45,7 @@ from pybk.core.model import Model, astuple, field
 from pybk.core.progress.events import VertexProgress
 from pybk.core.serialize import sha256_digest
 from pybk.core.solver.active import ActiveSnapshot
-from pybk.core.solver.cachekey import Selector, source_key
+from pybk.core.solver.cachekey import Selector, files_detail, source_key
 from pybk.core.solver.results import SCRATCH_REF, Ref, read_ref
 from pybk.core.solver.scheduler import InFlight, OpRunner, VertexOutcome
 from pybk.core.solver.vertex import Vertex
@@ -114,6 +114,8 @@ class BuildRunner(OpRunner, LayerUnpacker):
         #: the record of every entry of each synced local directory, from the same walk
         #: (:meth:`ChecksumCache.known` answers a COPY's selectors from it)
         self._local_memos: dict[str, dict[str, tuple[bool, str]]] = {}
+        #: per source vertex: its local directory's copy, or what a git or HTTP source fetched
+        self._source_of: dict[str, Any] = {}
         self._images: dict[str, Any] = {}
         self._held: list[Any] = []
         #: per (name, shared key) of a local source: the filters of the source that synced the
@@ -230,6 +232,13 @@ class BuildRunner(OpRunner, LayerUnpacker):
         this build resolved (for provenance)."""
         return {d: self._images[d].manifest_digest for d in digests if d in self._images}
 
+    def source_detail(self, vertex: Vertex) -> dict[str, Any]:
+        if vertex.digest in self._images:
+            return {"image": self._images[vertex.digest].manifest_digest}
+        found = self._source_of.get(vertex.digest, "")
+        return ({"fetched": found} if isinstance(found, dict)
+                else files_detail(self._local_memos.get(found)))
+
     def _extra(self, vertex: Vertex) -> dict[str, Any]:
         image = self._images.get(vertex.digest)
         if image is None:
@@ -295,7 +304,9 @@ class BuildRunner(OpRunner, LayerUnpacker):
         if scheme == "docker-image":
             return await self._image_key(vertex, src, rest, vp), None
         if scheme == "local":
-            return await self._local(vertex, src, rest, vp)
+            key, outcome = await self._local(vertex, src, rest, vp)
+            self._source_of[vertex.digest] = outcome.refs[0].path or ""
+            return key, outcome
         if scheme in ("git", "http", "https", "oci-layout"):
             return await self._fetched_source(vertex, src, scheme, vp)
         raise InputError(f"unsupported source {src.identifier!r}")
@@ -562,6 +573,8 @@ class BuildRunner(OpRunner, LayerUnpacker):
                             "gid": a.get("http.gid", ""), "url": src.identifier}
             vp.status(f"fetched {identity.get('commit') or identity.get('digest')}", done=True)
             key = source_key(scheme, identity)
+            self._source_of[vertex.digest] = {k: identity[k] for k in ("commit", "digest")
+                                              if identity.get(k)}
             cached = None if vertex.ignore_cache else self.load_cached(key, vertex)
             if cached is not None:
                 return key, cached

@@ -30,7 +30,7 @@ from pybk.core.errors import BuildError, PybkError, SolveError
 from pybk.core.llb.ops import Input
 from pybk.core.model import Model, field
 from pybk.core.progress.events import Progress, VertexProgress
-from pybk.core.solver.cachekey import cache_map, compute_key, content_selectors
+from pybk.core.solver.cachekey import cache_map, compute_key, content_selectors, key_inputs
 from pybk.core.solver.results import Ref, VertexStats
 from pybk.core.solver.vertex import Graph, Vertex
 
@@ -137,6 +137,11 @@ class OpRunner(abc.ABC):
     def save(self, key: str, vertex: Vertex, outcome: VertexOutcome) -> None:
         ...
 
+    def source_detail(self, vertex: Vertex) -> dict[str, Any]:
+        """What a source resolved to, to explain a cache miss: ``{"image": digest}``, or
+        ``{"files": {path: checksum}}`` of a local directory; empty by default."""
+        return {}
+
     async def load_remote(self, key: str, vertex: Vertex,
                           vp: VertexProgress) -> VertexOutcome | None:
         """The result from an imported remote cache (after a local miss); None by default."""
@@ -150,8 +155,13 @@ class Scheduler:
     so ``max_parallelism`` bounds the build, not each graph."""
 
     def __init__(self, graph: Graph, runner: OpRunner, progress: Progress, *,
-                 max_parallelism: int | None = None, slots: asyncio.Semaphore | None = None):
+                 max_parallelism: int | None = None, slots: asyncio.Semaphore | None = None,
+                 insight: Any = None):
         self.graph = graph
+        #: told each vertex's cache key inputs (``cache_inputs(vertex, info)``) and asked why a
+        #: vertex runs (``cache_miss(vertex, info, ran) -> str``): the build's history record
+        self.insight = insight
+        self._inputs: dict[str, dict[str, Any]] = {}
         self.runner = runner
         self.progress = progress
         if slots is None and max_parallelism and max_parallelism > 0:
@@ -281,6 +291,8 @@ class Scheduler:
             key, early = await self._guard(v, self.runner.source_key(v, vp))
             if early is not None:
                 self._early[digest] = early
+            if self.insight is not None:
+                self._tell(v, {"key": key, "source": self.runner.source_detail(v)})
             return key
         selectors = content_selectors(v.op)
 
@@ -291,7 +303,30 @@ class Scheduler:
             return f"{await self._key(inp.digest)}#{inp.index}"
 
         deps = await asyncio.gather(*(dep(i, inp) for i, inp in enumerate(v.inputs)))
-        return compute_key(cache_map(v.op), list(deps))
+        cmap = cache_map(v.op)
+        key = compute_key(cmap, list(deps))
+        if self.insight is not None:
+            info = key_inputs(cmap, list(deps), key)
+            if selectors:
+                info["paths"] = {str(i): [s.path for s in sels] for i, sels in selectors.items()}
+            self._tell(v, info)
+        return key
+
+    def _tell(self, v: Vertex, info: dict[str, Any]) -> None:
+        self._inputs[v.digest] = info
+        with contextlib.suppress(Exception):  # insight never fails a build
+            self.insight.cache_inputs(v, info)
+
+    def _why(self, v: Vertex) -> str:
+        """Why ``v`` runs instead of being found in the cache (empty without insight)."""
+        if self.insight is None:
+            return ""
+        ran = set(self._executed) - set(self._early)
+        try:
+            return str(self.insight.cache_miss(v, self._inputs.get(v.digest, {}),
+                                               ran.__contains__) or "")
+        except Exception:  # noqa: BLE001 - insight never fails a build
+            return ""
 
     async def _compute_result(self, digest: str) -> VertexOutcome:
         v = self.graph.vertices[digest]
@@ -365,7 +400,7 @@ class Scheduler:
         """Await ``coro``; report errors and cancellation on the vertex, as a SolveError."""
         vp = self._vp[v.digest]
         if started is not None:
-            vp.start()
+            vp.start(cache_miss=self._why(v))
         try:
             return await coro
         except asyncio.CancelledError:

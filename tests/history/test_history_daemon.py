@@ -100,3 +100,31 @@ def test_secret_of_a_remote_build_is_not_recorded(registry_required, busybox_ref
         assert secret.encode() not in text
     assert [p for p in daemon.root.rglob("*") if p.is_file() and not p.is_socket()
             and secret.encode() in p.read_bytes()] == []
+
+
+def test_cache_misses_and_trace_through_pybkd(daemon, tmp_path, busybox_layout):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY main.py /\nRUN cat /main.py\n")
+    (ctx / "main.py").write_text("1\n")
+    args = ("build", "--progress", "plain", "--build-context",
+            f"busybox=oci-layout://{busybox_layout}", str(ctx))
+    first = daemon.pybk(*args)
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    (ctx / "main.py").write_text("2\n")
+    again = daemon.pybk(*args[:-1], "--explain-cache", str(ctx))
+    err = again.stderr.decode()
+    assert again.returncode == 0, err[-2000:]
+    assert "CACHE MISS: context file main.py changed" in err
+    assert "CACHE: compared with build " in err
+    assert any(line.endswith("context file main.py changed") and line.split()[1] == "no"
+               for line in err.splitlines() if line.startswith("#") and "COPY" in line)
+    for addr in (daemon.addr, daemon.tcp):
+        out = tmp_path / ("trace-unix" if addr == daemon.addr else "trace-tcp")
+        out.mkdir()
+        traced = _run(addr, "history", "trace", "latest", "-o", "trace.json", cwd=out)
+        assert traced.returncode == 0, traced.stderr.decode()
+        events = json.loads((out / "trace.json").read_text())["traceEvents"]
+        copy = next(e for e in events if e.get("name") == "[2/3] COPY main.py /")
+        assert copy["args"]["cache_miss"] == "context file main.py changed"
+        assert stat.S_IMODE((out / "trace.json").stat().st_mode) == 0o600

@@ -214,3 +214,24 @@ def test_progress_sinks_for_every_form():
     one, two = print, repr
     assert progress_sinks(one) == ([], [one])
     assert progress_sinks((one, two)) == ([], [one, two])
+
+
+def test_tty_view_shows_why_a_step_missed_the_cache():
+    import time
+
+    from pybk.core.progress.ui import TTYRenderer
+
+    out = io.StringIO()
+    renderer = TTYRenderer(out)
+    t = time.time()
+    for completed in (None, t + 1):
+        renderer(SolveStatus(vertexes=(
+            Vertex(digest="a", name="[2/3] RUN make", started=t, completed=completed,
+                   cache_miss="instruction text changed"),
+            Vertex(digest="b", name="[3/3] RUN test", started=t, completed=completed,
+                   cached=True),)))
+    renderer.close()
+    lines = out.getvalue().splitlines()
+    at = next(i for i, line in enumerate(lines) if "[2/3] RUN make" in line)
+    assert lines[at + 1] == " => => cache miss: instruction text changed"
+    assert sum("cache miss" in line for line in lines) == 1
