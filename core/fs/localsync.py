@@ -28,7 +28,7 @@ from pybk.core.fs.rootpath import resolve_in_root
 from pybk.core.model import Model, field
 
 __all__ = ["ContextSurvey", "SyncStats", "context_filter", "follow_targets", "survey_context",
-           "sync_local", "walk_context"]
+           "sync_local", "transfer_report", "walk_context"]
 
 #: 3: owners before modes (set-id bits kept), failed syncs save dirty marks
 _STATE_VERSION = 3
@@ -325,3 +325,13 @@ def survey_context(root: str, include_patterns: Sequence[str] = (),
 
     walk(root, "", False)
     return survey
+
+
+def transfer_report(root: str, include_patterns: Sequence[str], exclude_patterns: Sequence[str],
+                    follow_paths: Sequence[str], stats: SyncStats) -> list[str]:
+    """The report lines after a sync of ``root`` (:func:`survey_context`'s); a sync that sent
+    and removed nothing (a warm build) gets one line and no second walk of the context."""
+    if not (stats.copied or stats.removed):
+        return [f"context: nothing sent, {stats.unchanged} files unchanged since the last sync"]
+    return survey_context(root, include_patterns, exclude_patterns, follow_paths,
+                          stats.sent).lines()

@@ -521,15 +521,10 @@ class BuildRunner(OpRunner, LayerUnpacker):
                       f"{stats.removed} removed{received}",
                       current=stats.bytes_copied if received else 0, done=True)
             if isinstance(client_dir, str) and name != "dockerfile":
-                if stats.copied or stats.removed:  # what was sent, ignored, unused: a walk
-                    from pybk.core.fs.localsync import survey_context
+                from pybk.core.fs.localsync import transfer_report
 
-                    survey = await asyncio.to_thread(survey_context, client_dir, include,
-                                                     exclude, follow, stats.sent)
-                    lines = survey.lines()
-                else:  # nothing sent: a warm build pays no second walk of the context
-                    lines = [f"context: nothing sent, {stats.unchanged} files unchanged since "
-                             "the last sync"]
+                lines = await asyncio.to_thread(transfer_report, client_dir, include, exclude,
+                                                follow, stats)
                 vp.log(1, "".join(f"{line}\n" for line in lines).encode())
             memo: dict[str, tuple[bool, str]] = {}
             checksum = await asyncio.to_thread(self.w.checksums.checksum, dest, "/", memo=memo)
