@@ -49,6 +49,14 @@ COPY --from=work /bin/busybox /bin/
 """
 
 
+def _error_part(stderr: str) -> str:
+    """The ``error:`` line of a failed command's stderr and what follows, or its last 400
+    characters (a long progress log would hide the message otherwise)."""
+    text = stderr.strip()
+    at = text.rfind("\nerror:")
+    return text[at + 1:at + 1200] if at >= 0 else text[-400:]
+
+
 def make_contexts(work: Path, n: int, run: bool) -> list[Path]:
     contexts = []
     for i in range(n):
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     proc.kill()
                     out, err = proc.communicate()
                 if proc.returncode != 0:
-                    failures.append(f"{name} exit {proc.returncode}: {err.strip()[-400:]}")
+                    failures.append(f"{name} exit {proc.returncode}: {_error_part(err)}")
                 if name == "prune":
                     pruned = max(0, len(out.splitlines()) - 2)
             for i, out in outs.items():

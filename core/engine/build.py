@@ -447,7 +447,6 @@ def solve_frontend(name: str, frontend_cls: type, opts: dict[str, str], bridge: 
     return result
 
 
-@_counted
 def select_frontend(request: BuildRequest, opts: dict[str, str], local_dirs: Mapping[str, Any],
                     build_file: str, config: Any, pm: Any) -> tuple[str, type, dict[str, str]]:
     """(name, class, opts) of the frontend a build request runs: ``--frontend``, else the one
@@ -501,6 +500,7 @@ def frontend_definition(request: BuildRequest, *, root: str, config_path: str | 
     return next(iter((platform_graphs(result.metadata) or {}).values()))[0]
 
 
+@_counted
 def run_build(request: BuildRequest, *, root: str, config_path: str | None,
               inputs: BuildInputs = LOCAL) -> int:
     """Build ``request``; exit code. ``inputs``: where the client's directories, secrets and
