@@ -242,6 +242,18 @@ async def _feed(pipe: asyncio.StreamWriter, source: StdinSource) -> None:
 
 
 
+def _unmount_rootfs(rootfs: str) -> None:
+    """Take a finished step's root down; still busy after unmount's retries (a process of the
+    stopped container not reaped yet, on a loaded machine), detach it instead: the step is done
+    and its result is in the snapshot, so a late unmount must not fail the build."""
+    try:
+        unmount_all(rootfs)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        unmount_all(rootfs, lazy=True)
+
+
 def _remove_tree(path: str) -> None:
     """Remove a bundle or scratch directory, never descending into something still mounted."""
     if find_mounts_under(path):
@@ -371,7 +383,7 @@ class RuncExecutor(Executor):
             rootfs = os.path.join(bundle, "rootfs")
             os.mkdir(rootfs, 0o700)
             mount_all(root, rootfs)
-            cleanup.callback(unmount_all, rootfs)
+            cleanup.callback(_unmount_rootfs, rootfs)
 
             dests = ["/etc/resolv.conf", "/etc/hosts", *(m.dest for m in mounts),
                      *(s.dest for s in secrets), *(s.dest for s in ssh)]
