@@ -14,6 +14,7 @@ client is imported until the command is known to run here.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from pybk.core.cli.remote import (
@@ -89,8 +90,6 @@ def _builder_route(argv: list[str], at: int, explicit: str | None, address: str 
     """The node of a builder a ``pybk build`` goes to (:mod:`pybk.core.cli.builders`), an exit
     code, or None (no builder involved). ``--builder``, else (unless ``--addr`` or
     ``$PYBK_HOST``/``$BUILDKIT_HOST``) ``$PYBK_BUILDER``, else the builder in use."""
-    import os
-
     name = None
     if "--builder" in argv or any(a.startswith("--builder=") for a in argv):
         from pybk.core.cli.builders import split_builder

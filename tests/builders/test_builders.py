@@ -123,6 +123,9 @@ def test_bad_flags_are_refused(nodes, tmp_path):
         (["build", "--builder", "nosuch", "."], "no builder 'nosuch'"),
         (["--addr", "tcp://127.0.0.1:1", "build", "--builder", "fleet", "."],
          "--builder and --addr cannot be used together"),
+        (["--tlsdir", str(tmp_path), "build", "--builder", "fleet", "."],
+         "--tlsdir: a builder's nodes have their own TLS files"),
+        (["build", "--builder"], "--builder: expected one argument"),
     ]
     for args, message in cases:
         done = nodes.pybk(*args, cwd=tmp_path, **env)
