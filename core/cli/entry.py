@@ -14,14 +14,18 @@ client is imported until the command is known to run here.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from pybk.core.cli.remote import (
+    ENV_BUILDKIT_HOST,
+    ENV_HOST,
     AddressError,
     auto_target,
     resolve_address,
     run_auto,
     run_remote,
+    split_address,
 )
 from pybk.core.paths import store_socket
 
@@ -29,8 +33,22 @@ from pybk.core.paths import store_socket
 def main(argv: list[str] | None = None) -> int:
     """The ``pybk`` console script."""
     tls: dict[str, str] = {}
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        address, rest = resolve_address(list(sys.argv[1:] if argv is None else argv), tls)
+        explicit, _ = split_address(args, {})
+        address, rest = resolve_address(args, tls)
+        at = _command_at(rest)
+        command = rest[at] if at is not None else None
+        if command == "builder":
+            from pybk.core.cli.builders import builder_main
+
+            return builder_main(rest[at + 1:])  # type: ignore[operator]
+        if command == "build":
+            routed = _builder_route(rest, at, explicit, address, tls)  # type: ignore[arg-type]
+            if routed is not None:
+                if isinstance(routed, int):
+                    return routed
+                address, rest, tls = routed
         if address:
             return run_remote(address, rest, tls)
         if tls:
@@ -49,6 +67,71 @@ def main(argv: list[str] | None = None) -> int:
     from pybk.core.cli.commands import main as embedded
 
     return embedded(rest)
+
+
+def _command_at(argv: list[str]) -> int | None:
+    """The index of the command (the first argument that is not a global option)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--root", "--config"):
+            i += 2
+            continue
+        if not arg.startswith("-"):
+            return i
+        if arg == "--":
+            return None
+        i += 1
+    return None
+
+
+def _builder_route(argv: list[str], at: int, explicit: str | None, address: str | None,
+                   tls: dict[str, str]) -> tuple[str, list[str], dict[str, str]] | int | None:
+    """The node of a builder a ``pybk build`` goes to (:mod:`pybk.core.cli.builders`), an exit
+    code, or None (no builder involved). ``--builder``, else (unless ``--addr`` or
+    ``$PYBK_HOST``/``$BUILDKIT_HOST``) ``$PYBK_BUILDER``, else the builder in use."""
+    name = None
+    if "--builder" in argv or any(a.startswith("--builder=") for a in argv):
+        from pybk.core.cli.builders import split_builder
+
+        try:
+            name, rest = split_builder(argv[at + 1:])
+        except Exception as exc:  # UsageError
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        argv = argv[:at + 1] + rest
+        if name is not None and explicit is not None:
+            print("error: --builder and --addr cannot be used together", file=sys.stderr)
+            return 2
+    if name is None:
+        if explicit is not None or os.environ.get(ENV_HOST) is not None or \
+                os.environ.get(ENV_BUILDKIT_HOST):
+            return None
+        name = os.environ.get("PYBK_BUILDER") or None
+    if name is None:
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                 ".config")
+        if not os.path.exists(os.path.join(base, "pybk", "builders.json")):
+            return None
+    from pybk.core.cli.builders import current_builder, route_build
+    from pybk.core.cli.errors import run_reported
+
+    if name is None:
+        name = current_builder()
+        if name is None:
+            return None
+    if tls:
+        print(f"error: {next(iter(tls))}: a builder's nodes have their own TLS files",
+              file=sys.stderr)
+        return 2
+    found: list[tuple[str, list[str], dict[str, str]]] = []
+
+    def choose() -> int:
+        found.append(route_build(name, argv, at))
+        return 0
+
+    code = run_reported(choose)
+    return found[0] if found else code
 
 
 def _run_in_store_daemon(argv: list[str]) -> int | None:

@@ -1,0 +1,215 @@
+"""Builders of several nodes (``pybk builder …``, ``pybk build --builder``): three real pybkd
+nodes on 127.0.0.1, each with mutual TLS from its own CA, and the client's builders.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from support.tlsdaemon import CLIENT, PKI, RemoteDaemon, client_env, tls_config
+
+from pybk.core.cli.builders import rendezvous_order, routing_key
+
+NAMES = ("alpha", "beta", "gamma")
+
+
+class Nodes:
+    def __init__(self, base: Path):
+        self.pki = {}
+        for name in NAMES:
+            (base / f"pki-{name}").mkdir()
+            self.pki[name] = PKI(base / f"pki-{name}")
+        self.daemons = {}
+        for name in NAMES:
+            (base / name).mkdir()
+            self.daemons[name] = RemoteDaemon(base / name, tls_config(self.pki[name]))
+        self.config = base / "xdg"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return client_env(**{"XDG_CONFIG_HOME": str(self.config), **extra})
+
+    def pybk(self, *args: str, cwd: Path | None = None, **extra: str
+             ) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLIENT, *args], capture_output=True, text=True, cwd=cwd,
+                              env=self.env(**extra), timeout=180, stdin=subprocess.DEVNULL)
+
+    def builds(self, name: str) -> int:
+        """How many builds the node's history holds."""
+        history = self.daemons[name].root / "history"
+        return len(list(history.iterdir())) if history.is_dir() else 0
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    n = Nodes(tmp_path_factory.mktemp("builders"))
+    yield n
+    for daemon in n.daemons.values():
+        daemon.stop()
+
+
+def _create(nodes: Nodes, name: str, *, append: bool = False) -> subprocess.CompletedProcess:
+    return nodes.pybk("builder", "create", "fleet", "--node", nodes.daemons[name].addr,
+                      "--node-name", name, "--tlsdir", str(nodes.pki[name].good),
+                      "--platform", "linux/amd64", *(["--append"] if append else []))
+
+
+def _context(base: Path, name: str) -> Path:
+    ctx = base / name
+    ctx.mkdir()
+    (ctx / "a.txt").write_text(name)
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /\n")
+    return ctx
+
+
+def test_create_append_ls_inspect_use_and_the_file(nodes):
+    first = _create(nodes, "alpha")
+    assert first.returncode == 0, first.stderr
+    again = _create(nodes, "beta")
+    assert again.returncode == 2 and "exists (--append adds a node to it)" in again.stderr
+    assert "Traceback" not in again.stderr
+    for name in ("beta", "gamma"):
+        done = _create(nodes, name, append=True)
+        assert done.returncode == 0, done.stderr
+    path = nodes.config / "pybk" / "builders.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    data = json.loads(path.read_text())
+    [fleet] = data["builders"]
+    assert [n["name"] for n in fleet["nodes"]] == list(NAMES)
+    assert all(os.path.isabs(n["tls"]["--tlsdir"]) for n in fleet["nodes"])
+
+    ls = nodes.pybk("builder", "ls")
+    assert ls.returncode == 0, ls.stderr
+    lines = ls.stdout.splitlines()
+    assert lines[0].split() == ["NAME/NODE", "ENDPOINT", "STATUS", "PLATFORMS"]
+    assert lines[1].split() == ["default", "*"]
+    for name in NAMES:
+        [row] = [line for line in lines if f"\\_ {name}" in line]
+        assert row.split()[2:] == [nodes.daemons[name].addr, "running", "linux/amd64"]
+
+    inspect = nodes.pybk("builder", "inspect", "fleet")
+    assert inspect.returncode == 0, inspect.stderr
+    assert inspect.stdout.count("Status:\trunning") == 3
+    assert inspect.stdout.count("Platforms:\tlinux/") == 3
+    assert inspect.stdout.count("Version:\tpybk ") == 3
+    for name in NAMES:
+        assert f"Endpoint:\t{nodes.daemons[name].addr}" in inspect.stdout
+
+    assert nodes.pybk("builder", "use", "fleet").returncode == 0
+    assert json.loads(path.read_text())["current"] == "fleet"
+    assert nodes.pybk("builder", "ls").stdout.splitlines()[2].split() == ["fleet", "*"]
+    assert nodes.pybk("builder", "use", "--default").returncode == 0
+    assert json.loads(path.read_text())["current"] is None
+
+
+def test_bad_flags_are_refused(nodes, tmp_path):
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    cases = [
+        (["builder", "create", "x", "--node", "tcp://127.0.0.1:1", "--routing", "least-loaded"],
+         "least-loaded is not supported yet"),
+        (["builder", "create", "x", "--node", "unix:///run/x.sock"], "a node is tcp://HOST:PORT"),
+        (["builder", "create", "x", "--node", "tcp://127.0.0.1:1", "--append"],
+         "no builder 'x' to append to"),
+        (["builder", "create", "x", "--node", "tcp://127.0.0.1:1", "--tlscert", "/nonexistent"],
+         "/nonexistent does not exist"),
+        (["builder", "create", "x"], "--node"),
+        (["builder", "use", "nosuch"], "no builder 'nosuch'"),
+        (["builder", "rm", "nosuch"], "no builder 'nosuch'"),
+        (["build", "--builder", "nosuch", "."], "no builder 'nosuch'"),
+        (["--addr", "tcp://127.0.0.1:1", "build", "--builder", "fleet", "."],
+         "--builder and --addr cannot be used together"),
+        (["--tlsdir", str(tmp_path), "build", "--builder", "fleet", "."],
+         "--tlsdir: a builder's nodes have their own TLS files"),
+        (["build", "--builder"], "--builder: expected one argument"),
+    ]
+    for args, message in cases:
+        done = nodes.pybk(*args, cwd=tmp_path, **env)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+    assert not (tmp_path / "xdg" / "pybk" / "builders.json").exists()
+
+
+def test_sticky_routing_by_rendezvous_hash(nodes, tmp_path):
+    contexts = [_context(tmp_path, f"ctx{i}") for i in range(6)]
+    expected = {ctx: rendezvous_order(routing_key(str(ctx), None, None), list(NAMES))[0]
+                for ctx in contexts}
+    assert len(set(expected.values())) > 1  # six projects spread over more than one node
+    for ctx in [*contexts, contexts[0]]:  # the first twice: the same node again
+        before = {name: nodes.builds(name) for name in NAMES}
+        done = nodes.pybk("build", "--builder", "fleet", "-q", str(ctx))
+        assert done.returncode == 0, done.stderr
+        after = {name: nodes.builds(name) for name in NAMES}
+        grew = [name for name in NAMES if after[name] > before[name]]
+        assert grew == [expected[ctx]], (ctx, before, after)
+        assert "did not answer" not in done.stderr
+    # $PYBK_BUILDER and the builder in use route the same way; PYBK_HOST wins over both
+    ctx = contexts[1]
+    before = nodes.builds(expected[ctx])
+    assert nodes.pybk("build", "-q", str(ctx), PYBK_BUILDER="fleet").returncode == 0
+    assert nodes.pybk("builder", "use", "fleet").returncode == 0
+    try:
+        assert nodes.pybk("build", "-q", str(ctx)).returncode == 0
+        assert nodes.builds(expected[ctx]) == before + 2
+        here = nodes.pybk("--root", str(tmp_path / "store"), "build", "-q", str(ctx),
+                          PYBK_HOST="")
+        assert here.returncode == 0, here.stderr
+        assert nodes.builds(expected[ctx]) == before + 2
+        assert (tmp_path / "store").is_dir()
+    finally:
+        assert nodes.pybk("builder", "use", "--default").returncode == 0
+
+
+def test_a_node_down_is_skipped_then_every_node_down_fails(nodes, tmp_path):
+    ctx = _context(tmp_path, "project")
+    order = rendezvous_order(routing_key(str(ctx), None, None), list(NAMES))
+    first, second = order[0], order[1]
+    nodes.daemons[first].stop()
+    before = nodes.builds(second)
+    started = time.monotonic()
+    done = nodes.pybk("build", "--builder", "fleet", "-q", str(ctx))
+    assert done.returncode == 0, done.stderr
+    assert (f"builder fleet: node {first} ({nodes.daemons[first].addr}) did not answer "
+            f"(Connection refused); building on node {second}") in done.stderr
+    assert nodes.builds(second) == before + 1
+    print(f"failover build: {time.monotonic() - started:.2f}s")
+
+    inspect = nodes.pybk("builder", "inspect", "fleet")
+    assert inspect.returncode == 0, inspect.stderr
+    block = inspect.stdout.split(f"Name:\t{first}\n")[1].split("\n\n")[0]
+    assert "Status:\tunreachable: Connection refused" in block
+    assert inspect.stdout.count("Status:\trunning") == 2
+    ls = nodes.pybk("builder", "ls")
+    [row] = [line for line in ls.stdout.splitlines() if f"\\_ {first}" in line]
+    assert "unreachable" in row.split()
+
+    for name in order[1:]:
+        nodes.daemons[name].stop()
+    down = nodes.pybk("build", "--builder", "fleet", "-q", str(ctx))
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert "builder fleet: no node answered:" in down.stderr
+    for name in NAMES:
+        assert f"{name} ({nodes.daemons[name].addr}): Connection refused" in down.stderr
+
+    assert nodes.pybk("builder", "rm", "fleet").returncode == 0
+    assert json.loads((nodes.config / "pybk" / "builders.json").read_text())["builders"] == []
+
+
+def test_removing_a_node_moves_only_its_keys():
+    keys = [routing_key(f"/src/project{i}", None, None) for i in range(2000)]
+    names = ["n0", "n1", "n2", "n3", "n4"]
+    before = {key: rendezvous_order(key, names)[0] for key in keys}
+    counts = {name: sum(1 for v in before.values() if v == name) for name in names}
+    assert all(300 <= c <= 500 for c in counts.values()), counts
+    after = {key: rendezvous_order(key, [n for n in names if n != "n2"])[0] for key in keys}
+    for key in keys:
+        if before[key] != "n2":
+            assert after[key] == before[key]
+        else:
+            # the next node in the full order takes it
+            assert after[key] == rendezvous_order(key, names)[1]
+    assert routing_key("ctx", "Dockerfile", "t") != routing_key("ctx", None, "t")
