@@ -111,7 +111,10 @@ def plugin_commands() -> CommandTable:
 
 def make_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     """The ``pybk`` parser; with ``plugins=False`` it has only the core's commands."""
-    parser = _Parser(prog="pybk", description="Build container images, BuildKit-style.")
+    parser = _Parser(prog="pybk", description="Build container images, BuildKit-style.",
+                     epilog="pybk builder create|ls|inspect|use|rm: builders of several pybkd "
+                            "nodes, which `pybk build --builder NAME` routes to "
+                            "(`pybk builder --help`)")
     parser.add_argument("--version", action="version", version=f"pybk {__version__}")
     parser.add_argument("--root", default=None, help="store directory (default: $PYBK_ROOT or "
                         "/var/lib/pybk for root, $XDG_DATA_HOME/pybk otherwise)")
