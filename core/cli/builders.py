@@ -45,6 +45,10 @@ class Builder(Model, kw_only=True):
     name: str
     nodes: tuple[Node, ...] = ()
     routing: str = "sticky"
+    #: ``--cache-from`` / ``--cache-to`` values every build through the builder gets unless
+    #: it names its own (the fleet's shared cache)
+    cache_from: tuple[str, ...] = ()
+    cache_to: tuple[str, ...] = ()
 
 
 def config_dir() -> str:
@@ -69,8 +73,10 @@ def _load() -> tuple[dict[str, Builder], str | None]:
         nodes = tuple(Node(name=n["name"], endpoint=n["endpoint"],
                            platforms=tuple(n.get("platforms", ())), tls=dict(n.get("tls", {})))
                       for n in item.get("nodes", []))
-        builders[item["name"]] = Builder(name=item["name"], nodes=nodes,
-                                         routing=item.get("routing", "sticky"))
+        builders[item["name"]] = Builder(
+            name=item["name"], nodes=nodes, routing=item.get("routing", "sticky"),
+            cache_from=tuple(item.get("cache_from", ())),
+            cache_to=tuple(item.get("cache_to", ())))
     return builders, data.get("current")
 
 
@@ -81,7 +87,8 @@ def _save(builders: dict[str, Builder], current: str | None) -> None:
     data = {"current": current, "builders": [
         {"name": b.name, "routing": b.routing, "nodes": [
             {"name": n.name, "endpoint": n.endpoint, "platforms": list(n.platforms),
-             "tls": dict(n.tls)} for n in b.nodes]}
+             "tls": dict(n.tls)} for n in b.nodes],
+         "cache_from": list(b.cache_from), "cache_to": list(b.cache_to)}
         for b in sorted(builders.values(), key=lambda b: b.name)]}
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".builders.", suffix=".tmp")
     try:
@@ -252,7 +259,19 @@ def route_build(name: str, argv: list[str], at: int) -> tuple[str, list[str], di
     if not builder.nodes:
         raise UsageError(f"builder {name!r} has no nodes", flag="--builder")
     node = choose_node(builder, _build_key(argv[at + 1:]))
-    return node.endpoint, argv, dict(node.tls)
+    return node.endpoint, with_default_caches(builder, argv, at), dict(node.tls)
+
+
+def with_default_caches(builder: Builder, argv: list[str], at: int) -> list[str]:
+    """``argv`` with the builder's ``--cache-from``/``--cache-to`` after ``build``, each only
+    when the build names none of its own."""
+    added: list[str] = []
+    for flag, values in (("--cache-from", builder.cache_from), ("--cache-to", builder.cache_to)):
+        given = any(a == flag or a.startswith(flag + "=") for a in argv[at + 1:])
+        if values and not given:
+            for value in values:
+                added += [flag, value]
+    return [*argv[:at + 1], *added, *argv[at + 1:]]
 
 
 # -- pybk builder ---------------------------------------------------------------------------
@@ -271,6 +290,10 @@ def _parser() -> argparse.ArgumentParser:
         create.add_argument(flag)
     create.add_argument("--append", action="store_true")
     create.add_argument("--routing", choices=ROUTINGS)
+    create.add_argument("--cache-from", action="append", default=None, metavar="CSV",
+                        help="a --cache-from every build through the builder gets (repeatable)")
+    create.add_argument("--cache-to", action="append", default=None, metavar="CSV",
+                        help="a --cache-to every build through the builder gets (repeatable)")
     sub.add_parser("ls", help="list builders and their nodes")
     inspect = sub.add_parser("inspect", help="a builder's nodes, status, platforms, version")
     inspect.add_argument("name", nargs="?")
@@ -343,14 +366,34 @@ def _create(ns: argparse.Namespace) -> int:
         raise UsageError(f"builder {ns.name!r} has a node {node.name!r}", flag="--node-name")
     if any(n.endpoint == node.endpoint for n in nodes):
         raise UsageError(f"builder {ns.name!r} has a node at {node.endpoint}", flag="--node")
+    caches = _checked_caches(ns)
     if existing is None:
-        builders[ns.name] = Builder(name=ns.name, nodes=(node,), routing=ns.routing or "sticky")
+        builders[ns.name] = Builder(name=ns.name, nodes=(node,), routing=ns.routing or "sticky",
+                                    **caches)
     else:
         builders[ns.name] = evolve(existing, nodes=(*nodes, node),
-                                   routing=ns.routing or existing.routing)
+                                   routing=ns.routing or existing.routing, **caches)
     _save(builders, current)
     print(ns.name)
     return 0
+
+
+def _checked_caches(ns: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """The ``--cache-from``/``--cache-to`` given to ``create``, checked as ``pybk build``
+    checks them (the backends' own options are checked by the node that runs the build)."""
+    from pybk.core.cli.buildopts import parse_cache
+
+    out: dict[str, tuple[str, ...]] = {}
+    for flag, values in (("--cache-from", ns.cache_from), ("--cache-to", ns.cache_to)):
+        if values is None:
+            continue
+        for value in values:
+            spec = parse_cache(value, flag=flag)
+            if spec.type == "local":
+                raise UsageError("a builder's cache must be reachable from every node: "
+                                 "type=local is the client's directory", flag=flag)
+        out[flag[2:].replace("-", "_")] = tuple(values)
+    return out
 
 
 def _ls(ns: argparse.Namespace) -> int:
@@ -411,6 +454,9 @@ def _inspect(ns: argparse.Namespace) -> int:
         raise UsageError(f"no builder {name!r}")
     print(f"Name:\t{builder.name}")
     print(f"Routing:\t{builder.routing}")
+    for label, values in (("Cache from", builder.cache_from), ("Cache to", builder.cache_to)):
+        for value in values:
+            print(f"{label}:\t{_redacted(value)}")
     print("")
     print("Nodes:")
     for node, (reason, platforms, version) in zip(builder.nodes,
@@ -425,6 +471,16 @@ def _inspect(ns: argparse.Namespace) -> int:
             print(f"Version:\t{version}")
         print("")
     return 0
+
+
+def _redacted(csv: str) -> str:
+    """A cache flag's value as shown: secret keys' values hidden."""
+    parts = []
+    for item in csv.split(","):
+        key, eq, value = item.partition("=")
+        hide = eq and any(word in key.lower() for word in ("secret", "token", "password"))
+        parts.append(f"{key}=****" if hide else item)
+    return ",".join(parts)
 
 
 def _use(ns: argparse.Namespace) -> int:

@@ -213,3 +213,51 @@ def test_removing_a_node_moves_only_its_keys():
             # the next node in the full order takes it
             assert after[key] == rendezvous_order(key, names)[1]
     assert routing_key("ctx", "Dockerfile", "t") != routing_key("ctx", None, "t")
+
+
+def test_a_builders_shared_cache_reaches_a_node_that_never_saw_the_project(tmp_path, moto_s3):
+    """Builder ``one`` (node alpha) and builder ``two`` (node beta) share one S3 cache: the
+    project built through ``one`` is, through ``two``, on a fresh store, cached step by step."""
+    (tmp_path / "fleet").mkdir()
+    nodes = Nodes(tmp_path / "fleet")
+    try:
+        _shared_cache(nodes, tmp_path, moto_s3)
+    finally:
+        for daemon in nodes.daemons.values():
+            daemon.stop()
+
+
+def _shared_cache(nodes, tmp_path, moto_s3):
+    attrs = ",".join(f"{k}={v}" for k, v in moto_s3.attrs(name="shared").items())
+    for builder, node in (("one", "alpha"), ("two", "beta")):
+        made = nodes.pybk("builder", "create", builder, "--node", nodes.daemons[node].addr,
+                          "--node-name", node, "--tlsdir", str(nodes.pki[node].good),
+                          "--cache-from", f"type=s3,{attrs}",
+                          "--cache-to", f"type=s3,{attrs},mode=max")
+        assert made.returncode == 0, made.stderr
+    shown = nodes.pybk("builder", "inspect", "one").stdout
+    assert "Cache to:\ttype=s3," in shown and "secret_access_key=****" in shown
+    ctx = tmp_path / "proj"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("shared\n")
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /a\nCOPY a.txt /b\n")
+    first = nodes.pybk("build", "--builder", "one", "--progress", "plain", str(ctx))
+    assert first.returncode == 0, first.stderr
+    assert "exporting cache" in first.stderr or "writing cache" in first.stderr.lower()
+    beta_before = nodes.builds("beta")
+    second = nodes.pybk("build", "--builder", "two", "--progress", "plain", str(ctx))
+    assert second.returncode == 0, second.stderr
+    assert nodes.builds("beta") == beta_before + 1  # it ran on beta
+    cached = [line for line in second.stderr.splitlines() if line.endswith(" CACHED")]
+    assert len(cached) == 2, second.stderr  # both COPY steps came from the shared cache
+    # a build naming its own cache flags gets none of the builder's
+    from pybk.core.cli.builders import Builder, with_default_caches
+
+    b = Builder(name="x", cache_from=("type=s3,bucket=a",), cache_to=("type=s3,bucket=a",))
+    argv = ["build", "--cache-to", "type=registry,ref=r", "."]
+    assert with_default_caches(b, argv, 0) == ["build", "--cache-from", "type=s3,bucket=a",
+                                                "--cache-to", "type=registry,ref=r", "."]
+    assert with_default_caches(Builder(name="y"), argv, 0) == argv
+    refused = nodes.pybk("builder", "create", "three", "--node", nodes.daemons["gamma"].addr,
+                         "--cache-to", f"type=local,dest={tmp_path}/c")
+    assert refused.returncode == 2 and "type=local" in refused.stderr

@@ -1,0 +1,1 @@
+from support.cachefixtures import moto_s3  # noqa: F401
