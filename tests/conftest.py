@@ -7,6 +7,8 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+# one moto S3 server per session for every directory (moto's state is per process)
+from support.cachefixtures import moto_s3  # noqa: E402,F401
 from support.fixtures import *  # noqa: E402,F401,F403
 
 

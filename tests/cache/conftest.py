@@ -8,7 +8,7 @@ import uuid
 
 import attrs
 import pytest
-from support.cachefixtures import cache_azurite, cache_gha, moto_s3  # noqa: F401
+from support.cachefixtures import cache_azurite, cache_gha  # noqa: F401
 from support.engine import counting_client, runc_missing
 
 

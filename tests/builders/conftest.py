@@ -1,1 +1,0 @@
-from support.cachefixtures import moto_s3  # noqa: F401
