@@ -69,6 +69,18 @@ def _mpint(value: int) -> bytes:
     return _string(raw)
 
 
+
+def _read_message(conn: socket.socket) -> bytes | None:
+    """One length-prefixed agent message, or None at the end of the connection or for one
+    larger than an agent takes (:data:`MAX_MESSAGE`)."""
+    head = _recv_exactly(conn, 4)
+    if head is None:
+        return None
+    (size,) = struct.unpack(">I", head)
+    if size > MAX_MESSAGE:
+        return None
+    return _recv_exactly(conn, size)
+
 class _Reader:
     """Length-prefixed fields, read in order; ``ValueError`` past the end."""
 
@@ -290,13 +302,7 @@ class KeyAgent:
         """Answer ``conn``'s requests until it closes (or sends more than an agent takes)."""
         with contextlib.suppress(OSError), conn:
             while True:
-                head = _recv_exactly(conn, 4)
-                if head is None:
-                    return
-                (size,) = struct.unpack(">I", head)
-                if size > MAX_MESSAGE:
-                    return
-                message = _recv_exactly(conn, size)
+                message = _read_message(conn)
                 if message is None:
                     return
                 reply = self.answer(message)
@@ -327,29 +333,17 @@ class ForwardingAgent:
             upstream.connect(self.path)
             upstream.settimeout(None)
             while True:
-                head = _recv_exactly(conn, 4)
-                if head is None:
-                    return
-                (size,) = struct.unpack(">I", head)
-                if size > MAX_MESSAGE:
-                    return
-                message = _recv_exactly(conn, size)
+                message = _read_message(conn)
                 if message is None:
                     return
                 if not message or message[0] not in self.FORWARDED:
                     conn.sendall(struct.pack(">IB", 1, SSH_AGENT_FAILURE))
                     continue
-                upstream.sendall(head + message)
-                reply_head = _recv_exactly(upstream, 4)
-                if reply_head is None:
-                    return
-                (reply_size,) = struct.unpack(">I", reply_head)
-                if reply_size > MAX_MESSAGE:
-                    return
-                reply = _recv_exactly(upstream, reply_size)
+                upstream.sendall(struct.pack(">I", len(message)) + message)
+                reply = _read_message(upstream)
                 if reply is None:
                     return
-                conn.sendall(reply_head + reply)
+                conn.sendall(struct.pack(">I", len(reply)) + reply)
 
     def connect(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

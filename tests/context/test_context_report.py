@@ -181,3 +181,29 @@ def test_debug_context_through_a_tcp_daemon_runs_on_the_client(tmp_path, capsys,
     assert code == 0
     assert out[:3] == ["send: app.txt (4 bytes)", "send: src/a.js (2 bytes)",
                        "send: src/b.js (3 bytes)"]
+
+
+def test_debug_context_follows_platform_and_named_contexts(tmp_path, capsys):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    for name in ("amd64.txt", "arm64.txt", "dep.txt", "app.txt"):
+        (ctx / name).write_text(name)
+    (ctx / "Dockerfile").write_text(
+        "FROM scratch AS dep\nCOPY dep.txt /\n"
+        "FROM scratch\nARG TARGETARCH\nCOPY ${TARGETARCH}.txt /\nCOPY --from=dep /dep.txt /\n"
+        "COPY app.txt /\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dep.txt").write_text("elsewhere")
+
+    def sent(*extra):
+        assert main(["--root", str(tmp_path / "store"), "debug", "context", str(ctx),
+                     *extra]) == 0
+        return sorted(line.split()[1] for line in capsys.readouterr().out.splitlines()
+                      if line.startswith("send: "))
+
+    assert sent("--platform", "linux/arm64") == ["app.txt", "arm64.txt", "dep.txt"]
+    assert sent("--platform", "linux/amd64") == ["amd64.txt", "app.txt", "dep.txt"]
+    # the dep stage replaced by another directory: dep.txt is no longer sent from this one
+    assert sent("--platform", "linux/amd64", "--build-context", f"dep={other}") == \
+        ["amd64.txt", "app.txt"]

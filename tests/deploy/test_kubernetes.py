@@ -131,3 +131,21 @@ def test_the_config_serves_mutual_tls_with_the_made_certificates(tmp_path):
         assert other.returncode != 0 and anonymous.returncode != 0
     finally:
         daemon.stop()
+
+
+def test_every_option_lands_in_the_objects():
+    kinds = _by_kind(_render("--image", "reg.example/pybkd:1", "--storage", "200Gi",
+                             "--cpu", "4", "--memory", "8Gi", "--cpu-limit", "6",
+                             "--memory-limit", "12Gi", "--tls-secret", "certs", "--port", "4321"))
+    sts = kinds["StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "reg.example/pybkd:1"
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"] == \
+        {"storage": "200Gi"}
+    assert container["resources"] == {"requests": {"cpu": "4", "memory": "8Gi"},
+                                      "limits": {"cpu": "6", "memory": "12Gi"}}
+    assert {v["name"]: v for v in pod["volumes"]}["tls"]["secret"]["secretName"] == "certs"
+    assert container["ports"][0]["containerPort"] == 4321
+    assert kinds["Service"]["spec"]["ports"][0]["port"] == 4321
+    assert "tcp://0.0.0.0:4321" in kinds["ConfigMap"]["data"]["buildkitd.toml"]

@@ -70,14 +70,7 @@ class Pybkd:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
     def children(self) -> list[int]:
         """The pids of the daemon's child processes."""
@@ -85,6 +78,18 @@ class Pybkd:
             path = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
             return [int(pid) for pid in Path(path).read_text().split()]
         return []
+
+
+def stop_process(proc: subprocess.Popen) -> int:
+    """SIGTERM, a minute to go, then SIGKILL; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def free_port() -> int:

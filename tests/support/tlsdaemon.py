@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from support.pybkd import stop_process
 
 CLIENT = [sys.executable, "-c", "import sys; from pybk.core.cli.entry import main; sys.exit(main())"]
 
@@ -90,14 +90,7 @@ class RemoteDaemon:
                               input=input if input is not None else b"")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 def tls_config(pki: PKI, extra: str = "") -> str:
