@@ -221,13 +221,12 @@ def split_builder(argv: list[str]) -> tuple[str | None, list[str]]:
     return name, out
 
 
-def _build_key(build_args: list[str]) -> str:
+def _parse_build(build_args: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     from pybk.core.cli.commands import _Parser, add_build_flags
 
     parser = _Parser(prog="pybk build")
     add_build_flags(parser)
-    ns = parser.parse_args(build_args)
-    return routing_key(ns.context, ns.file, ns.target)
+    return parser, parser.parse_args(build_args)
 
 
 def choose_node(builder: Builder, key: str, out: Any = None) -> Node:
@@ -249,17 +248,50 @@ def choose_node(builder: Builder, key: str, out: Any = None) -> Node:
         f"{n.name} ({n.endpoint}): {why}" for n, why in skipped))
 
 
-def route_build(name: str, argv: list[str], at: int) -> tuple[str, list[str], dict[str, str]]:
+def route_build(name: str, argv: list[str], at: int
+                ) -> tuple[str, list[str], dict[str, str]] | int:
     """``(address, argv, tls)`` of the node of builder ``name`` that runs ``pybk build``
-    (``argv[at]`` is ``build``; ``--builder`` already taken out)."""
+    (``argv[at]`` is ``build``; ``--builder`` already taken out) — or, when the build's
+    platforms go to several nodes, its exit code (:mod:`pybk.core.cli.multinode` ran it)."""
     builders, _ = _load()
     builder = builders.get(name)
     if builder is None:
         raise UsageError(f"no builder {name!r} (pybk builder ls lists them)", flag="--builder")
     if not builder.nodes:
         raise UsageError(f"builder {name!r} has no nodes", flag="--builder")
-    node = choose_node(builder, _build_key(argv[at + 1:]))
-    return node.endpoint, with_default_caches(builder, argv, at), dict(node.tls)
+    argv = with_default_caches(builder, argv, at)
+    parser, ns = _parse_build(argv[at + 1:])
+    key = routing_key(ns.context, ns.file, ns.target)
+    platforms = _platforms(ns.platform)
+    if platforms and any(n.platforms for n in builder.nodes):
+        from pybk.core.cli import multinode
+
+        chosen: list[Node] = []
+
+        def sticky() -> Node:
+            if not chosen:
+                chosen.append(choose_node(builder, key))
+            return chosen[0]
+
+        groups = multinode.plan(builder, platforms, key, health, sticky, sys.stderr)
+        if len(groups) > 1:
+            return multinode.run(builder, groups, ns, parser, argv[at + 1:])
+        node = groups[0].node
+    else:
+        node = choose_node(builder, key)
+    return node.endpoint, argv, dict(node.tls)
+
+
+def _platforms(values: Sequence[str]) -> list[str]:
+    """The build's ``--platform`` values, normalised as builder nodes record theirs."""
+    from pybk.core.cli.buildopts import parse_platforms
+    from pybk.core.platform import parse_platform
+
+    out: list[str] = []
+    for item in parse_platforms(values or ()):
+        if str(parse_platform(item)) not in out:
+            out.append(str(parse_platform(item)))
+    return out
 
 
 def with_default_caches(builder: Builder, argv: list[str], at: int) -> list[str]:

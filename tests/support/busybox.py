@@ -60,10 +60,22 @@ async def push_oci_layout_async(client: Any, layout: str | Path, ref: str, *, ta
     entry, manifest_bytes = layout_manifest(layout, tag)
     manifest = json.loads(manifest_bytes)
     blobs = layout / "blobs" / "sha256"
-    for desc in [manifest["config"], *manifest["layers"]]:
+    # an index: each of its manifests by digest first
+    for child in manifest.get("manifests", []):
+        data = (blobs / child["digest"].split(":", 1)[1]).read_bytes()
+        await _push_manifest_blobs(client, ref, json.loads(data), blobs)
+        await client.push_manifest(ref, data, child["mediaType"], by_digest=True)
+    await _push_manifest_blobs(client, ref, manifest, blobs)
+    return await client.push_manifest(ref, manifest_bytes, entry["mediaType"])
+
+
+async def _push_manifest_blobs(client: Any, ref: str, manifest: dict, blobs: Path) -> None:
+    from pybk.core.registry.client import Descriptor
+
+    for desc in [*([manifest["config"]] if "config" in manifest else []),
+                 *manifest.get("layers", [])]:
         descriptor = Descriptor.from_dict(desc)
         await client.push_blob(ref, descriptor, blobs / descriptor.digest.split(":", 1)[1])
-    return await client.push_manifest(ref, manifest_bytes, entry["mediaType"])
 
 
 def push_oci_layout(layout: str | Path, ref: str, *, tag: str = "latest", **client_options: Any) -> str:
