@@ -54,7 +54,6 @@ def layout_manifest(layout: str | Path, tag: str = "latest") -> tuple[dict, byte
 
 async def push_oci_layout_async(client: Any, layout: str | Path, ref: str, *, tag: str = "latest") -> str:
     """Push ``tag`` of ``layout`` to ``ref`` with a pybk RegistryClient; returns the manifest digest."""
-    from pybk.core.registry.client import Descriptor
 
     layout = Path(layout)
     entry, manifest_bytes = layout_manifest(layout, tag)
