@@ -273,7 +273,9 @@ def route_build(name: str, argv: list[str], at: int
                 chosen.append(choose_node(builder, key))
             return chosen[0]
 
-        groups = multinode.plan(builder, platforms, key, health, sticky, sys.stderr)
+        by_name = {n.name: n for n in builder.nodes}
+        order = [by_name[n] for n in rendezvous_order(key, list(by_name))]
+        groups = multinode.plan(builder, platforms, order, health, sticky, sys.stderr)
         if len(groups) > 1:
             return multinode.run(builder, groups, ns, parser, argv[at + 1:])
         node = groups[0].node

@@ -62,14 +62,11 @@ class Group:
         self.node, self.platforms = node, platforms
 
 
-def plan(builder: Any, platforms: Sequence[str], key: str, health: Callable[[Any], str | None],
-         sticky: Callable[[], Any], out: IO[str]) -> list[Group]:
+def plan(builder: Any, platforms: Sequence[str], order: Sequence[Any],
+         health: Callable[[Any], str | None], sticky: Callable[[], Any],
+         out: IO[str]) -> list[Group]:
     """Which node builds which platform: a node whose configured platforms name it (the first
-    one that answers, in rendezvous order for ``key``), else the sticky node."""
-    from pybk.core.cli.builders import rendezvous_order
-
-    by_name = {n.name: n for n in builder.nodes}
-    order = [by_name[n] for n in rendezvous_order(key, list(by_name))]
+    one that answers in ``order``, the build's rendezvous order), else the sticky node."""
     answers: dict[str, str | None] = {}
     groups: dict[str, Group] = {}
     fallback = None
