@@ -7,7 +7,11 @@ a 0700 directory, written atomically). A build is sent to one node chosen by ren
 (highest-random-weight) hashing of (absolute context, build file, target) over the node names:
 the same project goes to the same node, and removing a node moves only the projects that
 mapped to it. A node that does not answer a health check (connect and TLS handshake within
-:data:`HEALTH_TIMEOUT`) is skipped for the next node in that order. The entry point resolves
+:data:`HEALTH_TIMEOUT`) is skipped for the next node in that order. With ``least-loaded``
+routing the build goes to the node with the fewest running builds, as the nodes answer the
+control API's ``Load`` (:mod:`pybk.core.cli.nodeload`; the question is the health check),
+ties broken by the same order. ``builder create --driver kubernetes`` makes the nodes from a
+StatefulSet's pods (deploy/kubernetes/render.py's). The entry point resolves
 the builder to one node's ``--addr`` and TLS flags before the remote client runs
 (:func:`route_build`); nothing here is imported unless a builder is involved.
 """

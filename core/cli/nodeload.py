@@ -50,10 +50,12 @@ def least_loaded(nodes: Sequence[tuple[str, dict[str, str]]], timeout: float
                  ) -> tuple[int | None, list[tuple[str | None, NodeLoad | None] | None]]:
     """``(index of the node with the fewest running builds, the answers)``, ``nodes`` given
     in order of preference: the first among equals wins, and a node that does not report
-    its load comes after those that do. All are asked at once; the answer is returned as soon
-    as it is certain — when a node running no build has answered and every node before it
-    has answered (or failed) — and the questions still open are cancelled (their answers
-    are None). The index is None when no node answered."""
+    its load comes after those that do. The first node is asked first: when it runs no build
+    it is the answer (no node can run fewer), for the cost of one question; otherwise the
+    others are asked at once, and the answer is returned as soon as it is certain — when a
+    node running no build has answered and every node before it has answered (or failed) —
+    and the questions still open are cancelled (their answers are None). The index is None
+    when no node answered."""
 
     def settled(results: list[Any]) -> bool:
         for result in results:
@@ -64,7 +66,10 @@ def least_loaded(nodes: Sequence[tuple[str, dict[str, str]]], timeout: float
                 return True
         return False
 
-    results = _ask(nodes, timeout, settled)
+    results = _ask(nodes[:1], timeout, settled)
+    if nodes[1:] and not settled(results):
+        results += _ask(nodes[1:], timeout, lambda rest: settled([*results, *rest]))
+    results += [None] * (len(nodes) - len(results))
     best: tuple[tuple[float, int], int] | None = None
     for rank, result in enumerate(results):
         if result is None or result[0] is not None:
