@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -81,6 +82,12 @@ def test_load_answers_over_mutual_tls_only(fleet):
         assert reason is not None and answer is None, tls
     reason, _ = query_load("tcp://127.0.0.1:1", _tls(fleet, "alpha"), 5.0)
     assert reason == "Connection refused"
+    # a port that accepts and never answers: given up after the timeout
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        started = time.monotonic()
+        reason, _ = query_load(f"tcp://127.0.0.1:{silent.getsockname()[1]}",
+                               _tls(fleet, "alpha"), 0.5)
+        assert reason == "timed out" and time.monotonic() - started < 5
 
 
 def test_least_loaded_goes_to_an_idle_node(fleet, busybox_ref, tmp_path):
@@ -187,3 +194,30 @@ def test_least_loaded_skips_a_node_that_does_not_answer(fleet, tmp_path):
     assert down.returncode == 1 and "Traceback" not in down.stderr
     for name in NAMES:
         assert f"{name} ({fleet.daemons[name].addr}): Connection refused" in down.stderr
+
+
+def test_the_daemons_count_of_builds_reads_the_command_line(tmp_path):
+    """What ``Load`` counts as a build: ``pybk build`` after any global options; other
+    commands are ``others``; a record of a process that is gone is not counted."""
+    import contextlib
+    import json
+
+    from pybk.core import daemonstate
+
+    assert daemonstate.load(None) == {"builds": 0, "others": 0, "version": "",
+                                      "platforms": []}
+    directory = daemonstate.setup(str(tmp_path))
+    try:
+        daemonstate.describe(version="pybk 9", platforms=["linux/arm64"])
+        with contextlib.ExitStack() as stack:
+            for argv in (["build", "."], ["--root", "/r", "--config", "c.toml", "build", "."],
+                         ["--debug", "build", "-"], ["du"], ["debug", "workers"],
+                         ["history", "build"], ["--root", "build", "du"]):
+                stack.enter_context(daemonstate.command(argv))
+            gone = Path(directory) / "running" / "1.1.json"
+            gone.write_text(json.dumps({"pid": 1, "proc_start": -1, "argv": ["build"]}))
+            assert daemonstate.load(directory) == {
+                "builds": 3, "others": 4, "version": "pybk 9", "platforms": ["linux/arm64"]}
+        assert daemonstate.load(directory)["builds"] == 0
+    finally:
+        daemonstate.teardown()
