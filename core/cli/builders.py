@@ -272,9 +272,10 @@ def load(node: Node, timeout: float = HEALTH_TIMEOUT) -> tuple[str | None, Any]:
 
 
 def _least_loaded(builder: Builder, ordered: Sequence[Node], out: Any) -> Node:
-    """Of ``ordered`` (rendezvous order), asked their load at once, the node with the fewest
-    running builds (the first in that order among equals; a node that does not report its
-    load comes after those that do); a line on ``out`` for each node that did not answer."""
+    """Of ``ordered`` (rendezvous order), the node with the fewest running builds (the first
+    in that order among equals; a node that does not report its load comes after those that
+    do), asked as :func:`pybk.core.cli.nodeload.least_loaded` does; a line on ``out`` for
+    each node that did not answer."""
     from pybk.core.cli.nodeload import least_loaded
 
     chosen, answers = least_loaded([(node.endpoint, node.tls) for node in ordered],

@@ -149,7 +149,62 @@ def test_least_loaded_goes_to_an_idle_node(fleet, busybox_ref, tmp_path):
         assert _grew(fleet, before) == [first[ctx]], ctx
 
 
+def test_the_daemons_count_of_builds_reads_the_command_line(tmp_path):
+    """What ``Load`` counts as a build: ``pybk build`` after any global options; other
+    commands are ``others``; a record of a process that is gone is not counted."""
+    import contextlib
+    import json
+
+    from pybk.core import daemonstate
+
+    assert daemonstate.load(None) == {"builds": 0, "others": 0, "version": "",
+                                      "platforms": []}
+    directory = daemonstate.setup(str(tmp_path))
+    try:
+        daemonstate.describe(version="pybk 9", platforms=["linux/arm64"])
+        with contextlib.ExitStack() as stack:
+            for argv in (["build", "."], ["--root", "/r", "--config", "c.toml", "build", "."],
+                         ["--debug", "build", "-"], ["du"], ["debug", "workers"],
+                         ["history", "build"], ["--root", "build", "du"]):
+                stack.enter_context(daemonstate.command(argv))
+            gone = Path(directory) / "running" / "1.1.json"
+            gone.write_text(json.dumps({"pid": 1, "proc_start": -1, "argv": ["build"]}))
+            assert daemonstate.load(directory) == {
+                "builds": 3, "others": 4, "version": "pybk 9", "platforms": ["linux/arm64"]}
+        assert daemonstate.load(directory)["builds"] == 0
+    finally:
+        daemonstate.teardown()
+
+
+def test_a_node_without_load_comes_after_those_that_report_theirs(fleet):
+    """A gRPC server of the control API without ``Load`` (an older pybkd, here one serving
+    only ``Session``, in the clear): it answers, its load is unknown, it is chosen last."""
+    from concurrent import futures
+
+    import grpc
+
+    from pybk.core.cli.nodeload import least_loaded
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "pybk.control.v1.Control",
+        {"Session": grpc.stream_stream_rpc_method_handler(lambda requests, context: iter(()))}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        old = (f"tcp://127.0.0.1:{port}", {})
+        reason, found = query_load(*old, 5.0)
+        assert reason is None and found.known is False
+        real = (fleet.daemons["gamma"].addr, _tls(fleet, "gamma"))
+        chosen, answers = least_loaded([old, real], 5.0)
+        assert chosen == 1 and answers[1][1].known
+        assert least_loaded([old], 5.0)[0] == 0  # alone, it is still used
+    finally:
+        server.stop(None)
+
+
 def test_least_loaded_skips_a_node_that_does_not_answer(fleet, tmp_path):
+    """(Last: it stops the nodes.)"""
     builder = Builder(name="f", routing="least-loaded", nodes=tuple(
         Node(name=name, endpoint=fleet.daemons[name].addr, tls=_tls(fleet, name))
         for name in NAMES))
@@ -194,30 +249,3 @@ def test_least_loaded_skips_a_node_that_does_not_answer(fleet, tmp_path):
     assert down.returncode == 1 and "Traceback" not in down.stderr
     for name in NAMES:
         assert f"{name} ({fleet.daemons[name].addr}): Connection refused" in down.stderr
-
-
-def test_the_daemons_count_of_builds_reads_the_command_line(tmp_path):
-    """What ``Load`` counts as a build: ``pybk build`` after any global options; other
-    commands are ``others``; a record of a process that is gone is not counted."""
-    import contextlib
-    import json
-
-    from pybk.core import daemonstate
-
-    assert daemonstate.load(None) == {"builds": 0, "others": 0, "version": "",
-                                      "platforms": []}
-    directory = daemonstate.setup(str(tmp_path))
-    try:
-        daemonstate.describe(version="pybk 9", platforms=["linux/arm64"])
-        with contextlib.ExitStack() as stack:
-            for argv in (["build", "."], ["--root", "/r", "--config", "c.toml", "build", "."],
-                         ["--debug", "build", "-"], ["du"], ["debug", "workers"],
-                         ["history", "build"], ["--root", "build", "du"]):
-                stack.enter_context(daemonstate.command(argv))
-            gone = Path(directory) / "running" / "1.1.json"
-            gone.write_text(json.dumps({"pid": 1, "proc_start": -1, "argv": ["build"]}))
-            assert daemonstate.load(directory) == {
-                "builds": 3, "others": 4, "version": "pybk 9", "platforms": ["linux/arm64"]}
-        assert daemonstate.load(directory)["builds"] == 0
-    finally:
-        daemonstate.teardown()
