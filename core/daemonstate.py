@@ -1,9 +1,10 @@
 """What pybkd's debug endpoint shows, kept in files: the running commands and the counters.
 
-With ``[grpc] debugAddress`` set, the daemon calls :func:`setup` at start: its state directory
-is ``ROOT/daemon/PID/`` (``ROOT/daemon`` is private, 0700; ``PID`` the daemon's), holding
+The daemon calls :func:`setup` at start: its state directory is ``ROOT/daemon/PID/``
+(``ROOT/daemon`` is private, 0700; ``PID`` the daemon's), holding
 
 - ``owner.json``: the daemon's pid, process start time and start date;
+- ``info.json``: its version and its workers' platforms (:func:`describe`);
 - ``running/PID.N.json``: one per running command (:func:`command`), written when it starts and
   removed when it ends; an entry whose process is gone (killed with SIGKILL) or whose pid now
   belongs to another process is ignored and removed by :func:`running`;
@@ -15,8 +16,9 @@ is ``ROOT/daemon/PID/`` (``ROOT/daemon`` is private, 0700; ``PID`` the daemon's)
 
 Every process the daemon forks inherits the directory, so what runs a command (a child for a
 unix connection, or another listener's process) records it with :func:`command` and counts the
-bytes of remote sessions with :func:`add_bytes`. Without :func:`setup` (no debug address, or a
-command run embedded) all of these do nothing. The daemon removes the directory when it stops;
+bytes of remote sessions with :func:`add_bytes`; the gRPC listener answers the control API's
+``Load`` from the running records (:func:`load`). Without :func:`setup` (a command run
+embedded) all of these do nothing. The daemon removes the directory when it stops;
 directories of daemons that died are removed by the next :func:`setup`.
 
 Only the standard library is imported here (the debug endpoint's process reads these files),
@@ -132,6 +134,14 @@ def setup(root: str) -> str:
             "started": _now(), "started_unix": time.time()})
     _dir = path
     return path
+
+
+def describe(**info: Any) -> None:
+    """Write what the daemon says of itself (``version``, ``platforms``) to ``info.json`` of
+    this process's state directory (nothing without one)."""
+    if _dir is not None:
+        with contextlib.suppress(OSError):
+            _write(os.path.join(_dir, "info.json"), info)
 
 
 def owner(directory: str) -> dict[str, Any]:
@@ -302,6 +312,41 @@ def running(directory: str) -> list[dict[str, Any]]:
             continue
         found.append(record)
     return sorted(found, key=lambda r: (r.get("started_unix", 0), r["pid"]))
+
+
+#: global options of ``pybk`` that take a value (the command comes after them)
+_VALUED = ("--root", "--config", "--addr")
+
+
+def is_build(argv: Sequence[Any]) -> bool:
+    """Whether a running command's ``argv`` is ``pybk build`` (after the global options)."""
+    i = 0
+    while i < len(argv):
+        arg = str(argv[i])
+        if arg in _VALUED:
+            i += 2
+            continue
+        if arg == "--":
+            return False
+        if not arg.startswith("-"):
+            return arg == "build"
+        i += 1
+    return False
+
+
+def load(directory: str | None) -> dict[str, Any]:
+    """How busy the daemon of state directory ``directory`` is: ``builds`` (running ``pybk
+    build`` commands, whatever transport brought them), ``others`` (its other running
+    commands), and its ``version`` and ``platforms`` (:func:`describe`); zeros when there is no
+    directory."""
+    if directory is None:
+        return {"builds": 0, "others": 0, "version": "", "platforms": []}
+    records = running(directory)
+    builds = sum(1 for record in records if is_build(record.get("argv") or ()))
+    info = _read(os.path.join(directory, "info.json"))
+    info = info if isinstance(info, dict) else {}
+    return {"builds": builds, "others": len(records) - builds,
+            "version": str(info.get("version", "")), "platforms": list(info.get("platforms", []))}
 
 
 # -- task dumps ---------------------------------------------------------------------------------

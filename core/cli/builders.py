@@ -7,7 +7,11 @@ a 0700 directory, written atomically). A build is sent to one node chosen by ren
 (highest-random-weight) hashing of (absolute context, build file, target) over the node names:
 the same project goes to the same node, and removing a node moves only the projects that
 mapped to it. A node that does not answer a health check (connect and TLS handshake within
-:data:`HEALTH_TIMEOUT`) is skipped for the next node in that order. The entry point resolves
+:data:`HEALTH_TIMEOUT`) is skipped for the next node in that order. With ``least-loaded``
+routing the build goes to the node with the fewest running builds, as the nodes answer the
+control API's ``Load`` (:mod:`pybk.core.cli.nodeload`; the question is the health check),
+ties broken by the same order. ``builder create --driver kubernetes`` makes the nodes from a
+StatefulSet's pods (deploy/kubernetes/render.py's). The entry point resolves
 the builder to one node's ``--addr`` and TLS flags before the remote client runs
 (:func:`route_build`); nothing here is imported unless a builder is involved.
 """
@@ -30,6 +34,11 @@ ENV_BUILDER = "PYBK_BUILDER"
 #: seconds a node has to accept a connection and finish the TLS handshake
 HEALTH_TIMEOUT = 2.0
 ROUTINGS = ("sticky", "least-loaded")
+#: how ``builder create`` finds the nodes: the ``--node`` given, or a StatefulSet's pods
+DRIVERS = ("remote", "kubernetes")
+#: deploy/kubernetes/render.py's StatefulSet (and headless Service) name and gRPC port
+K8S_NAME = "pybkd"
+K8S_PORT = 1234
 _TLS_KEYS = ("--tlscacert", "--tlscert", "--tlskey", "--tlsservername", "--tlsdir")
 
 
@@ -230,10 +239,15 @@ def _parse_build(build_args: list[str]) -> tuple[argparse.ArgumentParser, argpar
 
 
 def choose_node(builder: Builder, key: str, out: Any = None) -> Node:
-    """The first node in rendezvous order for ``key`` that answers; a line on ``out`` for each
-    one skipped; BuildError when none answers."""
+    """The node a build with routing key ``key`` goes to: with ``sticky`` routing the first
+    node in rendezvous order that answers the health check, with ``least-loaded`` the node
+    answering ``Load`` with the fewest running builds (ties: rendezvous order). A line on
+    ``out`` for each node skipped; BuildError when none answers."""
     out = out or sys.stderr
     by_name = {n.name: n for n in builder.nodes}
+    if builder.routing == "least-loaded":
+        return _least_loaded(builder, [by_name[name] for name in
+                                       rendezvous_order(key, list(by_name))], out)
     skipped: list[tuple[Node, str]] = []
     for name in rendezvous_order(key, list(by_name)):
         node = by_name[name]
@@ -246,6 +260,34 @@ def choose_node(builder: Builder, key: str, out: Any = None) -> Node:
         skipped.append((node, reason))
     raise BuildError(f"builder {builder.name}: no node answered: " + "; ".join(
         f"{n.name} ({n.endpoint}): {why}" for n, why in skipped))
+
+
+def load(node: Node, timeout: float = HEALTH_TIMEOUT) -> tuple[str | None, Any]:
+    """``(None, NodeLoad)`` when ``node`` answers the control API's ``Load`` within
+    ``timeout``; ``(why not, None)`` otherwise (:mod:`pybk.core.cli.nodeload`)."""
+    from pybk.core.cli.nodeload import query_load
+
+    return query_load(node.endpoint, node.tls, timeout)
+
+
+def _least_loaded(builder: Builder, ordered: Sequence[Node], out: Any) -> Node:
+    """Of ``ordered`` (rendezvous order), the node with the fewest running builds (the first
+    in that order among equals; a node that does not report its load comes after those that
+    do), asked as :func:`pybk.core.cli.nodeload.least_loaded` does; a line on ``out`` for
+    each node that did not answer."""
+    from pybk.core.cli.nodeload import least_loaded
+
+    chosen, answers = least_loaded([(node.endpoint, node.tls) for node in ordered],
+                                   HEALTH_TIMEOUT)
+    skipped = [(node, answer[0]) for node, answer in zip(ordered, answers, strict=True)
+               if answer is not None and answer[0] is not None]
+    if chosen is None:
+        raise BuildError(f"builder {builder.name}: no node answered: " + "; ".join(
+            f"{n.name} ({n.endpoint}): {why}" for n, why in skipped))
+    for down, why in skipped:
+        print(f"builder {builder.name}: node {down.name} ({down.endpoint}) did not "
+              f"answer ({why}); building on node {ordered[chosen].name}", file=out)
+    return ordered[chosen]
 
 
 def route_build(name: str, argv: list[str], at: int
@@ -317,8 +359,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
     create = sub.add_parser("create", help="create a builder, or --append a node to one")
     create.add_argument("name")
-    create.add_argument("--node", required=True, metavar="tcp://HOST:PORT")
+    create.add_argument("--driver", choices=DRIVERS, default="remote",
+                        help="remote: the --node given; kubernetes: the pods of a StatefulSet")
+    create.add_argument("--node", metavar="tcp://HOST:PORT")
     create.add_argument("--node-name")
+    create.add_argument("--namespace", help="--driver kubernetes: the StatefulSet's namespace")
+    create.add_argument("--replicas", type=int, help="--driver kubernetes: its pods")
+    create.add_argument("--statefulset", default=None, metavar="NAME",
+                        help=f"--driver kubernetes: the StatefulSet and headless Service "
+                             f"(default {K8S_NAME})")
+    create.add_argument("--port", type=int, default=None,
+                        help=f"--driver kubernetes: the pods' gRPC port (default {K8S_PORT})")
     create.add_argument("--platform", default="")
     for flag in _TLS_KEYS:
         create.add_argument(flag)
@@ -380,11 +431,16 @@ def _node_from(ns: argparse.Namespace, index: int) -> Node:
 
 
 def _create(ns: argparse.Namespace) -> int:
-    if ns.routing == "least-loaded":
-        raise UsageError("least-loaded is not supported yet: pybkd has no cheap way to "
-                         "report its running builds; use sticky", flag="--routing")
     if not ns.name or "/" in ns.name:
         raise UsageError(f"{ns.name!r} is not a builder name")
+    if ns.driver == "kubernetes":
+        return _create_kubernetes(ns)
+    for flag in ("namespace", "replicas", "statefulset", "port"):
+        if getattr(ns, flag) is not None:
+            raise UsageError("only with --driver kubernetes", flag=f"--{flag}")
+    if ns.node is None:
+        raise UsageError("the node's address is needed (or --driver kubernetes)",
+                         flag="--node")
     builders, current = _load()
     existing = builders.get(ns.name)
     if existing is not None and not ns.append:
@@ -407,6 +463,55 @@ def _create(ns: argparse.Namespace) -> int:
     else:
         builders[ns.name] = evolve(existing, nodes=(*nodes, node),
                                    routing=ns.routing or existing.routing, **caches)
+    _save(builders, current)
+    print(ns.name)
+    return 0
+
+
+def kubernetes_endpoints(namespace: str, replicas: int, name: str = K8S_NAME,
+                         port: int = K8S_PORT) -> list[tuple[str, str]]:
+    """``(pod name, tcp://POD.NAME.NAMESPACE.svc:PORT)`` of each pod of StatefulSet ``name``
+    with its headless Service of the same name (deploy/kubernetes/render.py's objects)."""
+    return [(f"{name}-{i}", f"tcp://{name}-{i}.{name}.{namespace}.svc:{port}")
+            for i in range(replicas)]
+
+
+def _create_kubernetes(ns: argparse.Namespace) -> int:
+    """``builder create NAME --driver kubernetes --namespace NS --replicas N``: one node per
+    pod of the StatefulSet, named as the pod, its stable name the address."""
+    import re
+
+    if ns.node is not None or ns.node_name is not None:
+        flag = "--node" if ns.node is not None else "--node-name"
+        raise UsageError("--driver kubernetes makes the nodes from the StatefulSet's pods",
+                         flag=flag)
+    if ns.append:
+        raise UsageError("a kubernetes builder's nodes are its StatefulSet's pods: pybk "
+                         "builder rm it and create it again with the new --replicas",
+                         flag="--append")
+    if not ns.namespace:
+        raise UsageError("--driver kubernetes needs the StatefulSet's --namespace")
+    label = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+    name = ns.statefulset or K8S_NAME
+    for flag, value in (("--namespace", ns.namespace), ("--statefulset", name)):
+        if not label.fullmatch(value):
+            raise UsageError(f"{value!r} is not a Kubernetes name (lower-case letters, digits "
+                             "and '-', at most 63)", flag=flag)
+    if ns.replicas is None or ns.replicas < 1:
+        raise UsageError("needs at least 1 (the StatefulSet's replicas)", flag="--replicas")
+    port = K8S_PORT if ns.port is None else ns.port
+    if not 0 < port < 65536:
+        raise UsageError(f"{port}: a port is 1-65535", flag="--port")
+    builders, current = _load()
+    if ns.name in builders:
+        raise UsageError(f"builder {ns.name!r} exists")
+    nodes = []
+    for pod, endpoint in kubernetes_endpoints(ns.namespace, ns.replicas, name, port):
+        node = _node_from(argparse.Namespace(**{**vars(ns), "node": endpoint,
+                                                "node_name": pod}), 0)
+        nodes.append(node)
+    builders[ns.name] = Builder(name=ns.name, nodes=tuple(nodes),
+                                routing=ns.routing or "sticky", **_checked_caches(ns))
     _save(builders, current)
     print(ns.name)
     return 0
@@ -493,8 +598,8 @@ def _inspect(ns: argparse.Namespace) -> int:
             print(f"{label}:\t{_redacted(value)}")
     print("")
     print("Nodes:")
-    for node, (reason, platforms, version) in zip(builder.nodes,
-                                                  _parallel(_workers, builder.nodes), strict=True):
+    for node, ((reason, platforms, version), found) in zip(
+            builder.nodes, _parallel(_inspected, builder.nodes), strict=True):
         print(f"Name:\t{node.name}")
         print(f"Endpoint:\t{node.endpoint}")
         print(f"Status:\t{'running' if reason is None else f'unreachable: {reason}'}")
@@ -503,8 +608,20 @@ def _inspect(ns: argparse.Namespace) -> int:
         if reason is None:
             print(f"Platforms:\t{','.join(platforms)}")
             print(f"Version:\t{version}")
+            if found is not None:
+                shown = (str(found.builds), str(found.others)) if found.known else \
+                    ("unknown (the node does not report its load)",) * 2
+                print(f"Builds running:\t{shown[0]}")
+                print(f"Other commands running:\t{shown[1]}")
         print("")
     return 0
+
+
+def _inspected(node: Node) -> tuple[tuple[str | None, list[str], str], Any]:
+    """What ``inspect`` shows of ``node``: its load (asked first, so that the ``debug
+    workers`` command run next is not counted in it) and :func:`_workers`."""
+    _, found = load(node)
+    return _workers(node), found
 
 
 def _redacted(csv: str) -> str:

@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pybk.core import daemonlog, daemonstate
+from pybk.core import __version__, daemonlog, daemonstate
 from pybk.core.cli import activation, debugserver
 from pybk.core.cli.errors import interrupted, report, run_reported
 from pybk.core.cli.remote import (
@@ -727,10 +727,14 @@ def _start(argv: list[str]) -> int:
     lock = _lock(path)
     debug = None
     try:
+        # the running commands, kept in files: the debug endpoint and the control API's Load
+        # read them
+        daemonstate.setup(root)
         if config.grpc.debug_address:
             debug = debugserver.start(config.grpc.debug_address, root,
                                       log_format=config.log.format, log_level=level)
         workers = load_workers(config, root)
+        daemonstate.describe(version=f"pybk {__version__}", platforms=_platforms(workers))
         warm_up(root, config, select_worker(workers))
         if debug is not None:
             debug.wait_ready()
@@ -757,8 +761,23 @@ def _start(argv: list[str]) -> int:
     finally:
         if debug is not None:
             debug.stop()
-            daemonstate.teardown()
+        daemonstate.teardown()
         os.close(lock)
+
+
+def _platforms(workers: Sequence[Any]) -> list[str]:
+    """The workers' platforms, normalised, each once."""
+    from pybk.core.errors import InputError
+    from pybk.core.platform import parse_platform
+
+    out: list[str] = []
+    for worker in workers:
+        for text in worker.platforms():
+            with contextlib.suppress(InputError):
+                text = str(parse_platform(text))
+            if text not in out:
+                out.append(text)
+    return out
 
 
 def _shutdown_workers(workers: Sequence[Any]) -> None:

@@ -343,10 +343,10 @@ class DebugServer:
 
 def start(address: str, root: str, *, log_format: str = "text",
           log_level: str | None = "info") -> DebugServer:
-    """Keep the daemon's state (:func:`pybk.core.daemonstate.setup`) and start the
-    endpoint at ``address`` for it; call :meth:`DebugServer.wait_ready` before serving. A
-    malformed address is a usage error (exit 2); one that is not loopback or unix is
-    warned about (no authentication)."""
+    """Keep the daemon's state (:func:`pybk.core.daemonstate.setup`, unless the daemon
+    already does) and start the endpoint at ``address`` for it; call
+    :meth:`DebugServer.wait_ready` before serving. A malformed address is a usage error
+    (exit 2); one that is not loopback or unix is warned about (no authentication)."""
     from pybk.core.errors import UsageError
 
     try:
@@ -357,7 +357,7 @@ def start(address: str, root: str, *, log_format: str = "text",
         daemonlog.warning(f"[grpc] debugAddress {address} is not a loopback or unix address: "
                           "the debug endpoint has no authentication; anyone who can reach it "
                           "sees the running commands and their arguments")
-    directory = daemonstate.setup(root)
+    directory = daemonstate.state_dir() or daemonstate.setup(root)
     proc = subprocess.Popen(
         [sys.executable, "-P", "-m", "pybk.core.cli.debugserver", "--listen", address,
          "--state", directory, "--daemon-pid", str(os.getpid()), "--log-format",

@@ -24,6 +24,8 @@ MAX_FRAME = 32 << 20
 CHUNK = 1 << 20
 #: the gRPC method of the control API (control.proto)
 SESSION_METHOD = "/pybk.control.v1.Control/Session"
+#: the control API's unary method answering how busy the daemon is
+LOAD_METHOD = "/pybk.control.v1.Control/Load"
 PROTOCOL_VERSION = 1
 
 

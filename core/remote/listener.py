@@ -6,7 +6,9 @@ there). It serves the control API (``control.proto``) on each ``tcp://`` address
 ``Session`` stream is relayed, message for message and without decoding, to pybkd's private
 control socket, where pybkd forks the process that runs the command
 (:func:`pybk.core.remote.daemonside.serve_session`); the relay's first frame says who the peer
-is (its address and, with mutual TLS, its certificate's common name).
+is (its address and, with mutual TLS, its certificate's common name). ``Load`` is answered
+here, from the daemon's running records (:func:`pybk.core.daemonstate.load`), on the same
+server with the same credentials as ``Session``.
 
 TLS comes from ``[grpc.tls]``: ``cert`` and ``key`` are the server's; with ``ca`` set a client
 must present a certificate signed by it, or the handshake fails before any request. A
@@ -255,6 +257,13 @@ def _serve(targets: Sequence[str], control_path: str, tls: Any, ready_fd: int,
             task.cancel()
             writer.close()
 
+    async def load(request: bytes, context: Any) -> bytes:
+        """``Load``: the running builds and other commands (the daemon's running records,
+        whatever transport brought each), its version and platforms."""
+        from pybk.core import daemonstate
+
+        return encode({"t": "load", **daemonstate.load(daemonstate.state_dir())})
+
     async def main() -> int:
         options = [("grpc.max_receive_message_length", MAX_FRAME),
                    ("grpc.max_send_message_length", MAX_FRAME),
@@ -262,9 +271,10 @@ def _serve(targets: Sequence[str], control_path: str, tls: Any, ready_fd: int,
                    ("grpc.keepalive_permit_without_calls", 1),
                    ("grpc.http2.min_ping_interval_without_data_ms", 10000)]
         server = grpc.aio.server(options=options)
-        handler = grpc.stream_stream_rpc_method_handler(relay)
+        handlers = {"Session": grpc.stream_stream_rpc_method_handler(relay),
+                    "Load": grpc.unary_unary_rpc_method_handler(load)}
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"Session": handler}),))
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),))
         reload = None
         if tls is not None:
             credentials, reload = _credentials(grpc, tls)

@@ -8,62 +8,25 @@ import os
 import stat
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from support.tlsdaemon import CLIENT, PKI, RemoteDaemon, client_env, tls_config
+from support.fleet import NAMES, Nodes
+from support.fleet import context as _context
 
 from pybk.core.cli.builders import rendezvous_order, routing_key
-
-NAMES = ("alpha", "beta", "gamma")
-
-
-class Nodes:
-    def __init__(self, base: Path):
-        self.pki = {}
-        for name in NAMES:
-            (base / f"pki-{name}").mkdir()
-            self.pki[name] = PKI(base / f"pki-{name}")
-        self.daemons = {}
-        for name in NAMES:
-            (base / name).mkdir()
-            self.daemons[name] = RemoteDaemon(base / name, tls_config(self.pki[name]))
-        self.config = base / "xdg"
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return client_env(**{"XDG_CONFIG_HOME": str(self.config), **extra})
-
-    def pybk(self, *args: str, cwd: Path | None = None, **extra: str
-             ) -> subprocess.CompletedProcess:
-        return subprocess.run([*CLIENT, *args], capture_output=True, text=True, cwd=cwd,
-                              env=self.env(**extra), timeout=180, stdin=subprocess.DEVNULL)
-
-    def builds(self, name: str) -> int:
-        """How many builds the node's history holds."""
-        history = self.daemons[name].root / "history"
-        return len(list(history.iterdir())) if history.is_dir() else 0
 
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     n = Nodes(tmp_path_factory.mktemp("builders"))
     yield n
-    for daemon in n.daemons.values():
-        daemon.stop()
+    n.stop()
 
 
 def _create(nodes: Nodes, name: str, *, append: bool = False) -> subprocess.CompletedProcess:
     return nodes.pybk("builder", "create", "fleet", "--node", nodes.daemons[name].addr,
                       "--node-name", name, "--tlsdir", str(nodes.pki[name].good),
                       "--platform", "linux/amd64", *(["--append"] if append else []))
-
-
-def _context(base: Path, name: str) -> Path:
-    ctx = base / name
-    ctx.mkdir()
-    (ctx / "a.txt").write_text(name)
-    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /\n")
-    return ctx
 
 
 def test_create_append_ls_inspect_use_and_the_file(nodes):
@@ -97,6 +60,7 @@ def test_create_append_ls_inspect_use_and_the_file(nodes):
     assert inspect.stdout.count("Status:\trunning") == 3
     assert inspect.stdout.count("Platforms:\tlinux/") == 3
     assert inspect.stdout.count("Version:\tpybk ") == 3
+    assert inspect.stdout.count("Builds running:\t0\n") == 3  # the nodes' Load
     for name in NAMES:
         assert f"Endpoint:\t{nodes.daemons[name].addr}" in inspect.stdout
 
@@ -110,14 +74,31 @@ def test_create_append_ls_inspect_use_and_the_file(nodes):
 def test_bad_flags_are_refused(nodes, tmp_path):
     env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     cases = [
-        (["builder", "create", "x", "--node", "tcp://127.0.0.1:1", "--routing", "least-loaded"],
-         "least-loaded is not supported yet"),
         (["builder", "create", "x", "--node", "unix:///run/x.sock"], "a node is tcp://HOST:PORT"),
         (["builder", "create", "x", "--node", "tcp://127.0.0.1:1", "--append"],
          "no builder 'x' to append to"),
         (["builder", "create", "x", "--node", "tcp://127.0.0.1:1", "--tlscert", "/nonexistent"],
          "/nonexistent does not exist"),
-        (["builder", "create", "x"], "--node"),
+        (["builder", "create", "x"], "--node: the node's address is needed"),
+        (["builder", "create", "x", "--node", "tcp://127.0.0.1:1", "--namespace", "b"],
+         "--namespace: only with --driver kubernetes"),
+        (["builder", "create", "x", "--node", "tcp://127.0.0.1:1", "--replicas", "2"],
+         "--replicas: only with --driver kubernetes"),
+        (["builder", "create", "x", "--driver", "kubernetes", "--namespace", "b",
+          "--replicas", "2", "--node", "tcp://127.0.0.1:1"],
+         "--node: --driver kubernetes makes the nodes from the StatefulSet's pods"),
+        (["builder", "create", "x", "--driver", "kubernetes", "--namespace", "b",
+          "--replicas", "0"], "--replicas: needs at least 1"),
+        (["builder", "create", "x", "--driver", "kubernetes", "--replicas", "2"],
+         "--driver kubernetes needs the StatefulSet's --namespace"),
+        (["builder", "create", "x", "--driver", "kubernetes", "--namespace", "Builds!",
+          "--replicas", "2"], "--namespace: 'Builds!' is not a Kubernetes name"),
+        (["builder", "create", "x", "--driver", "kubernetes", "--namespace", "b",
+          "--replicas", "2", "--port", "70000"], "--port: 70000: a port is 1-65535"),
+        (["builder", "create", "x", "--driver", "docker", "--node", "tcp://127.0.0.1:1"],
+         "invalid choice: 'docker'"),
+        (["builder", "create", "x", "--node", "tcp://127.0.0.1:1", "--routing", "fastest"],
+         "invalid choice: 'fastest'"),
         (["builder", "use", "nosuch"], "no builder 'nosuch'"),
         (["builder", "rm", "nosuch"], "no builder 'nosuch'"),
         (["build", "--builder", "nosuch", "."], "no builder 'nosuch'"),
@@ -223,8 +204,7 @@ def test_a_builders_shared_cache_reaches_a_node_that_never_saw_the_project(tmp_p
     try:
         _shared_cache(nodes, tmp_path, moto_s3)
     finally:
-        for daemon in nodes.daemons.values():
-            daemon.stop()
+        nodes.stop()
 
 
 def _shared_cache(nodes, tmp_path, moto_s3):
