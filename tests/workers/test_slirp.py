@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.slirpnet import HELLO, LoopbackServer, NetnsServer, check_slirp_build, \
-    slirp_dockerfile
+from support.slirpnet import HELLO, LoopbackServer, NetnsServer, check_slirp_build, slirp_dockerfile
 
 from pybk.core.cli.commands import main
 
