@@ -509,7 +509,7 @@ class Networks:
         failure: Exception | None = None
         attached = self._slirps.pop(entry, None)
         if attached is not None:  # (one a dead process started went with it: --exit-fd)
-            attached.stop()
+            attached.stop(wait=False)
         if state.get("conflist"):
             try:
                 network = cni.CNINetwork(state["conflist"], state.get("dirs") or self.dirs)

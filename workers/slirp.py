@@ -27,6 +27,7 @@ import select
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 from pybk.core.errors import BuildError
@@ -113,11 +114,17 @@ class Slirp:
     def pid(self) -> int:
         return self.process.pid
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close its exit pipe and wait for it (killed when it does not go in ``timeout``)."""
+    def stop(self, timeout: float = 5.0, *, wait: bool = True) -> None:
+        """Close its exit pipe and wait for it (killed when it does not go in ``timeout``);
+        ``wait=False``: a thread of this process waits (slirp4netns takes 20-60 ms to go,
+        tearing its tap device down, which the step need not wait for)."""
         if self._exit_fd is not None:
             os.close(self._exit_fd)
             self._exit_fd = None
+        if not wait:
+            threading.Thread(target=self.stop, args=(timeout,), name="pybk-slirp-reaper",
+                             daemon=True).start()
+            return
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:

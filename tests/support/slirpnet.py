@@ -1,8 +1,9 @@
 """Servers for the slirp4netns network tests, all on this machine.
 
 - :class:`NetnsServer`: a network namespace of the test's own, joined to the host by a veth
-  pair (``192.168.213.N/30``), with an HTTP server on its side: the host routes to it, so a
-  step behind slirp4netns (whose connections leave from the host's namespace) reaches it.
+  pair (``192.168.213.N/30``), with an HTTP and a DNS server on its side: the host routes to
+  it, so a step behind slirp4netns (whose connections leave from the host's namespace)
+  reaches it.
 - :class:`LoopbackServer`: an HTTP server on the host's ``127.0.0.1``, which a step behind
   slirp4netns must NOT reach (``--disable-host-loopback``: ``10.0.2.2`` is refused).
 
@@ -44,13 +45,40 @@ while True:
 """
 
 
+_DNS = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+print("ready", flush=True)
+names = {n.encode(): socket.inet_aton(a) for n, a in (p.split("=") for p in sys.argv[2:])}
+while True:
+    query, peer = s.recvfrom(512)
+    i, labels = 12, []
+    while query[i]:
+        labels.append(query[i + 1:i + 1 + query[i]])
+        i += query[i] + 1
+    qtype = struct.unpack(">H", query[i + 1:i + 3])[0]
+    address = names.get(b".".join(labels).lower()) if qtype == 1 else None
+    flags = 0x8180 if address or qtype != 1 else 0x8183  # NXDOMAIN for an unknown name
+    reply = query[:2] + struct.pack(">HHHHH", flags, 1, 1 if address else 0, 0, 0)
+    reply += query[12:i + 5]
+    if address:
+        reply += b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + address
+    s.sendto(reply, peer)
+"""
+
+#: the name the test's DNS server answers (with the server's address)
+NAME = "pybk-slirp-test.internal"
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 class NetnsServer:
-    """A netns ``pybkslirp<pid>`` with ``address`` on a veth to the host (``host_address``)
-    and an HTTP server on ``address:port`` answering :data:`HELLO`. Needs real root."""
+    """A netns ``pybkslirp<pid>`` with ``address`` on a veth to the host (``host_address``),
+    an HTTP server on ``address:port`` answering :data:`HELLO` and a DNS server on
+    ``address:53`` answering :data:`NAME` with ``address``. Needs real root."""
 
     def __init__(self) -> None:
         n = os.getpid() % 60
@@ -60,6 +88,7 @@ class NetnsServer:
         self.veth = f"pbsl{os.getpid() % 100000}"
         self.port = 0
         self._server: subprocess.Popen | None = None
+        self._dns: subprocess.Popen | None = None
 
     def __enter__(self) -> NetnsServer:
         try:
@@ -76,6 +105,10 @@ class NetnsServer:
                  self.address, HELLO.decode()], stdout=subprocess.PIPE, text=True)
             assert self._server.stdout is not None
             self.port = int(self._server.stdout.readline())
+            self._dns = subprocess.Popen(
+                ["ip", "netns", "exec", self.name, sys.executable, "-c", _DNS, self.address,
+                 f"{NAME}={self.address}"], stdout=subprocess.PIPE, text=True)
+            assert self._dns.stdout is not None and self._dns.stdout.readline() == "ready\n"
         except BaseException:
             self.__exit__()
             raise
@@ -86,9 +119,10 @@ class NetnsServer:
         return f"http://{self.address}:{self.port}/"
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.kill()
-            self._server.wait()
+        for server in (self._server, self._dns):
+            if server is not None:
+                server.kill()
+                server.wait()
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)  # veth with it
         subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
 

@@ -19,7 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.slirpnet import HELLO, LoopbackServer, NetnsServer, check_slirp_build, slirp_dockerfile
+from support.slirpnet import (
+    HELLO,
+    NAME,
+    LoopbackServer,
+    NetnsServer,
+    check_slirp_build,
+    slirp_dockerfile,
+)
 
 from pybk.core.cli.commands import main
 
@@ -89,6 +96,10 @@ async def run():
     out["slirp_alive"] = os.path.exists(f"/proc/{nets._slirps[a.entry].pid}")
     pid = nets._slirps[a.entry].pid
     await nets.release(a)
+    for _ in range(100):  # it goes on its own (its exit pipe closed), reaped by a thread
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+        await asyncio.sleep(0.05)
     out["slirp_after"] = os.path.exists(f"/proc/{pid}")
     out["none"] = (await nets.acquire("none")).netns
     out["left"] = {d: os.listdir(os.path.join(state, "net", d))
@@ -123,6 +134,43 @@ def test_rootless_bridge_is_slirp4netns_with_its_address_and_no_host_loopback(
     assert out["slirp_alive"] is True and out["slirp_after"] is False
     assert out["none"] is None  # the runtime makes it, with loopback only
     assert out["left"] == {"ns": [], "state": [], "idle": [], "busy": []}
+
+
+_DNS_IN_USERNS = r"""
+import asyncio, json, subprocess, sys
+from pybk.workers.network import Networks, NetworkOptions
+
+state, resolv, name = sys.argv[1:4]
+QUERY = ("import socket, struct, sys\n"
+         "q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)\n"
+         "q += b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[1].split('.'))\n"
+         "q += b'\\0' + struct.pack('>HH', 1, 1)\n"
+         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\n"
+         "s.sendto(q, ('10.0.2.3', 53))\n"
+         "r = s.recv(512)\n"
+         "print(socket.inet_ntoa(r[-4:]) if r[7] else f'rcode {r[3] & 15}')\n")
+# slirp4netns forwards 10.0.2.3 to the nameservers of the /etc/resolv.conf it sees
+subprocess.run(["mount", "--bind", resolv, "/etc/resolv.conf"], check=True)
+
+async def run():
+    nets = Networks(state, NetworkOptions(mode="bridge"))
+    a = await nets.acquire("sandbox")
+    answers = [subprocess.run(["nsenter", f"--net={a.netns}", sys.executable, "-c", QUERY, n],
+                              capture_output=True, text=True).stdout.strip()
+               for n in (name, "unknown." + name)]
+    await nets.release(a)
+    print(json.dumps(answers))
+
+asyncio.run(run())
+"""
+
+
+def test_rootless_dns_forwarder_asks_the_hosts_nameservers(tmp_path, netns_server):
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {netns_server.address}\n")
+    done = _in_userns(_DNS_IN_USERNS, str(tmp_path / "state"), str(resolv), NAME)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [netns_server.address, "rcode 3"]
 
 
 _MODE_ONLY = r"""
