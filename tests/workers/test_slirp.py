@@ -10,6 +10,7 @@ or on the host's 127.0.0.1, which the steps must not reach.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -242,3 +243,55 @@ def test_build_on_networkmode_slirp4netns(tmp_path, netns_server, loopback, busy
     check_slirp_build(tmp_path / "out", loopback)
     net = Path(root, "executor", "net")
     assert not any(any((net / d).iterdir()) for d in ("ns", "state", "idle", "busy"))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_build_takes_its_slirp4netns_along(tmp_path, busybox_layout, capsys):
+    """slirp4netns's exit pipe is the engine's: a SIGKILLed build's slirp4netns goes at once,
+    and the next build on the store removes the namespace it left."""
+    import signal
+    import time
+
+    config = tmp_path / "buildkitd.toml"
+    config.write_text('[worker.oci]\ngc = false\nnetworkMode = "slirp4netns"\n')
+    root = tmp_path / "store"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN touch /tmp/started; sleep 300\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pybk.core.cli.commands", "--root", str(root), "--config",
+         str(config), "build", "--progress", "plain", "--build-context",
+         f"busybox=oci-layout://{busybox_layout}", str(ctx)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    net = root / "executor" / "net"
+    try:
+        deadline = time.monotonic() + 120
+        while not any((root / "executor" / "bundles").glob("*/rootfs/tmp/started")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        [state] = list((net / "state").iterdir())
+        pid = json.loads(state.read_text())["slirp_pid"]
+        assert not _gone(pid)
+        proc.send_signal(signal.SIGKILL)  # the build only: its runc and container live on
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while not _gone(pid):
+            assert time.monotonic() < deadline, "slirp4netns outlived the build"
+            time.sleep(0.05)
+        assert list((net / "ns").iterdir())  # until the next build opens the store
+        (ctx / "Dockerfile").write_text("FROM busybox\nRUN true\n")
+        code = main(["--root", str(root), "--config", str(config), "build", "--progress",
+                     "plain", "--build-context", f"busybox=oci-layout://{busybox_layout}",
+                     str(ctx)])
+        assert code == 0, capsys.readouterr().err
+        assert not any(any((net / d).iterdir()) for d in ("ns", "state", "idle", "busy"))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
