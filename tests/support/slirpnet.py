@@ -7,9 +7,10 @@
 - :class:`LoopbackServer`: an HTTP server on the host's ``127.0.0.1``, which a step behind
   slirp4netns must NOT reach (``--disable-host-loopback``: ``10.0.2.2`` is refused).
 
-:func:`slirp_dockerfile` and :func:`check_slirp_build` are the end-to-end check of a build on
-the slirp4netns network: the same Dockerfile and assertions for root with
-``networkMode = "slirp4netns"`` (``tests/workers/test_slirp.py``) and for a rootless build.
+:func:`check_build_network` is the end-to-end check of a build on the slirp4netns network
+(:func:`slirp_dockerfile` built, :func:`check_slirp_build` on what it exported): the same for
+root with ``networkMode = "slirp4netns"`` (``tests/workers/test_slirp.py``) and for a rootless
+build, which passes its own way of running ``pybk build``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 #: the body both servers answer with
@@ -152,6 +154,28 @@ class LoopbackServer:
         self.sock.close()
 
 
+def check_build_network(workdir: Path, run_build: Callable[[Path, Path], int], *,
+                        resolv: bool = False) -> None:
+    """The end-to-end check of a build whose RUN steps get the slirp4netns network:
+    ``run_build(context, out)`` runs ``pybk build`` of the directory ``context`` with
+    ``--build-context busybox=oci-layout://…`` and ``-o type=local,dest=OUT`` (as root with
+    ``networkMode = "slirp4netns"``, or rootless with ``bridge``/``auto``) and returns its exit
+    code. ``workdir`` must be writable by whoever runs the build. ``resolv``: also check that
+    the step's resolv.conf names slirp4netns's forwarder ``10.0.2.3``. Needs real root (for
+    the servers' namespace)."""
+    context, out = workdir / "slirp-context", workdir / "slirp-out"
+    context.mkdir(exist_ok=True)
+    loopback = LoopbackServer()
+    try:
+        with NetnsServer() as server:
+            (context / "Dockerfile").write_text(slirp_dockerfile(server, loopback))
+            code = run_build(context, out)
+            assert code == 0, f"the build failed ({code})"
+            check_slirp_build(out, loopback, resolv=resolv)
+    finally:
+        loopback.close()
+
+
 def slirp_dockerfile(server: NetnsServer, loopback: LoopbackServer) -> str:
     """Steps on the default network (fetch from ``server``, its address and route, try the
     host's loopback through ``10.0.2.2``) and one with ``--network=none``. (``timeout``, not
@@ -159,15 +183,18 @@ def slirp_dockerfile(server: NetnsServer, loopback: LoopbackServer) -> str:
     return (
         "FROM busybox\n"
         f"RUN timeout 10 wget -q -O /fetched {server.url} && ip -o -4 addr show > /addr && "
-        "ip route > /route && "
+        "ip route > /route && cat /etc/resolv.conf > /resolv && "
         f"(timeout 3 wget -q -O - http://10.0.2.2:{loopback.port}/ && echo reached || "
         "echo unreachable) > /loopback\n"
         f"RUN --network=none ip -o link > /links; (timeout 2 wget -q -O - {server.url} && "
         "echo reached || echo unreachable) > /none\n")
 
 
-def check_slirp_build(out: Path, loopback: LoopbackServer) -> None:
-    """What a build of :func:`slirp_dockerfile` exported to ``out`` shows."""
+def check_slirp_build(out: Path, loopback: LoopbackServer, *, resolv: bool = False) -> None:
+    """What a build of :func:`slirp_dockerfile` exported to ``out`` shows (``resolv``: the
+    step's resolv.conf names ``10.0.2.3`` first)."""
+    if resolv:
+        assert (out / "resolv").read_text().startswith("nameserver 10.0.2.3\n")
     assert (out / "fetched").read_bytes() == HELLO
     assert re.search(r"tap0\s+inet 10\.0\.2\.100/24", (out / "addr").read_text())
     assert (out / "route").read_text().startswith("default via 10.0.2.2 dev tap0")

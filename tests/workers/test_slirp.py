@@ -25,8 +25,7 @@ from support.slirpnet import (
     NAME,
     LoopbackServer,
     NetnsServer,
-    check_slirp_build,
-    slirp_dockerfile,
+    check_build_network,
 )
 
 from pybk.core.cli.commands import main
@@ -227,20 +226,21 @@ def test_resolv_conf_names_slirps_forwarder():
     assert text.splitlines()[0] == "nameserver 10.0.2.3"
 
 
-def test_build_on_networkmode_slirp4netns(tmp_path, netns_server, loopback, busybox_layout,
-                                          capsys):
+def test_build_on_networkmode_slirp4netns(tmp_path, busybox_layout, capsys):
     """End to end as real root: ``networkMode = "slirp4netns"`` forces the rootless network."""
     config = tmp_path / "buildkitd.toml"
     config.write_text('[worker.oci]\ngc = false\nnetworkMode = "slirp4netns"\n')
-    context = tmp_path / "ctx"
-    context.mkdir()
-    (context / "Dockerfile").write_text(slirp_dockerfile(netns_server, loopback))
     root = tmp_path / "store"
-    code = main(["--root", str(root), "--config", str(config), "build", "--progress", "plain",
-                 "--build-context", f"busybox=oci-layout://{busybox_layout}",
-                 "-o", f"type=local,dest={tmp_path / 'out'}", str(context)])
-    assert code == 0, capsys.readouterr().err
-    check_slirp_build(tmp_path / "out", loopback)
+
+    def build(context: Path, out: Path) -> int:
+        code = main(["--root", str(root), "--config", str(config), "build", "--progress",
+                     "plain", "--build-context", f"busybox=oci-layout://{busybox_layout}",
+                     "-o", f"type=local,dest={out}", str(context)])
+        if code != 0:
+            print(capsys.readouterr().err)
+        return code
+
+    check_build_network(tmp_path, build)
     net = Path(root, "executor", "net")
     assert not any(any((net / d).iterdir()) for d in ("ns", "state", "idle", "busy"))
 
