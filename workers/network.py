@@ -6,6 +6,12 @@ worker's ``networkMode`` decides what ``sandbox`` is: ``bridge`` (pybk's own CNI
 ``bridgeName``/``bridgeSubnet``), ``cni`` (the user's list at ``cniConfigPath``), ``host`` or
 ``none``; ``auto`` is ``bridge`` when the CNI plugins are installed, ``host`` otherwise.
 
+In a user namespace (pybk running rootless, not real root) no veth or iptables rule can be
+made on the host: ``bridge`` is then ``slirp4netns`` (:mod:`pybk.workers.slirp`: a namespace
+per step with slirp4netns attached, made and removed with the step), ``auto`` is
+``slirp4netns`` when slirp4netns and ``/dev/net/tun`` can be used, ``host`` otherwise, and
+``cni`` is refused. ``networkMode = "slirp4netns"`` asks for it as real root too.
+
 Namespaces of the CNI modes are pooled on disk, under the executor's state directory, so
 several processes (the forked children of ``pybkd``, concurrent ``pybk build`` runs) share
 them::
@@ -35,6 +41,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import errno
 import fcntl
 import glob
 import hashlib
@@ -53,7 +60,7 @@ from pybk.core.errors import BuildError
 from pybk.core.model import Model, field, fields_dict
 from pybk.core.store.locks import is_alive, process_identity
 from pybk.core.store.mounts import MS_BIND, libc, sys_mount, unmount
-from pybk.workers import cni
+from pybk.workers import cni, slirp
 
 CLONE_NEWNET = 0x40000000
 LOCK_DIR = "/run/pybk"
@@ -111,7 +118,8 @@ class NetworkOptions(Model):
 
 
 class Attachment(Model):
-    """What one step runs in: ``mode`` is ``host``, ``none``, ``bridge`` or ``cni``;
+    """What one step runs in: ``mode`` is ``host``, ``none``, ``bridge``, ``cni`` or
+    ``slirp4netns``;
     ``netns`` the namespace to join (None: the host's for ``host``, a new one for ``none``)."""
 
     mode: str
@@ -119,6 +127,17 @@ class Attachment(Model):
     address: str | None = None
     gateway: str | None = None
     entry: str | None = None  # the pool entry id
+
+
+def step_resolv_conf(attachment: Attachment, dns: DNSConfig | None = None) -> str:
+    """The resolv.conf of a step on ``attachment``: slirp4netns's forwarder
+    (:func:`pybk.workers.slirp.resolv_conf`) on a ``slirp4netns`` namespace, else
+    :func:`pybk.workers.spec.resolv_conf` of the mode."""
+    from pybk.workers import spec
+
+    if attachment.mode == "slirp4netns":
+        return slirp.resolv_conf(spec.host_resolv_conf(), dns)
+    return spec.resolv_conf(attachment.mode, dns=dns)
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,7 +149,8 @@ def create_netns(path: str) -> None:
     """A new network namespace, kept alive by a bind mount at ``path``.
 
     The namespace is entered on a short-lived thread, so the rest of the process never leaves
-    its own namespace.
+    its own namespace. In a user namespace that does not own the original network namespace
+    (rootless), the thread cannot go back to it: it ends in the new one, taking it along.
     """
     with open(path, "x"):
         pass
@@ -148,7 +168,8 @@ def create_netns(path: str) -> None:
             finally:
                 if lib.setns(original, CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
-                    raise OSError(err, "cannot return to the original network namespace")
+                    if not (err == errno.EPERM and rootless()):
+                        raise OSError(err, "cannot return to the original network namespace")
         except BaseException as e:  # re-raised in the caller's thread
             failure.append(e)
         finally:
@@ -179,9 +200,20 @@ def _ip(*args: str) -> None:
                            "iproute2)") from None
 
 
+def rootless() -> bool:
+    """Whether the engine runs in a user namespace (``bridge`` is then ``slirp4netns``)."""
+    return slirp._in_user_namespace()
+
+
 def resolve_mode(options: NetworkOptions) -> str:
     """The mode of a step's default network: ``auto`` is ``bridge`` when its CNI plugins and
-    ``ip``/``iptables`` are found, else ``host``; the other modes are themselves."""
+    ``ip``/``iptables`` are found, else ``host``; the other modes are themselves. In a user
+    namespace ``bridge`` is ``slirp4netns``, and so is ``auto`` when slirp4netns can be used
+    (else ``host``)."""
+    if rootless() and options.mode in ("auto", "bridge"):
+        if options.mode == "auto" and slirp.missing() is not None:
+            return "host"
+        return "slirp4netns"
     if options.mode != "auto":
         return options.mode
     dirs = cni.binary_dirs(options.cni_binary_path)
@@ -303,6 +335,8 @@ class Networks:
         self._loopback: cni.CNINetwork | None = None
         self._key = ""
         self.state_dir = state_dir
+        #: the slirp4netns of each namespace this process attached, by entry
+        self._slirps: dict[str, slirp.Slirp] = {}
 
     # -- what "sandbox" is ------------------------------------------------------------
 
@@ -314,6 +348,11 @@ class Networks:
             mode = resolve_mode(self.options)
             if self.options.mode == "auto" and mode == "host" and not _auto_warned:
                 _auto_warned = True
+                if rootless():
+                    print(f"WARNING: networkMode auto: {slirp.missing()}; rootless RUN steps "
+                          "use the host's network", file=sys.stderr)
+                    self._default = mode
+                    return mode
                 missing = cni.missing_plugins(cni.BRIDGE_PLUGINS, self.dirs)
                 tools = _missing_tools()
                 what = (f"CNI plugins not found ({', '.join(missing)} in "
@@ -329,6 +368,10 @@ class Networks:
         """The CNI list of the default network (``bridge`` or ``cni`` mode)."""
         if self._network is None:
             mode = self.default_mode()
+            if mode == "cni" and rootless():
+                raise cni.CNIError("networkMode cni needs pybk running as real root (in a user "
+                                   "namespace it cannot attach veths on the host); rootless, "
+                                   "use bridge (slirp4netns), host or none")
             if mode == "bridge":
                 missing = cni.missing_plugins(cni.BRIDGE_PLUGINS, self.dirs)
                 if missing:
@@ -348,7 +391,8 @@ class Networks:
         return self._network
 
     def effective(self, requested: str) -> str:
-        """``host``, ``none``, ``bridge`` or ``cni`` for a step's ``sandbox|host|none``."""
+        """``host``, ``none``, ``bridge``, ``cni`` or ``slirp4netns`` for a step's
+        ``sandbox|host|none``."""
         return self.default_mode() if requested == "sandbox" else requested
 
     # -- acquire / release --------------------------------------------------------------
@@ -357,6 +401,10 @@ class Networks:
         mode = self.effective(requested)
         if mode in ("host", "none"):
             return Attachment(mode)
+        if mode == "slirp4netns":
+            entry = await self._create_slirp()
+            return Attachment(mode, os.path.join(self.dir, "ns", entry), slirp.ADDRESS,
+                              slirp.GATEWAY, entry)
         network = self.network()
         entry = self._claim_idle()
         if entry is None:
@@ -373,7 +421,8 @@ class Networks:
         busy = os.path.join(self.dir, "busy", f"{entry}@{process_identity()}")
         state = self._state(entry)
         owner = state.get("owner", "")
-        keep = (reusable and state.get("key") == self._key and is_alive(owner)
+        keep = (reusable and state.get("mode") != "slirp4netns" and state.get("key") == self._key
+                and is_alive(owner)
                 and len(os.listdir(os.path.join(self.dir, "idle"))) < self.options.pool_size)
         if keep:
             with contextlib.suppress(OSError):
@@ -428,6 +477,29 @@ class Networks:
         _touched.add(self.state_dir)
         return entry
 
+    async def _create_slirp(self) -> str:
+        """A namespace with slirp4netns attached, for one step (not pooled: see
+        docs/rootless.md, Networking, for what making one costs)."""
+        entry = os.urandom(8).hex()
+        me = process_identity()
+        state: dict[str, Any] = {"key": "slirp4netns", "owner": me, "creator": me,
+                                 "mode": "slirp4netns", "result": None}
+        self._write_state(entry, state)
+        path = os.path.join(self.dir, "ns", entry)
+        try:
+            await asyncio.to_thread(create_netns, path)
+            attached = await asyncio.to_thread(slirp.attach, path)
+            self._slirps[entry] = attached
+            state["slirp_pid"] = attached.pid
+            self._write_state(entry, state)
+        except BaseException:
+            await asyncio.shield(self._destroy(entry, state))
+            raise
+        with open(os.path.join(self.dir, "busy", f"{entry}@{me}"), "x"):
+            pass
+        _touched.add(self.state_dir)
+        return entry
+
     async def _destroy(self, entry: str, state: dict[str, Any]) -> None:
         await asyncio.to_thread(self._destroy_sync, entry, state)
 
@@ -435,6 +507,9 @@ class Networks:
         """CNI ``DEL`` (with the ADD's result), then the namespace and the files."""
         path = os.path.join(self.dir, "ns", entry)
         failure: Exception | None = None
+        attached = self._slirps.pop(entry, None)
+        if attached is not None:  # (one a dead process started went with it: --exit-fd)
+            attached.stop(wait=False)
         if state.get("conflist"):
             try:
                 network = cni.CNINetwork(state["conflist"], state.get("dirs") or self.dirs)

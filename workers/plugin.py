@@ -174,3 +174,16 @@ class OCIWorker(Worker):
 @hookimpl
 def pybk_register_workers():
     return OCIWorker
+
+
+@hookimpl
+def pybk_add_commands(commands):
+    commands.add("rootless", "pybk.workers.rootlesscheck:debug_rootless_command",
+                 help="check what running as an ordinary user needs here, with the fixes",
+                 arguments=_rootless_arguments, parent="debug")
+
+
+def _rootless_arguments(parser: Any) -> None:
+    from pybk.workers.rootlesscheck import rootless_arguments
+
+    rootless_arguments(parser)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from pybk.core import __version__
 from pybk.core.cli.errors import run_reported
 from pybk.core.errors import PluginValidationError, UsageError
-from pybk.core.paths import default_root
+from pybk.core.paths import default_config, default_root
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,12 +119,15 @@ def make_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--root", default=None, help="store directory (default: $PYBK_ROOT or "
                         "/var/lib/pybk for root, $XDG_DATA_HOME/pybk otherwise)")
     parser.add_argument("--config", default=None,
-                        help="buildkitd.toml-format config file (default: $PYBK_CONFIG)")
+                        help="buildkitd.toml-format config file (default: $PYBK_CONFIG, else "
+                        "$XDG_CONFIG_HOME/pybk/buildkitd.toml for a user other than root, "
+                        "when it exists)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--addr", default=None, metavar="unix:///PATH|tcp://HOST:PORT",
                         help="run the command in the pybkd daemon at this address (default: "
                         "$PYBK_HOST, else $BUILDKIT_HOST; when unset, the store's daemon — on /run/pybk/pybkd.sock "
-                        "for /var/lib/pybk, ROOT/pybkd.sock for another store — if it runs as "
+                        "for /var/lib/pybk, $XDG_RUNTIME_DIR/pybk/pybkd.sock for a user's "
+                        "$XDG_DATA_HOME/pybk, ROOT/pybkd.sock for another store — if it runs as "
                         "this user with the store and config file this command would use, "
                         "else this process, which starts one for the next commands if the "
                         "config says [pybk] daemon = \"auto\"; '' (or PYBK_HOST=''): always "
@@ -664,7 +667,7 @@ def _run(argv: list[str]) -> int:
         parser.print_help()
         return 2
     if getattr(ns, "config", None) is None:
-        ns.config = os.environ.get("PYBK_CONFIG") or None
+        ns.config = default_config()
     return ns.pybk_run(ns)
 
 

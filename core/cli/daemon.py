@@ -65,7 +65,7 @@ from pybk.core.cli.remoteserve import (
     wants_session,
 )
 from pybk.core.errors import UsageError
-from pybk.core.paths import SYSTEM_SOCKET, default_root, store_socket
+from pybk.core.paths import SYSTEM_SOCKET, default_config, default_root, store_socket
 
 DEFAULT_SOCKET = SYSTEM_SOCKET
 #: a command's children get this long to finish their cancellation when the daemon stops
@@ -82,14 +82,18 @@ def make_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="pybkd", description="Serve pybk builds on a unix socket.")
     parser.add_argument("--config", default=None,
-                        help="buildkitd.toml-format config file (default: $PYBK_CONFIG)")
+                        help="buildkitd.toml-format config file (default: $PYBK_CONFIG, else "
+                        "$XDG_CONFIG_HOME/pybk/buildkitd.toml for a user other than root, "
+                        "when it exists)")
     parser.add_argument("--root", default=None, help="store directory (default: the config's "
-                        "root, else $PYBK_ROOT or /var/lib/pybk)")
+                        "root, else $PYBK_ROOT, else /var/lib/pybk for root, "
+                        "$XDG_DATA_HOME/pybk otherwise)")
     parser.add_argument("--addr", action="append", default=None,
                         help="listen address, repeatable: unix:///PATH (the local protocol; "
                         "default: the config's first unix [grpc] address, else the store's "
-                        f"socket: {DEFAULT_SOCKET} for /var/lib/pybk, ROOT/pybkd.sock for any "
-                        "other store) or tcp://HOST:PORT (gRPC, TLS from [grpc.tls]); given, "
+                        f"socket: {DEFAULT_SOCKET} for /var/lib/pybk, "
+                        "$XDG_RUNTIME_DIR/pybk/pybkd.sock for a user's $XDG_DATA_HOME/pybk, "
+                        "ROOT/pybkd.sock for any other store) or tcp://HOST:PORT (gRPC, TLS from [grpc.tls]); given, "
                         "it replaces the config's [grpc] address list")
     parser.add_argument("--on-demand", action="store_true",
                         help="started by pybk for [pybk] daemon = \"auto\": stop after "
@@ -698,7 +702,7 @@ def _start(argv: list[str]) -> int:
 
     ns = make_parser().parse_args(argv)
     if ns.config is None:
-        ns.config = os.environ.get("PYBK_CONFIG") or None
+        ns.config = default_config()
     config_bytes = _read_config(ns.config)  # before loading: a later change is seen as one
     config, warnings = load_config(ns.config)
     level = "debug" if ns.debug else config.log.level
@@ -707,6 +711,8 @@ def _start(argv: list[str]) -> int:
     passed = activation.passed_listener(notes)  # systemd's socket, if it passed one
     root = os.path.abspath(ns.root or config.root or default_root())
     config_path = os.path.abspath(ns.config) if ns.config else None
+    if config_path is None:  # the commands run here read no file either (not one in a
+        os.environ["PYBK_CONFIG"] = ""  # client's $XDG_CONFIG_HOME): paths.default_config
     unix_address, tcp_addresses = split_addresses(ns.addr or config.grpc.address,
                                                   strict=bool(ns.addr))
     if not ns.addr:

@@ -35,7 +35,7 @@ import socket
 import sys
 from collections.abc import Iterator
 
-from pybk.core.paths import default_root
+from pybk.core.paths import default_config, default_root
 
 ENV_HOST = "PYBK_HOST"
 #: buildctl's variable, read when ``$PYBK_HOST`` is not set
@@ -158,7 +158,8 @@ def identity() -> str:
 
 def auto_target(argv: list[str]) -> tuple[str, str | None] | None:
     """``(store, configuration file)`` ``pybk ARGV`` would use in this process (``--root``,
-    else :func:`~pybk.core.paths.default_root`; ``--config``, else ``$PYBK_CONFIG``), as
+    else :func:`~pybk.core.paths.default_root`; ``--config``, else
+    :func:`~pybk.core.paths.default_config`), as
     absolute paths; None when a global option is not one this scan knows for sure (an
     abbreviation, an empty value …): such a command always runs in this process."""
     root = config = None
@@ -180,7 +181,7 @@ def auto_target(argv: list[str]) -> tuple[str, str | None] | None:
         elif argv[i] not in _PLAIN:
             return None
         i += 1
-    config = config or os.environ.get("PYBK_CONFIG") or None
+    config = config or default_config()
     return (os.path.abspath(root or default_root()),
             os.path.abspath(config) if config else None)
 

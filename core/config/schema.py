@@ -228,7 +228,7 @@ class GCPolicy(Model, kw_only=True):
 
 OCI_SNAPSHOTTERS = ("auto", "overlayfs", "native", "fuse-overlayfs", "stargz")
 SUPPORTED_SNAPSHOTTERS = ("auto", "overlayfs", "native")
-NETWORK_MODES = ("auto", "host", "cni", "bridge", "none")
+NETWORK_MODES = ("auto", "host", "cni", "bridge", "none", "slirp4netns")
 
 
 def _check_subnet(value: str) -> None:

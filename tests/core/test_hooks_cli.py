@@ -53,7 +53,7 @@ def test_hook_pybk_add_commands(plugin, capsys):
     assert order == sorted(order)
     assert commands.main(["debug"]) == 2
     assert capsys.readouterr().err == ("error: pybk debug: choose one of config, dump-llb, "
-                                       "workers, context, fsck, dump-ast, yaml-schema, "
+                                       "workers, context, fsck, dump-ast, yaml-schema, rootless, "
                                        "greeting\n")
 
 
