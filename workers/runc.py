@@ -54,6 +54,7 @@ from pybk.core.store.mounts import (
     unmount_all,
 )
 from pybk.workers import limits as steplimits
+from pybk.workers import rootless as rootlessspec
 from pybk.workers import spec as ocispec
 from pybk.workers.network import Attachment, NetworkOptions, Networks
 from pybk.workers.user import ResolvedUser, resolve_user, root_path
@@ -275,11 +276,14 @@ class RuncExecutor(Executor):
     processes may share it: a bundle's name carries the pid of the process that owns it.
     ``limits``: what every container may use (:mod:`pybk.workers.limits`); ``store``: the
     store the steps write to, named when one fills its disk (default: ``state_dir``'s parent).
+    ``rootless``: the runtime runs with ``--rootless true``, the spec has no cgroups and
+    nothing that needs real root (:mod:`pybk.workers.rootless`).
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], binary: str = "runc", *,
                  no_process_sandbox: bool = False, network: NetworkOptions | None = None,
-                 limits: steplimits.StepLimits | None = None, store: str | None = None):
+                 limits: steplimits.StepLimits | None = None, store: str | None = None,
+                 rootless: bool = False):
         self.state_dir = os.path.abspath(os.fspath(state_dir))
         self.limits = limits or steplimits.StepLimits()
         self.store = store or os.path.dirname(self.state_dir)
@@ -287,6 +291,7 @@ class RuncExecutor(Executor):
         #: before it is deleted); None: not asked yet
         self._keep: bool | None = None
         self.binary = binary
+        self.rootless = rootless
         self.no_process_sandbox = no_process_sandbox
         self.runtime_root = os.path.join(self.state_dir, "runc")
         self.bundles = os.path.join(self.state_dir, "bundles")
@@ -333,7 +338,8 @@ class RuncExecutor(Executor):
         self._watcher = (os.getpid(), write, watcher)
 
     def _runtime(self, *args: str) -> list[str]:
-        return [self.binary, "--root", self.runtime_root, *args]
+        rootless = ("--rootless", "true") if self.rootless else ()
+        return [self.binary, *rootless, "--root", self.runtime_root, *args]
 
     def reap_stale(self) -> list[str]:
         """Clean up after processes that died mid-run (kill -9): their containers, mounts and
@@ -375,6 +381,8 @@ class RuncExecutor(Executor):
         process's stdin is closed after the last one (None: ``/dev/null``).
         """
         ocispec.validate(process)
+        if self.rootless:
+            rootlessspec.check_step(process.cgroup_parent, process.resources, process.ulimits)
         container_id = f"pybk-{os.getpid()}-{os.urandom(8).hex()}"
         bundle = os.path.join(self.bundles, container_id)
         private_dir(bundle)  # config.json holds the step's environment (secret env values)
@@ -412,8 +420,10 @@ class RuncExecutor(Executor):
                 resolv_conf_path=resolv, netns_path=attachment.netns,
                 no_process_sandbox=self.no_process_sandbox, limits=limits,
                 cgroups_path=cgroups_path)
+            if self.rootless:
+                rootlessspec.convert_spec(config)
             private_file(os.path.join(bundle, "config.json"), orjson.dumps(config))
-            keep = await self._keeps()
+            keep = not self.rootless and await self._keeps()
             if keep:
                 cleanup.push_async_callback(
                     _quiet, self._runtime("delete", "--force", container_id))
