@@ -196,3 +196,10 @@ def enter(subuid: str = "/etc/subuid", subgid: str = "/etc/subgid") -> None:
     if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         raise _fail(f"could not make mounts private: {os.strerror(ctypes.get_errno())}")
     os.environ.update(env)
+
+
+def overlay_opaque_xattr() -> str:
+    """The xattr marking an opaque directory in an overlay upper dir: ``trusted.overlay.opaque``
+    for real root; ``user.overlay.opaque`` in a user namespace, where ``trusted.*`` cannot be
+    set (overlayfs reads it with the ``userxattr`` mount option, as fuse-overlayfs does)."""
+    return "user.overlay.opaque" if in_user_namespace() else "trusted.overlay.opaque"

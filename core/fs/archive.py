@@ -27,10 +27,10 @@ from typing import IO, BinaryIO
 from pybk.core.errors import InputError, NotAvailableError
 from pybk.core.fs.diskguard import copy_bounded
 from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES, LayerWriter, read_xattrs
+from pybk.core.userns import overlay_opaque_xattr
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
-_OVERLAY_OPAQUE = "trusted.overlay.opaque"
 _XATTR_PAX = "SCHILY.xattr."
 _MAX_SYMLINKS = 40
 _CHUNK = 1 << 20
@@ -352,7 +352,7 @@ class _Unpacker:
         if base == OPAQUE_WHITEOUT:
             if self.overlay:
                 self._require_root(name)
-                os.setxattr(parent, _OVERLAY_OPAQUE, b"y", follow_symlinks=False)
+                os.setxattr(parent, overlay_opaque_xattr(), b"y", follow_symlinks=False)
                 return
             with os.scandir(parent) as entries:
                 for entry in entries:

@@ -19,6 +19,7 @@ from pybk.core.store import mounts as mountlib
 from pybk.core.store.db import StoreDB
 from pybk.core.store.snapshots import SnapshotInfo, StoreSnapshotter, as_db
 from pybk.core.store.trees import apply_layer, copy_contents, make_whiteout, tree_diff
+from pybk.core.userns import in_user_namespace
 
 
 class OverlaySnapshotter(StoreSnapshotter):
@@ -193,9 +194,11 @@ class OverlayProbe(Model):
 def probe_overlay(db: StoreDB) -> OverlayProbe:
     """Mount a tiny overlay (two lowers with a whiteout, an upper) in the store's tmp, once.
 
-    The answer is kept in the store and asked again only after a kernel change.
+    The answer is kept in the store and asked again only after a kernel change (or a change
+    between real root and a user namespace, where every option set gets ``userxattr``: opaque
+    directories are marked with ``user.overlay.opaque`` there).
     """
-    kernel = os.uname().release
+    kernel = os.uname().release + (" userns" if in_user_namespace() else "")
     cached = db.get_meta("overlayfs.probe")
     if cached and cached.get("kernel") == kernel:
         return OverlayProbe(cached["supported"], tuple(cached["options"]), kernel,
@@ -211,7 +214,8 @@ def _run_overlay_probe(db: StoreDB, kernel: str) -> OverlayProbe:
     base = db.process_tmp(f"overlay-probe-{secrets.token_hex(4)}")
     reason = ""
     try:
-        for options in (DEFAULT_OVERLAY_OPTIONS, ()):
+        extra = ("userxattr",) if in_user_namespace() else ()
+        for options in ((*DEFAULT_OVERLAY_OPTIONS, *extra), extra):
             remove_path(str(base))
             for d in ("l1", "l2", "upper", "work", "merged"):
                 (base / d).mkdir(parents=True)
