@@ -47,6 +47,7 @@ from pybk.core.interfaces import (
 from pybk.core.model import evolve
 from pybk.core.store.locks import pid_alive
 from pybk.core.store.mounts import (
+    FUSE_PREFIXES,
     cleanup_stale_mounts,
     find_mounts_under,
     mount,
@@ -469,7 +470,9 @@ class RuncExecutor(Executor):
                               secrets: Sequence[SecretMount], ssh: Sequence[SSHMount],
                               cleanup: contextlib.AsyncExitStack) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
-        for em in mounts:
+        for index, em in enumerate(mounts):
+            if any(m.type.startswith(FUSE_PREFIXES) for m in em.mounts):
+                em = self._premount(bundle, index, em, cleanup)
             entries += ocispec.exec_mount_entries(em)
         if secrets:
             secret_dir = os.path.join(bundle, "secrets")
@@ -486,6 +489,17 @@ class RuncExecutor(Executor):
                 entries.append({"destination": agent.dest, "type": "bind", "source": sock,
                                 "options": ["rbind", "nosuid", "nodev", "noexec"]})
         return entries
+
+    @staticmethod
+    def _premount(bundle: str, index: int, em: ExecMount,
+                  cleanup: contextlib.AsyncExitStack) -> ExecMount:
+        """A mount the runtime cannot make (a FUSE snapshot: fuse-overlayfs) is mounted here,
+        in the bundle, and bound into the container."""
+        target = os.path.join(bundle, "mnt", str(index))
+        os.makedirs(target, mode=0o700)
+        mount_all(em.mounts, target)
+        cleanup.callback(_unmount_rootfs, target)
+        return evolve(em, mounts=(Mount("bind", target, ("rbind",)),))
 
     async def _run_container(self, container_id: str, bundle: str,
                              stdout: OutputCallback | None,

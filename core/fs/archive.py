@@ -554,7 +554,7 @@ def write_overlay_upper_tar(
 
 
 def _is_opaque(path: str) -> bool:
-    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque"):
         try:
             if os.getxattr(path, name, follow_symlinks=False) == b"y":
                 return True

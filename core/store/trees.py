@@ -20,8 +20,8 @@ from pybk.core.errors import StoreError
 from pybk.core.fs.files import remove_path
 
 _FICLONE = 0x40049409
-_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
+_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 
 
 def is_whiteout(st: os.stat_result) -> bool:
