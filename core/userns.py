@@ -203,3 +203,14 @@ def overlay_opaque_xattr() -> str:
     for real root; ``user.overlay.opaque`` in a user namespace, where ``trusted.*`` cannot be
     set (overlayfs reads it with the ``userxattr`` mount option, as fuse-overlayfs does)."""
     return "user.overlay.opaque" if in_user_namespace() else "trusted.overlay.opaque"
+
+
+def mapped_ids() -> str:
+    """The ids this process's user namespace maps, for messages (``0-65536``)."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            rows = [tuple(map(int, line.split())) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return "unknown"
+    return ", ".join(f"{inside}-{inside + count - 1}" if count > 1 else str(inside)
+                     for inside, _, count in sorted(rows))

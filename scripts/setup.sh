@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(runc crun busybox-static docker-registry skopeo umoci apache2-utils git
-      containernetworking-plugins iptables iproute2 graphviz openssh-client)
+      containernetworking-plugins iptables iproute2 graphviz openssh-client
+      uidmap fuse-overlayfs fuse3 acl)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

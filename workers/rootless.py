@@ -39,8 +39,8 @@ def rootless_limits(pybk: Any, oci: Any) -> StepLimits:
     if getattr(oci, "default_cgroup_parent", ""):
         asked.append("[worker.oci] defaultCgroupParent")
     if asked:
-        raise ConfigError(f"{NOT_DELEGATED} {' and '.join(asked)} cannot be applied; remove "
-                          f"{'them' if len(asked) > 1 else 'it'} from the configuration")
+        raise ConfigError([f"{NOT_DELEGATED} {' and '.join(asked)} cannot be applied; remove "
+                           f"{'them' if len(asked) > 1 else 'it'} from the configuration"])
     return StepLimits()
 
 
@@ -113,6 +113,7 @@ def network_options(options: Any) -> Any:
     if options.mode == "auto":
         return evolve(options, mode="host")
     if options.mode in ("bridge", "cni"):
-        raise ConfigError(f'[worker.oci] networkMode = "{options.mode}" needs root: a rootless '
-                          'pybk runs steps with networkMode "host" (the default) or "none"')
+        raise ConfigError([f'[worker.oci] networkMode = "{options.mode}" needs root: a '
+                           'rootless pybk runs steps with networkMode "host" (the default) '
+                           'or "none"'])
     return options
