@@ -212,5 +212,10 @@ def mapped_ids() -> str:
             rows = [tuple(map(int, line.split())) for line in f if line.strip()]
     except (OSError, ValueError):
         return "unknown"
-    return ", ".join(f"{inside}-{inside + count - 1}" if count > 1 else str(inside)
-                     for inside, _, count in sorted(rows))
+    spans: list[list[int]] = []
+    for inside, _, count in sorted(rows):
+        if spans and spans[-1][1] == inside:
+            spans[-1][1] = inside + count
+        else:
+            spans.append([inside, inside + count])
+    return ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in spans)
