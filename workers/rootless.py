@@ -23,8 +23,8 @@ from pybk.core.errors import BuildError, ConfigError
 from pybk.workers.limits import DEFAULT_STEP_MEMORY_PERCENT, DEFAULT_STEP_PIDS, StepLimits
 
 #: why limits are refused
-NOT_DELEGATED = ("cgroups are not delegated to a rootless pybk (it runs in a user namespace "
-                 "without a cgroup of its own), so")
+NOT_DELEGATED = ("cgroups are not delegated to a rootless pybk (its steps get no cgroup of "
+                 "their own), so")
 
 
 def rootless_limits(pybk: Any, oci: Any) -> StepLimits:

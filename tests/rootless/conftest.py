@@ -133,7 +133,7 @@ def rootless_user() -> Iterator[RootlessUser]:
     home = Path(tempfile.mkdtemp(prefix="pybk-rootless-home-", dir="/tmp"))
     subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", name], check=True,
                    capture_output=True)
-    acls: list[Path] = []
+    acls: list[tuple[str, Path]] = []
     try:
         entry = pwd.getpwnam(name)
         os.chown(home, entry.pw_uid, entry.pw_gid)
@@ -149,12 +149,13 @@ def rootless_user() -> Iterator[RootlessUser]:
         for path in os.environ.get("PYTHONPATH", "").split(os.pathsep):
             if path:
                 needed.update(_untraversable(Path(path)))
-        for path in sorted(needed):
-            subprocess.run(["setfacl", "-m", f"u:{name}:x", str(path)], check=True)
-            acls.append(path)
+        for path in sorted(needed):  # nobody too: it has no subordinate ids to refuse
+            for who in (name, "nobody"):
+                subprocess.run(["setfacl", "-m", f"u:{who}:x", str(path)], check=True)
+                acls.append((who, path))
         if os.path.exists("/dev/fuse") and not os.stat("/dev/fuse").st_mode & 0o006:
             subprocess.run(["setfacl", "-m", f"u:{name}:rw", "/dev/fuse"], check=True)
-            acls.append(Path("/dev/fuse"))
+            acls.append((name, Path("/dev/fuse")))
         user = RootlessUser(name, home)
         probe = user.command(["unshare", "-U", "true"])
         if probe.returncode != 0:
@@ -162,8 +163,8 @@ def rootless_user() -> Iterator[RootlessUser]:
         yield user
         user.cleanup()
     finally:
-        for path in acls:
-            subprocess.run(["setfacl", "-x", f"u:{name}", str(path)], check=False)
+        for who, path in acls:
+            subprocess.run(["setfacl", "-x", f"u:{who}", str(path)], check=False)
         for _ in range(50):  # a process of the user may still be exiting
             if subprocess.run(["userdel", name], capture_output=True).returncode in (0, 6):
                 break
