@@ -155,23 +155,25 @@ def enter(subuid: str = "/etc/subuid", subgid: str = "/etc/subgid") -> None:
     read, write = os.pipe()
     parent = os.getpid()
     helper = os.fork()
-    if helper == 0:  # the helper: wait until the parent unshared, write its maps
+    if helper == 0:  # the helper: wait until the parent unshared, write both maps at once
         code = 1
         try:
             os.close(write)
             if os.read(read, 1) == b"1":
-                code = 0
-                for tool, ident, ranges in (("newuidmap", uid, uids), ("newgidmap", gid, gids)):
-                    import subprocess
+                import subprocess
 
-                    done = subprocess.run([tools[tool], str(parent), *map_arguments(
-                        ident, ranges)], stdin=subprocess.DEVNULL, capture_output=True,
-                        check=False)
-                    if done.returncode != 0:
+                children = [subprocess.Popen(
+                    [tools[tool], str(parent), *map_arguments(ident, ranges)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                    for tool, ident, ranges in (("newuidmap", uid, uids),
+                                                ("newgidmap", gid, gids))]
+                code = 0
+                for tool, child in zip(("newuidmap", "newgidmap"), children, strict=True):
+                    _, err = child.communicate()
+                    if child.returncode != 0:
                         os.write(2, f"rootless: {tool} failed: "
-                                    f"{done.stderr.decode(errors='replace').strip()}\n".encode())
+                                    f"{err.decode(errors='replace').strip()}\n".encode())
                         code = 3
-                        break
         finally:
             os._exit(code)
     os.close(read)

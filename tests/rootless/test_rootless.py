@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.pybkd import stop_process
 
 pytestmark = pytest.mark.runc
