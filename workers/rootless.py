@@ -15,6 +15,7 @@ namespace, and the cgroup tree is not mounted (``/sys/fs/cgroup`` comes with tha
 
 from __future__ import annotations
 
+import os
 import resource
 from collections.abc import Sequence
 from typing import Any
@@ -93,6 +94,16 @@ def convert_spec(config: dict[str, Any]) -> dict[str, Any]:
     config["mounts"] = mounts
     clamp_rlimits(config)
     return config
+
+
+def runtime_flags(binary: str, rootless: bool) -> tuple[str, ...]:
+    """The runtime's global flags of a rootless worker: ``--rootless true``, and for crun no
+    cgroup manager at all (it would try the cgroups it cannot use)."""
+    if not rootless:
+        return ()
+    if os.path.basename(binary).startswith("crun"):
+        return ("--rootless=true", "--cgroup-manager=disabled")
+    return ("--rootless", "true")
 
 
 def clamp_rlimits(config: dict[str, Any]) -> None:

@@ -339,8 +339,8 @@ class RuncExecutor(Executor):
         self._watcher = (os.getpid(), write, watcher)
 
     def _runtime(self, *args: str) -> list[str]:
-        rootless = ("--rootless", "true") if self.rootless else ()
-        return [self.binary, *rootless, "--root", self.runtime_root, *args]
+        return [self.binary, *rootlessspec.runtime_flags(self.binary, self.rootless),
+                "--root", self.runtime_root, *args]
 
     def reap_stale(self) -> list[str]:
         """Clean up after processes that died mid-run (kill -9): their containers, mounts and

@@ -88,3 +88,10 @@ def test_step_checks():
         rootless.check_step("/ci", (), ())
     with pytest.raises(BuildError, match=r"resource settings \(cpu_quota\)"):
         rootless.check_step("", (("cpu_quota", 5000),), ())
+
+
+def test_runtime_flags_of_a_rootless_worker():
+    assert rootless.runtime_flags("runc", False) == ()
+    assert rootless.runtime_flags("/usr/sbin/runc", True) == ("--rootless", "true")
+    assert rootless.runtime_flags("/usr/bin/crun", True) == (
+        "--rootless=true", "--cgroup-manager=disabled")
