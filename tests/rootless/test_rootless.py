@@ -212,7 +212,8 @@ def _info(name: str, *, uid: int = 0, gid: int = 0, mode: int = 0o644,
 
 def test_base_image_owners_and_devices(rootless_user, user_busybox):
     """Files of a base image owned by other ids and setuid keep both; its device nodes are
-    skipped with a warning; an id outside the mapped range is an error naming the file."""
+    skipped with a warning; an id outside the mapped range (a base file's, a COPY --chown)
+    is an error naming the file."""
     work = rootless_user.workdir()
     base_layout(work / "base", user_busybox, [
         _info("opt", kind=tarfile.DIRTYPE, mode=0o755),
@@ -246,6 +247,13 @@ def test_base_image_owners_and_devices(rootless_user, user_busybox):
     assert far.returncode != 0
     assert "layer entry 'far': owner 100000:5 is outside the ids this rootless pybk maps " \
            "(0-65536)" in far.stderr, far.stderr
+    (ctx / "Dockerfile").write_text("FROM base\nCOPY --chown=100000:100000 Dockerfile /x\n")
+    chown = rootless_user.pybk(
+        "build", "--progress", "plain", "--build-context", f"base=oci-layout://{work / 'base'}",
+        str(ctx))
+    assert chown.returncode == 1
+    assert "failed to chown /x to 100000:100000: outside the ids this rootless pybk maps " \
+           "(0-65536)" in chown.stderr, chown.stderr
 
 
 def test_rootless_pybkd_runs_the_build(rootless_user, user_busybox):
