@@ -5,6 +5,7 @@ true``): limits refused because cgroups are not delegated, ``noProcessSandbox``,
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,30 @@ def test_entering_needs_a_subuid_range_and_newuidmap(rootless_user, tmp_path):
     assert "Traceback" not in nobody.stderr
     plugins = rootless_user.pybk("plugins", PATH="/nonexistent")  # needs no namespace
     assert plugins.returncode == 0, plugins.stderr
+
+
+def test_auto_falls_back_to_fuse_overlayfs_in_a_user_namespace(tmp_path, monkeypatch, capsys):
+    """``auto`` where overlayfs is refused: fuse-overlayfs in a user namespace (said once per
+    store), native for root."""
+    from pybk.core.store import snapshotters
+    from pybk.core.store.db import StoreDB
+
+    if os.geteuid() != 0 or shutil.which("fuse-overlayfs") is None:
+        reason = "needs root and fuse-overlayfs (scripts/setup.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    refused = snapshotters.OverlayProbe(False, (), "k", "mount overlay: Operation not permitted")
+    monkeypatch.setattr(snapshotters, "probe_overlay", lambda db: refused)
+    db = StoreDB(tmp_path / "store")
+    assert snapshotters.auto_snapshotter(db).name == "native"  # real root: no fallback
+    monkeypatch.setattr(snapshotters, "in_user_namespace", lambda: True)
+    chosen = snapshotters.auto_snapshotter(db)
+    assert chosen.name == "fuse-overlayfs"
+    assert db.get_meta("fuse-overlayfs.probe")["supported"] is True
+    err = capsys.readouterr().err
+    assert err.count("snapshotter fuse-overlayfs (overlayfs: mount overlay: Operation not "
+                     "permitted)") == 1
+    assert snapshotters.auto_snapshotter(db).name == "fuse-overlayfs"
+    assert "snapshotter" not in capsys.readouterr().err  # said once
+    db.close()
