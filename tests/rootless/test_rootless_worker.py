@@ -121,6 +121,13 @@ def test_entering_needs_a_subuid_range_and_newuidmap(rootless_user, tmp_path):
     assert nobody.returncode == 2, nobody.stderr
     assert "no subordinate id range for user nobody in /etc/subuid" in nobody.stderr
     assert "Traceback" not in nobody.stderr
+    daemon = subprocess.run(
+        [sys.executable, "-m", "pybk.core.cli.daemon", "--root", "/nonexistent/store",
+         "--addr", "unix:///nonexistent/pybkd.sock"], capture_output=True, text=True,
+        user="nobody", group="nogroup", extra_groups=[], cwd="/",
+        env={**rootless_user.env(), "HOME": "/nonexistent", "USER": "nobody"}, timeout=60)
+    assert daemon.returncode == 2, daemon.stderr
+    assert "no subordinate id range for user nobody in /etc/subuid" in daemon.stderr
     plugins = rootless_user.pybk("plugins", PATH="/nonexistent")  # needs no namespace
     assert plugins.returncode == 0, plugins.stderr
 
