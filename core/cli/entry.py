@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: commands that run as the user, outside a user namespace (they use no store)
-_OUTSIDE = {None, "plugins", "builder", "help"}
+_OUTSIDE = {None, "plugins", "builder"}
 
 
 def _needs_engine(argv: list[str], at: int | None) -> bool:

@@ -240,6 +240,20 @@ def test_base_image_owners_and_devices(rootless_user, user_busybox):
     assert "null" not in listing and " 1000 " in listing
     assert not any(info.ischr() and info.name == "opt/null" for _, e, _ in image[-1:]
                    for info in e.values())
+    with tarfile.open(ctx / "add.tar", "w") as t:  # ADD of a local archive: the same
+        for info in (_info("added", uid=1000, gid=1001, mode=0o4750),
+                     _info("zero", kind=tarfile.CHRTYPE, major=1, minor=5)):
+            t.addfile(info, io.BytesIO(b"x") if info.isfile() else None)
+    rootless_user.give(ctx)
+    (ctx / "Dockerfile").write_text("FROM base\nADD add.tar /x/\n")
+    added = rootless_user.pybk(
+        "build", "--progress", "plain", "--build-context", f"base=oci-layout://{work / 'base'}",
+        "-o", f"type=oci,dest={work / 'added.tar'}", str(ctx))
+    assert added.returncode == 0, added.stderr
+    entries = layers(work / "added.tar")[-1][1]
+    assert (entries["x/added"].uid, entries["x/added"].gid,
+            stat.S_IMODE(entries["x/added"].mode)) == (1000, 1001, 0o4750)
+    assert "x/zero" not in entries
     (ctx / "Dockerfile").write_text("FROM far\nRUN true\n")
     far = rootless_user.pybk(
         "build", "--progress", "plain", "--build-context", f"far=oci-layout://{work / 'far'}",
