@@ -65,6 +65,17 @@ def _untraversable(path: Path) -> list[Path]:
     return out
 
 
+def _drop_acl(who: str, path: Path) -> None:
+    """Remove ``who``'s ACL entry; with no named entry left, the whole ACL (the mask too), so
+    the path is as it was."""
+    subprocess.run(["setfacl", "-x", f"u:{who}", str(path)], check=False)
+    left = subprocess.run(["getfacl", "-c", "-p", str(path)], capture_output=True, text=True)
+    named = [line for line in left.stdout.splitlines()
+             if line.split(":")[0] in ("user", "group") and line.split(":")[1]]
+    if left.returncode == 0 and not named:
+        subprocess.run(["setfacl", "-b", str(path)], check=False)
+
+
 class RootlessUser:
     """The test user: runs pybk as itself (``pybk``), owns directories made by ``workdir``."""
 
@@ -164,7 +175,7 @@ def rootless_user() -> Iterator[RootlessUser]:
         user.cleanup()
     finally:
         for who, path in acls:
-            subprocess.run(["setfacl", "-x", f"u:{who}", str(path)], check=False)
+            _drop_acl(who, path)
         for _ in range(50):  # a process of the user may still be exiting
             if subprocess.run(["userdel", name], capture_output=True).returncode in (0, 6):
                 break
