@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEBS=(runc crun busybox-static docker-registry skopeo umoci apache2-utils git
       containernetworking-plugins iptables iproute2 graphviz openssh-client
-      slirp4netns uidmap fuse-overlayfs acl)
+      slirp4netns uidmap fuse-overlayfs fuse3 acl)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

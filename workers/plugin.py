@@ -1,4 +1,4 @@
-"""The built-in ``oci`` worker: build steps run in runc (or crun) as root."""
+"""The built-in ``oci`` worker: build steps run in runc (or crun), as root or rootless."""
 
 from __future__ import annotations
 
@@ -35,8 +35,12 @@ class OCIWorker(Worker):
         #: networkMode, the CNI keys and [dns] (None: the defaults, ``auto``); see
         #: :meth:`pybk.workers.network.NetworkOptions.from_config`
         network: NetworkOptions | None = None
-        #: the snapshotter of new records: ``auto``, ``overlayfs`` or ``native``
+        #: the snapshotter of new records: ``auto``, ``overlayfs``, ``fuse-overlayfs`` or
+        #: ``native``
         snapshotter: str = "auto"
+        #: run steps rootless (:mod:`pybk.workers.rootless`; buildkitd.toml ``rootless``);
+        #: also whenever this process runs in a user namespace
+        rootless: bool = False
         #: labels added to (and overriding) the worker's own (buildkitd.toml ``labels``)
         labels: Mapping[str, str] = field(factory=dict, converter=dict, hash=False)
         #: the configuration section whose GC keys make the GC policy (a
@@ -75,20 +79,35 @@ class OCIWorker(Worker):
         oci = config.worker.oci
         options = cls.Options(binary=oci.binary or "runc", platforms=oci.platforms,
                               snapshotter=oci.snapshotter, labels=oci.labels, gc=oci,
-                              dns=config.dns, pybk=config.pybk)
+                              dns=config.dns, pybk=config.pybk, rootless=oci.rootless,
+                              no_process_sandbox=oci.no_process_sandbox)
         return evolve(options, **changes) if changes else options
+
+    @property
+    def rootless(self) -> bool:
+        """Whether steps run rootless: ``rootless = true``, or this process runs in a user
+        namespace (:func:`pybk.core.userns.in_user_namespace`)."""
+        from pybk.core.userns import in_user_namespace
+
+        return self.options.rootless or in_user_namespace()
 
     def network_options(self) -> NetworkOptions:
         """``network``, else the network keys of the ``gc`` section (``[worker.oci]``) and
-        ``dns``, else the defaults."""
+        ``dns``, else the defaults; for a rootless worker, what
+        :func:`pybk.workers.rootless.network_options` makes of them."""
         from pybk.workers.network import NetworkOptions
 
         if self.options.network is not None:
-            return self.options.network
-        oci = self.options.gc
-        if oci is None:
-            return NetworkOptions()
-        return NetworkOptions.from_sections(oci, self.options.dns)
+            options = self.options.network
+        elif self.options.gc is None:
+            options = NetworkOptions()
+        else:
+            options = NetworkOptions.from_sections(self.options.gc, self.options.dns)
+        if self.rootless:
+            from pybk.workers.rootless import network_options
+
+            return network_options(options)
+        return options
 
     def platforms(self) -> list[str]:
         return list(self.options.platforms) or [str(host_platform())]
@@ -138,6 +157,11 @@ class OCIWorker(Worker):
         from pybk.core.config.schema import OCIConfig, PybkConfig
         from pybk.workers.limits import StepLimits
 
+        if self.rootless:
+            from pybk.workers.rootless import rootless_limits
+
+            return rootless_limits(self.options.pybk or PybkConfig(),
+                                   self.options.gc or OCIConfig())
         return StepLimits.from_sections(self.options.pybk or PybkConfig(),
                                         self.options.gc or OCIConfig())
 
@@ -151,7 +175,7 @@ class OCIWorker(Worker):
                                     no_process_sandbox=self.options.no_process_sandbox,
                                     network=self.network_options(),
                                     limits=self.step_limits(),
-                                    store=str(self.root))
+                                    store=str(self.root), rootless=self.rootless)
             executor.reap_stale()
             self._executor = executor
         return self._executor

@@ -47,6 +47,7 @@ from pybk.core.interfaces import (
 from pybk.core.model import evolve
 from pybk.core.store.locks import pid_alive
 from pybk.core.store.mounts import (
+    FUSE_PREFIXES,
     cleanup_stale_mounts,
     find_mounts_under,
     mount,
@@ -54,6 +55,7 @@ from pybk.core.store.mounts import (
     unmount_all,
 )
 from pybk.workers import limits as steplimits
+from pybk.workers import rootless as rootlessspec
 from pybk.workers import spec as ocispec
 from pybk.workers.network import Attachment, NetworkOptions, Networks
 from pybk.workers.user import ResolvedUser, resolve_user, root_path
@@ -275,11 +277,14 @@ class RuncExecutor(Executor):
     processes may share it: a bundle's name carries the pid of the process that owns it.
     ``limits``: what every container may use (:mod:`pybk.workers.limits`); ``store``: the
     store the steps write to, named when one fills its disk (default: ``state_dir``'s parent).
+    ``rootless``: the runtime runs with ``--rootless true``, the spec has no cgroups and
+    nothing that needs real root (:mod:`pybk.workers.rootless`).
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], binary: str = "runc", *,
                  no_process_sandbox: bool = False, network: NetworkOptions | None = None,
-                 limits: steplimits.StepLimits | None = None, store: str | None = None):
+                 limits: steplimits.StepLimits | None = None, store: str | None = None,
+                 rootless: bool = False):
         self.state_dir = os.path.abspath(os.fspath(state_dir))
         self.limits = limits or steplimits.StepLimits()
         self.store = store or os.path.dirname(self.state_dir)
@@ -287,6 +292,7 @@ class RuncExecutor(Executor):
         #: before it is deleted); None: not asked yet
         self._keep: bool | None = None
         self.binary = binary
+        self.rootless = rootless
         self.no_process_sandbox = no_process_sandbox
         self.runtime_root = os.path.join(self.state_dir, "runc")
         self.bundles = os.path.join(self.state_dir, "bundles")
@@ -333,7 +339,8 @@ class RuncExecutor(Executor):
         self._watcher = (os.getpid(), write, watcher)
 
     def _runtime(self, *args: str) -> list[str]:
-        return [self.binary, "--root", self.runtime_root, *args]
+        return [self.binary, *rootlessspec.runtime_flags(self.binary, self.rootless),
+                "--root", self.runtime_root, *args]
 
     def reap_stale(self) -> list[str]:
         """Clean up after processes that died mid-run (kill -9): their containers, mounts and
@@ -375,6 +382,8 @@ class RuncExecutor(Executor):
         process's stdin is closed after the last one (None: ``/dev/null``).
         """
         ocispec.validate(process)
+        if self.rootless:
+            rootlessspec.check_step(process.cgroup_parent, process.resources, process.ulimits)
         container_id = f"pybk-{os.getpid()}-{os.urandom(8).hex()}"
         bundle = os.path.join(self.bundles, container_id)
         private_dir(bundle)  # config.json holds the step's environment (secret env values)
@@ -412,8 +421,10 @@ class RuncExecutor(Executor):
                 resolv_conf_path=resolv, netns_path=attachment.netns,
                 no_process_sandbox=self.no_process_sandbox, limits=limits,
                 cgroups_path=cgroups_path)
+            if self.rootless:
+                rootlessspec.convert_spec(config)
             private_file(os.path.join(bundle, "config.json"), orjson.dumps(config))
-            keep = await self._keeps()
+            keep = not self.rootless and await self._keeps()
             if keep:
                 cleanup.push_async_callback(
                     _quiet, self._runtime("delete", "--force", container_id))
@@ -459,7 +470,9 @@ class RuncExecutor(Executor):
                               secrets: Sequence[SecretMount], ssh: Sequence[SSHMount],
                               cleanup: contextlib.AsyncExitStack) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
-        for em in mounts:
+        for index, em in enumerate(mounts):
+            if any(m.type.startswith(FUSE_PREFIXES) for m in em.mounts):
+                em = self._premount(bundle, index, em, cleanup)
             entries += ocispec.exec_mount_entries(em)
         if secrets:
             secret_dir = os.path.join(bundle, "secrets")
@@ -476,6 +489,17 @@ class RuncExecutor(Executor):
                 entries.append({"destination": agent.dest, "type": "bind", "source": sock,
                                 "options": ["rbind", "nosuid", "nodev", "noexec"]})
         return entries
+
+    @staticmethod
+    def _premount(bundle: str, index: int, em: ExecMount,
+                  cleanup: contextlib.AsyncExitStack) -> ExecMount:
+        """A mount the runtime cannot make (a FUSE snapshot: fuse-overlayfs) is mounted here,
+        in the bundle, and bound into the container."""
+        target = os.path.join(bundle, "mnt", str(index))
+        os.makedirs(target, mode=0o700)
+        mount_all(em.mounts, target)
+        cleanup.callback(_unmount_rootfs, target)
+        return evolve(em, mounts=(Mount("bind", target, ("rbind",)),))
 
     async def _run_container(self, container_id: str, bundle: str,
                              stdout: OutputCallback | None,

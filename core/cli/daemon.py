@@ -66,6 +66,7 @@ from pybk.core.cli.remoteserve import (
 )
 from pybk.core.errors import UsageError
 from pybk.core.paths import SYSTEM_SOCKET, default_config, default_root, store_socket
+from pybk.core.userns import enter, needs_namespace
 
 DEFAULT_SOCKET = SYSTEM_SOCKET
 #: a command's children get this long to finish their cancellation when the daemon stops
@@ -701,6 +702,8 @@ def _start(argv: list[str]) -> int:
     from pybk.core.engine.workers import load_workers, select_worker
 
     ns = make_parser().parse_args(argv)
+    if needs_namespace():  # rootless: as root of a user namespace (docs/rootless.md)
+        enter()
     if ns.config is None:
         ns.config = default_config()
     config_bytes = _read_config(ns.config)  # before loading: a later change is seen as one

@@ -64,9 +64,42 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         if code is not None:
             return code
+    if os.geteuid() != 0 and _needs_engine(rest, at):
+        code = _enter_user_namespace()
+        if code:
+            return code
     from pybk.core.cli.commands import main as embedded
 
     return embedded(rest)
+
+
+#: commands that run as the user, outside a user namespace (they use no store)
+_OUTSIDE = {None, "plugins", "builder"}
+
+
+def _needs_engine(argv: list[str], at: int | None) -> bool:
+    """Whether ``pybk ARGV`` uses the engine (so, as a user other than root, runs in a user
+    namespace): every command but ``plugins``, ``--help`` and ``debug rootless`` (which
+    checks whether the machine allows one)."""
+    command = argv[at] if at is not None else None
+    if command in _OUTSIDE or "-h" in argv or "--help" in argv or "--version" in argv:
+        return False
+    return not (command == "debug" and at is not None and "rootless" in argv[at + 1:at + 2])
+
+
+def _enter_user_namespace() -> int:
+    """Enter the user namespace of a rootless command (:mod:`pybk.core.userns`): 0, or 2
+    with the reason on stderr."""
+    from pybk.core.userns import enter, needs_namespace
+
+    if not needs_namespace():
+        return 0
+    try:
+        enter()
+    except Exception as exc:  # UsageError: what to install or configure
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _command_at(argv: list[str]) -> int | None:

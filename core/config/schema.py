@@ -227,7 +227,7 @@ class GCPolicy(Model, kw_only=True):
 
 
 OCI_SNAPSHOTTERS = ("auto", "overlayfs", "native", "fuse-overlayfs", "stargz")
-SUPPORTED_SNAPSHOTTERS = ("auto", "overlayfs", "native")
+SUPPORTED_SNAPSHOTTERS = ("auto", "overlayfs", "fuse-overlayfs", "native")
 NETWORK_MODES = ("auto", "host", "cni", "bridge", "none", "slirp4netns")
 
 
@@ -276,7 +276,9 @@ class WorkerBase(Model, kw_only=True):
     enabled: bool | None = None
     labels: dict[str, str] = setting(factory=dict)
     platforms: list[str] = setting(factory=list, check=each(_check_platform))
-    rootless: bool = setting(default=False, unsupported=_NOT_YET)
+    #: run steps rootless (runtime ``--rootless true``, no cgroups: docs/rootless.md); a
+    #: process in a user namespace always does
+    rootless: bool = setting(default=False)
     apparmor_profile: str = setting("apparmor-profile", default="", unsupported=_NOT_YET)
     selinux: bool = setting(default=False, unsupported=_NOT_YET)
     max_parallelism: int = setting("max-parallelism", default=0, check=_non_negative)
@@ -309,7 +311,8 @@ class OCIConfig(WorkerBase, kw_only=True):
 
     snapshotter: str = setting(default="auto", check=_one_of(*OCI_SNAPSHOTTERS))
     binary: str = ""
-    no_process_sandbox: bool = setting("noProcessSandbox", default=False, unsupported=_NOT_YET)
+    #: RUN steps share the engine's PID namespace and see the host's /proc
+    no_process_sandbox: bool = setting("noProcessSandbox", default=False)
     proxy_snapshotter_path: str = setting("proxySnapshotterPath", default="",
                                           unsupported=_NOT_YET)
     isolate_cgroups: bool = setting("isolateCgroups", default=False, unsupported=_NOT_YET)

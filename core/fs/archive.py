@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import zlib
 from collections import deque
@@ -27,10 +28,10 @@ from typing import IO, BinaryIO
 from pybk.core.errors import InputError, NotAvailableError
 from pybk.core.fs.diskguard import copy_bounded
 from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES, LayerWriter, read_xattrs
+from pybk.core.userns import in_user_namespace, mapped_ids, overlay_opaque_xattr
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
-_OVERLAY_OPAQUE = "trusted.overlay.opaque"
 _XATTR_PAX = "SCHILY.xattr."
 _MAX_SYMLINKS = 40
 _CHUNK = 1 << 20
@@ -194,7 +195,17 @@ def apply_layer(
             _check_digest(name or f"layer {diff_id}: ", "uncompressed content (diff_id)",
                           counter.digest(), diff_id)
         unpacker.finish()
+        if unpacker.skipped_devices:
+            _warn_devices(name, unpacker.skipped_devices)
         return counter.count
+
+
+def _warn_devices(name: str, skipped: list[str]) -> None:
+    """One warning per layer whose device nodes a rootless pybk skipped."""
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    sys.stderr.write(f"warning: {name or 'layer: '}{len(skipped)} device node(s) skipped "
+                     f"({', '.join(skipped[:5])}{more}): a rootless pybk cannot make device "
+                     "nodes\n")
 
 
 def _check_digest(name: str, what: str, got: str, expected: str) -> None:
@@ -208,6 +219,10 @@ class _Unpacker:
         self.root = root
         self.overlay = whiteout_style == "overlay"
         self.privileged = os.geteuid() == 0
+        #: device nodes can be made (real root; never in a user namespace)
+        self.devices = self.privileged and not in_user_namespace()
+        #: device entries skipped (rootless), for one warning per layer
+        self.skipped_devices: list[str] = []
         self.written: set[str] = set()
         self.dir_times: list[tuple[str, int, int]] = []
 
@@ -301,8 +316,10 @@ class _Unpacker:
             elif member.issym():
                 os.symlink(member.linkname, target)
             elif member.ischr() or member.isblk():
-                if not self.privileged:
-                    return  # device nodes need root; skipped like rootless engines do
+                if not self.devices:
+                    # device nodes need real root; skipped like rootless engines do
+                    self.skipped_devices.append(member.name)
+                    return
                 kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
                 os.mknod(target, kind | 0o600, os.makedev(member.devmajor, member.devminor))
             elif member.isfifo():
@@ -352,7 +369,7 @@ class _Unpacker:
         if base == OPAQUE_WHITEOUT:
             if self.overlay:
                 self._require_root(name)
-                os.setxattr(parent, _OVERLAY_OPAQUE, b"y", follow_symlinks=False)
+                os.setxattr(parent, overlay_opaque_xattr(), b"y", follow_symlinks=False)
                 return
             with os.scandir(parent) as entries:
                 for entry in entries:
@@ -378,7 +395,15 @@ class _Unpacker:
     def _metadata(self, member: tarfile.TarInfo, target: str) -> None:
         is_link = member.issym()
         if self.privileged:
-            os.chown(target, member.uid, member.gid, follow_symlinks=False)
+            try:
+                os.chown(target, member.uid, member.gid, follow_symlinks=False)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                raise InputError(f"layer entry {member.name!r}: owner {member.uid}:"
+                                 f"{member.gid} is outside the ids this rootless pybk maps "
+                                 f"({mapped_ids()}); give the user a larger range in "
+                                 "/etc/subuid and /etc/subgid") from None
         if not is_link:
             os.chmod(target, member.mode & 0o7777)
         for key, value in sorted(member.pax_headers.items()):
@@ -554,7 +579,7 @@ def write_overlay_upper_tar(
 
 
 def _is_opaque(path: str) -> bool:
-    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque"):
         try:
             if os.getxattr(path, name, follow_symlinks=False) == b"y":
                 return True

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from pybk.core.errors import BuildError
+from pybk.core.userns import in_user_namespace, mapped_ids
 
 __all__ = ["chown", "copy_fd_data", "copy_file_data", "copy_xattrs", "mkdir_all", "private_dir",
            "private_file", "remove_path", "set_times"]
@@ -25,6 +26,12 @@ def chown(path: str, owner: tuple[int, int] | None) -> None:
         os.lchown(path, owner[0], owner[1])
     except PermissionError as e:
         raise BuildError(f"failed to chown {path} to {owner[0]}:{owner[1]}: {e.strerror}") from None
+    except OSError as e:
+        if e.errno != errno.EINVAL or not in_user_namespace():
+            raise
+        raise BuildError(f"failed to chown {path} to {owner[0]}:{owner[1]}: outside the ids "
+                         f"this rootless pybk maps ({mapped_ids()}); give the user a larger "
+                         "range in /etc/subuid and /etc/subgid") from None
 
 
 def set_times(path: str, atime_ns: int, mtime_ns: int) -> None:

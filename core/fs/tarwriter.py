@@ -26,7 +26,7 @@ __all__ = ["OVERLAY_XATTR_PREFIXES", "LayerWriter", "read_xattrs", "ustar_header
 BLOCKSIZE = tarfile.BLOCKSIZE
 RECORDSIZE = tarfile.RECORDSIZE
 #: xattrs that steer overlayfs: never taken from, nor written into, layer or archive content
-OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 _XATTR_PAX = "SCHILY.xattr."
 _FLUSH = 1 << 20
 _READ = 1 << 20

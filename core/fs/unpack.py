@@ -7,6 +7,7 @@ extracted into the destination like Docker's untar, confined to the destination 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import stat
@@ -17,6 +18,7 @@ from pybk.core.fs.diskguard import DiskSpaceError, copy_bounded
 from pybk.core.fs.files import mkdir_all, remove_path, set_times
 from pybk.core.fs.rootpath import norm_path, resolve_in_root, root_path
 from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES
+from pybk.core.userns import in_user_namespace, mapped_ids
 
 if TYPE_CHECKING:
     import tarfile
@@ -121,6 +123,7 @@ def extract_tar(tf: tarfile.TarFile, dest: str) -> None:
     """
     dir_times: list[tuple[str, int]] = []
     is_root = os.geteuid() == 0
+    devices = is_root and not in_user_namespace()  # a rootless pybk cannot make them
     for member in tf:
         if _escapes("", member.name.lstrip("/")):
             raise BuildError(f"invalid tar entry {member.name!r}: outside the destination")
@@ -158,7 +161,7 @@ def extract_tar(tf: tarfile.TarFile, dest: str) -> None:
                     follow_symlinks=False)
             continue
         elif member.ischr() or member.isblk() or member.isfifo():
-            if not is_root and not member.isfifo():
+            if not devices and not member.isfifo():
                 continue
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else \
                 stat.S_IFIFO
@@ -167,7 +170,14 @@ def extract_tar(tf: tarfile.TarFile, dest: str) -> None:
         else:
             continue
         if is_root:
-            os.lchown(path, member.uid, member.gid)
+            try:
+                os.lchown(path, member.uid, member.gid)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                raise BuildError(f"archive entry {member.name!r}: owner {member.uid}:"
+                                 f"{member.gid} is outside the ids this rootless pybk maps "
+                                 f"({mapped_ids()})") from None
         if not member.issym():
             os.chmod(path, member.mode & 0o7777)
         for key, value in (member.pax_headers or {}).items():

@@ -145,7 +145,12 @@ def mount(m: Mount, target: str) -> None:
     """Mount one ``Mount`` on ``target``.
 
     A read-only bind needs a second call: the kernel ignores ``MS_RDONLY`` on the first bind.
+    A FUSE type (``fuse3.PROGRAM``, as containerd names them) runs ``PROGRAM -o OPTIONS
+    TARGET`` (``fuse-overlayfs``), which serves the mount until it is unmounted.
     """
+    if m.type.startswith(FUSE_PREFIXES):
+        _mount_fuse(m, target)
+        return
     flags, propagation, data = parse_options(m.options)
     if m.type == "bind" or flags & MS_BIND:
         sys_mount(m.source, target, None, flags & ~MS_RDONLY | MS_BIND)
@@ -157,6 +162,25 @@ def mount(m: Mount, target: str) -> None:
             sys_mount(m.source or m.type, target, m.type, flags, text)
     if propagation:
         sys_mount(None, target, None, propagation)
+
+
+#: mount types served by a FUSE program
+FUSE_PREFIXES = ("fuse3.", "fuse.")
+
+
+def _mount_fuse(m: Mount, target: str) -> None:
+    import subprocess
+
+    program = m.type.partition(".")[2]
+    try:
+        done = subprocess.run([program, "-o", ",".join(m.options), target],
+                              stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise OSError(errno.ENOENT, f"mount {m.type} on {target}: {program} not found",
+                      target) from None
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+        raise OSError(errno.EIO, f"mount {m.type} on {target}: {message}", target)
 
 
 @contextlib.contextmanager

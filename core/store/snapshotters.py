@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import stat
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -19,6 +21,7 @@ from pybk.core.store import mounts as mountlib
 from pybk.core.store.db import StoreDB
 from pybk.core.store.snapshots import SnapshotInfo, StoreSnapshotter, as_db
 from pybk.core.store.trees import apply_layer, copy_contents, make_whiteout, tree_diff
+from pybk.core.userns import in_user_namespace
 
 
 class OverlaySnapshotter(StoreSnapshotter):
@@ -117,6 +120,25 @@ class OverlaySnapshotter(StoreSnapshotter):
             tree_diff(low, up, str(out))
 
 
+class FuseOverlaySnapshotter(OverlaySnapshotter):
+    """fuse-overlayfs: overlayfs's layout, its mounts served by the ``fuse-overlayfs`` program
+    (for a kernel refusing overlayfs in a user namespace); unmounted like any mount."""
+
+    name = "fuse-overlayfs"
+    program = "fuse-overlayfs"
+
+    def __init__(self, db: StoreDB | str | os.PathLike[str], *,
+                 options: Sequence[str] | None = None):
+        if shutil.which(self.program) is None:
+            raise StoreError("snapshotter fuse-overlayfs: the fuse-overlayfs program is not "
+                             "installed (apt-get install fuse-overlayfs)")
+        super().__init__(db, options=() if options is None else options)
+
+    def _overlay(self, lowers: Sequence[str], *extra: str) -> list[Mount]:
+        return [Mount("fuse3." + self.program, "overlay",
+                      ("lowerdir=" + ":".join(lowers), *extra, *self.options))]
+
+
 class NativeSnapshotter(StoreSnapshotter):
     """native: each snapshot's ``fs`` is a full copy of its contents; mounts are binds."""
 
@@ -193,9 +215,11 @@ class OverlayProbe(Model):
 def probe_overlay(db: StoreDB) -> OverlayProbe:
     """Mount a tiny overlay (two lowers with a whiteout, an upper) in the store's tmp, once.
 
-    The answer is kept in the store and asked again only after a kernel change.
+    The answer is kept in the store and asked again only after a kernel change (or a change
+    between real root and a user namespace, where every option set gets ``userxattr``: opaque
+    directories are marked with ``user.overlay.opaque`` there).
     """
-    kernel = os.uname().release
+    kernel = os.uname().release + (" userns" if in_user_namespace() else "")
     cached = db.get_meta("overlayfs.probe")
     if cached and cached.get("kernel") == kernel:
         return OverlayProbe(cached["supported"], tuple(cached["options"]), kernel,
@@ -211,7 +235,8 @@ def _run_overlay_probe(db: StoreDB, kernel: str) -> OverlayProbe:
     base = db.process_tmp(f"overlay-probe-{secrets.token_hex(4)}")
     reason = ""
     try:
-        for options in (DEFAULT_OVERLAY_OPTIONS, ()):
+        extra = ("userxattr",) if in_user_namespace() else ()
+        for options in ((*DEFAULT_OVERLAY_OPTIONS, *extra), extra):
             remove_path(str(base))
             for d in ("l1", "l2", "upper", "work", "merged"):
                 (base / d).mkdir(parents=True)
@@ -240,22 +265,72 @@ def _run_overlay_probe(db: StoreDB, kernel: str) -> OverlayProbe:
 
 
 def auto_snapshotter(db: StoreDB | str | os.PathLike[str]) -> Snapshotter:
-    """overlayfs when the kernel allows it for this store, else native."""
+    """overlayfs when the kernel allows it for this store; else, in a user namespace,
+    fuse-overlayfs when it is installed and works; else native. The choice is kept in the
+    store (``snapshotter.auto``), with the reason when it is not overlayfs."""
     db = as_db(db)
     probe = probe_overlay(db)
+    chosen: StoreSnapshotter
     if probe.supported:
-        return OverlaySnapshotter(db, options=probe.options)
-    return NativeSnapshotter(db)
+        chosen = OverlaySnapshotter(db, options=probe.options)
+    elif in_user_namespace() and probe_fuse_overlay(db):
+        chosen = FuseOverlaySnapshotter(db)
+    else:
+        chosen = NativeSnapshotter(db)
+    if in_user_namespace():
+        _announce(db, chosen.name, probe)
+    return chosen
+
+
+def _announce(db: StoreDB, name: str, probe: OverlayProbe) -> None:
+    """Say once per store (and again when it changes) which snapshotter ``auto`` chose in a
+    user namespace, and why overlayfs was not."""
+    if db.get_meta("snapshotter.auto") == name:
+        return
+    why = "" if probe.supported else f" (overlayfs: {probe.reason or 'refused'})"
+    sys.stderr.write(f"pybk: rootless store {db.root}: snapshotter {name}{why}\n")
+    db.set_meta("snapshotter.auto", name)
+
+
+def probe_fuse_overlay(db: StoreDB) -> bool:
+    """Whether fuse-overlayfs mounts a tiny overlay in the store's tmp (asked once per
+    kernel, kept in the store)."""
+    kernel = os.uname().release + (" userns" if in_user_namespace() else "")
+    cached = db.get_meta("fuse-overlayfs.probe")
+    if cached and cached.get("kernel") == kernel:
+        return bool(cached["supported"])
+    supported = False
+    if shutil.which(FuseOverlaySnapshotter.program) is not None:
+        base = db.process_tmp(f"fuse-probe-{secrets.token_hex(4)}")
+        try:
+            for d in ("lower", "upper", "work", "merged"):
+                (base / d).mkdir(parents=True)
+            (base / "lower" / "kept").write_text("y")
+            mountlib.mount_all([Mount("fuse3." + FuseOverlaySnapshotter.program, "overlay", (
+                f"lowerdir={base / 'lower'}", f"upperdir={base / 'upper'}",
+                f"workdir={base / 'work'}"))], str(base / "merged"))
+            try:
+                supported = os.listdir(base / "merged") == ["kept"]
+            finally:
+                mountlib.unmount_all(str(base / "merged"))
+        except OSError:
+            supported = False
+        finally:
+            remove_path(str(base))
+    db.set_meta("fuse-overlayfs.probe", {"kernel": kernel, "supported": supported})
+    return supported
 
 
 SNAPSHOTTERS: dict[str, type[StoreSnapshotter]] = {
     OverlaySnapshotter.name: OverlaySnapshotter,
+    FuseOverlaySnapshotter.name: FuseOverlaySnapshotter,
     NativeSnapshotter.name: NativeSnapshotter,
 }
 
 
 def make_snapshotter(db: StoreDB, name: str = "auto") -> Snapshotter:
-    """The snapshotter called ``name`` (``auto``, ``overlayfs`` or ``native``)."""
+    """The snapshotter called ``name`` (``auto``, ``overlayfs``, ``fuse-overlayfs`` or
+    ``native``)."""
     if name == "auto":
         return auto_snapshotter(db)
     try:

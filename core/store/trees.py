@@ -20,8 +20,8 @@ from pybk.core.errors import StoreError
 from pybk.core.fs.files import remove_path
 
 _FICLONE = 0x40049409
-_OPAQUE_XATTR = "trusted.overlay.opaque"
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
+_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 
 
 def is_whiteout(st: os.stat_result) -> bool:
@@ -34,10 +34,15 @@ def make_whiteout(path: str) -> None:
 
 
 def is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, _OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+    """Marked opaque (``trusted.overlay.opaque``, or ``user.overlay.opaque`` in a store
+    written in a user namespace)."""
+    for name in _OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _xattrs(path: str) -> dict[str, bytes]:

@@ -115,7 +115,7 @@ def test_every_key_loads_and_unsupported_ones_warn():
         'grpc.address[2]: "fd" listeners', "grpc.securityDescriptor:",
         "otel: not supported by pybk yet; ignored (set: socketPath)",
         "cdi: not supported", 'worker.oci.snapshotter: "stargz" is not supported',
-        "worker.oci.rootless:", "worker.oci.noProcessSandbox:", "worker.oci.selinux:",
+        "worker.oci.selinux:",
         "worker.oci.apparmor-profile:", "worker.oci.stargzSnapshotter:",
         "worker.containerd: pybk has no containerd worker",
         'registry."docker.io".capabilities:', "system.platformsCacheMaxAge:",

@@ -36,6 +36,7 @@ _LIMITS = "tests/limits/test_limits_spec.py"
 _GC = "tests/config/test_config.py::test_prune_rules_map_keep_bytes_and_honour_gc_false"
 _CAPS = "tests/config/test_config.py::test_default_policies_use_the_worker_caps"
 _KB = "tests/config/test_key_behaviour.py"
+_RL = "tests/rootless/test_rootless_worker.py"
 
 #: the keys pybk acts on, each with the tests that show it
 BEHAVIOUR: dict[str, tuple[str, ...]] = {
@@ -106,7 +107,11 @@ BEHAVIOUR: dict[str, tuple[str, ...]] = {
     "worker.oci.bridgeName": (f"{_NET}::test_a_hundred_steps_reuse_one_namespace_and_leave_nothing",),
     "worker.oci.bridgeSubnet": (f"{_NET}::test_a_hundred_steps_reuse_one_namespace_and_leave_"
                                 "nothing",),
-    "worker.oci.snapshotter": (f"{_KB}::test_snapshotter_is_the_stores",),
+    "worker.oci.snapshotter": (f"{_KB}::test_snapshotter_is_the_stores",
+                               f"{_RL}::test_fuse_overlayfs_snapshotter"),
+    "worker.oci.rootless": (f"{_RL}::test_limits_are_refused_where_cgroups_are_not_delegated",),
+    "worker.oci.noProcessSandbox": (f"{_RL}::test_no_process_sandbox_shows_the_engines_"
+                                    "processes",),
     "worker.oci.binary": (f"{_KB}::test_binary_is_the_runtime_steps_run_in",),
     f"registry.{HOST}.mirrors": (f"{_REG}::test_pull_through_mirror_of_unreachable_host",
                                  f"{_REG}::test_pull_through_cache_mirror_for_docker_hub"),

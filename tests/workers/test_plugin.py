@@ -27,8 +27,8 @@ def test_options_defaults_and_fields():
     opts = plugin.OCIWorker.Options()
     assert (opts.binary, opts.no_process_sandbox, opts.platforms) == ("runc", False, ())
     assert [f.name for f in attrs.fields(plugin.OCIWorker.Options)] == [
-        "binary", "no_process_sandbox", "platforms", "network", "snapshotter", "labels", "gc",
-        "dns", "limits", "pybk"]
+        "binary", "no_process_sandbox", "platforms", "network", "snapshotter", "rootless",
+        "labels", "gc", "dns", "limits", "pybk"]
     assert plugin.OCIWorker.Options(platforms=["linux/arm64"]).platforms == ("linux/arm64",)
 
 
