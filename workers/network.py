@@ -202,7 +202,9 @@ def _ip(*args: str) -> None:
 
 def rootless() -> bool:
     """Whether the engine runs in a user namespace (``bridge`` is then ``slirp4netns``)."""
-    return slirp._in_user_namespace()
+    from pybk.core.userns import in_user_namespace
+
+    return in_user_namespace()
 
 
 def resolve_mode(options: NetworkOptions) -> str:

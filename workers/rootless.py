@@ -116,15 +116,16 @@ def clamp_rlimits(config: dict[str, Any]) -> None:
 
 
 def network_options(options: Any) -> Any:
-    """The network of a rootless worker's steps, decided here only: ``auto`` is ``host``
-    (the user's own network namespace), ``host`` and ``none`` are themselves; ``bridge`` and
-    ``cni`` need real root and are refused."""
-    from pybk.core.model import evolve
+    """The network of a rootless worker's steps, decided here: in a user namespace
+    ``bridge`` is slirp4netns (a namespace per step, :mod:`pybk.workers.slirp`), ``auto`` is
+    slirp4netns when it can be used, else ``host`` (:func:`pybk.workers.network.resolve_mode`
+    makes that choice when a step runs), ``host``, ``none`` and ``slirp4netns`` are
+    themselves; ``cni`` needs real root and is refused. A root worker with ``rootless =
+    true`` keeps every mode (it can still make veths)."""
+    from pybk.core.userns import in_user_namespace
 
-    if options.mode == "auto":
-        return evolve(options, mode="host")
-    if options.mode in ("bridge", "cni"):
-        raise ConfigError([f'[worker.oci] networkMode = "{options.mode}" needs root: a '
-                           'rootless pybk runs steps with networkMode "host" (the default) '
-                           'or "none"'])
+    if options.mode == "cni" and in_user_namespace():
+        raise ConfigError(['[worker.oci] networkMode = "cni" needs root: a rootless pybk '
+                           'runs steps with networkMode "bridge" (slirp4netns), "host" or '
+                           '"none"'])
     return options

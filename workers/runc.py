@@ -57,7 +57,7 @@ from pybk.core.store.mounts import (
 from pybk.workers import limits as steplimits
 from pybk.workers import rootless as rootlessspec
 from pybk.workers import spec as ocispec
-from pybk.workers.network import Attachment, NetworkOptions, Networks
+from pybk.workers.network import Attachment, NetworkOptions, Networks, step_resolv_conf
 from pybk.workers.user import ResolvedUser, resolve_user, root_path
 
 _KILL_ATTEMPTS = 200  # x 25 ms
@@ -411,8 +411,7 @@ class RuncExecutor(Executor):
             resolv = os.path.join(bundle, "resolv.conf")
             _write_text(hosts, ocispec.hosts_file(
                 process.hostname, _gateway_hosts(process.extra_hosts, attachment)))
-            _write_text(resolv, ocispec.resolv_conf(attachment.mode,
-                                                    dns=self.network_options.dns))
+            _write_text(resolv, step_resolv_conf(attachment, self.network_options.dns))
             limits = self.limits.for_step(process.resources)
             cgroups_path = steplimits.cgroups_path(
                 process.cgroup_parent or limits.cgroup_parent, container_id)

@@ -45,23 +45,10 @@ TUN_DEVICE = "/dev/net/tun"
 #: how long slirp4netns may take to configure the namespace
 READY_TIMEOUT = 10.0
 
-_FULL_MAP = "0 0 4294967295"
 
 
 class SlirpError(BuildError):
     """slirp4netns is missing, cannot be used, or failed to attach."""
-
-
-def _in_user_namespace() -> bool:
-    """Whether this process runs in a user namespace other than the initial one (its uid map
-    is not the identity over the whole range)."""
-    try:
-        with open("/proc/self/uid_map", encoding="ascii") as f:
-            lines = f.read().split("\n")
-    except OSError:
-        return False
-    entries = [" ".join(line.split()) for line in lines if line.strip()]
-    return entries != [_FULL_MAP]
 
 
 def binary() -> str | None:

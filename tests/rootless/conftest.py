@@ -164,9 +164,10 @@ def rootless_user() -> Iterator[RootlessUser]:
             for who in (name, "nobody"):
                 subprocess.run(["setfacl", "-m", f"u:{who}:x", str(path)], check=True)
                 acls.append((who, path))
-        if os.path.exists("/dev/fuse") and not os.stat("/dev/fuse").st_mode & 0o006:
-            subprocess.run(["setfacl", "-m", f"u:{name}:rw", "/dev/fuse"], check=True)
-            acls.append((name, Path("/dev/fuse")))
+        for device in ("/dev/fuse", "/dev/net/tun"):  # fuse-overlayfs, slirp4netns
+            if os.path.exists(device) and not os.stat(device).st_mode & 0o006:
+                subprocess.run(["setfacl", "-m", f"u:{name}:rw", device], check=True)
+                acls.append((name, Path(device)))
         user = RootlessUser(name, home)
         probe = user.command(["unshare", "-U", "true"])
         if probe.returncode != 0:

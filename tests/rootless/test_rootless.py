@@ -332,3 +332,30 @@ def test_every_exporter_and_a_local_cache(rootless_user, user_busybox, registry)
     runs = [line for line in fresh.stderr.splitlines() if "] RUN " in line]
     assert runs and fresh.stderr.count("CACHED") >= 6, fresh.stderr
     assert [d for d, _, _ in layers(out / "again.tar")] == pushed["Layers"]
+
+
+@pytest.mark.parametrize("mode", ["bridge", "auto"])
+def test_rootless_steps_get_slirp4netns(rootless_user, user_busybox, mode):
+    """``bridge`` (and ``auto``, slirp4netns being usable) as the user: each RUN step in a
+    namespace of its own behind slirp4netns — reaching a server in the test's namespace, not
+    the host's loopback, resolving through 10.0.2.3 — and ``--network=none`` with lo only."""
+    from support.slirpnet import check_build_network
+
+    work = rootless_user.workdir()
+    config = work / "buildkitd.toml"
+    config.write_text(f'[worker.oci]\ngc = false\nnetworkMode = "{mode}"\n')
+    os.chown(config, rootless_user.uid, rootless_user.gid)
+    store = work / "store"
+
+    def run_build(context, out):
+        done = rootless_user.pybk("--root", str(store), "build", "--progress", "plain",
+                                  "--build-context", f"busybox=oci-layout://{user_busybox}",
+                                  "-o", f"type=local,dest={out}", str(context),
+                                  PYBK_CONFIG=str(config))
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "WARNING: networkMode auto" not in done.stderr, done.stderr
+        if done.returncode != 0:
+            print(done.stderr)
+        return done.returncode
+
+    check_build_network(work, run_build, resolv=True)

@@ -76,13 +76,19 @@ def test_spec_conversion_drops_cgroups_and_binds_sys_on_the_hosts_network():
         ("/proc", "proc"), ("/sys", "sysfs")]
 
 
-def test_network_choice_of_a_rootless_worker():
-    assert rootless.network_options(NetworkOptions(mode="auto")).mode == "host"
-    assert rootless.network_options(NetworkOptions(mode="none")).mode == "none"
-    assert rootless.network_options(NetworkOptions(mode="host")).mode == "host"
-    for mode in ("bridge", "cni"):
-        with pytest.raises(ConfigError, match=f'networkMode = "{mode}" needs root'):
-            rootless.network_options(NetworkOptions(mode=mode))
+def test_network_choice_of_a_rootless_worker(monkeypatch):
+    from pybk.core import userns
+
+    # root with rootless = true keeps every mode (it can still make veths)
+    monkeypatch.setattr(userns, "in_user_namespace", lambda: False)
+    for mode in ("auto", "none", "host", "bridge", "cni", "slirp4netns"):
+        assert rootless.network_options(NetworkOptions(mode=mode)).mode == mode
+    # in a user namespace: cni is refused; bridge and auto are left for resolve_mode
+    monkeypatch.setattr(userns, "in_user_namespace", lambda: True)
+    for mode in ("auto", "none", "host", "bridge", "slirp4netns"):
+        assert rootless.network_options(NetworkOptions(mode=mode)).mode == mode
+    with pytest.raises(ConfigError, match='networkMode = "cni" needs root'):
+        rootless.network_options(NetworkOptions(mode="cni"))
 
 
 def test_step_checks():
