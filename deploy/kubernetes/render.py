@@ -3,7 +3,7 @@
 
 Usage: ``python3 deploy/kubernetes/render.py [--replicas N] [--namespace NS] [--image IMAGE]
 [--storage SIZE] [--cpu CPU] [--memory MEM] [--tls-secret NAME] [--cache-secret NAME]
-[--port PORT] > pybkd.yaml`` then ``kubectl apply -f pybkd.yaml``. What each object is for and
+[--port PORT] [--rootless [--uid UID]] > pybkd.yaml`` then ``kubectl apply -f pybkd.yaml``. What each object is for and
 how to make the secrets: docs/scale-out.md.
 
 The objects, in apply order:
@@ -14,7 +14,8 @@ The objects, in apply order:
   ``pybkd-0.pybkd.NS.svc``, the addresses a builder's nodes are (``tcp://NAME:PORT``);
 - ``StatefulSet pybkd``: one store volume per pod (``volumeClaimTemplates``), the TLS secret
   mounted read-only, the shared cache's credentials from a secret (optional), resource requests
-  and limits, privileged (runc makes namespaces and mounts), a readiness probe that runs a
+  and limits, privileged (runc makes namespaces and mounts) — or, with ``--rootless``, an
+  unprivileged user whose own user namespace does that (docs/rootless.md), a readiness probe that runs a
   command through the daemon (``pybk debug workers`` on its unix socket: an answered request,
   not an open port), ordered pod management off (pods start in parallel);
 - ``PodDisruptionBudget pybkd``: at most one pod down at a time during voluntary disruptions.
@@ -36,8 +37,11 @@ STORE = "/var/lib/pybk"
 TLS_DIR = "/etc/pybk/tls"
 
 
-def buildkitd_toml(port: int) -> str:
-    """The daemon's config: mutual TLS on ``port``, the unix socket for the probe."""
+def buildkitd_toml(port: int, rootless: bool = False) -> str:
+    """The daemon's config: mutual TLS on ``port``, the unix socket for the probe; rootless,
+    RUN steps share the pod's network namespace and process namespace (an unprivileged pod
+    has no /dev/net/tun for slirp4netns, and its /proc is masked: BuildKit's rootless pods
+    run the same way)."""
     return (
         "# pybkd in Kubernetes (deploy/kubernetes/render.py)\n"
         "[grpc]\n"
@@ -48,7 +52,20 @@ def buildkitd_toml(port: int) -> str:
         f'ca = "{TLS_DIR}/ca.crt"\n'
         "\n[worker.oci]\n"
         "gc = true\n"
+        + ('networkMode = "host"\nnoProcessSandbox = true\n' if rootless else "")
     )
+
+
+def security(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(the container's securityContext, the pod's)``: privileged root, or (``--rootless``)
+    an ordinary user with seccomp and AppArmor unconfined (a user namespace's mounts need the
+    calls their default profiles refuse) and the store volume writable by its group."""
+    if not args.rootless:
+        return {"privileged": True}, {}
+    return ({"runAsUser": args.uid, "runAsGroup": args.uid, "runAsNonRoot": True,
+             "privileged": False, "seccompProfile": {"type": "Unconfined"},
+             "appArmorProfile": {"type": "Unconfined"}},
+            {"fsGroup": args.uid})
 
 
 def objects(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -56,7 +73,7 @@ def objects(args: argparse.Namespace) -> list[dict[str, Any]]:
     config = {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "pybkd-config", **meta},
-        "data": {"buildkitd.toml": buildkitd_toml(args.port)},
+        "data": {"buildkitd.toml": buildkitd_toml(args.port, args.rootless)},
     }
     service = {
         "apiVersion": "v1", "kind": "Service",
@@ -70,17 +87,21 @@ def objects(args: argparse.Namespace) -> list[dict[str, Any]]:
         env = [{"name": key, "valueFrom": {"secretKeyRef": {
                     "name": args.cache_secret, "key": key, "optional": True}}}
                for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")]
+    container_security, pod_security = security(args)
+    # rootless, the store is a directory of the volume (the volume's root is the group's;
+    # pybk keeps its store 0700, its user's)
+    store = f"{STORE}/store" if args.rootless else STORE
     container = {
         "name": "pybkd",
         "image": args.image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["pybkd", "--config", "/etc/pybk/buildkitd.toml", "--root", STORE],
+        "args": ["pybkd", "--config", "/etc/pybk/buildkitd.toml", "--root", store],
         "ports": [{"name": "grpc", "containerPort": args.port, "protocol": "TCP"}],
         "env": env,
         "resources": {"requests": {"cpu": args.cpu, "memory": args.memory},
                       "limits": {"cpu": args.cpu_limit or args.cpu,
                                  "memory": args.memory_limit or args.memory}},
-        "securityContext": {"privileged": True},
+        "securityContext": container_security,
         "readinessProbe": {
             "exec": {"command": ["pybk", "--addr", f"unix://{SOCKET}", "debug", "workers"]},
             "initialDelaySeconds": 3, "periodSeconds": 10, "timeoutSeconds": 5,
@@ -108,6 +129,7 @@ def objects(args: argparse.Namespace) -> list[dict[str, Any]]:
             "template": {
                 "metadata": {"labels": dict(LABELS)},
                 "spec": {
+                    **({"securityContext": pod_security} if pod_security else {}),
                     "containers": [container],
                     "terminationGracePeriodSeconds": 60,
                     "volumes": [
@@ -149,6 +171,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-secret", default="pybkd-cache",
                    help="secret with the shared cache's AWS_* keys ('' for none)")
     p.add_argument("--port", type=int, default=1234, help="gRPC port (default 1234)")
+    p.add_argument("--rootless", action="store_true",
+                   help="run pybkd as an ordinary user (--uid), not privileged")
+    p.add_argument("--uid", type=int, default=None,
+                   help="the user (and group) of a rootless pybkd (default 1000; the image "
+                        "needs its /etc/subuid and /etc/subgid ranges)")
     return p
 
 
@@ -160,6 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.port < 65536:
         print("render.py: --port must be 1-65535", file=sys.stderr)
         return 2
+    if args.uid is not None and not args.rootless:
+        print("render.py: --uid needs --rootless", file=sys.stderr)
+        return 2
+    if args.rootless:
+        args.uid = 1000 if args.uid is None else args.uid
+        if args.uid < 1:
+            print("render.py: --uid of a rootless pybkd is not root (1 or more)",
+                  file=sys.stderr)
+            return 2
     sys.stdout.write(yaml.safe_dump_all(objects(args), sort_keys=False))
     return 0
 

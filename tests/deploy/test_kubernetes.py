@@ -149,3 +149,40 @@ def test_every_option_lands_in_the_objects():
     assert container["ports"][0]["containerPort"] == 4321
     assert kinds["Service"]["spec"]["ports"][0]["port"] == 4321
     assert "tcp://0.0.0.0:4321" in kinds["ConfigMap"]["data"]["buildkitd.toml"]
+
+
+@pytest.mark.parametrize("replicas", ["1", "5"])
+def test_rootless_objects_run_an_ordinary_user_unprivileged(replicas, tmp_path):
+    kv = _validator()
+    docs = _render("--rootless", "--uid", "1234", "--replicas", replicas)
+    for doc in docs:
+        kv.validate(doc, kv.latest_version(), strict=True)
+    kinds = _by_kind(docs)
+    pod = kinds["StatefulSet"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "runAsUser": 1234, "runAsGroup": 1234, "runAsNonRoot": True, "privileged": False,
+        "seccompProfile": {"type": "Unconfined"}, "appArmorProfile": {"type": "Unconfined"}}
+    assert pod["securityContext"] == {"fsGroup": 1234}
+    # the store is a directory of the volume, which pybk keeps 0700
+    assert container["args"][-2:] == ["--root", "/var/lib/pybk/store"]
+    toml = kinds["ConfigMap"]["data"]["buildkitd.toml"]
+    config = tmp_path / "rootless.toml"
+    config.write_text(toml)
+    loaded, warnings = load_config(str(config))
+    assert warnings == []
+    assert loaded.worker.oci.no_process_sandbox is True
+    assert loaded.worker.oci.network_mode == "host"
+    default = _by_kind(_render())["StatefulSet"]["spec"]["template"]["spec"]
+    assert default["containers"][0]["securityContext"] == {"privileged": True}
+    assert "securityContext" not in default
+    assert _render("--rootless")[2]["spec"]["template"]["spec"]["securityContext"] == \
+        {"fsGroup": 1000}
+
+
+def test_rootless_options_are_checked():
+    for args, words in ((["--uid", "5"], "--uid needs --rootless"),
+                        (["--rootless", "--uid", "0"], "is not root")):
+        done = subprocess.run([sys.executable, str(DEPLOY / "render.py"), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and words in done.stderr, done.stderr
