@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -359,3 +360,72 @@ def test_rootless_steps_get_slirp4netns(rootless_user, user_busybox, mode):
         return done.returncode
 
     check_build_network(work, run_build, resolv=True)
+
+
+@pytest.mark.parametrize("backend", ["registry", "s3"])
+def test_remote_caches_as_the_user(rootless_user, user_busybox, registry, moto_s3, backend):
+    """A remote cache written by a rootless build fills a fresh rootless store: every step
+    cached, the same layers (owners inside the sub-range kept through the cache)."""
+    work, _ = owners_context(rootless_user, user_busybox)
+    if backend == "registry":
+        ref = f"{registry.host}/rootless/cache:1"
+        to = f"type=registry,ref={ref},mode=max,registry.insecure=true"
+        source = f"type=registry,ref={ref},registry.insecure=true"
+    else:
+        attrs = ",".join(f"{k}={v}" for k, v in moto_s3.attrs(name="rootless").items())
+        to, source = f"type=s3,{attrs},mode=max", f"type=s3,{attrs}"
+    first = rootless_user.pybk("--root", str(work / "one"), *build_args(
+        user_busybox, work, "--cache-to", to, "-o", f"type=oci,dest={work / 'one.tar'}"))
+    assert first.returncode == 0, first.stderr
+    fresh = rootless_user.pybk("--root", str(work / "two"), *build_args(
+        user_busybox, work, "--cache-from", source, "-o", f"type=oci,dest={work / 'two.tar'}"))
+    assert fresh.returncode == 0, fresh.stderr
+    steps = [line for line in fresh.stderr.splitlines() if re.search(r"#\d+ \[.*\] (RUN|COPY)",
+                                                                     line)]
+    cached = {line.split()[0] for line in fresh.stderr.splitlines() if line.endswith("CACHED")}
+    assert steps and {line.split()[0] for line in steps} <= cached, fresh.stderr
+    assert [d for d, _, _ in layers(work / "two.tar")] == \
+        [d for d, _, _ in layers(work / "one.tar")]
+    f, _ = last_entry(layers(work / "two.tar"), "f")
+    assert (f.uid, f.gid, stat.S_IMODE(f.mode)) == (42, 43, 0o4644)
+
+
+def test_rootless_pybkd_defaults_to_the_users_xdg_places(rootless_user, user_busybox):
+    """A pybkd the user starts with no flags: its store in $XDG_DATA_HOME/pybk, its socket in
+    $XDG_RUNTIME_DIR/pybk/pybkd.sock, the config of $XDG_CONFIG_HOME/pybk/buildkitd.toml; a
+    build through that socket."""
+    work, _ = owners_context(rootless_user, user_busybox)
+    runtime, data, config = work / "xdg-run", work / "xdg-data", work / "xdg-config"
+    for path in (runtime, data, config / "pybk"):
+        path.mkdir(parents=True)
+    (config / "pybk" / "buildkitd.toml").write_text('[worker.oci]\ngc = false\n'
+                                                    'networkMode = "none"\n')
+    os.chmod(runtime, 0o700)
+    rootless_user.give(work)
+    env = {"XDG_RUNTIME_DIR": str(runtime), "XDG_DATA_HOME": str(data),
+           "XDG_CONFIG_HOME": str(config)}
+    base = rootless_user.env(**env)
+    base.pop("PYBK_CONFIG")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "pybk.core.cli.daemon"], cwd=work, env=base,
+        user=rootless_user.uid, group=rootless_user.gid, extra_groups=[],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    sock = runtime / "pybk" / "pybkd.sock"
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert daemon.poll() is None, daemon.stderr.read().decode()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert os.stat(sock).st_uid == rootless_user.uid
+        done = rootless_user.command(
+            [sys.executable, "-m", "pybk.core.cli.entry", "--addr", f"unix://{sock}",
+             *build_args(user_busybox, work, "-o", f"type=oci,dest={work / 'image.tar'}")],
+            **env, PYBK_CONFIG="")
+        assert done.returncode == 0, done.stderr
+        store = data / "pybk"
+        st = os.stat(store)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (rootless_user.uid, 0o700)
+        assert any((store / "history").iterdir())  # the daemon's store ran the build
+    finally:
+        assert stop_process(daemon) == 0
