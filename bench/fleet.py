@@ -1,24 +1,30 @@
 """Builders of several nodes: the same mix of builds through a 3-node builder and a 1-node one.
 
-Starts a local registry (the busybox base image pushed to it), and for every configuration
-and repetition fresh ``pybkd`` nodes on 127.0.0.1 (each with its own store, port and mutual
+Starts a local registry (the busybox base image pushed to it) and, for every configuration
+and repetition, fresh ``pybkd`` nodes on 127.0.0.1 (each with its own store, port and mutual
 TLS from a CA of its own, as ``tests/builders`` does), a builder over them in a separate
 ``$XDG_CONFIG_HOME``, and runs the mix: ``--projects`` Dockerfile projects (a CPU-bound
 dependency step, a copy of the sources, a CPU-bound step over them), each built ``--rounds``
-times, interleaved, some with a changed source file the second or third time, from
-``--clients`` concurrent clients (a project's next build waits for its previous one, as a
-pipeline does). The configurations take turns in an order that rotates per repetition.
+times, interleaved, the sources of each changed in one later round, from ``--clients``
+concurrent clients (a project's next build waits for its previous one, as a pipeline does).
+The configurations take turns in an order that rotates per repetition. The projects'
+directory names are chosen so that sticky routing spreads them as evenly as it can over the
+three nodes (2/1/1 for four projects); the hash would otherwise decide the split.
 
 Per build: the client's wall time, the node it went to (sticky rendezvous hashing, checked
 against each node's history afterwards), the steps ``CACHED`` in the plain progress output,
-and the CPU seconds of its node's daemon (``/proc/PID/stat`` utime+stime with the reaped
-children's, before and after: exact with ``--clients 1``, shared between builds that overlap
-on one node otherwise). With ``--shared-cache s3`` both builders carry a moto S3 cache
-(``--cache-from``/``--cache-to mode=max``, a prefix per configuration and repetition) and,
-after the mix, one more fresh node with the same cache builds every project once: a node
-that never saw the project.
+and the CPU seconds of its node's daemon process tree (``/proc/PID/stat`` utime+stime, the
+reaped children's included, before and after: exact with ``--clients 1``, shared between
+builds that overlap on one node otherwise; such builds are marked ``overlapped``).
 
-    python bench/fleet.py [--reps 2] [--clients 3] [--shared-cache none|s3] [--json OUT]
+``--shared-cache s3`` gives every build a moto S3 cache of its project (``name=PROJECT``,
+``mode=max``, a prefix per configuration and repetition); ``s3-builder`` puts one cache on
+the builders instead (``builder create --cache-from/--cache-to``: one name for every
+project). Either way, after the mix, one more fresh node with the same cache builds every
+project once: a node that never saw the project.
+
+    python bench/fleet.py [--reps 2] [--clients 3] [--shared-cache none|s3|s3-builder]
+                          [--json OUT]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,11 +64,32 @@ def clock_ticks() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and of its children it has waited for, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """CPU seconds of ``pid``'s process tree: its utime + stime, those of the children it has
+    waited for (cutime + cstime), and, recursively, those of its children still there (a
+    build's process is counted even before the daemon reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:  # gone between the listing and the read
+        return 0.0
     # after the command: state is field 3; utime 14, stime 15, cutime 16, cstime 17
-    return sum(int(x) for x in fields[11:15]) / clock_ticks()
+    total = sum(int(x) for x in fields[11:15]) / clock_ticks()
+    return total + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+    return found
 
 
 def du(path: Path) -> int:
@@ -79,9 +107,33 @@ def du(path: Path) -> int:
     return total
 
 
-def make_project(base: Path, index: int) -> Path:
+def project_names(base: Path, projects: int, nodes: tuple[str, ...]) -> list[str]:
+    """Directory names for the projects such that sticky routing spreads them as evenly as
+    they can be over ``nodes`` (the hash of the absolute path decides; any other names may
+    put two projects on one node and leave another idle)."""
+    from pybk.core.cli.builders import rendezvous_order, routing_key
+
+    most = -(-projects // len(nodes))
+    names: list[str] = []
+    load = dict.fromkeys(nodes, 0)
+    for index in range(projects):
+        suffix = 0
+        while True:
+            name = f"project{index}" + (f"-{suffix}" if suffix else "")
+            node = rendezvous_order(routing_key(str(base / name), None, None), list(nodes))[0]
+            empty = sum(1 for n in nodes if load[n] == 0)
+            # at most ``most`` a node, and no node left empty while projects remain for it
+            if load[node] < most and (load[node] == 0 or empty < projects - index):
+                load[node] += 1
+                names.append(name)
+                break
+            suffix += 1
+    return names
+
+
+def make_project(base: Path, index: int, name: str | None = None) -> Path:
     deps_mb, src_mb, files = SHAPES[index % len(SHAPES)]
-    ctx = base / f"project{index}"
+    ctx = base / (name or f"project{index}")
     (ctx / "src").mkdir(parents=True)
     (ctx / "Dockerfile").write_text(
         DOCKERFILE.replace("DEPS_MB", str(deps_mb)).replace("SRC_MB", str(src_mb)))
@@ -106,6 +158,29 @@ def schedule(projects: int, rounds: int) -> list[dict]:
             kind = "cold" if r == 1 else ("changed" if changed else "unchanged")
             plan.append({"project": p, "round": r, "kind": kind})
     return plan
+
+
+class CacheFlags:
+    """The shared cache of one configuration and repetition: none; ``s3`` — each build names
+    its project's cache (``name=PROJECT``), replacing the builder's; ``s3-builder`` — the
+    builder carries one ``--cache-from``/``--cache-to`` for every build (one name)."""
+
+    def __init__(self, mode: str, s3, prefix: str):
+        self.mode = mode
+        self.attrs = ""
+        if s3 is not None:
+            self.attrs = ",".join(f"{k}={v}" for k, v in s3.attrs(prefix=prefix).items())
+
+    def _flags(self, name: str | None) -> list[str]:
+        named = f",name={name}" if name else ""
+        return ["--cache-from", f"type=s3,{self.attrs}{named}",
+                "--cache-to", f"type=s3,{self.attrs}{named},mode=max"]
+
+    def builder(self) -> list[str]:
+        return self._flags(None) if self.mode == "s3-builder" else []
+
+    def build(self, project: str) -> list[str]:
+        return self._flags(project) if self.mode == "s3" else []
 
 
 class Fleet:
@@ -169,7 +244,7 @@ def count_steps(stderr: str) -> tuple[int, int]:
 
 
 def run_mix(fleet: Fleet, contexts: list[Path], plan: list[dict], clients: int,
-            base_ref: str) -> list[dict]:
+            base_ref: str, cache: CacheFlags) -> list[dict]:
     """Run ``plan`` through ``fleet``'s builder from ``clients`` threads, each running one
     ``pybk build`` at a time; returns one record per build."""
     from pybk.core.cli.builders import rendezvous_order, routing_key
@@ -197,7 +272,8 @@ def run_mix(fleet: Fleet, contexts: list[Path], plan: list[dict], clients: int,
             cpu0 = fleet.cpu(node)
             t0 = time.perf_counter()
             done = fleet.pybk("build", "--builder", fleet.name, "--progress", "plain",
-                              "--build-arg", f"BASE={base_ref}", str(ctx))
+                              "--build-arg", f"BASE={base_ref}", *cache.build(ctx.name),
+                              str(ctx))
             t1 = time.perf_counter()
             cpu1 = fleet.cpu(node)
             cached, steps = count_steps(done.stderr)
@@ -209,7 +285,7 @@ def run_mix(fleet: Fleet, contexts: list[Path], plan: list[dict], clients: int,
                 **({} if done.returncode == 0 else {"stderr": done.stderr[-2000:]})}
             done_events[(build["project"], build["round"])].set()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -227,19 +303,17 @@ def overlaps(records: list[dict]) -> None:
 
 
 def run_config(base: Path, config: str, rep: int, contexts: list[Path], plan: list[dict],
-               clients: int, base_ref: str, s3) -> dict:
-    cache: list[str] = []
-    if s3 is not None:
-        attrs = ",".join(f"{k}={v}" for k, v in s3.attrs(prefix=f"{config}-{rep}/").items())
-        cache = ["--cache-from", f"type=s3,{attrs}", "--cache-to", f"type=s3,{attrs},mode=max"]
+               clients: int, base_ref: str, mode: str, s3) -> dict:
+    prefix = f"{config}-{rep}/"
+    cache = CacheFlags(mode, s3, prefix)
     work = base / f"{config}-{rep}"
-    fleet = Fleet(work, config, CONFIGS[config], cache)
+    fleet = Fleet(work, config, CONFIGS[config], cache.builder())
     try:
         for p, ctx in enumerate(contexts):  # every repetition starts from the same sources
             (ctx / "src" / "file0.txt").write_text(source_text(p, 0))
         cpu0 = {n: fleet.cpu(n) for n in fleet.daemons}
         t0 = time.perf_counter()
-        records = run_mix(fleet, contexts, plan, clients, base_ref)
+        records = run_mix(fleet, contexts, plan, clients, base_ref, cache)
         wall = time.perf_counter() - t0
         cpu = {n: round(fleet.cpu(n) - cpu0[n], 3) for n in fleet.daemons}
         overlaps(records)
@@ -254,18 +328,18 @@ def run_config(base: Path, config: str, rep: int, contexts: list[Path], plan: li
               "store_bytes": store}
     if s3 is not None:
         fs = s3.filesystem()
-        result["shared_cache_bytes"] = fs.du(f"{s3.bucket}/{config}-{rep}/")
+        result["shared_cache_bytes"] = fs.du(f"{s3.bucket}/{prefix}")
         result["fresh_node"] = fresh_node(work, config, contexts, clients, base_ref, cache)
     return result
 
 
 def fresh_node(work: Path, config: str, contexts: list[Path], clients: int, base_ref: str,
-               cache: list[str]) -> list[dict]:
+               cache: CacheFlags) -> list[dict]:
     """One more node, never used, with the configuration's shared cache: every project once."""
-    fleet = Fleet(work / "fresh", "fresh", ("fresh",), cache)
+    fleet = Fleet(work / "fresh", "fresh", ("fresh",), cache.builder())
     try:
         plan = [{"project": p, "round": 1, "kind": "fresh-node"} for p in range(len(contexts))]
-        records = run_mix(fleet, contexts, plan, 1, base_ref)
+        records = run_mix(fleet, contexts, plan, 1, base_ref, cache)
     finally:
         fleet.stop()
     return records
@@ -366,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="builds of each project")
     parser.add_argument("--configs", default="nodes3,nodes1",
                         help="which builders: nodes3 (3 nodes), nodes1 (1 node)")
-    parser.add_argument("--shared-cache", choices=("none", "s3"), default="none",
-                        help="s3: both builders share a moto S3 cache; a fresh node is measured")
+    parser.add_argument("--shared-cache", choices=("none", "s3", "s3-builder"), default="none",
+                        help="s3: a moto S3 cache, one name per project, given by each build; "
+                             "s3-builder: the builders carry it (one name); either way a "
+                             "fresh node is measured after the mix")
     parser.add_argument("--json", help="write every measurement to this file")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
@@ -384,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     from support.busybox import build_busybox_layout, push_oci_layout
     from support.registry import RegistryServer
 
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)  # the finally blocks stop every daemon
     plan = schedule(args.projects, args.rounds)
     results: list[dict] = []
     load_before = loadavg()
@@ -395,17 +475,18 @@ def main(argv: list[str] | None = None) -> int:
             layout = build_busybox_layout(base / "busybox")
             base_ref = f"{registry.host}/busybox:latest"
             push_oci_layout(layout, base_ref)
-            if args.shared_cache == "s3":
+            if args.shared_cache != "none":
                 from support.cachefixtures import MotoS3
 
                 s3 = MotoS3().start()
-            contexts = [make_project(base / "src", i) for i in range(args.projects)]
+            names = project_names(base / "src", args.projects, CONFIGS["nodes3"])
+            contexts = [make_project(base / "src", i, name) for i, name in enumerate(names)]
             for rep in range(args.reps):
                 order = configs if rep % 2 == 0 else list(reversed(configs))
                 for config in order:
                     print(f"rep {rep + 1}: {config} …", flush=True)
                     result = run_config(base, config, rep, contexts, plan, args.clients,
-                                        base_ref, s3)
+                                        base_ref, args.shared_cache, s3)
                     result["loadavg_after"] = loadavg()
                     results.append(result)
                     failed = [b for b in result["builds"] if not b["ok"]]

@@ -143,3 +143,65 @@ def test_fleet_bench_plan_and_step_counting(monkeypatch):
     assert fleet.count_steps(stderr) == (2, 3)
     with pytest.raises(SystemExit):
         fleet.main(["--configs", "nodes7"])
+
+
+def test_fleet_bench_cache_flags_and_project_spread(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("fleet", None)
+    fleet = importlib.import_module("fleet")
+    from pybk.core.cli.builders import rendezvous_order, routing_key
+
+    class S3:
+        def attrs(self, **extra):
+            return {"bucket": "b", **extra}
+
+    per_project = fleet.CacheFlags("s3", S3(), "nodes3-0/")
+    assert per_project.builder() == []
+    assert per_project.build("project1") == [
+        "--cache-from", "type=s3,bucket=b,prefix=nodes3-0/,name=project1",
+        "--cache-to", "type=s3,bucket=b,prefix=nodes3-0/,name=project1,mode=max"]
+    on_builder = fleet.CacheFlags("s3-builder", S3(), "p/")
+    assert on_builder.build("project1") == []
+    assert on_builder.builder() == ["--cache-from", "type=s3,bucket=b,prefix=p/",
+                                    "--cache-to", "type=s3,bucket=b,prefix=p/,mode=max"]
+    assert fleet.CacheFlags("none", None, "p/").build("x") == []
+
+    nodes = ("alpha", "beta", "gamma")
+    names = fleet.project_names(tmp_path, 4, nodes)
+    assert len(set(names)) == 4 and all(n.startswith(f"project{i}") for i, n in enumerate(names))
+    placed = [rendezvous_order(routing_key(str(tmp_path / n), None, None), list(nodes))[0]
+              for n in names]
+    assert sorted(placed.count(n) for n in nodes) == [1, 1, 2]
+
+
+def test_fleet_bench_cpu_seconds_of_a_process_tree():
+    import os
+    import signal
+    import subprocess
+    import time
+
+    fleet = _fleet_module()
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                              "'import time\\nend = time.process_time() + 0.3\\n"
+                              "while time.process_time() < end: pass\\ntime.sleep(30)'])"],
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while fleet.cpu_seconds(child.pid) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # the grandchild's CPU counts while it is still running
+        assert fleet.cpu_seconds(child.pid) >= 0.25
+        assert fleet.cpu_seconds(os.getpid()) > 0
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the child and the grandchild
+        child.wait()
+
+
+def _fleet_module():
+    sys.path.insert(0, str(BENCH))
+    try:
+        sys.modules.pop("fleet", None)
+        return importlib.import_module("fleet")
+    finally:
+        sys.path.remove(str(BENCH))
