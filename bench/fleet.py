@@ -457,13 +457,21 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    from support.busybox import build_busybox_layout, push_oci_layout
-    from support.registry import RegistryServer
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupted)  # the finally blocks stop every daemon
+    previous = signal.signal(signal.SIGTERM, interrupted)  # the finally blocks stop daemons
+    try:
+        return run(args, configs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace, configs: list[str]) -> int:
+    from support.busybox import build_busybox_layout, push_oci_layout
+    from support.registry import RegistryServer
+
     plan = schedule(args.projects, args.rounds)
     results: list[dict] = []
     load_before = loadavg()

@@ -8,23 +8,27 @@ Zipf popularity (exponent ``--zipf``); a build is routed to one of the nodes —
 has ``--cores`` cores shared by the builds in their CPU phase (processor sharing, one core
 at most per build). What a build costs depends on what its node holds:
 
-- the node built the project before (its store has it): ``unchanged`` (every step cached)
-  or, with probability ``--change``, ``changed`` (the steps after a changed file run);
-- the node never built it but the shared cache has it (``--shared-cache``): the project's
-  cache (``--cache-mb``) is imported at ``--import-mbps`` first, then as above;
+- a build is of the project's newest version; with probability ``--change`` it brings a
+  new one (a commit). A node that built this version has every step cached; one that built
+  an older version runs the changed steps (``changed``: the dependency step is cached);
+- the node never built it but the shared cache has it (on unless ``--no-shared-cache``): its
+  cache (``--cache-mb``) is imported at ``--import-mbps`` first, then as above (a node
+  with an older version imports what the newer one added, ``--delta-mb``, and has every
+  step cached);
 - neither: ``cold`` (every step runs).
 
 Each build then spends ``--overhead`` seconds outside the CPU (client, session, solve) and,
 with a shared cache, exports what it made at ``--export-mbps`` (a cold build the project's
 cache, a changed one ``--delta-mb``). Stores are never pruned. The defaults come from
-measurements on this repository's machine (docs/bench/fleet-2026-12-06.json for the CPU
-seconds and the overhead, ``bench/cache_bench.py --size 50 --backends s3,local`` for the
-MB/s; see docs/scale-out.md, "Sizing a fleet"); ``--work-scale`` multiplies the CPU seconds
-and the MB to model projects bigger than the benchmark's.
+measurements on this repository's machine (:data:`MEASURED`; ``--from-bench`` takes the CPU
+seconds and the overhead from another bench/fleet.py JSON); ``--work-scale`` multiplies the
+measured CPU seconds and MB to model projects bigger than the benchmark's. A cache enters
+the shared cache when its build starts (not when its export ends), and the shared cache is
+one store the whole fleet reaches at the same speed.
 
 For 1..``--max-nodes`` nodes it prints CPU utilisation, queueing delay and build latency
-(p50/p95), the share of builds that were cold / found the project on their node / in the
-shared cache, store and shared-cache bytes, and the fewest nodes whose p95 queueing is
+(p50/p95), the share of builds that were cold, that had every step cached, that imported
+from the shared cache, the store MB of the fullest node and the shared cache's MB, and the fewest nodes whose p95 queueing is
 under ``--target-queue`` seconds; ``--compare-random`` adds random routing beside sticky.
 
     python bench/fleet_model.py [--rate 300] [--max-nodes 6] [--json OUT]
@@ -43,17 +47,21 @@ import sys
 from collections import deque
 from typing import Any
 
-#: Figures measured with bench/fleet.py (--clients 1, shared S3 cache) and bench/cache_bench.py
-#: on 2026-12-06; see docs/scale-out.md "Sizing a fleet" for the runs.
+#: Figures measured on 2026-12-06 (docs/scale-out.md, "Sizing a fleet"): the CPU seconds and
+#: the overhead are medians of the 16 builds of each kind in docs/bench/fleet-2026-12-06-c1.json
+#: (``bench/fleet.py --clients 1 --shared-cache s3``: every build alone on its node; they
+#: include the daemon's S3 cache import and export); the MB/s are moto S3's on 127.0.0.1 from
+#: ``bench/cache_bench.py --size 50 --backends s3,local``; the MB are that run's shared cache
+#: (1.05 MB for four projects, the 1 MB base layer included) — the benchmark's layers are tiny.
 MEASURED = {
-    "cpu_cold": 2.6,       # daemon CPU seconds of a cold build (median, the four projects)
-    "cpu_changed": 0.6,    # … of a build whose source file changed (dependency step cached)
-    "cpu_unchanged": 0.15,  # … of a build with every step cached
-    "overhead": 0.45,      # wall seconds of a build beyond its daemon CPU (client, session)
-    "import_mbps": 60.0,   # S3 (moto on 127.0.0.1) import, MB/s
-    "export_mbps": 40.0,   # S3 export, MB/s
-    "cache_mb": 0.1,       # a project's cache (its layers), MB
-    "delta_mb": 0.05,      # what a changed build adds, MB
+    "cpu_cold": 3.63,       # daemon CPU seconds of a cold build
+    "cpu_changed": 1.16,    # … of a build whose source file changed (dependency step cached)
+    "cpu_unchanged": 0.70,  # … of a build with every step cached
+    "overhead": 0.31,       # wall seconds of a build beyond its daemon CPU (client, session)
+    "import_mbps": 65.0,    # S3 import, MB/s (65 in both runs)
+    "export_mbps": 57.0,    # S3 export, MB/s (59 and 56 in two runs)
+    "cache_mb": 0.26,       # a project's cache (its layers and its share of the base), MB
+    "delta_mb": 0.005,      # what a changed build adds, MB
 }
 
 
@@ -417,7 +425,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Inputs]:
     p.add_argument("--from-bench", metavar="FLEET_JSON",
                    help="take the CPU seconds and the overhead from a bench/fleet.py JSON")
     p.add_argument("--work-scale", type=float, default=1.0,
-                   help="multiply CPU seconds, cache MB and delta MB (bigger projects)")
+                   help="multiply the measured CPU seconds, cache MB and delta MB (bigger "
+                        "projects); values given with their flags are taken as they are")
     p.add_argument("--hours", type=float, default=d.hours)
     p.add_argument("--warmup-hours", type=float, default=d.warmup_hours)
     p.add_argument("--target-queue", type=float, default=30.0,
@@ -442,14 +451,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Inputs]:
             values.update(from_bench(ns.from_bench))
         except (OSError, ValueError, KeyError) as exc:
             p.error(f"--from-bench: {exc}")
+    for key in ("cpu_cold", "cpu_changed", "cpu_unchanged", "cache_mb", "delta_mb"):
+        values[key] *= ns.work_scale        # the measured figures, not the ones given
     for key in MEASURED:
         given = getattr(ns, key)
         if given is not None:
             if given < 0 or (key.endswith("mbps") and given == 0):
                 p.error(f"--{key.replace('_', '-')} must be positive")
             values[key] = given
-    for key in ("cpu_cold", "cpu_changed", "cpu_unchanged", "cache_mb", "delta_mb"):
-        values[key] *= ns.work_scale
     inp = Inputs(rate=ns.rate, projects=ns.projects, zipf=ns.zipf, change=ns.change,
                  cores=ns.cores, slots=ns.slots, routing=ns.routing,
                  shared_cache=not ns.no_shared_cache, hours=ns.hours,

@@ -86,12 +86,14 @@ def test_command_line(model, tmp_path, capsys):
         (1, "sticky"), (1, "random"), (2, "sticky"), (2, "random"), (3, "sticky"),
         (3, "random")]
     assert data["inputs"]["cpu_cold"] == pytest.approx(model.MEASURED["cpu_cold"] * 40)
+    assert data["inputs"]["cache_mb"] == pytest.approx(model.MEASURED["cache_mb"] * 40)
     assert data["target_queue_s"] == 20 and set(data["smallest"]) == {"sticky", "random"}
     assert "fewest nodes with p95 queueing < 20 s" in capsys.readouterr().out
     model.main(["--max-nodes", "1", "--hours", "1", "--warmup-hours", "0", "--no-shared-cache",
-                "--cpu-cold", "7", "--json", str(out)])
+                "--cpu-cold", "7", "--work-scale", "3", "--json", str(out)])
     data = json.loads(out.read_text())
     assert data["inputs"]["shared_cache"] is False and data["inputs"]["cpu_cold"] == 7
+    assert data["inputs"]["cpu_changed"] == pytest.approx(model.MEASURED["cpu_changed"] * 3)
     assert data["rows"][0]["shared_cache_mb"] == 0
 
 
@@ -205,3 +207,34 @@ def _fleet_module():
         return importlib.import_module("fleet")
     finally:
         sys.path.remove(str(BENCH))
+
+
+_BASE = ["--rate", "400", "--max-nodes", "2", "--hours", "1", "--warmup-hours", "0.2",
+         "--cpu-cold", "100", "--cpu-changed", "40", "--cache-mb", "300", "--delta-mb", "30",
+         "--cores", "2", "--slots", "2", "--projects", "10"]
+
+
+@pytest.mark.parametrize("flag, value, key", [
+    ("--rate", "200", "rate"), ("--projects", "3", "projects"), ("--zipf", "2", "zipf"),
+    ("--change", "0.1", "change"), ("--cores", "4", "cores"), ("--slots", "1", "slots"),
+    ("--seed", "7", "seed"), ("--cpu-cold", "200", "cpu_cold"),
+    ("--cpu-changed", "10", "cpu_changed"), ("--cpu-unchanged", "9", "cpu_unchanged"),
+    ("--overhead", "5", "overhead"), ("--import-mbps", "5", "import_mbps"),  # random: imports
+    ("--export-mbps", "5", "export_mbps"), ("--cache-mb", "900", "cache_mb"),
+    ("--delta-mb", "300", "delta_mb"), ("--hours", "2", "hours"),
+    ("--warmup-hours", "0.5", "warmup_hours"), ("--routing", "random", "routing"),
+])
+def test_every_model_input_changes_the_result(model, tmp_path, flag, value, key):
+    """Each input reaches the simulation: the rows differ from the same run without it."""
+    context = ["--routing", "random"] if key == "import_mbps" else []
+
+    def rows(extra):
+        out = tmp_path / "m.json"
+        assert model.main([*_BASE, *context, *extra, "--json", str(out)]) == 0
+        return json.loads(out.read_text())
+
+    base = rows([])
+    changed = rows([flag, value])
+    expected = value if key == "routing" else pytest.approx(float(value))
+    assert changed["inputs"][key] == expected
+    assert changed["rows"] != base["rows"], flag
