@@ -110,6 +110,7 @@ def main() -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
 
     from pybk.core.engine.client import Client
+    from pybk.core.engine.resolve import resolve
     from pybk.core.remotecache.store import load_cache
     from pybk.core.store.content import ContentStore
 
@@ -126,8 +127,10 @@ def main() -> int:
                 exports, reexports, imports = [], [], []
                 for _ in range(args.reps):
                     to, from_ = specs(name, services, scratch)
-                    exporter = client._resolve_cache({"type": name, **to}, "--cache-to")
-                    importer = client._resolve_cache({"type": name, **from_}, "--cache-from")
+                    exporter = resolve("cache exporter", {"type": name, **to},
+                                       where="--cache-to", pm=client.plugins)
+                    importer = resolve("cache importer", {"type": name, **from_},
+                                       where="--cache-from", pm=client.plugins)
                     t0 = time.perf_counter()
                     exporter.open(plan.info).export(plan)
                     t1 = time.perf_counter()
