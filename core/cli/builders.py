@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -479,8 +480,6 @@ def kubernetes_endpoints(namespace: str, replicas: int, name: str = K8S_NAME,
 def _create_kubernetes(ns: argparse.Namespace) -> int:
     """``builder create NAME --driver kubernetes --namespace NS --replicas N``: one node per
     pod of the StatefulSet, named as the pod, its stable name the address."""
-    import re
-
     if ns.node is not None or ns.node_name is not None:
         flag = "--node" if ns.node is not None else "--node-name"
         raise UsageError("--driver kubernetes makes the nodes from the StatefulSet's pods",

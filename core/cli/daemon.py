@@ -83,19 +83,17 @@ def make_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="pybkd", description="Serve pybk builds on a unix socket.")
     parser.add_argument("--config", default=None,
-                        help="buildkitd.toml-format config file (default: $PYBK_CONFIG, else "
-                        "$XDG_CONFIG_HOME/pybk/buildkitd.toml for a user other than root, "
-                        "when it exists)")
+                        help="buildkitd.toml-format config file (default: $PYBK_CONFIG, else, "
+                        "not root, $XDG_CONFIG_HOME/pybk/buildkitd.toml when it exists)")
     parser.add_argument("--root", default=None, help="store directory (default: the config's "
-                        "root, else $PYBK_ROOT, else /var/lib/pybk for root, "
-                        "$XDG_DATA_HOME/pybk otherwise)")
+                        "root, else $PYBK_ROOT, else /var/lib/pybk, not root $XDG_DATA_HOME/pybk)")
     parser.add_argument("--addr", action="append", default=None,
                         help="listen address, repeatable: unix:///PATH (the local protocol; "
                         "default: the config's first unix [grpc] address, else the store's "
                         f"socket: {DEFAULT_SOCKET} for /var/lib/pybk, "
                         "$XDG_RUNTIME_DIR/pybk/pybkd.sock for a user's $XDG_DATA_HOME/pybk, "
-                        "ROOT/pybkd.sock for any other store) or tcp://HOST:PORT (gRPC, TLS from [grpc.tls]); given, "
-                        "it replaces the config's [grpc] address list")
+                        "ROOT/pybkd.sock for any other store) or tcp://HOST:PORT (gRPC, TLS "
+                        "from [grpc.tls]); given, it replaces the config's [grpc] address list")
     parser.add_argument("--on-demand", action="store_true",
                         help="started by pybk for [pybk] daemon = \"auto\": stop after "
                         "[pybk] daemon-idle-timeout without a command, or once the config file "
@@ -736,8 +734,7 @@ def _start(argv: list[str]) -> int:
     lock = _lock(path)
     debug = None
     try:
-        # the running commands, kept in files: the debug endpoint and the control API's Load
-        # read them
+        # running commands, in files the debug endpoint and the control API's Load read
         daemonstate.setup(root)
         if config.grpc.debug_address:
             debug = debugserver.start(config.grpc.debug_address, root,
@@ -780,12 +777,10 @@ def _platforms(workers: Sequence[Any]) -> list[str]:
     from pybk.core.platform import parse_platform
 
     out: list[str] = []
-    for worker in workers:
-        for text in worker.platforms():
-            with contextlib.suppress(InputError):
-                text = str(parse_platform(text))
-            if text not in out:
-                out.append(text)
+    for text in (text for worker in workers for text in worker.platforms()):
+        with contextlib.suppress(InputError):
+            text = str(parse_platform(text))
+        out += [text] if text not in out else []
     return out
 
 
