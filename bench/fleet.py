@@ -163,7 +163,8 @@ def schedule(projects: int, rounds: int) -> list[dict]:
 class CacheFlags:
     """The shared cache of one configuration and repetition: none; ``s3`` — each build names
     its project's cache (``name=PROJECT``), replacing the builder's; ``s3-builder`` — the
-    builder carries one ``--cache-from``/``--cache-to`` for every build (one name)."""
+    builder carries one ``--cache-from``/``--cache-to`` without a name, and names it per
+    project itself."""
 
     def __init__(self, mode: str, s3, prefix: str):
         self.mode = mode
@@ -442,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="which builders: nodes3 (3 nodes), nodes1 (1 node)")
     parser.add_argument("--shared-cache", choices=("none", "s3", "s3-builder"), default="none",
                         help="s3: a moto S3 cache, one name per project, given by each build; "
-                             "s3-builder: the builders carry it (one name); either way a "
+                             "s3-builder: the builders carry it (named per project by the "
+                             "builder); either way a "
                              "fresh node is measured after the mix")
     parser.add_argument("--json", help="write every measurement to this file")
     args = parser.parse_args(argv)

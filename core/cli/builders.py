@@ -302,9 +302,10 @@ def route_build(name: str, argv: list[str], at: int
         raise UsageError(f"no builder {name!r} (pybk builder ls lists them)", flag="--builder")
     if not builder.nodes:
         raise UsageError(f"builder {name!r} has no nodes", flag="--builder")
-    argv = with_default_caches(builder, argv, at)
-    parser, ns = _parse_build(argv[at + 1:])
+    _, ns = _parse_build(argv[at + 1:])
     key = routing_key(ns.context, ns.file, ns.target)
+    argv = with_default_caches(builder, argv, at, project_cache_name(key))
+    parser, ns = _parse_build(argv[at + 1:])
     platforms = _platforms(ns.platform)
     if platforms and any(n.platforms for n in builder.nodes):
         from pybk.core.cli import multinode
@@ -339,16 +340,38 @@ def _platforms(values: Sequence[str]) -> list[str]:
     return out
 
 
-def with_default_caches(builder: Builder, argv: list[str], at: int) -> list[str]:
+#: a builder's cache of these types without its own name (``name=``; gha: ``scope=``) gets the
+#: project's: one name for every project would let each export replace the others' records
+_NAMED_CACHES = {"s3": "name", "azblob": "name", "gha": "scope"}
+
+
+def project_cache_name(key: str) -> str:
+    """The cache name of the project of routing key ``key`` (:func:`routing_key`)."""
+    return "pybk-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def with_default_caches(builder: Builder, argv: list[str], at: int,
+                        project: str | None = None) -> list[str]:
     """``argv`` with the builder's ``--cache-from``/``--cache-to`` after ``build``, each only
-    when the build names none of its own."""
+    when the build names none of its own; an S3, Azure Blob or GitHub Actions cache that
+    names no ``name=`` (``scope=``) gets ``project``'s (:func:`project_cache_name`)."""
     added: list[str] = []
     for flag, values in (("--cache-from", builder.cache_from), ("--cache-to", builder.cache_to)):
         given = any(a == flag or a.startswith(flag + "=") for a in argv[at + 1:])
         if values and not given:
             for value in values:
-                added += [flag, value]
+                added += [flag, _project_named(value, project)]
     return [*argv[:at + 1], *added, *argv[at + 1:]]
+
+
+def _project_named(value: str, project: str | None) -> str:
+    if project is None:
+        return value
+    keys = {item.partition("=")[0].strip().strip('"') for item in value.split(",")}
+    kind = next((item.partition("=")[2] for item in value.split(",")
+                 if item.partition("=")[0].strip() == "type"), "")
+    key = _NAMED_CACHES.get(kind)
+    return value if key is None or key in keys else f"{value},{key}={project}"
 
 
 # -- pybk builder ---------------------------------------------------------------------------

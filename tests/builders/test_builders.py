@@ -241,3 +241,42 @@ def _shared_cache(nodes, tmp_path, moto_s3):
     refused = nodes.pybk("builder", "create", "three", "--node", nodes.daemons["gamma"].addr,
                          "--cache-to", f"type=local,dest={tmp_path}/c")
     assert refused.returncode == 2 and "type=local" in refused.stderr
+    _a_cache_name_per_project(nodes, tmp_path, moto_s3)
+
+
+def _a_cache_name_per_project(nodes, tmp_path, moto_s3):
+    """A builder's S3 cache without name=: each project under its own name, so the second
+    project's export does not replace the first's records."""
+    from pybk.core.cli.builders import Builder, project_cache_name, with_default_caches
+
+    attrs = {k: v for k, v in moto_s3.attrs().items() if k != "name"}
+    csv = ",".join(f"{k}={v}" for k, v in attrs.items())
+    for builder, node in (("p-one", "alpha"), ("p-two", "beta")):
+        made = nodes.pybk("builder", "create", builder, "--node", nodes.daemons[node].addr,
+                          "--node-name", node, "--tlsdir", str(nodes.pki[node].good),
+                          "--cache-from", f"type=s3,{csv}", "--cache-to",
+                          f"type=s3,{csv},mode=max")
+        assert made.returncode == 0, made.stderr
+    projects = []
+    for name in ("first", "second"):
+        ctx = tmp_path / f"named-{name}"
+        ctx.mkdir()
+        (ctx / "a.txt").write_text(f"{name} project\n")
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /a\nCOPY a.txt /b\n")
+        projects.append(ctx)
+        done = nodes.pybk("build", "--builder", "p-one", "--progress", "plain", str(ctx))
+        assert done.returncode == 0, done.stderr
+    names = {p.rsplit("/", 1)[1] for p in moto_s3.filesystem().find(f"{moto_s3.bucket}/manifests/")}
+    for ctx in projects:
+        assert project_cache_name(routing_key(str(ctx), None, None)) in names, names
+        done = nodes.pybk("build", "--builder", "p-two", "--progress", "plain", str(ctx))
+        assert done.returncode == 0, done.stderr
+        cached = [line for line in done.stderr.splitlines() if line.endswith(" CACHED")]
+        assert len(cached) == 2, done.stderr  # the first project's records were kept
+    b = Builder(name="x", cache_from=("type=s3,bucket=a", "type=gha,url=u",
+                                      "type=registry,ref=r"),
+                cache_to=("type=azblob,name=mine",))
+    assert with_default_caches(b, ["build", "."], 0, "pybk-p") == [
+        "build", "--cache-from", "type=s3,bucket=a,name=pybk-p",
+        "--cache-from", "type=gha,url=u,scope=pybk-p", "--cache-from", "type=registry,ref=r",
+        "--cache-to", "type=azblob,name=mine", "."]
