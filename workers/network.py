@@ -474,6 +474,10 @@ class Networks:
         except BaseException:
             await asyncio.shield(self._destroy(entry, state))
             raise
+        return self._mark_busy(entry, me)
+
+    def _mark_busy(self, entry: str, me: str) -> str:
+        """Mark the new namespace ``entry`` as this process's, in use; ``entry``."""
         with open(os.path.join(self.dir, "busy", f"{entry}@{me}"), "x"):
             pass
         _touched.add(self.state_dir)
@@ -497,10 +501,7 @@ class Networks:
         except BaseException:
             await asyncio.shield(self._destroy(entry, state))
             raise
-        with open(os.path.join(self.dir, "busy", f"{entry}@{me}"), "x"):
-            pass
-        _touched.add(self.state_dir)
-        return entry
+        return self._mark_busy(entry, me)
 
     async def _destroy(self, entry: str, state: dict[str, Any]) -> None:
         await asyncio.to_thread(self._destroy_sync, entry, state)

@@ -27,7 +27,12 @@ from typing import IO, BinaryIO
 
 from pybk.core.errors import InputError, NotAvailableError
 from pybk.core.fs.diskguard import copy_bounded
-from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES, LayerWriter, read_xattrs
+from pybk.core.fs.tarwriter import (
+    OVERLAY_XATTR_PREFIXES,
+    LayerWriter,
+    is_opaque,
+    read_xattrs,
+)
 from pybk.core.userns import in_user_namespace, mapped_ids, overlay_opaque_xattr
 
 WHITEOUT_PREFIX = ".wh."
@@ -568,7 +573,7 @@ def write_overlay_upper_tar(
                 continue
             writer.add(child_path, child, st)
             if stat.S_ISDIR(st.st_mode):
-                if _is_opaque(child_path):
+                if is_opaque(child_path):
                     writer.whiteout(child, OPAQUE_WHITEOUT, st.st_mtime_ns // 1_000_000_000)
                 walk(child)
 
@@ -578,11 +583,3 @@ def write_overlay_upper_tar(
         writer.close()
 
 
-def _is_opaque(path: str) -> bool:
-    for name in ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque"):
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue
-    return False

@@ -27,6 +27,19 @@ BLOCKSIZE = tarfile.BLOCKSIZE
 RECORDSIZE = tarfile.RECORDSIZE
 #: xattrs that steer overlayfs: never taken from, nor written into, layer or archive content
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
+#: what marks a directory opaque: overlayfs's (as root, and in a user namespace), fuse-overlayfs's
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
+
+
+def is_opaque(path: str) -> bool:
+    """A directory an overlay marked opaque (:data:`OPAQUE_XATTRS`)."""
+    for name in OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
 _XATTR_PAX = "SCHILY.xattr."
 _FLUSH = 1 << 20
 _READ = 1 << 20

@@ -18,10 +18,9 @@ import subprocess
 
 from pybk.core.errors import StoreError
 from pybk.core.fs.files import remove_path
+from pybk.core.fs.tarwriter import OVERLAY_XATTR_PREFIXES, is_opaque
 
 _FICLONE = 0x40049409
-_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 
 
 def is_whiteout(st: os.stat_result) -> bool:
@@ -31,18 +30,6 @@ def is_whiteout(st: os.stat_result) -> bool:
 
 def make_whiteout(path: str) -> None:
     os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-
-
-def is_opaque(path: str) -> bool:
-    """Marked opaque (``trusted.overlay.opaque``, or ``user.overlay.opaque`` in a store
-    written in a user namespace)."""
-    for name in _OPAQUE_XATTRS:
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _xattrs(path: str) -> dict[str, bytes]:
@@ -55,7 +42,7 @@ def _xattrs(path: str) -> dict[str, bytes]:
         raise
     out = {}
     for name in names:
-        if name.startswith(_OVERLAY_XATTR_PREFIXES):
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
             continue
         with contextlib.suppress(OSError):
             out[name] = os.getxattr(path, name, follow_symlinks=False)

@@ -271,24 +271,32 @@ def test_base_image_owners_and_devices(rootless_user, user_busybox):
            "(0-65536)" in chown.stderr, chown.stderr
 
 
+def _user_daemon(user, cwd: Path, sock: Path, env: dict[str, str],
+                 *args: str) -> subprocess.Popen:
+    """``pybkd ARGS`` started as the user; returned once ``sock`` (the user's) is there."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "pybk.core.cli.daemon", *args], cwd=cwd, env=env,
+        user=user.uid, group=user.gid, extra_groups=[],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            stop_process(daemon)
+            pytest.fail(f"pybkd did not start: {daemon.stderr.read().decode()}")  # type: ignore[union-attr]
+        time.sleep(0.05)
+    assert os.stat(sock).st_uid == user.uid
+    return daemon
+
+
 def test_rootless_pybkd_runs_the_build(rootless_user, user_busybox):
     work, _ = owners_context(rootless_user, user_busybox)
     run = work / "run"
     run.mkdir()
     rootless_user.give(run)
     sock = run / "pybkd.sock"
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "pybk.core.cli.daemon", "--root", str(work / "dstore"),
-         "--addr", f"unix://{sock}"], cwd=work, env=rootless_user.env(),
-        user=rootless_user.uid, group=rootless_user.gid, extra_groups=[],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    daemon = _user_daemon(rootless_user, work, sock, rootless_user.env(),
+                          "--root", str(work / "dstore"), "--addr", f"unix://{sock}")
     try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():
-            assert daemon.poll() is None, daemon.stderr.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert os.stat(sock).st_uid == rootless_user.uid
         done = rootless_user.pybk("--addr", f"unix://{sock}", *build_args(
             user_busybox, work, "-o", f"type=oci,dest={work / 'image.tar'}"))
         assert done.returncode == 0, done.stderr
@@ -406,18 +414,9 @@ def test_rootless_pybkd_defaults_to_the_users_xdg_places(rootless_user, user_bus
            "XDG_CONFIG_HOME": str(config)}
     base = rootless_user.env(**env)
     base.pop("PYBK_CONFIG")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "pybk.core.cli.daemon"], cwd=work, env=base,
-        user=rootless_user.uid, group=rootless_user.gid, extra_groups=[],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     sock = runtime / "pybk" / "pybkd.sock"
+    daemon = _user_daemon(rootless_user, work, sock, base)
     try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():
-            assert daemon.poll() is None, daemon.stderr.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert os.stat(sock).st_uid == rootless_user.uid
         done = rootless_user.command(
             [sys.executable, "-m", "pybk.core.cli.entry", "--addr", f"unix://{sock}",
              *build_args(user_busybox, work, "-o", f"type=oci,dest={work / 'image.tar'}")],
