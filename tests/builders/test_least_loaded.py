@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.engine import need_runc
 from support.fleet import NAMES, Nodes, context
+from support.pybkd import read_until
 from support.tlsdaemon import CLIENT
 
 from pybk.core.cli.builders import Builder, Node, choose_node, rendezvous_order, routing_key
@@ -48,14 +49,7 @@ def _sleeping(nodes: Nodes, name: str, busybox_ref: str, tmp_path: Path, *,
     client = subprocess.Popen([*CLIENT, *where, "build", "--no-cache", "--progress", "plain",
                                str(ctx)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, env=nodes.env())
-    seen = b""
-    deadline = time.monotonic() + 120
-    while b"step-begun" not in seen and time.monotonic() < deadline:
-        line = client.stderr.readline()
-        if not line:
-            break
-        seen += line
-    assert b"step-begun" in seen, seen.decode()
+    read_until(client, b"step-begun", 120)
     return client
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.engine import require_runc
+from support.pybkd import read_until
 
 CLIENT = [sys.executable, "-c", "import sys; from pybk.core.cli.entry import main; sys.exit(main())"]
 
@@ -297,14 +298,7 @@ def test_client_ctrl_c_cancels_the_build(daemon, busybox_layout, tmp_path):
     client = subprocess.Popen([*CLIENT, "--addr", daemon.addr,
                                *_build_args(busybox_layout, ctx, "--no-cache")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    seen = b""
-    deadline = time.monotonic() + 60
-    while b"started" not in seen and time.monotonic() < deadline:
-        line = client.stderr.readline()
-        if not line:
-            break
-        seen += line
-    assert b"started" in seen, seen.decode()
+    seen = read_until(client, b"started", 60)
     client.send_signal(signal.SIGINT)
     start = time.monotonic()
     _, err = client.communicate(timeout=30)

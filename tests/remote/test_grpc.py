@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from support.engine import require_runc
+from support.pybkd import read_until
 from support.tlsdaemon import CLIENT, PKI, RemoteDaemon
 from support.tlsdaemon import client_env as _env
 from support.tlsdaemon import tls_config as _config
@@ -473,14 +474,7 @@ def _sleeping_build(remote: RemoteDaemon, pki: PKI, busybox_ref: str,
     client = subprocess.Popen([*CLIENT, "--addr", remote.addr, *_good(pki), "build",
                                "--no-cache", "--progress", "plain", str(ctx)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    seen = b""
-    deadline = time.monotonic() + 90
-    while b"step-begun" not in seen and time.monotonic() < deadline:
-        line = client.stderr.readline()
-        if not line:
-            break
-        seen += line
-    assert b"step-begun" in seen, seen.decode()
+    seen = read_until(client, b"step-begun", 90)
     return client, seen
 
 

@@ -80,6 +80,20 @@ class Pybkd:
         return []
 
 
+def read_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
+    """``proc``'s standard error, line by line, until a line holds ``marker`` (asserted);
+    what was read."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        seen += line
+    assert marker in seen, seen.decode(errors="replace")
+    return seen
+
+
 def stop_process(proc: subprocess.Popen) -> int:
     """SIGTERM, a minute to go, then SIGKILL; the exit code."""
     if proc.poll() is None:
