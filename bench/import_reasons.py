@@ -40,6 +40,8 @@ REASONS = {
     "pybk.core.converter": "option structuring helpers",
     "pybk.core.model": "the base of every value class (LLB messages, config tables, records)",
     "pybk.core.platform": "the host platform",
+    "pybk.core.userns": "whether the engine runs in a user namespace (rootless): the worker, "
+                        "the snapshotter and the file code ask it (one read of uid_map)",
     "pybk.core.http": "httpx loaded lean and the lazy TLS context",
     "pybk.core.serialize": "canonical JSON and digests",
     "pybk.exporters.image": "-t: the image exporter",

@@ -3,6 +3,7 @@ service, each started once per session on 127.0.0.1 (import the fixtures into a 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -33,7 +34,9 @@ class MotoS3:
 
     def start(self) -> MotoS3:
         self.server.start()
-        self.filesystem().mkdir(self.bucket, region_name=S3_REGION)
+        # moto keeps its state per process: a second server in this process sees the bucket
+        with contextlib.suppress(FileExistsError):
+            self.filesystem().mkdir(self.bucket, region_name=S3_REGION)
         return self
 
     def filesystem(self):
