@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.cachefixtures import cache_azurite, cache_gha  # noqa: F401
 
 SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
 #: ids each test user gets, mapped to 1..COUNT in its namespace

@@ -370,18 +370,29 @@ def test_rootless_steps_get_slirp4netns(rootless_user, user_busybox, mode):
     check_build_network(work, run_build, resolv=True)
 
 
-@pytest.mark.parametrize("backend", ["registry", "s3"])
-def test_remote_caches_as_the_user(rootless_user, user_busybox, registry, moto_s3, backend):
+@pytest.mark.parametrize("backend", ["registry", "s3", "azblob", "gha"])
+def test_remote_caches_as_the_user(rootless_user, user_busybox, registry, request, backend):
     """A remote cache written by a rootless build fills a fresh rootless store: every step
     cached, the same layers (owners inside the sub-range kept through the cache)."""
+    import uuid
+
     work, _ = owners_context(rootless_user, user_busybox)
     if backend == "registry":
         ref = f"{registry.host}/rootless/cache:1"
-        to = f"type=registry,ref={ref},mode=max,registry.insecure=true"
-        source = f"type=registry,ref={ref},registry.insecure=true"
+        attrs = f"type=registry,ref={ref},registry.insecure=true"
+    elif backend == "s3":
+        s3 = request.getfixturevalue("moto_s3")
+        attrs = "type=s3," + ",".join(f"{k}={v}" for k, v in s3.attrs(name="rootless").items())
+    elif backend == "azblob":
+        from support.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+
+        az = request.getfixturevalue("cache_azurite")
+        attrs = (f"type=azblob,account_url={az.blob_endpoint},account_name={ACCOUNT_NAME},"
+                 f"secret_access_key={ACCOUNT_KEY},container=c{uuid.uuid4().hex[:12]}")
     else:
-        attrs = ",".join(f"{k}={v}" for k, v in moto_s3.attrs(name="rootless").items())
-        to, source = f"type=s3,{attrs},mode=max", f"type=s3,{attrs}"
+        gha = request.getfixturevalue("cache_gha")
+        attrs = f"type=gha,url={gha.url},token={gha.mint_token()},scope=s{uuid.uuid4().hex[:8]}"
+    to, source = f"{attrs},mode=max", attrs
     first = rootless_user.pybk("--root", str(work / "one"), *build_args(
         user_busybox, work, "--cache-to", to, "-o", f"type=oci,dest={work / 'one.tar'}"))
     assert first.returncode == 0, first.stderr
