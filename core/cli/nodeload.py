@@ -18,6 +18,9 @@ from pybk.core.model import Model
 from pybk.core.remote.clientside import credentials
 from pybk.core.remote.frames import LOAD_METHOD, decode, encode
 
+#: how many nodes (in order of preference) the first round of least-loaded asks at once
+FIRST = 2
+
 
 class NodeLoad(Model, kw_only=True):
     """A node's answer to ``Load``."""
@@ -50,12 +53,14 @@ def least_loaded(nodes: Sequence[tuple[str, dict[str, str]]], timeout: float
                  ) -> tuple[int | None, list[tuple[str | None, NodeLoad | None] | None]]:
     """``(index of the node with the fewest running builds, the answers)``, ``nodes`` given
     in order of preference: the first among equals wins, and a node that does not report
-    its load comes after those that do. The first node is asked first: when it runs no build
-    it is the answer (no node can run fewer), for the cost of one question; otherwise the
-    others are asked at once, and the answer is returned as soon as it is certain — when a
-    node running no build has answered and every node before it has answered (or failed) —
-    and the questions still open are cancelled (their answers are None). The index is None
-    when no node answered."""
+    its load comes after those that do. The first :data:`FIRST` nodes are asked at once: when
+    the first runs no build it is the answer (no node can run fewer), else the second when it
+    runs none; only when neither is certain are the others asked, at once. The answer is
+    returned as soon as it is certain — when a node running no build has answered and every
+    node before it has answered (or failed) — and the questions still open are cancelled
+    (their answers are None). Two at once in the first round keep a busy first node from
+    costing a second round of connections (bench/routing.py). The index is None when no
+    node answered."""
 
     def settled(results: list[Any]) -> bool:
         for result in results:
@@ -66,9 +71,9 @@ def least_loaded(nodes: Sequence[tuple[str, dict[str, str]]], timeout: float
                 return True
         return False
 
-    results = _ask(nodes[:1], timeout, settled)
-    if nodes[1:] and not settled(results):
-        results += _ask(nodes[1:], timeout, lambda rest: settled([*results, *rest]))
+    results = _ask(nodes[:FIRST], timeout, settled)
+    if nodes[FIRST:] and not settled(results):
+        results += _ask(nodes[FIRST:], timeout, lambda rest: settled([*results, *rest]))
     results += [None] * (len(nodes) - len(results))
     best: tuple[tuple[float, int], int] | None = None
     for rank, result in enumerate(results):
