@@ -304,7 +304,8 @@ def route_build(name: str, argv: list[str], at: int
         raise UsageError(f"builder {name!r} has no nodes", flag="--builder")
     _, ns = _parse_build(argv[at + 1:])
     key = routing_key(ns.context, ns.file, ns.target)
-    argv = with_default_caches(builder, argv, at, project_cache_name(key))
+    project = project_cache_name(key)
+    argv = with_default_caches(builder, argv, at, project)
     parser, ns = _parse_build(argv[at + 1:])
     platforms = _platforms(ns.platform)
     if platforms and any(n.platforms for n in builder.nodes):
@@ -321,7 +322,7 @@ def route_build(name: str, argv: list[str], at: int
         order = [by_name[n] for n in rendezvous_order(key, list(by_name))]
         groups = multinode.plan(builder, platforms, order, health, sticky, sys.stderr)
         if len(groups) > 1:
-            return multinode.run(builder, groups, ns, parser, argv[at + 1:])
+            return multinode.run(builder, groups, ns, parser, argv[at + 1:], project)
         node = groups[0].node
     else:
         node = choose_node(builder, key)

@@ -222,8 +222,26 @@ class _NodeRun:
 _PRINT = threading.Lock()
 
 
+def platform_caches(build_args: list[str], project: str | None, group: Group) -> list[str]:
+    """``build_args`` with the cache name a builder gave the project (``name=``/``scope=``
+    ``project``, :func:`pybk.core.cli.builders.project_cache_name`) made the group's own
+    (``PROJECT-linux-arm64``): nodes exporting one name at once would each replace the
+    other's records. Names given on the command line are kept as they are."""
+    if project is None:
+        return build_args
+    suffix = "-".join(split_name(p).replace("_", "-") for p in group.platforms)
+    out, cache_value = [], False
+    for arg in build_args:
+        if cache_value or arg.startswith(("--cache-from=", "--cache-to=")):
+            for key in ("name", "scope"):
+                arg = arg.replace(f"{key}={project}", f"{key}={project}-{suffix}")
+        out.append(arg)
+        cache_value = arg in ("--cache-from", "--cache-to")
+    return out
+
+
 def run_groups(groups: Sequence[Group], build_args: list[str], output: Output, scratch: str,
-               progress: str) -> list[str | None]:
+               progress: str, project: str | None = None) -> list[str | None]:
     """Run each group's build on its node; the file each node's result landed in. The first
     failure stops the others (interrupted as Ctrl-C would) and is raised."""
     env = {k: v for k, v in os.environ.items()
@@ -236,7 +254,7 @@ def run_groups(groups: Sequence[Group], build_args: list[str], output: Output, s
         tls = [x for key, value in group.node.tls.items() for x in (key, value)]
         argv = [sys.executable, "-m", "pybk.core.cli.entry", "--addr", group.node.endpoint,
                 *tls, "build", "--progress", progress, "--platform", ",".join(group.platforms),
-                "--metadata-file", meta, *flags, *build_args]
+                "--metadata-file", meta, *flags, *platform_caches(build_args, project, group)]
         runs.append(_NodeRun(group, argv, env))
     failed: tuple[_NodeRun, int] | None = None
     pending = list(runs)
@@ -497,7 +515,8 @@ def write_results(request: Any, descriptor: dict[str, Any] | None, names: Sequen
 
 
 def run(builder: Any, groups: Sequence[Group], ns: argparse.Namespace,
-        parser: argparse.ArgumentParser, build_args: list[str]) -> int:
+        parser: argparse.ArgumentParser, build_args: list[str],
+        project: str | None = None) -> int:
     """Build ``groups`` on their nodes and merge the results (see the module's docstring)."""
     from pybk.core.cli.commands import parse_build_request
 
@@ -515,7 +534,8 @@ def run(builder: Any, groups: Sequence[Group], ns: argparse.Namespace,
     scratch = tempfile.mkdtemp(prefix="pybk-nodes-")
     try:
         try:
-            files = run_groups(groups, strip_flags(build_args, parser), sent, scratch, progress)
+            files = run_groups(groups, strip_flags(build_args, parser), sent, scratch, progress,
+                               project)
         except _NodeFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.code

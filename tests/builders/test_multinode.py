@@ -224,3 +224,34 @@ def test_a_node_that_fails_fails_the_build_and_names_itself(fleet, base_image, t
     assert done.returncode == 1, done.stderr
     assert "node arm (tcp://" in done.stderr and "failed building linux/arm64" in done.stderr
     assert not out.exists() and "Traceback" not in done.stderr
+
+
+def test_a_builders_cache_is_named_per_platform_across_nodes(fleet, base_image, tmp_path,
+                                                             moto_s3):
+    """Both nodes export the builder's cache at once: each under the project's name and its
+    platform, so neither replaces the other's records."""
+    from pybk.core.cli.builders import project_cache_name, routing_key
+    from pybk.core.cli.multinode import Group, platform_caches
+
+    csv = ",".join(f"{k}={v}" for k, v in moto_s3.attrs(prefix="duo/").items() if k != "name")
+    for name, platform in (("amd", "linux/amd64"), ("arm", "linux/arm64")):
+        done = fleet.pybk("builder", "create", "duo-s3", "--node", fleet.daemons[name].addr,
+                          "--node-name", name, "--platform", platform, "--tlsdir",
+                          str(fleet.pki.good), "--cache-from", f"type=s3,{csv}",
+                          "--cache-to", f"type=s3,{csv},mode=max",
+                          *(["--append"] if name == "arm" else []))
+        assert done.returncode == 0, done.stderr
+    ctx = _context(tmp_path, base_image)
+    done = fleet.pybk("build", "--builder", "duo-s3", "--platform", "linux/amd64,linux/arm64",
+                      str(ctx))
+    assert done.returncode == 0, done.stderr
+    project = project_cache_name(routing_key(str(ctx), None, None))
+    names = {p.rsplit("/", 1)[1]
+             for p in moto_s3.filesystem().find(f"{moto_s3.bucket}/duo/manifests/")}
+    assert names == {f"{project}-linux-amd64", f"{project}-linux-arm64"}
+    # a name given on the command line is the user's: kept as it is
+    group = Group(None, ["linux/arm64"])
+    args = ["--cache-to", "type=s3,name=mine", "--cache-from=type=gha,scope=" + project, "."]
+    assert platform_caches(args, project, group) == [
+        "--cache-to", "type=s3,name=mine", f"--cache-from=type=gha,scope={project}-linux-arm64",
+        "."]
