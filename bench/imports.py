@@ -110,7 +110,14 @@ def measure(pybk: str, runs: int, from_registry: bool = False
                 loaded = set(f.read().split())
             # -X importtime also lists imports that failed (optional modules probed and absent,
             # modules kept out): only what is in sys.modules at exit was loaded
-            samples.append({m: t for m, t in parse(done.stderr).items() if m in loaded})
+            sample = {m: t for m, t in parse(done.stderr).items() if m in loaded}
+            # an import running while another thread imports gets the other's time taken off
+            # its own: the totals would be wrong, so say so
+            for module, (own, _) in sample.items():
+                if own < 0:
+                    print(f"warning: {module}: self time {own} us (imported while another "
+                          "thread was importing): the total is too low", file=sys.stderr)
+            samples.append(sample)
     finally:
         if registry is not None:
             registry.stop()

@@ -32,7 +32,7 @@ _MS_REC = 0x4000
 _MS_PRIVATE = 0x40000
 
 #: ``/proc/self/uid_map`` of the initial user namespace
-_INITIAL_MAP = ["0", "0", "4294967295"]
+_INITIAL_MAP = [b"0", b"0", b"4294967295"]
 
 _in_userns: bool | None = None
 
@@ -43,7 +43,8 @@ def in_user_namespace() -> bool:
     global _in_userns
     if _in_userns is None:
         try:
-            with open("/proc/self/uid_map", encoding="ascii") as f:
+            # bytes: no text codec to import on the way (this runs on every build)
+            with open("/proc/self/uid_map", "rb") as f:
                 lines = [line.split() for line in f.read().splitlines() if line.strip()]
         except OSError:
             lines = [_INITIAL_MAP]
@@ -210,7 +211,7 @@ def overlay_opaque_xattr() -> str:
 def mapped_ids() -> str:
     """The ids this process's user namespace maps, for messages (``0-65536``)."""
     try:
-        with open("/proc/self/uid_map", encoding="ascii") as f:
+        with open("/proc/self/uid_map", "rb") as f:
             rows = [tuple(map(int, line.split())) for line in f if line.strip()]
     except (OSError, ValueError):
         return "unknown"
