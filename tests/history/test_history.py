@@ -10,40 +10,21 @@ import time
 
 import pytest
 from support.engine import need_runc
+from support.storeenv import StoreEnv
 
-from pybk.core.cli.commands import main
 from pybk.core.history.recorder import RECORD_LOG_LIMIT, STEP_LOG_LIMIT, Recorder
 from pybk.core.history.store import HistoryStore
 from pybk.core.progress.events import SolveStatus, Vertex, VertexLog
 
-BASE = '[worker.oci]\ngc = false\nnetworkMode = "none"\n'
 
-
-class Env:
+class Env(StoreEnv):
     """A store, a config file and a busybox build context for ``pybk`` run in this process."""
-
-    def __init__(self, tmp_path, layout, capsys):
-        self.tmp = tmp_path
-        self.root = tmp_path / "store"
-        self.config = tmp_path / "buildkitd.toml"
-        self.config.write_text(BASE)
-        self.layout = layout
-        self.capsys = capsys
-
-    def configure(self, extra: str) -> None:
-        self.config.write_text(BASE + extra)
 
     def context(self, name: str, dockerfile: str):
         ctx = self.tmp / name
         ctx.mkdir(exist_ok=True)
         (ctx / "Dockerfile").write_text(dockerfile)
         return ctx
-
-    def pybk(self, *args: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main(["--root", str(self.root), "--config", str(self.config), *args])
-        out = self.capsys.readouterr()
-        return code, out.out, out.err
 
     def build(self, ctx, *args: str) -> tuple[int, str, str]:
         return self.pybk("build", "--progress", "plain", "--build-context",

@@ -7,20 +7,10 @@ import json
 
 import pytest
 from support.engine import need_runc
-
-from pybk.core.cli.commands import main
-
-BASE = '[worker.oci]\ngc = false\nnetworkMode = "none"\n'
+from support.storeenv import StoreEnv
 
 
-class Env:
-    def __init__(self, tmp_path, layout, capsys):
-        self.tmp = tmp_path
-        self.root = tmp_path / "store"
-        self.config = tmp_path / "buildkitd.toml"
-        self.config.write_text(BASE)
-        self.layout = layout
-        self.capsys = capsys
+class Env(StoreEnv):
 
     def context(self, dockerfile: str, files: dict[str, str] | None = None):
         ctx = self.tmp / "app"
@@ -30,12 +20,6 @@ class Env:
             (ctx / name).parent.mkdir(parents=True, exist_ok=True)
             (ctx / name).write_text(text)
         return ctx
-
-    def pybk(self, *args: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main(["--root", str(self.root), "--config", str(self.config), *args])
-        out = self.capsys.readouterr()
-        return code, out.out, out.err
 
     def build(self, ctx, *args: str, layout=None) -> str:
         code, out, err = self.pybk("build", "--progress", "plain", "--build-context",
