@@ -149,18 +149,22 @@ class HistoryStore:
         self.remove(gone)
         return gone
 
-    def _remove_stale_temporaries(self, before: float) -> None:
-        """Temporary files of writers that died (killed outright), older than ``before``."""
+    def _entries(self) -> Iterator[os.DirEntry[str]]:
+        """The history directory's entries (none when it does not exist yet)."""
         try:
             entries = os.scandir(self.dir)
         except FileNotFoundError:
             return
         with entries:
-            for entry in entries:
-                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                    with contextlib.suppress(FileNotFoundError):
-                        if entry.stat().st_mtime < before:
-                            os.unlink(entry.path)
+            yield from entries
+
+    def _remove_stale_temporaries(self, before: float) -> None:
+        """Temporary files of writers that died (killed outright), older than ``before``."""
+        for entry in self._entries():
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < before:
+                        os.unlink(entry.path)
 
     def remove(self, refs: Iterable[str]) -> None:
         for ref in refs:
@@ -171,15 +175,10 @@ class HistoryStore:
 
     def _ended(self) -> Iterator[tuple[str, float]]:
         """``(ref, end time)`` of every record (from the files' mtimes: no file is read)."""
-        try:
-            entries = os.scandir(self.dir)
-        except FileNotFoundError:
-            return
-        with entries:
-            for entry in entries:
-                if entry.name.endswith(_SUFFIX) and not entry.name.startswith("."):
-                    with contextlib.suppress(FileNotFoundError):
-                        yield entry.name[:-len(_SUFFIX)], entry.stat().st_mtime
+        for entry in self._entries():
+            if entry.name.endswith(_SUFFIX) and not entry.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    yield entry.name[:-len(_SUFFIX)], entry.stat().st_mtime
 
     def records(self) -> list[BuildRecord]:
         """Every record's summary, newest first."""

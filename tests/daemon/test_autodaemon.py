@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.pybkd import process_gone
 
 from pybk.core.cli.daemon import Served, installed
 from pybk.core.cli.remote import Request, auto_target, identity, run_auto
@@ -35,15 +36,6 @@ def _wait(predicate, what: str, timeout: float = 60.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, what
         time.sleep(0.02)
-
-
-def _gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie nobody reaps counts)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 class StoreDaemon:
@@ -276,7 +268,7 @@ def started():
 
     yield wait_for
     for pid in pids:
-        if not _gone(pid):
+        if not process_gone(pid):
             os.kill(pid, signal.SIGTERM)
 
 
@@ -301,7 +293,7 @@ def test_daemon_auto_starts_one_the_next_command_uses_and_it_stops_when_idle(tmp
     assert f"pybkd: pid {third} " in log.read_text()
     assert log.read_text().count("pybkd: serving") == 1
     # no command for daemon-idle-timeout: it stops by itself
-    _wait(lambda: _gone(pid), "the idle daemon did not stop", timeout=30)
+    _wait(lambda: process_gone(pid), "the idle daemon did not stop", timeout=30)
     assert not (root / "pybkd.sock").exists()
     text = log.read_text()
     assert "pybkd: stopping: no command for 1.5s" in text and text.endswith("pybkd: stopped\n")
@@ -318,7 +310,7 @@ def test_on_demand_daemon_retires_when_its_config_file_changes(tmp_path, started
     (tmp_path / "auto.toml").write_text(config + "# edited\n")
     client, out, _ = pybk("--root", str(root), "du", env=env)  # embedded: the file changed
     assert out.startswith("ID\t")
-    _wait(lambda: _gone(pid), "the out-of-date daemon did not stop", timeout=30)
+    _wait(lambda: process_gone(pid), "the out-of-date daemon did not stop", timeout=30)
     text = (root / "pybkd.log").read_text()
     assert f"pid {client} automatically: {tmp_path / 'auto.toml'} changed since the daemon " \
            "started" in text

@@ -80,6 +80,15 @@ class Pybkd:
         return []
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie nobody reaps counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def read_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
     """``proc``'s standard error, line by line, until a line holds ``marker`` (asserted);
     what was read."""

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.pybkd import process_gone
 from support.slirpnet import (
     HELLO,
     NAME,
@@ -245,12 +246,6 @@ def test_build_on_networkmode_slirp4netns(tmp_path, busybox_layout, capsys):
     assert not any(any((net / d).iterdir()) for d in ("ns", "state", "idle", "busy"))
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_a_killed_build_takes_its_slirp4netns_along(tmp_path, busybox_layout, capsys):
@@ -278,11 +273,11 @@ def test_a_killed_build_takes_its_slirp4netns_along(tmp_path, busybox_layout, ca
             time.sleep(0.1)
         [state] = list((net / "state").iterdir())
         pid = json.loads(state.read_text())["slirp_pid"]
-        assert not _gone(pid)
+        assert not process_gone(pid)
         proc.send_signal(signal.SIGKILL)  # the build only: its runc and container live on
         proc.wait()
         deadline = time.monotonic() + 10
-        while not _gone(pid):
+        while not process_gone(pid):
             assert time.monotonic() < deadline, "slirp4netns outlived the build"
             time.sleep(0.05)
         assert list((net / "ns").iterdir())  # until the next build opens the store
