@@ -302,11 +302,10 @@ def route_build(name: str, argv: list[str], at: int
         raise UsageError(f"no builder {name!r} (pybk builder ls lists them)", flag="--builder")
     if not builder.nodes:
         raise UsageError(f"builder {name!r} has no nodes", flag="--builder")
-    _, ns = _parse_build(argv[at + 1:])
+    parser, ns = _parse_build(argv[at + 1:])  # (the builder's cache flags change no output)
     key = routing_key(ns.context, ns.file, ns.target)
     project = project_cache_name(key)
     argv = with_default_caches(builder, argv, at, project)
-    parser, ns = _parse_build(argv[at + 1:])
     platforms = _platforms(ns.platform)
     if platforms and any(n.platforms for n in builder.nodes):
         from pybk.core.cli import multinode
